@@ -1,0 +1,26 @@
+"""airflow-mlops: YAML-driven MLOps pipelines and operators for Apache Airflow 3.
+
+Public names are imported lazily, so ``import airflow_mlops`` stays cheap in DAG files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_PUBLIC = {
+    "load_pipelines": "airflow_mlops.factory.loader",
+    "StageOperator": "airflow_mlops.operators.stage",
+    "read_pipeline": "airflow_mlops.spec.load",
+    "PipelineSpecError": "airflow_mlops.spec.errors",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'airflow_mlops' has no attribute {name!r}")

@@ -1,0 +1,122 @@
+"""A validated pipeline → an Airflow DAG with one task group per stage."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Asset, TaskGroup
+
+from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
+from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
+from airflow_mlops.spec.models import Pipeline
+from airflow_mlops.stages.context import import_string, mlops_home
+
+TAG = "airflow-mlops"
+
+
+@dataclass
+class Plan:
+    """What the backends need to know about the whole pipeline while building one stage."""
+
+    loaded: LoadedPipeline
+    deps: dict[str, list[str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deps = stage_dependencies(self.pipeline)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.loaded.pipeline
+
+    @property
+    def data_dir(self) -> str:
+        """Absolute: a relative ``data_dir`` is taken from the YAML file's folder."""
+        if self.pipeline.data_dir:
+            return str((self.loaded.file.parent / Path(self.pipeline.data_dir).expanduser()).resolve())
+        return str(mlops_home() / "data" / self.pipeline.id)
+
+    def upstream_tasks(self, stage_name: str) -> list[tuple[str, str]]:
+        """Every stage this one depends on, directly or not, nearest first, with its result task."""
+        order: list[str] = []
+        queue = deque(self.deps[stage_name])
+        while queue:
+            name = queue.popleft()
+            if name not in order:
+                order.append(name)
+                queue.extend(self.deps[name])
+        return [(name, f"{name}.{RESULT_TASK}") for name in order]
+
+
+def _start(value: date | datetime) -> datetime:
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _docs(loaded: LoadedPipeline) -> str:
+    p = loaded.pipeline
+    lines = [f"# {p.id}", "", p.description or "", "", "| stage | kind | backend | depends on |", "|---|---|---|---|"]
+    deps = stage_dependencies(p)
+    for name, stage in p.stages.items():
+        lines.append(f"| {name} | {stage.kind} | {stage.backend or p.backend} | {', '.join(deps[name]) or '—'} |")
+    lines += ["", f"Defined in `{loaded.file}`:", "", "```yaml", loaded.text.rstrip(), "```"]
+    return "\n".join(lines)
+
+
+def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
+    """Stage outputs as Airflow Assets: datasets by folder, models by registered name."""
+    if stage.kind in ("preprocess", "serve"):
+        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.data_dir}/{name}")]
+    if stage.kind == "train":
+        model = plan.pipeline.mlflow.registered_model or plan.pipeline.id
+        return [Asset(name=f"{plan.pipeline.id}.{name}.model", uri=f"mlflow-model://{model}")]
+    return []
+
+
+def build_dag(loaded: LoadedPipeline) -> DAG:
+    p = loaded.pipeline
+    plan = Plan(loaded)
+    default_args = {
+        "owner": p.dag.owner,
+        "retries": p.dag.retries,
+        "retry_delay": p.dag.retry_delay,
+        **({"execution_timeout": p.dag.execution_timeout} if p.dag.execution_timeout else {}),
+        **p.dag.default_args,
+    }
+    dag = DAG(
+        dag_id=p.id,
+        description=p.description or p.dag.description,
+        schedule=p.dag.schedule,
+        start_date=_start(p.dag.start_date),
+        catchup=p.dag.catchup,
+        tags=[TAG, *p.dag.tags],
+        default_args=default_args,
+        max_active_runs=p.dag.max_active_runs or 16,
+        doc_md=_docs(loaded),
+    )
+    groups: dict[str, TaskGroup] = {}
+    with dag:
+        for name, stage in p.stages.items():
+            backend = stage.backend or p.backend
+            task_args: dict[str, Any] = {"doc_md": stage.doc} if stage.doc else {}
+            if stage.retries is not None:
+                task_args["retries"] = stage.retries
+            if stage.execution_timeout is not None:
+                task_args["execution_timeout"] = stage.execution_timeout
+            with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
+                if stage.kind == "custom":
+                    import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
+                else:
+                    build_stage_tasks(
+                        backend, stage=stage, stage_name=name, plan=plan,
+                        task_args={**task_args, "outlets": _outlets(plan, name, stage)},
+                    )
+            groups[name] = group
+        for name, deps in plan.deps.items():
+            for dep in deps:
+                groups[dep] >> groups[name]
+    return dag

@@ -1,0 +1,88 @@
+"""``load_pipelines(globals())``: every pipeline YAML under a folder becomes a DAG.
+
+Airflow drops *every* DAG of a Python file that raises, so this loader never raises for a bad
+pipeline. Each broken file instead becomes a small placeholder DAG — same id when the file names
+one, tagged ``invalid-pipeline``, its description and docs carrying every error with
+``file:line:column`` — so the problem is visible in the Airflow UI next to the healthy DAGs,
+which are all still loaded. The errors also go to the DAG processor log, and
+``airflow-mlops validate`` reports them in CI before they ever reach Airflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG
+
+from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
+from airflow_mlops.spec.load import load_folder
+
+log = logging.getLogger(__name__)
+INVALID_TAG = "invalid-pipeline"
+
+
+def load_pipelines(namespace: dict[str, Any] | None = None, folder: str | Path | None = None) -> dict[str, DAG]:
+    """Build a DAG for every pipeline file under ``folder`` (default: the calling DAG file's folder)
+    and put them into ``namespace`` (pass ``globals()``), where Airflow finds them."""
+    from airflow_mlops.factory.build import build_dag
+
+    if folder is None:
+        if not namespace or "__file__" not in namespace:
+            raise TypeError("load_pipelines needs a folder, or globals() of a DAG file to find it from")
+        folder = Path(namespace["__file__"]).parent
+    good, bad = load_folder(folder)
+    dags: dict[str, DAG] = {}
+    for loaded in good:
+        try:
+            dags[loaded.pipeline.id] = build_dag(loaded)
+        except Exception as exc:  # an Airflow-side refusal must not take the other pipelines down
+            log.exception("Pipeline %s could not be built", loaded.file)
+            bad[loaded.file] = PipelineSpecError(
+                [SpecIssue(Mark(str(loaded.file), 1, 1), "", f"could not build the DAG: {type(exc).__name__}: {exc}")]
+            )
+    for path, error in sorted(bad.items()):
+        log.error("Invalid pipeline %s:\n%s", path, error)
+        dag = _invalid_dag(path, error, taken=dags.keys())
+        dags[dag.dag_id] = dag
+    if namespace is not None:
+        for dag_id, dag in dags.items():
+            namespace[f"dag__{re.sub(r'[^0-9A-Za-z_]', '_', dag_id)}"] = dag
+    return dags
+
+
+def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any) -> DAG:
+    from airflow.providers.standard.operators.python import PythonOperator
+
+    dag_id = _declared_id(path)
+    if not dag_id or dag_id in taken:
+        dag_id = "invalid__" + re.sub(r"[^0-9A-Za-z_.-]", "_", path.stem)
+    errors = "\n".join(f"- `{issue}`" for issue in error.issues)
+    with DAG(
+        dag_id=dag_id,
+        dag_display_name=f"⚠ {dag_id} (invalid pipeline)",
+        description=f"INVALID PIPELINE {path.name}: {error.issues[0]}"[:1000],
+        schedule=None,
+        tags=["airflow-mlops", INVALID_TAG],
+        doc_md=f"# Invalid pipeline `{path}`\n\nFix these and the DAG comes back on the next parse:\n\n{errors}\n",
+        is_paused_upon_creation=True,
+    ) as dag:
+        PythonOperator(task_id="invalid_pipeline", python_callable=_fail, op_args=[str(error)])
+    return dag
+
+
+def _fail(message: str) -> None:
+    from airflow.exceptions import AirflowFailException
+
+    raise AirflowFailException(f"This pipeline's YAML is invalid:\n{message}")
+
+
+def _declared_id(path: Path) -> str | None:
+    """The ``id:`` of a broken file, if a plain top-level line declares one."""
+    try:
+        match = re.search(r"^id:\s*['\"]?([A-Za-z0-9_.-]+)['\"]?\s*(#.*)?$", path.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return match.group(1) if match else None

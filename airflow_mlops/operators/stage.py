@@ -1,0 +1,80 @@
+"""StageOperator: runs one pipeline stage's code inside the Airflow worker (the batch backend)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+from airflow_mlops.spec.models import MlflowSettings
+
+
+class StageOperator(BaseOperator):
+    """Run a built-in stage (preprocess, train, validate, serve) in the worker.
+
+    :param stage: the stage's validated spec.
+    :param pipeline_id: the pipeline (DAG) id, used for MLflow names and data paths.
+    :param stage_name: the stage's name in the pipeline.
+    :param mlflow: MLflow settings; resolved to a tracking URI when the task runs.
+    :param data_dir: root folder for the stage's outputs.
+    :param upstream_tasks: ``(stage_name, task_id)`` of the stages this one depends on, nearest
+        first; their XCom results (references, never data) reach the stage.
+    """
+
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        stage: Any,
+        pipeline_id: str,
+        stage_name: str,
+        mlflow: MlflowSettings | None = None,
+        data_dir: str | None = None,
+        upstream_tasks: Sequence[tuple[str, str]] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.pipeline_id = pipeline_id
+        self.stage_name = stage_name
+        self.mlflow = mlflow or MlflowSettings()
+        self.data_dir = data_dir
+        self.upstream_tasks = list(upstream_tasks)
+
+    def stage_context(self, context: Any) -> Any:
+        from airflow_mlops.hooks.mlflow import resolve_target
+        from airflow_mlops.stages.context import StageContext, mlops_home, safe_run_key
+
+        ti = context["ti"]
+        upstream = [(name, ti.xcom_pull(task_ids=task_id) or {}) for name, task_id in self.upstream_tasks]
+        return StageContext(
+            pipeline_id=self.pipeline_id,
+            stage_name=self.stage_name,
+            run_key=safe_run_key(context["run_id"]),
+            data_dir=self.data_dir or str(mlops_home() / "data" / self.pipeline_id),
+            mlflow=resolve_target(self.mlflow, self.pipeline_id),
+            upstream=upstream,
+            tags={
+                "airflow.dag_id": ti.dag_id,
+                "airflow.run_id": context["run_id"],
+                "airflow.task_id": ti.task_id,
+                "airflow.try_number": str(ti.try_number),
+            },
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.exceptions import AirflowFailException
+
+        from airflow_mlops.stages import StageFailed, run_stage
+
+        ctx = self.stage_context(context)
+        self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, self.pipeline_id)
+        try:
+            result = run_stage(self.stage, ctx)
+        except StageFailed as exc:
+            # Deterministic failures (a metric under its threshold, a missing column): retrying
+            # would only repeat them, so fail without using up retries.
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info("Stage '%s' result: %s", self.stage_name, result)
+        return result

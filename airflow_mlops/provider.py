@@ -1,0 +1,18 @@
+"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from airflow_mlops import __version__
+
+
+def get_provider_info() -> dict:
+    return {
+        "package-name": "airflow-mlops",
+        "name": "MLOps",
+        "description": "YAML-driven MLOps pipelines (preprocess → train → validate → serve) on batch, "
+        "Spark or Kubernetes backends, tracked in MLflow.",
+        "versions": [__version__],
+        "connection-types": [
+            {"connection-type": "mlflow", "hook-class-name": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook"},
+        ],
+    }

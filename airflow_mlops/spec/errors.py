@@ -1,0 +1,54 @@
+"""Spec errors that point at the YAML: ``file:line:column field.path: what was expected``."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A position in a source file, 1-based like editors show it."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem in one file."""
+
+    mark: Mark | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.mark) if self.mark else "<unknown>"
+        return f"{where} {self.field}: {self.message}" if self.field else f"{where} {self.message}"
+
+
+class PipelineSpecError(ValueError):
+    """All the problems found in a pipeline file (or a set of files)."""
+
+    def __init__(self, issues: Iterable[SpecIssue]):
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'train'?)`` when a close choice exists, else ``''``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def one_of(choices: Iterable[str]) -> str:
+    return ", ".join(f"'{c}'" for c in choices)
+
+
+def format_path(path: Iterable[object]) -> str:
+    return ".".join(str(p) for p in path)

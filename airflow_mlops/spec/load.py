@@ -1,0 +1,302 @@
+"""Pipeline files → validated :class:`Pipeline` models, or errors that point at the YAML."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import ValidationError
+
+from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path, one_of
+from airflow_mlops.spec.models import BUILTIN_PROFILES, STAGE_KINDS, Pipeline, PipelineDefaults, Resources
+from airflow_mlops.spec.source import Source, load_source, merge_sources
+
+DEFAULTS_FILE = "_defaults.yaml"
+PIPELINE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: Pipeline
+    file: Path
+    text: str  # the pipeline's own YAML, shown in the DAG docs
+
+    def profile(self, resources: str | Resources | None) -> Resources | None:
+        """Resolve a stage's ``resources`` (name or inline, possibly based on a profile)."""
+        return resolve_resources(self.pipeline, resources)
+
+
+def resolve_resources(pipeline: Pipeline, resources: str | Resources | None) -> Resources | None:
+    if resources is None:
+        return None
+    profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
+    if isinstance(resources, str):
+        return profiles[resources]
+    if resources.profile:
+        base = profiles[resources.profile]
+        return base.model_copy(update=resources.model_dump(exclude_none=True, exclude={"profile"}))
+    return resources
+
+
+def discover(folder: str | os.PathLike) -> list[Path]:
+    """Every pipeline file under ``folder``, sorted; ``_``-prefixed files (defaults) are not pipelines."""
+    root = Path(folder)
+    if root.is_file():
+        return [root]
+    return sorted(
+        p for p in root.rglob("*") if p.suffix in PIPELINE_SUFFIXES and not p.name.startswith(("_", ".")) and p.is_file()
+    )
+
+
+# Defaults files are shared by many pipelines and re-read on every parse: cache by mtime.
+_defaults_cache: dict[Path, tuple[float, Source]] = {}
+
+
+def _read_defaults(path: Path) -> Source:
+    mtime = path.stat().st_mtime
+    hit = _defaults_cache.get(path)
+    if hit and hit[0] == mtime:
+        return hit[1]
+    src = load_source(str(path), path.read_text())
+    if src.data is not None and not isinstance(src.data, dict):
+        raise PipelineSpecError([SpecIssue(src.mark_of(()), "", "a defaults file must be a mapping")])
+    for key in ("id", "stages"):
+        if isinstance(src.data, dict) and key in src.data:
+            raise PipelineSpecError(
+                [SpecIssue(src.mark_of((key,), key=True), key, f"'{key}' belongs in a pipeline file, not in {DEFAULTS_FILE}")]
+            )
+    try:
+        PipelineDefaults.model_validate(src.data or {})
+    except ValidationError as exc:
+        raise PipelineSpecError(translate(exc, src)) from None
+    _defaults_cache[path] = (mtime, src)
+    return src
+
+
+def _defaults_chain(file: Path, root: Path | None) -> list[Path]:
+    """``_defaults.yaml`` files from ``root`` (or the filesystem root) down to the file's folder."""
+    chain = []
+    folder = file.resolve().parent
+    stop = root.resolve() if root else None
+    while True:
+        candidate = folder / DEFAULTS_FILE
+        if candidate.is_file():
+            chain.append(candidate)
+        if folder == stop or folder.parent == folder:
+            break
+        folder = folder.parent
+    return chain[::-1]
+
+
+def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None) -> LoadedPipeline:
+    """Load and validate one pipeline file, merged over the defaults files above it."""
+    path = Path(file)
+    display = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PipelineSpecError([SpecIssue(Mark(display, 1, 1), "", f"cannot read file: {exc.strerror}")]) from None
+    src = load_source(display, text)
+    if not isinstance(src.data, dict):
+        got = "an empty file" if src.data is None else f"a {type(src.data).__name__}"
+        raise PipelineSpecError(
+            [SpecIssue(src.mark_of(()) or Mark(display, 1, 1), "", f"a pipeline file must be a mapping (id, stages, ...), got {got}")]
+        )
+    merged = src
+    for defaults in reversed(_defaults_chain(path, Path(root) if root else None)):
+        merged = merge_sources(_read_defaults(defaults), merged)
+    try:
+        pipeline = Pipeline.model_validate(merged.data)
+    except ValidationError as exc:
+        raise PipelineSpecError(translate(exc, merged)) from None
+    issues = list(check_pipeline(pipeline, merged))
+    if issues:
+        raise PipelineSpecError(issues)
+    return LoadedPipeline(pipeline=pipeline, file=path, text=text)
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[list[LoadedPipeline], dict[Path, PipelineSpecError]]:
+    """All pipelines under ``folder``; a bad file only loses itself. Ids must be unique across files."""
+    good: list[LoadedPipeline] = []
+    bad: dict[Path, PipelineSpecError] = {}
+    seen: dict[str, LoadedPipeline] = {}
+    root = Path(folder) if Path(folder).is_dir() else None
+    for path in discover(folder):
+        try:
+            loaded = read_pipeline(path, root)
+        except PipelineSpecError as exc:
+            bad[path] = exc
+            continue
+        first = seen.get(loaded.pipeline.id)
+        if first is not None:
+            src = load_source(str(path), loaded.text)
+            bad[path] = PipelineSpecError(
+                [SpecIssue(src.mark_of(("id",)), "id", f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}")]
+            )
+            continue
+        seen[loaded.pipeline.id] = loaded
+        good.append(loaded)
+    return good, bad
+
+
+# --- checks across fields --------------------------------------------------------------------------
+
+
+def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
+    """Each stage's upstream stages: ``depends_on`` if given, else the stage before it."""
+    names = list(pipeline.stages)
+    return {
+        name: (stage.depends_on if stage.depends_on is not None else names[i - 1 : i])
+        for i, (name, stage) in enumerate(pipeline.stages.items())
+    }
+
+
+def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
+    from airflow_mlops.backends import AVAILABLE_BACKENDS
+
+    names = list(pipeline.stages)
+    deps = stage_dependencies(pipeline)
+    profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
+    for name, stage in pipeline.stages.items():
+        at = ("stages", name)
+        for i, dep in enumerate(stage.depends_on or []):
+            if dep not in pipeline.stages or dep == name:
+                why = "a stage cannot depend on itself" if dep == name else f"unknown stage '{dep}'{did_you_mean(dep, names)}; stages are {one_of(names)}"
+                yield SpecIssue(src.mark_of(at + ("depends_on", i)), format_path(at + ("depends_on",)), why)
+        res = stage.resources
+        profile = res if isinstance(res, str) else (res.profile if res else None)
+        if profile is not None and profile not in profiles:
+            loc = at + (("resources",) if isinstance(res, str) else ("resources", "profile"))
+            yield SpecIssue(
+                src.mark_of(loc), format_path(loc),
+                f"unknown resource profile '{profile}'{did_you_mean(profile, profiles)}; known: {one_of(profiles)}",
+            )
+        backend = stage.backend or pipeline.backend
+        if stage.kind != "custom" and backend not in AVAILABLE_BACKENDS:
+            loc = at + ("backend",) if stage.backend else ("backend",)
+            yield SpecIssue(
+                src.mark_of(loc), format_path(loc),
+                f"backend '{backend}' is not available in this version of airflow-mlops; available: {one_of(AVAILABLE_BACKENDS)}",
+            )
+        yield from _check_imports(stage, at, src)
+    yield from _check_cycles(deps, src)
+
+
+def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
+    """Custom operators are imported (the DAG needs the class); callables are only located, so
+    parsing never imports a user's training code and its heavy libraries."""
+    if stage.kind == "custom":
+        module, _, attr = stage.operator.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # any import-time failure of user code is a spec error here
+            yield SpecIssue(src.mark_of(at + ("operator",)), format_path(at + ("operator",)),
+                            f"cannot import operator '{stage.operator}': {type(exc).__name__}: {exc}")
+        return
+    target = getattr(stage, "callable", None)
+    if target:
+        module = target.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            yield SpecIssue(src.mark_of(at + ("callable",)), format_path(at + ("callable",)),
+                            f"module '{module}' of callable '{target}' is not importable")
+
+
+def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in deps.get(node, []):
+            if dep not in deps or dep == node:
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep] if dep in path else [node, dep]
+            if state.get(dep) is None:
+                cycle = visit(dep, path + [dep])
+                if cycle:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for name in deps:
+        if state.get(name) is None:
+            cycle = visit(name, [name])
+            if cycle:
+                loc = ("stages", cycle[0], "depends_on")
+                yield SpecIssue(src.mark_of(loc), format_path(loc), "dependency cycle: " + " → ".join(cycle[::-1]))
+                return
+
+
+# --- pydantic errors → issues -------------------------------------------------------------------------
+
+
+def translate(exc: ValidationError, src: Source) -> list[SpecIssue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        path = _data_path(err["loc"], src.data)
+        etype, ctx = err["type"], err.get("ctx") or {}
+        if etype == "unknown_keys":
+            for key in ctx["keys"]:
+                issues.append(
+                    SpecIssue(
+                        src.mark_of(path + (key,), key=True), format_path(path + (key,)),
+                        f"unknown key '{key}'{did_you_mean(key, ctx['allowed'])}; expected one of {one_of(ctx['allowed'])}",
+                    )
+                )
+            continue
+        issues.append(SpecIssue(src.mark_of(path), format_path(path), _message(err, path)))
+    return sorted(issues, key=lambda i: (i.mark.line, i.mark.column) if i.mark else (0, 0))
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """Pydantic's ``loc`` with union tags and model names dropped: only keys that exist in the data
+    (plus a final missing key) remain, so the path reads like the YAML."""
+    path: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            path.append(part)
+        elif i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str) and part[:1].islower() and "[" not in part:
+            path.append(part)  # a missing field
+    return tuple(path)
+
+
+def _message(err: dict, path: tuple) -> str:
+    etype, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    field = path[-1] if path else ""
+    if etype == "missing":
+        return "required field is missing"
+    if etype == "union_tag_invalid":
+        choices = [c.strip(" '") for c in ctx["expected_tags"].split(",")]
+        return f"unknown kind '{ctx['tag']}'{did_you_mean(ctx['tag'], choices)}; expected one of {one_of(STAGE_KINDS)}"
+    if etype == "union_tag_not_found":
+        return f"this stage needs a 'kind': one of {one_of(STAGE_KINDS)} (or name the stage after its kind)"
+    if etype == "literal_error":
+        choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        what = f"{field} " if isinstance(field, str) and field else ""
+        return f"unknown {what}{value!r}{did_you_mean(value, choices)}; expected one of {one_of(choices)}"
+    if etype == "string_pattern_mismatch" and field in ("callable", "operator"):
+        return f"expected an import path like 'package.module:name', got {value!r}"
+    msg = err["msg"]
+    if etype.startswith(("value_error", "assertion_error")):
+        msg = msg.split(", ", 1)[-1]
+    if etype in ("gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source"):
+        return msg
+    if not isinstance(value, (dict, list)) and value is not None:
+        return f"{msg[:1].lower()}{msg[1:]}, got {value!r}"
+    return f"{msg[:1].lower()}{msg[1:]}"

@@ -1,0 +1,303 @@
+"""The pipeline YAML as pydantic models: the single source of truth for validation, the JSON
+Schema (``airflow-mlops schema``) and the error messages."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+Backend = Literal["batch", "spark", "kubernetes"]
+STAGE_KINDS = ("preprocess", "train", "validate", "serve", "custom")
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, reported all at once with a did-you-mean."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
+            unknown = [k for k in data if k not in allowed]
+            if unknown:
+                raise PydanticCustomError(
+                    "unknown_keys",
+                    "unknown keys {keys}",
+                    {"keys": unknown, "allowed": sorted(f.alias or n for n, f in cls.model_fields.items())},
+                )
+        return data
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+_CPU = re.compile(r"^\d+(\.\d+)?m?$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+class Resources(Strict):
+    """What a stage asks for: CPUs (``4`` or ``500m``), memory (``16Gi``) and whole GPUs."""
+
+    profile: str | None = Field(None, description="Named profile to start from; the other fields override it.")
+    cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '4' or '500m'.")
+    memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '16Gi'.")
+    gpu: int | None = Field(None, ge=0, description="Whole number of GPUs (nvidia.com/gpu).")
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if v is not None and not (isinstance(v, str) and _CPU.match(v)):
+            raise PydanticCustomError("cpu", "expected a CPU quantity like 4, 0.5 or '500m', got {v!r}", {"v": v})
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if v is not None and not (isinstance(v, str) and _MEMORY.match(v)):
+            raise PydanticCustomError("memory", "expected a memory quantity like '16Gi' or '512Mi', got {v!r}", {"v": v})
+        return v
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise PydanticCustomError("gpu", "expected a whole number of GPUs, got {v!r}", {"v": v})
+        return v
+
+
+BUILTIN_PROFILES: dict[str, Resources] = {
+    "training": Resources(cpu="16", memory="64Gi", gpu=4),
+    "inference": Resources(cpu="4", memory="16Gi", gpu=1),
+    "small": Resources(cpu="1", memory="2Gi", gpu=0),
+}
+
+
+# --- pipeline-level settings -------------------------------------------------------------------
+
+
+def _parse_duration(v: Any) -> Any:
+    """Accept seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'1d'`` and ISO 8601 (pydantic's own)."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", v)
+        if m:
+            n, unit = float(m.group(1)), m.group(2)
+            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+    return v
+
+
+Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
+
+
+class DagSettings(Strict):
+    """How the DAG is scheduled and retried (Airflow's DAG arguments and default_args)."""
+
+    schedule: str | None = Field(None, description="Cron, preset ('@daily') or null for manual runs.")
+    start_date: date | datetime = Field(date(2025, 1, 1), description="First logical date.")
+    catchup: bool = False
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    owner: str = "airflow"
+    retries: int = Field(0, ge=0)
+    retry_delay: Duration = timedelta(minutes=5)
+    execution_timeout: Duration | None = None
+    max_active_runs: int | None = Field(None, ge=1)
+    default_args: dict[str, Any] = Field(default_factory=dict, description="Any other Airflow default_args.")
+
+    _durations = field_validator("retry_delay", "execution_timeout", mode="before")(
+        classmethod(lambda cls, v: _parse_duration(v))
+    )
+
+
+class MlflowSettings(Strict):
+    """Where results go. Tracking URI precedence: ``tracking_uri`` > ``conn_id`` (an Airflow
+    connection whose host is the URI) > ``MLFLOW_TRACKING_URI`` > a SQLite store under
+    ``$AIRFLOW_MLOPS_HOME`` (default ``$AIRFLOW_HOME/mlops``)."""
+
+    tracking_uri: str | None = None
+    conn_id: str | None = None
+    experiment: str | None = Field(None, description="Defaults to the pipeline id.")
+    registered_model: str | None = Field(None, description="Defaults to the pipeline id.")
+    artifact_location: str | None = Field(None, description="Only used when the experiment is created.")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _absolute_sqlite(cls, v: str | None) -> str | None:
+        if v and v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
+            raise PydanticCustomError(
+                "relative_sqlite",
+                "a relative SQLite path depends on each worker's current directory; use an absolute one, "
+                "e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got {v!r}",
+                {"v": v},
+            )
+        return v
+
+
+# --- data references ---------------------------------------------------------------------------
+
+DataFormat = Literal["csv", "parquet"]
+
+
+class DataInput(Strict):
+    """A dataset to read: a path/URI, or a scikit-learn bundled dataset (demos and tutorials)."""
+
+    path: str | None = None
+    format: DataFormat | None = Field(None, description="Inferred from the extension when omitted.")
+    sklearn_dataset: str | None = Field(None, description="e.g. 'breast_cancer', 'iris', 'wine'.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataInput":
+        if (self.path is None) == (self.sklearn_dataset is None):
+            raise PydanticCustomError("one_source", "give exactly one of 'path' or 'sklearn_dataset'")
+        return self
+
+
+class Split(Strict):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    stratify: str | None = Field(None, description="Column to stratify the split by.")
+
+
+class Step(Strict):
+    """One built-in transform; exactly one key per step."""
+
+    dropna: list[str] | bool | None = Field(None, description="Drop rows with nulls (in these columns).")
+    drop: list[str] | None = Field(None, description="Drop these columns.")
+    rename: dict[str, str] | None = None
+    fillna: dict[str, Any] | None = None
+    query: str | None = Field(None, description="Keep rows matching a pandas query expression.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Step":
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "one_step", "a step has exactly one of {choices}, got {given}",
+                {"choices": ", ".join(type(self).model_fields), "given": given or "none"},
+            )
+        return self
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+class StageBase(Strict):
+    backend: Backend | None = Field(None, description="Where the stage runs; defaults to the pipeline's backend.")
+    depends_on: list[str] | None = Field(None, description="Stages this one waits for; default: the stage before it.")
+    resources: str | Resources | None = Field(None, description="A profile name or inline cpu/memory/gpu.")
+    retries: int | None = Field(None, ge=0)
+    execution_timeout: Duration | None = None
+    doc: str | None = Field(None, description="Shown in the Airflow UI on the stage's tasks.")
+
+    _durations = field_validator("execution_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class PreprocessStage(StageBase):
+    """Either ``callable`` (your function) or built-in read → ``steps`` → ``split`` → write."""
+
+    kind: Literal["preprocess"] = "preprocess"
+    callable: str | None = Field(None, pattern=IMPORT_PATH, description="'package.module:function'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the callable.")
+    input: DataInput | None = None
+    steps: list[Step] = Field(default_factory=list)
+    split: Split | None = Field(default_factory=Split)
+    format: DataFormat = "parquet"
+
+    @model_validator(mode="after")
+    def _callable_or_input(self) -> "PreprocessStage":
+        if (self.callable is None) == (self.input is None):
+            raise PydanticCustomError("preprocess_source", "give exactly one of 'callable' or 'input'")
+        return self
+
+
+class TrainStage(StageBase):
+    """Either ``estimator`` (a scikit-learn style class, fitted with ``params``) or ``callable``
+    (your function returning ``(model, metrics)``)."""
+
+    kind: Literal["train"] = "train"
+    estimator: str | None = Field(None, description="Import path of an estimator class, e.g. 'sklearn.ensemble.RandomForestClassifier'.")
+    callable: str | None = Field(None, pattern=IMPORT_PATH)
+    params: dict[str, Any] = Field(default_factory=dict)
+    target: str = Field(..., description="Label column.")
+    features: list[str] | None = Field(None, description="Feature columns; default: all but the target.")
+    metrics: list[Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]] = Field(
+        default_factory=lambda: ["accuracy"]
+    )
+
+    @model_validator(mode="after")
+    def _estimator_or_callable(self) -> "TrainStage":
+        if (self.estimator is None) == (self.callable is None):
+            raise PydanticCustomError("train_source", "give exactly one of 'estimator' or 'callable'")
+        return self
+
+
+class Threshold(Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+class ValidateStage(StageBase):
+    kind: Literal["validate"] = "validate"
+    thresholds: dict[str, Threshold] = Field(default_factory=dict, description="metric → {min, max}.")
+    alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$", description="MLflow alias set on a passing version.")
+
+
+class ServeStage(StageBase):
+    kind: Literal["serve"] = "serve"
+    mode: Literal["batch"] = "batch"
+    input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
+    format: DataFormat = "parquet"
+
+
+class CustomStage(StageBase):
+    kind: Literal["custom"] = "custom"
+    operator: str = Field(..., pattern=IMPORT_PATH, description="'package.module:OperatorClass'.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the operator.")
+
+
+Stage = Annotated[
+    Union[PreprocessStage, TrainStage, ValidateStage, ServeStage, CustomStage], Field(discriminator="kind")
+]
+
+
+class PipelineDefaults(Strict):
+    """What a ``_defaults.yaml`` up the folder tree may set for every pipeline below it."""
+
+    backend: Backend = "batch"
+    dag: DagSettings = Field(default_factory=DagSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    resource_profiles: dict[str, Resources] = Field(default_factory=dict)
+    data_dir: str | None = Field(None, description="Where stages write data; default $AIRFLOW_MLOPS_HOME/data/<id>.")
+
+
+class Pipeline(PipelineDefaults):
+    """A pipeline YAML: one Airflow DAG whose stages run in order on their backends."""
+
+    id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="The DAG id.")
+    description: str | None = None
+    stages: dict[str, Stage] = Field(..., min_length=1)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _kind_from_name(cls, v: Any) -> Any:
+        """A stage named after a kind (``train:``) needs no ``kind:``."""
+        if isinstance(v, dict):
+            return {
+                name: {"kind": name, **body} if isinstance(body, dict) and "kind" not in body and name in STAGE_KINDS else body
+                for name, body in v.items()
+            }
+        return v

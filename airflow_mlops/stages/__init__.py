@@ -1,0 +1,29 @@
+"""What each stage kind does, written once and backend-agnostic. Heavy libraries (pandas,
+scikit-learn, MLflow) are imported inside the stage functions, never at parse time."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from airflow_mlops.stages.context import StageContext, StageFailed
+
+__all__ = ["StageContext", "StageFailed", "run_stage"]
+
+
+def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:
+    """Run a built-in stage (preprocess, train, validate, serve) and return its references."""
+    module = importlib.import_module(f"airflow_mlops.stages.{spec.kind}")
+    result = module.run(spec, ctx)
+    return _jsonable(result)
+
+
+def _jsonable(value: Any) -> Any:
+    """References only, as plain JSON types, so they travel through XCom and pod logs alike."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value

@@ -1,0 +1,90 @@
+"""What a stage gets to run: its spec, where to write, where MLflow is, what upstream produced.
+
+Everything here is plain data, so the same stage code runs in the Airflow worker, on Spark or in a
+pod (the pod receives this context as JSON through ``python -m airflow_mlops.runtime``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class StageFailed(Exception):
+    """A stage failed for a reason a retry cannot fix (a metric below its threshold, bad data)."""
+
+
+@dataclass
+class MlflowTarget:
+    tracking_uri: str
+    experiment: str
+    registered_model: str
+    artifact_location: str | None = None
+
+
+@dataclass
+class StageContext:
+    pipeline_id: str
+    stage_name: str
+    run_key: str  # the Airflow run id, made safe for paths
+    data_dir: str  # absolute root for this pipeline's data
+    mlflow: MlflowTarget
+    # Results of the stages this one (transitively) depends on, nearest first.
+    upstream: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # Airflow ids, recorded on MLflow runs
+
+    @property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"airflow_mlops.stages.{self.stage_name}")
+
+    def output_dir(self) -> Path:
+        path = Path(self.data_dir) / self.stage_name / self.run_key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def find(self, key: str, *, required: bool = True) -> Any:
+        """The nearest upstream stage's value for ``key`` (e.g. ``model_uri``, ``test_path``)."""
+        for _name, result in self.upstream:
+            if key in result:
+                return result[key]
+        if required:
+            have = ", ".join(sorted({k for _, r in self.upstream for k in r})) or "nothing"
+            raise StageFailed(
+                f"stage '{self.stage_name}' needs '{key}' from an upstream stage, but upstream stages gave: {have}"
+            )
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "StageContext":
+        data = dict(data)
+        data["mlflow"] = MlflowTarget(**data["mlflow"])
+        data["upstream"] = [tuple(item) for item in data.get("upstream", [])]
+        return cls(**data)
+
+
+def safe_run_key(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+
+
+def mlops_home() -> Path:
+    """``$AIRFLOW_MLOPS_HOME``, else ``$AIRFLOW_HOME/mlops``, else ``~/airflow/mlops``."""
+    if os.environ.get("AIRFLOW_MLOPS_HOME"):
+        return Path(os.environ["AIRFLOW_MLOPS_HOME"]).resolve()
+    return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")).resolve() / "mlops"
+
+
+def import_string(path: str) -> Any:
+    """``'package.module:attr.sub'`` → the object."""
+    module, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split(".") if attr else []:
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,36 @@
+"""MLflow set-up shared by the stages (imported only when a stage runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_mlops.stages.context import MlflowTarget
+
+
+def use_experiment(target: MlflowTarget) -> str:
+    """Point MLflow at the target store and return the experiment id, creating it if needed.
+
+    The artifact location is set explicitly on creation: MLflow's default (``./mlruns``) is relative
+    to the worker's current directory, which differs between workers.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(target.tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(target.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    except mlflow.exceptions.MlflowException:
+        # Another task created it between our lookup and create: use theirs.
+        experiment = client.get_experiment_by_name(target.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def client(target: MlflowTarget) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)

@@ -1,0 +1,123 @@
+"""train: fit a model (an estimator class with params, or your function), evaluate it on the test
+split, log params/metrics/model to MLflow and register a model version."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops.stages.context import StageContext, StageFailed, import_string
+from airflow_mlops.stages.data import read_dataset
+from airflow_mlops.stages.tracking import use_experiment
+
+if TYPE_CHECKING:
+    from airflow_mlops.spec.models import TrainStage
+
+
+def run(spec: "TrainStage", ctx: StageContext) -> dict[str, Any]:
+    import mlflow
+
+    train_df = read_dataset(ctx.find("train_path"))
+    test_df = read_dataset(ctx.find("test_path"))
+    if spec.target not in train_df.columns:
+        raise StageFailed(f"target column '{spec.target}' is not in the training data; columns: {list(train_df.columns)}")
+    features = spec.features or [c for c in train_df.columns if c != spec.target]
+    x_train, y_train = train_df[features], train_df[spec.target]
+    x_test, y_test = test_df[features], test_df[spec.target]
+
+    experiment_id = use_experiment(ctx.mlflow)
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{ctx.pipeline_id}.{ctx.stage_name}", tags=ctx.tags
+    ) as run:
+        if spec.estimator:
+            model = import_string(_as_import_path(spec.estimator))(**spec.params)
+            ctx.log.info("Fitting %s on %d rows, %d features", spec.estimator, len(x_train), len(features))
+            model.fit(x_train, y_train)
+            metrics = evaluate(model, x_test, y_test, spec.metrics)
+        else:
+            produced = import_string(spec.callable)(
+                train=train_df, test=test_df, target=spec.target, features=features, params=dict(spec.params)
+            )
+            model, metrics = _unpack(produced, spec.callable)
+        mlflow.log_params({**spec.params, "features": len(features), "train_rows": len(x_train)})
+        mlflow.log_metrics(metrics)
+        ctx.log.info("Metrics: %s", metrics)
+        info = log_model(model, x_test, ctx.mlflow.registered_model)
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in ctx.tags.items():
+        client.set_model_version_tag(ctx.mlflow.registered_model, version, key, value)
+    ctx.log.info("Registered model '%s' version %s (run %s)", ctx.mlflow.registered_model, version, run.info.run_id)
+    return {
+        "run_id": run.info.run_id,
+        "model_name": ctx.mlflow.registered_model,
+        "model_version": version,
+        "model_uri": f"models:/{ctx.mlflow.registered_model}/{version}",
+        "metrics": metrics,
+        "target": spec.target,
+        "features": features,
+    }
+
+
+def _as_import_path(path: str) -> str:
+    """Accept both 'sklearn.ensemble:RandomForestClassifier' and 'sklearn.ensemble.RandomForestClassifier'."""
+    return path if ":" in path else ":".join(path.rsplit(".", 1))
+
+
+def _unpack(produced: Any, name: str) -> tuple[Any, dict[str, float]]:
+    if isinstance(produced, dict) and "model" in produced:
+        return produced["model"], dict(produced.get("metrics", {}))
+    if isinstance(produced, tuple) and len(produced) == 2:
+        return produced[0], dict(produced[1])
+    raise StageFailed(f"train callable '{name}' must return (model, metrics) or {{'model': ..., 'metrics': ...}}")
+
+
+def log_model(model: Any, example: Any, registered_model: str) -> Any:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example))
+    if isinstance(model, mlflow.pyfunc.PythonModel):
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=model, signature=signature, registered_model_name=registered_model
+        )
+    if type(model).__module__.split(".")[0] != "sklearn" and not hasattr(model, "get_params"):
+        raise StageFailed(
+            f"cannot log a {type(model).__name__}: return a scikit-learn estimator or an mlflow.pyfunc.PythonModel"
+        )
+    import skops.io
+
+    # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for (tree
+    # nodes, for one). This model was fitted in this very process, so its own types are trusted.
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return mlflow.sklearn.log_model(
+        model, name="model", signature=signature, registered_model_name=registered_model,
+        input_example=example.head(2), skops_trusted_types=trusted,
+    )
+
+
+def evaluate(model: Any, x: Any, y: Any, names: list[str]) -> dict[str, float]:
+    from sklearn import metrics as m
+
+    pred = model.predict(x)
+    binary = getattr(y, "nunique", lambda: 0)() == 2
+    average = "binary" if binary else "weighted"
+    out: dict[str, float] = {}
+    for name in names:
+        if name == "accuracy":
+            out[name] = m.accuracy_score(y, pred)
+        elif name in ("f1", "precision", "recall"):
+            fn = {"f1": m.f1_score, "precision": m.precision_score, "recall": m.recall_score}[name]
+            out[name] = fn(y, pred, average=average)
+        elif name in ("roc_auc", "log_loss"):
+            proba = model.predict_proba(x)
+            if name == "roc_auc":
+                out[name] = m.roc_auc_score(y, proba[:, 1]) if binary else m.roc_auc_score(y, proba, multi_class="ovr")
+            else:
+                out[name] = m.log_loss(y, proba)
+        elif name == "rmse":
+            out[name] = m.mean_squared_error(y, pred) ** 0.5
+        elif name == "mae":
+            out[name] = m.mean_absolute_error(y, pred)
+        elif name == "r2":
+            out[name] = m.r2_score(y, pred)
+    return {k: float(v) for k, v in out.items()}
