@@ -74,7 +74,7 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any) -> DAG:
 
 
 def _fail(message: str) -> None:
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     raise AirflowFailException(f"This pipeline's YAML is invalid:\n{message}")
 

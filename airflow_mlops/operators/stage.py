@@ -64,7 +64,7 @@ class StageOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_mlops.stages import StageFailed, run_stage
 

@@ -241,27 +241,48 @@ def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue
 # --- pydantic errors → issues -------------------------------------------------------------------------
 
 
+_CUSTOM_ERRORS = {"gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source", "relative_sqlite"}
+_TYPE_NAMES = {
+    "string_type": "a string", "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
+    "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "list_type": "a list",
+}
+
+
 def translate(exc: ValidationError, src: Source) -> list[SpecIssue]:
+    """Pydantic's errors, re-addressed to YAML positions and reworded for people."""
+    errors = exc.errors(include_url=False)
+    by_path: dict[tuple, list[dict]] = {}
     issues = []
-    for err in exc.errors(include_url=False):
-        path = _data_path(err["loc"], src.data)
-        etype, ctx = err["type"], err.get("ctx") or {}
-        if etype == "unknown_keys":
-            for key in ctx["keys"]:
-                issues.append(
-                    SpecIssue(
-                        src.mark_of(path + (key,), key=True), format_path(path + (key,)),
-                        f"unknown key '{key}'{did_you_mean(key, ctx['allowed'])}; expected one of {one_of(ctx['allowed'])}",
-                    )
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            path = _data_path(err["loc"], src.data)
+            allowed = _allowed_keys(err["loc"])
+            key = path[-1]
+            issues.append(
+                SpecIssue(
+                    src.mark_of(path, key=True), format_path(path),
+                    f"unknown key '{key}'{did_you_mean(key, allowed)}; expected one of {one_of(allowed)}",
                 )
-            continue
-        issues.append(SpecIssue(src.mark_of(path), format_path(path), _message(err, path)))
+            )
+        else:
+            path = _data_path(err["loc"], src.data, allow_missing=err["type"] == "missing")
+            by_path.setdefault(path, []).append(err)
+    for path, errs in by_path.items():
+        type_errs = [e for e in errs if e["type"] in _TYPE_NAMES]
+        other = [e for e in errs if e["type"] not in _TYPE_NAMES]
+        deeper = any(p[: len(path)] == path and len(p) > len(path) for p in by_path)
+        if type_errs and not other and not deeper:
+            # A union (e.g. a profile name or an inline mapping) where no member matched.
+            wanted = " or ".join(sorted({_TYPE_NAMES[e["type"]] for e in type_errs}))
+            issues.append(SpecIssue(src.mark_of(path), format_path(path), f"expected {wanted}, got {type_errs[0]['input']!r}"))
+        for err in other:
+            issues.append(SpecIssue(src.mark_of(path), format_path(path), _message(err, path)))
     return sorted(issues, key=lambda i: (i.mark.line, i.mark.column) if i.mark else (0, 0))
 
 
-def _data_path(loc: tuple, data: Any) -> tuple:
+def _data_path(loc: tuple, data: Any, allow_missing: bool = False) -> tuple:
     """Pydantic's ``loc`` with union tags and model names dropped: only keys that exist in the data
-    (plus a final missing key) remain, so the path reads like the YAML."""
+    (plus a final missing field) remain, so the path reads like the YAML."""
     path: list[Any] = []
     node = data
     for i, part in enumerate(loc):
@@ -271,19 +292,57 @@ def _data_path(loc: tuple, data: Any) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
             path.append(part)
-        elif i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str) and part[:1].islower() and "[" not in part:
-            path.append(part)  # a missing field
+        elif allow_missing and i == len(loc) - 1 and isinstance(node, dict):
+            path.append(part)
     return tuple(path)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys the mapping holding ``loc[-1]`` accepts, found by walking the models along ``loc``
+    (which also carries union tags: a stage kind or a model's class name)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def members(tp: Any) -> list[Any]:
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            return [m for a in typing.get_args(tp) for m in members(a)]
+        return [tp]
+
+    def descend(tp: Any, part: Any) -> Any:
+        for t in members(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                kind = t.model_fields.get("kind")
+                if part == t.__name__ or (kind is not None and kind.default == part and part not in t.model_fields):
+                    return t
+                if part in t.model_fields:
+                    return t.model_fields[part].annotation
+            elif typing.get_origin(t) is dict:
+                return typing.get_args(t)[1]
+            elif typing.get_origin(t) is list and isinstance(part, int):
+                return typing.get_args(t)[0]
+        return None
+
+    tp: Any = Pipeline
+    for part in loc[:-1]:
+        tp = descend(tp, part)
+        if tp is None:
+            return []
+    models = [t for t in members(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+    return list(models[0].model_fields) if len(models) == 1 else []
 
 
 def _message(err: dict, path: tuple) -> str:
     etype, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     field = path[-1] if path else ""
+    if etype in _CUSTOM_ERRORS:
+        return err["msg"]
     if etype == "missing":
         return "required field is missing"
     if etype == "union_tag_invalid":
-        choices = [c.strip(" '") for c in ctx["expected_tags"].split(",")]
-        return f"unknown kind '{ctx['tag']}'{did_you_mean(ctx['tag'], choices)}; expected one of {one_of(STAGE_KINDS)}"
+        return f"unknown kind '{ctx['tag']}'{did_you_mean(ctx['tag'], STAGE_KINDS)}; expected one of {one_of(STAGE_KINDS)}"
     if etype == "union_tag_not_found":
         return f"this stage needs a 'kind': one of {one_of(STAGE_KINDS)} (or name the stage after its kind)"
     if etype == "literal_error":
@@ -295,8 +354,7 @@ def _message(err: dict, path: tuple) -> str:
     msg = err["msg"]
     if etype.startswith(("value_error", "assertion_error")):
         msg = msg.split(", ", 1)[-1]
-    if etype in ("gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source"):
-        return msg
+    msg = msg[:1].lower() + msg[1:]
     if not isinstance(value, (dict, list)) and value is not None:
-        return f"{msg[:1].lower()}{msg[1:]}, got {value!r}"
-    return f"{msg[:1].lower()}{msg[1:]}"
+        return f"{msg}, got {value!r}"
+    return msg

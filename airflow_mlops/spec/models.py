@@ -16,23 +16,9 @@ IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors, reported all at once with a did-you-mean."""
+    """Unknown keys are errors (reported with a did-you-mean by ``spec.load.translate``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
-            unknown = [k for k in data if k not in allowed]
-            if unknown:
-                raise PydanticCustomError(
-                    "unknown_keys",
-                    "unknown keys {keys}",
-                    {"keys": unknown, "allowed": sorted(f.alias or n for n, f in cls.model_fields.items())},
-                )
-        return data
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -55,7 +41,7 @@ class Resources(Strict):
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
         if v is not None and not (isinstance(v, str) and _CPU.match(v)):
-            raise PydanticCustomError("cpu", "expected a CPU quantity like 4, 0.5 or '500m', got {v!r}", {"v": v})
+            raise PydanticCustomError("cpu", "expected a CPU quantity like 4, 0.5 or '500m', got {v}", {"v": repr(v)})
         return v
 
     @field_validator("memory", mode="before")
@@ -64,14 +50,14 @@ class Resources(Strict):
         if isinstance(v, int) and not isinstance(v, bool):
             v = str(v)
         if v is not None and not (isinstance(v, str) and _MEMORY.match(v)):
-            raise PydanticCustomError("memory", "expected a memory quantity like '16Gi' or '512Mi', got {v!r}", {"v": v})
+            raise PydanticCustomError("memory", "expected a memory quantity like '16Gi' or '512Mi', got {v}", {"v": repr(v)})
         return v
 
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu(cls, v: Any) -> Any:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise PydanticCustomError("gpu", "expected a whole number of GPUs, got {v!r}", {"v": v})
+            raise PydanticCustomError("gpu", "expected a whole number of GPUs, got {v}", {"v": repr(v)})
         return v
 
 
@@ -136,8 +122,8 @@ class MlflowSettings(Strict):
             raise PydanticCustomError(
                 "relative_sqlite",
                 "a relative SQLite path depends on each worker's current directory; use an absolute one, "
-                "e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got {v!r}",
-                {"v": v},
+                "e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got {v}",
+                {"v": repr(v)},
             )
         return v
 

@@ -53,7 +53,9 @@ def load_source(file: str, text: str) -> Source:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        problem = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark:
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         raise PipelineSpecError([SpecIssue(where, "", f"YAML syntax error: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise PipelineSpecError([SpecIssue(Mark(file, 1, 1), "", f"YAML error: {exc}")]) from None

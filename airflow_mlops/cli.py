@@ -1,0 +1,73 @@
+"""``airflow-mlops``: validate pipeline files in CI, export the JSON Schema for editors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from airflow_mlops.spec.load import discover, load_folder
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Every error of every file, then a one-line verdict; exit 1 if any file is invalid."""
+    total_files, bad_files, issues = 0, 0, 0
+    for target in args.paths:
+        path = Path(target)
+        if not path.exists():
+            print(f"{path}: no such file or folder", file=sys.stderr)
+            bad_files += 1
+            continue
+        total_files += len(discover(path))
+        good, bad = load_folder(path)
+        for loaded in good:
+            if args.verbose:
+                print(f"{loaded.file}: ok ({loaded.pipeline.id}, {len(loaded.pipeline.stages)} stages)")
+        for _file, error in sorted(bad.items()):
+            bad_files += 1
+            for issue in error.issues:
+                issues += 1
+                print(issue)
+    if bad_files:
+        print(f"{bad_files} of {total_files} pipeline file(s) invalid, {issues} error(s)", file=sys.stderr)
+        return 1
+    print(f"{total_files} pipeline file(s) valid")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from airflow_mlops.spec.models import Pipeline
+
+    schema = Pipeline.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "airflow-mlops pipeline"
+    text = json.dumps(schema, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check pipeline YAML files (or folders); exit 1 on any error")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("-v", "--verbose", action="store_true", help="also list the valid files")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The example pipeline end to end through Airflow (dag.test) with a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import write
+
+
+def run_dag(dag):
+    from airflow.utils.state import DagRunState
+
+    dr = dag.test()
+    return dr, dr.state == DagRunState.SUCCESS
+
+
+def task_states(dr) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home):
+    import mlflow
+    import pandas as pd
+
+    from airflow_mlops import load_pipelines
+
+    dag = load_pipelines(folder=REPO / "example_configs")["breast_cancer"]
+    dr, ok = run_dag(dag)
+    assert ok, task_states(dr)
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'breast_cancer_classifier'")
+    assert [str(v.version) for v in versions] == ["1"]
+    champion = client.get_model_version_by_alias("breast_cancer_classifier", "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["airflow_mlops.validation"] == "passed"
+    assert champion.tags["airflow.dag_id"] == "breast_cancer"
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["accuracy"] >= 0.9
+    assert run.data.params["n_estimators"] == "100"
+    # Artifacts land beside the SQLite store, not in the worker's current directory.
+    assert (mlops_home / "mlartifacts").is_dir()
+
+    # serve wrote predictions for every held-out row (25 % of the 569 rows, stratified).
+    serve_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "serve.run")
+    result = serve_ti.xcom_pull(task_ids="serve.run")
+    predictions = pd.read_parquet(result["predictions_path"])
+    assert len(predictions) == result["rows"] == 143
+    assert set(predictions["prediction"].unique()) <= {0, 1}
+    accuracy = (predictions["prediction"] == predictions["target"]).mean()
+    assert accuracy == pytest.approx(run.data.metrics["accuracy"])
+    assert Path(result["predictions_path"]).is_relative_to(mlops_home / "data" / "breast_cancer" / "serve")
+
+
+def test_failed_threshold_fails_validate_with_the_numbers(airflow_db, mlops_home, dags_folder):
+    import mlflow
+
+    from airflow_mlops import load_pipelines
+
+    write(dags_folder, "strict.yaml", """
+        id: strict_iris
+        stages:
+          preprocess:
+            input: {sklearn_dataset: iris}
+          train:
+            estimator: sklearn.linear_model.LogisticRegression
+            params: {max_iter: 200}
+            target: target
+            metrics: [accuracy]
+          validate:
+            thresholds:
+              accuracy: {min: 1.01}
+          serve: {}
+        """)
+    dag = load_pipelines(folder=dags_folder)["strict_iris"]
+    dr, ok = run_dag(dag)
+    states = task_states(dr)
+    assert not ok
+    assert states["train.run"] == "success"
+    assert states["validate.run"] == "failed"
+    assert states["serve.run"] == "upstream_failed"
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    version = client.get_model_version("strict_iris", "1")
+    assert version.tags["airflow_mlops.validation"] == "failed"
+    assert "champion" not in (version.aliases or [])
