@@ -266,6 +266,8 @@ def translate(exc: ValidationError, src: Source) -> list[SpecIssue]:
             )
         else:
             path = _data_path(err["loc"], src.data, allow_missing=err["type"] == "missing")
+            if err["type"] == "union_tag_invalid":
+                path += ("kind",)  # point at the bad kind itself, not the stage
             by_path.setdefault(path, []).append(err)
     for path, errs in by_path.items():
         type_errs = [e for e in errs if e["type"] in _TYPE_NAMES]
