@@ -87,3 +87,36 @@ def test_failed_threshold_fails_validate_with_the_numbers(airflow_db, mlops_home
     version = client.get_model_version("strict_iris", "1")
     assert version.tags["airflow_mlops.validation"] == "failed"
     assert "champion" not in (version.aliases or [])
+
+
+def test_stage_operator_in_a_hand_written_dag(airflow_db, mlops_home, dags_folder):
+    """The README's Python usage: StageOperator with spec objects, no YAML involved."""
+    import mlflow
+
+    write(dags_folder, "hand_written.py", """
+        from airflow.sdk import DAG
+        from airflow_mlops import StageOperator
+        from airflow_mlops.spec.models import DataInput, PreprocessStage, TrainStage, ValidateStage
+
+        with DAG("hand_written", schedule=None) as dag:
+            prep = StageOperator(task_id="prep", stage_name="prep", pipeline_id="hand_written",
+                                 stage=PreprocessStage(input=DataInput(sklearn_dataset="wine")))
+            train = StageOperator(
+                task_id="train", stage_name="train", pipeline_id="hand_written",
+                stage=TrainStage(estimator="sklearn.tree.DecisionTreeClassifier", target="target",
+                                 params={"random_state": 0}),
+                upstream_tasks=[("prep", "prep")],
+            )
+            check = StageOperator(task_id="check", stage_name="check", pipeline_id="hand_written",
+                                  stage=ValidateStage(thresholds={"accuracy": {"min": 0.5}}, alias="candidate"),
+                                  upstream_tasks=[("train", "train"), ("prep", "prep")])
+            prep >> train >> check
+        """)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dr, ok = run_dag(bag.dags["hand_written"])
+    assert ok, task_states(dr)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("hand_written", "candidate").version) == "1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ class Plan:
     def pipeline(self) -> Pipeline:
         return self.loaded.pipeline
 
-    @property
+    @cached_property
     def data_dir(self) -> str:
         """Absolute: a relative ``data_dir`` is taken from the YAML file's folder."""
         if self.pipeline.data_dir:

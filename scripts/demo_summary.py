@@ -1,0 +1,41 @@
+"""Print where the demo's results are: MLflow run, model version and alias, predictions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+
+def main(pipeline_id: str, model_name: str) -> None:
+    home = Path(os.environ["AIRFLOW_MLOPS_HOME"])
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    champion = client.get_model_version_by_alias(model_name, "champion")
+    run = client.get_run(champion.run_id)
+    latest = max((home / "data" / pipeline_id / "serve").glob("*/predictions.parquet"), key=lambda p: p.stat().st_mtime)
+    predictions = pd.read_parquet(latest)
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.data.metrics.items()))
+    repo = Path.cwd()
+    print(f"""
+==> done: the pipeline ran end to end
+
+  MLflow run       {champion.run_id}  ({metrics})
+  model version    {model_name} version {champion.version}, alias 'champion'
+  predictions      {latest}
+                   {len(predictions)} rows, {int((predictions['prediction'] == predictions['target']).sum())} match the label
+
+  MLflow UI        .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000
+                   then open http://127.0.0.1:5000
+  Airflow UI       AIRFLOW_HOME={repo}/.demo/airflow AIRFLOW__CORE__DAGS_FOLDER={repo}/dags \\
+                   AIRFLOW_MLOPS_HOME={home} AIRFLOW__CORE__LOAD_EXAMPLES=False \\
+                   AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True .venv/bin/airflow standalone
+                   then open http://127.0.0.1:8080/dags/{pipeline_id}
+""")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (when missing) and install airflow-mlops with its test tools, pinned by
+# constraints.txt (the set the tests pass with). Re-running is cheap: pip runs only when
+# pyproject.toml or constraints.txt changed since the last install.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.airflow-mlops-installed 2>/dev/null)" != "$stamp" ]; then
+  echo "==> installing airflow-mlops and its dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+  echo "$stamp" > .venv/.airflow-mlops-installed
+fi
