@@ -60,6 +60,8 @@ class StageOperator(BaseOperator):
                 "airflow.run_id": context["run_id"],
                 "airflow.task_id": ti.task_id,
                 "airflow.try_number": str(ti.try_number),
+                # The same for every try of this task instance: lets a retry find its earlier work.
+                "airflow_mlops.task_key": f"{ti.dag_id}/{context['run_id']}/{ti.task_id}",
             },
         )
 

@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.stages.context import StageContext, StageFailed, import_string
 from airflow_mlops.stages.data import read_dataset
+from airflow_mlops.stages.tracking import client as mlflow_client
 from airflow_mlops.stages.tracking import use_experiment
+
+TASK_KEY_TAG = "airflow_mlops.task_key"
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import TrainStage
@@ -25,6 +28,14 @@ def run(spec: "TrainStage", ctx: StageContext) -> dict[str, Any]:
     x_test, y_test = test_df[features], test_df[spec.target]
 
     experiment_id = use_experiment(ctx.mlflow)
+    earlier = _registered_by_earlier_try(ctx, experiment_id)
+    if earlier:
+        run_id, version, metrics = earlier
+        ctx.log.info(
+            "An earlier try of this task already registered '%s' version %s (run %s): reusing it, not registering a duplicate",
+            ctx.mlflow.registered_model, version, run_id,
+        )
+        return _result(ctx, spec, run_id, version, metrics, features)
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"{ctx.pipeline_id}.{ctx.stage_name}", tags=ctx.tags
     ) as run:
@@ -47,8 +58,12 @@ def run(spec: "TrainStage", ctx: StageContext) -> dict[str, Any]:
     for key, value in ctx.tags.items():
         client.set_model_version_tag(ctx.mlflow.registered_model, version, key, value)
     ctx.log.info("Registered model '%s' version %s (run %s)", ctx.mlflow.registered_model, version, run.info.run_id)
+    return _result(ctx, spec, run.info.run_id, version, metrics, features)
+
+
+def _result(ctx: StageContext, spec: "TrainStage", run_id: str, version: str, metrics: dict, features: list) -> dict:
     return {
-        "run_id": run.info.run_id,
+        "run_id": run_id,
         "model_name": ctx.mlflow.registered_model,
         "model_version": version,
         "model_uri": f"models:/{ctx.mlflow.registered_model}/{version}",
@@ -56,6 +71,23 @@ def run(spec: "TrainStage", ctx: StageContext) -> dict[str, Any]:
         "target": spec.target,
         "features": features,
     }
+
+
+def _registered_by_earlier_try(ctx: StageContext, experiment_id: str) -> tuple[str, str, dict] | None:
+    """(run id, version, metrics) if an earlier try of this same task instance finished its run and
+    registered a version; the task key (dag/run/task ids, no try number) is tagged on every run."""
+    key = ctx.tags.get(TASK_KEY_TAG)
+    if not key:
+        return None
+    client = mlflow_client(ctx.mlflow)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TASK_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'"
+    )
+    for run in runs:
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if version.name == ctx.mlflow.registered_model:
+                return run.info.run_id, str(version.version), dict(run.data.metrics)
+    return None
 
 
 def _as_import_path(path: str) -> str:

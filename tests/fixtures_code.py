@@ -1,0 +1,17 @@
+"""Importable user code for the stage tests (callables named by import path in specs)."""
+
+from __future__ import annotations
+
+
+def make_frame(rows: int = 40):
+    import pandas as pd
+
+    return pd.DataFrame({"x": list(range(rows)), "noise": [None if i % 10 == 0 else i % 3 for i in range(rows)],
+                         "label": [int(i >= rows // 2) for i in range(rows)]})
+
+
+def threshold_model(train, test, target, features, params):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(**params).fit(train[features], train[target])
+    return model, {"accuracy": float((model.predict(test[features]) == test[target]).mean()), "custom": 42.0}

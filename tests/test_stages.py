@@ -1,0 +1,79 @@
+"""Stage code called directly (no Airflow), against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_mlops.spec.models import DataInput, PreprocessStage, ServeStage, Split, Step, TrainStage
+from airflow_mlops.stages import StageFailed, run_stage
+from airflow_mlops.stages.context import MlflowTarget, StageContext
+
+
+@pytest.fixture
+def make_ctx(tmp_path):
+    target = MlflowTarget(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="exp", registered_model="model",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+
+    def make(stage: str, upstream=(), task_key="dag/run-1/train.run"):
+        return StageContext(
+            pipeline_id="p", stage_name=stage, run_key="run-1", data_dir=str(tmp_path / "data"), mlflow=target,
+            upstream=list(upstream), tags={"airflow_mlops.task_key": task_key},
+        )
+
+    return make
+
+
+def test_preprocess_callable_steps_and_split(make_ctx):
+    import pandas as pd
+
+    spec = PreprocessStage(
+        callable="tests.fixtures_code:make_frame", kwargs={"rows": 40},
+        steps=[Step(dropna=["noise"]), Step(query="x >= 4"), Step(rename={"x": "feature"})],
+        split=Split(test_fraction=0.25, seed=1), format="csv",
+    )
+    result = run_stage(spec, make_ctx("prep"))
+    train, test = pd.read_csv(result["train_path"]), pd.read_csv(result["test_path"])
+    # 40 rows, 4 have a null in 'noise' (0, 10, 20, 30), 3 more have x < 4 (1, 2, 3): 33 remain.
+    assert result["rows"] == 33 and len(train) + len(test) == 33
+    assert len(test) == 9  # ceil(0.25 * 33)
+    assert list(train.columns) == ["feature", "noise", "label"]
+    assert (train["feature"] >= 4).all()
+    assert result["train_path"].endswith("/data/prep/run-1/train.csv")
+
+
+def test_train_retry_reuses_the_version_an_earlier_try_registered(make_ctx):
+    import mlflow
+
+    prep = run_stage(PreprocessStage(callable="tests.fixtures_code:make_frame", steps=[Step(fillna={"noise": 0})]),
+                     make_ctx("prep"))
+    spec = TrainStage(callable="tests.fixtures_code:threshold_model", target="label", params={"max_iter": 100})
+    first = run_stage(spec, make_ctx("train", [("prep", prep)]))
+    retry = run_stage(spec, make_ctx("train", [("prep", prep)]))
+    other_run = run_stage(spec, make_ctx("train", [("prep", prep)], task_key="dag/run-2/train.run"))
+
+    assert first["model_version"] == "1" and first["metrics"]["custom"] == 42.0
+    assert retry == first  # same run, same version, same metrics: no duplicate
+    assert other_run["model_version"] == "2"
+    client = mlflow.MlflowClient(tracking_uri=make_ctx("x").mlflow.tracking_uri)
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'model'")) == ["1", "2"]
+
+
+def test_train_and_serve_fail_clearly_on_wrong_columns(make_ctx, tmp_path):
+    prep = run_stage(PreprocessStage(callable="tests.fixtures_code:make_frame"), make_ctx("prep"))
+    with pytest.raises(StageFailed, match="target column 'nope' is not in the training data"):
+        run_stage(TrainStage(estimator="sklearn.dummy.DummyClassifier", target="nope"), make_ctx("train", [("prep", prep)]))
+
+    trained = run_stage(
+        TrainStage(estimator="sklearn.dummy.DummyClassifier", target="label"), make_ctx("train", [("prep", prep)])
+    )
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(StageFailed, match=r"lacks the model's input columns \['x', 'noise'\]"):
+        run_stage(ServeStage(input=DataInput(path=str(other))), make_ctx("serve", [("train", trained)]))
+
+
+def test_stage_without_upstream_reference_names_what_is_missing(make_ctx):
+    with pytest.raises(StageFailed, match="stage 'train' needs 'train_path' from an upstream stage, but upstream stages gave: nothing"):
+        run_stage(TrainStage(estimator="sklearn.dummy.DummyClassifier", target="y"), make_ctx("train"))
