@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.stages.context import StageContext, StageFailed
 from airflow_mlops.stages.data import read_dataset, read_input, write_dataset
+from airflow_mlops.stages.tracking import use_store
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import ServeStage
@@ -16,8 +17,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
 
     model_uri = ctx.find("model_uri")
     df = read_input(spec.input) if spec.input else read_dataset(ctx.find("test_path"))
-    mlflow.set_tracking_uri(ctx.mlflow.tracking_uri)
-    mlflow.set_registry_uri(ctx.mlflow.tracking_uri)
+    use_store(ctx.mlflow)
     model = mlflow.pyfunc.load_model(model_uri)
     schema = model.metadata.get_input_schema()
     columns = schema.input_names() if schema else [c for c in df.columns]

@@ -7,6 +7,18 @@ from typing import Any
 from airflow_mlops.stages.context import MlflowTarget
 
 
+def use_store(target: MlflowTarget) -> None:
+    """Point MLflow's tracking and registry at the target store.
+
+    Both, always: MLflow keeps them as process-wide globals, and a registry URI left over from an
+    earlier task in the same process would register the model in the wrong store.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(target.tracking_uri)
+    mlflow.set_registry_uri(target.tracking_uri)
+
+
 def use_experiment(target: MlflowTarget) -> str:
     """Point MLflow at the target store and return the experiment id, creating it if needed.
 
@@ -15,7 +27,7 @@ def use_experiment(target: MlflowTarget) -> str:
     """
     import mlflow
 
-    mlflow.set_tracking_uri(target.tracking_uri)
+    use_store(target)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(target.experiment)
     if experiment is not None:

@@ -54,7 +54,7 @@ def run(spec: "TrainStage", ctx: StageContext) -> dict[str, Any]:
         ctx.log.info("Metrics: %s", metrics)
         info = log_model(model, x_test, ctx.mlflow.registered_model)
     version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(ctx.mlflow)
     for key, value in ctx.tags.items():
         client.set_model_version_tag(ctx.mlflow.registered_model, version, key, value)
     ctx.log.info("Registered model '%s' version %s (run %s)", ctx.mlflow.registered_model, version, run.info.run_id)
