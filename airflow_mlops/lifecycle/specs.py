@@ -1,0 +1,276 @@
+"""Typed policies for the lifecycle operators: retention (what may be deleted) and backup (what is
+copied where, and how long snapshots are kept).
+
+The same models validate a maintenance pipeline's YAML ``args:`` (plain dicts) and Python code
+(model instances); the operators validate them in ``__init__``, so a bad policy fails when the DAG
+is parsed, not when it runs. Unknown keys are errors (``extra="forbid"``).
+
+Paths may use ``~`` and environment variables (``${AIRFLOW_MLOPS_HOME}/data``); they are expanded
+in the worker when the task runs, and must then be absolute.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from airflow_mlops.spec.models import IMPORT_PATH, MlflowSettings
+
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _duration(v: Any) -> Any:
+    """Seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'30d'``, ``'2w'`` or ISO 8601 (``'P30D'``)."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", v)
+        if m:
+            n, unit = float(m.group(1)), m.group(2)
+            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+    return v
+
+
+Age = Annotated[timedelta, Field(json_schema_extra={"examples": ["30d", "12h", "P30D"]})]
+
+
+def _local_path(v: Any) -> Any:
+    """A local path that is absolute once ``~`` and ``$VARS`` are expanded."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("file://"):
+            s = s[len("file://"):]
+        if not s or not (s.startswith(("/", "~", "$"))):
+            raise PydanticCustomError(
+                "absolute_path",
+                "expected an absolute path (it may start with ~ or an environment variable such as "
+                "${{AIRFLOW_MLOPS_HOME}}/data), got {v}",
+                {"v": repr(v)},
+            )
+        if s.rstrip("/") == "":
+            raise PydanticCustomError("root_path", "refusing the filesystem root '/' as a lifecycle path", {})
+        return s
+    return v
+
+
+LocalPath = Annotated[str, Field(description="Absolute path; '~' and ${ENV_VARS} are expanded in the worker.")]
+
+
+class _Rules(Strict):
+    """Deletion rules shared by every retention policy. An item is deleted when any rule selects it,
+    unless it is among the ``min_keep`` newest of its group or otherwise protected."""
+
+    max_age: Age | None = Field(None, description="Delete items older than this ('30d', '12h', 'P30D').")
+    keep_last: int | None = Field(None, ge=0, description="Delete all but the N newest items (per group).")
+    min_keep: int = Field(0, ge=0, description="The N newest items (per group) are never deleted by any rule.")
+
+    _age = field_validator("max_age", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    def _has_rule(self) -> bool:
+        return self.max_age is not None or self.keep_last is not None
+
+
+class FilesPolicy(_Rules):
+    """Files (or whole sub-folders) under one root: model files, data, checkpoints.
+
+    Only items under ``root`` that ``include`` matches and ``exclude`` does not are ever considered.
+    A pattern without '/' matches the name at any depth (``*.ckpt``); one with '/' matches the path
+    relative to the root (``runs/*/tmp/*``; ``*`` may cross folders). An excluded folder is not
+    entered at all. Symbolic links are never followed; a link that a pattern matches is an item
+    itself (deleting it removes the link, never its target).
+    """
+
+    kind: Literal["files"] = "files"
+    name: str | None = Field(None, description="Shown in the summary; defaults to the root.")
+    root: LocalPath
+    include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+    unit: Literal["file", "directory"] = Field(
+        "file", description="'file': every matching file is an item; 'directory': every folder at `depth` "
+        "below the root is one item (its age is its newest file, its size the sum), deleted whole.",
+    )
+    depth: int = Field(1, ge=1, description="For unit 'directory': how deep below the root the item folders are.")
+    group_by: Literal["none", "parent"] = Field(
+        "none", description="'parent': keep_last/min_keep count per containing folder (e.g. per model), not over the root.",
+    )
+    max_total_size: ByteSize | None = Field(
+        None, description="Size budget ('50GiB', '500MB', bytes): the oldest items go until the rest fits.",
+    )
+
+    _root = field_validator("root", mode="before")(classmethod(lambda cls, v: _local_path(v)))
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> "FilesPolicy":
+        if not self._has_rule() and self.max_total_size is None:
+            raise PydanticCustomError("no_rule", "a files policy needs at least one of max_age, keep_last, max_total_size", {})
+        return self
+
+
+class MlflowRunsPolicy(_Rules):
+    """MLflow runs of the named experiments: deleted, then garbage-collected (metadata and artifacts
+    removed for good) — only the runs this policy deleted, never other soft-deleted runs.
+
+    Never deleted: runs not in ``statuses`` (so not RUNNING by default), runs whose model version
+    carries a protected alias, and (``keep_registered``) runs that back any model version that is
+    not itself being deleted. ``keep_last`` / ``min_keep`` count per experiment. Age is measured
+    from the run's end (its start while unfinished).
+    """
+
+    kind: Literal["mlflow_runs"] = "mlflow_runs"
+    name: str | None = None
+    experiments: list[str] = Field(..., min_length=1, description="Experiment names (shell patterns allowed, e.g. 'churn-*').")
+    filter: str | None = Field(None, description="An MLflow search filter the runs must also match, e.g. \"tags.env = 'dev'\".")
+    statuses: list[Literal["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]] = Field(
+        default_factory=lambda: ["FINISHED", "FAILED", "KILLED"], min_length=1,
+    )
+    protected_aliases: list[str] = Field(default_factory=lambda: ["champion"])
+    keep_registered: bool = Field(True, description="Keep runs that back a model version that stays.")
+    delete_logged_models: bool = Field(
+        True, description="Also delete the MLflow 3 logged models these runs produced (unless a remaining model version uses them).",
+    )
+    garbage_collect: bool = Field(True, description="Permanently delete the deleted runs and their artifacts.")
+    backend_store_uri: str | None = Field(
+        None, description="Database URI for garbage collection when the tracking URI is a server; default: the tracking URI.",
+    )
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> "MlflowRunsPolicy":
+        if not self._has_rule():
+            raise PydanticCustomError("no_rule", "an mlflow_runs policy needs at least one of max_age, keep_last", {})
+        return self
+
+
+class MlflowModelVersionsPolicy(_Rules):
+    """Versions of the named registered models. A version carrying a protected alias (``champion``
+    by default) is never deleted. ``keep_last`` / ``min_keep`` count per model. Age is measured
+    from the version's creation."""
+
+    kind: Literal["mlflow_model_versions"] = "mlflow_model_versions"
+    name: str | None = None
+    models: list[str] = Field(..., min_length=1, description="Registered model names (shell patterns allowed).")
+    protected_aliases: list[str] = Field(default_factory=lambda: ["champion"])
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> "MlflowModelVersionsPolicy":
+        if not self._has_rule():
+            raise PydanticCustomError("no_rule", "an mlflow_model_versions policy needs at least one of max_age, keep_last", {})
+        return self
+
+
+RetentionPolicy = Annotated[Union[FilesPolicy, MlflowRunsPolicy, MlflowModelVersionsPolicy], Field(discriminator="kind")]
+
+
+def _default_kind(v: Any, guess) -> Any:
+    if isinstance(v, list):
+        return [({**item, "kind": guess(item)} if isinstance(item, dict) and "kind" not in item else item) for item in v]
+    return v
+
+
+class RetentionSpec(Strict):
+    """What a RetentionCleanupOperator does: its policies, applied in order."""
+
+    policies: list[RetentionPolicy] = Field(..., min_length=1)
+    dry_run: bool = Field(False, description="Only list what a real run would delete.")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="Which MLflow store (same precedence as the stages).")
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _files_by_default(cls, v: Any) -> Any:
+        return _default_kind(v, lambda item: "files")
+
+
+# --- backup ------------------------------------------------------------------------------------------
+
+
+class DirectorySource(Strict):
+    """A folder (models, artifacts, data, rendered manifests), copied without following symlinks
+    (a link is recorded as a link)."""
+
+    kind: Literal["directory"] = "directory"
+    name: str = Field(..., pattern=NAME, description="Folder name of this source inside a snapshot.")
+    path: LocalPath
+    include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+    _path = field_validator("path", mode="before")(classmethod(lambda cls, v: _local_path(v)))
+
+
+class MlflowStoreSource(Strict):
+    """The MLflow store: its SQLite database, copied consistently with SQLite's online backup API
+    (safe while the tracking server writes), and the local artifact folder."""
+
+    kind: Literal["mlflow"] = "mlflow"
+    name: str = Field("mlflow", pattern=NAME)
+    tracking_uri: str | None = Field(None, description="sqlite:////abs/mlflow.db; default: resolved like the stages do.")
+    artifacts: str | None = Field(None, description="Artifact folder; default: mlartifacts/ beside the database.")
+    include_artifacts: bool = True
+
+
+class CallableSource(Strict):
+    """Files produced by a function (e.g. the Kubernetes manifests a pipeline renders): it returns
+    ``{relative file name: text or bytes}`` or the path of a folder it wrote."""
+
+    kind: Literal["callable"] = "callable"
+    name: str = Field(..., pattern=NAME)
+    callable: str = Field(..., pattern=IMPORT_PATH, description="'package.module:function'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+BackupSource = Annotated[Union[DirectorySource, MlflowStoreSource, CallableSource], Field(discriminator="kind")]
+
+
+class _Target(Strict):
+    target: str = Field(..., description="fsspec URI or path of the backup repository: /backups, file:///backups, s3://bucket/prefix.")
+    conn_id: str | None = Field(None, description="Airflow connection for the target (through ObjectStoragePath).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the target filesystem.")
+    name: str = Field("default", pattern=NAME, description="Backup set name; snapshots of different sets share stored files.")
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if "://" not in v:
+            _local_path(v)
+        return v
+
+
+class BackupSpec(_Target):
+    """What a BackupOperator copies, where, and how many snapshots it keeps."""
+
+    sources: list[BackupSource] = Field(..., min_length=1)
+    keep_last: int | None = Field(None, ge=1, description="Keep this many snapshots of this set (the newest).")
+    max_age: Age | None = Field(None, description="Delete snapshots older than this (the newest is always kept).")
+    workers: int = Field(4, ge=1, le=64, description="Files copied in parallel.")
+    fsync: bool = Field(False, description="fsync every stored file before publishing (local targets); slower, power-loss safe.")
+
+    _age = field_validator("max_age", mode="before")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _directory_by_default(cls, v: Any) -> Any:
+        return _default_kind(v, lambda item: "callable" if "callable" in item else "directory")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "BackupSpec":
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise PydanticCustomError("duplicate_source", "source names must be unique; repeated: {dup}", {"dup": ", ".join(dup)})
+        return self
+
+
+class RestoreSpec(_Target):
+    """Which snapshot to restore, and where. Every file's checksum is verified; a corrupted or
+    missing file is reported (RestoreError) and never written."""
+
+    dest: LocalPath = Field(..., description="Folder to restore into; each source goes to dest/<source name>/.")
+    snapshot: str | None = Field(None, description="Snapshot id; default: the newest.")
+    sources: list[str] | None = Field(None, description="Restore only these sources.")
+    overwrite: bool = Field(False, description="Replace files that already exist in dest.")
+
+    _dest = field_validator("dest", mode="before")(classmethod(lambda cls, v: _local_path(v)))
