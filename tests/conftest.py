@@ -63,5 +63,15 @@ def dags_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole run (the JVM takes ~30 s to start here)."""
+    from airflow_mlops.stages.spark.session import get_session
+
+    session = get_session("local[2]", {"spark.sql.shuffle.partitions": "4"})
+    yield session
+    session.stop()
+
+
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_HOME, ignore_errors=True)

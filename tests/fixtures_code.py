@@ -15,3 +15,11 @@ def threshold_model(train, test, target, features, params):
 
     model = LogisticRegression(**params).fit(train[features], train[target])
     return model, {"accuracy": float((model.predict(test[features]) == test[target]).mean()), "custom": 42.0}
+
+
+def spend_per_segment(customers, orders):
+    """A Spark transform: keyword DataFrames in, one DataFrame out."""
+    from pyspark.sql import functions as F
+
+    joined = customers.join(orders, customers.id == orders.customer_id, "left")
+    return joined.groupBy("segment").agg(F.round(F.sum("amount"), 2).alias("spend")).orderBy("segment")

@@ -103,7 +103,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
@@ -197,9 +197,30 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="relative-sqlite",
         ),
         pytest.param(
+            "id: a\nstages:\n  train: {backend: spark, estimator: x.Y, target: t}\n",
+            ["3:20 stages.train.backend: the spark backend runs preprocess and serve stages, not train; "
+             "give this stage 'backend: batch' (or kubernetes)"],
+            id="spark-train",
+        ),
+        pytest.param(
+            "id: a\nstages:\n  preprocess:\n    input: {path: a.csv}\n    sql: SELECT 1\n",
+            ["5:10 stages.preprocess.sql: 'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas"],
+            id="sql-on-batch",
+        ),
+        pytest.param(
+            "id: a\nbackend: spark\nstages:\n  preprocess:\n    input: {path: a.csv}\n    steps: [{dropna: true}]\n",
+            ["6:12 stages.preprocess.steps: built-in steps are pandas operations; on the spark backend use 'sql' or 'transform'"],
+            id="steps-on-spark",
+        ),
+        pytest.param(
+            "id: a\nstages:\n  preprocess:\n    input: {path: a.csv}\n    inputs: {b: {path: b.csv}}\n",
+            ["4:5 stages.preprocess: give exactly one of 'callable', 'input' or 'inputs'"],
+            id="two-sources",
+        ),
+        pytest.param(
             "id: a\nstages:\n  validate: {backend: kubernetes}\n",
             ["3:23 stages.validate.backend: backend 'kubernetes' is not available in this version of airflow-mlops; "
-             "available: 'batch'"],
+             "available: 'batch', 'spark'"],
             id="backend-not-available-yet",
         ),
     ],

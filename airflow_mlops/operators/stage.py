@@ -13,7 +13,7 @@ class StageOperator(BaseOperator):
     """Run a built-in stage (preprocess, train, validate, serve) in the worker.
 
     :param stage: the stage's validated spec.
-    :param pipeline_id: the pipeline (DAG) id, used for MLflow names and data paths.
+    :param pipeline_id: the pipeline id, used for MLflow names and data paths (default: the DAG id).
     :param stage_name: the stage's name in the pipeline.
     :param mlflow: MLflow settings; resolved to a tracking URI when the task runs.
     :param data_dir: root folder for the stage's outputs.
@@ -27,7 +27,7 @@ class StageOperator(BaseOperator):
         self,
         *,
         stage: Any,
-        pipeline_id: str,
+        pipeline_id: str | None = None,
         stage_name: str,
         mlflow: MlflowSettings | None = None,
         data_dir: str | None = None,
@@ -48,12 +48,13 @@ class StageOperator(BaseOperator):
 
         ti = context["ti"]
         upstream = [(name, ti.xcom_pull(task_ids=task_id) or {}) for name, task_id in self.upstream_tasks]
+        pipeline_id = self.pipeline_id or ti.dag_id
         return StageContext(
-            pipeline_id=self.pipeline_id,
+            pipeline_id=pipeline_id,
             stage_name=self.stage_name,
             run_key=safe_run_key(context["run_id"]),
-            data_dir=self.data_dir or str(mlops_home() / "data" / self.pipeline_id),
-            mlflow=resolve_target(self.mlflow, self.pipeline_id),
+            data_dir=self.data_dir or str(mlops_home() / "data" / pipeline_id),
+            mlflow=resolve_target(self.mlflow, pipeline_id),
             upstream=upstream,
             tags={
                 "airflow.dag_id": ti.dag_id,
@@ -66,17 +67,25 @@ class StageOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from airflow_mlops.stages import StageFailed, run_stage
-
         ctx = self.stage_context(context)
-        self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, self.pipeline_id)
-        try:
-            result = run_stage(self.stage, ctx)
-        except StageFailed as exc:
-            # Deterministic failures (a metric under its threshold, a missing column): retrying
-            # would only repeat them, so fail without using up retries.
-            raise AirflowFailException(str(exc)) from exc
+        self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
+        result = self.run(ctx)
         self.log.info("Stage '%s' result: %s", self.stage_name, result)
         return result
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        """Run the stage in this process. Backends that run it elsewhere override this."""
+        from airflow_mlops.stages import StageFailed, run_stage
+
+        try:
+            return run_stage(self.stage, ctx)
+        except StageFailed as exc:
+            raise stage_failed(str(exc)) from exc
+
+
+def stage_failed(message: str) -> Exception:
+    """Deterministic failures (a metric under its threshold, a missing column): retrying would
+    only repeat them, so the task fails without using up its retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)

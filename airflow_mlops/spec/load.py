@@ -177,14 +177,37 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
                 f"unknown resource profile '{profile}'{did_you_mean(profile, profiles)}; known: {one_of(profiles)}",
             )
         backend = stage.backend or pipeline.backend
+        backend_loc = at + ("backend",) if stage.backend else ("backend",)
         if stage.kind != "custom" and backend not in AVAILABLE_BACKENDS:
-            loc = at + ("backend",) if stage.backend else ("backend",)
             yield SpecIssue(
-                src.mark_of(loc), format_path(loc),
+                src.mark_of(backend_loc), format_path(backend_loc),
                 f"backend '{backend}' is not available in this version of airflow-mlops; available: {one_of(AVAILABLE_BACKENDS)}",
             )
+        yield from _check_engine(stage, backend, at, backend_loc, src)
         yield from _check_imports(stage, at, src)
     yield from _check_cycles(deps, src)
+
+
+def _check_engine(stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source) -> Iterable[SpecIssue]:
+    """What each backend's engine can do: Spark runs preprocess (SQL or a transform over Spark
+    DataFrames) and serve; the batch backend runs pandas, which has no SQL."""
+    def issue(field: str, message: str) -> SpecIssue:
+        return SpecIssue(src.mark_of(at + (field,)), format_path(at + (field,)), message)
+
+    if backend == "spark":
+        if stage.kind not in ("preprocess", "serve", "custom"):
+            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
+                            f"the spark backend runs preprocess and serve stages, not {stage.kind}; "
+                            f"give this stage 'backend: batch' (or kubernetes)")
+        elif stage.kind == "preprocess":
+            if stage.steps:
+                yield issue("steps", "built-in steps are pandas operations; on the spark backend use 'sql' or 'transform'")
+            if stage.callable:
+                yield issue("callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'")
+            if stage.split and stage.split.stratify:
+                yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
+    elif stage.kind == "preprocess" and stage.sql:
+        yield issue("sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas")
 
 
 def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:

@@ -192,21 +192,62 @@ class StageBase(Strict):
         return [v] if isinstance(v, str) else v
 
 
+class Bounds(Strict):
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+
+
+class QualityGates(Strict):
+    """Checks on a stage's output; a failed gate fails the task with the measured numbers."""
+
+    row_count: Bounds | None = Field(None, description="Bounds on the number of rows.")
+    max_null_fraction: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="column → highest allowed fraction of nulls (0 = no nulls)."
+    )
+    columns: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Required columns → type ('bigint'/'long', 'int', 'double', 'float', 'string', 'boolean', "
+        "'date', 'timestamp') or null for any type.",
+    )
+    unique: list[str | list[str]] = Field(default_factory=list, description="Columns (or column lists) that must be unique.")
+
+
+class SparkSettings(Strict):
+    """Where Spark stages run: an embedded session in the worker (default), or a cluster through an
+    Airflow Spark connection, with spark-submit running the package's own runtime."""
+
+    conn_id: str | None = Field(None, description="Airflow Spark connection; unset: embedded session in the worker.")
+    master: str = Field("local[*]", description="Master of the embedded session.")
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
+
+
 class PreprocessStage(StageBase):
-    """Either ``callable`` (your function) or built-in read → ``steps`` → ``split`` → write."""
+    """Read (``input``, named ``inputs`` or your ``callable``) → transform (``sql`` on Spark, a
+    ``transform`` function, or built-in ``steps``) → ``quality`` gates → ``split`` → write."""
 
     kind: Literal["preprocess"] = "preprocess"
     callable: str | None = Field(None, pattern=IMPORT_PATH, description="'package.module:function'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the callable.")
     input: DataInput | None = None
+    inputs: dict[str, DataInput] | None = Field(None, description="Named inputs, for 'sql' (as tables) or 'transform'.")
+    sql: str | None = Field(None, description="Spark SQL over the named inputs (spark backend).")
+    transform: str | None = Field(
+        None, pattern=IMPORT_PATH, description="'package.module:function' called with the inputs as DataFrames, by name."
+    )
     steps: list[Step] = Field(default_factory=list)
+    quality: QualityGates | None = None
     split: Split | None = Field(default_factory=Split)
     format: DataFormat = "parquet"
+    output: str | None = Field(None, description="Write here instead of <data_dir>/<stage>/<run id>.")
+    spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
     @model_validator(mode="after")
-    def _callable_or_input(self) -> "PreprocessStage":
-        if (self.callable is None) == (self.input is None):
-            raise PydanticCustomError("preprocess_source", "give exactly one of 'callable' or 'input'")
+    def _one_source(self) -> "PreprocessStage":
+        given = [k for k in ("callable", "input", "inputs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("preprocess_source", "give exactly one of 'callable', 'input' or 'inputs'")
+        if self.sql and self.transform:
+            raise PydanticCustomError("preprocess_source", "give 'sql' or 'transform', not both")
         return self
 
 
@@ -247,6 +288,8 @@ class ServeStage(StageBase):
     mode: Literal["batch"] = "batch"
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
     format: DataFormat = "parquet"
+    output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")
+    spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
 
 class CustomStage(StageBase):
@@ -268,6 +311,7 @@ class PipelineDefaults(Strict):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     resource_profiles: dict[str, Resources] = Field(default_factory=dict)
     data_dir: str | None = Field(None, description="Where stages write data; default $AIRFLOW_MLOPS_HOME/data/<id>.")
+    spark: SparkSettings = Field(default_factory=SparkSettings)
 
 
 class Pipeline(PipelineDefaults):

@@ -12,8 +12,13 @@ __all__ = ["StageContext", "StageFailed", "run_stage"]
 
 
 def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:
-    """Run a built-in stage (preprocess, train, validate, serve) and return its references."""
-    module = importlib.import_module(f"airflow_mlops.stages.{spec.kind}")
+    """Run a built-in stage (preprocess, train, validate, serve) and return its references.
+
+    The engine follows the backend: Spark stages live in ``stages/spark/``, the rest run pandas
+    code. Whether Spark is embedded or a cluster is the backend's business, not the stage's.
+    """
+    package = "airflow_mlops.stages.spark" if ctx.backend == "spark" else "airflow_mlops.stages"
+    module = importlib.import_module(f"{package}.{spec.kind}")
     result = module.run(spec, ctx)
     return _jsonable(result)
 

@@ -37,13 +37,18 @@ class StageContext:
     # Results of the stages this one (transitively) depends on, nearest first.
     upstream: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)  # Airflow ids, recorded on MLflow runs
+    backend: str = "batch"
+    # Embedded Spark session settings ({"master", "conf"}); None under spark-submit, where the
+    # cluster's own configuration applies.
+    spark: dict[str, Any] | None = None
 
     @property
     def log(self) -> logging.Logger:
         return logging.getLogger(f"airflow_mlops.stages.{self.stage_name}")
 
-    def output_dir(self) -> Path:
-        path = Path(self.data_dir) / self.stage_name / self.run_key
+    def output_dir(self, override: str | None = None) -> Path:
+        """``override`` if the spec names an output, else ``<data_dir>/<stage>/<run key>``."""
+        path = Path(override) if override else Path(self.data_dir) / self.stage_name / self.run_key
         path.mkdir(parents=True, exist_ok=True)
         return path
 

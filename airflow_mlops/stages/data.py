@@ -23,9 +23,13 @@ def infer_format(path: str, given: str | None) -> str:
 
 
 def read_dataset(path: str, fmt: str | None = None) -> "pd.DataFrame":
+    """A file, or a folder of part files as Spark writes them."""
     import pandas as pd
 
     fmt = infer_format(path, fmt)
+    if fmt == "csv" and Path(path).is_dir():
+        parts = sorted(Path(path).glob("part-*.csv"))
+        return pd.concat([pd.read_csv(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
     return pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
 
 

@@ -1,9 +1,11 @@
-"""preprocess: read (or call your function) → transform steps → train/test split → write."""
+"""preprocess (pandas): read (or call your function) → transform → steps → quality gates →
+train/test split → write."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.stages import quality
 from airflow_mlops.stages.context import StageContext, StageFailed, import_string
 from airflow_mlops.stages.data import read_input, write_dataset
 
@@ -27,16 +29,19 @@ def run(spec: "PreprocessStage", ctx: StageContext) -> dict[str, Any]:
             )
         df = produced
     else:
-        df = read_input(spec.input)
+        frames = {name: read_input(source) for name, source in named_inputs(spec).items()}
+        df = import_string(spec.transform)(**frames) if spec.transform else next(iter(frames.values()))
     ctx.log.info("Read %d rows × %d columns", len(df), df.shape[1])
     for step in spec.steps:
         df = apply_step(df, step)
     if df.empty:
         raise StageFailed("preprocess produced no rows: check the input and the steps")
-
-    out = ctx.output_dir()
-    ext = spec.format
     result: dict[str, Any] = {"rows": len(df), "columns": list(map(str, df.columns))}
+    if spec.quality:
+        result["quality"] = quality.enforce(quality.measure_pandas(df, spec.quality), spec.quality, ctx.log)
+
+    out = ctx.output_dir(spec.output)
+    ext = spec.format
     if spec.split is None:
         result["data_path"] = write_dataset(df, out / f"data.{ext}", ext)
     else:
@@ -51,6 +56,11 @@ def run(spec: "PreprocessStage", ctx: StageContext) -> dict[str, Any]:
         result.update(train_rows=len(train), test_rows=len(test))
     ctx.log.info("Wrote %s", {k: v for k, v in result.items() if k.endswith("_path")})
     return result
+
+
+def named_inputs(spec: "PreprocessStage") -> dict[str, Any]:
+    """``inputs`` as given, or the single ``input`` under the name ``data``."""
+    return dict(spec.inputs) if spec.inputs else {"data": spec.input}
 
 
 def apply_step(df: "pd.DataFrame", step: "Step") -> "pd.DataFrame":

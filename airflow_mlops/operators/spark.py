@@ -1,0 +1,109 @@
+"""Spark stages and the SparkFeatureOperator."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from airflow_mlops.operators.stage import StageOperator, stage_failed
+from airflow_mlops.spec.models import DataInput, PreprocessStage, QualityGates, SparkSettings, Split
+
+RESULT_FILE = "_airflow_mlops_result.json"
+
+
+class SparkStageOperator(StageOperator):
+    """Run a stage's Spark code: on an embedded session in the worker when ``spark.conn_id`` is
+    unset, else through spark-submit on the connection's cluster (the apache-spark provider's
+    SparkSubmitHook), running ``airflow_mlops/runtime.py`` with the stage spec."""
+
+    ui_color = "#fdeee4"
+
+    def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spark = SparkSettings.model_validate(spark or {})
+
+    def run(self, ctx: Any) -> dict[str, Any]:
+        ctx.backend = "spark"
+        if self.spark.conn_id is None:
+            ctx.spark = {"master": self.spark.master, "conf": self.spark.conf}
+            self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
+            return super().run(ctx)
+        ctx.spark = None
+        return self.submit(ctx)
+
+    def submit(self, ctx: Any) -> dict[str, Any]:
+        from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+        from airflow_mlops import runtime
+
+        result_file = ctx.output_dir(getattr(self.stage, "output", None)) / RESULT_FILE
+        result_file.unlink(missing_ok=True)  # never read an earlier try's result
+        # spark-submit ships with pyspark next to this interpreter; the hook looks it up on PATH.
+        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+        hook = SparkSubmitHook(
+            conn_id=self.spark.conn_id,
+            conf={k: str(v) for k, v in self.spark.conf.items()},
+            name=f"airflow-mlops {ctx.pipeline_id}.{ctx.stage_name}",
+            application_args=["--payload", runtime.encode_payload(self.stage, ctx), "--result-file", str(result_file)],
+            env_vars=python,
+        )
+        self.log.info("Submitting stage '%s' through Spark connection '%s'", ctx.stage_name, self.spark.conn_id)
+        try:
+            hook.submit(application=runtime.__file__)
+        except Exception as exc:
+            failure = result_file.with_suffix(".failed")
+            if failure.exists():
+                raise stage_failed(failure.read_text()) from exc
+            raise
+        return json.loads(result_file.read_text())
+
+
+class SparkFeatureOperator(SparkStageOperator):
+    """Feature engineering with PySpark: SQL over named inputs (as tables) or a Python function
+    over their DataFrames, data-quality gates, output written as Parquet or CSV and declared as an
+    Airflow Asset.
+
+    :param inputs: name → path/URI (or ``{"path": ..., "format": "csv"}``).
+    :param sql: Spark SQL over the inputs by name; or
+    :param transform: ``'package.module:function'`` called with the inputs as keyword DataFrames.
+    :param output: folder the features are written into (``data.<format>``, or ``train.<format>``
+        and ``test.<format>`` with ``split``).
+    :param quality: data-quality gates (row_count, max_null_fraction, columns, unique).
+    :param split: ``{"test_fraction": 0.2, "seed": 42}`` for a train/test split.
+    :param conn_id: an Airflow Spark connection (spark-submit); default: embedded ``local[*]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        inputs: dict[str, str | dict[str, Any]],
+        output: str,
+        sql: str | None = None,
+        transform: str | None = None,
+        format: str = "parquet",
+        quality: QualityGates | dict[str, Any] | None = None,
+        split: Split | dict[str, Any] | None = None,
+        conn_id: str | None = None,
+        master: str = "local[*]",
+        conf: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        from airflow.sdk import Asset
+
+        task_id = kwargs.get("task_id", "?")
+        try:
+            stage = PreprocessStage(
+                inputs={n: DataInput(path=v) if isinstance(v, str) else DataInput.model_validate(v) for n, v in inputs.items()},
+                sql=sql, transform=transform, format=format, quality=quality, split=split, output=output,
+            )
+            spark = SparkSettings(conn_id=conn_id, master=master, conf=conf or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"SparkFeatureOperator(task_id={task_id!r}): {problems}") from None
+        kwargs.setdefault("outlets", [Asset(uri=output if "://" in output else f"file://{os.path.abspath(output)}")])
+        super().__init__(stage=stage, stage_name=task_id, spark=spark, **kwargs)
