@@ -50,7 +50,7 @@ def _local_path(v: Any) -> Any:
             raise PydanticCustomError(
                 "absolute_path",
                 "expected an absolute path (it may start with ~ or an environment variable such as "
-                "${{AIRFLOW_MLOPS_HOME}}/data), got {v}",
+                "${AIRFLOW_MLOPS_HOME}/data), got {v}",
                 {"v": repr(v)},
             )
         if s.rstrip("/") == "":
@@ -274,3 +274,31 @@ class RestoreSpec(_Target):
     overwrite: bool = Field(False, description="Replace files that already exist in dest.")
 
     _dest = field_validator("dest", mode="before")(classmethod(lambda cls, v: _local_path(v)))
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], owner: str) -> Any:
+    """``model`` built from ``data``, or a ValueError naming every bad field (for DAG-parse errors)."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            parts = [p for p in err["loc"] if not (isinstance(p, str) and p in _KIND_TAGS)]
+            loc = ".".join(str(p) for p in parts)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden" and parts:
+                import difflib
+
+                known = {f for m in _ALL_MODELS for f in m.model_fields}
+                close = difflib.get_close_matches(str(parts[-1]), sorted(known), n=1)
+                msg = f"unknown key '{parts[-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+            lines.append(f"{loc or '(arguments)'}: {msg}")
+        raise ValueError(f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
+
+
+# pydantic puts the discriminator value in an error's location (policies.0.files.max_age); drop it.
+_KIND_TAGS = {"files", "mlflow_runs", "mlflow_model_versions", "directory", "mlflow", "callable"}
+_ALL_MODELS = (FilesPolicy, MlflowRunsPolicy, MlflowModelVersionsPolicy, RetentionSpec, DirectorySource,
+               MlflowStoreSource, CallableSource, BackupSpec, RestoreSpec)

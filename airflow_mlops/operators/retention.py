@@ -1,0 +1,48 @@
+"""RetentionCleanupOperator: delete old files, MLflow runs and model versions by policy, safely."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+from airflow_mlops.lifecycle.specs import RetentionSpec, validated
+
+
+class RetentionCleanupOperator(BaseOperator):
+    """Apply retention policies: max age, keep last N, size budget.
+
+    :param policies: a list of ``FilesPolicy`` / ``MlflowRunsPolicy`` / ``MlflowModelVersionsPolicy``
+        (or the same as dicts, with ``kind: files | mlflow_runs | mlflow_model_versions``; a dict
+        without ``kind`` is a files policy).
+    :param dry_run: only list what a real run would delete. A run triggered with
+        ``{"dry_run": true}`` in its conf is a dry run too (the conf can only turn a dry run on).
+    :param mlflow: MLflow settings (``tracking_uri``, ``conn_id``…), resolved when the task runs
+        with the same precedence as the pipeline stages.
+
+    Never deletes outside a files policy's root (symlinks are not followed), a model version behind
+    a protected alias (``champion`` by default) or the run behind it, or anything no policy
+    covers. Returns (XCom) a summary: items and bytes deleted (or that would be), per policy, the
+    first deleted ids, what was protected and what was skipped (vanished, permission denied…).
+    The arguments are validated here, so a bad policy fails when the DAG is parsed.
+    """
+
+    ui_color = "#fdecea"
+
+    def __init__(self, *, policies: Sequence[Any], dry_run: bool = False, mlflow: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        data: dict[str, Any] = {"policies": list(policies) if isinstance(policies, (list, tuple)) else policies,
+                                "dry_run": dry_run}
+        if mlflow is not None:
+            data["mlflow"] = mlflow
+        self.spec: RetentionSpec = validated(RetentionSpec, data, f"{type(self).__name__} '{self.task_id}'")
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_mlops.lifecycle.retention import run_retention
+
+        spec = self.spec
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if conf.get("dry_run") is True and not spec.dry_run:
+            self.log.info("dry_run requested in the DAG run's conf: nothing will be deleted")
+            spec = spec.model_copy(update={"dry_run": True})
+        return run_retention(spec, logger=self.log)
