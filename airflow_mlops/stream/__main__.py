@@ -1,0 +1,57 @@
+"""``python -m airflow_mlops.stream``: one bounded streaming-inference run from a shell or a pod.
+
+    python -m airflow_mlops.stream --bootstrap-servers 127.0.0.1:9092 \\
+        --spec '{"input_topic": "events", "output_topic": "scores", "group_id": "scorer",
+                 "model_uri": "models:/churn@champion", "dead_letter_topic": "events.dlq"}' \\
+        --tracking-uri sqlite:////srv/mlflow/mlflow.db
+
+``--spec`` and ``--kafka-config`` take JSON or ``@file.json``. Security settings belong in
+``--kafka-config`` or ``$AIRFLOW_MLOPS_KAFKA_CONFIG`` (JSON), never in the spec. The summary is
+printed as one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _json_arg(text: str) -> Any:
+    if text.startswith("@"):
+        with open(text[1:]) as fh:
+            return json.load(fh)
+    return json.loads(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.stream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", required=True, type=_json_arg, help="StreamSpec as JSON or @file")
+    parser.add_argument("--bootstrap-servers", help="overrides bootstrap_servers of the Kafka config")
+    parser.add_argument("--kafka-config", type=_json_arg, default=None,
+                        help="kafka-python settings as JSON or @file (default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from airflow_mlops.stream import StreamError, run_stream
+
+    config = args.kafka_config
+    if config is None:
+        config = json.loads(os.environ.get("AIRFLOW_MLOPS_KAFKA_CONFIG", "{}"))
+    if args.bootstrap_servers:
+        config["bootstrap_servers"] = args.bootstrap_servers
+    try:
+        summary = run_stream(args.spec, config, tracking_uri=args.tracking_uri)
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

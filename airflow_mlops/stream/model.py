@@ -1,0 +1,72 @@
+"""The model a stream scores with: an MLflow pyfunc loaded once, its registry version resolved
+once (an alias could move mid-run; the run keeps the version it started with)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("airflow_mlops.stream")
+
+
+@dataclass
+class ScoringModel:
+    model: Any  # mlflow.pyfunc.PyFuncModel, or anything with .predict(DataFrame)
+    uri: str  # what was loaded: models:/<name>/<version> for a registry URI
+    version: str  # registry version, or the URI for an unregistered model
+    name: str | None = None
+    features: list[str] | None = None  # input columns from the signature, if it names them
+    required: list[str] | None = None  # the signature's non-optional inputs
+    float_features: list[str] | None = None  # signature inputs of type double/float
+
+    def predict(self, frame: Any) -> Any:
+        return self.model.predict(frame)
+
+
+def resolve_model_uri(model_uri: str, client: Any) -> tuple[str, str | None, str]:
+    """``models:/name@alias``, ``models:/name/latest``, ``models:/name/3`` →
+    ``(models:/name/<version>, name, version)``; any other URI is returned as it is."""
+    if not model_uri.startswith("models:/"):
+        return model_uri, None, model_uri
+    rest = model_uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = str(client.get_model_version_by_alias(name, alias).version)
+    else:
+        name, _, ref = rest.partition("/")
+        if ref.isdigit():
+            version = ref
+        elif ref == "" or ref.lower() == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            if not versions:
+                raise LookupError(f"registered model '{name}' has no versions")
+            version = str(max(int(v.version) for v in versions))
+        else:  # a stage name (MLflow's deprecated stages API)
+            found = client.get_latest_versions(name, stages=[ref])
+            if not found:
+                raise LookupError(f"registered model '{name}' has no version in stage '{ref}'")
+            version = str(found[0].version)
+    return f"models:/{name}/{version}", name, version
+
+
+def load_scoring_model(model_uri: str, tracking_uri: str | None = None) -> ScoringModel:
+    import mlflow
+
+    if tracking_uri:
+        # Both, always: MLflow keeps them as process-wide globals (see stages.tracking.use_store).
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    resolved, name, version = resolve_model_uri(model_uri, client)
+    log.info("Loading model %s (from %s)", resolved, model_uri)
+    model = mlflow.pyfunc.load_model(resolved)
+    features = required = floats = None
+    schema = model.metadata.get_input_schema() if model.metadata else None
+    if schema is not None and schema.has_input_names():
+        features = list(schema.input_names())
+        required = list(schema.required_input_names())
+        if not schema.is_tensor_spec():
+            floats = [n for n, t in schema.input_types_dict().items() if getattr(t, "name", None) in ("double", "float")]
+    return ScoringModel(model=model, uri=resolved, version=version, name=name, features=features, required=required,
+                        float_features=floats)
