@@ -42,6 +42,7 @@ class Item:
     mtime: float  # seconds since the epoch: file mtime, run end, version creation
     reason: str  # max_age | keep_last | max_total_size
     check: tuple = ()  # what apply re-verifies before deleting (files: rel path, inode, size, mtime_ns)
+    uri: str | None = None  # MLflow entities: their artifact location
 
 
 @dataclass
@@ -387,4 +388,4 @@ def human_bytes(n: float) -> str:
 
 
 def as_dicts(items: Iterable[Item]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(i).items() if k != "check"} for i in items]
+    return [{k: v for k, v in asdict(i).items() if k not in ("check", "uri")} for i in items]

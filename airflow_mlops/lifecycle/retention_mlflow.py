@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from typing import Any
 
 from airflow_mlops.lifecycle.retention import Candidate, Item, PolicyPlan, select
@@ -141,6 +142,7 @@ def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed
                 continue
             when = (info.end_time or info.start_time or 0) / 1000
             item = Item("mlflow_run", f"runs:/{info.run_id}", 0, when, "", (info.run_id, exp.experiment_id))
+            item.uri = info.artifact_uri
             cands.append(Candidate(item, exp.experiment_id, backing.get(info.run_id)))
             runs_by_exp.setdefault(exp.experiment_id, []).append(info.run_id)
     pp.scanned = len(cands)
@@ -152,12 +154,31 @@ def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed
         exps = sorted({i.check[1] for i in pp.items})
         for lm in _pages(lambda t: client.search_logged_models(experiment_ids=exps, max_results=100, page_token=t)):
             if lm.source_run_id in going and lm.model_id not in staying_models:
-                pp.items.append(Item("logged_model", f"logged-models:/{lm.model_id}", 0,
-                                     (lm.creation_timestamp or 0) / 1000, f"run {lm.source_run_id} deleted",
-                                     (lm.model_id, lm.source_run_id)))
+                item = Item("logged_model", f"logged-models:/{lm.model_id}", 0, (lm.creation_timestamp or 0) / 1000,
+                            f"run {lm.source_run_id} deleted", (lm.model_id, lm.source_run_id))
+                item.uri = lm.artifact_location
+                pp.items.append(item)
             elif lm.source_run_id in going:
                 pp.protected.append(f"logged-models:/{lm.model_id} (used by a model version that stays)")
     pp.kept = pp.scanned - sum(1 for i in pp.items if i.kind == "mlflow_run")
+    for item in pp.items:  # bytes an artifact store on local disk will free
+        item.size = _local_size(item.uri)
+
+
+def _local_size(uri: str | None) -> int:
+    if not uri:
+        return 0
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if not path.startswith("/") or not os.path.isdir(path):
+        return 0
+    total = 0
+    for dirpath, _dirs, names in os.walk(path, followlinks=False):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+            except OSError:
+                pass
+    return total
 
 
 # --- apply -------------------------------------------------------------------------------------------------
@@ -273,3 +294,11 @@ def _delete_artifacts(get_repo, uri: str, item: Item, pp: PolicyPlan) -> None:
         get_repo(uri).delete_artifacts()
     except Exception as exc:  # noqa: BLE001 - as mlflow gc: report, purge the metadata anyway
         pp.notes.append(f"artifacts of {item.id} at {uri} not deleted: {type(exc).__name__}: {exc}")
+        return
+    # Local stores keep <run id>/artifacts or models/<id>/artifacts: drop the now empty folder too.
+    path = uri[len("file://"):] if uri and uri.startswith("file://") else uri
+    if path and path.startswith("/") and path.rstrip("/").endswith("/artifacts"):
+        try:
+            os.rmdir(os.path.dirname(path.rstrip("/")))
+        except OSError:
+            pass  # not empty, or already gone: leave it
