@@ -5,10 +5,23 @@ from __future__ import annotations
 
 
 class StreamError(RuntimeError):
-    """The stream cannot go on (a record failed without a dead-letter topic, the broker refused
-    the predictions, a bad configuration)."""
+    """The stream cannot go on. ``retryable`` says whether running it again could help."""
+
+    retryable = True
+
+
+class RecordFailed(StreamError):
+    """A record failed to decode or score and there is no dead-letter topic to divert it to."""
+
+    retryable = False
 
 
 class BatchFailed(StreamError):
     """Every record of a sizeable batch failed to score: a model or schema problem, not poison
     records (see ``StreamSpec.halt_on_failed_batch``)."""
+
+    retryable = False
+
+
+class DeliveryFailed(StreamError):
+    """The broker did not acknowledge some predictions or dead letters of a batch."""

@@ -12,7 +12,7 @@ import time
 from typing import Any, Mapping
 
 from airflow_mlops.kafka.config import for_client, redact
-from airflow_mlops.stream.errors import StreamError
+from airflow_mlops.stream.errors import DeliveryFailed, RecordFailed, StreamError
 from airflow_mlops.stream.spec import StreamSpec
 
 log = logging.getLogger("airflow_mlops.stream")
@@ -190,7 +190,7 @@ def run_stream(
             if dead and not dlq_topic:
                 first = dead[0]
                 r = first.record
-                raise StreamError(
+                raise RecordFailed(
                     f"record {r.topic}:{r.partition}@{r.offset} failed to {first.stage}: "
                     f"{type(first.error).__name__}: {first.error} (set dead_letter_topic to divert such records; "
                     f"this batch was not committed)"
@@ -202,7 +202,7 @@ def run_stream(
             producer.flush()
             failed = [f for f in futures if f.failed()]
             if failed:
-                raise StreamError(
+                raise DeliveryFailed(
                     f"{len(failed)} of {len(futures)} records of this batch were not acknowledged by the broker "
                     f"({failed[0].exception!r}); the batch was not committed and will be consumed again"
                 )

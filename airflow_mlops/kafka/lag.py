@@ -1,0 +1,89 @@
+"""Consumer-group lag, measured without joining the group: Σ over partitions of
+highwater − committed offset.
+
+The highwater mark comes from a fetch response (``consumer.highwater()``), not from
+``end_offsets()``/ListOffsets, which some Kafka-compatible brokers (tansu) answer wrongly. A
+partition the group never committed counts from the start of its log, as a consumer with
+``auto_offset_reset='earliest'`` would read it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from airflow_mlops.kafka.config import for_client
+
+
+@dataclass
+class GroupLag:
+    group_id: str
+    total: int = 0
+    partitions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "topic:p" → highwater, committed, lag
+    missing_topics: list[str] = field(default_factory=list)
+    unknown_partitions: list[str] = field(default_factory=list)  # no highwater within the timeout
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_topics and not self.unknown_partitions
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "lag": self.total, "partitions": self.partitions,
+                "missing_topics": self.missing_topics, "unknown_partitions": self.unknown_partitions}
+
+
+def group_lag(
+    kafka_config: Mapping[str, Any], group_id: str, topics: Sequence[str], *, timeout_s: float = 15.0
+) -> GroupLag:
+    from kafka import KafkaConsumer
+    from kafka.structs import TopicPartition
+
+    result = GroupLag(group_id=group_id)
+    consumer = KafkaConsumer(
+        **for_client(kafka_config, "consumer"),
+        group_id=group_id,  # only to read the group's committed offsets; never subscribes or commits
+        enable_auto_commit=False,
+        allow_auto_create_topics=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        # Only a highwater mark is wanted from each fetch, not the data behind it.
+        max_partition_fetch_bytes=64 * 1024,
+        fetch_max_bytes=1024 * 1024,
+    )
+    try:
+        partitions: list[Any] = []
+        for topic in topics:
+            ids = consumer.partitions_for_topic(topic)
+            if not ids:
+                result.missing_topics.append(topic)
+                continue
+            partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+        if not partitions:
+            return result
+        consumer.assign(partitions)
+        committed: dict[Any, int | None] = {}
+        for tp in partitions:
+            committed[tp] = consumer.committed(tp)
+            if committed[tp] is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed[tp])
+        start = {tp: consumer.position(tp) for tp in partitions}  # resolves the log start where needed
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100, max_records=100_000)
+            if all(consumer.highwater(tp) is not None for tp in partitions):
+                break
+        for tp in partitions:
+            name = f"{tp.topic}:{tp.partition}"
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                result.unknown_partitions.append(name)
+                continue
+            lag = max(0, highwater - start[tp])
+            result.partitions[name] = {"highwater": highwater, "committed": committed[tp], "lag": lag}
+            result.total += lag
+    finally:
+        consumer.close(autocommit=False)
+    return result

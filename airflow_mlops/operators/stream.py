@@ -1,0 +1,147 @@
+"""StreamInferenceOperator: Kafka topic → micro-batches → MLflow pyfunc model → Kafka topic, as a
+bounded Airflow task. Thin: it validates a ``StreamSpec`` when the DAG is parsed, resolves the
+Kafka and MLflow connections when it runs, and calls ``airflow_mlops.stream.run_stream``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_mlops.stream.spec import StreamSpec
+
+
+def validated_spec(data: dict[str, Any], owner: str) -> StreamSpec:
+    """``StreamSpec`` from ``data``, or a ValueError naming every bad argument (a DAG-parse error)."""
+    from pydantic import ValidationError
+
+    try:
+        return StreamSpec.model_validate(data)
+    except ValidationError as exc:
+        import difflib
+
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden" and err["loc"]:
+                close = difflib.get_close_matches(str(err["loc"][-1]), sorted(StreamSpec.model_fields), n=1)
+                msg = f"unknown argument '{err['loc'][-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+            lines.append(f"{loc or '(arguments)'}: {msg}")
+        raise ValueError(f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
+
+
+@functools.cache
+def _operator_params() -> frozenset[str]:
+    return frozenset(inspect.signature(BaseOperator.__init__).parameters)
+
+
+def _near_misses(kwargs: dict[str, Any], task_id: Any) -> None:
+    """A misspelt stream argument (``batch_sise``) gets a did-you-mean rather than Airflow's
+    generic "Invalid arguments were passed"."""
+    import difflib
+
+    for key in kwargs:
+        if key in _operator_params():
+            continue
+        close = difflib.get_close_matches(key, sorted(StreamSpec.model_fields), n=1)
+        if close:
+            raise ValueError(f"StreamInferenceOperator '{task_id}': invalid arguments:\n  "
+                             f"{key}: unknown argument (did you mean '{close[0]}'?)")
+
+
+class StreamInferenceOperator(BaseOperator):
+    """Score a Kafka topic with an MLflow model, at least once, and end.
+
+    Consumes ``input_topic`` in consumer group ``group_id``; decodes each record (JSON objects by
+    default; ``decoder`` names your own function); scores micro-batches of ``batch_size`` records
+    with one ``model.predict`` call on a pandas DataFrame; produces one prediction per record to
+    ``output_topic`` — keyed like its input, JSON ``{"prediction": ...}``, the model version in
+    the ``model_version`` header — and commits the consumed offsets only once the broker has
+    acknowledged the batch's predictions. A record that fails to decode or score goes to
+    ``dead_letter_topic`` (its original bytes; error, source topic/partition/offset in headers)
+    and the batch goes on. The task ends after ``max_records`` records, ``max_seconds`` seconds
+    or ``idle_timeout_s`` seconds without a record, and returns (XCom) a summary: records in,
+    predictions out, dead letters, batches, elapsed seconds, rate, final lag.
+
+    :param input_topic: topic or list of topics to consume.
+    :param output_topic: topic for the predictions.
+    :param model_uri: MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/…``);
+        an alias is resolved to its version once, when the task starts.
+    :param group_id: consumer group; default ``airflow-mlops.<dag_id>.<task_id>``.
+    :param dead_letter_topic: where failing records go; without one, a failing record fails the task.
+    :param kafka_conn_id: Airflow connection: host = bootstrap servers, login/password = SASL
+        credentials, extra = kafka-python settings (``security_protocol``, ``sasl_mechanism``,
+        ``ssl_cafile``…). Logged redacted only.
+    :param mlflow_conn_id: an ``mlflow`` connection (host = tracking URI); or ``tracking_uri``.
+        Default: ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``$AIRFLOW_MLOPS_HOME``.
+    :param spec: a ``StreamSpec`` (or dict) to start from; keyword arguments override it.
+
+    Every other ``StreamSpec`` field is accepted as a keyword argument too: ``batch_size``,
+    ``max_records``, ``max_seconds``, ``idle_timeout_s``, ``decoder``, ``features``,
+    ``output_key``, ``output_fields``, ``output_headers``, ``prediction_field``,
+    ``auto_offset_reset``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
+    ``progress_interval_s``, ``consumer_config``, ``producer_config``. They are validated here, so
+    a bad one fails when the DAG is parsed, and they can be Jinja templates.
+    """
+
+    template_fields = ("stream_args", "kafka_conn_id", "mlflow_conn_id", "tracking_uri")
+    template_fields_renderers = {"stream_args": "json"}
+    ui_color = "#fff3e0"
+
+    def __init__(
+        self,
+        *,
+        kafka_conn_id: str = "kafka_default",
+        mlflow_conn_id: str | None = None,
+        tracking_uri: str | None = None,
+        spec: StreamSpec | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}
+        _near_misses(kwargs, kwargs.get("task_id"))
+        super().__init__(**kwargs)
+        base = spec.model_dump(exclude_unset=True) if isinstance(spec, StreamSpec) else dict(spec or {})
+        data = {**base, **fields}
+        if not data.get("group_id"):
+            data["group_id"] = f"airflow-mlops.{self.dag_id}.{self.task_id}" if self.has_dag() else \
+                f"airflow-mlops.{self.task_id}"
+        owner = f"{type(self).__name__} '{self.task_id}'"
+        self.spec = validated_spec(data, owner)
+        if not self.spec.model_uri:
+            raise ValueError(f"{owner}: invalid arguments:\n  model_uri: required (e.g. 'models:/churn@champion')")
+        if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+            raise ValueError(f"{owner}: tracking_uri {tracking_uri!r} is a relative SQLite path; use an absolute one")
+        self.stream_args = data
+        self.kafka_conn_id = kafka_conn_id
+        self.mlflow_conn_id = mlflow_conn_id
+        self.tracking_uri = tracking_uri
+
+    def resolve_tracking_uri(self) -> str:
+        from airflow_mlops.hooks.mlflow import resolve_target
+        from airflow_mlops.spec.models import MlflowSettings
+
+        settings = MlflowSettings(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
+        return resolve_target(settings, self.dag_id).tracking_uri
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_mlops.hooks.kafka import kafka_config_from_connection
+        from airflow_mlops.stream import StreamError, run_stream
+
+        # Templated arguments are rendered by now: validate them again.
+        spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}'")
+        kafka_config = kafka_config_from_connection(self.kafka_conn_id)
+        tracking_uri = self.resolve_tracking_uri()
+        self.log.info("MLflow tracking URI: %s", tracking_uri.split("@")[-1])
+        try:
+            return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
+        except StreamError as exc:
+            if not exc.retryable:
+                # A poison record without a dead-letter topic, or a model that scores nothing:
+                # a retry would only repeat it.
+                raise AirflowFailException(str(exc)) from exc
+            raise
