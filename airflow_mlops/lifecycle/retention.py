@@ -237,7 +237,9 @@ def _item_dirs(root: str, policy: FilesPolicy, matcher: Matcher, report: ScanRep
 
 
 def _measure_dir(root: str, rel: str, report: ScanReport) -> tuple[int, int, int, int] | None:
-    """(total bytes, newest mtime_ns of it and anything inside, inode, its own mtime_ns)."""
+    """(total bytes, newest mtime_ns of the files inside — the folder's own if it holds none —,
+    inode, its own mtime_ns). Folder mtimes inside are ignored: copying or restoring a tree
+    refreshes them without the content being new."""
     path = os.path.join(root, rel)
     try:
         st = os.lstat(path)
@@ -246,13 +248,8 @@ def _measure_dir(root: str, rel: str, report: ScanReport) -> tuple[int, int, int
         return None
     if not stat.S_ISDIR(st.st_mode):
         return None
-    size, newest = 0, st.st_mtime_ns
-    for sub_rel, sub_path, entries in walk_dirs(path, Matcher(["*"]), report):
-        if sub_rel:
-            try:
-                newest = max(newest, os.lstat(sub_path).st_mtime_ns)
-            except OSError:
-                pass
+    size, newest = 0, None
+    for sub_rel, _sub_path, entries in walk_dirs(path, Matcher(["*"]), report):
         for de in entries:
             try:
                 s = de.stat(follow_symlinks=False)
@@ -260,8 +257,8 @@ def _measure_dir(root: str, rel: str, report: ScanReport) -> tuple[int, int, int
                 report.skip(f"{rel}/{sub_rel}/{de.name}" if sub_rel else f"{rel}/{de.name}", exc)
                 continue
             size += s.st_size
-            newest = max(newest, s.st_mtime_ns)
-    return size, newest, st.st_ino, st.st_mtime_ns
+            newest = s.st_mtime_ns if newest is None else max(newest, s.st_mtime_ns)
+    return size, st.st_mtime_ns if newest is None else newest, st.st_ino, st.st_mtime_ns
 
 
 def apply_files(pp: PolicyPlan) -> None:

@@ -93,7 +93,7 @@ class FilesPolicy(_Rules):
     exclude: list[str] = Field(default_factory=list)
     unit: Literal["file", "directory"] = Field(
         "file", description="'file': every matching file is an item; 'directory': every folder at `depth` "
-        "below the root is one item (its age is its newest file, its size the sum), deleted whole.",
+        "below the root is one item (its age is the newest file in it, its size the sum), deleted whole.",
     )
     depth: int = Field(1, ge=1, description="For unit 'directory': how deep below the root the item folders are.")
     group_by: Literal["none", "parent"] = Field(
