@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load_pipelines": "airflow_mlops.factory.loader",
     "StageOperator": "airflow_mlops.operators.stage",
+    "SparkFeatureOperator": "airflow_mlops.operators.spark",
     "read_pipeline": "airflow_mlops.spec.load",
     "PipelineSpecError": "airflow_mlops.spec.errors",
 }

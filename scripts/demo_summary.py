@@ -19,23 +19,30 @@ def main(pipeline_id: str, model_name: str) -> None:
     latest = max((home / "data" / pipeline_id / "serve").glob("*/predictions.parquet"), key=lambda p: p.stat().st_mtime)
     predictions = pd.read_parquet(latest)
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.data.metrics.items()))
-    repo = Path.cwd()
     print(f"""
-==> done: the pipeline ran end to end
-
+==> {pipeline_id}: done, end to end
   MLflow run       {champion.run_id}  ({metrics})
   model version    {model_name} version {champion.version}, alias 'champion'
   predictions      {latest}
                    {len(predictions)} rows, {int((predictions['prediction'] == predictions['target']).sum())} match the label
+""")
 
-  MLflow UI        .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000
+
+def where_to_look() -> None:
+    home = Path(os.environ["AIRFLOW_MLOPS_HOME"])
+    repo = Path.cwd()
+    print(f"""==> where to look
+  MLflow UI        .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --port 5000
                    then open http://127.0.0.1:5000
   Airflow UI       AIRFLOW_HOME={repo}/.demo/airflow AIRFLOW__CORE__DAGS_FOLDER={repo}/dags \\
                    AIRFLOW_MLOPS_HOME={home} AIRFLOW__CORE__LOAD_EXAMPLES=False \\
                    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True .venv/bin/airflow standalone
-                   then open http://127.0.0.1:8080/dags/{pipeline_id}
+                   then open http://127.0.0.1:8080/dags
 """)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1:] == ["--uis"]:
+        where_to_look()
+    else:
+        main(*sys.argv[1:3])

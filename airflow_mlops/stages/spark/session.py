@@ -23,7 +23,8 @@ def get_session(master: str | None = "local[*]", conf: dict[str, Any] | None = N
         return active
     builder = SparkSession.builder.appName(app_name)
     if master:
-        builder = builder.master(master).config("spark.ui.enabled", "false")
+        # Embedded in a worker: no web UI to serve, and no progress bars in the task log.
+        builder = builder.master(master).config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
     for key, value in (conf or {}).items():
         builder = builder.config(key, str(value))
     return builder.getOrCreate()
