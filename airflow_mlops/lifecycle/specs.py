@@ -255,13 +255,14 @@ class BackupSpec(_Target):
     def _directory_by_default(cls, v: Any) -> Any:
         return _default_kind(v, lambda item: "callable" if "callable" in item else "directory")
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> "BackupSpec":
-        names = [s.name for s in self.sources]
+    @field_validator("sources", mode="after")
+    @classmethod
+    def _unique_names(cls, sources: list) -> list:
+        names = [s.name for s in sources]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise PydanticCustomError("duplicate_source", "source names must be unique; repeated: {dup}", {"dup": ", ".join(dup)})
-        return self
+        return sources
 
 
 class RestoreSpec(_Target):
