@@ -103,7 +103,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'kubernetes', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
@@ -116,7 +116,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nstages:\n  validate:\n    treshold: {}\n",
             ["4:5 stages.validate.treshold: unknown key 'treshold' (did you mean 'thresholds'?); expected one of "
-             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'kind', 'thresholds', 'alias'"],
+             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'kubernetes', 'kind', 'thresholds', 'alias'"],
             id="unknown-stage-key",
         ),
         pytest.param(
@@ -219,9 +219,15 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         ),
         pytest.param(
             "id: a\nstages:\n  validate: {backend: kubernetes}\n",
-            ["3:23 stages.validate.backend: backend 'kubernetes' is not available in this version of airflow-mlops; "
-             "available: 'batch', 'spark'"],
-            id="backend-not-available-yet",
+            ["3:23 stages.validate.backend: the kubernetes backend needs an image with airflow-mlops installed: "
+             "set kubernetes.image on the pipeline or the stage"],
+            id="kubernetes-without-image",
+        ),
+        pytest.param(
+            "id: a\nkubernetes: {image: x, volumes: [{claim: Data_1, mount_path: data}]}\nstages:\n  validate: {}\n",
+            ["2:42 kubernetes.volumes.0.claim: string should match pattern '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', got 'Data_1'",
+             "2:62 kubernetes.volumes.0.mount_path: string should match pattern '^/', got 'data'"],
+            id="kubernetes-bad-volume",
         ),
     ],
 )

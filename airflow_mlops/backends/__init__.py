@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-AVAILABLE_BACKENDS = ("batch", "spark")
+AVAILABLE_BACKENDS = ("batch", "spark", "kubernetes")
 RESULT_TASK = "run"
 
 

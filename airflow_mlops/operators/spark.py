@@ -26,12 +26,12 @@ class SparkStageOperator(StageOperator):
         super().__init__(**kwargs)
         self.spark = SparkSettings.model_validate(spark or {})
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         ctx.backend = "spark"
         if self.spark.conn_id is None:
             ctx.spark = {"master": self.spark.master, "conf": self.spark.conf}
             self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
-            return super().run(ctx)
+            return super().run(ctx, context)
         ctx.spark = None
         return self.submit(ctx)
 

@@ -69,11 +69,11 @@ class StageOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         ctx = self.stage_context(context)
         self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
-        result = self.run(ctx)
+        result = self.run(ctx, context)
         self.log.info("Stage '%s' result: %s", self.stage_name, result)
         return result
 
-    def run(self, ctx: Any) -> dict[str, Any]:
+    def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         """Run the stage in this process. Backends that run it elsewhere override this."""
         from airflow_mlops.stages import StageFailed, run_stage
 

@@ -13,7 +13,14 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path, one_of
-from airflow_mlops.spec.models import BUILTIN_PROFILES, STAGE_KINDS, Pipeline, PipelineDefaults, Resources
+from airflow_mlops.spec.models import (
+    BUILTIN_PROFILES,
+    STAGE_KINDS,
+    KubernetesSettings,
+    Pipeline,
+    PipelineDefaults,
+    Resources,
+)
 from airflow_mlops.spec.source import Source, load_source, merge_sources
 
 DEFAULTS_FILE = "_defaults.yaml"
@@ -41,6 +48,15 @@ def resolve_resources(pipeline: Pipeline, resources: str | Resources | None) -> 
         base = profiles[resources.profile]
         return base.model_copy(update=resources.model_dump(exclude_none=True, exclude={"profile"}))
     return resources
+
+
+def effective_kubernetes(pipeline: Pipeline, stage: Any) -> KubernetesSettings:
+    """The pipeline's kubernetes settings with the fields the stage sets itself on top."""
+    if stage.kubernetes is None:
+        return pipeline.kubernetes
+    return KubernetesSettings.model_validate(
+        {**pipeline.kubernetes.model_dump(), **stage.kubernetes.model_dump(exclude_unset=True)}
+    )
 
 
 def discover(folder: str | os.PathLike) -> list[Path]:
@@ -183,12 +199,14 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
                 src.mark_of(backend_loc), format_path(backend_loc),
                 f"backend '{backend}' is not available in this version of airflow-mlops; available: {one_of(AVAILABLE_BACKENDS)}",
             )
-        yield from _check_engine(stage, backend, at, backend_loc, src)
+        yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
         yield from _check_imports(stage, at, src)
     yield from _check_cycles(deps, src)
 
 
-def _check_engine(stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source) -> Iterable[SpecIssue]:
+def _check_engine(
+    stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source, pipeline_image: str | None = None
+) -> Iterable[SpecIssue]:
     """What each backend's engine can do: Spark runs preprocess (SQL or a transform over Spark
     DataFrames) and serve; the batch backend runs pandas, which has no SQL."""
     def issue(field: str, message: str) -> SpecIssue:
@@ -206,7 +224,12 @@ def _check_engine(stage: Any, backend: str, at: tuple, backend_loc: tuple, src: 
                 yield issue("callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'")
             if stage.split and stage.split.stratify:
                 yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
-    elif stage.kind == "preprocess" and stage.sql:
+    elif backend == "kubernetes" and stage.kind != "custom":
+        if not (stage.kubernetes and stage.kubernetes.image) and not pipeline_image:
+            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
+                            "the kubernetes backend needs an image with airflow-mlops installed: "
+                            "set kubernetes.image on the pipeline or the stage")
+    if backend != "spark" and stage.kind == "preprocess" and stage.sql:
         yield issue("sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas")
 
 

@@ -183,6 +183,7 @@ class StageBase(Strict):
     retries: int | None = Field(None, ge=0)
     execution_timeout: Duration | None = None
     doc: str | None = Field(None, description="Shown in the Airflow UI on the stage's tasks.")
+    kubernetes: KubernetesSettings | None = Field(None, description="Overrides the pipeline's kubernetes settings.")
 
     _durations = field_validator("execution_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
@@ -219,6 +220,62 @@ class SparkSettings(Strict):
     conn_id: str | None = Field(None, description="Airflow Spark connection; unset: embedded session in the worker.")
     master: str = Field("local[*]", description="Master of the embedded session.")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
+
+
+class Toleration(Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class VolumeMount(Strict):
+    """A PersistentVolumeClaim mounted into the stage's pod (training data, model output)."""
+
+    claim: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="PVC name.")
+    mount_path: str = Field(..., pattern=r"^/", description="Absolute path in the container.")
+    read_only: bool = False
+    size: str = Field("10Gi", description="Size requested when `airflow-mlops manifests` renders the PVC.")
+    storage_class: str | None = None
+
+
+class SecretEnv(Strict):
+    """An environment variable taken from a Kubernetes Secret: the value never appears in the
+    spec, the rendered pod template or the logs."""
+
+    secret: str = Field(..., description="Secret name.")
+    key: str = Field(..., description="Key in the Secret.")
+
+
+class KubernetesSettings(Strict):
+    """How a stage's pod is made. Set once for the pipeline; a stage's own ``kubernetes:`` overrides
+    the fields it sets."""
+
+    image: str | None = Field(None, description="Container image with airflow-mlops installed.")
+    namespace: str = "default"
+    conn_id: str | None = Field(None, description="Airflow Kubernetes connection (default: kubernetes_default).")
+    config_file: str | None = Field(None, description="A kubeconfig file, instead of a connection.")
+    service_account: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}, description="Added when the stage asks for GPUs."
+    )
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="Added when the stage asks for GPUs.",
+    )
+    volumes: list[VolumeMount] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, SecretEnv] = Field(default_factory=dict, description="ENV_NAME → {secret, key}.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
+    schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
+
+    _durations = field_validator("startup_timeout", "schedule_timeout", mode="before")(
+        classmethod(lambda cls, v: _parse_duration(v))
+    )
 
 
 class PreprocessStage(StageBase):
@@ -312,6 +369,7 @@ class PipelineDefaults(Strict):
     resource_profiles: dict[str, Resources] = Field(default_factory=dict)
     data_dir: str | None = Field(None, description="Where stages write data; default $AIRFLOW_MLOPS_HOME/data/<id>.")
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
 
 class Pipeline(PipelineDefaults):

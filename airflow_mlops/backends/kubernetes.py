@@ -1,0 +1,25 @@
+"""kubernetes: the stage runs in a pod requesting its resource profile (see
+operators/kubernetes.py); the pod runs the same stage code through the package's runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_mlops.backends import RESULT_TASK
+from airflow_mlops.operators.kubernetes import KubernetesStageOperator
+from airflow_mlops.spec.load import effective_kubernetes, resolve_resources
+
+
+def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
+    return KubernetesStageOperator(
+        task_id=RESULT_TASK,
+        stage=stage,
+        stage_name=stage_name,
+        pipeline_id=plan.pipeline.id,
+        mlflow=plan.pipeline.mlflow,
+        data_dir=plan.data_dir,
+        upstream_tasks=plan.upstream_tasks(stage_name),
+        kubernetes=effective_kubernetes(plan.pipeline, stage),
+        pod_resources=resolve_resources(plan.pipeline, stage.resources),
+        **task_args,
+    )

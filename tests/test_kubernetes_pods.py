@@ -1,0 +1,126 @@
+"""Pods built from stages, inspected through KubernetesPodOperator.build_pod_request_obj(dry_run=True)
+(no cluster needed for this part; tests/test_kubernetes_cluster.py runs them on a real one)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from airflow_mlops.spec.load import read_pipeline
+from tests.helpers import write
+
+PIPELINE = """
+    id: churn_k8s
+    kubernetes:
+      image: registry.example/mlops:1.0
+      namespace: ml
+      service_account: churn-runner
+      volumes:
+        - {claim: training-data, mount_path: /data, read_only: true}
+        - {claim: models, mount_path: /models}
+      secret_env:
+        DB_PASSWORD: {secret: churn-db, key: password}
+      env: {MODE: nightly}
+    stages:
+      preprocess:
+        input: {path: /data/churn.csv}
+      train:
+        backend: kubernetes
+        estimator: sklearn.ensemble.RandomForestClassifier
+        target: churned
+        resources: training
+      validate:
+        backend: kubernetes
+        resources: {cpu: 500m, memory: 1Gi}
+        kubernetes: {namespace: ml-small, tolerations: [{key: spot, operator: Exists, effect: NoSchedule}]}
+    """
+
+
+@pytest.fixture
+def dag(tmp_path):
+    from airflow_mlops.factory.build import build_dag
+
+    return build_dag(read_pipeline(write(tmp_path, "p.yaml", PIPELINE)))
+
+
+def pod_of(task):
+    return task.pod_operator(["-m", "airflow_mlops.runtime", "--payload", "e30="], "churn_k8s").build_pod_request_obj(dry_run=True)
+
+
+def test_gpu_stage_pod_requests_its_profile_and_lands_on_gpu_nodes(dag):
+    task = dag.get_task("train.run")
+    assert type(task).__name__ == "KubernetesStageOperator"
+    assert type(dag.get_task("preprocess.run")).__name__ == "StageOperator"
+    pod = pod_of(task)
+    container = pod.spec.containers[0]
+    wanted = {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}  # the built-in 'training' profile
+    assert container.resources.requests == wanted
+    assert container.resources.limits == wanted  # GPUs must have requests == limits
+    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.operator, t.effect) for t in pod.spec.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    assert pod.metadata.namespace == "ml"
+    assert pod.spec.service_account_name == "churn-runner"
+    assert container.image == "registry.example/mlops:1.0"
+    assert container.command == ["python"]
+    assert container.args[:2] == ["-m", "airflow_mlops.runtime"]
+    assert pod.metadata.labels["airflow-mlops/pipeline"] == "churn_k8s"
+    assert pod.metadata.labels["airflow-mlops/stage"] == "train"
+
+
+def test_volumes_and_secrets_without_secret_values(dag):
+    pod = pod_of(dag.get_task("train.run"))
+    container = pod.spec.containers[0]
+    assert [(v.persistent_volume_claim.claim_name, v.persistent_volume_claim.read_only) for v in pod.spec.volumes] == [
+        ("training-data", True), ("models", False)]
+    assert [(m.mount_path, m.read_only) for m in container.volume_mounts] == [("/data", True), ("/models", False)]
+    env = {e.name: e for e in container.env}
+    assert env["MODE"].value == "nightly"
+    ref = env["DB_PASSWORD"].value_from.secret_key_ref
+    assert (ref.name, ref.key, env["DB_PASSWORD"].value) == ("churn-db", "password", None)
+
+
+def test_stage_overrides_and_cpu_only_pods_get_no_gpu_scheduling(dag):
+    pod = pod_of(dag.get_task("validate.run"))
+    assert pod.metadata.namespace == "ml-small"
+    assert pod.spec.containers[0].resources.requests == {"cpu": "500m", "memory": "1Gi"}
+    assert not pod.spec.node_selector
+    assert [(t.key, t.effect) for t in pod.spec.tolerations] == [("spot", "NoSchedule")]
+    assert pod.spec.service_account_name == "churn-runner"  # inherited from the pipeline
+
+
+def test_payload_carries_the_stage_not_the_yaml_and_the_runtime_runs_it(tmp_path):
+    """The pod's argument decodes to the spec and context; running the runtime on it here executes
+    the same stage code (a validate stage against a real SQLite MLflow store)."""
+    from airflow_mlops import runtime
+    from airflow_mlops.spec.models import ValidateStage
+    from airflow_mlops.stages.context import MlflowTarget, StageContext
+
+    ctx = StageContext(pipeline_id="p", stage_name="validate", run_key="r", data_dir=str(tmp_path),
+                       mlflow=MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "nope"),
+                       upstream=[("train", {"model_name": "nope", "model_version": "1"})])
+    payload = runtime.encode_payload(ValidateStage(thresholds={"accuracy": {"min": 0.5}}), ctx)
+    decoded = json.loads(base64.b64decode(payload))
+    assert decoded["spec"]["thresholds"] == {"accuracy": {"min": 0.5, "max": None}}
+    assert decoded["context"]["upstream"] == [["train", {"model_name": "nope", "model_version": "1"}]]
+    out = subprocess.run([sys.executable, "-m", "airflow_mlops.runtime", "--payload", payload],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1  # the model does not exist in this empty store: a crash, not a verdict
+    assert "RESOURCE_DOES_NOT_EXIST" in out.stderr or "not found" in out.stderr.lower()
+
+
+def test_parsing_a_kubernetes_pipeline_imports_no_kubernetes_client(tmp_path):
+    write(tmp_path, "p.yaml", PIPELINE)
+    code = textwrap.dedent(f"""
+        import sys
+        from airflow_mlops import load_pipelines
+        dags = load_pipelines(folder={str(tmp_path)!r})
+        assert "churn_k8s" in dags, dags
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'kubernetes_asyncio')))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
