@@ -1,4 +1,5 @@
-"""``airflow-mlops``: validate pipeline files in CI, export the JSON Schema for editors."""
+"""``airflow-mlops``: validate pipeline files in CI, export the JSON Schema for editors, render
+Kubernetes namespace manifests."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_manifests(args: argparse.Namespace) -> int:
+    import yaml
+
+    from airflow_mlops.manifests import render
+    from airflow_mlops.spec.errors import PipelineSpecError
+    from airflow_mlops.spec.load import read_pipeline
+
+    try:
+        loaded = read_pipeline(args.pipeline)
+    except PipelineSpecError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    namespace, _, account = args.launcher.partition("/")
+    docs = render(loaded, (namespace, account))
+    if not docs:
+        print(f"{args.pipeline}: no stage runs on the kubernetes backend; nothing to render", file=sys.stderr)
+        return 1
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {len(docs)} manifests to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("manifests", help="render the Kubernetes namespace manifests a pipeline needs")
+    p.add_argument("pipeline", help="a pipeline YAML file")
+    p.add_argument("--launcher", default="airflow/airflow-worker",
+                   help="NAMESPACE/SERVICE_ACCOUNT of the Airflow worker that launches the pods (default: %(default)s)")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_manifests)
     return parser
 
 

@@ -23,3 +23,7 @@ def spend_per_segment(customers, orders):
 
     joined = customers.join(orders, customers.id == orders.customer_id, "left")
     return joined.groupBy("segment").agg(F.round(F.sum("amount"), 2).alias("spend")).orderBy("segment")
+
+
+def broken_trainer(train, test, target, features, params):
+    raise ZeroDivisionError("the trainer broke on purpose")

@@ -124,3 +124,28 @@ def test_parsing_a_kubernetes_pipeline_imports_no_kubernetes_client(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_manifests_size_the_quota_from_the_profiles_and_bind_the_launcher(tmp_path, capsys):
+    import yaml
+
+    from airflow_mlops.cli import main
+
+    path = write(tmp_path, "p.yaml", PIPELINE)
+    assert main(["manifests", str(path), "--launcher", "airflow/worker"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    by_ns = {}
+    for doc in docs:
+        by_ns.setdefault(doc["metadata"]["namespace"], {})[doc["kind"]] = doc
+    assert sorted(by_ns) == ["ml", "ml-small"]
+    assert by_ns["ml"]["ResourceQuota"]["spec"]["hard"] == {
+        "pods": "1", "requests.cpu": "16", "limits.cpu": "16", "requests.memory": "64Gi", "limits.memory": "64Gi",
+        "requests.nvidia.com/gpu": "4"}
+    assert by_ns["ml-small"]["ResourceQuota"]["spec"]["hard"]["requests.cpu"] == "500m"
+    assert by_ns["ml"]["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "namespace": "airflow", "name": "worker"}]
+    assert by_ns["ml"]["NetworkPolicy"]["spec"] == {
+        "podSelector": {"matchLabels": {"airflow-mlops/pipeline": "churn_k8s"}}, "policyTypes": ["Ingress"], "ingress": []}
+    assert by_ns["ml"]["ServiceAccount"]["automountServiceAccountToken"] is False
+    # Both namespaces mount the pipeline's two claims (the stage override keeps the volumes).
+    pvcs = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "PersistentVolumeClaim")
+    assert pvcs == [("ml", "models"), ("ml", "training-data"), ("ml-small", "models"), ("ml-small", "training-data")]

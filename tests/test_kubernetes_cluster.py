@@ -1,0 +1,126 @@
+"""The kubernetes backend against a real control plane (kube-apiserver, scheduler and
+controller-manager 1.20.2 built from Debian's source; see tests/kube/). The stand-in kubelet
+really runs each pod's command here, so the stage code in the pod executes for real."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.helpers import write
+
+pytestmark = pytest.mark.kubernetes
+
+
+def pipeline_yaml(cluster, namespace: str, train_extra: str = "", resources: str = "{cpu: 1, memory: 1Gi, gpu: 1}") -> str:
+    return f"""
+        id: {namespace.replace('-', '_')}
+        kubernetes:
+          image: python:3.11
+          namespace: {namespace}
+          config_file: {cluster.kubeconfig}
+          schedule_timeout: 20s
+        stages:
+          preprocess:
+            input: {{sklearn_dataset: iris}}
+          train:
+            backend: kubernetes
+            resources: {resources}
+            target: target
+            {train_extra or "estimator: sklearn.linear_model.LogisticRegression"}
+          validate:
+            thresholds: {{accuracy: {{min: 0.8}}}}
+        """
+
+
+def run(dags_folder, name: str, text: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, f"{name}.yaml", text)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dag = next(d for d in bag.dags.values() if d.dag_id != "invalid")
+    dr = dag.test()
+    return dag, dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def test_train_stage_runs_in_a_gpu_pod_and_registers_its_model(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder):
+    import mlflow
+
+    dag, dr, states = run(dags_folder, "k8s_train", pipeline_yaml(kube_cluster, kube_namespace))
+    assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "success"}, states
+    assert type(dag.get_task("train.run")).__name__ == "KubernetesStageOperator"
+    model = kube_namespace.replace("-", "_")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(model, "champion")
+    assert str(version.version) == "1"
+    assert version.tags["airflow.task_id"] == "train.run"
+    train = next(ti for ti in dr.get_task_instances() if ti.task_id == "train.run").xcom_pull(task_ids="train.run")
+    assert train["model_uri"] == f"models:/{model}/1"
+    assert train["metrics"]["accuracy"] >= 0.8
+
+
+def test_failing_pod_fails_the_task_with_its_log_tail(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, caplog):
+    caplog.set_level(logging.INFO)
+    text = pipeline_yaml(kube_cluster, kube_namespace, train_extra="callable: tests.fixtures_code:broken_trainer")
+    _, _, states = run(dags_folder, "k8s_fail", text)
+    assert states["train.run"] == "failed"
+    assert states["validate.run"] == "upstream_failed"
+    assert "failed in pod" in caplog.text
+    assert "last log lines" in caplog.text
+    assert "ZeroDivisionError: the trainer broke on purpose" in caplog.text
+
+
+def test_pod_asking_for_more_gpus_than_the_cluster_has_times_out_with_the_scheduler_reason(
+    kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, caplog
+):
+    caplog.set_level(logging.INFO)
+    too_many = kube_cluster.gpus + 6
+    text = pipeline_yaml(kube_cluster, kube_namespace, resources=f"{{cpu: 1, memory: 1Gi, gpu: {too_many}}}")
+    _, _, states = run(dags_folder, "k8s_pending", text)
+    assert states["train.run"] == "failed"
+    assert "was never scheduled within 20s" in caplog.text
+    assert "Insufficient nvidia.com/gpu" in caplog.text
+
+
+def test_invalid_spec_is_refused_before_anything_is_submitted(kube_cluster, kube_namespace, dags_folder):
+    from airflow.dag_processing.dagbag import DagBag
+    from kubernetes import client as k8s
+
+    text = pipeline_yaml(kube_cluster, kube_namespace, resources="{gpu: 0.5}")
+    write(dags_folder, "k8s_invalid.yaml", text)
+    bag = DagBag(dag_folder=str(dags_folder))
+    dag = bag.dags[kube_namespace.replace("-", "_")]
+    assert "invalid-pipeline" in dag.tags
+    assert "stages.train.resources.gpu: expected a whole number of GPUs, got 0.5" in dag.doc_md
+    dag.test()  # the placeholder's task fails; nothing reaches the cluster
+    pods = k8s.CoreV1Api(kube_cluster.api_client()).list_namespaced_pod(kube_namespace).items
+    assert pods == []
+
+
+def test_rendered_namespace_manifests_are_accepted_by_the_api_server(kube_cluster, kube_namespace, tmp_path):
+    from kubernetes import client as k8s
+    from kubernetes import utils
+
+    from airflow_mlops.manifests import render
+    from airflow_mlops.spec.load import read_pipeline
+
+    text = pipeline_yaml(kube_cluster, kube_namespace).replace(
+        "          schedule_timeout: 20s",
+        "          schedule_timeout: 20s\n          service_account: runner\n"
+        "          volumes: [{claim: training-data, mount_path: /data, size: 5Gi}]",
+    )
+    docs = render(read_pipeline(write(tmp_path, "p.yaml", text)), ("kube-system", "airflow-worker"))
+    api = kube_cluster.api_client()
+    for doc in docs:
+        utils.create_from_dict(api, doc)
+    quota = k8s.CoreV1Api(api).read_namespaced_resource_quota(f"{kube_namespace}-quota".replace("_", "-"), kube_namespace)
+    assert quota.spec.hard == {"pods": "1", "requests.cpu": "1", "limits.cpu": "1", "requests.memory": "1Gi",
+                               "limits.memory": "1Gi", "requests.nvidia.com/gpu": "1"}
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["NetworkPolicy", "PersistentVolumeClaim", "ResourceQuota", "Role", "RoleBinding", "ServiceAccount"]
+    assert k8s.CoreV1Api(api).read_namespaced_persistent_volume_claim("training-data", kube_namespace).spec.resources.requests == {"storage": "5Gi"}
+    assert k8s.RbacAuthorizationV1Api(api).read_namespaced_role_binding(
+        next(d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"), kube_namespace
+    ).subjects[0].name == "airflow-worker"
