@@ -113,7 +113,8 @@ def run_stream(
         consumer.close(autocommit=False)
         raise
     consumer.subscribe(spec.input_topics)
-    join_allowance = consumer.config["session_timeout_ms"] / 1000.0
+    # Joining a group can take a session timeout for a dead member to expire, then the join itself.
+    join_allowance = 2 * consumer.config["session_timeout_ms"] / 1000.0
 
     records_in = predictions_out = dead_letters = batches = commit_failures = 0
     partitions_seen: set[str] = set()

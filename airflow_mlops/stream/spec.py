@@ -49,8 +49,8 @@ class StreamSpec(BaseModel):
     max_records: int | None = Field(None, ge=1, description="Stop after consuming this many records.")
     max_seconds: float | None = Field(None, gt=0, description="Stop after this long (the current batch completes).")
     idle_timeout_s: float | None = Field(
-        30.0, gt=0, description="Stop after this long without a record. While no partition is assigned yet, a group "
-        "join's worth of time (session_timeout_ms) is added."
+        30.0, gt=0, description="Stop after this long without a record. While no partition is assigned, twice the "
+        "consumer's session_timeout_ms is added (time for a dead member to expire and the group to rebalance)."
     )
     decoder: str = Field(
         DEFAULT_DECODER, pattern=IMPORT_PATH,

