@@ -209,24 +209,32 @@ def test_unreadable_file_is_skipped_real_permissions(tmp_path):
     assert summary["skipped"] == [{"file": str(src / "locked.bin"), "reason": "permission denied"}]
 
 
-def test_unreadable_file_is_skipped_mocked(tmp_path, monkeypatch):
-    """Tests run as root, which ignores file modes, so the PermissionError is simulated with a
-    patched ``open`` in the backup module for that one file; everything else is real."""
+def test_unreadable_file_is_skipped_mocked(tmp_path):
+    """Tests run as root, which ignores file modes, so the PermissionError is simulated with
+    unittest.mock at the one call where the backup opens a source file (``os.open``), for that one
+    file; everything else is real."""
+    from unittest import mock
+
     src, target = tmp_path / "src", tmp_path / "backups"
     put(src / "ok.bin", "ok")
     put(src / "locked.bin", "no")
-    real_open = open
+    put(src / "big_locked.bin", b"b" * (3 << 20))  # the streaming path for big files
+    real_open = os.open
 
     def fake_open(path, *args, **kwargs):
         if str(path).endswith("locked.bin"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(backup_mod, "open", fake_open, raising=False)
-    summary = run_backup(spec(target, ("data", src)))
+    with mock.patch.object(backup_mod.os, "open", fake_open):
+        summary = run_backup(spec(target, ("data", src)))
     assert summary["files"] == 1
-    assert summary["skipped"] == [{"file": str(src / "locked.bin"), "reason": "permission denied"}]
-    assert not list((target / "tmp").iterdir())  # no half-written temp file left behind
+    assert sorted(summary["skipped"], key=lambda s: s["file"]) == [
+        {"file": str(src / "big_locked.bin"), "reason": "permission denied"},
+        {"file": str(src / "locked.bin"), "reason": "permission denied"},
+    ]
+    # No half-written temp file is left behind.
+    assert [p.name for p in target.rglob("*") if p.is_file() and "tmp" in p.name] == []
 
 
 # --- interrupted backup ----------------------------------------------------------------------------------

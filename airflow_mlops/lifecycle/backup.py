@@ -23,6 +23,7 @@ while the tracking server writes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -105,6 +106,8 @@ class LocalTarget(Target):
         self.fsync = fsync
         self._made: set[str] = set()
         self._lock = threading.Lock()
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
 
     def _mkdir(self, path: str) -> None:
         if path not in self._made:
@@ -128,17 +131,32 @@ class LocalTarget(Target):
 
     def tmp_file(self) -> str:
         self._mkdir(f"{self.root}/tmp")
-        return f"{self.root}/tmp/{uuid.uuid4().hex}"
+        return f"{self.root}/tmp/{self._prefix}-{next(self._counter)}"
 
-    def commit_object(self, tmp: str, digest: str) -> bool:
-        """Move a fully written temp file into place; False if that content was already stored."""
+    def commit_object(self, tmp: str, digest: str) -> None:
+        """Move a fully written temp file into place. Same name, same content: replacing an
+        existing object is harmless (and heals a damaged one)."""
         dst = self.obj_path(digest)
-        if os.path.exists(dst):
-            os.unlink(tmp)
-            return False
         self._mkdir(os.path.dirname(dst))
         os.replace(tmp, dst)
-        return True
+
+    def write_object(self, dst: str, data: memoryview) -> None:
+        """A small object in one write: a temp file beside it, then a rename."""
+        folder = os.path.dirname(dst)
+        self._mkdir(folder)
+        tmp = f"{folder}/.tmp-{self._prefix}-{next(self._counter)}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            while data:
+                data = data[os.write(out, data):]
+            if self.fsync:
+                os.fsync(out)
+        except BaseException:
+            os.close(out)
+            os.unlink(tmp)
+            raise
+        os.close(out)
+        os.replace(tmp, dst)
 
     def publish(self, path: str, data: bytes) -> None:
         """Write then rename, so readers see the whole manifest or none."""
@@ -164,13 +182,14 @@ class LocalTarget(Target):
         except FileNotFoundError:
             pass
 
-    def list_objects(self) -> Iterator[tuple[str, float]]:
+    def list_objects(self) -> Iterator[tuple[str, str, float]]:
+        """(name, path, mtime) of every stored object, and of temp files beside them (".tmp-…")."""
         base = f"{self.root}/objects"
         for sub in self._list(base, dirs=True):
             with os.scandir(f"{base}/{sub}") as it:
                 for e in it:
                     try:
-                        yield e.name, e.stat(follow_symlinks=False).st_mtime
+                        yield e.name, e.path, e.stat(follow_symlinks=False).st_mtime
                     except FileNotFoundError:
                         continue
 
@@ -256,13 +275,13 @@ class FsTarget(Target):
                     continue
         return 0.0  # unknown age: treated as old
 
-    def list_objects(self) -> Iterator[tuple[str, float]]:
+    def list_objects(self) -> Iterator[tuple[str, str, float]]:
         try:
             found = self.fs.find(f"{self.root}/objects", detail=True)
         except FileNotFoundError:
             return
         for name, info in found.items():
-            yield posixpath.basename(name), self._mtime(info)
+            yield posixpath.basename(name), name, self._mtime(info)
 
     def list_tmp(self) -> Iterator[tuple[str, float]]:
         try:
@@ -296,22 +315,35 @@ def open_target(target: str, *, conn_id: str | None = None, storage_options: dic
 # --- sources ---------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class FileToCopy:
     key: str  # "<source>/<rel>"
     path: str  # absolute local path
     size: int
-    mtime_ns: int
+    mtime_ns: int  # -1: always copy (staged files such as the SQLite copy)
     mode: int
 
 
 @dataclass
 class Collected:
-    files: list[FileToCopy] = field(default_factory=list)
+    """The scan's result. Files whose size and mtime match the previous snapshot go straight to
+    ``files`` with their recorded checksum (not read again); the others to ``to_copy``."""
+
+    previous: dict[str, list] = field(default_factory=dict)
+    files: dict[str, list] = field(default_factory=dict)  # key → [size, mtime_ns, mode, sha256(, racy)]
+    to_copy: list[FileToCopy] = field(default_factory=list)
     links: dict[str, str] = field(default_factory=dict)  # key → link target
     dirs: list[str] = field(default_factory=list)  # keys of folders (so empty ones are restored)
     skipped: list[dict[str, str]] = field(default_factory=list)
     described: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add_file(self, key: str, path: str, size: int, mtime_ns: int, mode: int) -> None:
+        prev = self.previous.get(key)
+        # Unchanged: same size, mtime and mode, and not flagged for a re-read ("racy").
+        if prev is not None and prev[1] == mtime_ns and prev[0] == size and prev[2] == mode and len(prev) == 4 and mtime_ns >= 0:
+            self.files[key] = prev
+        else:
+            self.to_copy.append(FileToCopy(key, path, size, mtime_ns, mode))
 
 
 def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Collected) -> None:
@@ -320,22 +352,25 @@ def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Coll
     report = ScanReport()
     base = f"{name}/{prefix}" if prefix else name
     real_root = os.path.realpath(root)
-    for rel, path, entries in walk_dirs(root, matcher, report):
+    everything = matcher.everything
+    add, S_ISREG, S_ISLNK, S_IMODE = out.add_file, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    for rel, _path, entries in walk_dirs(root, matcher, report):
+        prefix_key = f"{base}/{rel}" if rel else base
         if rel:
-            out.dirs.append(f"{base}/{rel}")
+            out.dirs.append(prefix_key)
         for de in entries:
-            r = f"{rel}/{de.name}" if rel else de.name
-            if not matcher.included(r, de.name):
+            name_ = de.name
+            if not everything and not matcher.included(f"{rel}/{name_}" if rel else name_, name_):
                 continue
             try:
                 st = de.stat(follow_symlinks=False)
                 mode = st.st_mode
-                if stat.S_ISLNK(mode):
-                    out.links[f"{base}/{r}"] = os.readlink(de.path)
-                elif stat.S_ISREG(mode):
-                    out.files.append(FileToCopy(f"{base}/{r}", de.path, st.st_size, st.st_mtime_ns, stat.S_IMODE(mode)))
+                if S_ISREG(mode):
+                    add(f"{prefix_key}/{name_}", de.path, st.st_size, st.st_mtime_ns, S_IMODE(mode))
+                elif S_ISLNK(mode):
+                    out.links[f"{prefix_key}/{name_}"] = os.readlink(de.path)
             except OSError as exc:
-                report.skip(r, exc)
+                report.skip(f"{rel}/{name_}" if rel else name_, exc)
     for s in report.skipped:
         out.skipped.append({"file": os.path.join(real_root, s.rel), "reason": s.reason})
 
@@ -408,7 +443,7 @@ def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> 
         os.makedirs(stage_dir)
         copy = _sqlite_online_copy(db, stage_dir)
         st = os.stat(copy)
-        out.files.append(FileToCopy(f"{source.name}/mlflow.db", copy, st.st_size, -1, 0o644))  # -1: always re-read
+        out.to_copy.append(FileToCopy(f"{source.name}/mlflow.db", copy, st.st_size, -1, 0o644))  # always re-read
         artifacts = artifacts or os.path.join(os.path.dirname(db), "mlartifacts")
     elif uri.startswith("file://") or uri.startswith("/"):
         store = expand_path(uri)
@@ -440,40 +475,61 @@ def _buffer() -> bytearray:
     return buf
 
 
-def _store_local(target: LocalTarget, f: FileToCopy) -> tuple[str, int, int, bool]:
-    """Copy one file into a temp object while hashing it, then move it into place.
-    Returns (sha256, bytes, mtime_ns after the read, whether it changed while being read)."""
+def _store_local(target: "LocalTarget", f: FileToCopy) -> tuple[str, int, int, bool]:
+    """Copy one file into a temp object while hashing it, then rename it into place.
+    Returns (sha256, bytes, mtime_ns after the read, whether it changed since the scan)."""
     buf = _buffer()
     view = memoryview(buf)
     h = hashlib.sha256()
-    tmp = target.tmp_file()
-    with open(f.path, "rb", buffering=0) as src:
-        before = os.fstat(src.fileno())
+    fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         size = 0
-        with open(tmp, "wb", buffering=0) as dst:
-            try:
-                while True:
-                    n = src.readinto(buf)
-                    if not n:
-                        break
-                    chunk = view[:n]
-                    h.update(chunk)
-                    mv = chunk
-                    while mv:
-                        written = dst.write(mv)
-                        mv = mv[written:]
-                    size += n
-                if target.fsync:
-                    os.fsync(dst.fileno())
-            except BaseException:
-                dst.close()
-                os.unlink(tmp)
-                raise
-        after = os.fstat(src.fileno())
+        if 0 <= f.size <= CHUNK:  # small file: one read, hash, then write next to its final place
+            n = os.readv(fd, [buf])
+            if n == CHUNK:  # grew since the scan: stream the rest the general way
+                return _store_stream(target, f, fd, h, view, n)
+            chunk = view[:n]
+            h.update(chunk)
+            digest = h.hexdigest()
+            dst = target.obj_path(digest)
+            target.write_object(dst, chunk)
+            size = n
+        else:
+            return _store_stream(target, f, fd, h, view, 0)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return digest, size, after.st_mtime_ns, (after.st_mtime_ns, after.st_size) != (f.mtime_ns, size)
+
+
+def _store_stream(target: "LocalTarget", f: FileToCopy, fd: int, h: Any, view: memoryview, have: int) -> tuple[str, int, int, bool]:
+    """A file bigger than one chunk: stream into tmp/ while hashing, then rename to its object."""
+    tmp = target.tmp_file()
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    size = 0
+    try:
+        n = have
+        while True:
+            if n:
+                chunk = view[:n]
+                h.update(chunk)
+                while chunk:
+                    chunk = chunk[os.write(out, chunk):]
+                size += n
+            n = os.readv(fd, [view])
+            if not n:
+                break
+        if target.fsync:
+            os.fsync(out)
+    except BaseException:
+        os.close(out)
+        os.unlink(tmp)
+        raise
+    os.close(out)
+    after = os.fstat(fd)
     digest = h.hexdigest()
     target.commit_object(tmp, digest)
-    unstable = (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size) or after.st_size != size
-    return digest, size, after.st_mtime_ns, unstable
+    return digest, size, after.st_mtime_ns, (after.st_mtime_ns, after.st_size) != (f.mtime_ns, size)
 
 
 def _store_fs(target: FsTarget, f: FileToCopy) -> tuple[str, int, int, bool]:
@@ -527,18 +583,12 @@ def run_backup(spec: BackupSpec | dict, *, logger: logging.Logger | None = None,
         previous = target.read_manifest(spec.name, existing[-1])["files"]
     staging = tempfile.mkdtemp(prefix="airflow-mlops-backup-")
     try:
-        collected = Collected()
+        collected = Collected(previous=previous)
         for source in spec.sources:
             _collect_source(source, staging, collected)
-        files: dict[str, list] = {}
-        to_copy: list[FileToCopy] = []
-        for f in collected.files:
-            prev = previous.get(f.key)
-            if prev is not None and f.mtime_ns >= 0 and prev[0] == f.size and prev[1] == f.mtime_ns and not (len(prev) > 4 and prev[4]):
-                files[f.key] = [f.size, f.mtime_ns, f.mode, prev[3]]
-            else:
-                to_copy.append(f)
-        store = _store_local if isinstance(target, LocalTarget) else _store_fs
+        files, to_copy = collected.files, collected.to_copy
+        local = isinstance(target, LocalTarget)
+        store = _store_local if local else _store_fs
         copied_files = copied_bytes = 0
         skipped = list(collected.skipped)
 
@@ -550,26 +600,45 @@ def run_backup(spec: BackupSpec | dict, *, logger: logging.Logger | None = None,
             except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
                 return f, None, exc
 
-        # Largest first keeps the workers evenly busy.
+        def record(f: FileToCopy, result: Any, exc: BaseException | None) -> None:
+            nonlocal copied_files, copied_bytes
+            if exc is not None:
+                reason = "vanished during the backup" if isinstance(exc, FileNotFoundError) else (
+                    "permission denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
+                skipped.append({"file": f.path, "reason": reason})
+                return
+            digest, size, mtime_ns, unstable = result
+            copied_files += 1
+            copied_bytes += size
+            racy = unstable or f.mtime_ns < 0 or mtime_ns >= start_ns - RACY_NS
+            entry = [size, mtime_ns if unstable else f.mtime_ns, f.mode, digest]
+            if racy:
+                entry.append(1)  # re-read next time, whatever its size and mtime say
+            files[f.key] = entry
+
+        # Small local files are copied in this thread: per file, a thread hand-off costs more than
+        # the copy (the GIL ping-pong is worst on a busy machine). Big files, and every file of a
+        # remote target (network latency), go to the worker threads, where hashing and I/O run
+        # without the GIL.
         to_copy.sort(key=lambda f: f.size, reverse=True)
-        with ThreadPoolExecutor(max_workers=spec.workers) as pool:
-            for f, result, exc in pool.map(work, to_copy):
-                if exc is not None:
-                    reason = "vanished during the backup" if isinstance(exc, FileNotFoundError) else (
-                        "permission denied" if isinstance(exc, PermissionError) else f"{type(exc).__name__}: {exc}")
-                    skipped.append({"file": f.path, "reason": reason})
-                    continue
-                digest, size, mtime_ns, unstable = result
-                copied_files += 1
-                copied_bytes += size
-                racy = unstable or f.mtime_ns < 0 or mtime_ns >= start_ns - RACY_NS
-                files[f.key] = [size, f.mtime_ns if not unstable else mtime_ns, f.mode, digest] + ([1] if racy else [])
+        parallel = [f for f in to_copy if not local or f.size >= CHUNK] if spec.workers > 1 else []
+        serial = [f for f in to_copy if local and f.size < CHUNK] if parallel else to_copy
+        if parallel:
+            with ThreadPoolExecutor(max_workers=spec.workers) as pool:
+                futures = [pool.submit(work, f) for f in parallel]
+                for f in serial:
+                    record(*work(f))
+                for fut in futures:
+                    record(*fut.result())
+        else:
+            for f in serial:
+                record(*work(f))
         snap = _snapshot_id(existing)
         manifest = {
             "format": FORMAT, "set": spec.name, "id": snap, "algorithm": "sha256",
             "created": datetime.now(timezone.utc).isoformat(),
             "sources": collected.described,
-            "files": dict(sorted(files.items())),
+            "files": files,
             "links": dict(sorted(collected.links.items())),
             "dirs": sorted(collected.dirs),
             "skipped": skipped,
@@ -627,10 +696,10 @@ def gc_objects(target: Target, *, gc_grace_s: float = GC_GRACE_S) -> int:
             referenced.update(v[3] for v in target.read_manifest(s, snap)["files"].values())
     cutoff = time.time() - gc_grace_s
     n = 0
-    for digest, mtime in list(target.list_objects()):
-        if digest not in referenced and mtime <= cutoff:
-            target.delete(target.obj_path(digest))
-            n += 1
+    for name, path, mtime in list(target.list_objects()):
+        if name not in referenced and mtime <= cutoff:
+            target.delete(path)
+            n += not name.startswith(".")
     for path, mtime in list(target.list_tmp()):
         if mtime <= cutoff:
             target.delete(path)
