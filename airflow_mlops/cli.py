@@ -78,6 +78,25 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Move the champion alias back to the previous champion."""
+    from airflow_mlops.hooks.mlflow import resolve_target
+    from airflow_mlops.spec.models import MlflowSettings
+    from airflow_mlops.stages.context import StageFailed
+    from airflow_mlops.stages.tracking import client
+    from airflow_mlops.stages.validate import rollback
+
+    target = resolve_target(MlflowSettings(tracking_uri=args.tracking_uri), args.model)
+    try:
+        before, after = rollback(client(target), args.model, args.alias, args.previous_alias)
+    except StageFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.model}: '{args.alias}' moved from version {before} back to version {after} "
+          f"('{args.previous_alias}' now points at {before})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAMESPACE/SERVICE_ACCOUNT of the Airflow worker that launches the pods (default: %(default)s)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_manifests)
+    p = sub.add_parser("rollback", help="move a registered model's champion alias back to the previous champion")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    p.add_argument("--alias", default="champion")
+    p.add_argument("--previous-alias", default="previous-champion")
+    p.set_defaults(func=cmd_rollback)
     return parser
 
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from airflow_mlops.stages import StageFailed, run_stage
+    from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
     spec, ctx = decode_payload(args.payload)
     try:
@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
             Path(args.result_file).with_suffix(".failed").write_text(str(exc))
         return 3  # distinct from crashes (1): the stage judged its input and refused it
+    except StageSkipped as exc:
+        print(f"STAGE SKIPPED: {exc}", file=sys.stderr)
+        if args.result_file:
+            from pathlib import Path
+
+            Path(args.result_file).with_suffix(".skipped").write_text(str(exc))
+        return 4
     text = json.dumps(result)
     if args.result_file:
         from pathlib import Path

@@ -4,8 +4,6 @@ really runs each pod's command here, so the stage code in the pod executes for r
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from tests.helpers import write
@@ -61,27 +59,27 @@ def test_train_stage_runs_in_a_gpu_pod_and_registers_its_model(kube_cluster, kub
     assert train["metrics"]["accuracy"] >= 0.8
 
 
-def test_failing_pod_fails_the_task_with_its_log_tail(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, caplog):
-    caplog.set_level(logging.INFO)
+def test_failing_pod_fails_the_task_with_its_log_tail(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, capfd):
     text = pipeline_yaml(kube_cluster, kube_namespace, train_extra="callable: tests.fixtures_code:broken_trainer")
     _, _, states = run(dags_folder, "k8s_fail", text)
+    log = capfd.readouterr().out  # dag.test() prints the task logs
     assert states["train.run"] == "failed"
     assert states["validate.run"] == "upstream_failed"
-    assert "failed in pod" in caplog.text
-    assert "last log lines" in caplog.text
-    assert "ZeroDivisionError: the trainer broke on purpose" in caplog.text
+    assert "failed in pod" in log
+    assert "last log lines" in log
+    assert "ZeroDivisionError: the trainer broke on purpose" in log
 
 
 def test_pod_asking_for_more_gpus_than_the_cluster_has_times_out_with_the_scheduler_reason(
-    kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, caplog
+    kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, capfd
 ):
-    caplog.set_level(logging.INFO)
     too_many = kube_cluster.gpus + 6
     text = pipeline_yaml(kube_cluster, kube_namespace, resources=f"{{cpu: 1, memory: 1Gi, gpu: {too_many}}}")
     _, _, states = run(dags_folder, "k8s_pending", text)
+    log = capfd.readouterr().out
     assert states["train.run"] == "failed"
-    assert "was never scheduled within 20s" in caplog.text
-    assert "Insufficient nvidia.com/gpu" in caplog.text
+    assert "was never scheduled within 20s" in log
+    assert "Insufficient nvidia.com/gpu" in log
 
 
 def test_invalid_spec_is_refused_before_anything_is_submitted(kube_cluster, kube_namespace, dags_folder):

@@ -116,7 +116,8 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nstages:\n  validate:\n    treshold: {}\n",
             ["4:5 stages.validate.treshold: unknown key 'treshold' (did you mean 'thresholds'?); expected one of "
-             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'kubernetes', 'kind', 'thresholds', 'alias'"],
+             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'kubernetes', 'kind', 'thresholds', "
+             "'compare', 'alias', 'previous_alias', 'on_reject'"],
             id="unknown-stage-key",
         ),
         pytest.param(

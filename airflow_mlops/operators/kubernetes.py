@@ -117,6 +117,10 @@ class KubernetesStageOperator(StageOperator):
         for a pod that never started, or the pod's exit code and last log lines."""
         if pod_op.stage_failure:
             return stage_failed(f"stage '{self.stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
+        if pod_op.stage_skipped:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            return AirflowSkipException(pod_op.stage_skipped)
         if pod_op.unschedulable:
             return RuntimeError(
                 f"pod {pod_op.name} was never scheduled within {int(self.kubernetes.schedule_timeout.total_seconds())}s: "
@@ -149,6 +153,7 @@ def _pod_operator_class() -> type:
     class StagePodOperator(KubernetesPodOperator):
         stage_result: dict[str, Any] | None = None
         stage_failure: str | None = None
+        stage_skipped: str | None = None
         unschedulable: str | None = None
         log_tail: list[str] = []
 
@@ -178,5 +183,7 @@ def _pod_operator_class() -> type:
                     self.stage_result = json.loads(line[len(RESULT_MARKER):])
                 elif line.startswith("STAGE FAILED: "):
                     self.stage_failure = line[len("STAGE FAILED: "):]
+                elif line.startswith("STAGE SKIPPED: "):
+                    self.stage_skipped = line[len("STAGE SKIPPED: "):]
 
     return StagePodOperator

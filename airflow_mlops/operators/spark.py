@@ -41,7 +41,8 @@ class SparkStageOperator(StageOperator):
         from airflow_mlops import runtime
 
         result_file = ctx.output_dir(getattr(self.stage, "output", None)) / RESULT_FILE
-        result_file.unlink(missing_ok=True)  # never read an earlier try's result
+        for stale in (result_file, result_file.with_suffix(".failed"), result_file.with_suffix(".skipped")):
+            stale.unlink(missing_ok=True)  # never read an earlier try's result
         # spark-submit ships with pyspark next to this interpreter; the hook looks it up on PATH.
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
@@ -56,9 +57,13 @@ class SparkStageOperator(StageOperator):
         try:
             hook.submit(application=runtime.__file__)
         except Exception as exc:
-            failure = result_file.with_suffix(".failed")
+            failure, skipped = result_file.with_suffix(".failed"), result_file.with_suffix(".skipped")
             if failure.exists():
                 raise stage_failed(failure.read_text()) from exc
+            if skipped.exists():
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(skipped.read_text()) from exc
             raise
         return json.loads(result_file.read_text())
 

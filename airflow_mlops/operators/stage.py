@@ -75,12 +75,16 @@ class StageOperator(BaseOperator):
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         """Run the stage in this process. Backends that run it elsewhere override this."""
-        from airflow_mlops.stages import StageFailed, run_stage
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
         try:
             return run_stage(self.stage, ctx)
         except StageFailed as exc:
             raise stage_failed(str(exc)) from exc
+        except StageSkipped as exc:
+            raise AirflowSkipException(str(exc)) from exc
 
 
 def stage_failed(message: str) -> Exception:

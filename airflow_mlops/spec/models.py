@@ -334,10 +334,32 @@ class Threshold(Strict):
     max: float | None = None
 
 
+class Comparison(Strict):
+    """How a metric of the candidate must compare with the champion's to win."""
+
+    direction: Literal["higher", "lower"] = Field("higher", description="Which way is better.")
+    min_improvement: float = Field(0.0, ge=0, description="Required gain over the champion (0: at least as good).")
+    relative: bool = Field(False, description="min_improvement is a fraction of the champion's value.")
+
+
+ALIAS = r"^[A-Za-z_][\w-]*$"
+
+
 class ValidateStage(StageBase):
+    """Thresholds on the candidate, then (with ``compare``) champion vs challenger."""
+
     kind: Literal["validate"] = "validate"
     thresholds: dict[str, Threshold] = Field(default_factory=dict, description="metric → {min, max}.")
-    alias: str = Field("champion", pattern=r"^[A-Za-z_][\w-]*$", description="MLflow alias set on a passing version.")
+    compare: dict[str, Comparison] = Field(
+        default_factory=dict, description="metric → how the candidate must beat the current champion."
+    )
+    alias: str = Field("champion", pattern=ALIAS, description="MLflow alias set on a passing version.")
+    previous_alias: str = Field(
+        "previous-champion", pattern=ALIAS, description="Moved to the replaced champion, for rollback."
+    )
+    on_reject: Literal["fail", "skip"] = Field(
+        "fail", description="When the champion wins: fail the task, or skip it and serving after it."
+    )
 
 
 class ServeStage(StageBase):

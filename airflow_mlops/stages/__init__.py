@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from airflow_mlops.stages.context import StageContext, StageFailed
+from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped
 
-__all__ = ["StageContext", "StageFailed", "run_stage"]
+__all__ = ["StageContext", "StageFailed", "StageSkipped", "run_stage"]
 
 
 def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:

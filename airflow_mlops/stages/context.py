@@ -19,6 +19,10 @@ class StageFailed(Exception):
     """A stage failed for a reason a retry cannot fix (a metric below its threshold, bad data)."""
 
 
+class StageSkipped(Exception):
+    """The stage decided the rest of this run should not happen (a challenger that lost)."""
+
+
 @dataclass
 class MlflowTarget:
     tracking_uri: str
