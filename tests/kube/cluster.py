@@ -126,6 +126,9 @@ def start_cluster(workdir: Path, gpus: int = 2, bin_dir: Path = KUBE_BIN) -> Ite
             # The node's only address is an InternalIP: with a Hostname address first the
             # apiserver would resolve the node name through DNS to reach the kubelet.
             "--kubelet-preferred-address-types=InternalIP",
+            # The `kubernetes` Service's endpoints can't be 127.0.0.1 (loopback is rejected):
+            # don't reconcile them rather than log an error every 10 s.
+            "--endpoint-reconciler-type=none",
             # No --kubelet-certificate-authority: the apiserver then skips verifying the
             # kubelet's serving cert, so the stand-in kubelet's self-signed one is accepted.
         ], workdir)

@@ -403,6 +403,9 @@ def main() -> None:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    import urllib3
+
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # our own cluster, self-signed
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(levelname)s %(message)s")
 
     kubelet = Kubelet(config.new_client_from_config(config_file=args.kubeconfig), args.node, Path(args.workdir),

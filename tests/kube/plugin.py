@@ -18,6 +18,11 @@ from tests.kube.cluster import KubeCluster, start_cluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The test cluster's certificates are self-signed and its kubeconfig skips verification.
+    config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
     build = subprocess.run(["bash", str(REPO / "scripts" / "build-kube.sh")], capture_output=True, text=True)

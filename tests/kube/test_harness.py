@@ -26,6 +26,12 @@ def make_pod(core, namespace: str, name: str, code: str, *, gpus: int = 0, env=N
     return core.create_namespaced_pod(namespace, {"metadata": {"name": name}, "spec": spec})
 
 
+def pod_log(core, namespace: str, name: str, **options) -> str:
+    """The pod's log through the apiserver. Not ``read_namespaced_pod_log(...)``'s return value: the
+    kubernetes client 36 returns ``str(bytes)``, i.e. "b'...'" (kubernetes-client/python#2596)."""
+    return core.read_namespaced_pod_log(name, namespace, _preload_content=False, **options).data.decode()
+
+
 def wait_for(predicate, timeout: float = 30, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,15 +67,15 @@ def test_pod_really_runs_and_its_logs_come_through_the_apiserver(kube_cluster, k
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
 
-    assert core.read_namespaced_pod_log("hello", kube_namespace) == "hello\nsecond line\n"
-    assert core.read_namespaced_pod_log("hello", kube_namespace, tail_lines=1) == "second line\n"
-    stamped = core.read_namespaced_pod_log("hello", kube_namespace, timestamps=True).splitlines()
+    assert pod_log(core, kube_namespace, "hello") == "hello\nsecond line\n"
+    assert pod_log(core, kube_namespace, "hello", tail_lines=1) == "second line\n"
+    stamped = pod_log(core, kube_namespace, "hello", timestamps=True).splitlines()
     import pendulum
 
     assert [line.split(" ", 1)[1] for line in stamped] == ["hello", "second line"]
     stamp = pendulum.parse(stamped[0].split(" ", 1)[0])
     assert abs((pendulum.now("UTC") - stamp).total_seconds()) < 60
-    assert core.read_namespaced_pod_log("hello", kube_namespace, limit_bytes=3) == "hel"
+    assert pod_log(core, kube_namespace, "hello", limit_bytes=3) == "hel"
 
 
 def test_failing_command_fails_the_pod_with_its_exit_code(kube_cluster, kube_namespace):
@@ -79,7 +85,7 @@ def test_failing_command_fails_the_pod_with_its_exit_code(kube_cluster, kube_nam
     assert pod.status.phase == "Failed"
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (3, "Error")
-    assert "about to fail" in core.read_namespaced_pod_log("boom", kube_namespace)
+    assert "about to fail" in pod_log(core, kube_namespace, "boom")
 
 
 def test_scheduler_leaves_pods_pending_on_too_many_gpus_or_no_toleration(kube_cluster, kube_namespace):
@@ -117,7 +123,7 @@ def test_secret_env_reaches_the_process(kube_cluster, kube_namespace):
     core.create_namespaced_secret(kube_namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})
     assert wait_for_phase(core, kube_namespace, "secretive").status.phase == "Succeeded"
     # The pod gets its own environment, not the test process's.
-    assert core.read_namespaced_pod_log("secretive", kube_namespace) == "plain-s3cr3t-$(HOSTNAME) s3cr3t False\n"
+    assert pod_log(core, kube_namespace, "secretive") == "plain-s3cr3t-$(HOSTNAME) s3cr3t False\n"
 
 
 def test_logs_stream_while_the_pod_runs_and_deletion_kills_the_process(kube_cluster, kube_namespace):
@@ -165,25 +171,30 @@ def kpo_dag(folder, cluster, namespace: str, dag_id: str, code: str):
     return bag.dags[dag_id]
 
 
-def test_kubernetes_pod_operator_through_dag_test(kube_cluster, kube_namespace, airflow_db, dags_folder, caplog):
+def test_kubernetes_pod_operator_through_dag_test(kube_cluster, kube_namespace, airflow_db, dags_folder, capfd):
+    import re
+
+    import pendulum
     from airflow.utils.state import DagRunState, TaskInstanceState
 
     core = core_api(kube_cluster)
-    dag = kpo_dag(dags_folder, kube_cluster, kube_namespace, "kpo_ok", "import time; print('from the pod'); "
-                  "time.sleep(2); print('still the pod')")
-    caplog.set_level("INFO")
-    dr = dag.test()
+    code = "import time; print('from the pod'); print('more', flush=True); time.sleep(3); print('last')"
+    dr = kpo_dag(dags_folder, kube_cluster, kube_namespace, "kpo_ok", code).test()
     assert dr.state == DagRunState.SUCCESS, [(ti.task_id, ti.state) for ti in dr.get_task_instances()]
-    # The operator streamed the container's log (through the apiserver) into the task log.
-    messages = [r.getMessage() for r in caplog.records]
-    assert any("from the pod" in m for m in messages), messages
-    assert any("still the pod" in m for m in messages), messages
+    # The operator followed the container's log through the apiserver into the task log (Airflow's
+    # structlog writes it to stdout here). It logs a line when the next one arrives (a line may
+    # continue), so "from the pod" was logged on "more", while the process still slept.
+    out = capfd.readouterr().out
+    logged = {message: stamp for stamp, message in
+              re.findall(r"^(\S+) \[info\s*\] \[base\] (from the pod|more|last)\s", out, re.MULTILINE)}
+    assert set(logged) == {"from the pod", "more", "last"}, out
+    assert (pendulum.parse(logged["last"]) - pendulum.parse(logged["from the pod"])).total_seconds() > 2
     assert core.list_namespaced_pod(kube_namespace).items == []  # on_finish_action="delete_pod"
 
-    dag = kpo_dag(dags_folder, kube_cluster, kube_namespace, "kpo_fail", "import sys; sys.exit(3)")
-    dr = dag.test()
+    dr = kpo_dag(dags_folder, kube_cluster, kube_namespace, "kpo_fail", "import sys; sys.exit(3)").test()
     assert dr.state == DagRunState.FAILED
     assert [ti.state for ti in dr.get_task_instances()] == [TaskInstanceState.FAILED]
+    assert "'exit_code': 3" in capfd.readouterr().out
 
 
 def test_kubernetes_pod_operator_execute_raises_with_the_exit_code(kube_cluster, kube_namespace):
