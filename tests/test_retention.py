@@ -512,3 +512,27 @@ def test_operator_through_airflow_dry_run_then_real(airflow_db, mlops_home, dags
         str(data.resolve() / "old1.parquet"), str(data.resolve() / "sub" / "old2.parquet")]
     assert (real["items"], real["bytes"]) == (2, 150)
     assert sorted(p.name for p in data.rglob("*")) == ["new.parquet", "sub"]
+
+
+def test_example_maintenance_pipeline_runs_on_a_fresh_install(airflow_db, mlops_home):
+    """example_configs/maintenance.yaml as shipped: backup, then retention, under $AIRFLOW_MLOPS_HOME
+    with no MLflow store yet (the backup warns about it instead of failing)."""
+    from airflow.utils.state import DagRunState
+
+    from airflow_mlops import load_pipelines
+    from tests.conftest import REPO
+
+    runs = mlops_home / "data" / "breast_cancer" / "preprocess"
+    for age in range(1, 13):
+        touch(runs / f"manual__run{age:02}" / "train.parquet", age, size=100)
+    dag = load_pipelines(folder=REPO / "example_configs")["mlops_maintenance"]
+    dr = dag.test()
+    assert dr.state == DagRunState.SUCCESS
+    tis = {t.task_id: t for t in dr.get_task_instances()}
+    backup = tis["backup.run"].xcom_pull(task_ids="backup.run")
+    assert backup["files"] == 12 and backup["skipped_count"] == 1  # the MLflow store does not exist yet
+    retention = tis["retention.run"].xcom_pull(task_ids="retention.run")
+    # keep_last 10 per stage folder: the two oldest runs go, and the backup taken just before still has them.
+    assert [Path(p).name for p in retention["deleted"]] == ["manual__run11", "manual__run12"]
+    assert sorted(os.listdir(runs)) == [f"manual__run{age:02}" for age in range(1, 11)]
+    assert (retention["items"], retention["bytes"]) == (2, 200)

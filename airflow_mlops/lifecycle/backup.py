@@ -353,7 +353,10 @@ def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Coll
     base = f"{name}/{prefix}" if prefix else name
     real_root = os.path.realpath(root)
     everything = matcher.everything
-    add, S_ISREG, S_ISLNK, S_IMODE = out.add_file, stat.S_ISREG, stat.S_ISLNK, stat.S_IMODE
+    previous, files, to_copy, links = out.previous, out.files, out.to_copy, out.links
+    get = previous.get
+    S_IFMT, S_IFREG, S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFLNK
+    # The hot loop of an incremental backup: kept flat (no calls but the lstat) on purpose.
     for rel, _path, entries in walk_dirs(root, matcher, report):
         prefix_key = f"{base}/{rel}" if rel else base
         if rel:
@@ -364,13 +367,25 @@ def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Coll
                 continue
             try:
                 st = de.stat(follow_symlinks=False)
-                mode = st.st_mode
-                if S_ISREG(mode):
-                    add(f"{prefix_key}/{name_}", de.path, st.st_size, st.st_mtime_ns, S_IMODE(mode))
-                elif S_ISLNK(mode):
-                    out.links[f"{prefix_key}/{name_}"] = os.readlink(de.path)
             except OSError as exc:
                 report.skip(f"{rel}/{name_}" if rel else name_, exc)
+                continue
+            mode = st.st_mode
+            kind = mode & S_IFMT
+            key = f"{prefix_key}/{name_}"
+            if kind == S_IFREG:
+                size, mtime, perm = st.st_size, st.st_mtime_ns, mode & 0o7777
+                prev = get(key)
+                # Unchanged: same size, mtime and mode, and not flagged for a re-read ("racy").
+                if prev is not None and prev[1] == mtime and prev[0] == size and prev[2] == perm and len(prev) == 4:
+                    files[key] = prev
+                else:
+                    to_copy.append(FileToCopy(key, de.path, size, mtime, perm))
+            elif kind == S_IFLNK:
+                try:
+                    links[key] = os.readlink(de.path)
+                except OSError as exc:
+                    report.skip(f"{rel}/{name_}" if rel else name_, exc)
     for s in report.skipped:
         out.skipped.append({"file": os.path.join(real_root, s.rel), "reason": s.reason})
 
@@ -396,6 +411,9 @@ def _collect_source(source: Any, staging: str, out: Collected) -> None:
     if isinstance(source, DirectorySource):
         path = os.path.realpath(expand_path(source.path))
         if not os.path.isdir(path):
+            if source.missing_ok and not os.path.lexists(path):
+                out.skipped.append({"file": path, "reason": f"source '{source.name}' does not exist"})
+                return
             raise BackupError(f"source '{source.name}': {path} is not a folder")
         out.described[source.name] = {"kind": "directory", "path": path}
         _collect_tree(source.name, "", path, Matcher(source.include, source.exclude), out)
@@ -438,6 +456,9 @@ def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> 
         if not os.path.isabs(db):
             raise BackupError(f"source '{source.name}': a relative SQLite URI ({uri}) cannot be located; use an absolute one")
         if not os.path.exists(db):
+            if source.missing_ok:
+                out.skipped.append({"file": db, "reason": f"source '{source.name}': no MLflow database yet"})
+                return
             raise BackupError(f"source '{source.name}': the MLflow database {db} does not exist")
         stage_dir = os.path.join(staging, "mlflow-" + source.name)
         os.makedirs(stage_dir)

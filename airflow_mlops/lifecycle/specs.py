@@ -197,6 +197,7 @@ class DirectorySource(Strict):
     path: LocalPath
     include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
+    missing_ok: bool = Field(False, description="A missing folder is a warning in the summary, not an error.")
 
     _path = field_validator("path", mode="before")(classmethod(lambda cls, v: _local_path(v)))
 
@@ -210,6 +211,7 @@ class MlflowStoreSource(Strict):
     tracking_uri: str | None = Field(None, description="sqlite:////abs/mlflow.db; default: resolved like the stages do.")
     artifacts: str | None = Field(None, description="Artifact folder; default: mlartifacts/ beside the database.")
     include_artifacts: bool = True
+    missing_ok: bool = Field(False, description="A missing database is a warning in the summary, not an error.")
 
 
 class CallableSource(Strict):
