@@ -1,0 +1,357 @@
+"""GpuTrainOperator: run a training entrypoint on GPUs (a local subprocess, or a GPU pod), with NVML
+telemetry, MLflow tracking, a registered model version, checkpoints that survive retries, and cost.
+
+The work itself is plain Python in ``airflow_mlops.gpu.job``; this operator only resolves the
+task's settings (MLflow target, checkpoint folder, upstream datasets) and decides where the job
+runs. Nothing heavy is imported at module level: DAG files import this at every parse.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator, BaseOperatorLink
+
+from airflow_mlops.gpu.cost import PriceTable
+from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
+
+RUN_URL_XCOM = "mlflow_run_url"
+BACKENDS = ("local", "kubernetes")
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """"MLflow run" button on the task: opens the run the task logged to.
+
+    The task pushes the run's URL to XCom (key ``mlflow_run_url``) as soon as the run exists; a
+    stage that returns ``mlflow_run_url`` in its result dict works too. Airflow 3 evaluates this
+    in the worker when the task finishes and keeps the link for the UI.
+    """
+
+    name = "MLflow run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        url = XCom.get_value(ti_key=ti_key, key=RUN_URL_XCOM)
+        if not url:
+            result = XCom.get_value(ti_key=ti_key, key="return_value")
+            if isinstance(result, dict):
+                url = result.get(RUN_URL_XCOM)
+        return url or ""
+
+
+def _templated(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+class GpuTrainOperator(BaseOperator):
+    """Train on GPUs and track it in MLflow.
+
+    The entrypoint, exactly one of:
+
+    :param entrypoint: ``'pkg.module:function'``, called in a fresh process with the keyword
+        arguments it declares among ``params`` (``hyperparams``), ``checkpoint_dir``, and with
+        datasets ``train``, ``test``, ``target``, ``features``. Returns ``(model, metrics)`` or
+        ``{"model", "metrics", "input_example"}``: a scikit-learn estimator or an
+        ``mlflow.pyfunc.PythonModel``, logged and registered as a new version.
+    :param script: a Python file, run as ``python script args...``;
+    :param module: a module, run as ``python -m module args...``. Scripts and modules log to the
+        task's MLflow run themselves: ``MLFLOW_RUN_ID``/``MLFLOW_TRACKING_URI`` are set, so
+        ``mlflow.start_run()`` attaches to it; a model they log is registered afterwards.
+    :param args: command-line arguments for ``script``/``module`` (templated).
+
+    GPUs and settings:
+
+    :param gpus: how many GPUs (default 1): the ones with the most free memory; ``0`` hides all.
+    :param gpu_ids: or exactly these NVML indices (e.g. from ``GpuAvailableSensor``'s XCom).
+    :param hyperparams: hyperparameters, logged as MLflow params and passed as ``params``
+        (named so because ``params`` is Airflow's own operator argument).
+    :param checkpoint_dir: where the entrypoint saves and resumes checkpoints (also in
+        ``$AIRFLOW_MLOPS_CHECKPOINT_DIR``). Default
+        ``$AIRFLOW_MLOPS_HOME/checkpoints/<dag>/<run>/<task>``: the same for every try of a task
+        instance, so an Airflow retry resumes instead of starting over.
+    :param mlflow: ``MlflowSettings`` or a dict (``experiment``, ``registered_model``, ``conn_id``,
+        ``tracking_uri``); experiment and model default to ``pipeline_id`` (default: the DAG id).
+    :param train_path / test_path / target / features / upstream_task: datasets for a callable:
+        paths, or the task id of a preprocess stage whose XCom holds ``train_path``/``test_path``.
+    :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
+        the pod; default: the GPUs given, 1 CPU, 1Gi.
+    :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gb_hour`` 0.05.
+    :param sample_interval_s: NVML sampling period (default 1 s).
+    :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
+        runs the same job through ``python -m airflow_mlops.gpu.runner job``).
+    :param kubernetes: pod settings for the kubernetes backend (``image`` required).
+    :param env: extra environment variables for the training process.
+    :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training.
+    :param pushgateway_url: push them to a Prometheus Pushgateway (each flush and at the end).
+    :param mlflow_ui_url: base URL of the MLflow UI for the extra link (default: the tracking URI
+        when it is http(s), else ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else http://localhost:5000).
+
+    Returns (XCom): ``run_id``, ``mlflow_run_url``, ``model_name``, ``model_version``,
+    ``model_uri``, ``metrics``, ``checkpoint_dir``, ``gpu`` (ids, summary), ``cost``.
+    """
+
+    template_fields: Sequence[str] = (
+        "entrypoint", "script", "module", "args", "hyperparams", "checkpoint_dir", "train_path", "test_path",
+        "gpu_ids", "env",
+    )
+    template_fields_renderers = {"hyperparams": "json", "env": "json"}
+    operator_extra_links = (MlflowRunLink(),)
+    ui_color = "#d9f2b4"
+
+    def __init__(
+        self,
+        *,
+        entrypoint: str | None = None,
+        script: str | None = None,
+        module: str | None = None,
+        args: Sequence[str] = (),
+        gpus: int | None = None,
+        gpu_ids: Sequence[int] | str | None = None,
+        hyperparams: dict[str, Any] | None = None,
+        checkpoint_dir: str | None = None,
+        mlflow: MlflowSettings | dict[str, Any] | None = None,
+        pipeline_id: str | None = None,
+        train_path: str | None = None,
+        test_path: str | None = None,
+        target: str | None = None,
+        features: Sequence[str] | None = None,
+        upstream_task: str | None = None,
+        resources: Resources | dict[str, Any] | str | None = None,
+        prices: PriceTable | dict[str, Any] | None = None,
+        sample_interval_s: float = 1.0,
+        backend: str = "local",
+        kubernetes: KubernetesSettings | dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        prometheus_port: int | None = None,
+        pushgateway_url: str | None = None,
+        mlflow_ui_url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        owner = f"GpuTrainOperator(task_id={self.task_id!r})"
+
+        def bad(message: str) -> ValueError:
+            return ValueError(f"{owner}: {message}")
+
+        given = [name for name, value in (("entrypoint", entrypoint), ("script", script), ("module", module)) if value]
+        if len(given) != 1:
+            raise bad(f"give exactly one of entrypoint= ('pkg.module:function'), script= or module=; got {given or 'none'}")
+        if entrypoint and not _templated(entrypoint) and not re.match(IMPORT_PATH, entrypoint):
+            raise bad(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
+        if isinstance(args, str) or not all(isinstance(a, (str, int, float)) for a in args):
+            raise bad(f"args must be a list of strings, got {args!r}")
+        if args and entrypoint:
+            raise bad("args= are for script=/module=; a callable entrypoint takes hyperparams=")
+        if gpus is not None and gpu_ids is not None:
+            raise bad("give gpus= (how many) or gpu_ids= (which), not both")
+        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
+            raise bad(f"gpus must be a whole number ≥ 0, got {gpus!r}")
+        if gpu_ids is not None and not _templated(gpu_ids):
+            gpu_ids = _parse_ids(gpu_ids, bad)
+        if hyperparams is not None and not isinstance(hyperparams, dict):
+            raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}")
+        if isinstance(sample_interval_s, bool) or not isinstance(sample_interval_s, (int, float)) or sample_interval_s <= 0:
+            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}")
+        if backend not in BACKENDS:
+            raise bad(f"backend must be one of {BACKENDS}, got {backend!r}")
+        data_given = any(v is not None for v in (train_path, test_path, upstream_task))
+        if data_given and not entrypoint:
+            raise bad("train_path/test_path/upstream_task hand datasets to a callable entrypoint; scripts read their own")
+        if data_given and not target:
+            raise bad("target= (the label column) is required with datasets")
+        if train_path is None and test_path is not None:
+            raise bad("test_path needs train_path")
+        if train_path is not None and upstream_task is not None:
+            raise bad("give train_path/test_path or upstream_task, not both")
+        if prometheus_port is not None and (isinstance(prometheus_port, bool) or not isinstance(prometheus_port, int)
+                                            or not 0 <= prometheus_port <= 65535):
+            raise bad(f"prometheus_port must be a port number, got {prometheus_port!r}")
+        if pushgateway_url is not None and not str(pushgateway_url).startswith(("http://", "https://")):
+            raise bad(f"pushgateway_url must be an http(s) URL, got {pushgateway_url!r}")
+        if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise bad("env must map names to string values")
+        try:
+            self.mlflow = MlflowSettings.model_validate(mlflow or {})
+            self.prices = PriceTable.model_validate(prices.model_dump() if isinstance(prices, PriceTable) else (prices or {}))
+            self.resources = _resources(resources)
+            self.kubernetes = KubernetesSettings.model_validate(kubernetes) if kubernetes is not None else None
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise bad(str(exc)) from exc
+        if backend == "kubernetes" and (self.kubernetes is None or not self.kubernetes.image):
+            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)")
+
+        self.entrypoint = entrypoint
+        self.script = script
+        self.module = module
+        self.args = [str(a) for a in args]
+        self.gpus = gpus if gpus is not None or gpu_ids is not None else 1
+        self.gpu_ids = gpu_ids
+        self.hyperparams = dict(hyperparams or {})
+        self.checkpoint_dir = checkpoint_dir
+        self.pipeline_id = pipeline_id
+        self.train_path = train_path
+        self.test_path = test_path
+        self.target = target
+        self.features = list(features) if features is not None else None
+        self.upstream_task = upstream_task
+        self.sample_interval_s = float(sample_interval_s)
+        self.backend = backend
+        self.env = dict(env or {})
+        self.prometheus_port = prometheus_port
+        self.pushgateway_url = pushgateway_url
+        self.mlflow_ui_url = mlflow_ui_url
+        self._run: Any = None
+        self._pod_op: Any = None
+
+    # -- the job ------------------------------------------------------------------------------
+
+    def build_job(self, context: Any) -> Any:
+        """The plain-Python job for this try (what runs in the worker or the pod)."""
+        from airflow_mlops.gpu.job import GpuTrainJob, TrainData
+        from airflow_mlops.hooks.mlflow import resolve_target
+        from airflow_mlops.stages.context import mlops_home, safe_run_key
+
+        ti = context["ti"]
+        run_id = context["run_id"]
+        pipeline_id = self.pipeline_id or ti.dag_id
+        target = resolve_target(self.mlflow, pipeline_id)
+        checkpoint_dir = self.checkpoint_dir or str(
+            mlops_home() / "checkpoints" / ti.dag_id / safe_run_key(run_id) / ti.task_id)
+        data = None
+        if self.upstream_task:
+            upstream = ti.xcom_pull(task_ids=self.upstream_task) or {}
+            if "train_path" not in upstream:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(
+                    f"upstream task '{self.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")
+            data = TrainData(train_path=upstream["train_path"], test_path=upstream.get("test_path"),
+                             target=self.target, features=self.features)
+        elif self.train_path:
+            data = TrainData(train_path=self.train_path, test_path=self.test_path, target=self.target,
+                             features=self.features)
+        gpu_ids = _parse_ids(self.gpu_ids, ValueError) if self.gpu_ids is not None else None
+        resources = self.resources.model_dump(exclude_none=True, exclude={"profile"}) if self.resources else None
+        return GpuTrainJob(
+            entrypoint=self.entrypoint, script=self.script, module=self.module, args=self.args,
+            hyperparams=self.hyperparams, gpus=None if gpu_ids is not None else self.gpus, gpu_ids=gpu_ids,
+            checkpoint_dir=checkpoint_dir, tracking_uri=target.tracking_uri, experiment=target.experiment,
+            registered_model=target.registered_model, artifact_location=target.artifact_location,
+            run_name=f"{pipeline_id}.{ti.task_id}",
+            tags={
+                "airflow.dag_id": ti.dag_id,
+                "airflow.run_id": run_id,
+                "airflow.task_id": ti.task_id,
+                "airflow.try_number": str(ti.try_number),
+                # The same for every try of this task instance: lets a retry find its earlier work.
+                "airflow_mlops.task_key": f"{ti.dag_id}/{run_id}/{ti.task_id}",
+            },
+            resources=resources, prices=self.prices, sample_interval_s=self.sample_interval_s, data=data,
+            env=self.env, prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url,
+            ui_url=self.mlflow_ui_url,
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_mlops.stages.context import StageFailed
+
+        job = self.build_job(context)
+        self.log.info("GPU training of %s: %s GPU(s)%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
+                      job.entrypoint or job.script or job.module, job.gpus if job.gpu_ids is None else job.gpu_ids,
+                      " in a pod" if self.backend == "kubernetes" else "", job.checkpoint_dir, job.tracking_uri,
+                      job.experiment, job.registered_model)
+        try:
+            if self.backend == "kubernetes":
+                result = self._run_in_pod(job, context)
+            else:
+                from airflow_mlops.gpu.job import TrainingRun
+
+                self._run = TrainingRun(job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url))
+                result = self._run.run()
+        except StageFailed as exc:
+            from airflow_mlops.operators.stage import stage_failed
+
+            raise stage_failed(str(exc)) from exc
+        self._push_url(context, result["mlflow_run_url"])
+        return result
+
+    def _push_url(self, context: Any, url: str) -> None:
+        context["ti"].xcom_push(key=RUN_URL_XCOM, value=url)
+
+    # -- kubernetes ---------------------------------------------------------------------------
+
+    def pod_operator(self, job: Any) -> Any:
+        """The KubernetesPodOperator that runs ``job`` in a GPU pod, built by the kubernetes
+        backend's KubernetesStageOperator (requests = limits, GPU node selector/tolerations)."""
+        from airflow_mlops.gpu.runner import encode_job
+        from airflow_mlops.operators.kubernetes import KubernetesStageOperator
+
+        gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
+        pod_resources = Resources(
+            cpu=self.resources.cpu if self.resources else None,
+            memory=self.resources.memory if self.resources else None,
+            gpu=(self.resources.gpu if self.resources and self.resources.gpu is not None else gpus) or None,
+        )
+        # In the pod, the device plugin decides which GPUs the container sees: take them all.
+        job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
+                                     "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
+        launcher = KubernetesStageOperator(
+            task_id=self.task_id, stage=None, stage_name=self.task_id, pipeline_id=job.run_name.split(".")[0],
+            kubernetes=self.kubernetes, pod_resources=pod_resources,
+        )
+        self._launcher = launcher
+        return launcher.pod_operator(["-m", "airflow_mlops.gpu.runner", "job", "--payload", encode_job(job)],
+                                     job.run_name.split(".")[0])
+
+    def _run_in_pod(self, job: Any, context: Any) -> dict[str, Any]:
+        from airflow_mlops.runtime import RESULT_MARKER
+
+        pod_op = self._pod_op = self.pod_operator(job)
+        self.log.info("Running the training in pod %s/%s (image %s)", self.kubernetes.namespace, pod_op.name,
+                      self.kubernetes.image)
+        try:
+            pod_op.execute(context)
+        except Exception as exc:
+            raise self._launcher._explain(pod_op, exc) from exc
+        if pod_op.stage_result is None:
+            raise RuntimeError(f"the pod finished but printed no '{RESULT_MARKER.strip()}' line; see its log above")
+        return pod_op.stage_result
+
+    def on_kill(self) -> None:
+        if self._run is not None:
+            self._run.kill()
+        if self._pod_op is not None:
+            self._pod_op.on_kill()
+
+
+def _parse_ids(value: Any, error: Any) -> list[int]:
+    """``[0, 1]``, ``"0,1"`` or ``"[0, 1]"`` (a rendered XCom) → [0, 1]."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        try:
+            value = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise error(f"gpu_ids must be GPU indices like [0, 1] or '0,1', got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    ids = list(value)
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) or len(set(ids)) != len(ids):
+        raise error(f"gpu_ids must be distinct GPU indices ≥ 0, like [0, 1], got {value!r}")
+    return ids
+
+
+def _resources(value: Any) -> Resources | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in BUILTIN_PROFILES:
+            raise ValueError(f"unknown resource profile {value!r}; built in: {sorted(BUILTIN_PROFILES)}")
+        return BUILTIN_PROFILES[value]
+    resources = Resources.model_validate(value.model_dump() if isinstance(value, Resources) else value)
+    if resources.profile:
+        if resources.profile not in BUILTIN_PROFILES:
+            raise ValueError(f"unknown resource profile {resources.profile!r}; built in: {sorted(BUILTIN_PROFILES)}")
+        base = BUILTIN_PROFILES[resources.profile].model_dump(exclude_none=True)
+        resources = Resources(**{**base, **resources.model_dump(exclude_none=True, exclude={"profile"})})
+    return resources

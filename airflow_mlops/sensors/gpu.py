@@ -1,0 +1,159 @@
+"""GpuAvailableSensor: wait until N GPUs with at least M free memory exist (NVML).
+
+Put it in front of a ``GpuTrainOperator`` on a shared GPU machine; its XCom value is the list of
+GPU indices that qualified, which the training task can take as ``gpu_ids``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Sequence
+
+from airflow.sdk.bases.sensor import BaseSensorOperator
+
+from airflow_mlops.gpu.cost import parse_bytes
+
+
+@dataclass
+class GpuCheck:
+    done: bool
+    chosen: list[int] = field(default_factory=list)  # qualifying GPUs, most free memory first, `count` of them
+    free: dict[int, tuple[int, int]] = field(default_factory=dict)  # index → (free, total) bytes
+    error: str | None = None  # NVML unusable here
+    message: str = ""
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_gpus(count: int, min_free_bytes: int, gpu_ids: Sequence[int] | None = None) -> GpuCheck:
+    """One NVML measurement: are there ``count`` GPUs (among ``gpu_ids``) with ≥ ``min_free_bytes`` free?"""
+    from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NvmlUnavailable, list_devices
+
+    want = f"{count} GPU(s) with ≥ {_gib(min_free_bytes)} free"
+    try:
+        devices = list_devices()
+    except NvmlUnavailable as exc:
+        message = f"NVML unavailable on {socket.gethostname()}: {NO_GPU_MESSAGE.split(':')[0]} ({exc}); wanted {want}"
+        return GpuCheck(done=False, error=str(exc), message=message)
+    pool = [d for d in devices if gpu_ids is None or d.index in gpu_ids]
+    free = {d.index: (d.memory_free_bytes, d.memory_total_bytes) for d in pool}
+    good = sorted((d for d in pool if d.memory_free_bytes >= min_free_bytes), key=lambda d: (-d.memory_free_bytes, d.index))
+    seen = ", ".join(f"GPU{d.index} {_gib(d.memory_free_bytes)} of {_gib(d.memory_total_bytes)} free" for d in pool)
+    among = "" if gpu_ids is None else f" among GPU(s) {list(gpu_ids)}"
+    message = (f"{len(good)} of {len(pool)} GPU(s){among} had ≥ {_gib(min_free_bytes)} free, wanted {count}"
+               f" ({seen or 'no GPU'})")
+    done = len(good) >= count
+    return GpuCheck(done=done, chosen=sorted(d.index for d in good[:count]) if done else [], free=free, message=message)
+
+
+class GpuAvailableSensor(BaseSensorOperator):
+    """Wait until ``count`` GPUs each have at least ``min_free_memory`` free.
+
+    :param count: how many GPUs (default 1).
+    :param min_free_memory: bytes, or a quantity like ``'16Gi'`` / ``'500Mi'`` (default 0: any).
+    :param gpu_ids: only consider these GPU indices (templated).
+    :param fail_without_nvml: no NVIDIA driver/GPU where the poke runs: fail at once (default)
+        rather than wait out the timeout; False keeps poking (when pokes may land on other workers).
+    :param deferrable: wait in the triggerer (``GpuAvailableTrigger``), which polls NVML on the
+        triggerer's host: only where a triggerer runs on the GPU machine. Otherwise prefer
+        ``mode="reschedule"``.
+
+    XCom: the qualifying GPU indices (``count`` of them, most free memory first, sorted).
+    On timeout the message says how many GPUs had how much free memory at the last poke.
+    """
+
+    template_fields: Sequence[str] = ("gpu_ids",)
+    ui_color = "#eaf5d3"
+
+    def __init__(
+        self,
+        *,
+        count: int = 1,
+        min_free_memory: int | str = 0,
+        gpu_ids: Sequence[int] | str | None = None,
+        fail_without_nvml: bool = True,
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        owner = f"GpuAvailableSensor(task_id={self.task_id!r})"
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{owner}: count must be a whole number ≥ 1, got {count!r}")
+        try:
+            self.min_free_bytes = parse_bytes(min_free_memory)
+        except ValueError as exc:
+            raise ValueError(f"{owner}: min_free_memory: {exc}") from None
+        if gpu_ids is not None and not (isinstance(gpu_ids, str) and "{{" in gpu_ids):
+            from airflow_mlops.operators.gpu_train import _parse_ids
+
+            gpu_ids = _parse_ids(gpu_ids, lambda m: ValueError(f"{owner}: {m}"))
+        self.count = count
+        self.min_free_memory = min_free_memory
+        self.gpu_ids = gpu_ids
+        self.fail_without_nvml = fail_without_nvml
+        self.deferrable = deferrable
+        self._last = "no poke yet"
+
+    def _ids(self) -> list[int] | None:
+        if self.gpu_ids is None:
+            return None
+        from airflow_mlops.operators.gpu_train import _parse_ids
+
+        return _parse_ids(self.gpu_ids, ValueError)
+
+    def goal(self) -> str:
+        return f"{self.count} GPU(s) with ≥ {_gib(self.min_free_bytes)} free"
+
+    def poke(self, context: Any) -> Any:
+        from airflow.sdk import PokeReturnValue
+
+        check = check_gpus(self.count, self.min_free_bytes, self._ids())
+        self._last = check.message
+        if check.error is not None:
+            if self.fail_without_nvml:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"{check.message}. (fail_without_nvml=False keeps waiting instead)")
+            self.log.warning("%s; poking again in %s s", check.message, self.poke_interval)
+            return False
+        self.log.info("%s: %s", "GPUs available" if check.done else "Waiting for GPUs", check.message)
+        return PokeReturnValue(is_done=check.done, xcom_value=check.chosen if check.done else None)
+
+    def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSensorTimeout
+
+        if self.deferrable:
+            from airflow_mlops.sensors.triggers import GpuAvailableTrigger
+
+            timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
+            poll = self.poke_interval.total_seconds() if isinstance(self.poke_interval, timedelta) else float(self.poke_interval)
+            self.defer(
+                trigger=GpuAvailableTrigger(count=self.count, min_free_bytes=self.min_free_bytes, gpu_ids=self._ids(),
+                                            poll_interval=poll, deadline=time.time() + timeout),
+                method_name="execute_complete",
+            )
+        try:
+            return super().execute(context)
+        except AirflowSensorTimeout as exc:
+            raise AirflowSensorTimeout(self._timeout_message(self._last)) from exc
+
+    def _timeout_message(self, last: str) -> str:
+        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
+        return f"timed out after {timeout:.0f} s waiting for {self.goal()}; at the last poke: {last}"
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+
+        event = event or {}
+        status = event.get("status")
+        if status == "success":
+            self.log.info("GPUs available: %s", event.get("message"))
+            return event.get("gpu_ids")
+        if status == "timeout":
+            raise AirflowSensorTimeout(self._timeout_message(event.get("message", "")))
+        raise AirflowException(f"waiting for {self.goal()} failed in the triggerer: {event.get('message', event)}")
