@@ -205,7 +205,8 @@ def _spawn(name: str, argv: list[str], workdir: Path) -> subprocess.Popen:
 
 def _die_with_parent() -> None:
     # If the test process is killed outright, its teardown never runs: have the kernel send the
-    # child SIGTERM instead of leaving a control plane behind (PR_SET_PDEATHSIG = 1, Linux only).
+    # child SIGTERM instead of leaving a control plane behind (PR_SET_PDEATHSIG = 1, Linux only;
+    # it fires when the *thread* that started the child ends: start clusters from the main thread).
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 

@@ -1,7 +1,9 @@
 """pytest fixtures for the Kubernetes-backend tests (register with ``pytest_plugins = ["tests.kube.plugin"]``).
 
 ``kube_cluster`` (session): builds the binaries when they are not cached (``scripts/build-kube.sh``,
-about 7 minutes the first time) and starts a cluster with a 2-GPU fake node; see ``cluster.py``.
+7-13 minutes the first time on 2 cores, counted against the first test's pytest-timeout: on a fresh
+machine, better run the script before pytest) and starts a cluster with a 2-GPU fake node (~7-11 s);
+see ``cluster.py``. Pods must tolerate the node's taint: ``cluster.GPU_TOLERATION``.
 ``kube_namespace``: a fresh namespace whose default ServiceAccount is ready, deleted afterwards.
 """
 
