@@ -175,7 +175,7 @@ class GpuTrainOperator(BaseOperator):
         try:
             self.mlflow = MlflowSettings.model_validate(mlflow or {})
             self.prices = PriceTable.model_validate(prices.model_dump() if isinstance(prices, PriceTable) else (prices or {}))
-            self.resources = _resources(resources)
+            self.held_resources = _resources(resources)  # not self.resources: BaseOperator's own
             self.kubernetes = KubernetesSettings.model_validate(kubernetes) if kubernetes is not None else None
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise bad(str(exc)) from exc
@@ -233,7 +233,7 @@ class GpuTrainOperator(BaseOperator):
             data = TrainData(train_path=self.train_path, test_path=self.test_path, target=self.target,
                              features=self.features)
         gpu_ids = _parse_ids(self.gpu_ids, ValueError) if self.gpu_ids is not None else None
-        resources = self.resources.model_dump(exclude_none=True, exclude={"profile"}) if self.resources else None
+        resources = self.held_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.held_resources else None
         return GpuTrainJob(
             entrypoint=self.entrypoint, script=self.script, module=self.module, args=self.args,
             hyperparams=self.hyperparams, gpus=None if gpu_ids is not None else self.gpus, gpu_ids=gpu_ids,
@@ -288,10 +288,11 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops.operators.kubernetes import KubernetesStageOperator
 
         gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
+        held = self.held_resources
         pod_resources = Resources(
-            cpu=self.resources.cpu if self.resources else None,
-            memory=self.resources.memory if self.resources else None,
-            gpu=(self.resources.gpu if self.resources and self.resources.gpu is not None else gpus) or None,
+            cpu=held.cpu if held else None,
+            memory=held.memory if held else None,
+            gpu=(held.gpu if held and held.gpu is not None else gpus) or None,
         )
         # In the pod, the device plugin decides which GPUs the container sees: take them all.
         job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
