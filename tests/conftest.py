@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.kube.plugin"]  # kube_cluster / kube_namespace: a real control plane
+
 REPO = Path(__file__).resolve().parent.parent
 _HOME = Path(tempfile.mkdtemp(prefix="airflow-mlops-tests-"))
 os.environ.update(

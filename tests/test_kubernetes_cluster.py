@@ -4,12 +4,8 @@ really runs each pod's command here, so the stage code in the pod executes for r
 
 from __future__ import annotations
 
-import pytest
-
+from tests.conftest import REPO
 from tests.helpers import write
-
-pytestmark = pytest.mark.kubernetes
-
 
 def pipeline_yaml(cluster, namespace: str, train_extra: str = "", resources: str = "{cpu: 1, memory: 1Gi, gpu: 1}") -> str:
     return f"""
@@ -19,6 +15,7 @@ def pipeline_yaml(cluster, namespace: str, train_extra: str = "", resources: str
           namespace: {namespace}
           config_file: {cluster.kubeconfig}
           schedule_timeout: 20s
+          env: {{PYTHONPATH: {REPO}}}   # the "image" has this repository's test code
         stages:
           preprocess:
             input: {{sklearn_dataset: iris}}

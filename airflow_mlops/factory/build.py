@@ -72,6 +72,8 @@ def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     """Stage outputs as Airflow Assets: datasets by folder, models by registered name."""
     if stage.kind in ("preprocess", "serve"):
         return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.data_dir}/{name}")]
+    if stage.kind == "drift":
+        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"airflow-mlops://{plan.pipeline.id}/{name}/drift")]
     if stage.kind == "train":
         model = plan.pipeline.mlflow.registered_model or plan.pipeline.id
         return [Asset(name=f"{plan.pipeline.id}.{name}.model", uri=f"mlflow-model://{model}")]
@@ -91,7 +93,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     dag = DAG(
         dag_id=p.id,
         description=p.description or p.dag.description,
-        schedule=p.dag.schedule,
+        schedule=[Asset.ref(name=n) for n in p.dag.schedule_on_assets] if p.dag.schedule_on_assets else p.dag.schedule,
         start_date=_start(p.dag.start_date),
         catchup=p.dag.catchup,
         tags=[TAG, *p.dag.tags],

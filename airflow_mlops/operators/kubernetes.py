@@ -89,6 +89,7 @@ class KubernetesStageOperator(StageOperator):
             in_cluster=False if k.config_file else None,
             get_logs=True,
             log_events_on_failure=True,
+            log_pod_spec_on_failure=False,  # a pod dump in the error buries the message (and lists env)
             on_finish_action="delete_pod",
             do_xcom_push=False,
             startup_timeout_seconds=int(k.startup_timeout.total_seconds()),
@@ -129,7 +130,8 @@ class KubernetesStageOperator(StageOperator):
             )
         if pod_op.log_tail:
             tail = "\n".join(pod_op.log_tail)
-            return RuntimeError(f"stage '{self.stage_name}' failed in pod {pod_op.name} ({exc}); last log lines:\n{tail}")
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return RuntimeError(f"stage '{self.stage_name}' failed in pod {pod_op.name} ({first}); last log lines:\n{tail}")
         return exc
 
     def on_kill(self) -> None:
@@ -173,10 +175,12 @@ def _pod_operator_class() -> type:
                     self.unschedulable = f"{condition.reason}: {condition.message}"
             if status is None or status.phase in (None, "Pending"):
                 return
-            text = self.client.read_namespaced_pod_log(
-                name=pod.metadata.name, namespace=pod.metadata.namespace, container=self.base_container_name
+            # Raw bytes: kubernetes client 36 returns the text of a preloaded log as a str(bytes) repr.
+            response = self.client.read_namespaced_pod_log(
+                name=pod.metadata.name, namespace=pod.metadata.namespace, container=self.base_container_name,
+                _preload_content=False,
             )
-            lines = text.splitlines()
+            lines = response.data.decode("utf-8", "replace").splitlines()
             self.log_tail = lines[-LOG_TAIL_LINES:]
             for line in lines:
                 if line.startswith(RESULT_MARKER):

@@ -287,7 +287,8 @@ def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue
 # --- pydantic errors → issues -------------------------------------------------------------------------
 
 
-_CUSTOM_ERRORS = {"gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source", "relative_sqlite"}
+_CUSTOM_ERRORS = {"gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source", "relative_sqlite",
+                  "one_schedule"}
 _TYPE_NAMES = {
     "string_type": "a string", "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
     "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "list_type": "a list",

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 Backend = Literal["batch", "spark", "kubernetes"]
-STAGE_KINDS = ("preprocess", "train", "validate", "serve", "custom")
+STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
@@ -88,6 +88,11 @@ class DagSettings(Strict):
     """How the DAG is scheduled and retried (Airflow's DAG arguments and default_args)."""
 
     schedule: str | None = Field(None, description="Cron, preset ('@daily') or null for manual runs.")
+    schedule_on_assets: list[str] = Field(
+        default_factory=list,
+        description="Run when these Airflow Assets (by name) get an event, e.g. another pipeline's drift stage "
+        "'<pipeline id>.<stage name>'. Replaces 'schedule'.",
+    )
     start_date: date | datetime = Field(date(2025, 1, 1), description="First logical date.")
     catchup: bool = False
     description: str | None = None
@@ -102,6 +107,12 @@ class DagSettings(Strict):
     _durations = field_validator("retry_delay", "execution_timeout", mode="before")(
         classmethod(lambda cls, v: _parse_duration(v))
     )
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> "DagSettings":
+        if self.schedule and self.schedule_on_assets:
+            raise PydanticCustomError("one_schedule", "give 'schedule' or 'schedule_on_assets', not both")
+        return self
 
 
 class MlflowSettings(Strict):
@@ -371,6 +382,30 @@ class ServeStage(StageBase):
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
 
+class DriftThresholds(Strict):
+    psi: float | None = Field(None, gt=0, description="Population stability index above which a feature drifted.")
+    ks: float | None = Field(None, gt=0, le=1, description="Kolmogorov–Smirnov statistic above which a feature drifted.")
+
+
+class DriftStage(StageBase):
+    """Compare a new dataset with the training reference, per feature: PSI over binned numeric or
+    categorical values, and the Kolmogorov–Smirnov statistic for numeric ones."""
+
+    kind: Literal["drift"] = "drift"
+    current: DataInput = Field(..., description="The new data.")
+    reference: DataInput | None = Field(None, description="Default: the train split of an upstream preprocess stage.")
+    features: list[str] | None = Field(None, description="Default: every column both datasets have, minus 'exclude'.")
+    exclude: list[str] = Field(default_factory=list, description="Columns never compared (labels, ids).")
+    bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference, for numeric PSI.")
+    thresholds: DriftThresholds = Field(default_factory=lambda: DriftThresholds(psi=0.2, ks=0.2))
+    per_feature: dict[str, DriftThresholds] = Field(default_factory=dict, description="Overrides per column.")
+    on_drift: Literal["trigger", "fail", "report"] = Field(
+        "trigger",
+        description="trigger: succeed (emitting the stage's Asset, which a training pipeline can be scheduled "
+        "on) only when drift is found, else skip; fail: fail the task on drift; report: always succeed.",
+    )
+
+
 class CustomStage(StageBase):
     kind: Literal["custom"] = "custom"
     operator: str = Field(..., pattern=IMPORT_PATH, description="'package.module:OperatorClass'.")
@@ -378,7 +413,7 @@ class CustomStage(StageBase):
 
 
 Stage = Annotated[
-    Union[PreprocessStage, TrainStage, ValidateStage, ServeStage, CustomStage], Field(discriminator="kind")
+    Union[PreprocessStage, TrainStage, ValidateStage, ServeStage, DriftStage, CustomStage], Field(discriminator="kind")
 ]
 
 
