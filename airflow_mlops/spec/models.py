@@ -374,8 +374,13 @@ class ValidateStage(StageBase):
 
 
 class ServeStage(StageBase):
+    """batch: score a dataset; online: run an MLflow model server for the validated version."""
+
     kind: Literal["serve"] = "serve"
-    mode: Literal["batch"] = "batch"
+    mode: Literal["batch", "online"] = "batch"
+    host: str = Field("127.0.0.1", description="online: the interface the model server listens on.")
+    port: int = Field(5001, ge=1, le=65535, description="online: the model server's port.")
+    workers: int = Field(1, ge=1, description="online: uvicorn workers of the model server.")
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
     format: DataFormat = "parquet"
     output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 
 def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
+    if spec.mode == "online":
+        from airflow_mlops.stages import online
+
+        return online.run(spec, ctx)
     import mlflow
 
     model_uri = ctx.find("model_uri")
