@@ -2,7 +2,7 @@
 
 Generates N files (default 10 000, ~1 GB in total, sizes spread around the mean, every file's
 content unique so nothing is deduplicated away), all with mtimes an hour old (a tree at rest).
-Then, interleaving the two tools, for ``--repeats`` rounds:
+Then, for ``--repeats`` rounds, alternating which tool goes first:
 
 * full: ``rsync -a src/ fresh-dir/`` against ``run_backup`` into a fresh repository;
 * incremental: 1 % of the files rewritten (new content, same size, new mtime), then
@@ -16,7 +16,8 @@ copied file and a manifest with a checksum per file.
 
 Goals: full ≤ 1.3× rsync, incremental ≤ 1.0× rsync. Prints medians and ratios, MET / NOT MET.
 
-    python benchmarks/backup_benchmark.py                    # 10 000 files, 1 GiB, 3 rounds
+    python benchmarks/backup_benchmark.py                    # 10 000 files, 1 GiB, 5 rounds
+    python benchmarks/backup_benchmark.py --workdir /dev/shm --delete-each-round   # without the disk
     python benchmarks/backup_benchmark.py --files 1000 --total-mb 100 --repeats 1
 """
 
@@ -87,9 +88,13 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--total-mb", type=int, default=1024)
     ap.add_argument("--changed-pct", type=float, default=1.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--workdir", default=None, help="where to build the trees (default: a temp folder)")
+    ap.add_argument("--workdir", default=None, help="where to build the trees (default: a temp folder); "
+                    "/dev/shm measures without the disk")
+    ap.add_argument("--delete-each-round", action="store_true",
+                    help="delete each round's copies after it (saves space; on disks with online discard "
+                         "the deletion may slow the next round)")
     args = ap.parse_args()
     if not shutil.which("rsync"):
         print("rsync is not installed (apt-get install -y rsync)", file=sys.stderr)
@@ -101,8 +106,8 @@ def main() -> int:
         t = time.perf_counter()
         paths = make_tree(src, args.files, args.total_mb << 20)
         total = sum(p.stat().st_size for p in paths)
-        print(f"tree: {len(paths)} files, {total / 2**20:.0f} MiB, generated in {time.perf_counter() - t:.1f} s; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"tree: {len(paths)} files, {total / 2**20:.0f} MiB in {work}, generated in "
+              f"{time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
         rng = random.Random(7)
         pool = os.urandom(8 << 20)
         n_changed = max(1, round(len(paths) * args.changed_pct / 100))
@@ -139,7 +144,11 @@ def main() -> int:
                 inc_r.append(theirs())
             assert summary["copied_files"] == n_changed, summary
             print(f"  round {rep + 1}: full rsync {full_r[-1]:.2f} s, backup {full_b[-1]:.2f} s | "
-                  f"incremental ({n_changed} files changed) rsync {inc_r[-1]:.3f} s, backup {inc_b[-1]:.3f} s")
+                  f"incremental ({n_changed} files changed) rsync {inc_r[-1]:.3f} s, backup {inc_b[-1]:.3f} s",
+                  flush=True)
+            if args.delete_each_round:
+                shutil.rmtree(rdst)
+                shutil.rmtree(bdst)
 
         def report(label: str, ours: list[float], base: list[float], goal: float) -> bool:
             o, b = statistics.median(ours), statistics.median(base)

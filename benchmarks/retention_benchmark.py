@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--days", type=int, default=30, help="N in -mtime +N / max_age")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="where to build the trees; /dev/shm measures without the disk")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="retention-bench-", dir=args.workdir))
@@ -69,8 +69,9 @@ def main() -> int:
         master = work / "master"
         t = time.perf_counter()
         n_old = make_tree(master, args.files, args.days)
-        print(f"tree: {args.files} files in {args.files // 100} folders, {n_old} older than {args.days} days, "
-              f"built in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"tree: {args.files} files in {args.files // 100} folders under {work}, {n_old} older than {args.days} "
+              f"days, built in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+              flush=True)
         ours, base = [], []
 
         def run_find(root: Path) -> float:
@@ -99,7 +100,8 @@ def main() -> int:
                 base.append(run_find(a))
             left_a, left_b = count(a), count(b)
             assert left_a == left_b == args.files - n_old, (left_a, left_b)
-            print(f"  round {rep + 1}: find {base[-1]:.3f} s, retention {ours[-1]:.3f} s ({n_old} files deleted by each)")
+            print(f"  round {rep + 1}: find {base[-1]:.3f} s, retention {ours[-1]:.3f} s ({n_old} files deleted by each)",
+                  flush=True)
             shutil.rmtree(a)
             shutil.rmtree(b)
         o, b = statistics.median(ours), statistics.median(base)

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
-from airflow_mlops.lifecycle.paths import Matcher, RootFd, ScanReport, expand_path, scan_files, walk_dirs, within
+from airflow_mlops.lifecycle.paths import Matcher, RootFd, ScanReport, expand_path, walk_dirs, within
 from airflow_mlops.lifecycle.specs import FilesPolicy, RetentionSpec
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 LISTED = 200  # items listed in the summary (XCom); the rest are counted
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One thing a policy deletes."""
 
@@ -121,55 +121,71 @@ class Candidate:
     protected: str | None = None  # why it may not be deleted
 
 
-def select(cands: list[Candidate], policy: Any, now: float, budget: int | None = None) -> tuple[list[Candidate], list[Candidate]]:
-    """Apply a policy's rules. Returns (selected, protected-but-would-have-been-selected).
+def select_rows(rows: list[tuple], policy: Any, cutoff: float | None, budget: int | None = None) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """Apply a policy's rules to ``rows`` of ``(mtime, id, size, group, protected)``; ``cutoff`` is
+    ``now - max_age`` in the rows' time unit. Returns ``(selected, protected-but-would-have-been-
+    selected)``, each a list of ``(row index, reason)``.
 
     Within each group, newest first: the ``min_keep`` newest are never selected; then an item is
     selected if it is older than ``max_age`` or beyond the ``keep_last`` newest. Then, if a size
     budget is set, the oldest remaining unprotected items are selected until the rest fits.
     """
-    groups: dict[Any, list[Candidate]] = defaultdict(list)
-    for c in cands:
-        groups[c.group].append(c)
-    cutoff = now - policy.max_age.total_seconds() if policy.max_age is not None else None
-    chosen: list[Candidate] = []
-    guarded: list[Candidate] = []
+    chosen: list[tuple[int, str]] = []
+    guarded: list[tuple[int, str]] = []
+    keep_last, min_keep = policy.keep_last, policy.min_keep
+    if keep_last is None and min_keep == 0 and budget is None:
+        # Age alone needs no ordering: one pass.
+        if cutoff is not None:
+            for i, row in enumerate(rows):
+                if row[0] < cutoff:
+                    (guarded if row[4] else chosen).append((i, "max_age"))
+        return chosen, guarded
+    groups: dict[Any, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        groups[row[3]].append(i)
     floor: set[int] = set()
     for members in groups.values():
-        members.sort(key=lambda c: (c.item.mtime, c.item.id), reverse=True)
-        for i, c in enumerate(members):
-            if i < policy.min_keep:
-                floor.add(id(c))
+        members.sort(key=lambda i: (rows[i][0], rows[i][1]), reverse=True)
+        for rank, i in enumerate(members):
+            if rank < min_keep:
+                floor.add(i)
                 continue
-            reason = None
-            if cutoff is not None and c.item.mtime < cutoff:
+            if cutoff is not None and rows[i][0] < cutoff:
                 reason = "max_age"
-            elif policy.keep_last is not None and i >= policy.keep_last:
+            elif keep_last is not None and rank >= keep_last:
                 reason = "keep_last"
-            if reason is None:
+            else:
                 continue
-            c.item.reason = reason
-            (guarded if c.protected else chosen).append(c)
+            (guarded if rows[i][4] else chosen).append((i, reason))
     if budget is not None:
-        picked = {id(c) for c in chosen}
-        rest = [c for c in cands if id(c) not in picked]
-        total = sum(c.item.size for c in rest)
-        if total > budget:
-            for c in sorted(rest, key=lambda c: (c.item.mtime, c.item.id)):  # oldest first
-                if total <= budget:
-                    break
-                if id(c) in floor:
-                    continue
-                if c.protected:
-                    if not any(g is c for g in guarded):
-                        c.item.reason = "max_total_size"
-                        guarded.append(c)
-                    continue
-                c.item.reason = "max_total_size"
-                chosen.append(c)
-                total -= c.item.size
-    chosen.sort(key=lambda c: c.item.id)
+        picked = {i for i, _ in chosen}
+        shielded = {i for i, _ in guarded}
+        rest = [i for i in range(len(rows)) if i not in picked]
+        total = sum(rows[i][2] for i in rest)
+        for i in sorted(rest, key=lambda i: (rows[i][0], rows[i][1])):  # oldest first
+            if total <= budget:
+                break
+            if i in floor:
+                continue
+            if rows[i][4]:
+                if i not in shielded:
+                    guarded.append((i, "max_total_size"))
+                    shielded.add(i)
+                continue
+            chosen.append((i, "max_total_size"))
+            total -= rows[i][2]
     return chosen, guarded
+
+
+def select(cands: list[Candidate], policy: Any, now: float, budget: int | None = None) -> tuple[list[Candidate], list[Candidate]]:
+    """``select_rows`` for Candidates (MLflow entities); sets each selected item's reason."""
+    rows = [(c.item.mtime, c.item.id, c.item.size, c.group, c.protected) for c in cands]
+    cutoff = now - policy.max_age.total_seconds() if policy.max_age is not None else None
+    chosen, guarded = select_rows(rows, policy, cutoff, budget)
+    for i, reason in chosen + guarded:
+        cands[i].item.reason = reason
+    out = sorted((cands[i] for i, _ in chosen), key=lambda c: c.item.id)
+    return out, [cands[i] for i, _ in guarded]
 
 
 # --- files -------------------------------------------------------------------------------------------------
@@ -190,35 +206,67 @@ def plan_files(policy: FilesPolicy, pp: PolicyPlan, now: float) -> None:
         return
     matcher = Matcher(policy.include, policy.exclude)
     report = ScanReport()
-    cands: list[Candidate] = []
     by_parent = policy.group_by == "parent"
+    budget = int(policy.max_total_size) if policy.max_total_size is not None else None
     if policy.unit == "file":
-        checked: dict[str, bool] = {}
-        for e in scan_files(root, matcher, report):
-            parent = e.rel.rpartition("/")[0]
-            ok = checked.get(parent)
-            if ok is None:
-                ok = checked[parent] = within(root, os.path.join(root, parent))
-            if not ok:  # cannot happen without following links; refuse anyway
-                report.skip(e.rel, "its folder resolves outside the root")
-                continue
-            item = Item("link" if e.is_link else "file", os.path.join(root, e.rel), e.size, e.mtime_ns / 1e9, "",
-                        (e.rel, e.ino, e.size, e.mtime_ns))
-            cands.append(Candidate(item, parent if by_parent else None))
+        rows, extra = _scan_rows(root, matcher, report, by_parent)
+        cutoff = (now - policy.max_age.total_seconds()) * 1e9 if policy.max_age is not None else None
+        chosen, guarded = select_rows(rows, policy, cutoff, budget)
+        chosen.sort(key=lambda c: rows[c[0]][1])
+        items = []
+        for i, reason in chosen:
+            mtime_ns, rel, size, _group, _prot = rows[i]
+            ino, is_link = extra[i]
+            items.append(Item("link" if is_link else "file", f"{root}/{rel}", size, mtime_ns / 1e9, reason,
+                              (rel, ino, size, mtime_ns)))
+        pp.items = items
+        pp.protected = [f"{root}/{rows[i][1]}" for i, _ in guarded]
+        pp.scanned = len(rows)
     else:
+        cands: list[Candidate] = []
         for rel in _item_dirs(root, policy, matcher, report):
             measured = _measure_dir(root, rel, report)
             if measured is None:
                 continue
             size, newest, ino, own_mtime = measured
-            item = Item("directory", os.path.join(root, rel), size, newest / 1e9, "", (rel, ino, None, own_mtime))
+            item = Item("directory", f"{root}/{rel}", size, newest / 1e9, "", (rel, ino, None, own_mtime))
             cands.append(Candidate(item, rel.rpartition("/")[0] if by_parent else None))
-    pp.scanned = len(cands)
-    chosen, guarded = select(cands, policy, now, int(policy.max_total_size) if policy.max_total_size is not None else None)
-    pp.items = [c.item for c in chosen]
-    pp.protected = [c.item.id for c in guarded]
+        pp.scanned = len(cands)
+        chosen_c, guarded_c = select(cands, policy, now, budget)
+        pp.items = [c.item for c in chosen_c]
+        pp.protected = [c.item.id for c in guarded_c]
     pp.kept = pp.scanned - len(pp.items)
-    pp.skipped = [{"item": os.path.join(root, s.rel), "reason": s.reason} for s in report.skipped]
+    pp.skipped = [{"item": f"{root}/{s.rel}" if s.rel != "." else root, "reason": s.reason} for s in report.skipped]
+
+
+def _scan_rows(root: str, matcher: Matcher, report: ScanReport, by_parent: bool) -> tuple[list[tuple], list[tuple]]:
+    """Every regular file and symlink the patterns include, as selection rows
+    ``(mtime_ns, rel, size, group, None)`` plus ``(inode, is_link)`` beside them. Flat on purpose:
+    this loop runs once per file (one lstat each, nothing followed)."""
+    rows: list[tuple] = []
+    extra: list[tuple] = []
+    everything = matcher.everything
+    S_IFMT, S_IFREG, S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFLNK
+    for rel, path, entries in walk_dirs(root, matcher, report):
+        if rel and not within(root, path):  # cannot happen without following links; refuse anyway
+            report.skip(rel, "its folder resolves outside the root")
+            continue
+        prefix = rel + "/" if rel else ""
+        group = rel if by_parent else None
+        for de in entries:
+            name = de.name
+            if not everything and not matcher.included(prefix + name, name):
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+            except OSError as exc:
+                report.skip(prefix + name, exc)
+                continue
+            kind = st.st_mode & S_IFMT
+            if kind == S_IFREG or kind == S_IFLNK:
+                rows.append((st.st_mtime_ns, prefix + name, st.st_size, group, None))
+                extra.append((st.st_ino, kind == S_IFLNK))
+    return rows, extra
 
 
 def _item_dirs(root: str, policy: FilesPolicy, matcher: Matcher, report: ScanReport) -> list[str]:
@@ -267,31 +315,39 @@ def apply_files(pp: PolicyPlan) -> None:
     if os.path.realpath(pp.root) != pp.root:
         pp.skipped.extend({"item": i.id, "reason": "the root changed since planning"} for i in pp.items)
         return
+    skipped, deleted = pp.skipped, pp.deleted
+    S_ISDIR = stat.S_ISDIR
     with RootFd(pp.root) as rf:
-        for item in sorted(pp.items, key=lambda i: i.check[0]):
+        current, fd = None, None
+        for item in pp.items:  # sorted by path: one directory descriptor per folder
             rel, ino, size, mtime_ns = item.check
+            parent, _, name = rel.rpartition("/")
             try:
-                st = rf.lstat(rel)
+                if parent != current:
+                    current, fd = None, rf.dir_fd(parent)
+                    current = parent
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if item.kind == "directory":
-                    if not stat.S_ISDIR(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
-                        pp.skipped.append({"item": item.id, "reason": "changed since planned"})
+                    if not S_ISDIR(st.st_mode) or st.st_ino != ino or st.st_mtime_ns != mtime_ns:
+                        skipped.append({"item": item.id, "reason": "changed since planned"})
                         continue
                     rf.rmtree(rel)
+                    current = None  # rmtree may close cached descriptors
                 else:
-                    if stat.S_ISDIR(st.st_mode) or (st.st_ino, st.st_size, st.st_mtime_ns) != (ino, size, mtime_ns):
-                        pp.skipped.append({"item": item.id, "reason": "changed since planned"})
+                    if st.st_ino != ino or st.st_mtime_ns != mtime_ns or st.st_size != size or S_ISDIR(st.st_mode):
+                        skipped.append({"item": item.id, "reason": "changed since planned"})
                         continue
-                    rf.unlink(rel)
+                    os.unlink(name, dir_fd=fd)
             except FileNotFoundError:
-                pp.skipped.append({"item": item.id, "reason": "vanished before deletion"})
+                skipped.append({"item": item.id, "reason": "vanished before deletion"})
                 continue
             except PermissionError:
-                pp.skipped.append({"item": item.id, "reason": "permission denied"})
+                skipped.append({"item": item.id, "reason": "permission denied"})
                 continue
             except OSError as exc:  # ELOOP / ENOTDIR: a folder on the way became a symlink
-                pp.skipped.append({"item": item.id, "reason": f"not deleted, its path changed ({exc.strerror or exc})"})
+                skipped.append({"item": item.id, "reason": f"not deleted, its path changed ({exc.strerror or exc})"})
                 continue
-            pp.deleted.append(item)
+            deleted.append(item)
 
 
 # --- entry points ------------------------------------------------------------------------------------------
