@@ -119,3 +119,27 @@ def test_rendered_namespace_manifests_are_accepted_by_the_api_server(kube_cluste
     assert k8s.RbacAuthorizationV1Api(api).read_namespaced_role_binding(
         next(d["metadata"]["name"] for d in docs if d["kind"] == "RoleBinding"), kube_namespace
     ).subjects[0].name == "airflow-worker"
+
+
+def test_online_serving_deploys_the_champion_and_a_new_one_rolls_the_deployment(
+    kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder
+):
+    from kubernetes import client as k8s
+
+    serve = "          serve: {backend: kubernetes, mode: online, resources: {cpu: 500m, memory: 1Gi}}\n"
+    text = pipeline_yaml(kube_cluster, kube_namespace).rstrip(" ") + serve
+    apps = k8s.AppsV1Api(kube_cluster.api_client())
+    name = f"{kube_namespace}-serve".replace("_", "-")
+    for version in ("1", "2"):
+        _, dr, states = run(dags_folder, "k8s_online", text)
+        assert set(states.values()) == {"success"}, states
+        deployment = apps.read_namespaced_deployment(name, kube_namespace)
+        args = deployment.spec.template.spec.containers[0].args
+        model = kube_namespace.replace("-", "_")
+        assert args[:2] == ["-m", f"models:/{model}/{version}"]
+        assert deployment.spec.template.spec.containers[0].readiness_probe.http_get.path == "/ping"
+        assert deployment.spec.template.spec.containers[0].resources.requests == {"cpu": "500m", "memory": "1Gi"}
+        assert deployment.metadata.generation == int(version)  # a new champion changed the pod template: a rollout
+    assert k8s.CoreV1Api(kube_cluster.api_client()).read_namespaced_service(name, kube_namespace).spec.ports[0].target_port == 8080
+    hpa = k8s.AutoscalingV1Api(kube_cluster.api_client()).read_namespaced_horizontal_pod_autoscaler(name, kube_namespace)
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas, hpa.spec.target_cpu_utilization_percentage) == (1, 3, 70)

@@ -11,7 +11,13 @@ from airflow_mlops.spec.load import effective_kubernetes, resolve_resources
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
-    return KubernetesStageOperator(
+    if stage.kind == "serve" and stage.mode == "online":
+        from airflow_mlops.operators.serving import KubernetesModelServerOperator
+
+        operator: Any = KubernetesModelServerOperator
+    else:
+        operator = KubernetesStageOperator
+    return operator(
         task_id=RESULT_TASK,
         stage=stage,
         stage_name=stage_name,

@@ -226,9 +226,6 @@ def _check_engine(
                 yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
         if stage.kind == "serve" and stage.mode == "online":
             yield issue("mode", "online serving runs a model server, not a Spark job: use backend batch for it")
-    elif backend == "kubernetes" and stage.kind == "serve" and stage.mode == "online":
-        yield issue("mode", "online serving as a Kubernetes Deployment is not available yet; use backend batch "
-                            "(an MLflow model server on the worker's machine)")
     elif backend == "kubernetes" and stage.kind != "custom":
         if not (stage.kubernetes and stage.kubernetes.image) and not pipeline_image:
             yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),

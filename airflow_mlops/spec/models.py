@@ -381,6 +381,9 @@ class ServeStage(StageBase):
     host: str = Field("127.0.0.1", description="online: the interface the model server listens on.")
     port: int = Field(5001, ge=1, le=65535, description="online: the model server's port.")
     workers: int = Field(1, ge=1, description="online: uvicorn workers of the model server.")
+    replicas: int = Field(1, ge=1, description="online on kubernetes: the Deployment's minimum replicas.")
+    max_replicas: int = Field(3, ge=1, description="online on kubernetes: the autoscaler's maximum.")
+    target_cpu_percent: int = Field(70, ge=1, le=100, description="online on kubernetes: the autoscaler's CPU target.")
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
     format: DataFormat = "parquet"
     output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")
