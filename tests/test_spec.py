@@ -109,7 +109,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\ndag:\n  shedule: '@daily'\nstages:\n  validate: {}\n",
             ["3:3 dag.shedule: unknown key 'shedule' (did you mean 'schedule'?); expected one of 'schedule', "
-             "'start_date', 'catchup', 'description', 'tags', 'owner', 'retries', 'retry_delay', "
+             "'schedule_on_assets', 'start_date', 'catchup', 'description', 'tags', 'owner', 'retries', 'retry_delay', "
              "'execution_timeout', 'max_active_runs', 'default_args'"],
             id="unknown-nested-key",
         ),
@@ -133,12 +133,12 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nstages:\n  fit:\n    kind: trian\n",
             ["4:11 stages.fit.kind: unknown kind 'trian' (did you mean 'train'?); expected one of 'preprocess', 'train', "
-             "'validate', 'serve', 'custom'"],
+             "'validate', 'serve', 'drift', 'custom'"],
             id="unknown-kind",
         ),
         pytest.param(
             "id: a\nstages:\n  fit:\n    target: y\n",
-            ["4:5 stages.fit: this stage needs a 'kind': one of 'preprocess', 'train', 'validate', 'serve', 'custom' "
+            ["4:5 stages.fit: this stage needs a 'kind': one of 'preprocess', 'train', 'validate', 'serve', 'drift', 'custom' "
              "(or name the stage after its kind)"],
             id="missing-kind",
         ),
