@@ -481,7 +481,7 @@ def test_gpu_train_operator_end_to_end_on_cpu(gpu_dag_run):
     (run,) = _runs(client, "forest")
     assert result["run_id"] == run.info.run_id and run.info.status == "FINISHED"
     assert result["model_version"] == "1" and result["model_uri"] == "models:/forest/1"
-    assert [v.version for v in client.search_model_versions("name = 'forest'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'forest'")] == ["1"]
     version = client.get_model_version("forest", "1")
     assert version.run_id == run.info.run_id
     assert version.tags["airflow_mlops.gpu.available"] == "false"
@@ -546,12 +546,12 @@ def test_retry_resumes_from_the_checkpoint_and_never_registers_twice(gpu_dag_run
     assert tries[0]["env"]["AIRFLOW_MLOPS_CHECKPOINT_DIR"] == tries[1]["env"]["AIRFLOW_MLOPS_CHECKPOINT_DIR"] == checkpoint
     assert second.data.metrics["resumed_from_epoch"] == 2 and second.data.metrics["epochs"] == 4
     assert first.data.metrics["cost/total"] > 0  # the failed try's resources are billed too
-    assert [v.version for v in client.search_model_versions("name = 'resumable'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'resumable'")] == ["1"]
 
     # crashy: try 1 registered version 1 then the worker was lost; try 2 reused it
     assert tis["crashy"].try_number == 2
     (only_run,) = _runs(client, "crashy")  # try 2 created no run of its own
-    assert [v.version for v in client.search_model_versions("name = 'crashy'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name = 'crashy'")] == ["1"]
     result = tis["crashy"].xcom_pull(task_ids="crashy")
     assert result["reused"] is True and result["run_id"] == only_run.info.run_id and result["model_version"] == "1"
     assert result["cost"]["total"] == pytest.approx(only_run.data.metrics["cost/total"])
