@@ -108,11 +108,13 @@ class SlowLinearModel(LinearModel):
         return super().predict(context, model_input, params)
 
 
-def use_store(tmp: Path) -> str:
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return uri
+class PickyModel(mlflow.pyfunc.PythonModel):
+    """prediction = 2·a + b, refusing any batch with a negative a."""
+
+    def predict(self, context, model_input, params=None):
+        if (model_input["a"] < 0).any():
+            raise ValueError("a must not be negative")
+        return (2 * model_input["a"] + model_input["b"]).to_numpy()
 
 
 def register_pyfunc(tracking_uri: str, name: str, model: mlflow.pyfunc.PythonModel, alias: str = "champion") -> str:

@@ -21,6 +21,7 @@ from tests.conftest import REPO
 from tests.kafka_helpers import (
     FAST_GROUP,
     LinearModel,
+    PickyModel,
     SlowLinearModel,
     config,
     headers,
@@ -42,12 +43,13 @@ def broker():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A SQLite MLflow store with three registered models (alias 'champion' on each)."""
+    """A SQLite MLflow store with registered models (alias 'champion' on each)."""
     tmp = tmp_path_factory.mktemp("stream-mlflow")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     versions = {
         "linear": register_pyfunc(uri, "linear", LinearModel()),
         "slow": register_pyfunc(uri, "slow", SlowLinearModel()),
+        "picky": register_pyfunc(uri, "picky", PickyModel()),
     }
     versions["sk"], sk_model = register_sklearn(uri, "sk")
     # A second version of 'linear' without the alias: the alias, not 'latest', must be used.
@@ -132,14 +134,14 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broke
     dead = read_all(broker, t.dlq)
     by_key = {r.key.decode(): r for r in dead}
     assert sorted(by_key) == sorted(poison)
-    stages = {k: headers(r)["error_stage"] for k, r in by_key.items()}
-    assert stages == {"bad-json": "decode", "array": "decode", "missing": "decode", "tombstone": "decode",
-                      "string": "predict"}
-    assert "not valid JSON" in headers(by_key["bad-json"])["error_message"]
-    assert "expected a JSON object, got list" in headers(by_key["array"])["error_message"]
-    assert headers(by_key["missing"])["error_type"] == "MissingFeatures"
-    assert "['b']" in headers(by_key["missing"])["error_message"]
-    assert headers(by_key["string"])["error_type"] == "MlflowException"
+    assert {headers(r)["error_stage"] for r in dead} == {"decode"}  # caught while parsing, typed by the signature
+    messages = {k: headers(r)["error_message"] for k, r in by_key.items()}
+    assert messages["bad-json"].startswith("not valid JSON")
+    assert messages["array"] == "does not match the model's input schema: Expected `object`, got `array`"
+    assert messages["missing"] == "does not match the model's input schema: Object missing required field `b`"
+    assert messages["string"] == "does not match the model's input schema: Expected `float`, got `str` - at `$.a`"
+    assert messages["tombstone"] == "the record has no value (a tombstone)"
+    assert headers(by_key["string"])["error_type"] == "SchemaMismatch"
     # The original bytes, and where they came from.
     originals = {r.key.decode(): r for r in read_all(broker, t.input)}
     for key, record in by_key.items():
@@ -149,6 +151,23 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broke
         assert (h["source_topic"], int(h["source_partition"]), int(h["source_offset"])) == (
             t.input, source.partition, source.offset)
         assert h["model_version"] == store.versions["sk"]
+
+
+def test_records_the_model_itself_rejects_are_isolated_from_their_batch(broker, store):
+    from airflow_mlops.stream import run_stream
+
+    t = topics(broker)
+    rows = {f"k{i}": {"a": -1.0 if i in (7, 31) else float(i), "b": 1.0} for i in range(40)}
+    produce_json(broker, t.input, rows)
+    summary = run_stream(spec(t, model_uri="models:/picky@champion"), config(broker), tracking_uri=store.uri)
+    assert (summary["predictions_out"], summary["dead_letters"]) == (38, 2)
+    assert keyed(read_all(broker, t.output)) == {
+        k: {"prediction": 2 * v["a"] + 1.0} for k, v in rows.items() if k not in ("k7", "k31")}
+    dead = read_all(broker, t.dlq)
+    assert [r.key for r in dead] == [b"k7", b"k31"]
+    assert all(headers(r)["error_stage"] == "predict" and headers(r)["error_type"] == "ValueError"
+               and headers(r)["error_message"] == "a must not be negative" for r in dead)
+    assert [json.loads(r.value) for r in dead] == [rows["k7"], rows["k31"]]
 
 
 def test_a_poison_record_without_dead_letter_topic_fails_and_commits_nothing_of_its_batch(broker, store):
@@ -173,7 +192,8 @@ def test_a_batch_where_every_record_fails_to_score_stops_the_run(broker, store):
 
     t = topics(broker)
     produce_json(broker, t.input, {f"k{i}": {"a": "text", "b": "more text"} for i in range(20)})
-    with pytest.raises(BatchFailed, match="every one of the 20 decoded records of this batch failed to score"):
+    with pytest.raises(BatchFailed, match=r"every one of the 20 records of this batch failed \(the first to decode: "
+                                          r"SchemaMismatch: .*Expected `float`, got `str`"):
         run_stream(spec(t, halt_on_failed_batch=10), config(broker), tracking_uri=store.uri)
     assert read_all(broker, t.dlq) == []
     assert group_lag(config(broker), t.group, [t.input]).total == 20
@@ -428,6 +448,24 @@ def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     assert outputs[0] == (b"0", b'{"prediction":0,"id":0}')
     assert len(calls) <= 1 + 2 * 2 * 8  # 1 + ~2·k·log2(n), not n
     assert scorer.headers == [("model_version", b"runs:/abc/model")]
+
+
+def test_batch_partitioning_matches_kafka_pythons_default_partitioner():
+    import random
+
+    from kafka.partitioner.default import DefaultPartitioner, murmur2
+
+    from airflow_mlops.stream.partition import murmur2 as batch_murmur2, partitions_for_keys
+
+    rng = random.Random(3)
+    keys = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 41))) for _ in range(3000)]
+    keys += [f"user-{i}".encode() for i in range(1000)]
+    assert [h & 0x7FFFFFFF for h in batch_murmur2(keys)] == [murmur2(k) & 0x7FFFFFFF for k in keys]
+    cluster = SimpleNamespace(topics=lambda: {"t"}, partitions_for_topic=lambda t: {0, 1, 2, 3, 4, 5, 6},
+                              available_partitions_for_topic=lambda t: {0, 1, 2, 3, 4, 5, 6})
+    expected = [DefaultPartitioner().partition("t", k, k, None, None, cluster) for k in keys]
+    assert partitions_for_keys(keys, {6, 5, 4, 3, 2, 1, 0}) == expected
+    assert len(set(expected)) == 7
 
 
 def test_embedded_broker_command_and_missing_package_error(monkeypatch):

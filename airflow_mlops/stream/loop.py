@@ -6,6 +6,7 @@ again on the next run: at-least-once, with at most one batch of duplicates per c
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any, Mapping
 
 from airflow_mlops.kafka.config import for_client, redact
 from airflow_mlops.stream.errors import DeliveryFailed, RecordFailed, StreamError
+from airflow_mlops.stream.partition import partitions_for_keys
 from airflow_mlops.stream.spec import StreamSpec
 
 log = logging.getLogger("airflow_mlops.stream")
@@ -34,6 +36,130 @@ def _lag(consumer: Any) -> int | None:
         total += max(0, highwater - consumer.position(tp))
         known = True
     return total if known else None
+
+
+class _Run:
+    """The state of one run, batch to batch.
+
+    Pipelined: batch N is produced, then batch N+1 is consumed and scored while the broker
+    acknowledges N; only then is N flushed (every future acknowledged) and committed, and N+1
+    produced. At most one batch is ever produced but uncommitted — what a crash can duplicate.
+    When partitions are revoked, the pending batch is settled first, while they are still ours.
+    """
+
+    def __init__(self, spec: StreamSpec, scorer: Any, model: Any, log_: logging.Logger, rebalance_errors: tuple,
+                 offset_and_metadata: Any, topic_partition: Any) -> None:
+        self.spec, self.scorer, self.model, self.log = spec, scorer, model, log_
+        self.rebalance_errors = rebalance_errors
+        self.OffsetAndMetadata, self.TopicPartition = offset_and_metadata, topic_partition
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.hash_keys = True  # off when the producer has a partitioner of its own
+        self.pending: tuple[list[Any], dict[Any, int], int] | None = None  # futures, offsets, records
+        self.listener_error: BaseException | None = None
+        self.records_in = self.predictions_out = self.dead_letters = self.batches = self.commit_failures = 0
+        self.partitions_seen: set[str] = set()
+        self.started = time.monotonic()
+        self.first_record_at: float | None = None
+        self.last_commit_at = self.started
+
+    def listener(self, base: type) -> Any:
+        run = self
+
+        class Settle(base):  # type: ignore[misc, valid-type]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                try:
+                    run.settle()
+                except BaseException as exc:  # kafka-python would only log it: re-raised after poll()
+                    run.listener_error = exc
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                pass
+
+        return Settle()
+
+    def raise_listener_error(self) -> None:
+        if self.listener_error is not None:
+            exc, self.listener_error = self.listener_error, None
+            raise exc
+
+    def process(self, records: list[Any]) -> None:
+        """Score a batch (while the previous one is being acknowledged), settle the previous
+        one, then produce this one."""
+        if self.first_record_at is None:
+            self.first_record_at = time.monotonic()
+        self.records_in += len(records)
+        offsets: dict[Any, int] = {}
+        for r in records:
+            offsets[(r.topic, r.partition)] = r.offset + 1  # records of a partition come in order
+
+        outputs, dead = self.scorer.score(records)
+        dlq_topic = self.spec.dead_letter_topic
+        if dead and not dlq_topic:
+            first = dead[0]
+            r = first.record
+            raise RecordFailed(
+                f"record {r.topic}:{r.partition}@{r.offset} failed to {first.stage}: "
+                f"{type(first.error).__name__}: {first.error} (set dead_letter_topic to divert such records; "
+                f"this batch was not committed)"
+            )
+        self.settle()
+        send, out_topic, headers = self.producer.send, self.spec.output_topic, self.scorer.headers
+        keys = [key for key, _ in outputs]
+        if self.hash_keys and outputs and None not in keys:
+            # The partitions the default partitioner would pick, hashed for the whole batch at once.
+            partitions = partitions_for_keys(keys, self.producer.partitions_for(out_topic))
+            futures = [send(out_topic, value=value, key=key, headers=headers, partition=partition)
+                       for (key, value), partition in zip(outputs, partitions)]
+        else:
+            futures = [send(out_topic, value=value, key=key, headers=headers) for key, value in outputs]
+        for letter in dead:
+            futures.append(send(dlq_topic, value=letter.record.value, key=letter.record.key,
+                                headers=letter.headers(self.model.version)))
+        self.pending = (futures, offsets, len(records))
+        self.predictions_out += len(outputs)
+        self.dead_letters += len(dead)
+        self.batches += 1
+        self.partitions_seen.update(f"{t}:{p}" for t, p in offsets)
+        if dead:
+            self.log.warning("%d record(s) of this batch went to %s; first: %s at %s:%d@%d: %s", len(dead), dlq_topic,
+                             dead[0].stage, dead[0].record.topic, dead[0].record.partition, dead[0].record.offset,
+                             str(dead[0].error)[:300])
+
+    def settle(self) -> None:
+        """Wait until the broker acknowledged every record of the pending batch, then commit
+        exactly its offsets."""
+        if self.pending is None:
+            return
+        futures, offsets, count = self.pending
+        self.pending = None
+        self.producer.flush()
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            raise DeliveryFailed(
+                f"{len(failed)} of {len(futures)} records of a batch were not acknowledged by the broker "
+                f"({failed[0].exception!r}); the batch was not committed and will be consumed again"
+            )
+        OffsetAndMetadata, TopicPartition = self.OffsetAndMetadata, self.TopicPartition
+        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        try:
+            self.consumer.commit(commit)
+        except self.rebalance_errors as exc:
+            # The partitions moved to another consumer first; it consumes them again from the
+            # last commit (the at-least-once duplicates).
+            self.commit_failures += 1
+            self.log.warning("Commit of %d records failed after a rebalance (%s); they will be consumed again",
+                             count, type(exc).__name__)
+        self.last_commit_at = time.monotonic()
+
+    def progress(self, final: bool = False) -> None:
+        window = (self.last_commit_at - self.first_record_at) if self.first_record_at else 0.0
+        rate = self.records_in / window if window > 0 else 0.0
+        self.log.info(
+            "%s: %d records in, %d predictions out, %d dead letters, %d batches, %.0f records/s, lag %s",
+            "Done" if final else "Progress", self.records_in, self.predictions_out, self.dead_letters, self.batches,
+            rate, _lag(self.consumer),
+        )
 
 
 def build_clients(spec: StreamSpec, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -70,7 +196,7 @@ def run_stream(
     :param model: an already loaded ``ScoringModel`` (benchmarks, tests).
     :param stop: an event that ends the run after the current batch.
     """
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
     from kafka.errors import (
         CommitFailedError,
         IllegalGenerationError,
@@ -106,41 +232,31 @@ def run_stream(
     log_.info("Kafka consumer config: %s", redact(consumer_cfg))
     log_.info("Kafka producer config: %s", redact(producer_cfg))
 
-    consumer = KafkaConsumer(**consumer_cfg)
+    run = _Run(spec, scorer, model, log_, rebalance_errors, OffsetAndMetadata, TopicPartition)
+    run.hash_keys = "partitioner" not in producer_cfg
+    run.consumer = consumer = KafkaConsumer(**consumer_cfg)
     try:
-        producer = KafkaProducer(**producer_cfg)
+        run.producer = KafkaProducer(**producer_cfg)
     except BaseException:
         consumer.close(autocommit=False)
         raise
-    consumer.subscribe(spec.input_topics)
+    consumer.subscribe(spec.input_topics, listener=run.listener(ConsumerRebalanceListener))
     # Joining a group can take a session timeout for a dead member to expire, then the join itself.
     join_allowance = 2 * consumer.config["session_timeout_ms"] / 1000.0
 
-    records_in = predictions_out = dead_letters = batches = commit_failures = 0
-    partitions_seen: set[str] = set()
-    started = time.monotonic()
-    first_record_at: float | None = None
-    last_commit_at = started
-    last_activity = started
-    last_progress = started
+    # The heap of an Airflow worker with MLflow, pandas and a model loaded is large; each full
+    # collection the run's allocations trigger would walk all of it. Freeze what exists now (it
+    # is not garbage) for the length of the run, and hand it back to the collector afterwards.
+    gc.collect()
+    gc.freeze()
+    started = run.started
+    last_activity = last_progress = started
     assignment: set[Any] = set()
     stopped_by = "running"
-    send = producer.send
-    out_topic, dlq_topic = spec.output_topic, spec.dead_letter_topic
-    headers = scorer.headers
-
-    def progress(final: bool = False) -> None:
-        window = (last_commit_at - first_record_at) if first_record_at else 0.0
-        rate = records_in / window if window > 0 else 0.0
-        log_.info(
-            "%s: %d records in, %d predictions out, %d dead letters, %d batches, %.0f records/s, lag %s",
-            "Done" if final else "Progress", records_in, predictions_out, dead_letters, batches, rate, _lag(consumer),
-        )
-
     try:
         while True:
             now = time.monotonic()
-            if spec.max_records is not None and records_in >= spec.max_records:
+            if spec.max_records is not None and run.records_in >= spec.max_records:
                 stopped_by = "max_records"
                 break
             if spec.max_seconds is not None and now - started >= spec.max_seconds:
@@ -155,97 +271,67 @@ def run_stream(
                     stopped_by = "idle_timeout"
                     break
             if now - last_progress >= spec.progress_interval_s:
-                progress()
+                run.progress()
                 last_progress = now
 
             want = spec.batch_size
             if spec.max_records is not None:
-                want = min(want, spec.max_records - records_in)
+                want = min(want, spec.max_records - run.records_in)
             timeout_ms = spec.poll_timeout_ms
             if spec.max_seconds is not None:
                 timeout_ms = max(1, min(timeout_ms, int((spec.max_seconds - (now - started)) * 1000)))
             polled = consumer.poll(timeout_ms=timeout_ms, max_records=want)
+            run.raise_listener_error()
             current = consumer.assignment()
             if current != assignment:
                 log_.info("Assigned partitions: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in current) or "none")
                 assignment = current
                 last_activity = time.monotonic()  # a fresh idle window after each (re)balance
             if not polled:
+                run.settle()  # nothing new: don't hold a produced batch uncommitted while idle
                 continue
             # Fill the micro-batch from what is already fetched, without waiting.
             records = [r for batch in polled.values() for r in batch]
             while len(records) < want:
                 more = consumer.poll(timeout_ms=0, max_records=want - len(records))
+                run.raise_listener_error()
                 if not more:
                     break
                 for batch in more.values():
                     records.extend(batch)
-            if first_record_at is None:
-                first_record_at = time.monotonic()
-
-            offsets: dict[Any, int] = {}
-            for r in records:
-                offsets[(r.topic, r.partition)] = r.offset + 1  # records of a partition come in order
-
-            outputs, dead = scorer.score(records)
-            if dead and not dlq_topic:
-                first = dead[0]
-                r = first.record
-                raise RecordFailed(
-                    f"record {r.topic}:{r.partition}@{r.offset} failed to {first.stage}: "
-                    f"{type(first.error).__name__}: {first.error} (set dead_letter_topic to divert such records; "
-                    f"this batch was not committed)"
-                )
-            futures = [send(out_topic, value=value, key=key, headers=headers) for key, value in outputs]
-            for letter in dead:
-                futures.append(send(dlq_topic, value=letter.record.value, key=letter.record.key,
-                                    headers=letter.headers(model.version)))
-            producer.flush()
-            failed = [f for f in futures if f.failed()]
-            if failed:
-                raise DeliveryFailed(
-                    f"{len(failed)} of {len(futures)} records of this batch were not acknowledged by the broker "
-                    f"({failed[0].exception!r}); the batch was not committed and will be consumed again"
-                )
-            commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-            try:
-                consumer.commit(commit)
-            except rebalance_errors as exc:
-                # The partitions moved to another consumer while this batch was scored; it will
-                # consume them again from the last commit (the at-least-once duplicates).
-                commit_failures += 1
-                log_.warning("Commit of %d records failed after a rebalance (%s); they will be consumed again",
-                             len(records), type(exc).__name__)
-            last_commit_at = last_activity = time.monotonic()
-            records_in += len(records)
-            predictions_out += len(outputs)
-            dead_letters += len(dead)
-            batches += 1
-            partitions_seen.update(f"{t}:{p}" for t, p in offsets)
-            if dead:
-                log_.warning("%d record(s) of this batch went to %s; first: %s at %s:%d@%d: %s", len(dead), dlq_topic,
-                             dead[0].stage, dead[0].record.topic, dead[0].record.partition, dead[0].record.offset,
-                             str(dead[0].error)[:300])
+            run.process(records)
+            last_activity = time.monotonic()
+        run.settle()
         final_lag = _lag(consumer)
-        progress(final=True)
-    finally:
+        run.progress(final=True)
+    except BaseException:
+        # What was produced and acknowledged before the failure may still be committed; the
+        # failing batch itself was never sent.
         try:
-            producer.close(timeout=30)
+            run.settle()
+        except Exception as exc:  # the original error matters more
+            log_.warning("Could not commit the last acknowledged batch: %r", exc)
+        raise
+    finally:
+        gc.unfreeze()
+        try:
+            run.producer.close(timeout=30)
         finally:
             consumer.close(autocommit=False)
 
+    records_in, first_record_at, last_commit_at = run.records_in, run.first_record_at, run.last_commit_at
     window = (last_commit_at - first_record_at) if first_record_at else 0.0
     summary = {
         "records_in": records_in,
-        "predictions_out": predictions_out,
-        "dead_letters": dead_letters,
-        "batches": batches,
+        "predictions_out": run.predictions_out,
+        "dead_letters": run.dead_letters,
+        "batches": run.batches,
         "elapsed_s": round(time.monotonic() - started, 3),
         "rate_per_s": round(records_in / window, 1) if window > 0 else 0.0,
         "final_lag": final_lag,
         "stopped_by": stopped_by,
-        "commit_failures": commit_failures,
-        "partitions": sorted(partitions_seen),
+        "commit_failures": run.commit_failures,
+        "partitions": sorted(run.partitions_seen),
         "model_uri": model.uri,
         "model_version": model.version,
         "group_id": spec.group_id,

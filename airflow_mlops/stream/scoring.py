@@ -74,6 +74,8 @@ class BatchScorer:
     """Scores micro-batches for one spec and one loaded model."""
 
     def __init__(self, spec: StreamSpec, model: ScoringModel, decoder: Callable[[bytes], Any]) -> None:
+        import operator
+
         self.spec = spec
         self.model = model
         self.decoder = decoder
@@ -89,10 +91,38 @@ class BatchScorer:
         self.key_field = mode[len("field:"):] if mode.startswith("field:") else None
         self.key_mode = "field" if self.key_field else mode
 
+        # Typed decoding: with the decoder's help, records are checked against the model's input
+        # types while parsed and come out as objects with one attribute per field.
+        self.typed = False
+        self.types = {f: (model.feature_types or {}).get(f) for f in self.features or ()}
+        typed = getattr(decoder, "typed", None)
+        if self.features and callable(typed):
+            extra = [f for f in (*spec.output_fields, *([self.key_field] if self.key_field else ()))
+                     if f not in self.types]
+            made = typed([(f, self.types[f], f in self.required) for f in self.features]
+                         + [(f, None, False) for f in dict.fromkeys(extra)])
+            if made:
+                self.decoder, attrs = made
+                self.typed = True
+                self.attrs = attrs
+                self.get_features = operator.attrgetter(*(attrs[f] for f in self.features))
+        # A frame of float64 (double) / int64 (long) columns, built without per-column Python
+        # work where every feature is a required number.
+        numeric = {"double": "float64", "long": "int64"}
+        self.dtypes = [numeric.get(self.types.get(f) or "") for f in self.features or ()]
+        self.all_double = bool(self.features) and not self.optional and all(d == "float64" for d in self.dtypes)
+        self.unchecked_predict = model.unchecked_predict if self.features == model.features else None
+
+    def field(self, row: Any, name: str) -> Any:
+        if self.typed:
+            return getattr(row, self.attrs[name])
+        return row.get(name)
+
     # -- decode ------------------------------------------------------------------------------
 
     def decode(self, records: Sequence[Any]) -> tuple[list[Any], list[Any], list[DeadLetter]]:
-        decoder, required = self.decoder, self.required
+        decoder = self.decoder
+        required = None if self.typed else self.required  # typed decoders check fields themselves
         good: list[Any] = []
         rows: list[Any] = []
         dead: list[DeadLetter] = []
@@ -112,21 +142,39 @@ class BatchScorer:
     # -- predict -----------------------------------------------------------------------------
 
     def frame(self, rows: list[Any]) -> Any:
+        import numpy as np
         import pandas as pd
 
-        if self.features is None:
+        features = self.features
+        if features is None:
             return pd.DataFrame.from_records(rows)
-        if self.optional:
-            frame = pd.DataFrame({c: [r.get(c) for r in rows] for c in self.features})
+        if self.typed:
+            values = list(map(self.get_features, rows))
+            if len(features) == 1:
+                values = [(v,) for v in values]
+            if self.all_double:
+                return pd.DataFrame(np.array(values, dtype=np.float64).reshape(len(rows), len(features)),
+                                    columns=features, copy=False)
+            columns = list(zip(*values)) if values else [() for _ in features]
+            frame = pd.DataFrame({f: (np.array(col, dtype=d) if d and f not in self.optional else list(col))
+                                  for f, col, d in zip(features, columns, self.dtypes)})
+        elif self.optional:
+            frame = pd.DataFrame({c: [r.get(c) for r in rows] for c in features})
         else:
-            frame = pd.DataFrame({c: [r[c] for r in rows] for c in self.features})
+            frame = pd.DataFrame({c: [r[c] for r in rows] for c in features})
         for c in self.float_features:
             if frame[c].dtype.kind in "iu":
                 frame[c] = frame[c].astype("float64")
         return frame
 
     def predict(self, rows: list[Any]) -> list[Any]:
-        return predictions_as_list(self.model.predict(self.frame(rows)), len(rows))
+        frame = self.frame(rows)
+        unchecked = self.unchecked_predict
+        if unchecked is not None and [str(d) for d in frame.dtypes] == self.dtypes:
+            out = unchecked(frame)
+        else:
+            out = self.model.predict(frame)
+        return predictions_as_list(out, len(rows))
 
     def predict_isolating(self, rows: list[Any]) -> list[Any]:
         """One predict for the whole batch; if it raises, split the batch in halves and retry each,
@@ -145,13 +193,15 @@ class BatchScorer:
     def encode(self, record: Any, row: Any, prediction: Any) -> tuple[bytes | None, bytes]:
         out = {self.spec.prediction_field: prediction}
         for name in self.spec.output_fields:
-            out[name] = row.get(name)
+            out[name] = self.field(row, name)
         if self.key_mode == "input":
             key = record.key
         elif self.key_mode == "none":
             key = None
         else:
-            value = row[self.key_field]
+            value = self.field(row, self.key_field)
+            if value is None:
+                raise MissingFeatures(f"the key field '{self.key_field}' is missing")
             key = value if isinstance(value, bytes) else str(value).encode()
         return key, encode_json(out)
 
@@ -159,17 +209,7 @@ class BatchScorer:
         """→ (``(key, value)`` of each prediction in input order, dead letters)."""
         good, rows, dead = self.decode(records)
         outputs: list[tuple[bytes | None, bytes]] = []
-        if not rows:
-            return outputs, dead
-        predictions = self.predict_isolating(rows)
-        halt = self.spec.halt_on_failed_batch
-        if halt and len(rows) >= halt and all(p.__class__ is _Failed for p in predictions):
-            first = predictions[0].error
-            raise BatchFailed(
-                f"every one of the {len(rows)} decoded records of this batch failed to score "
-                f"({type(first).__name__}: {str(first)[:500]}); that points at the model or the data's schema rather "
-                f"than at single bad records, so the run stops instead of dead-lettering them (halt_on_failed_batch)"
-            )
+        predictions = self.predict_isolating(rows) if rows else []
         pf = self.spec.prediction_field
         simple = self.key_mode == "input" and not self.spec.output_fields
         for record, row, prediction in zip(good, rows, predictions):
@@ -183,4 +223,13 @@ class BatchScorer:
                     outputs.append(self.encode(record, row, prediction))
             except Exception as exc:
                 dead.append(DeadLetter(record, "encode", exc))
+        halt = self.spec.halt_on_failed_batch
+        if halt and not outputs and len(records) >= halt:
+            first = min(dead, key=lambda d: (d.record.topic, d.record.partition, d.record.offset))
+            raise BatchFailed(
+                f"every one of the {len(records)} records of this batch failed (the first to {first.stage}: "
+                f"{type(first.error).__name__}: {str(first.error)[:500]}); that points at the model or the data's "
+                f"schema rather than at single bad records, so the run stops instead of dead-lettering them "
+                f"(halt_on_failed_batch)"
+            )
         return outputs, dead

@@ -42,8 +42,8 @@ class StreamSpec(BaseModel):
         "Without one, such a record fails the run (its batch is not committed)."
     )
     halt_on_failed_batch: int | None = Field(
-        50, ge=1, description="If every record of a batch of at least this many fails to score, stop the run (a "
-        "model or schema problem, not poison records) instead of dead-lettering them all; null: never stop.",
+        50, ge=1, description="If every record of a batch of at least this many fails to decode or score, stop the "
+        "run (a model or schema problem, not poison records) instead of dead-lettering them all; null: never stop.",
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Records per micro-batch (one model.predict call).")
     max_records: int | None = Field(None, ge=1, description="Stop after consuming this many records.")
