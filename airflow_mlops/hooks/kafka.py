@@ -8,7 +8,12 @@ to hosts that have none), **login/password** = SASL username/password (``sasl_pl
 
 Names in the librdkafka style of the apache-kafka provider's connections (``bootstrap.servers``,
 ``security.protocol``, ``sasl.username``…) are translated, so such a connection works as it is.
-As a URI: ``AIRFLOW_CONN_KAFKA_DEFAULT='kafka://user:pass@broker1:9092?security_protocol=SASL_SSL&sasl_mechanism=PLAIN'``.
+As an environment variable, JSON (several brokers)::
+
+    AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "host": "broker1:9092,broker2:9092",
+        "login": "scorer", "password": "...", "extra": {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}}'
+
+or a URI (one broker): ``kafka://scorer:pass@broker1:9092?security_protocol=SASL_SSL&sasl_mechanism=PLAIN``.
 Secrets are never logged: log ``redact(config)``.
 """
 
