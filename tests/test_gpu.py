@@ -817,3 +817,60 @@ def test_sensors_through_airflow_poke_defer_and_time_out(airflow_db, mlops_home,
     assert tis["deferred"].xcom_pull(task_ids="deferred") == [2]
     assert ("timed out after 1 s waiting for 3 GPU(s) with ≥ 50.0 GiB free; at the last poke: 2 of 3 GPU(s) had "
             "≥ 50.0 GiB free, wanted 3 (GPU0 5.0 GiB of 80.0 GiB free") in "".join(capfd.readouterr())  # the task log
+
+
+# --- as the train stage of a YAML pipeline, and the link through Airflow's REST API ---------------
+
+YAML_PIPELINE = """
+    id: gpu_yaml
+    mlflow: {{registered_model: gpu_yaml_model}}
+    stages:
+      preprocess:
+        input: {{sklearn_dataset: breast_cancer}}
+        split: {{test_fraction: 0.25, stratify: target, seed: 7}}
+      train:
+        kind: custom
+        operator: airflow_mlops.operators.gpu_train:GpuTrainOperator
+        args:
+          entrypoint: tests.gpu_entrypoints:train_on_frames
+          upstream_task: preprocess.run
+          target: target
+          hyperparams: {{max_iter: 5000}}
+          mlflow: {{registered_model: gpu_yaml_model}}
+          env: {{PYTHONPATH: {repo}}}
+      validate:
+        thresholds: {{accuracy: {{min: 0.8}}}}
+    """
+
+
+def test_gpu_train_operator_as_the_train_stage_of_a_yaml_pipeline(airflow_db, mlops_home, dags_folder):
+    import mlflow
+    from airflow.api_fastapi.app import create_app, get_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.dag_processing.dagbag import DagBag
+    from fastapi.testclient import TestClient
+
+    write(dags_folder, "gpu_yaml.yaml", YAML_PIPELINE.format(repo=json.dumps(str(REPO))))
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dag = bag.dags["gpu_yaml"]
+    assert type(dag.get_task("train.run")).__name__ == "GpuTrainOperator"
+    dr = dag.test()
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "success"}, states
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("gpu_yaml_model", "champion")
+    assert str(champion.version) == "1" and champion.tags["airflow_mlops.gpu.available"] == "false"
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["train_rows"] == 426  # 75 % of 569 rows, from the preprocess stage's split
+    assert run.data.metrics["cost/total"] > 0
+
+    # what the Airflow UI asks the API server for the task's extra links
+    app = create_app()
+    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+    response = TestClient(app).get(
+        f"/api/v2/dags/gpu_yaml/dagRuns/{dr.run_id}/taskInstances/train.run/links",
+        headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert response.json()["extra_links"] == {"MLflow run": url}
