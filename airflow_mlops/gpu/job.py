@@ -264,7 +264,13 @@ class TrainingRun:
                      grouping=grouping)
 
             sampler.sinks.append(push_now)
-        server = MetricsServer(job.prometheus_port, exposition) if job.prometheus_port is not None else None
+        server = None
+        if job.prometheus_port is not None:
+            try:
+                server = MetricsServer(job.prometheus_port, exposition)
+            except OSError as exc:  # e.g. the port is taken by another task on this worker
+                self.log.warning("Cannot serve GPU metrics on port %s (%s): training goes on without it",
+                                 job.prometheus_port, exc)
         self.log.info("Training: %s (CUDA_VISIBLE_DEVICES=%r, checkpoints in %s)", " ".join(argv[1:]),
                       env["CUDA_VISIBLE_DEVICES"], job.checkpoint_dir)
         wall = 0.0

@@ -187,6 +187,7 @@ class NvmlSampler:
         self._stopped: float | None = None
         self._last_flush = 0.0
         self._sink_failed: set[int] = set()
+        self._sample_failed = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -241,7 +242,7 @@ class NvmlSampler:
         log.info("Sampling NVML every %.3g s on GPU(s) %s (%s)", self.interval_s,
                  [d.index for d in self._devices], ", ".join(sorted({d.name for d in self._devices})))
         cpu = time.thread_time()
-        self.sample()
+        self._safe_sample()
         self.thread_cpu_s += time.thread_time() - cpu
         self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
         self._thread.start()
@@ -255,7 +256,7 @@ class NvmlSampler:
             self._thread.join()
         if self.available:
             cpu = time.thread_time()
-            self.sample()
+            self._safe_sample()
             self._stopped = time.monotonic()
             self.flush()
             self.thread_cpu_s += time.thread_time() - cpu
@@ -269,16 +270,21 @@ class NvmlSampler:
         try:
             while not self._stop.wait(max(0.0, next_at - time.monotonic())):
                 next_at += self.interval_s
-                try:
-                    self.sample()
-                except Exception:  # noqa: BLE001 - telemetry must never end training
-                    log.warning("NVML sample failed; going on", exc_info=True)
+                self._safe_sample()
                 if time.monotonic() - self._last_flush >= self.flush_interval_s:
                     self.flush()
         finally:
             self.thread_cpu_s += time.thread_time() - cpu
 
     # -- sampling -----------------------------------------------------------------------------
+
+    def _safe_sample(self) -> None:
+        try:
+            self.sample()
+        except Exception:  # noqa: BLE001 - telemetry must never end training
+            if not self._sample_failed:  # once, not every second
+                self._sample_failed = True
+                log.warning("NVML sample failed; training goes on, later failures are not logged", exc_info=True)
 
     def _query(self, fn: Callable[..., Any], *args: Any) -> Any:
         """NVML call, or None where the device does not support it (NVMLError_NotSupported and

@@ -85,8 +85,9 @@ class GpuTrainOperator(BaseOperator):
     :param env: extra environment variables for the training process.
     :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training.
     :param pushgateway_url: push them to a Prometheus Pushgateway (each flush and at the end).
-    :param mlflow_ui_url: base URL of the MLflow UI for the extra link (default: the tracking URI
-        when it is http(s), else ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else http://localhost:5000).
+    :param mlflow_ui_url: base URL of the MLflow UI for the extra link (default:
+        ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else the tracking URI when it is http(s), else
+        http://localhost:5000, where ``mlflow ui`` serves a local store).
 
     Returns (XCom): ``run_id``, ``mlflow_run_url``, ``model_name``, ``model_version``,
     ``model_uri``, ``metrics``, ``checkpoint_dir``, ``gpu`` (ids, summary), ``cost``.
@@ -297,13 +298,13 @@ class GpuTrainOperator(BaseOperator):
         # In the pod, the device plugin decides which GPUs the container sees: take them all.
         job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
                                      "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
+        pipeline = self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train"
         launcher = KubernetesStageOperator(
-            task_id=self.task_id, stage=None, stage_name=self.task_id, pipeline_id=job.run_name.split(".")[0],
+            task_id=self.task_id, stage=None, stage_name=self.task_id, pipeline_id=pipeline,
             kubernetes=self.kubernetes, pod_resources=pod_resources,
         )
         self._launcher = launcher
-        return launcher.pod_operator(["-m", "airflow_mlops.gpu.runner", "job", "--payload", encode_job(job)],
-                                     job.run_name.split(".")[0])
+        return launcher.pod_operator(["-m", "airflow_mlops.gpu.runner", "job", "--payload", encode_job(job)], pipeline)
 
     def _run_in_pod(self, job: Any, context: Any) -> dict[str, Any]:
         from airflow_mlops.runtime import RESULT_MARKER
