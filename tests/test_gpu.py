@@ -16,7 +16,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import os
 import re
 import subprocess
@@ -24,7 +23,6 @@ import sys
 import textwrap
 import threading
 import urllib.request
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
