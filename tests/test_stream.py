@@ -270,7 +270,9 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
     assert all(json.loads(r.value)["prediction"] == 2 * int(r.key[1:]) + 0.5 for r in out)
 
 
-def test_two_consumers_in_one_group_share_the_partitions(broker, store):
+@pytest.mark.parametrize("second_joins", ["together", "mid_run"])
+def test_two_consumers_in_one_group_share_the_partitions(broker, store, second_joins):
+    from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
     from airflow_mlops.stream.model import load_scoring_model
 
@@ -285,6 +287,10 @@ def test_two_consumers_in_one_group_share_the_partitions(broker, store):
     def worker(name: str) -> None:
         try:
             start.wait()
+            if name == "B" and second_joins == "mid_run":  # a rebalance while A is busy
+                deadline = time.monotonic() + 60
+                while n - group_lag(config(broker), t.group, [t.input]).total < 300 and time.monotonic() < deadline:
+                    time.sleep(0.05)
             results[name] = run_stream(spec(t, batch_size=batch, idle_timeout_s=4, output_headers={"worker": name}),
                                        config(broker), model=model)
         except BaseException as exc:  # reported below
@@ -297,20 +303,23 @@ def test_two_consumers_in_one_group_share_the_partitions(broker, store):
         th.join(180)
     assert not errors, errors
     a, b = results["A"], results["B"]
-    assert a["records_in"] > 0 and b["records_in"] > 0  # both got partitions and records
 
     out = read_all(broker, t.output)
     by_worker: dict[str, set[str]] = {"A": set(), "B": set()}
     for r in out:
         by_worker[headers(r)["worker"]].add(r.key.decode())
     assert by_worker["A"] | by_worker["B"] == {f"k{i}" for i in range(n)}  # the union is everything
-    overlap = by_worker["A"] & by_worker["B"]
+    assert group_lag(config(broker), t.group, [t.input]).total == 0
     duplicates = len(out) - n
-    assert a["records_in"] + b["records_in"] == len(out) == n + duplicates
-    # Records scored twice only around a rebalance: at most one batch per consumer.
-    assert len(overlap) <= duplicates <= 2 * batch
-    if not (a["commit_failures"] or b["commit_failures"]) and not set(a["partitions"]) & set(b["partitions"]):
-        assert duplicates == 0
+    assert len(by_worker["A"] & by_worker["B"]) <= duplicates
+    # Records scored twice only around a rebalance: at most one batch per failed commit.
+    assert 0 <= duplicates <= batch * (a["commit_failures"] + b["commit_failures"])
+    if second_joins == "together":
+        assert a["records_in"] > 0 and b["records_in"] > 0  # both got partitions and records
+        if not (a["commit_failures"] or b["commit_failures"]):  # one generation: the partitions were split
+            assert not set(a["partitions"]) & set(b["partitions"])
+    else:
+        assert a["records_in"] >= 300
 
 
 def test_through_airflow_sensor_operator_xcom_summary(broker, store, airflow_db, dags_folder, monkeypatch):

@@ -44,7 +44,11 @@ class _Run:
     Pipelined: batch N is produced, then batch N+1 is consumed and scored while the broker
     acknowledges N; only then is N flushed (every future acknowledged) and committed, and N+1
     produced. At most one batch is ever produced but uncommitted — what a crash can duplicate.
-    When partitions are revoked, the pending batch is settled first, while they are still ours.
+
+    If N's commit fails because the group rebalanced (kafka-python 3 rebalances on its own IO
+    thread, where a listener may not block to flush), N is left to whoever owns its partitions
+    now, N+1 is dropped unproduced, and the partitions still assigned here are rewound to their
+    committed offsets: one batch of duplicates per rebalance at most, nothing skipped.
     """
 
     def __init__(self, spec: StreamSpec, scorer: Any, model: Any, log_: logging.Logger, rebalance_errors: tuple,
@@ -55,33 +59,13 @@ class _Run:
         self.consumer: Any = None
         self.producer: Any = None
         self.hash_keys = True  # off when the producer has a partitioner of its own
+        self.rebalancing = False  # a commit failed on a rebalance: the group is re-forming
         self.pending: tuple[list[Any], dict[Any, int], int] | None = None  # futures, offsets, records
-        self.listener_error: BaseException | None = None
         self.records_in = self.predictions_out = self.dead_letters = self.batches = self.commit_failures = 0
         self.partitions_seen: set[str] = set()
         self.started = time.monotonic()
         self.first_record_at: float | None = None
         self.last_commit_at = self.started
-
-    def listener(self, base: type) -> Any:
-        run = self
-
-        class Settle(base):  # type: ignore[misc, valid-type]
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                try:
-                    run.settle()
-                except BaseException as exc:  # kafka-python would only log it: re-raised after poll()
-                    run.listener_error = exc
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                pass
-
-        return Settle()
-
-    def raise_listener_error(self) -> None:
-        if self.listener_error is not None:
-            exc, self.listener_error = self.listener_error, None
-            raise exc
 
     def process(self, records: list[Any]) -> None:
         """Score a batch (while the previous one is being acknowledged), settle the previous
@@ -103,7 +87,10 @@ class _Run:
                 f"{type(first.error).__name__}: {first.error} (set dead_letter_topic to divert such records; "
                 f"this batch was not committed)"
             )
-        self.settle()
+        if not self.settle():
+            self.rewind(set(offsets))
+            self.records_in -= len(records)  # dropped: consumed again after the rewind
+            return
         send, out_topic, headers = self.producer.send, self.spec.output_topic, self.scorer.headers
         keys = [key for key, _ in outputs]
         if self.hash_keys and outputs and None not in keys:
@@ -126,11 +113,11 @@ class _Run:
                              dead[0].stage, dead[0].record.topic, dead[0].record.partition, dead[0].record.offset,
                              str(dead[0].error)[:300])
 
-    def settle(self) -> None:
+    def settle(self) -> bool:
         """Wait until the broker acknowledged every record of the pending batch, then commit
-        exactly its offsets."""
+        exactly its offsets. False if the commit failed because the group rebalanced."""
         if self.pending is None:
-            return
+            return True
         futures, offsets, count = self.pending
         self.pending = None
         self.producer.flush()
@@ -150,7 +137,30 @@ class _Run:
             self.commit_failures += 1
             self.log.warning("Commit of %d records failed after a rebalance (%s); they will be consumed again",
                              count, type(exc).__name__)
+            self.rewind(set(offsets))
+            self.rebalancing = True
+            return False
         self.last_commit_at = time.monotonic()
+        return True
+
+    def rewind(self, touched: set[tuple[str, int]]) -> None:
+        """Seek the partitions still assigned here back to the group's committed offsets."""
+        TopicPartition = self.TopicPartition
+        assigned = self.consumer.assignment()
+        for topic, partition in sorted(touched):
+            tp = TopicPartition(topic, partition)
+            if tp not in assigned:
+                continue
+            try:
+                committed = self.consumer.committed(tp)
+                if committed is not None:
+                    self.consumer.seek(tp, committed)
+                elif self.spec.auto_offset_reset == "earliest":
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek_to_end(tp)
+            except Exception as exc:  # the partition moved on meanwhile: its new owner reads it
+                self.log.info("Could not rewind %s:%d after the rebalance (%r)", topic, partition, exc)
 
     def progress(self, final: bool = False) -> None:
         window = (self.last_commit_at - self.first_record_at) if self.first_record_at else 0.0
@@ -196,7 +206,7 @@ def run_stream(
     :param model: an already loaded ``ScoringModel`` (benchmarks, tests).
     :param stop: an event that ends the run after the current batch.
     """
-    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+    from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import (
         CommitFailedError,
         IllegalGenerationError,
@@ -240,7 +250,7 @@ def run_stream(
     except BaseException:
         consumer.close(autocommit=False)
         raise
-    consumer.subscribe(spec.input_topics, listener=run.listener(ConsumerRebalanceListener))
+    consumer.subscribe(spec.input_topics)
     # Joining a group can take a session timeout for a dead member to expire, then the join itself.
     join_allowance = 2 * consumer.config["session_timeout_ms"] / 1000.0
 
@@ -266,7 +276,7 @@ def run_stream(
                 stopped_by = "stop_requested"
                 break
             if spec.idle_timeout_s is not None:
-                allowance = 0.0 if assignment else join_allowance
+                allowance = join_allowance if run.rebalancing or not assignment else 0.0
                 if now - last_activity >= spec.idle_timeout_s + allowance:
                     stopped_by = "idle_timeout"
                     break
@@ -281,11 +291,11 @@ def run_stream(
             if spec.max_seconds is not None:
                 timeout_ms = max(1, min(timeout_ms, int((spec.max_seconds - (now - started)) * 1000)))
             polled = consumer.poll(timeout_ms=timeout_ms, max_records=want)
-            run.raise_listener_error()
             current = consumer.assignment()
             if current != assignment:
                 log_.info("Assigned partitions: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in current) or "none")
                 assignment = current
+                run.rebalancing = False
                 last_activity = time.monotonic()  # a fresh idle window after each (re)balance
             if not polled:
                 run.settle()  # nothing new: don't hold a produced batch uncommitted while idle
@@ -294,13 +304,13 @@ def run_stream(
             records = [r for batch in polled.values() for r in batch]
             while len(records) < want:
                 more = consumer.poll(timeout_ms=0, max_records=want - len(records))
-                run.raise_listener_error()
                 if not more:
                     break
                 for batch in more.values():
                     records.extend(batch)
             run.process(records)
-            last_activity = time.monotonic()
+            if not run.rebalancing:
+                last_activity = time.monotonic()
         run.settle()
         final_lag = _lag(consumer)
         run.progress(final=True)
