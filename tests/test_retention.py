@@ -186,21 +186,23 @@ def test_file_replaced_or_vanished_after_planning_is_skipped(tmp_path):
 
 def test_files_and_folders_vanishing_during_the_scan(tmp_path):
     """Entries really deleted while the scan runs: a file right after its folder was listed (before
-    it is stat'ed), and a whole sub-folder after its parent was listed."""
+    it is stat'ed), and a whole sub-folder after its parent was listed. The wrapper around
+    os.scandir only adds the deletions; the listing and the stats are real."""
     root = tmp_path / "root"
     for i in range(5):
         touch(root / f"f{i}.bin", 10)
     touch(root / "sub" / "g.bin", 10)
     real_scandir = os.scandir
+    calls = []
 
     class Vanishing:
-        def __init__(self, path):
-            self._it = real_scandir(path)
-            self._path = str(path)
+        def __init__(self, fd):
+            self._it = real_scandir(fd)
 
         def __enter__(self):
             self._entries = list(self._it.__enter__())
-            if self._path == str(root):
+            calls.append(1)
+            if len(calls) == 1:  # the root is listed first
                 os.unlink(root / "f2.bin")
                 shutil.rmtree(root / "sub")
             return iter(self._entries)
@@ -233,25 +235,26 @@ def test_unreadable_folder_is_skipped_real_permissions(tmp_path):
 
 def test_permission_errors_are_reported_not_fatal_mocked(tmp_path):
     """Tests run as root, which ignores file modes, so the PermissionError is simulated with
-    unittest.mock at the one os call at each boundary: os.scandir of one folder during the scan,
-    and os.unlink of one file during deletion. Everything else runs for real."""
+    unittest.mock at the one os call at each boundary: os.open of one folder during the scan (where
+    an unreadable folder fails), and os.unlink of one file during deletion. Everything else runs
+    for real."""
     root = tmp_path / "root"
     touch(root / "a.bin", 10)
     touch(root / "b.bin", 10)
     touch(root / "locked" / "c.bin", 10)
-    real_scandir, real_unlink = os.scandir, os.unlink
+    real_open, real_unlink = os.open, os.unlink
 
-    def scandir(path):
+    def open_(path, *args, **kwargs):
         if str(path).endswith("/locked"):
             raise PermissionError(13, "Permission denied", str(path))
-        return real_scandir(path)
+        return real_open(path, *args, **kwargs)
 
     def unlink(path, *args, **kwargs):
         if path == "b.bin":
             raise PermissionError(13, "Permission denied", path)
         return real_unlink(path, *args, **kwargs)
 
-    with mock.patch.object(paths_mod.os, "scandir", scandir), mock.patch.object(paths_mod.os, "unlink", unlink):
+    with mock.patch.object(paths_mod.os, "open", open_), mock.patch.object(paths_mod.os, "unlink", unlink):
         summary = run_retention(files_spec(root, max_age="1d"))
     assert summary["deleted"] == [str(root / "a.bin")]
     assert summary["policies"][0]["skipped"] == [

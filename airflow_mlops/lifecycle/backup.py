@@ -357,7 +357,7 @@ def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Coll
     get = previous.get
     S_IFMT, S_IFREG, S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFLNK
     # The hot loop of an incremental backup: kept flat (no calls but the lstat) on purpose.
-    for rel, _path, entries in walk_dirs(root, matcher, report):
+    for rel, dir_path, entries in walk_dirs(root, matcher, report):
         prefix_key = f"{base}/{rel}" if rel else base
         if rel:
             out.dirs.append(prefix_key)
@@ -380,10 +380,10 @@ def _collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Coll
                 if prev is not None and prev[1] == mtime and prev[0] == size and prev[2] == perm and len(prev) == 4:
                     files[key] = prev
                 else:
-                    to_copy.append(FileToCopy(key, de.path, size, mtime, perm))
+                    to_copy.append(FileToCopy(key, f"{dir_path}/{name_}", size, mtime, perm))
             elif kind == S_IFLNK:
                 try:
-                    links[key] = os.readlink(de.path)
+                    links[key] = os.readlink(f"{dir_path}/{name_}")
                 except OSError as exc:
                     report.skip(f"{rel}/{name_}" if rel else name_, exc)
     for s in report.skipped:
@@ -467,7 +467,7 @@ def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> 
         out.to_copy.append(FileToCopy(f"{source.name}/mlflow.db", copy, st.st_size, -1, 0o644))  # always re-read
         artifacts = artifacts or os.path.join(os.path.dirname(db), "mlartifacts")
     elif uri.startswith("file://") or uri.startswith("/"):
-        store = expand_path(uri)
+        store = os.path.realpath(expand_path(uri))
         _collect_tree(source.name, "mlruns", store, Matcher(["*"]), out)
         described["store"] = store
     else:

@@ -69,18 +69,6 @@ class Matcher:
         return bool(hit) and not self.excluded(rel, name)
 
 
-@dataclass(slots=True)
-class Entry:
-    """One non-directory entry found by a scan (a regular file, or a symlink as a link)."""
-
-    rel: str  # path relative to the root, '/'-separated
-    size: int
-    mtime_ns: int
-    ino: int
-    is_link: bool
-    mode: int
-
-
 @dataclass
 class Skipped:
     rel: str
@@ -105,68 +93,66 @@ class ScanReport:
         self.skipped.append(Skipped(rel or ".", reason))
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
 def walk_dirs(root: str, matcher: Matcher, report: ScanReport, *, max_depth: int | None = None,
               on_dir: Callable[[str, int], bool] | None = None) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
     """Yield ``(rel_dir, abs_dir, non-directory entries)`` for every folder under ``root``,
     top-down, never entering a symlinked folder. Folders an exclude pattern matches are pruned.
-    ``on_dir(rel, depth)`` returning False prunes a folder too (it is then not entered)."""
+    ``on_dir(rel, depth)`` returning False prunes a folder too (it is then not entered).
+
+    Each folder is opened with ``O_NOFOLLOW`` (one swapped for a symlink since it was listed is
+    refused) and listed through that descriptor, so ``entry.stat()`` is an ``fstatat`` relative to
+    it: cheaper than a stat of the full path, and immune to a parent being swapped meanwhile. The
+    entries are only valid until the caller asks for the next folder, and their ``.path`` is the
+    bare name: build absolute paths from ``abs_dir``.
+    """
     stack: list[tuple[str, str, int]] = [("", root, 0)]
     while stack:
         rel, path, depth = stack.pop()
-        files: list[os.DirEntry] = []
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            if not rel:
+                raise  # the root itself missing is the caller's business
+            report.skip(rel, FileNotFoundError() if isinstance(exc, NotADirectoryError) else exc)
+            continue
+        except OSError as exc:  # PermissionError, ELOOP (became a symlink), EIO…
+            if not rel:
+                raise
+            report.skip(rel, exc)
+            continue
         subdirs: list[tuple[str, str, int]] = []
         try:
-            with os.scandir(path) as it:
-                for de in it:
-                    name = de.name
-                    r = f"{rel}/{name}" if rel else name
-                    try:
-                        is_dir = de.is_dir(follow_symlinks=False)
-                    except OSError as exc:
-                        report.skip(r, exc)
-                        continue
-                    if is_dir:
-                        if matcher.excluded(r, name):
-                            continue
-                        if max_depth is not None and depth + 1 > max_depth:
-                            continue
-                        if on_dir is not None and not on_dir(r, depth + 1):
-                            continue
-                        subdirs.append((r, de.path, depth + 1))
-                    else:
-                        files.append(de)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            if rel:  # the root itself missing is the caller's business
-                report.skip(rel, FileNotFoundError() if isinstance(exc, NotADirectoryError) else exc)
-                continue
-            raise
-        except PermissionError as exc:
-            report.skip(rel, exc)
-            continue
-        except OSError as exc:  # e.g. ELOOP, EIO in the middle of a listing
-            report.skip(rel, exc)
-            continue
-        yield rel, path, files
-        stack.extend(reversed(subdirs))
-
-
-def scan_files(root: str, matcher: Matcher, report: ScanReport) -> Iterator[Entry]:
-    """Every regular file and symlink under ``root`` that the patterns include (lstat, never
-    following links). Sockets, FIFOs and devices are ignored."""
-    for rel, _path, entries in walk_dirs(root, matcher, report):
-        for de in entries:
-            name = de.name
-            r = f"{rel}/{name}" if rel else name
-            if not matcher.included(r, name):
-                continue
+            files: list[os.DirEntry] = []
             try:
-                st = de.stat(follow_symlinks=False)
-            except OSError as exc:
-                report.skip(r, exc)
+                with os.scandir(fd) as it:
+                    for de in it:
+                        name = de.name
+                        try:
+                            is_dir = de.is_dir(follow_symlinks=False)
+                        except OSError as exc:
+                            report.skip(f"{rel}/{name}" if rel else name, exc)
+                            continue
+                        if is_dir:
+                            r = f"{rel}/{name}" if rel else name
+                            if matcher.excluded(r, name):
+                                continue
+                            if max_depth is not None and depth + 1 > max_depth:
+                                continue
+                            if on_dir is not None and not on_dir(r, depth + 1):
+                                continue
+                            subdirs.append((r, f"{path}/{name}", depth + 1))
+                        else:
+                            files.append(de)
+            except OSError as exc:  # e.g. EIO in the middle of a listing
+                report.skip(rel, exc)
                 continue
-            mode = st.st_mode
-            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-                yield Entry(r, st.st_size, st.st_mtime_ns, st.st_ino, stat.S_ISLNK(mode), mode)
+            yield rel, path, files
+        finally:
+            os.close(fd)
+        stack.extend(reversed(subdirs))
 
 
 def within(root: str, path: str) -> bool:
