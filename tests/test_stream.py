@@ -370,6 +370,27 @@ def test_through_airflow_sensor_operator_xcom_summary(broker, store, airflow_db,
     assert group_lag(config(broker), t.group, [t.input]).total == 0
 
 
+def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, store, monkeypatch):
+    from airflow_mlops.stages.context import MlflowTarget, StageContext
+    from airflow_mlops.stream.spec import StreamServeSettings
+    from airflow_mlops.stream.stage import run_serve_stream
+
+    t = topics(broker)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(30)})
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_STAGE", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
+    settings = StreamServeSettings(kafka_conn_id="kafka_stage", input_topic=t.input, output_topic=t.output,
+                                   dead_letter_topic=t.dlq, idle_timeout_s=3, consumer_config=FAST_GROUP)
+    ctx = StageContext(pipeline_id="churn", stage_name="serve", run_key="r1", data_dir="/unused",
+                       mlflow=MlflowTarget(tracking_uri=store.uri, experiment="e", registered_model="linear"),
+                       upstream=[("validate", {"model_uri": "models:/linear/2", "model_version": "2"})])
+    summary = run_serve_stream(settings, ctx)
+    assert (summary["records_in"], summary["model_uri"], summary["group_id"]) == (30, "models:/linear/2",
+                                                                                  "airflow-mlops.churn.serve")
+    out = read_all(broker, t.output)
+    assert {headers(r)["model_version"] for r in out} == {"2"}
+    assert keyed(out) == {f"k{i}": {"prediction": 2 * i + 1.0} for i in range(30)}
+
+
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
     from airflow.dag_processing.dagbag import DagBag
 
