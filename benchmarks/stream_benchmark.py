@@ -6,7 +6,8 @@
 Four consume → produce loops read the same input topic, each in its own consumer group and
 writing its own output topic:
 
-  (a) raw     kafka-python consume → produce a constant, no decoding, no model: the limit
+  (a) raw     kafka-python consume → produce a constant (18 bytes, keyed like the input, no
+              header), no decoding, no model: the limit
   (b) stream  the operator's loop (``run_stream``) with a trivial pyfunc (a constant column)
   (c) naive   what people write by hand: for each record json.loads → one-row DataFrame →
               scikit-learn ``predict`` → send (auto-commit). Measured on the first
@@ -15,13 +16,15 @@ writing its own output topic:
 
 Every loop commits after producing (a, b, d: after each flushed batch; c: kafka-python's
 auto-commit), uses the same producer settings, and is timed from its first record received to
-its last commit (group joins and model loading are excluded). Goals: (b) ≥ 0.8 × (a) and
-(d) ≥ 10 × (c).
+its last commit (group joins and model loading are excluded). (a) and (b) run ``--repeats``
+times, alternating, and the best of each counts: the machine is shared, and the best run is the
+one least disturbed. Goals: (b) ≥ 0.8 × (a) and (d) ≥ 10 × (c).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import random
@@ -102,6 +105,19 @@ def register_models(tracking_uri: str, workdir: Path) -> dict[str, str]:
 
 
 # -- the loops ------------------------------------------------------------------------------------
+
+
+class lean_heap:
+    """While a hand-written loop runs, the objects this benchmark process imported (MLflow,
+    pandas, scikit-learn…) are kept out of the garbage collector's way, as if the loop ran in a
+    lean process of its own. (``run_stream`` does the same for itself.)"""
+
+    def __enter__(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.unfreeze()
 
 
 def raw_loop(bootstrap: str, topic: str, out: str, group: str, n: int, batch: int) -> float:
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--naive-records", type=int, default=5_000)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of (a) and (b), alternating; best of each")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of (a) and (b), alternating; best of each")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # shutdown chatter
@@ -210,14 +226,16 @@ def main(argv: list[str] | None = None) -> int:
 
         raw_rates, trivial_rates = [], []
         for i in range(args.repeats):
-            raw_rates.append(raw_loop(bs, "bench-in", out_topic(f"out-raw-{i}"), f"raw-{i}", n, args.batch_size))
+            with lean_heap():
+                raw_rates.append(raw_loop(bs, "bench-in", out_topic(f"out-raw-{i}"), f"raw-{i}", n, args.batch_size))
             print(f"  (a) raw loop, run {i + 1}:                {raw_rates[-1]:>10,.0f} msg/s", flush=True)
             s = stream_loop(bs, "bench-in", out_topic(f"out-trivial-{i}"), f"trivial-{i}", n, args.batch_size,
                             uris["trivial"], tracking_uri)
             trivial_rates.append(s["rate_per_s"])
             print(f"  (b) operator, trivial model, run {i + 1}: {trivial_rates[-1]:>10,.0f} msg/s", flush=True)
         naive_n = min(args.naive_records, n)
-        naive = naive_loop(bs, "bench-in", out_topic("out-naive"), "naive", naive_n, uris["sklearn"])
+        with lean_heap():
+            naive = naive_loop(bs, "bench-in", out_topic("out-naive"), "naive", naive_n, uris["sklearn"])
         print(f"  (c) naive per-record loop, sklearn:      {naive:>10,.0f} msg/s  ({naive_n:,} records)", flush=True)
         s = stream_loop(bs, "bench-in", out_topic("out-sklearn"), "sklearn", n, args.batch_size, uris["sklearn"],
                         tracking_uri)

@@ -300,14 +300,7 @@ def run_stream(
             if not polled:
                 run.settle()  # nothing new: don't hold a produced batch uncommitted while idle
                 continue
-            # Fill the micro-batch from what is already fetched, without waiting.
             records = [r for batch in polled.values() for r in batch]
-            while len(records) < want:
-                more = consumer.poll(timeout_ms=0, max_records=want - len(records))
-                if not more:
-                    break
-                for batch in more.values():
-                    records.extend(batch)
             run.process(records)
             if not run.rebalancing:
                 last_activity = time.monotonic()
