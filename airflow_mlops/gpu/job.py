@@ -169,13 +169,14 @@ class TrainingRun:
         import mlflow
 
         from airflow_mlops.stages.context import StageContext
-        from airflow_mlops.stages.tracking import use_experiment
         from airflow_mlops.stages.train import _registered_by_earlier_try
 
         job = self.job
         target = job.target()
-        experiment_id = use_experiment(target)
+        # A client, never MLflow's process-wide URIs (mlflow.set_tracking_uri also exports them
+        # to the environment, where the next task in this process would take them for the user's).
         client = mlflow.MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
+        experiment_id = _experiment_id(client, target)
         base = ui_base(job.tracking_uri, job.ui_url)
 
         probe = StageContext(pipeline_id="", stage_name="", run_key="", data_dir="", mlflow=target, tags=job.tags)
@@ -444,18 +445,26 @@ class TrainingRun:
         for version in client.search_model_versions(f"run_id = '{run_id}'"):
             if version.name == job.registered_model:
                 return str(version.version)
-        models = mlflow.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id],
-                                              filter_string=f"source_run_id = '{run_id}'", output_format="list")
+        models = list(client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id],
+                                                  filter_string=f"source_run_id = '{run_id}'"))
         if not models:
             self.log.warning("The training script logged no MLflow model in run %s: no model version registered",
                              run_id)
             return None
+        models.sort(key=lambda m: m.creation_timestamp)
         if len(models) > 1:
             self.log.info("The script logged %d models; registering the last one (%s)", len(models), models[-1].name)
-        models.sort(key=lambda m: m.creation_timestamp)
-        mlflow.set_registry_uri(job.tracking_uri)
-        registered = mlflow.register_model(f"models:/{models[-1].model_id}", job.registered_model)
-        return str(registered.version)
+        try:
+            client.create_registered_model(job.registered_model)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        model = models[-1]
+        # The storage location, not "models:/<id>": MLflow's SQL registry would resolve that
+        # through its process-wide tracking URI, which this code leaves alone.
+        version = client.create_model_version(job.registered_model, source=model.artifact_location, run_id=run_id,
+                                              model_id=model.model_id)
+        return str(version.version)
 
     def _reused_result(self, client: Any, run_id: str, version: str, experiment_id: str, url: str) -> dict[str, Any]:
         job = self.job
@@ -478,6 +487,23 @@ class TrainingRun:
             "prices": job.prices.model_dump(),
             "reused": True,
         }
+
+
+def _experiment_id(client: Any, target: Any) -> str:
+    """The experiment's id, created with its artifact location if needed (as
+    ``stages.tracking.use_experiment``, without touching MLflow's process-wide URIs)."""
+    import mlflow
+
+    experiment = client.get_experiment_by_name(target.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    except mlflow.exceptions.MlflowException:
+        experiment = client.get_experiment_by_name(target.experiment)  # another task created it meanwhile
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def _gpu_result(gpus: GpuAssignment, summary: dict) -> dict[str, Any]:
