@@ -550,6 +550,12 @@ def test_gpu_train_operator_end_to_end_on_cpu(gpu_dag_run):
     script = tis["script"].xcom_pull(task_ids="script")
     assert script["model_version"] == "1" and script["metrics"]["accuracy"] > 0.85
     assert client.get_model_version("script_tree", "1").run_id == script["run_id"]
+    import mlflow
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # put back by _mlflow_globals_put_back
+    mlflow.set_registry_uri(client.tracking_uri)
+    x = mlflow.pyfunc.load_model("models:/script_tree/1").metadata.get_input_schema().input_names()
+    assert len(x) == 30  # the registered version loads, with the script's 30 input columns
     assert _tries(script["checkpoint_dir"])[0]["argv"] == ["--max-depth", "2"]
 
 
