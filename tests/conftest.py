@@ -25,8 +25,35 @@ os.environ.update(
     AIRFLOW_MLOPS_HOME=str(_HOME / "mlops"),
     AIRFLOW__CORE__LOAD_EXAMPLES="False",
     AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+    # Shared, busy CI machines: Airflow's default 30 s for importing a DAG file is too tight.
+    AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="600",
 )
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+for _name in _MLFLOW_ENV:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_state_reset():
+    """MLflow keeps its tracking/registry URIs and active run process-wide, and exports them as
+    environment variables. Every test starts from none of them, so no test writes into another
+    test's store (or reads a registry another test pointed at)."""
+
+    def reset():
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+        for name in _MLFLOW_ENV:
+            os.environ.pop(name, None)
+
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture(scope="session")

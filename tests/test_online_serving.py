@@ -66,7 +66,10 @@ def test_online_server_answers_and_a_new_version_replaces_it(airflow_db, mlops_h
             with urllib.request.urlopen(request, timeout=30) as response:
                 served = json.loads(response.read())["predictions"]
             mlflow.set_registry_uri(f"sqlite:///{mlops_home / 'mlflow.db'}")
-            local = mlflow.pyfunc.load_model(result["model_uri"]).predict(rows).tolist()
+            try:
+                local = mlflow.pyfunc.load_model(result["model_uri"]).predict(rows).tolist()
+            finally:
+                mlflow.set_registry_uri(None)  # MLflow keeps it process-wide; later tests have other stores
             assert served == local == [0, 2]
         # The second run stopped the first run's server before starting its own.
         with pytest.raises(ProcessLookupError):

@@ -4,7 +4,10 @@ scikit-learn, MLflow) are imported inside the stage functions, never at parse ti
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped
 
@@ -19,8 +22,31 @@ def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:
     """
     package = "airflow_mlops.stages.spark" if ctx.backend == "spark" else "airflow_mlops.stages"
     module = importlib.import_module(f"{package}.{spec.kind}")
-    result = module.run(spec, ctx)
+    with _mlflow_left_as_found():
+        result = module.run(spec, ctx)
     return _jsonable(result)
+
+
+@contextmanager
+def _mlflow_left_as_found() -> Iterator[None]:
+    """Stages point MLflow at their store with ``mlflow.set_tracking_uri``, which also exports
+    ``MLFLOW_TRACKING_URI`` (and the registry's) into the process environment. Left there, the
+    next stage in the same process would take it for the user's setting and use the wrong store;
+    so both MLflow's globals and the environment are put back as they were."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None:
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _jsonable(value: Any) -> Any:
