@@ -14,6 +14,9 @@ _PUBLIC = {
     "load_pipelines": "airflow_mlops.factory.loader",
     "StageOperator": "airflow_mlops.operators.stage",
     "SparkFeatureOperator": "airflow_mlops.operators.spark",
+    "RetentionCleanupOperator": "airflow_mlops.operators.retention",
+    "BackupOperator": "airflow_mlops.operators.backup",
+    "RestoreOperator": "airflow_mlops.operators.backup",
     "read_pipeline": "airflow_mlops.spec.load",
     "PipelineSpecError": "airflow_mlops.spec.errors",
 }
