@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import atexit
 import json
+import textwrap
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
-
-import mlflow
-import pandas as pd
 
 from airflow_mlops.kafka.broker import EmbeddedBroker
 
@@ -93,32 +91,47 @@ def keyed(records: list[Any]) -> dict[str, Any]:
 # -- models ---------------------------------------------------------------------------------------
 
 
-class LinearModel(mlflow.pyfunc.PythonModel):
-    """prediction = 2·a + b: outputs known exactly."""
+# Models from code (MLflow's recommended way): each source is logged as the model itself.
+_MODEL_SOURCE = """
+import time
+
+import mlflow
+
+
+class Linear(mlflow.pyfunc.PythonModel):
+    \"\"\"prediction = 2·a + b: outputs known exactly.\"\"\"
 
     def predict(self, context, model_input, params=None):
         return (2 * model_input["a"] + model_input["b"]).to_numpy()
 
 
-class SlowLinearModel(LinearModel):
-    """The same, sleeping per predict call, so a run lasts long enough to be interrupted."""
+class SlowLinear(Linear):
+    \"\"\"The same, sleeping 50 ms per predict call, so a run lasts long enough to be interrupted.\"\"\"
 
     def predict(self, context, model_input, params=None):
         time.sleep(0.05)
         return super().predict(context, model_input, params)
 
 
-class PickyModel(mlflow.pyfunc.PythonModel):
-    """prediction = 2·a + b, refusing any batch with a negative a."""
+class Picky(Linear):
+    \"\"\"The same, refusing any batch with a negative a.\"\"\"
 
     def predict(self, context, model_input, params=None):
         if (model_input["a"] < 0).any():
             raise ValueError("a must not be negative")
-        return (2 * model_input["a"] + model_input["b"]).to_numpy()
+        return super().predict(context, model_input, params)
 
 
-def register_pyfunc(tracking_uri: str, name: str, model: mlflow.pyfunc.PythonModel, alias: str = "champion") -> str:
-    """Log and register ``model`` with a signature (a, b: double → double); set ``alias``."""
+mlflow.models.set_model({cls}())
+"""
+LINEAR, SLOW_LINEAR, PICKY = "Linear", "SlowLinear", "Picky"
+
+
+def register_pyfunc(tracking_uri: str, name: str, model: str, alias: str = "champion") -> str:
+    """Log and register one of the models above (LINEAR, SLOW_LINEAR, PICKY) with a signature
+    (a, b: double → double); set ``alias``."""
+    import mlflow
+    import pandas as pd
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -130,8 +143,11 @@ def register_pyfunc(tracking_uri: str, name: str, model: mlflow.pyfunc.PythonMod
     experiment = client.get_experiment_by_name("stream-tests") or None
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         "stream-tests", artifact_location=str(artifacts))
+    code = artifacts.parent / f"model_{model.lower()}.py"
+    code.parent.mkdir(parents=True, exist_ok=True)
+    code.write_text(textwrap.dedent(_MODEL_SOURCE).replace("{cls}", model))
     with mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), signature=signature,
                                        registered_model_name=name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
@@ -140,7 +156,9 @@ def register_pyfunc(tracking_uri: str, name: str, model: mlflow.pyfunc.PythonMod
 
 def register_sklearn(tracking_uri: str, name: str, alias: str = "champion") -> tuple[str, Any]:
     """A LogisticRegression on two features (a, b), registered; returns (version, fitted model)."""
+    import mlflow
     import numpy as np
+    import pandas as pd
     from mlflow.models import infer_signature
     from sklearn.linear_model import LogisticRegression
 

@@ -20,9 +20,9 @@ import pytest
 from tests.conftest import REPO
 from tests.kafka_helpers import (
     FAST_GROUP,
-    LinearModel,
-    PickyModel,
-    SlowLinearModel,
+    LINEAR,
+    PICKY,
+    SLOW_LINEAR,
     config,
     headers,
     keyed,
@@ -44,16 +44,22 @@ def broker():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A SQLite MLflow store with registered models (alias 'champion' on each)."""
+    import mlflow
+
     tmp = tmp_path_factory.mktemp("stream-mlflow")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     versions = {
-        "linear": register_pyfunc(uri, "linear", LinearModel()),
-        "slow": register_pyfunc(uri, "slow", SlowLinearModel()),
-        "picky": register_pyfunc(uri, "picky", PickyModel()),
+        "linear": register_pyfunc(uri, "linear", LINEAR),
+        "slow": register_pyfunc(uri, "slow", SLOW_LINEAR),
+        "picky": register_pyfunc(uri, "picky", PICKY),
     }
     versions["sk"], sk_model = register_sklearn(uri, "sk")
     # A second version of 'linear' without the alias: the alias, not 'latest', must be used.
-    register_pyfunc(uri, "linear", LinearModel(), alias="challenger")
+    register_pyfunc(uri, "linear", LINEAR, alias="challenger")
+    # Logging models went through MLflow's process-wide URIs; the stream itself does not use them.
+    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
     return SimpleNamespace(uri=uri, versions=versions, sk_model=sk_model)
 
 

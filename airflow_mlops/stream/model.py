@@ -24,6 +24,7 @@ class ScoringModel:
     # that enforcement is a no-op for a frame whose dtypes already match the signature (every
     # input a required double or long column); see BatchScorer.predict.
     unchecked_predict: Callable[[Any], Any] | None = None
+    files: Any = None  # the downloaded model's folder, kept as long as the model
 
     def predict(self, frame: Any) -> Any:
         return self.model.predict(frame)
@@ -56,16 +57,29 @@ def resolve_model_uri(model_uri: str, client: Any) -> tuple[str, str | None, str
 
 
 def load_scoring_model(model_uri: str, tracking_uri: str | None = None) -> ScoringModel:
+    """Load the model once. With ``tracking_uri``, MLflow is reached through a client and
+    explicit URIs only: MLflow's process-wide tracking and registry URIs are left as they are."""
+    import tempfile
+
     import mlflow
 
     if tracking_uri:
-        # Both, always: MLflow keeps them as process-wide globals (see stages.tracking.use_store).
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-    client = mlflow.MlflowClient()
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    else:
+        client = mlflow.MlflowClient()
     resolved, name, version = resolve_model_uri(model_uri, client)
     log.info("Loading model %s (from %s)", resolved, model_uri)
-    model = mlflow.pyfunc.load_model(resolved)
+    files = None
+    if tracking_uri:
+        # The version's storage location (a path, s3://…, mlflow-artifacts:/…), fetched with the
+        # explicit store: models:/ URIs would go through MLflow's process-wide registry URI.
+        source = client.get_model_version_download_uri(name, version) if name else resolved
+        files = tempfile.TemporaryDirectory(prefix="airflow-mlops-model-")
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=files.name,
+                                                     tracking_uri=tracking_uri)
+        model = mlflow.pyfunc.load_model(local)
+    else:
+        model = mlflow.pyfunc.load_model(resolved)
     features = required = floats = types = None
     schema = model.metadata.get_input_schema() if model.metadata else None
     if schema is not None and schema.has_input_names():
@@ -76,7 +90,7 @@ def load_scoring_model(model_uri: str, tracking_uri: str | None = None) -> Scori
             floats = [n for n, t in types.items() if t in ("double", "float")]
     return ScoringModel(model=model, uri=resolved, version=version, name=name, features=features, required=required,
                         float_features=floats, feature_types=types,
-                        unchecked_predict=_unchecked_predict(model, features, required, types))
+                        unchecked_predict=_unchecked_predict(model, features, required, types), files=files)
 
 
 def _unchecked_predict(model: Any, features: list[str] | None, required: list[str] | None,
