@@ -17,6 +17,9 @@ _PUBLIC = {
     "RetentionCleanupOperator": "airflow_mlops.operators.retention",
     "BackupOperator": "airflow_mlops.operators.backup",
     "RestoreOperator": "airflow_mlops.operators.backup",
+    "GpuTrainOperator": "airflow_mlops.operators.gpu_train",
+    "GpuAvailableSensor": "airflow_mlops.sensors.gpu",
+    "PriceTable": "airflow_mlops.gpu.cost",
     "read_pipeline": "airflow_mlops.spec.load",
     "PipelineSpecError": "airflow_mlops.spec.errors",
 }

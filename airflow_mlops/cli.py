@@ -97,6 +97,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from airflow_mlops.gpu.cost import run_report
+
+    return run_report(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion")
     p.add_argument("--previous-alias", default="previous-champion")
     p.set_defaults(func=cmd_rollback)
+    from airflow_mlops.gpu.cost import add_arguments  # pydantic only: cheap
+
+    p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GB-hours x prices), from MLflow")
+    add_arguments(p)
+    p.set_defaults(func=cmd_cost)
     return parser
 
 
