@@ -20,6 +20,9 @@ _PUBLIC = {
     "GpuTrainOperator": "airflow_mlops.operators.gpu_train",
     "GpuAvailableSensor": "airflow_mlops.sensors.gpu",
     "PriceTable": "airflow_mlops.gpu.cost",
+    "StreamInferenceOperator": "airflow_mlops.operators.stream",
+    "KafkaLagSensor": "airflow_mlops.sensors.kafka",
+    "EmbeddedBroker": "airflow_mlops.kafka.broker",
     "read_pipeline": "airflow_mlops.spec.load",
     "PipelineSpecError": "airflow_mlops.spec.errors",
 }

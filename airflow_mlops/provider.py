@@ -15,5 +15,6 @@ def get_provider_info() -> dict:
         "extra-links": ["airflow_mlops.operators.gpu_train.MlflowRunLink"],
         "connection-types": [
             {"connection-type": "mlflow", "hook-class-name": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook"},
+            {"connection-type": "kafka", "hook-class-name": "airflow_mlops.hooks.kafka.KafkaConnectionHook"},
         ],
     }

@@ -224,8 +224,8 @@ def _check_engine(
                 yield issue("callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'")
             if stage.split and stage.split.stratify:
                 yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
-        if stage.kind == "serve" and stage.mode == "online":
-            yield issue("mode", "online serving runs a model server, not a Spark job: use backend batch for it")
+        if stage.kind == "serve" and stage.mode in ("online", "stream"):
+            yield issue("mode", f"{stage.mode} serving is not a Spark job: use backend batch (or kubernetes) for it")
     elif backend == "kubernetes" and stage.kind != "custom":
         if not (stage.kubernetes and stage.kubernetes.image) and not pipeline_image:
             yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
@@ -290,7 +290,7 @@ def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue
 
 
 _CUSTOM_ERRORS = {"gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source", "relative_sqlite",
-                  "one_schedule"}
+                  "one_schedule", "stream_settings"}
 _TYPE_NAMES = {
     "string_type": "a string", "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
     "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "list_type": "a list",

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from airflow_mlops.stream.spec import StreamServeSettings
+
 Backend = Literal["batch", "spark", "kubernetes"]
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -374,10 +376,12 @@ class ValidateStage(StageBase):
 
 
 class ServeStage(StageBase):
-    """batch: score a dataset; online: run an MLflow model server for the validated version."""
+    """batch: score a dataset; online: run an MLflow model server for the validated version;
+    stream: score a Kafka topic into another (bounded, at least once)."""
 
     kind: Literal["serve"] = "serve"
-    mode: Literal["batch", "online"] = "batch"
+    mode: Literal["batch", "online", "stream"] = "batch"
+    stream: StreamServeSettings | None = Field(None, description="mode: stream — Kafka topics, bounds, dead letters.")
     host: str = Field("127.0.0.1", description="online: the interface the model server listens on.")
     port: int = Field(5001, ge=1, le=65535, description="online: the model server's port.")
     workers: int = Field(1, ge=1, description="online: uvicorn workers of the model server.")
@@ -388,6 +392,15 @@ class ServeStage(StageBase):
     format: DataFormat = "parquet"
     output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
+
+
+    @model_validator(mode="after")
+    def _stream_settings(self) -> "ServeStage":
+        if (self.mode == "stream") != (self.stream is not None):
+            raise PydanticCustomError(
+                "stream_settings", "mode: stream needs a 'stream' mapping (input_topic, output_topic, ...), "
+                "and 'stream' is only for mode: stream")
+        return self
 
 
 class DriftThresholds(Strict):

@@ -17,6 +17,10 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
         from airflow_mlops.stages import online
 
         return online.run(spec, ctx)
+    if spec.mode == "stream":
+        from airflow_mlops.stream.stage import run_serve_stream
+
+        return run_serve_stream(spec.stream, ctx)
     import mlflow
 
     model_uri = ctx.find("model_uri")
