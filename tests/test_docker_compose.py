@@ -296,3 +296,23 @@ def test_dockerfile_installs_package_on_airflow3_image() -> None:
     for needed in re.findall(r"[\w.]+", copied):
         if needed in {"pyproject.toml", "airflow_mlops"}:
             assert (REPO / needed).exists(), needed
+
+
+def test_kafka_spark_and_s3_services_and_the_connections_that_reach_them(services: dict) -> None:
+    import json
+
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    kafka_env = _env(services["kafka"])
+    assert "broker,controller" == kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft: no ZooKeeper
+    assert "PLAINTEXT://kafka:9092" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    assert _published_ports(services["kafka"]) == {(29092, 29092)}
+    assert services["spark-worker"]["command"][-1] == "spark://spark-master:7077"
+    assert services["minio"]["image"].startswith("minio/minio:")
+    airflow_env = _env(services["airflow-scheduler"])
+    assert json.loads(airflow_env["AIRFLOW_CONN_KAFKA_DEFAULT"])["host"] == "kafka:9092"
+    spark = json.loads(airflow_env["AIRFLOW_CONN_SPARK_CLUSTER"])
+    assert (spark["conn_type"], spark["host"], spark["port"]) == ("spark", "spark://spark-master", 7077)
+    s3 = json.loads(airflow_env["AIRFLOW_CONN_S3_BACKUPS"])
+    assert s3["extra"]["endpoint_url"] == "http://minio:9000"
+    assert s3["login"] == _env(services["minio"])["MINIO_ROOT_USER"]
+    assert "kafka" in _depends_on(services["airflow-scheduler"])
