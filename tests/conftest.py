@@ -102,5 +102,14 @@ def spark():
     session.stop()
 
 
+@pytest.fixture
+def example_dags_folder(dags_folder: Path) -> Path:
+    """The shipped example pipelines (and their _defaults.yaml), copied as they are into a dags
+    folder that dag.test() syncs from."""
+    for path in (REPO / "example_configs").glob("*.yaml"):
+        shutil.copy(path, dags_folder / path.name)
+    return dags_folder
+
+
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_HOME, ignore_errors=True)

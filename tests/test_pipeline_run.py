@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.helpers import write
 
 
@@ -21,13 +20,13 @@ def task_states(dr) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
 
-def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home):
+def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home, example_dags_folder):
     import mlflow
     import pandas as pd
 
     from airflow_mlops import load_pipelines
 
-    dag = load_pipelines(folder=REPO / "example_configs")["breast_cancer"]
+    dag = load_pipelines(folder=example_dags_folder)["breast_cancer"]
     dr, ok = run_dag(dag)
     assert ok, task_states(dr)
 

@@ -517,18 +517,17 @@ def test_operator_through_airflow_dry_run_then_real(airflow_db, mlops_home, dags
     assert sorted(p.name for p in data.rglob("*")) == ["new.parquet", "sub"]
 
 
-def test_example_maintenance_pipeline_runs_on_a_fresh_install(airflow_db, mlops_home):
+def test_example_maintenance_pipeline_runs_on_a_fresh_install(airflow_db, mlops_home, example_dags_folder):
     """example_configs/maintenance.yaml as shipped: backup, then retention, under $AIRFLOW_MLOPS_HOME
     with no MLflow store yet (the backup warns about it instead of failing)."""
     from airflow.utils.state import DagRunState
 
     from airflow_mlops import load_pipelines
-    from tests.conftest import REPO
 
     runs = mlops_home / "data" / "breast_cancer" / "preprocess"
     for age in range(1, 13):
         touch(runs / f"manual__run{age:02}" / "train.parquet", age, size=100)
-    dag = load_pipelines(folder=REPO / "example_configs")["mlops_maintenance"]
+    dag = load_pipelines(folder=example_dags_folder)["mlops_maintenance"]
     dr = dag.test()
     assert dr.state == DagRunState.SUCCESS
     tis = {t.task_id: t for t in dr.get_task_instances()}

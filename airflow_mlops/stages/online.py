@@ -28,7 +28,10 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     model_uri = ctx.find("model_uri")
     state = Path(ctx.data_dir) / ctx.stage_name / "online.json"  # per pipeline, not per run
     stop_previous(state, ctx)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": ctx.mlflow.tracking_uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": ctx.mlflow.tracking_uri,
+           # MLflow starts `uvicorn` from PATH: put this interpreter's scripts first, since a worker
+           # started as .venv/bin/airflow has no activated virtualenv.
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     log_path = state.with_name("online-server.log")
     state.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
