@@ -10,5 +10,18 @@ AVAILABLE_BACKENDS = ("batch", "spark", "kubernetes")
 RESULT_TASK = "run"
 
 
+def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any]:
+    """What every backend's result task is given: the stage, where it writes, what it reads."""
+    return {
+        "task_id": RESULT_TASK,
+        "stage": stage,
+        "stage_name": stage_name,
+        "pipeline_id": plan.pipeline.id,
+        "mlflow": plan.pipeline.mlflow,
+        "data_dir": plan.data_dir,
+        "upstream_tasks": plan.upstream_tasks(stage_name),
+    }
+
+
 def build_stage_tasks(backend: str, **kwargs: Any) -> Any:
     return importlib.import_module(f"airflow_mlops.backends.{backend}").build(**kwargs)

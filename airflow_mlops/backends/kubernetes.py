@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_mlops.backends import RESULT_TASK
+from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.operators.kubernetes import KubernetesStageOperator
 from airflow_mlops.spec.load import effective_kubernetes, resolve_resources
 
@@ -18,13 +18,7 @@ def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) 
     else:
         operator = KubernetesStageOperator
     return operator(
-        task_id=RESULT_TASK,
-        stage=stage,
-        stage_name=stage_name,
-        pipeline_id=plan.pipeline.id,
-        mlflow=plan.pipeline.mlflow,
-        data_dir=plan.data_dir,
-        upstream_tasks=plan.upstream_tasks(stage_name),
+        **stage_operator_args(stage, stage_name, plan),
         kubernetes=effective_kubernetes(plan.pipeline, stage),
         pod_resources=resolve_resources(plan.pipeline, stage.resources),
         **task_args,

@@ -6,19 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_mlops.backends import RESULT_TASK
+from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.operators.spark import SparkStageOperator
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> SparkStageOperator:
     return SparkStageOperator(
-        task_id=RESULT_TASK,
-        stage=stage,
-        stage_name=stage_name,
-        pipeline_id=plan.pipeline.id,
-        mlflow=plan.pipeline.mlflow,
-        data_dir=plan.data_dir,
-        upstream_tasks=plan.upstream_tasks(stage_name),
+        **stage_operator_args(stage, stage_name, plan),
         spark=stage.spark or plan.pipeline.spark,
         **task_args,
     )

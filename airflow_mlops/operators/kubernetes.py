@@ -18,14 +18,12 @@ from airflow_mlops.spec.models import KubernetesSettings, Resources
 LOG_TAIL_LINES = 30
 
 
-class KubernetesStageOperator(StageOperator):
-    """Run a built-in stage in a pod that requests the stage's resource profile.
+class KubernetesBackedOperator(StageOperator):
+    """A stage whose work happens on a Kubernetes cluster.
 
     :param kubernetes: pod settings (image, namespace, connection, volumes, secrets, ...).
     :param pod_resources: cpu / memory / whole GPUs; requests and limits are both set to them.
     """
-
-    ui_color = "#e5f5e0"
 
     def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], pod_resources: Resources | None = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -33,7 +31,13 @@ class KubernetesStageOperator(StageOperator):
         if not self.kubernetes.image:
             raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")
         self.pod_resources = pod_resources
-        self._pod_op: Any = None
+
+
+class KubernetesStageOperator(KubernetesBackedOperator):
+    """Run a built-in stage in a pod that requests the stage's resource profile."""
+
+    ui_color = "#e5f5e0"
+    _pod_op: Any = None  # the KubernetesPodOperator of the running try, for on_kill
 
     def pod_name(self, pipeline_id: str | None = None) -> str:
         raw = f"{pipeline_id or self.pipeline_id or 'stage'}-{self.stage_name}".lower()

@@ -7,21 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from airflow_mlops.operators.stage import StageOperator
+from airflow_mlops.operators.kubernetes import KubernetesBackedOperator
 from airflow_mlops.spec.models import KubernetesSettings, Resources
 
 SERVER_PORT = 8080
 
 
-class KubernetesModelServerOperator(StageOperator):
+class KubernetesModelServerOperator(KubernetesBackedOperator):
     ui_color = "#fff3cd"
-
-    def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], pod_resources: Resources | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.kubernetes = KubernetesSettings.model_validate(kubernetes)
-        if not self.kubernetes.image:
-            raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")
-        self.pod_resources = pod_resources
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
