@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.fake_nvml import GiB, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded, install
-from tests.helpers import write
+from tests.helpers import extra_links, write
 
 from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NvmlSampler
 
@@ -873,10 +873,7 @@ YAML_PIPELINE = """
 
 def test_gpu_train_operator_as_the_train_stage_of_a_yaml_pipeline(airflow_db, mlops_home, dags_folder):
     import mlflow
-    from airflow.api_fastapi.app import create_app, get_auth_manager
-    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.dag_processing.dagbag import DagBag
-    from fastapi.testclient import TestClient
 
     write(dags_folder, "gpu_yaml.yaml", YAML_PIPELINE.format(repo=json.dumps(str(REPO))))
     bag = DagBag(dag_folder=str(dags_folder))
@@ -893,12 +890,5 @@ def test_gpu_train_operator_as_the_train_stage_of_a_yaml_pipeline(airflow_db, ml
     assert run.data.metrics["train_rows"] == 426  # 75 % of 569 rows, from the preprocess stage's split
     assert run.data.metrics["cost/total"] > 0
 
-    # what the Airflow UI asks the API server for the task's extra links
-    app = create_app()
-    token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
-    response = TestClient(app).get(
-        f"/api/v2/dags/gpu_yaml/dagRuns/{dr.run_id}/taskInstances/train.run/links",
-        headers={"Authorization": f"Bearer {token}"})
-    assert response.status_code == 200, response.text
     url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    assert response.json()["extra_links"] == {"MLflow run": url}
+    assert extra_links("gpu_yaml", dr.run_id, "train.run") == {"MLflow run": url}

@@ -4,8 +4,10 @@ really runs each pod's command here, so the stage code in the pod executes for r
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import REPO
-from tests.helpers import write
+from tests.helpers import extra_links, write
 
 def pipeline_yaml(cluster, namespace: str, train_extra: str = "", resources: str = "{cpu: 1, memory: 1Gi, gpu: 1}") -> str:
     return f"""
@@ -54,6 +56,15 @@ def test_train_stage_runs_in_a_gpu_pod_and_registers_its_model(kube_cluster, kub
     train = next(ti for ti in dr.get_task_instances() if ti.task_id == "train.run").xcom_pull(task_ids="train.run")
     assert train["model_uri"] == f"models:/{model}/1"
     assert train["metrics"]["accuracy"] >= 0.8
+    # The stage in the pod sampled NVML there (no driver on this stand-in node) and billed the
+    # pod's profile: 1 GPU, 1 CPU, 1Gi for its wall-clock time, at the default prices.
+    logged = client.get_run(version.run_id)
+    assert train["gpu"]["available"] is False and logged.data.tags["airflow_mlops.gpu.available"] == "false"
+    hours = train["cost"]["wall_seconds"] / 3600
+    assert train["cost"]["gpu_hours"] == train["cost"]["cpu_hours"] == train["cost"]["memory_gb_hours"] == hours
+    assert logged.data.metrics["cost/total"] == train["cost"]["total"] == pytest.approx(hours * (2.5 + 0.1 + 0.05))
+    url = f"http://localhost:5000/#/experiments/{logged.info.experiment_id}/runs/{logged.info.run_id}"
+    assert extra_links(dag.dag_id, dr.run_id, "train.run") == {"MLflow run": url}
 
 
 def test_failing_pod_fails_the_task_with_its_log_tail(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, capfd):

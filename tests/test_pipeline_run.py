@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write
+from tests.helpers import extra_links, write
 
 
 def run_dag(dag):
@@ -25,7 +25,11 @@ def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home, example_dags_
     import pandas as pd
 
     from airflow_mlops import load_pipelines
+    from airflow_mlops.gpu.cost import report
 
+    # A price of the pipeline's own on top of the folder's _defaults.yaml ones.
+    with open(example_dags_folder / "breast_cancer.yaml", "a") as f:
+        f.write("prices: {cpu_hour: 0.4}\n")
     dag = load_pipelines(folder=example_dags_folder)["breast_cancer"]
     dr, ok = run_dag(dag)
     assert ok, task_states(dr)
@@ -52,6 +56,26 @@ def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home, example_dags_
     accuracy = (predictions["prediction"] == predictions["target"]).mean()
     assert accuracy == pytest.approx(run.data.metrics["accuracy"])
     assert Path(result["predictions_path"]).is_relative_to(mlops_home / "data" / "breast_cancer" / "serve")
+
+    # The train stage trained without a GPU (its cpu-train profile asks for none), said so, and
+    # billed that profile (2 CPUs, 4Gi) for its wall-clock time at these prices.
+    assert run.data.tags["airflow_mlops.gpu.available"] == "false"
+    assert run.data.tags["airflow_mlops.gpu.reason"] == "no GPUs assigned to this task"
+    assert champion.tags["airflow_mlops.gpu.available"] == "false"
+    hours = run.data.metrics["cost/wall_seconds"] / 3600
+    assert hours > 0
+    assert run.data.metrics["cost/gpu_hours"] == 0
+    assert run.data.metrics["cost/cpu"] == pytest.approx(2 * hours * 0.4)
+    assert run.data.metrics["cost/memory"] == pytest.approx(4 * hours * 0.05)
+    train = dr.get_task_instance("train.run").xcom_pull(task_ids="train.run")
+    assert train["cost"]["total"] == pytest.approx(run.data.metrics["cost/total"])
+    assert train["gpu"] == {"available": False, "ids": [], "reason": run.data.tags["airflow_mlops.gpu.reason"]}
+    (row,) = report(dr.run_id, tracking_uri=client.tracking_uri, dag_id="breast_cancer")
+    assert (row.stage, row.tasks, row.runs) == ("train", ["train.run"], 1)
+    assert row.total == pytest.approx(run.data.metrics["cost/total"])
+    url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert extra_links("breast_cancer", dr.run_id, "train.run") == {"MLflow run": url}
+    assert extra_links("breast_cancer", dr.run_id, "preprocess.run") == {"MLflow run": None}  # no run, no link
 
 
 def test_failed_threshold_fails_validate_with_the_numbers(airflow_db, mlops_home, dags_folder):

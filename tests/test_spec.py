@@ -103,7 +103,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'kubernetes', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'kubernetes', 'prices', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
@@ -229,6 +229,13 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             ["2:42 kubernetes.volumes.0.claim: string should match pattern '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', got 'Data_1'",
              "2:62 kubernetes.volumes.0.mount_path: string should match pattern '^/', got 'data'"],
             id="kubernetes-bad-volume",
+        ),
+        pytest.param(
+            "id: a\nprices: {gpu_hours: 3, cpu_hour: -1}\nstages:\n  validate: {}\n",
+            ["2:10 prices.gpu_hours: unknown key 'gpu_hours' (did you mean 'gpu_hour'?); expected one of 'gpu_hour', "
+             "'cpu_hour', 'memory_gb_hour'",
+             "2:34 prices.cpu_hour: input should be greater than or equal to 0, got -1"],
+            id="bad-prices",
         ),
     ],
 )

@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from airflow_mlops.spec.load import resolve_resources
+
 AVAILABLE_BACKENDS = ("batch", "spark", "kubernetes")
 RESULT_TASK = "run"
 
 
 def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any]:
-    """What every backend's result task is given: the stage, where it writes, what it reads."""
+    """What every backend's result task is given: the stage, where it writes, what it reads,
+    what it holds and what that costs."""
     return {
         "task_id": RESULT_TASK,
         "stage": stage,
@@ -20,6 +23,8 @@ def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any
         "mlflow": plan.pipeline.mlflow,
         "data_dir": plan.data_dir,
         "upstream_tasks": plan.upstream_tasks(stage_name),
+        "stage_resources": resolve_resources(plan.pipeline, stage.resources),
+        "prices": plan.pipeline.prices,
     }
 
 

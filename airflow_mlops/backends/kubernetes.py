@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.operators.kubernetes import KubernetesStageOperator
-from airflow_mlops.spec.load import effective_kubernetes, resolve_resources
+from airflow_mlops.spec.load import effective_kubernetes
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
@@ -20,6 +20,5 @@ def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) 
     return operator(
         **stage_operator_args(stage, stage_name, plan),
         kubernetes=effective_kubernetes(plan.pipeline, stage),
-        pod_resources=resolve_resources(plan.pipeline, stage.resources),
         **task_args,
     )

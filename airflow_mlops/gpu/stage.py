@@ -1,7 +1,8 @@
 """GPU telemetry and cost around the YAML ``train`` stage (``airflow_mlops.stages.train``), which
-runs in-process in the worker (batch backend) or in a pod (``python -m airflow_mlops.runtime``).
+runs in-process in the worker (batch backend) or in a pod (``python -m airflow_mlops.runtime``);
+``stages.run_stage`` calls this for every train stage.
 
-    result = run_train_stage(spec, ctx, resources=stage_resources, prices=pipeline_prices)
+    result = run_train_stage(spec, ctx)  # resources, prices and UI URL from the context
 
 The stage itself is unchanged: it logs params/metrics/model and registers the version (reusing an
 earlier try's version on retry). Around it, NVML is sampled (the worker's ``CUDA_VISIBLE_DEVICES``
@@ -86,18 +87,27 @@ def run_train_stage(
     """``run_stage(spec, ctx)`` for a train stage, with NVML sampling, GPU tags and cost.
 
     :param resources: what the stage holds (``Resources`` or ``{cpu, memory, gpu}``); default:
-        the GPUs sampled, 1 CPU, 1Gi.
-    :param prices: the pipeline's price table (defaults 2.5 / 0.1 / 0.05 per hour).
+        the context's, else the GPUs sampled, 1 CPU, 1Gi.
+    :param prices: the price table (default: the context's, else 2.5 / 0.1 / 0.05 per hour).
+    :param ui_url: base URL of the MLflow UI (default: the context's MLflow target's).
     """
-    from airflow_mlops.stages import run_stage
+    from airflow_mlops.stages import run_stage_code
 
-    prices = as_prices(prices)
+    resources = ctx.resources if resources is None else resources
+    prices = as_prices(ctx.prices if prices is None else prices)
+    ui_url = ctx.mlflow.ui_url if ui_url is None else ui_url
     started_ms = int(time.time() * 1000)
     sink = _StageRunSink(ctx, started_ms)
-    sampler = NvmlSampler(sample_interval_s, _visible_in_worker(), sinks=[sink], flush_interval_s=flush_interval_s)
+    # A stage that asks for no GPU gets none sampled: on a shared GPU worker, the machine's GPUs
+    # are other tasks' work. Without resources, or in a pod, the visible GPUs are the stage's.
+    asks_gpu = resources is None or resources_from(resources, gpus_held=0).gpu > 0
+    if not asks_gpu:
+        log.info("The stage asks for no GPU (resources.gpu): training without GPU metrics")
+    devices = _visible_in_worker() if asks_gpu else []
+    sampler = NvmlSampler(sample_interval_s, devices, sinks=[sink], flush_interval_s=flush_interval_s)
     started = time.monotonic()
     with sampler:
-        result = run_stage(spec, ctx)
+        result = run_stage_code(spec, ctx)
     wall = time.monotonic() - started
     summary = sampler.summary()
 

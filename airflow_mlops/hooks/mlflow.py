@@ -51,4 +51,5 @@ def resolve_target(settings: MlflowSettings, pipeline_id: str) -> MlflowTarget:
         experiment=settings.experiment or pipeline_id,
         registered_model=settings.registered_model or pipeline_id,
         artifact_location=artifacts,
+        ui_url=settings.ui_url,
     )

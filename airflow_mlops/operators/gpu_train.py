@@ -11,34 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
-from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator
 
 from airflow_mlops.gpu.cost import PriceTable
+from airflow_mlops.operators.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
 
-RUN_URL_XCOM = "mlflow_run_url"
 BACKENDS = ("local", "kubernetes")
-
-
-class MlflowRunLink(BaseOperatorLink):
-    """"MLflow run" button on the task: opens the run the task logged to.
-
-    The task pushes the run's URL to XCom (key ``mlflow_run_url``) as soon as the run exists; a
-    stage that returns ``mlflow_run_url`` in its result dict works too. Airflow 3 evaluates this
-    in the worker when the task finishes and keeps the link for the UI.
-    """
-
-    name = "MLflow run"
-
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        url = XCom.get_value(ti_key=ti_key, key=RUN_URL_XCOM)
-        if not url:
-            result = XCom.get_value(ti_key=ti_key, key="return_value")
-            if isinstance(result, dict):
-                url = result.get(RUN_URL_XCOM)
-        return url or ""
 
 
 def _templated(value: Any) -> bool:
@@ -278,6 +257,7 @@ class GpuTrainOperator(BaseOperator):
         return result
 
     def _push_url(self, context: Any, url: str) -> None:
+        self.mlflow_run_url = url  # for MlflowRunLink, also when the try fails later
         context["ti"].xcom_push(key=RUN_URL_XCOM, value=url)
 
     # -- kubernetes ---------------------------------------------------------------------------
@@ -301,7 +281,7 @@ class GpuTrainOperator(BaseOperator):
         pipeline = self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train"
         launcher = KubernetesStageOperator(
             task_id=self.task_id, stage=None, stage_name=self.task_id, pipeline_id=pipeline,
-            kubernetes=self.kubernetes, pod_resources=pod_resources,
+            kubernetes=self.kubernetes, stage_resources=pod_resources,
         )
         self._launcher = launcher
         return launcher.pod_operator(["-m", "airflow_mlops.gpu.runner", "job", "--payload", encode_job(job)], pipeline)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from airflow_mlops.operators.stage import StageOperator, stage_failed
-from airflow_mlops.spec.models import KubernetesSettings, Resources
+from airflow_mlops.spec.models import KubernetesSettings
 
 LOG_TAIL_LINES = 30
 
@@ -22,15 +22,15 @@ class KubernetesBackedOperator(StageOperator):
     """A stage whose work happens on a Kubernetes cluster.
 
     :param kubernetes: pod settings (image, namespace, connection, volumes, secrets, ...).
-    :param pod_resources: cpu / memory / whole GPUs; requests and limits are both set to them.
+
+    The pod requests ``stage_resources`` (cpu / memory / whole GPUs) as both requests and limits.
     """
 
-    def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], pod_resources: Resources | None = None, **kwargs: Any):
+    def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
         self.kubernetes = KubernetesSettings.model_validate(kubernetes)
         if not self.kubernetes.image:
             raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")
-        self.pod_resources = pod_resources
 
 
 class KubernetesStageOperator(KubernetesBackedOperator):
@@ -49,12 +49,12 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         from kubernetes.client import models as k8s
 
         k = self.kubernetes
-        wants_gpu = bool(self.pod_resources and self.pod_resources.gpu)
+        wants_gpu = bool(self.stage_resources and self.stage_resources.gpu)
         quantities = {}
-        if self.pod_resources:
+        if self.stage_resources:
             quantities = {name: str(value) for name, value in (
-                ("cpu", self.pod_resources.cpu), ("memory", self.pod_resources.memory),
-                ("nvidia.com/gpu", self.pod_resources.gpu if self.pod_resources.gpu else None),
+                ("cpu", self.stage_resources.cpu), ("memory", self.stage_resources.memory),
+                ("nvidia.com/gpu", self.stage_resources.gpu if self.stage_resources.gpu else None),
             ) if value is not None}
         env = [k8s.V1EnvVar(name=name, value=value) for name, value in k.env.items()]
         env += [
@@ -107,7 +107,7 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         arguments = ["-m", "airflow_mlops.runtime", "--payload", runtime.encode_payload(self.stage, ctx)]
         pod_op = self._pod_op = self.pod_operator(arguments, ctx.pipeline_id)
         self.log.info("Running stage '%s' in pod %s/%s (image %s, resources %s)", ctx.stage_name,
-                      self.kubernetes.namespace, pod_op.name, self.kubernetes.image, self.pod_resources)
+                      self.kubernetes.namespace, pod_op.name, self.kubernetes.image, self.stage_resources)
         try:
             pod_op.execute(context)
         except Exception as exc:
@@ -129,7 +129,7 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         if pod_op.unschedulable:
             return RuntimeError(
                 f"pod {pod_op.name} was never scheduled within {int(self.kubernetes.schedule_timeout.total_seconds())}s: "
-                f"{pod_op.unschedulable} (resources asked: {self.pod_resources}; check the node pool's capacity, "
+                f"{pod_op.unschedulable} (resources asked: {self.stage_resources}; check the node pool's capacity, "
                 f"labels {self.kubernetes.gpu_node_selector} and taints)"
             )
         if pod_op.log_tail:

@@ -21,7 +21,7 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
 
         model_uri = ctx.find("model_uri")
         docs = render_model_server(ctx.pipeline_id, self.stage_name, model_uri, self.stage, self.kubernetes,
-                                   self.pod_resources, ctx.mlflow.tracking_uri)
+                                   self.stage_resources, ctx.mlflow.tracking_uri)
         hook = KubernetesHook(conn_id=self.kubernetes.conn_id or "kubernetes_default",
                               config_file=self.kubernetes.config_file, in_cluster=False if self.kubernetes.config_file else None)
         for doc in docs:

@@ -6,7 +6,9 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
-from airflow_mlops.spec.models import MlflowSettings
+from airflow_mlops.gpu.cost import PriceTable, as_prices
+from airflow_mlops.operators.links import MlflowRunLink
+from airflow_mlops.spec.models import MlflowSettings, Resources
 
 
 class StageOperator(BaseOperator):
@@ -19,9 +21,14 @@ class StageOperator(BaseOperator):
     :param data_dir: root folder for the stage's outputs.
     :param upstream_tasks: ``(stage_name, task_id)`` of the stages this one depends on, nearest
         first; their XCom results (references, never data) reach the stage.
+    :param stage_resources: what the stage holds (cpu / memory / whole GPUs): a pod's requests
+        and limits on Kubernetes, and what a train stage's cost is billed for.
+    :param prices: the price table for that cost (default 2.5 per GPU-hour, 0.1 per CPU-hour,
+        0.05 per GB-hour).
     """
 
     ui_color = "#e8f4fd"
+    operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
 
     def __init__(
         self,
@@ -32,6 +39,8 @@ class StageOperator(BaseOperator):
         mlflow: MlflowSettings | None = None,
         data_dir: str | None = None,
         upstream_tasks: Sequence[tuple[str, str]] = (),
+        stage_resources: Resources | dict[str, Any] | None = None,
+        prices: PriceTable | dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -41,6 +50,8 @@ class StageOperator(BaseOperator):
         self.mlflow = mlflow or MlflowSettings()
         self.data_dir = data_dir
         self.upstream_tasks = list(upstream_tasks)
+        self.stage_resources = None if stage_resources is None else Resources.model_validate(stage_resources)
+        self.prices = as_prices(prices)  # a bad price table fails at parse, not when the task runs
 
     def stage_context(self, context: Any) -> Any:
         from airflow_mlops.hooks.mlflow import resolve_target
@@ -56,6 +67,8 @@ class StageOperator(BaseOperator):
             data_dir=self.data_dir or str(mlops_home() / "data" / pipeline_id),
             mlflow=resolve_target(self.mlflow, pipeline_id),
             upstream=upstream,
+            resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
+            prices=self.prices.model_dump(),
             tags={
                 "airflow.dag_id": ti.dag_id,
                 "airflow.run_id": context["run_id"],
@@ -70,6 +83,7 @@ class StageOperator(BaseOperator):
         ctx = self.stage_context(context)
         self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
         result = self.run(ctx, context)
+        self.mlflow_run_url = result.get("mlflow_run_url")  # train stages: for MlflowRunLink
         self.log.info("Stage '%s' result: %s", self.stage_name, result)
         return result
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from airflow_mlops.gpu.cost import PriceTable
 from airflow_mlops.stream.spec import StreamServeSettings
 
 Backend = Literal["batch", "spark", "kubernetes"]
@@ -127,6 +128,9 @@ class MlflowSettings(Strict):
     experiment: str | None = Field(None, description="Defaults to the pipeline id.")
     registered_model: str | None = Field(None, description="Defaults to the pipeline id.")
     artifact_location: str | None = Field(None, description="Only used when the experiment is created.")
+    ui_url: str | None = Field(
+        None, description="Base URL of the MLflow UI, for the task's 'MLflow run' link (default: "
+        "$AIRFLOW_MLOPS_MLFLOW_UI_URL, else the tracking URI when it is http(s), else http://localhost:5000).")
 
     @field_validator("tracking_uri")
     @classmethod
@@ -448,6 +452,9 @@ class PipelineDefaults(Strict):
     data_dir: str | None = Field(None, description="Where stages write data; default $AIRFLOW_MLOPS_HOME/data/<id>.")
     spark: SparkSettings = Field(default_factory=SparkSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    prices: PriceTable = Field(
+        default_factory=PriceTable,
+        description="Prices per hour for the cost that training tasks record: resources held x wall-clock hours.")
 
 
 class Pipeline(PipelineDefaults):

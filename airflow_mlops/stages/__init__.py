@@ -17,9 +17,20 @@ __all__ = ["StageContext", "StageFailed", "StageSkipped", "run_stage"]
 def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:
     """Run a built-in stage (preprocess, train, validate, serve) and return its references.
 
-    The engine follows the backend: Spark stages live in ``stages/spark/``, the rest run pandas
-    code. Whether Spark is embedded or a cluster is the backend's business, not the stage's.
+    A train stage runs with NVML telemetry and records its cost (``airflow_mlops.gpu.stage``),
+    wherever it runs: in the worker, or in a pod, where the GPUs are.
     """
+    if spec.kind == "train":
+        from airflow_mlops.gpu.stage import run_train_stage
+
+        return run_train_stage(spec, ctx)
+    return run_stage_code(spec, ctx)
+
+
+def run_stage_code(spec: Any, ctx: StageContext) -> dict[str, Any]:
+    """The stage's own code. The engine follows the backend: Spark stages live in
+    ``stages/spark/``, the rest run pandas code. Whether Spark is embedded or a cluster is the
+    backend's business, not the stage's."""
     package = "airflow_mlops.stages.spark" if ctx.backend == "spark" else "airflow_mlops.stages"
     module = importlib.import_module(f"{package}.{spec.kind}")
     with _mlflow_left_as_found():

@@ -29,6 +29,7 @@ class MlflowTarget:
     experiment: str
     registered_model: str
     artifact_location: str | None = None
+    ui_url: str | None = None  # for links to runs; see gpu.job.ui_base
 
 
 @dataclass
@@ -45,6 +46,10 @@ class StageContext:
     # Embedded Spark session settings ({"master", "conf"}); None under spark-submit, where the
     # cluster's own configuration applies.
     spark: dict[str, Any] | None = None
+    # What the stage holds ({cpu, memory, gpu} as in the YAML) and the pipeline's price table:
+    # a training stage records its cost from them.
+    resources: dict[str, Any] | None = None
+    prices: dict[str, float] | None = None
 
     @property
     def log(self) -> logging.Logger:

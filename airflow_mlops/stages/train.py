@@ -73,6 +73,14 @@ def _result(ctx: StageContext, spec: "TrainStage", run_id: str, version: str, me
     }
 
 
+def _model_metrics(logged: dict[str, float]) -> dict[str, float]:
+    """The model's metrics among a run's: without the GPU telemetry and cost logged beside them."""
+    from airflow_mlops.gpu.cost import COST_PREFIX
+    from airflow_mlops.gpu.nvml import PREFIX as GPU_PREFIX
+
+    return {k: v for k, v in logged.items() if k.split("/", 1)[0] not in (COST_PREFIX, GPU_PREFIX)}
+
+
 def _registered_by_earlier_try(ctx: StageContext, experiment_id: str) -> tuple[str, str, dict] | None:
     """(run id, version, metrics) if an earlier try of this same task instance finished its run and
     registered a version; the task key (dag/run/task ids, no try number) is tagged on every run."""
@@ -86,7 +94,7 @@ def _registered_by_earlier_try(ctx: StageContext, experiment_id: str) -> tuple[s
     for run in runs:
         for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
             if version.name == ctx.mlflow.registered_model:
-                return run.info.run_id, str(version.version), dict(run.data.metrics)
+                return run.info.run_id, str(version.version), _model_metrics(run.data.metrics)
     return None
 
 
