@@ -18,11 +18,15 @@ def main(pipeline_id: str, model_name: str) -> None:
     run = client.get_run(champion.run_id)
     latest = max((home / "data" / pipeline_id / "serve").glob("*/predictions.parquet"), key=lambda p: p.stat().st_mtime)
     predictions = pd.read_parquet(latest)
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.data.metrics.items()))
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(run.data.metrics.items()) if "/" not in k)
+    m, tags = run.data.metrics, run.data.tags
+    gpu = "yes" if tags.get("airflow_mlops.gpu.available") == "true" else f"none ({tags.get('airflow_mlops.gpu.reason')})"
     print(f"""
 ==> {pipeline_id}: done, end to end
   MLflow run       {champion.run_id}  ({metrics})
   model version    {model_name} version {champion.version}, alias 'champion'
+  training cost    {m['cost/total']:.4f} for {m['cost/wall_seconds']:.1f} s ({m['cost/cpu_hours']:.4f} CPU-h, \
+{m['cost/memory_gb_hours']:.4f} GB-h, {m['cost/gpu_hours']:.4f} GPU-h); GPUs: {gpu}
   predictions      {latest}
                    {len(predictions)} rows, {int((predictions['prediction'] == predictions['target']).sum())} match the label
 """)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import atexit
 import json
 import textwrap
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
+from airflow_mlops.kafka import topics
 from airflow_mlops.kafka.broker import EmbeddedBroker
+from airflow_mlops.kafka.topics import headers  # noqa: F401 (the tests import it from here)
 
 # tansu makes a group join wait session_timeout_ms / 2: keep joins at ~3 s in tests.
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -37,17 +38,7 @@ def config(broker: EmbeddedBroker) -> dict[str, Any]:
 
 
 def produce(broker: EmbeddedBroker, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-    try:
-        futures = [producer.send(topic, key=key, value=value) for key, value in items]
-        producer.flush()
-        for f in futures:
-            f.get(timeout=30)
-    finally:
-        producer.close()
-    return len(futures)
+    return topics.produce(broker.bootstrap_servers, topic, items)
 
 
 def produce_json(broker: EmbeddedBroker, topic: str, rows: dict[str, dict[str, Any]]) -> int:
@@ -57,31 +48,7 @@ def produce_json(broker: EmbeddedBroker, topic: str, rows: dict[str, dict[str, A
 
 def read_all(broker: EmbeddedBroker, topic: str, timeout: float = 30.0) -> list[Any]:
     """Every record of a topic, up to each partition's highwater mark at the time of reading."""
-    from kafka import KafkaConsumer
-    from kafka.structs import TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        assert partitions, f"topic {topic} does not exist"
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-            if all(consumer.highwater(tp) is not None and consumer.position(tp) >= consumer.highwater(tp)
-                   for tp in partitions):
-                return records
-        raise AssertionError(f"could not read {topic} to its end within {timeout} s")
-    finally:
-        consumer.close(autocommit=False)
-
-
-def headers(record: Any) -> dict[str, str]:
-    return {k: v.decode() for k, v in record.headers or []}
+    return topics.read_to_end(broker.bootstrap_servers, topic, timeout)
 
 
 def keyed(records: list[Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def dagbag(folder):
 def test_repo_dags_folder_parses_into_the_example_pipelines():
     bag = dagbag(REPO / "dags")
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["breast_cancer", "iris_spark", "mlops_maintenance"]
+    assert sorted(bag.dag_ids) == ["breast_cancer", "breast_cancer_stream", "iris_spark", "mlops_maintenance"]
     dag = bag.dags["breast_cancer"]
     assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
         "preprocess.run": [],
@@ -93,6 +93,6 @@ def test_parsing_the_dags_folder_imports_nothing_heavy():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["dags"] == ["breast_cancer", "iris_spark", "mlops_maintenance"]
+    assert report["dags"] == ["breast_cancer", "breast_cancer_stream", "iris_spark", "mlops_maintenance"]
     assert report["errors"] == {}
     assert report["heavy"] == []
