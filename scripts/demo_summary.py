@@ -38,6 +38,8 @@ def where_to_look() -> None:
     print(f"""==> where to look
   MLflow UI        .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'} --port 5000
                    then open http://127.0.0.1:5000
+  cost by stage    .venv/bin/airflow-mlops cost <DAG run id> --dag breast_cancer --tracking-uri sqlite:///{home / 'mlflow.db'}
+                   (run ids: .venv/bin/airflow dags list-runs breast_cancer, with the Airflow variables below)
   Airflow UI       AIRFLOW_HOME={repo}/.demo/airflow AIRFLOW__CORE__DAGS_FOLDER={repo}/dags \\
                    AIRFLOW_MLOPS_HOME={home} AIRFLOW__CORE__LOAD_EXAMPLES=False \\
                    AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True .venv/bin/airflow standalone

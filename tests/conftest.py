@@ -39,7 +39,8 @@ for _name in _MLFLOW_ENV:
 def _mlflow_state_reset():
     """MLflow keeps its tracking/registry URIs and active run process-wide, and exports them as
     environment variables. Every test starts from none of them, so no test writes into another
-    test's store (or reads a registry another test pointed at)."""
+    test's store (or reads a registry another test pointed at). With none set, MLflow falls back
+    to ./mlflow.db: a test after which that store appears has found code that lost its URI."""
 
     def reset():
         mlflow = sys.modules.get("mlflow")
@@ -52,8 +53,16 @@ def _mlflow_state_reset():
             os.environ.pop(name, None)
 
     reset()
+    stray = [Path.cwd() / name for name in ("mlflow.db", "mlruns")]
+    there = {path for path in stray if path.exists()}
     yield
     reset()
+    created = [path for path in stray if path.exists() and path not in there]
+    for path in created:  # so that the next test is judged on its own
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if created:
+        pytest.fail(f"MLflow's default store appeared in the current directory ({', '.join(map(str, created))}): "
+                    "something reached MLflow without a tracking URI")
 
 
 @pytest.fixture(scope="session")

@@ -35,16 +35,6 @@ from tests.helpers import extra_links, write
 from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NvmlSampler
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_globals_put_back():
-    """In-process stage code points MLflow's process-wide URIs at its store (and exports them as
-    environment variables): put them back after each test so no test writes into another's store."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    if "mlflow" in sys.modules:
-        _restore_mlflow(saved)
-
-
 def two_gpus() -> FakeNvml:
     return FakeNvml([
         FakeGpu(utilization=[10, 50, 90, 30], memory_used=[2 * GiB, 6 * GiB, 5 * GiB, 3 * GiB],
@@ -455,23 +445,9 @@ def gpu_dag_run(airflow_db, tmp_path_factory):
         bag = DagBag(dag_folder=str(folder))
         assert bag.import_errors == {}
         dag = bag.dags["gpu_cpu"]
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        dr = dag.test()
-        _restore_mlflow(saved)  # in-process tasks may have pointed MLflow's globals at this store
+        dr = dag.test()  # (conftest puts MLflow's process-wide URIs back after each test)
         tis = {ti.task_id: ti for ti in dr.get_task_instances()}
         yield dag, dr, tis, home
-
-
-def _restore_mlflow(saved: dict) -> None:
-    import mlflow
-
-    mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def _client(mlops_home):

@@ -65,11 +65,11 @@ def test_online_server_answers_and_a_new_version_replaces_it(airflow_db, mlops_h
             request = urllib.request.Request(result["endpoint"], data=body, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=30) as response:
                 served = json.loads(response.read())["predictions"]
+            # Both URIs: a models:/ URI is resolved in the registry and its files through the
+            # tracking store (without one MLflow made ./mlflow.db). conftest puts them back.
+            mlflow.set_tracking_uri(f"sqlite:///{mlops_home / 'mlflow.db'}")
             mlflow.set_registry_uri(f"sqlite:///{mlops_home / 'mlflow.db'}")
-            try:
-                local = mlflow.pyfunc.load_model(result["model_uri"]).predict(rows).tolist()
-            finally:
-                mlflow.set_registry_uri(None)  # MLflow keeps it process-wide; later tests have other stores
+            local = mlflow.pyfunc.load_model(result["model_uri"]).predict(rows).tolist()
             assert served == local == [0, 2]
         # The second run stopped the first run's server before starting its own.
         with pytest.raises(ProcessLookupError):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.helpers import extra_links, write
+from tests.kafka_helpers import config, headers, read_all, shared_broker
 
 
 def run_dag(dag):
@@ -20,7 +25,11 @@ def task_states(dr) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
 
-def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home, example_dags_folder):
+def test_breast_cancer_pipeline_end_to_end_then_streaming_with_its_champion(airflow_db, mlops_home,
+                                                                            example_dags_folder, monkeypatch):
+    """What the demo does with the example pipelines (but Spark's): breast_cancer end to end,
+    then breast_cancer_stream scoring records on Kafka with the champion it made. One test,
+    because Airflow ties an Asset name to one URI (here under this test's data folder)."""
     import mlflow
     import pandas as pd
 
@@ -76,6 +85,40 @@ def test_breast_cancer_pipeline_end_to_end(airflow_db, mlops_home, example_dags_
     url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert extra_links("breast_cancer", dr.run_id, "train.run") == {"MLflow run": url}
     assert extra_links("breast_cancer", dr.run_id, "preprocess.run") == {"MLflow run": None}  # no run, no link
+
+    stream_with_the_champion(load_pipelines(folder=example_dags_folder)["breast_cancer_stream"], monkeypatch)
+
+
+def stream_with_the_champion(dag, monkeypatch) -> None:
+    """demo_stream.py puts tumour records (and a garbled one) on 'tumours'; the pipeline's serve
+    stage (mode: stream) scores them with the champion on the embedded broker."""
+    from airflow_mlops.kafka.lag import group_lag
+
+    broker = shared_broker()
+    for name, partitions in (("tumours", 2), ("tumours.scored", 2), ("tumours.dlq", 1)):
+        broker.create_topic(name, partitions)
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
+    demo = [sys.executable, str(REPO / "scripts" / "demo_stream.py")]
+    subprocess.run([*demo, "produce", broker.bootstrap_servers], check=True, timeout=300)
+
+    dr, ok = run_dag(dag)
+    assert ok, task_states(dr)
+    summary = dr.get_task_instance("serve.run").xcom_pull(task_ids="serve.run")
+    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (301, 300, 1)
+    assert summary["model_uri"] == "models:/breast_cancer_classifier/1"  # the alias, resolved once
+
+    scored = read_all(broker, "tumours.scored")
+    values = [json.loads(r.value) for r in scored]
+    assert sorted(r.key.decode() for r in scored) == sorted(v["id"] for v in values)  # keyed like the input
+    assert len({v["id"] for v in values}) == 300 and {v["prediction"] for v in values} <= {0, 1}
+    assert {headers(r)["model_version"] for r in scored} == {"1"}
+    (letter,) = read_all(broker, "tumours.dlq")
+    assert (letter.key, letter.value, headers(letter)["error_type"]) == (b"tumour-garbled", b"{not json", "DecodeError")
+    assert group_lag(config(broker), "airflow-mlops.breast_cancer_stream.serve", ["tumours"]).total == 0
+
+    report = subprocess.run([*demo, "report", broker.bootstrap_servers], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "300 on 'tumours.scored' (model version 1)" in report.stdout
 
 
 def test_failed_threshold_fails_validate_with_the_numbers(airflow_db, mlops_home, dags_folder):

@@ -396,41 +396,6 @@ def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, 
     assert keyed(out) == {f"k{i}": {"prediction": 2 * i + 1.0} for i in range(30)}
 
 
-def test_example_stream_pipeline_scores_the_champion_through_airflow(broker, airflow_db, mlops_home,
-                                                                     example_dags_folder, monkeypatch):
-    """What the demo does: breast_cancer makes a champion, demo_stream.py puts tumour records (and
-    a garbled one) on 'tumours', and breast_cancer_stream's serve stage (mode: stream) scores them."""
-    from airflow_mlops import load_pipelines
-    from airflow_mlops.kafka.lag import group_lag
-
-    for name, partitions in (("tumours", 2), ("tumours.scored", 2), ("tumours.dlq", 1)):
-        broker.create_topic(name, partitions)
-    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
-    demo = [sys.executable, str(REPO / "scripts" / "demo_stream.py")]
-    subprocess.run([*demo, "produce", broker.bootstrap_servers], check=True, timeout=300)
-
-    dags = load_pipelines(folder=example_dags_folder)
-    for dag_id in ("breast_cancer", "breast_cancer_stream"):
-        dr = dags[dag_id].test()
-        assert dr.state == "success", {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    summary = dr.get_task_instance("serve.run").xcom_pull(task_ids="serve.run")
-    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (301, 300, 1)
-    assert summary["model_uri"] == "models:/breast_cancer_classifier/1"  # the alias, resolved once
-
-    scored = read_all(broker, "tumours.scored")
-    values = [json.loads(r.value) for r in scored]
-    assert sorted(r.key.decode() for r in scored) == sorted(v["id"] for v in values)  # keyed like the input
-    assert len({v["id"] for v in values}) == 300 and {v["prediction"] for v in values} <= {0, 1}
-    assert {headers(r)["model_version"] for r in scored} == {"1"}
-    (letter,) = read_all(broker, "tumours.dlq")
-    assert (letter.key, letter.value, headers(letter)["error_type"]) == (b"tumour-garbled", b"{not json", "DecodeError")
-    assert group_lag(config(broker), "airflow-mlops.breast_cancer_stream.serve", ["tumours"]).total == 0
-
-    report = subprocess.run([*demo, "report", broker.bootstrap_servers], capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert "300 on 'tumours.scored' (model version 1)" in report.stdout
-
-
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
     from airflow.dag_processing.dagbag import DagBag
 
