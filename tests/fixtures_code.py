@@ -17,6 +17,16 @@ def threshold_model(train, test, target, features, params):
     return model, {"accuracy": float((model.predict(test[features]) == test[target]).mean()), "custom": 42.0}
 
 
+def model_that_notes_its_gpus(train, test, target, features, params):
+    """A trainer that records, on its MLflow run, the GPUs CUDA would see."""
+    import os
+
+    import mlflow
+
+    mlflow.set_tag("seen.cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+    return threshold_model(train, test, target, features, {"max_iter": 500})
+
+
 def spend_per_segment(customers, orders):
     """A Spark transform: keyword DataFrames in, one DataFrame out."""
     from pyspark.sql import functions as F

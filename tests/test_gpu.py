@@ -726,6 +726,45 @@ def test_train_stage_with_telemetry_records_gpu_metrics_and_cost(monkeypatch, tm
     assert client.get_run(result["run_id"]).data.metrics["cost/total"] == run.data.metrics["cost/total"]
 
 
+def test_train_stage_trains_on_the_gpus_its_resources_ask_for(monkeypatch, tmp_path):
+    """resources.gpu: N gives the stage the N GPUs with the most free memory, named in
+    CUDA_VISIBLE_DEVICES while it runs; 0 hides them all; more than exist fails clearly (FAKE NVML)."""
+    import mlflow
+
+    from airflow_mlops.spec.models import DataInput, PreprocessStage, TrainStage
+    from airflow_mlops.stages import StageFailed, run_stage
+    from airflow_mlops.stages.context import MlflowTarget, StageContext
+
+    install(monkeypatch, FakeNvml([FakeGpu(memory_used=[30 * GiB]), FakeGpu(memory_used=[2 * GiB], utilization=[70])]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the worker's own: both
+    target = MlflowTarget(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="exp", registered_model="m",
+                          artifact_location=str(tmp_path / "artifacts"))
+
+    def ctx(stage, upstream=(), gpu=None):
+        return StageContext(pipeline_id="p", stage_name=stage, run_key="run-1", data_dir=str(tmp_path / "data"),
+                            mlflow=target, upstream=list(upstream), resources=None if gpu is None else {"gpu": gpu},
+                            tags={"airflow_mlops.task_key": f"p/run-1/{stage}/{gpu}", "airflow.try_number": "1"})
+
+    prep = run_stage(PreprocessStage(input=DataInput(sklearn_dataset="iris")), ctx("preprocess"))
+    spec = TrainStage(callable="tests.fixtures_code:model_that_notes_its_gpus", target="target")
+    client = mlflow.MlflowClient(tracking_uri=target.tracking_uri)
+
+    one = run_stage(spec, ctx("train", [("preprocess", prep)], gpu=1))
+    run = client.get_run(one["run_id"])
+    assert run.data.tags["seen.cuda_visible_devices"] == "1"  # GPU1 has 38 GiB free, GPU0 10 GiB
+    assert one["gpu"]["available"] is True and one["gpu"]["ids"] == [1]
+    assert client.get_metric_history(run.info.run_id, "gpu/1/utilization")[0].value == 70
+    assert client.get_metric_history(run.info.run_id, "gpu/0/utilization") == []
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # the worker's own, put back
+
+    none = run_stage(spec, ctx("train", [("preprocess", prep)], gpu=0))
+    assert client.get_run(none["run_id"]).data.tags["seen.cuda_visible_devices"] == ""
+    assert none["gpu"] == {"available": False, "ids": [], "reason": "the stage's resources ask for no GPU"}
+
+    with pytest.raises(StageFailed, match=r"resources.gpu: asked for 3 GPU\(s\) but only 2 can be used here"):
+        run_stage(spec, ctx("train", [("preprocess", prep)], gpu=3))
+
+
 # --- the sensor and its trigger (FAKE NVML) ---------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def test_breast_cancer_pipeline_end_to_end_then_streaming_with_its_champion(airf
     # The train stage trained without a GPU (its cpu-train profile asks for none), said so, and
     # billed that profile (2 CPUs, 4Gi) for its wall-clock time at these prices.
     assert run.data.tags["airflow_mlops.gpu.available"] == "false"
-    assert run.data.tags["airflow_mlops.gpu.reason"] == "no GPUs assigned to this task"
+    assert run.data.tags["airflow_mlops.gpu.reason"] == "the stage's resources ask for no GPU"
     assert champion.tags["airflow_mlops.gpu.available"] == "false"
     hours = run.data.metrics["cost/wall_seconds"] / 3600
     assert hours > 0

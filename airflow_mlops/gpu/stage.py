@@ -5,22 +5,25 @@ runs in-process in the worker (batch backend) or in a pod (``python -m airflow_m
     result = run_train_stage(spec, ctx)  # resources, prices and UI URL from the context
 
 The stage itself is unchanged: it logs params/metrics/model and registers the version (reusing an
-earlier try's version on retry). Around it, NVML is sampled (the worker's ``CUDA_VISIBLE_DEVICES``
-GPUs, or all of them); the points go to the stage's MLflow run as soon as it exists (found by its
-task-key and try-number tags), and when the stage returns, the GPU summary, ``gpu.available``
-tag and the cost are recorded on that run and added to the result, with ``mlflow_run_url`` for
-the "MLflow run" extra link. A retry that reused an earlier try's version records nothing new.
+earlier try's version on retry). Around it, the stage gets the GPUs its resources ask for (see
+``_stage_gpus``) and NVML samples them; the points go to the stage's MLflow run as soon as it
+exists (found by its task-key and try-number tags), and when the stage returns, the GPU summary,
+``gpu.available`` tag and the cost are recorded on that run and added to the result, with
+``mlflow_run_url`` for the "MLflow run" extra link. A retry that reused an earlier try's version records nothing new.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from airflow_mlops.gpu.cost import PriceTable, as_prices, mlflow_tags, resources_from, task_cost
-from airflow_mlops.gpu.job import GPU_AVAILABLE_TAG, TASK_KEY_TAG, _visible_in_worker, run_url, ui_base
-from airflow_mlops.gpu.nvml import MetricPoint, NvmlSampler, summary_metrics
+from airflow_mlops.gpu.job import GPU_AVAILABLE_TAG, TASK_KEY_TAG, _visible_in_worker, assign_gpus, run_url, ui_base
+from airflow_mlops.gpu.nvml import MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
+from airflow_mlops.stages.context import StageFailed
 
 log = logging.getLogger("airflow_mlops.gpu.stage")
 MAX_BUFFERED_POINTS = 500_000  # before the run exists (~hours of data loading at 1 Hz × 8 GPUs)
@@ -74,6 +77,40 @@ class _StageRunSink:
             MlflowSink(self.client(), self.run_id)(points)
 
 
+@contextmanager
+def _stage_gpus(wanted: int | None) -> Iterator[tuple[list[int] | None, str | None]]:
+    """The GPUs the stage trains on: ``(NVML indices to sample, why there are none)``.
+
+    When the stage's resources say how many GPUs (0 included), it gets that many, those with the
+    most free memory, named in ``CUDA_VISIBLE_DEVICES`` while it runs, as GpuTrainOperator does
+    for its subprocess: on a shared GPU worker the other GPUs are other tasks' work. CUDA reads the
+    variable when it first initialises, and every Airflow task is a fresh process. Without
+    resources, the stage has what this process sees (in a pod: the pod's GPUs).
+    """
+    if wanted is None:
+        yield _visible_in_worker(), None
+        return
+    if wanted == 0:
+        log.info("The stage's resources ask for no GPU: training on CPU, CUDA_VISIBLE_DEVICES=''")
+        visible, sampled, reason = [], [], "the stage's resources ask for no GPU"
+    else:
+        try:
+            assignment = assign_gpus(wanted, None, log)
+        except NotEnoughGpus as exc:
+            raise StageFailed(f"resources.gpu: {exc}") from exc
+        visible, sampled, reason = assignment.visible, assignment.sampled, assignment.reason
+    saved = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    os.environ.update(CUDA_VISIBLE_DEVICES=",".join(map(str, visible)), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+    try:
+        yield sampled, reason
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_train_stage(
     spec: Any,
     ctx: Any,
@@ -98,18 +135,15 @@ def run_train_stage(
     ui_url = ctx.mlflow.ui_url if ui_url is None else ui_url
     started_ms = int(time.time() * 1000)
     sink = _StageRunSink(ctx, started_ms)
-    # A stage that asks for no GPU gets none sampled: on a shared GPU worker, the machine's GPUs
-    # are other tasks' work. Without resources, or in a pod, the visible GPUs are the stage's.
-    asks_gpu = resources is None or resources_from(resources, gpus_held=0).gpu > 0
-    if not asks_gpu:
-        log.info("The stage asks for no GPU (resources.gpu): training without GPU metrics")
-    devices = _visible_in_worker() if asks_gpu else []
-    sampler = NvmlSampler(sample_interval_s, devices, sinks=[sink], flush_interval_s=flush_interval_s)
+    wanted = None if resources is None else resources_from(resources, gpus_held=0).gpu
     started = time.monotonic()
-    with sampler:
+    with _stage_gpus(wanted) as (devices, reason), \
+            NvmlSampler(sample_interval_s, devices, sinks=[sink], flush_interval_s=flush_interval_s) as sampler:
         result = run_stage_code(spec, ctx)
     wall = time.monotonic() - started
     summary = sampler.summary()
+    if reason and not summary["available"]:
+        summary["reason"] = reason
 
     client = sink.client()
     run = client.get_run(result["run_id"])
