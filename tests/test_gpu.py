@@ -253,11 +253,10 @@ def test_metrics_server_serves_the_exposition_for_scraping():
     assert parse_exposition(body)["airflow_mlops_gpu_available"]["samples"] == [({"task_id": "t"}, 0.0)]
 
 
-def test_push_puts_the_text_under_the_grouping_key():
-    """Against a real HTTP server that records the request (a Pushgateway replaces the group's
-    metrics on PUT at /metrics/job/<job>/<label>/<value>...; values with '/' or ':' use @base64)."""
-    from airflow_mlops.gpu.prometheus import push
-
+@pytest.fixture
+def pushgateway():
+    """A real HTTP server standing in for a Pushgateway: it records each PUT (path, content type,
+    body); a Pushgateway replaces the group's metrics on PUT at /metrics/job/<job>/<label>/<value>."""
     seen = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -271,18 +270,57 @@ def test_push_puts_the_text_under_the_grouping_key():
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        push(f"http://127.0.0.1:{server.server_address[1]}/", "x 1\n", grouping={"dag_id": "churn", "run_id": "manual__2026-01-01T00:00:00+00:00"})
-    finally:
-        server.shutdown()
-        server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_puts_the_text_under_the_grouping_key(pushgateway):
+    """Values with '/' or ':' use the @base64 form."""
+    from airflow_mlops.gpu.prometheus import push
+
+    url, seen = pushgateway
+    push(url + "/", "x 1\n", grouping={"dag_id": "churn", "run_id": "manual__2026-01-01T00:00:00+00:00"})
     path, content_type, body = seen[0]
     encoded = base64.urlsafe_b64encode(b"manual__2026-01-01T00:00:00+00:00").decode()
     assert path == f"/metrics/job/airflow_mlops/dag_id/churn/run_id@base64/{encoded}"
     assert content_type.startswith("text/plain; version=0.0.4")
     assert body == "x 1\n"
+
+
+def test_yaml_train_stage_pushes_gpu_metrics_and_bills_the_pipeline_prices(airflow_db, mlops_home, dags_folder,
+                                                                          monkeypatch, pushgateway):
+    """A pipeline's gpu_metrics and prices reach its built-in train stage, which Airflow runs in
+    this process, where NVML is the FAKE one."""
+    from airflow_mlops import load_pipelines
+
+    install(monkeypatch, FakeNvml([FakeGpu(utilization=[55])]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    url, seen = pushgateway
+    write(dags_folder, "pushed.yaml", f"""
+        id: pushed
+        prices: {{gpu_hour: 4.0}}
+        gpu_metrics: {{pushgateway_url: '{url}', sample_interval: 0.2}}
+        stages:
+          preprocess:
+            input: {{sklearn_dataset: iris}}
+          train:
+            estimator: sklearn.linear_model.LogisticRegression
+            params: {{max_iter: 500}}
+            target: target
+            resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
+        """)
+    dr = load_pipelines(folder=dags_folder)["pushed"].test()
+    assert dr.state == "success", {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert {path for path, _, _ in seen} == {"/metrics/job/airflow_mlops/dag_id/pushed/task_id/train.run"}
+    last = parse_exposition(seen[-1][2])  # the final push, after training
+    (labels, value), = last["airflow_mlops_gpu_utilization_percent"]["samples"]
+    assert value == 55 and labels["gpu"] == "0" and labels["run_id"] == dr.run_id
+    result = dr.get_task_instance("train.run").xcom_pull(task_ids="train.run")
+    assert result["gpu"]["available"] is True and result["gpu"]["ids"] == [0]
+    assert result["cost"]["gpu"] == pytest.approx(result["cost"]["gpu_hours"] * 4.0)
+    assert last["airflow_mlops_task_cost_total"]["samples"][0][1] > 0
 
 
 # --- cost -------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'kubernetes', 'prices', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
@@ -236,6 +236,11 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
              "'cpu_hour', 'memory_gb_hour'",
              "2:34 prices.cpu_hour: input should be greater than or equal to 0, got -1"],
             id="bad-prices",
+        ),
+        pytest.param(
+            "id: a\ngpu_metrics: {pushgateway_url: 'gw:9091'}\nstages:\n  validate: {}\n",
+            ["2:32 gpu_metrics.pushgateway_url: string should match pattern '^https?://', got 'gw:9091'"],
+            id="bad-pushgateway",
         ),
     ],
 )

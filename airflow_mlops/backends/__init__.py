@@ -25,6 +25,7 @@ def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any
         "upstream_tasks": plan.upstream_tasks(stage_name),
         "stage_resources": resolve_resources(plan.pipeline, stage.resources),
         "prices": plan.pipeline.prices,
+        "gpu_metrics": plan.pipeline.gpu_metrics,
     }
 
 

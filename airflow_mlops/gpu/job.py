@@ -109,6 +109,12 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def prometheus_labels(tags: dict[str, str]) -> dict[str, str]:
+    """The Airflow task a series belongs to, from the MLflow tags every try carries."""
+    names = (("dag_id", "airflow.dag_id"), ("task_id", "airflow.task_id"), ("run_id", "airflow.run_id"))
+    return {label: tags[tag] for label, tag in names if tag in tags}
+
+
 class GpuAssignment(BaseModel):
     visible: list[int]  # what CUDA_VISIBLE_DEVICES names
     sampled: list[int]  # what NVML samples ([] without a driver)
@@ -238,48 +244,25 @@ class TrainingRun:
     def _train(self, client: Any, run_id: str, gpus: GpuAssignment, held: TaskResources) -> tuple[dict, dict, float]:
         """Run the entrypoint with the sampler around it; (outcome, GPU summary, wall seconds)."""
         from airflow_mlops.gpu.nvml import MlflowSink, NvmlSampler
-        from airflow_mlops.gpu.prometheus import MetricsServer, push, render
+        from airflow_mlops.gpu.prometheus import exported
 
         job = self.job
         work = Path(tempfile.mkdtemp(prefix="airflow-mlops-train-"))
         result_file = work / "result.json"
         argv = self._argv(run_id, work, result_file)
         env = self._env(run_id, gpus)
-        labels = {k: job.tags[t] for k, t in (("dag_id", "airflow.dag_id"), ("task_id", "airflow.task_id"),
-                                               ("run_id", "airflow.run_id")) if t in job.tags}
         sampler = NvmlSampler(job.sample_interval_s, gpus.sampled, sinks=[MlflowSink(client, run_id)],
                               flush_interval_s=job.flush_interval_s)
         started = time.monotonic()
-
-        def exposition() -> str:
-            cost = task_cost(held, time.monotonic() - started, job.prices)
-            return render(sampler.summary(), sampler.latest(), labels, cost.as_dict())
-
-        if job.pushgateway_url:
-            grouping = {k: v for k, v in labels.items() if k != "run_id"}
-            push_labels = {"run_id": labels["run_id"]} if "run_id" in labels else {}
-
-            def push_now(_points: Any = None) -> None:
-                cost = task_cost(held, time.monotonic() - started, job.prices)
-                push(job.pushgateway_url, render(sampler.summary(), sampler.latest(), push_labels, cost.as_dict()),
-                     grouping=grouping)
-
-            sampler.sinks.append(push_now)
-        server = None
-        if job.prometheus_port is not None:
-            try:
-                server = MetricsServer(job.prometheus_port, exposition)
-            except OSError as exc:  # e.g. the port is taken by another task on this worker
-                self.log.warning("Cannot serve GPU metrics on port %s (%s): training goes on without it",
-                                 job.prometheus_port, exc)
+        export = exported(sampler, prometheus_labels(job.tags),
+                          lambda: task_cost(held, time.monotonic() - started, job.prices).as_dict(),
+                          port=job.prometheus_port, pushgateway_url=job.pushgateway_url, logger=self.log)
         self.log.info("Training: %s (CUDA_VISIBLE_DEVICES=%r, checkpoints in %s)", " ".join(argv[1:]),
                       env["CUDA_VISIBLE_DEVICES"], job.checkpoint_dir)
         wall = 0.0
         tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         try:
-            if server:
-                server.__enter__()
-            with sampler:
+            with export, sampler:
                 started = time.monotonic()
                 code = self._spawn(argv, env, tail)
                 wall = time.monotonic() - started
@@ -288,17 +271,10 @@ class TrainingRun:
             exc.gpu_summary = sampler.summary()  # type: ignore[attr-defined]
             raise
         finally:
-            if server:
-                server.__exit__(None, None, None)
             outcome_text = result_file.read_text() if result_file.exists() else None
             failed_text = result_file.with_suffix(".failed").read_text() if result_file.with_suffix(".failed").exists() else None
             shutil.rmtree(work, ignore_errors=True)
         summary = sampler.summary()
-        if job.pushgateway_url:
-            try:
-                push_now()
-            except Exception:  # noqa: BLE001 - monitoring must not fail a finished training
-                self.log.warning("Could not push the final GPU metrics to %s", job.pushgateway_url, exc_info=True)
         if code != 0:
             exc = self._failure(code, failed_text, tail)
             exc.wall_seconds = wall  # type: ignore[attr-defined]

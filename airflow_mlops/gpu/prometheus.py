@@ -15,8 +15,9 @@ import logging
 import math
 import re
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import quote
 
 log = logging.getLogger(__name__)
@@ -192,3 +193,47 @@ def push(gateway_url: str, text: str, job: str = NS, grouping: Mapping[str, Any]
     with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the user's URL
         if response.status >= 300:
             raise RuntimeError(f"Pushgateway {url} answered HTTP {response.status}")
+
+
+@contextmanager
+def exported(sampler: Any, labels: Mapping[str, Any], cost: Callable[[], Mapping[str, Any]], *,
+             port: int | None = None, pushgateway_url: str | None = None,
+             logger: logging.Logger | None = None) -> Iterator[None]:
+    """While the block runs, serve the sampler's figures and the cost so far on ``port``
+    (``/metrics``, for scraping) and push them to ``pushgateway_url`` at each sampler flush; push
+    once more at the end, success or not. Monitoring never fails the training: a taken port or an
+    unreachable gateway is a warning. ``labels`` name the task (``dag_id``, ``task_id``,
+    ``run_id``); on the gateway the run id is a label, not part of the grouping key, so each task
+    keeps one series there instead of one per run."""
+    logger = logger or log
+
+    def text(extra: Mapping[str, Any]) -> str:
+        return render(sampler.summary(), sampler.latest(), extra, dict(cost()))
+
+    push_now: Callable[..., None] | None = None
+    if pushgateway_url:
+        grouping = {k: v for k, v in labels.items() if k != "run_id"}
+        push_labels = {"run_id": labels["run_id"]} if "run_id" in labels else {}
+
+        def push_now(_points: Any = None) -> None:
+            push(pushgateway_url, text(push_labels), grouping=grouping)
+
+        sampler.sinks.append(push_now)
+    server = None
+    if port is not None:
+        try:
+            server = MetricsServer(port, lambda: text(labels))
+        except OSError as exc:  # e.g. the port is taken by another task on this worker
+            logger.warning("Cannot serve GPU metrics on port %s (%s): training goes on without it", port, exc)
+    try:
+        if server:
+            server.__enter__()
+        yield
+    finally:
+        if server:
+            server.__exit__(None, None, None)
+        if push_now:
+            try:
+                push_now()
+            except Exception:  # noqa: BLE001 - monitoring must not fail a training
+                logger.warning("Could not push the final GPU metrics to %s", pushgateway_url, exc_info=True)

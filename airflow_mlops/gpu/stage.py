@@ -21,8 +21,17 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from airflow_mlops.gpu.cost import PriceTable, as_prices, mlflow_tags, resources_from, task_cost
-from airflow_mlops.gpu.job import GPU_AVAILABLE_TAG, TASK_KEY_TAG, _visible_in_worker, assign_gpus, run_url, ui_base
+from airflow_mlops.gpu.job import (
+    GPU_AVAILABLE_TAG,
+    TASK_KEY_TAG,
+    _visible_in_worker,
+    assign_gpus,
+    prometheus_labels,
+    run_url,
+    ui_base,
+)
 from airflow_mlops.gpu.nvml import MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
+from airflow_mlops.gpu.prometheus import exported
 from airflow_mlops.stages.context import StageFailed
 
 log = logging.getLogger("airflow_mlops.gpu.stage")
@@ -117,7 +126,7 @@ def run_train_stage(
     *,
     resources: Any = None,
     prices: PriceTable | dict | None = None,
-    sample_interval_s: float = 1.0,
+    sample_interval_s: float | None = None,
     flush_interval_s: float = 10.0,
     ui_url: str | None = None,
 ) -> dict[str, Any]:
@@ -126,6 +135,8 @@ def run_train_stage(
     :param resources: what the stage holds (``Resources`` or ``{cpu, memory, gpu}``); default:
         the context's, else the GPUs sampled, 1 CPU, 1Gi.
     :param prices: the price table (default: the context's, else 2.5 / 0.1 / 0.05 per hour).
+    :param sample_interval_s: seconds between NVML samples (default: the context's
+        ``gpu_metrics``, which may also name a Prometheus port and a Pushgateway; else 1).
     :param ui_url: base URL of the MLflow UI (default: the context's MLflow target's).
     """
     from airflow_mlops.stages import run_stage_code
@@ -135,11 +146,20 @@ def run_train_stage(
     ui_url = ctx.mlflow.ui_url if ui_url is None else ui_url
     started_ms = int(time.time() * 1000)
     sink = _StageRunSink(ctx, started_ms)
+    settings = ctx.gpu_metrics or {}
     wanted = None if resources is None else resources_from(resources, gpus_held=0).gpu
     started = time.monotonic()
-    with _stage_gpus(wanted) as (devices, reason), \
-            NvmlSampler(sample_interval_s, devices, sinks=[sink], flush_interval_s=flush_interval_s) as sampler:
-        result = run_stage_code(spec, ctx)
+    with _stage_gpus(wanted) as (devices, reason):
+        sampler = NvmlSampler(sample_interval_s or settings.get("sample_interval", 1.0), devices, sinks=[sink],
+                              flush_interval_s=flush_interval_s)
+
+        def cost_so_far() -> dict[str, Any]:  # for Prometheus, while the stage runs
+            held = resources_from(resources, gpus_held=len(devices or []))
+            return task_cost(held, time.monotonic() - started, prices).as_dict()
+
+        with exported(sampler, prometheus_labels(ctx.tags), cost_so_far, port=settings.get("prometheus_port"),
+                      pushgateway_url=settings.get("pushgateway_url"), logger=log), sampler:
+            result = run_stage_code(spec, ctx)
     wall = time.monotonic() - started
     summary = sampler.summary()
     if reason and not summary["available"]:

@@ -8,7 +8,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_mlops.gpu.cost import PriceTable, as_prices
 from airflow_mlops.operators.links import MlflowRunLink
-from airflow_mlops.spec.models import MlflowSettings, Resources
+from airflow_mlops.spec.models import GpuMetricsSettings, MlflowSettings, Resources
 
 
 class StageOperator(BaseOperator):
@@ -25,6 +25,7 @@ class StageOperator(BaseOperator):
         and limits on Kubernetes, and what a train stage's cost is billed for.
     :param prices: the price table for that cost (default 2.5 per GPU-hour, 0.1 per CPU-hour,
         0.05 per GB-hour).
+    :param gpu_metrics: a train stage's NVML sampling interval, Prometheus port and Pushgateway.
     """
 
     ui_color = "#e8f4fd"
@@ -41,6 +42,7 @@ class StageOperator(BaseOperator):
         upstream_tasks: Sequence[tuple[str, str]] = (),
         stage_resources: Resources | dict[str, Any] | None = None,
         prices: PriceTable | dict[str, float] | None = None,
+        gpu_metrics: GpuMetricsSettings | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,7 +53,9 @@ class StageOperator(BaseOperator):
         self.data_dir = data_dir
         self.upstream_tasks = list(upstream_tasks)
         self.stage_resources = None if stage_resources is None else Resources.model_validate(stage_resources)
-        self.prices = as_prices(prices)  # a bad price table fails at parse, not when the task runs
+        # Bad settings fail when the DAG is parsed, not when the task runs.
+        self.prices = as_prices(prices)
+        self.gpu_metrics = GpuMetricsSettings.model_validate(gpu_metrics or {})
 
     def stage_context(self, context: Any) -> Any:
         from airflow_mlops.hooks.mlflow import resolve_target
@@ -69,6 +73,7 @@ class StageOperator(BaseOperator):
             upstream=upstream,
             resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
             prices=self.prices.model_dump(),
+            gpu_metrics=self.gpu_metrics.model_dump(),
             tags={
                 "airflow.dag_id": ti.dag_id,
                 "airflow.run_id": context["run_id"],

@@ -442,6 +442,16 @@ Stage = Annotated[
 ]
 
 
+class GpuMetricsSettings(Strict):
+    """How training tasks report NVML telemetry besides MLflow (see GpuTrainOperator)."""
+
+    sample_interval: float = Field(1.0, gt=0, le=3600, description="Seconds between NVML samples.")
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve the figures at http://<worker or pod>:<port>/metrics while training.")
+    pushgateway_url: str | None = Field(
+        None, pattern=r"^https?://", description="Push the figures to this Prometheus Pushgateway while training.")
+
+
 class PipelineDefaults(Strict):
     """What a ``_defaults.yaml`` up the folder tree may set for every pipeline below it."""
 
@@ -455,6 +465,7 @@ class PipelineDefaults(Strict):
     prices: PriceTable = Field(
         default_factory=PriceTable,
         description="Prices per hour for the cost that training tasks record: resources held x wall-clock hours.")
+    gpu_metrics: GpuMetricsSettings = Field(default_factory=GpuMetricsSettings)
 
 
 class Pipeline(PipelineDefaults):

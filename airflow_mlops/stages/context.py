@@ -50,6 +50,7 @@ class StageContext:
     # a training stage records its cost from them.
     resources: dict[str, Any] | None = None
     prices: dict[str, float] | None = None
+    gpu_metrics: dict[str, Any] | None = None  # sample interval, Prometheus port / Pushgateway
 
     @property
     def log(self) -> logging.Logger:
