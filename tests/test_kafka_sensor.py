@@ -96,6 +96,37 @@ def test_missing_topic_is_not_yet_and_the_timeout_message_says_why(broker, kafka
         s.execute({})
 
 
+def test_deferred_sensor_waits_in_the_triggerer_through_airflow(broker, kafka_conn, airflow_db, dags_folder, capfd):
+    """dag.test() runs the triggers in this process, as a triggerer would; the trigger reads the
+    connection and measures the lag off the event loop."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    topic, group, absent = unique("events"), unique("group"), unique("absent")
+    broker.create_topic(topic, 2)
+    produce(broker, topic, [(f"k{i}".encode(), b"x") for i in range(3)])
+    (dags_folder / "deferred_kafka.py").write_text(f"""
+# An Airflow DAG whose Kafka sensors defer to the triggerer.
+from airflow.sdk import DAG
+from airflow_mlops.sensors.kafka import KafkaLagSensor
+
+with DAG("deferred_kafka", schedule=None):
+    KafkaLagSensor(task_id="records", topics={topic!r}, group_id={group!r}, condition="new_records", threshold=3,
+                   kafka_conn_id={kafka_conn!r}, deferrable=True, poke_interval=1, timeout=60)
+    KafkaLagSensor(task_id="never", topics={absent!r}, group_id={group!r}, kafka_conn_id={kafka_conn!r},
+                   deferrable=True, poke_interval=0.5, timeout=2)
+""")
+    dr = DagBag(dag_folder=str(dags_folder)).dags["deferred_kafka"].test()
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert {k: ti.state for k, ti in tis.items()} == {"records": "success", "never": "failed"}
+    lag = tis["records"].xcom_pull(task_ids="records")
+    assert lag["lag"] == 3 and set(lag["partitions"]) == {f"{topic}:0", f"{topic}:1"}
+    log = "".join(capfd.readouterr())
+    assert log.count("Pausing task as DEFERRED") == 2
+    assert f"Kafka lag of group '{group}' on ['{absent}']: topic(s) ['{absent}'] do not exist; waiting" in log
+    assert (f"Kafka lag of group '{group}' on ['{absent}'] did not reach lag < 1 within 2 s; "
+            f"last measurement: topic(s) ['{absent}'] do not exist") in log
+
+
 def test_sensor_arguments_are_checked_when_the_dag_is_parsed():
     with pytest.raises(ValueError, match="condition must be 'lag_below' or 'new_records', got 'lag_above'"):
         sensor(topics="t", group_id="g", condition="lag_above")

@@ -31,7 +31,16 @@ __all__ = ["KafkaConnectionHook", "kafka_config_from_connection", "redact"]
 
 def kafka_config_from_connection(conn_id: str) -> dict[str, Any]:
     """The kafka-python config (shared by consumer, producer and admin) of an Airflow connection."""
-    conn = BaseHook.get_connection(conn_id)
+    return kafka_config(BaseHook.get_connection(conn_id), conn_id)
+
+
+async def async_kafka_config_from_connection(conn_id: str) -> dict[str, Any]:
+    """The same, from a trigger: the triggerer's event loop must not block on the lookup."""
+    return kafka_config(await BaseHook.aget_connection(conn_id), conn_id)
+
+
+def kafka_config(conn: Any, conn_id: str) -> dict[str, Any]:
+    """The kafka-python config of a connection object."""
     extra = conn.extra_dejson if conn.extra else {}
     if not isinstance(extra, dict):
         raise ValueError(f"the extra of Kafka connection '{conn_id}' must be a JSON object")

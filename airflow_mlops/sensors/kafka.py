@@ -3,11 +3,38 @@ something for it to consume (new records)."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal, Sequence
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 Condition = Literal["lag_below", "new_records"]
+
+
+@dataclass
+class LagCheck:
+    done: bool
+    measured: str  # what was seen, for the log and the timeout message
+    lag: dict[str, Any] | None = None  # the XCom value, once done
+
+
+def check_lag(config: dict[str, Any], group_id: str, topics: list[str], condition: Condition, threshold: int,
+              lag_timeout_s: float) -> LagCheck:
+    """One measurement of the group's lag, judged against the condition (the sensor's poke and
+    the trigger's poll alike). Missing topics and unknown highwater marks are "not yet"."""
+    from airflow_mlops.kafka.lag import group_lag
+
+    lag = group_lag(config, group_id, topics, timeout_s=lag_timeout_s)
+    if lag.missing_topics:
+        return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist")
+    if lag.unknown_partitions:
+        return LagCheck(False, f"no highwater mark for {lag.unknown_partitions} within {lag_timeout_s} s")
+    done = lag.total < threshold if condition == "lag_below" else lag.total >= threshold
+    per_partition = {p: v["lag"] for p, v in lag.partitions.items()}
+    return LagCheck(done, f"lag {lag.total} over {len(lag.partitions)} partition(s) (per partition: {per_partition})",
+                    lag.as_dict() if done else None)
 
 
 class KafkaLagSensor(BaseSensorOperator):
@@ -22,6 +49,8 @@ class KafkaLagSensor(BaseSensorOperator):
     :param threshold: N of the condition.
     :param kafka_conn_id: Airflow connection (host = bootstrap servers, extra = kafka-python settings).
     :param lag_timeout_s: longest wait for the partitions' highwater marks in one poke.
+    :param deferrable: wait in the triggerer (``KafkaLagTrigger``), which measures every
+        ``poke_interval`` without holding a worker slot; it reads the connection there.
 
     (``mode`` stays Airflow's sensor mode, ``"poke"`` or ``"reschedule"``.) Each poke opens and
     closes its own client and keeps no state, so ``mode="reschedule"`` frees
@@ -41,6 +70,7 @@ class KafkaLagSensor(BaseSensorOperator):
         threshold: int | None = None,
         kafka_conn_id: str = "kafka_default",
         lag_timeout_s: float = 15.0,
+        deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -61,6 +91,7 @@ class KafkaLagSensor(BaseSensorOperator):
         self.threshold = threshold
         self.kafka_conn_id = kafka_conn_id
         self.lag_timeout_s = lag_timeout_s
+        self.deferrable = deferrable
         self._last: str = "no measurement yet"
 
     def describe_goal(self) -> str:
@@ -72,33 +103,46 @@ class KafkaLagSensor(BaseSensorOperator):
         from airflow.sdk import PokeReturnValue
 
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
-        from airflow_mlops.kafka.lag import group_lag
 
-        lag = group_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
-                        timeout_s=self.lag_timeout_s)
-        where = f"group '{self.group_id}' on {self.topics}"
-        if lag.missing_topics:
-            self._last = f"topic(s) {lag.missing_topics} do not exist"
-            self.log.info("Kafka lag of %s: %s; waiting for %s", where, self._last, self.describe_goal())
-            return False
-        if lag.unknown_partitions:
-            self._last = f"no highwater mark for {lag.unknown_partitions} within {self.lag_timeout_s} s"
-            self.log.info("Kafka lag of %s: %s; waiting for %s", where, self._last, self.describe_goal())
-            return False
-        done = lag.total < self.threshold if self.condition == "lag_below" else lag.total >= self.threshold
-        self._last = f"lag {lag.total} over {len(lag.partitions)} partition(s)"
-        self.log.info("Kafka lag of %s: %s (per partition: %s); %s %s", where, self._last,
-                      {p: v["lag"] for p, v in lag.partitions.items()}, "met" if done else "waiting for",
-                      self.describe_goal())
-        return PokeReturnValue(is_done=done, xcom_value=lag.as_dict() if done else None)
+        check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
+                          self.condition, self.threshold, self.lag_timeout_s)
+        self._last = check.measured
+        self.log.info("Kafka lag of group '%s' on %s: %s; %s %s", self.group_id, self.topics, check.measured,
+                      "met" if check.done else "waiting for", self.describe_goal())
+        return PokeReturnValue(is_done=check.done, xcom_value=check.lag)
 
     def execute(self, context: Any) -> Any:
         from airflow.sdk.exceptions import AirflowSensorTimeout
 
+        if self.deferrable:
+            from airflow_mlops.sensors.triggers import KafkaLagTrigger
+
+            self.defer(trigger=KafkaLagTrigger(
+                kafka_conn_id=self.kafka_conn_id, group_id=self.group_id, topics=self.topics, condition=self.condition,
+                threshold=self.threshold, lag_timeout_s=self.lag_timeout_s, poll_interval=_seconds(self.poke_interval),
+                deadline=time.time() + _seconds(self.timeout)), method_name="execute_complete")
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
-            raise AirflowSensorTimeout(
-                f"Kafka lag of group '{self.group_id}' on {self.topics} did not reach {self.describe_goal()} within "
-                f"{self.timeout:.0f} s; last measurement: {self._last}. ({exc})"
-            ) from exc
+            raise AirflowSensorTimeout(f"{self._timeout_message(self._last)} ({exc})") from exc
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+
+        event = event or {}
+        if event.get("status") == "success":
+            self.log.info("Kafka lag of group '%s' on %s: %s; met %s", self.group_id, self.topics,
+                          event.get("measured"), self.describe_goal())
+            return event.get("lag")
+        if event.get("status") == "timeout":
+            raise AirflowSensorTimeout(self._timeout_message(event.get("measured", "")))
+        raise AirflowException(f"waiting for the Kafka lag of group '{self.group_id}' failed in the triggerer: "
+                               f"{event.get('message', event)}")
+
+    def _timeout_message(self, last: str) -> str:
+        return (f"Kafka lag of group '{self.group_id}' on {self.topics} did not reach {self.describe_goal()} within "
+                f"{_seconds(self.timeout):.0f} s; last measurement: {last or 'none'}")
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
