@@ -43,13 +43,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     schema = Pipeline.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "airflow-mlops pipeline"
-    text = json.dumps(schema, indent=2) + "\n"
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(json.dumps(schema, indent=2) + "\n", args.output, args.output)
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:
@@ -69,10 +63,14 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     if not docs:
         print(f"{args.pipeline}: no stage runs on the kubernetes backend; nothing to render", file=sys.stderr)
         return 1
-    text = yaml.safe_dump_all(docs, sort_keys=False)
-    if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {len(docs)} manifests to {args.output}")
+    return _emit(yaml.safe_dump_all(docs, sort_keys=False), args.output, f"{len(docs)} manifests to {args.output}")
+
+
+def _emit(text: str, output: str | None, what: str | None) -> int:
+    """Write ``text`` to the ``-o`` file (saying so), else to standard output."""
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {what}")
     else:
         sys.stdout.write(text)
     return 0

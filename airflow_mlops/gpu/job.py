@@ -174,6 +174,7 @@ class TrainingRun:
     def run(self) -> dict[str, Any]:
         import mlflow
 
+        from airflow_mlops.stages import tracking
         from airflow_mlops.stages.context import StageContext
         from airflow_mlops.stages.train import _registered_by_earlier_try
 
@@ -182,7 +183,7 @@ class TrainingRun:
         # A client, never MLflow's process-wide URIs (mlflow.set_tracking_uri also exports them
         # to the environment, where the next task in this process would take them for the user's).
         client = mlflow.MlflowClient(tracking_uri=job.tracking_uri, registry_uri=job.tracking_uri)
-        experiment_id = _experiment_id(client, target)
+        experiment_id = tracking.experiment_id(client, target)
         base = ui_base(job.tracking_uri, job.ui_url)
 
         probe = StageContext(pipeline_id="", stage_name="", run_key="", data_dir="", mlflow=target, tags=job.tags)
@@ -463,23 +464,6 @@ class TrainingRun:
             "prices": job.prices.model_dump(),
             "reused": True,
         }
-
-
-def _experiment_id(client: Any, target: Any) -> str:
-    """The experiment's id, created with its artifact location if needed (as
-    ``stages.tracking.use_experiment``, without touching MLflow's process-wide URIs)."""
-    import mlflow
-
-    experiment = client.get_experiment_by_name(target.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
-    except mlflow.exceptions.MlflowException:
-        experiment = client.get_experiment_by_name(target.experiment)  # another task created it meanwhile
-        if experiment is None:
-            raise
-        return experiment.experiment_id
 
 
 def _gpu_result(gpus: GpuAssignment, summary: dict) -> dict[str, Any]:

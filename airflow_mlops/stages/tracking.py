@@ -20,23 +20,27 @@ def use_store(target: MlflowTarget) -> None:
 
 
 def use_experiment(target: MlflowTarget) -> str:
-    """Point MLflow at the target store and return the experiment id, creating it if needed.
+    """Point MLflow at the target store and return the experiment id, creating it if needed."""
+    use_store(target)
+    return experiment_id(client(target), target)
+
+
+def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
+    """The target experiment's id, through this client (MLflow's process-wide URIs untouched).
 
     The artifact location is set explicitly on creation: MLflow's default (``./mlruns``) is relative
     to the worker's current directory, which differs between workers.
     """
     import mlflow
 
-    use_store(target)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(target.experiment)
+    experiment = mlflow_client.get_experiment_by_name(target.experiment)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+        return mlflow_client.create_experiment(target.experiment, artifact_location=target.artifact_location)
     except mlflow.exceptions.MlflowException:
         # Another task created it between our lookup and create: use theirs.
-        experiment = client.get_experiment_by_name(target.experiment)
+        experiment = mlflow_client.get_experiment_by_name(target.experiment)
         if experiment is None:
             raise
         return experiment.experiment_id
