@@ -35,7 +35,14 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from airflow_mlops.gpu.cost import PriceTable, TaskResources, mlflow_tags, resources_from, task_cost
-from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NotEnoughGpus, NvmlUnavailable, choose_devices, list_devices
+from airflow_mlops.gpu.nvml import (
+    FLUSH_INTERVAL_S,
+    NO_GPU_MESSAGE,
+    NotEnoughGpus,
+    NvmlUnavailable,
+    choose_devices,
+    list_devices,
+)
 
 CHECKPOINT_ENV = "AIRFLOW_MLOPS_CHECKPOINT_DIR"
 PARAMS_ENV = "AIRFLOW_MLOPS_PARAMS"
@@ -82,7 +89,7 @@ class GpuTrainJob(BaseModel):
     resources: dict[str, Any] | None = None  # {cpu, memory, gpu} held, for the cost
     prices: PriceTable = Field(default_factory=PriceTable)
     sample_interval_s: float = 1.0
-    flush_interval_s: float = 10.0
+    flush_interval_s: float = FLUSH_INTERVAL_S
     data: TrainData | None = None
     env: dict[str, str] = Field(default_factory=dict)
     prometheus_port: int | None = None

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NO_GPU_MESSAGE = "no NVIDIA driver/GPU found: training continues without GPU metrics"
 PREFIX = "gpu"
+FLUSH_INTERVAL_S = 30.0  # see NvmlSampler
 
 # (key, value, timestamp in ms, step): what a sink receives, in batches.
 MetricPoint = tuple[str, float, int, int]
@@ -149,7 +150,9 @@ class NvmlSampler:
         a task given no GPUs).
     :param sinks: callables receiving batches of ``(key, value, timestamp_ms, step)`` points,
         e.g. :class:`MlflowSink`. A failing sink is logged once and does not stop training.
-    :param flush_interval_s: how often buffered points go to the sinks (and at stop).
+    :param flush_interval_s: how often buffered points go to the sinks (and at stop). MLflow's
+        SQL stores cost about 150 µs per point in batches of 1 000 and several times that in small
+        ones: 30 s (1 200 points for 8 GPUs) keeps 1 Hz sampling under 1 % of a core.
     :param nvml: the NVML module to use instead of ``pynvml`` (tests).
     """
 
@@ -159,7 +162,7 @@ class NvmlSampler:
         devices: Sequence[int] | None = None,
         *,
         sinks: Iterable[Sink] = (),
-        flush_interval_s: float = 10.0,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
         prefix: str = PREFIX,
         nvml: Any = None,
     ) -> None:

@@ -30,7 +30,7 @@ from airflow_mlops.gpu.job import (
     run_url,
     ui_base,
 )
-from airflow_mlops.gpu.nvml import MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
+from airflow_mlops.gpu.nvml import FLUSH_INTERVAL_S, MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
 from airflow_mlops.gpu.prometheus import exported
 from airflow_mlops.stages.context import StageFailed
 
@@ -127,7 +127,7 @@ def run_train_stage(
     resources: Any = None,
     prices: PriceTable | dict | None = None,
     sample_interval_s: float | None = None,
-    flush_interval_s: float = 10.0,
+    flush_interval_s: float = FLUSH_INTERVAL_S,
     ui_url: str | None = None,
 ) -> dict[str, Any]:
     """``run_stage(spec, ctx)`` for a train stage, with NVML sampling, GPU tags and cost.
