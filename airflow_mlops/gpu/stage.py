@@ -32,7 +32,7 @@ from airflow_mlops.gpu.job import (
 )
 from airflow_mlops.gpu.nvml import FLUSH_INTERVAL_S, MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
 from airflow_mlops.gpu.prometheus import exported
-from airflow_mlops.stages.context import StageFailed
+from airflow_mlops.stages.context import StageFailed, environ_kept
 
 log = logging.getLogger("airflow_mlops.gpu.stage")
 MAX_BUFFERED_POINTS = 500_000  # before the run exists (~hours of data loading at 1 Hz × 8 GPUs)
@@ -108,16 +108,9 @@ def _stage_gpus(wanted: int | None) -> Iterator[tuple[list[int] | None, str | No
         except NotEnoughGpus as exc:
             raise StageFailed(f"resources.gpu: {exc}") from exc
         visible, sampled, reason = assignment.visible, assignment.sampled, assignment.reason
-    saved = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-    os.environ.update(CUDA_VISIBLE_DEVICES=",".join(map(str, visible)), CUDA_DEVICE_ORDER="PCI_BUS_ID")
-    try:
+    with environ_kept("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"):
+        os.environ.update(CUDA_VISIBLE_DEVICES=",".join(map(str, visible)), CUDA_DEVICE_ORDER="PCI_BUS_ID")
         yield sampled, reason
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def run_train_stage(
@@ -153,9 +146,10 @@ def run_train_stage(
         sampler = NvmlSampler(sample_interval_s or settings.get("sample_interval", 1.0), devices, sinks=[sink],
                               flush_interval_s=flush_interval_s)
 
+        holding = resources_from(resources, gpus_held=len(devices or []))
+
         def cost_so_far() -> dict[str, Any]:  # for Prometheus, while the stage runs
-            held = resources_from(resources, gpus_held=len(devices or []))
-            return task_cost(held, time.monotonic() - started, prices).as_dict()
+            return task_cost(holding, time.monotonic() - started, prices).as_dict()
 
         with exported(sampler, prometheus_labels(ctx.tags), cost_so_far, port=settings.get("prometheus_port"),
                       pushgateway_url=settings.get("pushgateway_url"), logger=log), sampler:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, Sequence
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops.gpu.cost import parse_bytes
+from airflow_mlops.sensors import seconds
 
 
 @dataclass
@@ -130,11 +130,10 @@ class GpuAvailableSensor(BaseSensorOperator):
         if self.deferrable:
             from airflow_mlops.sensors.triggers import GpuAvailableTrigger
 
-            timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
-            poll = self.poke_interval.total_seconds() if isinstance(self.poke_interval, timedelta) else float(self.poke_interval)
             self.defer(
                 trigger=GpuAvailableTrigger(count=self.count, min_free_bytes=self.min_free_bytes, gpu_ids=self._ids(),
-                                            poll_interval=poll, deadline=time.time() + timeout),
+                                            poll_interval=seconds(self.poke_interval),
+                                            deadline=time.time() + seconds(self.timeout)),
                 method_name="execute_complete",
             )
         try:
@@ -143,8 +142,7 @@ class GpuAvailableSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(self._timeout_message(self._last)) from exc
 
     def _timeout_message(self, last: str) -> str:
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
-        return f"timed out after {timeout:.0f} s waiting for {self.goal()}; at the last poke: {last}"
+        return f"timed out after {seconds(self.timeout):.0f} s waiting for {self.goal()}; at the last poke: {last}"
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal, Sequence
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
+
+from airflow_mlops.sensors import seconds
 
 Condition = Literal["lag_below", "new_records"]
 
@@ -119,8 +120,8 @@ class KafkaLagSensor(BaseSensorOperator):
 
             self.defer(trigger=KafkaLagTrigger(
                 kafka_conn_id=self.kafka_conn_id, group_id=self.group_id, topics=self.topics, condition=self.condition,
-                threshold=self.threshold, lag_timeout_s=self.lag_timeout_s, poll_interval=_seconds(self.poke_interval),
-                deadline=time.time() + _seconds(self.timeout)), method_name="execute_complete")
+                threshold=self.threshold, lag_timeout_s=self.lag_timeout_s, poll_interval=seconds(self.poke_interval),
+                deadline=time.time() + seconds(self.timeout)), method_name="execute_complete")
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
@@ -141,8 +142,4 @@ class KafkaLagSensor(BaseSensorOperator):
 
     def _timeout_message(self, last: str) -> str:
         return (f"Kafka lag of group '{self.group_id}' on {self.topics} did not reach {self.describe_goal()} within "
-                f"{_seconds(self.timeout):.0f} s; last measurement: {last or 'none'}")
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+                f"{seconds(self.timeout):.0f} s; last measurement: {last or 'none'}")

@@ -9,7 +9,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped
+from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped, environ_kept
 
 __all__ = ["StageContext", "StageFailed", "StageSkipped", "run_stage"]
 
@@ -44,20 +44,15 @@ def _mlflow_left_as_found() -> Iterator[None]:
     ``MLFLOW_TRACKING_URI`` (and the registry's) into the process environment. Left there, the
     next stage in the same process would take it for the user's setting and use the wrong store;
     so both MLflow's globals and the environment are put back as they were."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        mlflow = sys.modules.get("mlflow")
-        if mlflow is not None:
-            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
-            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    tracking, registry = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+    with environ_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        try:
+            yield
+        finally:
+            mlflow = sys.modules.get("mlflow")
+            if mlflow is not None:
+                mlflow.set_tracking_uri(tracking)
+                mlflow.set_registry_uri(registry)
 
 
 def _jsonable(value: Any) -> Any:

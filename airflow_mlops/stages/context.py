@@ -10,9 +10,10 @@ import importlib
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 class StageFailed(Exception):
@@ -103,3 +104,17 @@ def import_string(path: str) -> Any:
     for part in attr.split(".") if attr else []:
         obj = getattr(obj, part)
     return obj
+
+
+@contextmanager
+def environ_kept(*names: str) -> Iterator[None]:
+    """Put these environment variables back as they were (set or unset) when the block ends."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
