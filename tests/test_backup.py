@@ -397,6 +397,84 @@ def test_mlflow_sqlite_store_backup_is_consistent_while_being_written(tmp_path):
     assert artifact.read_bytes() == b"m" * 1000
 
 
+def _champion_model(tracking_uri: str, experiment: str, name: str) -> None:
+    """Train, log and register a tiny model through MLflow's fluent API, as a notebook would, and
+    make it the champion."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(experiment)  # no artifact location: MLflow picks ./mlruns of the cwd
+    model = LogisticRegression().fit(np.array([[0.0], [1.0], [2.0], [3.0]]), [0, 0, 1, 1])
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+    mlflow.MlflowClient(tracking_uri, tracking_uri).set_registered_model_alias(
+        name, "champion", info.registered_model_version)
+
+
+def test_mlflow_backup_covers_every_artifact_location_and_the_restored_champion_loads(tmp_path, monkeypatch):
+    """Issue 19, item 1: an experiment created with mlflow.set_experiment() against the store keeps
+    its artifacts in ./mlruns of the client's folder, not in mlartifacts/ beside the database. The
+    backup must copy it, and the store restored elsewhere (originals gone) must load the champion."""
+    import shutil
+
+    import mlflow
+    import numpy as np
+
+    home, notebook = tmp_path / "mlops", tmp_path / "notebook"
+    home.mkdir()
+    notebook.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    monkeypatch.chdir(notebook)  # MLflow fixes a store's default artifact root (./mlruns) when it first opens it
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment("pipeline", artifact_location=str(home / "mlartifacts"))  # where stages log
+    _champion_model(uri, "notebook-experiment", "churn_model")
+    assert (notebook / "mlruns").is_dir()
+    monkeypatch.chdir(tmp_path)
+
+    summary = run_backup({"target": str(tmp_path / "backups"), "sources": [{"kind": "mlflow", "tracking_uri": uri}]})
+    assert summary["skipped_count"] == 0, summary["skipped"]
+    manifest = json.loads(next((tmp_path / "backups" / "snapshots" / "default").glob("*.json")).read_text())
+    roots = manifest["sources"]["mlflow"]["artifact_roots"]
+    assert str(notebook / "mlruns" / "1") in roots.values() or any(
+        v.startswith(str(notebook / "mlruns")) for v in roots.values()), roots
+    assert any(k.endswith("MLmodel") for k in manifest["files"]), "the model's files are in the snapshot"
+
+    shutil.rmtree(home)  # the disaster: store and every artifact folder gone
+    shutil.rmtree(notebook)
+    mlflow.set_tracking_uri(None)
+    dest = tmp_path / "restored"
+    restored = run_restore({"target": str(tmp_path / "backups"), "dest": str(dest)})
+    assert restored["relocated"]["mlflow"] >= 3  # experiment, run, logged model/version locations
+    db_uri = f"sqlite:///{dest / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_registry_uri(db_uri)
+    mlflow.set_tracking_uri(db_uri)
+    model = mlflow.pyfunc.load_model("models:/churn_model@champion")
+    assert list(model.predict(np.array([[0.0], [3.0]]))) == [0, 1]
+
+
+def test_mlflow_backup_names_artifact_locations_it_cannot_copy(tmp_path):
+    """Issue 19, item 1: a remote (s3://) or relative artifact location is never left out silently:
+    the backup fails naming it, or with on_uncopyable_artifacts: skip, names it in the summary."""
+    import mlflow
+
+    home = tmp_path / "mlops"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment("remote", artifact_location="s3://models-bucket/churn")
+    source = {"kind": "mlflow", "tracking_uri": uri}
+    with pytest.raises(BackupError, match=r"cannot copy: s3://models-bucket/churn \(a remote artifact store"):
+        run_backup({"target": str(tmp_path / "backups"), "sources": [source]})
+    assert not list((tmp_path / "backups").glob("snapshots/*/*.json")), "no snapshot was published"
+    summary = run_backup({"target": str(tmp_path / "backups"),
+                          "sources": [{**source, "on_uncopyable_artifacts": "skip"}]})
+    assert [s["file"] for s in summary["skipped"]] == ["s3://models-bucket/churn"]
+    assert "artifact location not copied" in summary["skipped"][0]["reason"]
+
+
 def render_manifests(namespace: str) -> dict[str, str]:
     """Stands in for the Kubernetes manifests a pipeline renders (a CallableSource)."""
     return {"namespace.yaml": f"kind: Namespace\nmetadata: {{name: {namespace}}}\n",

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
+from airflow_mlops.lifecycle import backup_mlflow
 from airflow_mlops.lifecycle.paths import Matcher, ScanReport, expand_path, walk_dirs, within
 from airflow_mlops.lifecycle.specs import BackupSpec, CallableSource, DirectorySource, MlflowStoreSource, RestoreSpec
 
@@ -441,6 +442,10 @@ def _collect_source(source: Any, staging: str, out: Collected) -> None:
 
 
 def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> None:
+    """The store itself (a consistent SQLite copy, or a file store's tree) and every artifact folder
+    it references (see ``backup_mlflow``). A referenced location that cannot be copied (a remote
+    URI, a relative path) is named in the summary, and fails the backup unless the source says
+    ``on_uncopyable_artifacts: skip``."""
     uri = source.tracking_uri
     artifacts = source.artifacts
     if uri is None:
@@ -451,6 +456,7 @@ def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> 
         uri = resolved.tracking_uri
         artifacts = artifacts or resolved.artifact_location
     described: dict[str, Any] = {"kind": "mlflow", "tracking_uri": uri}
+    store = None
     if uri.startswith("sqlite:///"):
         db = uri[len("sqlite:///"):]
         if not os.path.isabs(db):
@@ -466,20 +472,36 @@ def _collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> 
         st = os.stat(copy)
         out.to_copy.append(FileToCopy(f"{source.name}/mlflow.db", copy, st.st_size, -1, 0o644))  # always re-read
         artifacts = artifacts or os.path.join(os.path.dirname(db), "mlartifacts")
+        locations = backup_mlflow.sqlite_locations(copy)
     elif uri.startswith("file://") or uri.startswith("/"):
         store = os.path.realpath(expand_path(uri))
         _collect_tree(source.name, "mlruns", store, Matcher(["*"]), out)
         described["store"] = store
+        locations = backup_mlflow.file_store_locations(store) if os.path.isdir(store) else []
     else:
         raise BackupError(
             f"source '{source.name}': cannot back up the MLflow store at {uri}: only SQLite and file stores can be "
             "copied consistently from here; back up the tracking server's database with its own tools"
         )
-    if source.include_artifacts and artifacts and "://" not in artifacts.replace("file://", ""):
-        art = os.path.realpath(expand_path(artifacts))
-        described["artifacts"] = art
-        if os.path.isdir(art):
-            _collect_tree(source.name, "mlartifacts", art, Matcher(["*"]), out)
+    if source.include_artifacts:
+        default_root = os.path.realpath(expand_path(artifacts)) if artifacts and "://" not in artifacts.replace(
+            "file://", "") else None
+        plan = backup_mlflow.plan_roots(locations, default_root=default_root, proxy_root=default_root, covered=store)
+        if plan.uncopyable:
+            listed = "; ".join(f"{loc} ({why})" for loc, why in plan.uncopyable[:20])
+            if source.on_uncopyable_artifacts == "fail":
+                raise BackupError(
+                    f"source '{source.name}': the MLflow store references {len(plan.uncopyable)} artifact location(s) "
+                    f"this backup cannot copy: {listed}. Back them up with their own tools and set "
+                    "on_uncopyable_artifacts: skip, or move them to a local folder"
+                )
+            for loc, why in plan.uncopyable:
+                out.skipped.append({"file": loc, "reason": f"source '{source.name}': artifact location not copied: {why}"})
+        for prefix, root in plan.roots.items():
+            _collect_tree(source.name, prefix, root, Matcher(["*"]), out)
+        described["artifact_roots"] = plan.roots
+        if default_root:
+            described["artifacts"] = default_root
     out.described[source.name] = described
 
 
@@ -899,7 +921,32 @@ def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = Non
                 spec.name, snap, dest)
     if corrupted or missing:
         raise RestoreError(_problems(spec.name, snap, corrupted, missing), corrupted, missing)
+    if spec.relocate_mlflow_artifacts:
+        summary["relocated"] = _relocate_mlflow(manifest["sources"], wanted, dest, logger)
     return summary
+
+
+def _relocate_mlflow(sources: dict[str, Any], wanted: set[str] | None, dest: str, logger: logging.Logger) -> dict[str, int]:
+    """Point each restored MLflow store at its restored artifact folders; {source: values changed}."""
+    changed: dict[str, int] = {}
+    for name, described in sources.items():
+        if described.get("kind") != "mlflow" or (wanted is not None and name not in wanted):
+            continue
+        roots = dict(described.get("artifact_roots") or {})
+        if not roots and described.get("artifacts"):  # snapshots taken before artifact_roots existed
+            roots = {backup_mlflow.DEFAULT_PREFIX: described["artifacts"]}
+        moves = {orig: os.path.join(dest, name, prefix) for prefix, orig in roots.items()}
+        db = os.path.join(dest, name, "mlflow.db")
+        if described.get("store"):
+            moves[described["store"]] = os.path.join(dest, name, "mlruns")
+            changed[name] = backup_mlflow.relocate_file_store(os.path.join(dest, name, "mlruns"), moves)
+        elif os.path.isfile(db):
+            changed[name] = backup_mlflow.relocate_sqlite(db, moves)
+        else:
+            continue
+        logger.info("MLflow store '%s' now reads its artifacts from %s (%d location(s) rewritten)",
+                    name, os.path.join(dest, name), changed[name])
+    return changed
 
 
 def _make_dir(dest: str, rel: str, made: set[str] | None = None) -> None:

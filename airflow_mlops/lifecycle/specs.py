@@ -204,13 +204,23 @@ class DirectorySource(Strict):
 
 class MlflowStoreSource(Strict):
     """The MLflow store: its SQLite database, copied consistently with SQLite's online backup API
-    (safe while the tracking server writes), and the local artifact folder."""
+    (safe while the tracking server writes), and every artifact folder the store references (each
+    experiment's, run's, logged model's and model version's location, plus ``mlartifacts/`` beside
+    the database). A referenced location the backup cannot copy (a remote URI such as ``s3://``, a
+    relative path) fails the backup, naming it, unless ``on_uncopyable_artifacts`` is ``skip``."""
 
     kind: Literal["mlflow"] = "mlflow"
     name: str = Field("mlflow", pattern=NAME)
     tracking_uri: str | None = Field(None, description="sqlite:////abs/mlflow.db; default: resolved like the stages do.")
-    artifacts: str | None = Field(None, description="Artifact folder; default: mlartifacts/ beside the database.")
+    artifacts: str | None = Field(
+        None, description="The tracking server's artifact folder (its --artifacts-destination, where mlflow-artifacts:/ "
+        "URIs point); default: mlartifacts/ beside the database.",
+    )
     include_artifacts: bool = True
+    on_uncopyable_artifacts: Literal["fail", "skip"] = Field(
+        "fail", description="A referenced artifact location that cannot be copied from here (remote URI, relative "
+        "path): 'fail' the backup naming each, or 'skip' it and name each in the summary.",
+    )
     missing_ok: bool = Field(False, description="A missing database is a warning in the summary, not an error.")
 
 
@@ -275,6 +285,10 @@ class RestoreSpec(_Target):
     snapshot: str | None = Field(None, description="Snapshot id; default: the newest.")
     sources: list[str] | None = Field(None, description="Restore only these sources.")
     overwrite: bool = Field(False, description="Replace files that already exist in dest.")
+    relocate_mlflow_artifacts: bool = Field(
+        True, description="Point a restored MLflow store at the restored artifact folders (dest/<source>/…), so its "
+        "models load from there; false keeps the original paths in the database.",
+    )
 
     _dest = field_validator("dest", mode="before")(classmethod(lambda cls, v: _local_path(v)))
 
