@@ -446,6 +446,72 @@ def test_model_version_max_age(store):
     assert [i.id for i in plan(spec, now=NOW + 40 * DAY).items] == ["models:/m/3"]
 
 
+def _versions_plan(store, **policy):
+    spec = RetentionSpec(mlflow={"tracking_uri": store["uri"]}, policies=[
+        {"kind": "mlflow_model_versions", "models": ["m"], **policy},
+    ])
+    return plan(spec)
+
+
+def test_naming_own_protected_aliases_keeps_the_champion_protected(store):
+    """Issue 19, item 2: protected_aliases=["challenger"] used to replace the default and plan to
+    delete the champion's version; protected_aliases=[] deleted champion and challenger."""
+    client = store["client"]
+    client.set_registered_model_alias("m", "challenger", "2")
+    p = _versions_plan(store, keep_last=1, protected_aliases=["challenger"])
+    assert [i.id for i in p.items] == ["models:/m/3"]
+    assert sorted(p.policies[0].protected) == ["models:/m/1 (alias champion)", "models:/m/2 (alias challenger)"]
+
+    p = _versions_plan(store, keep_last=1, protected_aliases=[])
+    assert [i.id for i in p.items] == ["models:/m/2", "models:/m/3"]  # champion stays
+    # The unprotected alias is deleted only in plain sight: the dry run names it.
+    assert p.summary()["policies"][0]["aliased"] == ["models:/m/2 (alias challenger)"]
+
+
+def test_aliases_a_validate_stage_serves_through_are_protected(store):
+    """A validate stage records its alias and rollback alias on the registered model; retention
+    then protects the versions behind them like the champion's."""
+    from airflow_mlops.stages.validate import promote
+
+    client = store["client"]
+    promote(client, "m", "2", None, "production", "production-previous", "test")
+    client.set_registered_model_alias("m", "production-previous", "3")
+    p = _versions_plan(store, keep_last=0)
+    assert [i.id for i in p.items] == ["models:/m/4"]
+    assert sorted(p.policies[0].protected) == ["models:/m/1 (alias champion)", "models:/m/2 (alias production)",
+                                               "models:/m/3 (alias production-previous)"]
+    apply(p)
+    assert sorted(int(v.version) for v in client.search_model_versions("name = 'm'")) == [1, 2, 3]
+
+
+def test_only_allow_deleting_aliases_lifts_a_serving_alias(store):
+    client = store["client"]
+    client.set_registered_model_alias("m", "previous-champion", "2")
+    p = _versions_plan(store, keep_last=0)
+    assert [i.id for i in p.items] == ["models:/m/3", "models:/m/4"]  # champion and previous-champion stay
+    p = _versions_plan(store, keep_last=0, allow_deleting_aliases=["previous-champion"])
+    assert [i.id for i in p.items] == ["models:/m/2", "models:/m/3", "models:/m/4"]
+    assert p.summary()["policies"][0]["aliased"] == ["models:/m/2 (alias previous-champion)"]
+    apply(p)
+    assert sorted(int(v.version) for v in client.search_model_versions("name = 'm'")) == [1]
+    with pytest.raises(ValueError, match=r"alias\(es\) \['champion'\] are both protected and allowed to be deleted"):
+        RetentionSpec(policies=[{"kind": "mlflow_model_versions", "models": ["m"], "keep_last": 1,
+                                 "protected_aliases": ["champion"], "allow_deleting_aliases": ["champion"]}])
+
+
+def test_runs_policy_keeps_the_champions_run_whatever_protected_aliases_says(store):
+    spec = RetentionSpec(mlflow={"tracking_uri": store["uri"]}, policies=[
+        {"kind": "mlflow_runs", "experiments": ["exp"], "keep_last": 0, "keep_registered": False,
+         "protected_aliases": [], "garbage_collect": False},
+    ])
+    p = plan(spec)
+    ids = [i.id for i in p.items if i.kind == "mlflow_run"]
+    assert f"runs:/{store['runs'][0]}" not in ids  # backs champion
+    assert len(ids) == 5
+    apply(p)
+    assert store["client"].get_run(store["runs"][0]).info.lifecycle_stage == "active"
+
+
 # --- operator -------------------------------------------------------------------------------------------
 
 

@@ -426,8 +426,29 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
             StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
                                     model_uri="models:/m@champion", max_records=0, decoder="not a path")
         """))
+    (dags_folder / "unsafe_stream.py").write_text(textwrap.dedent("""
+        # Airflow DAG whose tuning settings would drop the no-loss guarantee (issue 19, item 2's kind)
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("unsafe_stream", schedule=None):
+            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+                                    model_uri="models:/m@champion", consumer_config={"enable.auto.commit": True})
+        """))
+    (dags_folder / "unsafe_stream2.py").write_text(textwrap.dedent("""
+        # Airflow DAG whose producer would not wait for the in-sync replicas
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("unsafe_stream2", schedule=None):
+            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+                                    model_uri="models:/m@champion", producer_config={"acks": 1})
+        """))
     bag = DagBag(dag_folder=str(dags_folder))
     errors = {os.path.basename(k): v for k, v in bag.import_errors.items()}
+    assert ("consumer_config.enable_auto_commit=True is not allowed: auto-commit would commit offsets of records "
+            "that were never scored") in errors["unsafe_stream.py"]
+    assert "producer_config.acks=1 is not allowed" in errors["unsafe_stream2.py"]
     assert "batch_sise: unknown argument (did you mean 'batch_size'?)" in errors["bad_stream.py"]
     assert "output_topic 'in' is also an input topic" in errors["bad_stream2.py"]
     assert "max_records: Input should be greater than or equal to 1" in errors["bad_stream3.py"]

@@ -54,6 +54,7 @@ class PolicyPlan:
     kept: int = 0
     items: list[Item] = field(default_factory=list)
     protected: list[str] = field(default_factory=list)  # would have been selected, but protected
+    aliased: list[str] = field(default_factory=list)  # selected although an alias points at it (allowed)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {item, reason}
     notes: list[str] = field(default_factory=list)
     root: str | None = None  # files: the resolved root
@@ -93,6 +94,8 @@ class Plan:
                 "items": len(these), "bytes": sum(i.size for i in these),
                 "protected": p.protected[:LISTED], "skipped": p.skipped[:LISTED], "skipped_count": len(p.skipped),
             }
+            if p.aliased:
+                entry["aliased"] = p.aliased
             if p.root:
                 entry["root"] = p.root
             if p.notes:

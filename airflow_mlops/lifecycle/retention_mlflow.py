@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from airflow_mlops.lifecycle.retention import Candidate, Item, PolicyPlan, select
+from airflow_mlops.lifecycle.specs import SERVING_ALIASES, SERVING_ALIASES_TAG
 
 log = logging.getLogger(__name__)
 PAGE = 1000
@@ -67,6 +68,15 @@ class Registry:
         return out
 
 
+def guarded_aliases(model: Any, pol: Any) -> set[str]:
+    """The aliases of ``model`` (a RegisteredModel) whose versions ``pol`` must not delete: the
+    serving ones (``SERVING_ALIASES`` and those recorded in the model's ``SERVING_ALIASES_TAG``)
+    less those the policy names in ``allow_deleting_aliases``, plus its ``protected_aliases``."""
+    recorded = (getattr(model, "tags", None) or {}).get(SERVING_ALIASES_TAG, "")
+    serving = set(SERVING_ALIASES) | {a.strip() for a in recorded.split(",") if a.strip()}
+    return (serving - set(pol.allow_deleting_aliases)) | set(pol.protected_aliases)
+
+
 def plan(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str, now: float) -> None:
     client = _client(tracking_uri)
     registry = Registry(client)
@@ -81,34 +91,36 @@ def plan(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str, now: float) 
 
 
 def _plan_versions(pp: PolicyPlan, pol: Any, registry: Registry, now: float) -> None:
-    protected_aliases = set(pol.protected_aliases)
     models = [m for m in registry.models if _matches(m.name, pol.models)]
     if not models:
         pp.notes.append("no registered model matches " + ", ".join(pol.models))
-    cands = []
+    cands, aliased = [], {}
     for model in models:
-        aliases = registry.aliases(model)
+        aliases, protected_aliases = registry.aliases(model), guarded_aliases(model, pol)
         for v in registry.versions(model.name):
             version = str(v.version)
             guard = sorted(set(aliases.get(version, [])) & protected_aliases)
             item = Item("model_version", f"models:/{model.name}/{version}", 0, (v.creation_timestamp or 0) / 1000, "",
                         (model.name, version))
             cands.append(Candidate(item, model.name, f"alias {', '.join(guard)}" if guard else None))
+            if aliases.get(version):
+                aliased[item.id] = f"{item.id} (alias {', '.join(sorted(aliases[version]))})"
     pp.scanned = len(cands)
     chosen, guarded = select(cands, pol, now)
     pp.items = [c.item for c in chosen]
     pp.protected = [f"{c.item.id} ({c.protected})" for c in guarded]
+    pp.aliased = [aliased[i.id] for i in pp.items if i.id in aliased]
     pp.kept = pp.scanned - len(pp.items)
 
 
 def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed: set, now: float) -> None:
     from mlflow.entities import ViewType
 
-    protected_aliases = set(pol.protected_aliases)
     backing: dict[str, str] = {}  # run id → why it must stay
+    aliased: dict[str, str] = {}  # run id → the aliased version it backs
     staying_models: set[str] = set()  # logged model ids used by versions that stay
     for model in registry.models:
-        aliases = registry.aliases(model)
+        aliases, protected_aliases = registry.aliases(model), guarded_aliases(model, pol)
         # Versions are listed for every model (not only matching ones): any of them may use a run.
         for v in registry.versions(model.name):
             version = str(v.version)
@@ -118,6 +130,8 @@ def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed
                 staying_models.add(v.model_id)
             if not v.run_id:
                 continue
+            if aliases.get(version):
+                aliased[v.run_id] = f"backs models:/{model.name}/{version} (alias {', '.join(sorted(aliases[version]))})"
             if guard:
                 backing[v.run_id] = f"backs models:/{model.name}/{version} (alias {', '.join(guard)})"
             elif pol.keep_registered and stays and v.run_id not in backing:
@@ -149,6 +163,7 @@ def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed
     chosen, guarded = select(cands, pol, now)
     pp.items = [c.item for c in chosen]
     pp.protected = [f"{c.item.id} ({c.protected})" for c in guarded]
+    pp.aliased = [f"{i.id} ({aliased[i.check[0]]})" for i in pp.items if i.check[0] in aliased]
     if pol.delete_logged_models and pp.items:
         going = {i.check[0] for i in pp.items}
         exps = sorted({i.check[1] for i in pp.items})
@@ -184,10 +199,11 @@ def _local_size(uri: str | None) -> int:
 # --- apply -------------------------------------------------------------------------------------------------
 
 
-def _protected_runs_now(client: Any, aliases: set[str]) -> dict[str, str]:
-    """Run ids behind the protected aliases as they are at this moment."""
+def _protected_runs_now(client: Any, pol: Any) -> dict[str, str]:
+    """Run ids behind the aliases ``pol`` guards, as they are at this moment."""
     out = {}
     for model in _pages(lambda t: client.search_registered_models(max_results=PAGE, page_token=t)):
+        aliases = guarded_aliases(model, pol)
         for alias, version in (model.aliases or {}).items():
             if alias in aliases:
                 try:
@@ -205,11 +221,11 @@ def apply(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str) -> None:
     client = _client(tracking_uri)
     for pp, pol in policies:
         if pol.kind == "mlflow_model_versions":
-            guard = set(pol.protected_aliases)
             for item in pp.items:
                 name, version = item.check
                 try:
                     current = client.get_model_version(name, version)
+                    guard = guarded_aliases(client.get_registered_model(name), pol)
                     now_guarded = sorted(set(current.aliases or []) & guard)
                     if now_guarded:
                         pp.skipped.append({"item": item.id, "reason": f"now carries protected alias {', '.join(now_guarded)}"})
@@ -229,7 +245,7 @@ def _apply_runs(pp: PolicyPlan, pol: Any, client: Any, tracking_uri: str) -> Non
     from mlflow.entities import LifecycleStage
     from mlflow.exceptions import MlflowException
 
-    guard = _protected_runs_now(client, set(pol.protected_aliases)) if any(i.kind == "mlflow_run" for i in pp.items) else {}
+    guard = _protected_runs_now(client, pol) if any(i.kind == "mlflow_run" for i in pp.items) else {}
     deleted_runs: set[str] = set()
     for item in pp.items:
         try:

@@ -112,7 +112,37 @@ class FilesPolicy(_Rules):
         return self
 
 
-class MlflowRunsPolicy(_Rules):
+# The aliases pipelines serve and roll back with. A version behind one of them, or behind an alias
+# a validate stage recorded on its registered model (SERVING_ALIASES_TAG), is never deleted unless
+# a policy names that alias in allow_deleting_aliases; protected_aliases only adds to them.
+SERVING_ALIASES = ("champion", "previous-champion")
+SERVING_ALIASES_TAG = "airflow_mlops.serving_aliases"
+PROTECTED_ALIASES_DOC = (
+    "Aliases to protect besides the serving ones, which are always protected: 'champion', 'previous-champion' "
+    "and every alias a validate or serve stage recorded on the registered model."
+)
+ALLOW_DELETING_DOC = (
+    "Serving aliases whose versions this policy may delete anyway, each named (e.g. an abandoned 'challenger'). "
+    "The only way to lift the protection of a serving alias."
+)
+
+
+class _AliasRules(_Rules):
+    """Rules of the MLflow policies, with the alias protection both share."""
+
+    protected_aliases: list[str] = Field(default_factory=list, description=PROTECTED_ALIASES_DOC)
+    allow_deleting_aliases: list[str] = Field(default_factory=list, description=ALLOW_DELETING_DOC)
+
+    @model_validator(mode="after")
+    def _alias_lists(self) -> "_AliasRules":
+        both = sorted(set(self.protected_aliases) & set(self.allow_deleting_aliases))
+        if both:
+            raise PydanticCustomError("alias_conflict", "alias(es) {both} are both protected and allowed to be deleted",
+                                      {"both": both})
+        return self
+
+
+class MlflowRunsPolicy(_AliasRules):
     """MLflow runs of the named experiments: deleted, then garbage-collected (metadata and artifacts
     removed for good) — only the runs this policy deleted, never other soft-deleted runs.
 
@@ -129,7 +159,6 @@ class MlflowRunsPolicy(_Rules):
     statuses: list[Literal["FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED"]] = Field(
         default_factory=lambda: ["FINISHED", "FAILED", "KILLED"], min_length=1,
     )
-    protected_aliases: list[str] = Field(default_factory=lambda: ["champion"])
     keep_registered: bool = Field(True, description="Keep runs that back a model version that stays.")
     delete_logged_models: bool = Field(
         True, description="Also delete the MLflow 3 logged models these runs produced (unless a remaining model version uses them).",
@@ -146,15 +175,16 @@ class MlflowRunsPolicy(_Rules):
         return self
 
 
-class MlflowModelVersionsPolicy(_Rules):
-    """Versions of the named registered models. A version carrying a protected alias (``champion``
-    by default) is never deleted. ``keep_last`` / ``min_keep`` count per model. Age is measured
+class MlflowModelVersionsPolicy(_AliasRules):
+    """Versions of the named registered models. A version behind a serving alias (``champion``,
+    ``previous-champion``, any alias a validate stage recorded) or a ``protected_aliases`` one is
+    never deleted, unless ``allow_deleting_aliases`` names that alias. A dry run names every
+    aliased version it would delete. ``keep_last`` / ``min_keep`` count per model. Age is measured
     from the version's creation."""
 
     kind: Literal["mlflow_model_versions"] = "mlflow_model_versions"
     name: str | None = None
     models: list[str] = Field(..., min_length=1, description="Registered model names (shell patterns allowed).")
-    protected_aliases: list[str] = Field(default_factory=lambda: ["champion"])
 
     @model_validator(mode="after")
     def _some_rule(self) -> "MlflowModelVersionsPolicy":

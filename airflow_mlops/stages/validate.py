@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.lifecycle.specs import SERVING_ALIASES_TAG
 from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped
 from airflow_mlops.stages.tracking import client as mlflow_client
 
@@ -87,7 +88,17 @@ def compare(spec: "ValidateStage", candidate: dict[str, float], champion: dict[s
     return wins, lines
 
 
+def record_serving_aliases(client: Any, name: str, *aliases: str) -> None:
+    """Note on the registered model that pipelines serve through ``aliases``: retention then never
+    deletes the versions behind them (``lifecycle.retention_mlflow.guarded_aliases``)."""
+    recorded = (client.get_registered_model(name).tags or {}).get(SERVING_ALIASES_TAG, "")
+    current = {a for a in recorded.split(",") if a}
+    if not set(aliases) <= current:
+        client.set_registered_model_tag(name, SERVING_ALIASES_TAG, ",".join(sorted(current | set(aliases))))
+
+
 def promote(client: Any, name: str, version: str, champion: str | None, alias: str, previous_alias: str, detail: str) -> None:
+    record_serving_aliases(client, name, alias, previous_alias)
     if champion is not None and champion != version:
         client.set_registered_model_alias(name, previous_alias, champion)
         client.set_model_version_tag(name, champion, DECISION_TAG, "replaced")

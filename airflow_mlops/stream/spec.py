@@ -114,6 +114,7 @@ class StreamSpec(BaseModel):
                     "secret_in_spec", "{name} must not hold secrets ({keys}); put them in the Kafka connection's extra",
                     {"name": name, "keys": secret},
                 )
+        _no_unsafe_overrides(self.consumer_config, self.producer_config)
         return self
 
     @property
@@ -127,6 +128,32 @@ class StreamServeSettings(StreamSpec):
 
     kafka_conn_id: str = Field("kafka_default", description="Airflow connection: host = bootstrap servers, "
                                "extra = kafka-python settings (security_protocol, sasl_*, ssl_*).")
+
+
+# Tuning settings that would silently drop the no-loss guarantee: offsets are committed only after
+# the predictions and dead letters are acknowledged by every in-sync replica.
+_UNSAFE = {
+    "consumer_config": {
+        "enable_auto_commit": (lambda v: v not in (False, "false", "False"),
+                               "auto-commit would commit offsets of records that were never scored"),
+        "group_id": (lambda v: True, "set the consumer group with group_id"),
+    },
+    "producer_config": {
+        "acks": (lambda v: str(v) not in ("all", "-1"),
+                 "predictions must reach every in-sync replica before the input offsets are committed; keep acks='all'"),
+    },
+}
+
+
+def _no_unsafe_overrides(consumer: dict[str, Any], producer: dict[str, Any]) -> None:
+    from airflow_mlops.kafka.config import normalize
+
+    for name, given in (("consumer_config", consumer), ("producer_config", producer)):
+        for key, value in normalize(given).items():
+            rule = _UNSAFE[name].get(key)
+            if rule and rule[0](value):
+                raise PydanticCustomError("unsafe_override", "{name}.{key}={value} is not allowed: {why}",
+                                          {"name": name, "key": key, "value": repr(value), "why": rule[1]})
 
 
 def _looks_secret(key: str) -> bool:
