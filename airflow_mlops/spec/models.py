@@ -385,6 +385,12 @@ class ServeStage(StageBase):
 
     kind: Literal["serve"] = "serve"
     mode: Literal["batch", "online", "stream"] = "batch"
+    model: str | None = Field(
+        None, pattern=r"^models:/[^/@]+(@[A-Za-z_][\w-]*|/\d+)$",
+        description="The registered model to serve, 'models:/<name>@<alias>' or 'models:/<name>/<version>'; an alias "
+        "is resolved to its version once per run. Default: the version an upstream train/validate stage produced, "
+        "else the pipeline's mlflow.registered_model at 'champion'.",
+    )
     stream: StreamServeSettings | None = Field(None, description="mode: stream — Kafka topics, bounds, dead letters.")
     host: str = Field("127.0.0.1", description="online: the interface the model server listens on.")
     port: int = Field(5001, ge=1, le=65535, description="online: the model server's port.")
