@@ -81,12 +81,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings
     from airflow_mlops.stages.context import StageFailed
-    from airflow_mlops.stages.tracking import client
+    from airflow_mlops.stages.tracking import read_only_client, registered_model
     from airflow_mlops.stages.validate import rollback
 
     target = resolve_target(MlflowSettings(tracking_uri=args.tracking_uri), args.model)
     try:
-        before, after = rollback(client(target), args.model, args.alias, args.previous_alias)
+        client = read_only_client(target.tracking_uri)
+        registered_model(client, args.model, target.tracking_uri)
+        before, after = rollback(client, args.model, args.alias, args.previous_alias)
     except StageFailed as exc:
         print(exc, file=sys.stderr)
         return 1

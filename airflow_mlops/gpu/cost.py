@@ -182,13 +182,12 @@ def stage_of(task_id: str) -> str:
 def report(run_id: str, *, tracking_uri: str | None = None, dag_id: str | None = None) -> list[StageCost]:
     """Cost by stage of one Airflow DAG run: every MLflow run tagged ``airflow.run_id`` = run_id
     (in any experiment) that recorded ``cost/total``. Every try of a task counts."""
-    import mlflow
-
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings
+    from airflow_mlops.stages.tracking import read_only_client
 
     uri = resolve_target(MlflowSettings(tracking_uri=tracking_uri), "cost-report").tracking_uri
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = read_only_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     filters = [f"tags.`airflow.run_id` = '{_quote(run_id)}'"]
     if dag_id:
@@ -249,7 +248,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    rows = report(args.run_id, tracking_uri=args.tracking_uri, dag_id=args.dag_id)
+    from airflow_mlops.stages.tracking import StoreNotFound
+
+    try:
+        rows = report(args.run_id, tracking_uri=args.tracking_uri, dag_id=args.dag_id)
+    except StoreNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
@@ -46,6 +47,51 @@ def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+class StoreNotFound(StageFailed):
+    """A read-only use of a local MLflow store that does not exist (MLflow would create it)."""
+
+
+def local_store_path(tracking_uri: str) -> str | None:
+    """The file or folder of a local store (``sqlite:////abs/mlflow.db``, ``file:///abs``, ``/abs``),
+    else None (a tracking server)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return tracking_uri[len("sqlite:///"):]
+    if tracking_uri.startswith("file://"):
+        return tracking_uri[len("file://"):]
+    if tracking_uri.startswith("/"):
+        return tracking_uri
+    return None
+
+
+def read_only_client(tracking_uri: str) -> Any:
+    """An MlflowClient for reading a store that must already exist. MLflow creates a missing
+    SQLite file (and its folder) on first use; reading commands (``rollback``, ``cost``, retention
+    plans) must not, so a missing local store raises StoreNotFound naming the path."""
+    import mlflow
+
+    path = local_store_path(tracking_uri)
+    if path is not None and not os.path.exists(path):
+        raise StoreNotFound(f"no MLflow store at {path}: the file does not exist (check the tracking URI "
+                            f"{tracking_uri}; reading never creates a store)")
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
+    """The registered model ``name``, or StageFailed saying there is none (with a did-you-mean)."""
+    import mlflow
+
+    try:
+        return mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        from airflow_mlops.spec.errors import did_you_mean
+
+        known = [m.name for m in mlflow_client.search_registered_models(max_results=1000)]
+        raise StageFailed(f"there is no registered model named '{name}'{did_you_mean(name, known)} in the MLflow "
+                          f"registry at {tracking_uri}") from exc
 
 
 def client(target: MlflowTarget) -> Any:
@@ -102,13 +148,11 @@ def serving_model(model: str | None, ctx: StageContext) -> dict[str, Any]:
         else:
             mlflow_client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
-        known = [m.name for m in mlflow_client.search_registered_models(max_results=1000)]
-        if name not in known:
-            from airflow_mlops.spec.errors import did_you_mean
-
-            why = f"there is no registered model named '{name}'{did_you_mean(name, known)}"
-        else:
-            why = f"model '{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version}"
+        try:
+            registered_model(mlflow_client, name, ctx.mlflow.tracking_uri)
+        except StageFailed as missing:
+            raise StageFailed(f"cannot serve {model}: {missing}") from exc
+        why = f"model '{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version}"
         raise StageFailed(f"cannot serve {model}: {why} in the MLflow registry at {ctx.mlflow.tracking_uri}") from exc
     ctx.log.info("Serving %s: version %s of '%s'", model, version, name)
     return {"model_uri": f"models:/{name}/{version}", "model_name": name, "model_version": version, "model_ref": model}
