@@ -392,6 +392,9 @@ def test_operator_rejects_bad_arguments_when_the_dag_is_parsed(kwargs, message):
 
 
 def test_dag_file_with_the_gpu_operators_parses_without_heavy_imports(tmp_path):
+    # The entrypoint's module is located at parse, never run: its heavy imports stay out.
+    write(tmp_path, "pkg/__init__.py", "")
+    write(tmp_path, "pkg/mod.py", "import pandas, sklearn\n\ndef fit(params):\n    pass\n")
     dag_file = write(tmp_path, "gpu_dag.py", """
         # Airflow DAG with the GPU operators
         from airflow.sdk import DAG
@@ -945,3 +948,48 @@ def test_gpu_train_operator_as_the_train_stage_of_a_yaml_pipeline(airflow_db, ml
 
     url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert extra_links("gpu_yaml", dr.run_id, "train.run") == {"MLflow run": url}
+
+
+def test_training_code_beside_the_dag_file_imports_in_the_training_process(airflow_db, mlops_home, dags_folder):
+    """Issue 19, item 4: an entrypoint module beside the DAG file (in a subfolder of the dags
+    folder, not on the worker's path) is found by the training process; one that cannot be found
+    fails when the DAG is parsed, not after an MLflow run and a retry."""
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, "team/churn_training.py", """
+        def fit(params):
+            from sklearn.datasets import load_iris
+            from sklearn.tree import DecisionTreeClassifier
+
+            x, y = load_iris(return_X_y=True, as_frame=True)
+            model = DecisionTreeClassifier(max_depth=params["depth"]).fit(x, y)
+            return {"model": model, "metrics": {"accuracy": float(model.score(x, y))}, "input_example": x.head(3)}
+        """)
+    write(dags_folder, "team/churn_dag.py", """
+        # Airflow DAG whose training code sits beside it
+        from airflow.sdk import DAG
+        from airflow_mlops import GpuTrainOperator
+
+        with DAG("churn_beside", schedule=None):
+            GpuTrainOperator(task_id="train", entrypoint="churn_training:fit", gpus=0, hyperparams={"depth": 3},
+                             mlflow={"registered_model": "churn_beside"})
+        """)
+    write(dags_folder, "team/typo_dag.py", """
+        # Airflow DAG naming training code that is not there
+        from airflow.sdk import DAG
+        from airflow_mlops import GpuTrainOperator
+
+        with DAG("churn_typo", schedule=None):
+            GpuTrainOperator(task_id="train", entrypoint="churn_trainig:fit", gpus=0)
+            GpuTrainOperator(task_id="script", script="train.py", gpus=0)
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    errors = {Path(k).name: v for k, v in bag.import_errors.items()}
+    assert "cannot find module 'churn_trainig' of entrypoint= 'churn_trainig:fit': searched " \
+           f"{dags_folder / 'team'}, {dags_folder}" in errors["typo_dag.py"]
+    assert "churn_typo" not in bag.dag_ids
+    dr = bag.dags["churn_beside"].test()
+    assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {"train": "success"}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    assert str(client.get_latest_versions("churn_beside")[0].version) == "1"

@@ -101,6 +101,9 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
         max_active_runs=p.dag.max_active_runs or 16,
         doc_md=_docs(loaded),
     )
+    # Where the pipeline's code lives (not this module): operators put its folder on the import
+    # path of training processes and pods. Airflow sets the loader file here when it parses it.
+    dag.fileloc = str(loaded.file.resolve())
     groups: dict[str, TaskGroup] = {}
     with dag:
         for name, stage in p.stages.items():

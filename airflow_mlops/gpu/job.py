@@ -92,6 +92,9 @@ class GpuTrainJob(BaseModel):
     flush_interval_s: float = FLUSH_INTERVAL_S
     data: TrainData | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Folders put first on the training process's PYTHONPATH: the DAG's folder and dags folder /
+    # bundle (stages.context.code_paths), so an entrypoint beside the DAG file imports.
+    python_path: list[str] = Field(default_factory=list)
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
@@ -310,6 +313,8 @@ class TrainingRun:
         job = self.job
         env = dict(os.environ)
         env.update(job.env)
+        if job.python_path:
+            env["PYTHONPATH"] = os.pathsep.join([*job.python_path, *filter(None, [env.get("PYTHONPATH")])])
         env.update({
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus.visible)),
             # NVML numbers GPUs by PCI bus; CUDA by default fastest first. Make CUDA agree.

@@ -161,6 +161,7 @@ class GpuTrainOperator(BaseOperator):
             raise bad(str(exc)) from exc
         if backend == "kubernetes" and (self.kubernetes is None or not self.kubernetes.image):
             raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)")
+        script = self._locate(entrypoint, script, module, bad)
 
         self.entrypoint = entrypoint
         self.script = script
@@ -185,13 +186,34 @@ class GpuTrainOperator(BaseOperator):
         self._run: Any = None
         self._pod_op: Any = None
 
+    def _locate(self, entrypoint: str | None, script: str | None, module: str | None, bad: Any) -> str | None:
+        """Fail at parse when the training code cannot be found where the training process will
+        look: the DAG file's folder, the dags folder / bundle, the worker's path. A relative
+        script is taken from the DAG file's folder. Returns the script's path."""
+        from airflow_mlops.stages.context import code_paths, module_findable
+
+        paths = code_paths(getattr(self.dag, "fileloc", None) if self.has_dag() else None, dags_folder())
+        name = entrypoint.partition(":")[0] if entrypoint else module
+        if name and not _templated(name) and not module_findable(name, paths):
+            where = ", ".join(paths) or "the worker's sys.path"
+            raise bad(f"cannot find module '{name}' of {'entrypoint' if entrypoint else 'module'}= "
+                      f"{entrypoint or module!r}: searched {where} and the worker's sys.path")
+        if script and not _templated(script):
+            import os
+
+            path = script if os.path.isabs(script) or not paths else os.path.join(paths[0], script)
+            if not os.path.isfile(path):
+                raise bad(f"script {script!r} does not exist (looked for {path})")
+            return path
+        return script
+
     # -- the job ------------------------------------------------------------------------------
 
     def build_job(self, context: Any) -> Any:
         """The plain-Python job for this try (what runs in the worker or the pod)."""
         from airflow_mlops.gpu.job import GpuTrainJob, TrainData
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.context import mlops_home, safe_run_key
+        from airflow_mlops.stages.context import code_paths, mlops_home, safe_run_key
 
         ti = context["ti"]
         run_id = context["run_id"]
@@ -229,8 +251,8 @@ class GpuTrainOperator(BaseOperator):
                 "airflow_mlops.task_key": f"{ti.dag_id}/{run_id}/{ti.task_id}",
             },
             resources=resources, prices=self.prices, sample_interval_s=self.sample_interval_s, data=data,
-            env=self.env, prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url,
-            ui_url=self.mlflow_ui_url,
+            env=self.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
+            prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url, ui_url=self.mlflow_ui_url,
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -305,6 +327,14 @@ class GpuTrainOperator(BaseOperator):
             self._run.kill()
         if self._pod_op is not None:
             self._pod_op.on_kill()
+
+
+def dags_folder() -> tuple[str, ...]:
+    """Airflow's configured dags folder, as ``code_paths`` roots."""
+    from airflow.configuration import conf
+
+    folder = conf.get("core", "dags_folder", fallback=None)
+    return (folder,) if folder else ()
 
 
 def _parse_ids(value: Any, error: Any) -> list[int]:

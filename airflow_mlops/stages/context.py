@@ -106,6 +106,40 @@ def import_string(path: str) -> Any:
     return obj
 
 
+def code_paths(dag_file: str | None, roots: tuple[str, ...] = ()) -> list[str]:
+    """Folders a task's own code is imported from: the DAG file's folder, then each of ``roots``
+    (the configured dags folder) and ``sys.path`` entries (the DAG bundle Airflow put on the path)
+    that holds it. A training process or pod gets these on its ``PYTHONPATH``, so it sees the
+    code the DAG sees."""
+    import sys
+
+    if not dag_file:
+        return []
+    folder = os.path.dirname(os.path.abspath(dag_file))
+    out = [folder]
+    for entry in (*roots, *sys.path):
+        root = os.path.abspath(entry) if entry else ""
+        if root and root != folder and folder.startswith(root.rstrip(os.sep) + os.sep) and root not in out:
+            out.append(root)
+    return out
+
+
+def module_findable(module: str, extra_paths: list[str]) -> bool:
+    """Whether ``module`` can be imported with ``extra_paths`` in front of ``sys.path``. Only the
+    module is located (its parent packages are imported, as Python must), never run."""
+    import importlib.util
+    import sys
+
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in extra_paths if p not in sys.path]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+    finally:
+        sys.path[:] = saved
+
+
 @contextmanager
 def environ_kept(*names: str) -> Iterator[None]:
     """Put these environment variables back as they were (set or unset) when the block ends."""
