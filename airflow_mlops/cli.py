@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
     from airflow_mlops.gpu.cost import add_arguments  # pydantic only: cheap
 
-    p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GB-hours x prices), from MLflow")
+    p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GiB-hours x prices), from MLflow")
     add_arguments(p)
     p.set_defaults(func=cmd_cost)
     return parser

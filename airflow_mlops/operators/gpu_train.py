@@ -56,7 +56,7 @@ class GpuTrainOperator(BaseOperator):
         paths, or the task id of a preprocess stage whose XCom holds ``train_path``/``test_path``.
     :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
         the pod; default: the GPUs given, 1 CPU, 1Gi.
-    :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gb_hour`` 0.05.
+    :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gib_hour`` 0.05.
     :param sample_interval_s: NVML sampling period (default 1 s).
     :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
         runs the same job through ``python -m airflow_mlops.gpu.runner job``).
@@ -259,8 +259,9 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops.stages.context import StageFailed
 
         job = self.build_job(context)
-        self.log.info("GPU training of %s: %s GPU(s)%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
-                      job.entrypoint or job.script or job.module, job.gpus if job.gpu_ids is None else job.gpu_ids,
+        self.log.info("GPU training of %s, asking for %s%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
+                      job.entrypoint or job.script or job.module,
+                      f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}",
                       " in a pod" if self.backend == "kubernetes" else "", job.checkpoint_dir, job.tracking_uri,
                       job.experiment, job.registered_model)
         try:

@@ -24,7 +24,7 @@ class StageOperator(BaseOperator):
     :param stage_resources: what the stage holds (cpu / memory / whole GPUs): a pod's requests
         and limits on Kubernetes, and what a train stage's cost is billed for.
     :param prices: the price table for that cost (default 2.5 per GPU-hour, 0.1 per CPU-hour,
-        0.05 per GB-hour).
+        0.05 per GiB-hour).
     :param gpu_metrics: a train stage's NVML sampling interval, Prometheus port and Pushgateway.
     """
 
