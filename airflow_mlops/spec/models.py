@@ -215,6 +215,18 @@ class Bounds(Strict):
     max: int | None = Field(None, ge=0)
 
 
+# Column types as Spark prints them (simpleString), with the aliases people write.
+COLUMN_TYPES = ("bigint", "int", "smallint", "tinyint", "double", "float", "string", "boolean", "date", "timestamp",
+                "timestamp_ntz", "binary")
+_TYPE_ALIASES = {"long": "bigint", "integer": "int", "str": "string", "bool": "boolean", "float64": "double"}
+
+
+def canonical_type(name: str) -> str:
+    """``'Long'`` → ``'bigint'``: the Spark simpleString of a type name people write."""
+    name = name.strip().lower()
+    return _TYPE_ALIASES.get(name, name)
+
+
 class QualityGates(Strict):
     """Checks on a stage's output; a failed gate fails the task with the measured numbers."""
 
@@ -228,6 +240,24 @@ class QualityGates(Strict):
         "'date', 'timestamp') or null for any type.",
     )
     unique: list[str | list[str]] = Field(default_factory=list, description="Columns (or column lists) that must be unique.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        nested = re.compile(r"^(decimal|array|map|struct)\b")
+        bad = {col: t for col, t in v.items()
+               if t is not None and canonical_type(t) not in COLUMN_TYPES and not nested.match(canonical_type(t))}
+        if bad:
+            import difflib
+
+            col, t = next(iter(bad.items()))
+            close = difflib.get_close_matches(canonical_type(t), [*COLUMN_TYPES, *_TYPE_ALIASES], n=1)
+            raise PydanticCustomError(
+                "column_type", "column '{col}': unknown type {t}{hint}; expected one of {choices} (or decimal(p,s), "
+                "array<…>, map<…>, struct<…>)",
+                {"col": col, "t": repr(t), "hint": f" (did you mean '{close[0]}'?)" if close else "",
+                 "choices": ", ".join(COLUMN_TYPES)})
+        return v
 
 
 class SparkSettings(Strict):
