@@ -139,8 +139,8 @@ class ParamSpec(Strict):
     description: str | None = None
     title: str | None = Field(None, description="Label in the trigger form (default: the name).")
     enum: list[Any] | None = Field(None, description="The allowed values (a drop-down in the trigger form).")
-    minimum: float | None = None
-    maximum: float | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
     format: Literal["date", "date-time", "time", "multiline"] | None = Field(
         None, description="How the trigger form edits a string: a date or time picker, or a text box.")
 
@@ -159,9 +159,10 @@ class ParamSpec(Strict):
         if self.enum is not None and v not in self.enum:
             raise PydanticCustomError("param", "default {v} is not one of enum {e}", {"v": repr(v), "e": self.enum})
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if number and ((self.minimum is not None and v < self.minimum) or (self.maximum is not None and v > self.maximum)):
-            raise PydanticCustomError("param", "default {v} is outside [{lo}, {hi}]",
-                                      {"v": v, "lo": self.minimum, "hi": self.maximum})
+        if number and self.minimum is not None and v < self.minimum:
+            raise PydanticCustomError("param", "default {v} is below the minimum {lo}", {"v": v, "lo": self.minimum})
+        if number and self.maximum is not None and v > self.maximum:
+            raise PydanticCustomError("param", "default {v} is above the maximum {hi}", {"v": v, "hi": self.maximum})
         return self
 
     def to_param(self) -> Any:
