@@ -237,6 +237,8 @@ def test_params_become_dag_params_for_the_trigger_form(dags_folder):
     ("params: {n: {type: integer, default: 0, minimum: 1}}", "2:13 params.n: default 0 is below the minimum 1"),
     ("params: {n: {type: intger}}", "2:20 params.n.type: unknown type 'intger' (did you mean 'integer'?); expected one "
      "of 'string', 'integer', 'number', 'boolean', 'array', 'object', 'null'"),
+    ("params: {n: {typ: integer}}", "2:14 params.n.typ: unknown key 'typ' (did you mean 'type'?); expected one of "
+     "'type', 'default', 'description', 'title', 'enum', 'minimum', 'maximum', 'format'"),
     ("dag: {schedule: '@daily'}\nparams: {day: {type: string}}",
      "3:10 params.day: a scheduled pipeline's params need a default (scheduled runs have no one to set them)"),
 ])

@@ -198,3 +198,42 @@ def test_spark_stages_read_the_rendered_paths(spark, airflow_db, mlops_home, dag
     from airflow_mlops.stages.data import read_dataset
 
     assert len(read_dataset(xcom(dr, "preprocess.run")["data_path"])) == 100  # day2's classes 0 and 1 (day1: 50)
+
+
+def test_kubernetes_pods_run_the_rendered_stage(kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder):
+    """The pod gets the stage as rendered in the worker: a train param from the run's conf."""
+    import mlflow
+
+    from tests.conftest import REPO
+
+    pipeline = kube_namespace.replace("-", "_")
+    write(dags_folder, "k8s.yaml", f"""
+        id: {pipeline}
+        params:
+          c: 1.0
+        kubernetes:
+          image: python:3.11
+          namespace: {kube_namespace}
+          config_file: {kube_cluster.kubeconfig}
+          schedule_timeout: 20s
+          env: {{PYTHONPATH: {REPO}}}
+        stages:
+          preprocess:
+            input: {{sklearn_dataset: iris}}
+          train:
+            backend: kubernetes
+            resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
+            estimator: sklearn.linear_model.LogisticRegression
+            params: {{C: "{{{{ params.c }}}}", max_iter: 500}}
+            target: target
+        """)
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dag = bag.dags[pipeline]
+    assert type(dag.get_task("train.run")).__name__ == "KubernetesStageOperator"
+    dr, states = run(dag, run_conf={"c": 0.25})
+    assert states == {"preprocess.run": "success", "train.run": "success"}, states
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    assert client.get_run(xcom(dr, "train.run")["run_id"]).data.params["C"] == "0.25"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from datetime import date, datetime, timedelta
-from typing import Any, Iterable, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -181,7 +181,14 @@ def param_specs(v: Any) -> Any:
     return v
 
 
-ParamsField = dict[str, Union[ParamSpec, str, int, float, bool, list[Any], None]]
+class _OrJustTheDefault:
+    """JSON Schema: a param is a ParamSpec mapping, or just its default value."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {"anyOf": [handler(core_schema), {"not": {"type": "object"}, "description": "Short for {default: <value>}."}]}
+
+
+ParamsField = dict[str, Annotated[ParamSpec, _OrJustTheDefault()]]
 
 
 # --- one setting written two ways ------------------------------------------------------------------

@@ -15,7 +15,6 @@ import ast
 from typing import Any
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, WrapValidator
-from pydantic_core import PydanticCustomError
 
 from airflow_mlops.stages.context import expand_env, needs_expanding
 
