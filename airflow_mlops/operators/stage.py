@@ -91,7 +91,7 @@ class StageOperator(BaseOperator):
                 raise stage_failed(f"stage '{self.stage_name}': {field}: {exc}") from None
 
         data_dir = expanded("data_dir", self.data_dir) if self.data_dir else str(mlops_home() / "data" / pipeline_id)
-        if not os.path.isabs(data_dir):
+        if not os.path.isabs(data_dir) and "://" not in data_dir:
             raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} is not an absolute path once "
                                f"rendered and expanded ({data_dir!r})")
         mlflow = self.mlflow
