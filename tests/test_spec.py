@@ -103,14 +103,15 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'params', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
             "id: a\ndag:\n  shedule: '@daily'\nstages:\n  validate: {}\n",
             ["3:3 dag.shedule: unknown key 'shedule' (did you mean 'schedule'?); expected one of 'schedule', "
-             "'schedule_on_assets', 'start_date', 'catchup', 'description', 'tags', 'owner', 'retries', 'retry_delay', "
-             "'execution_timeout', 'max_active_runs', 'default_args'"],
+             "'schedule_on_assets', 'start_date', 'timezone', 'catchup', 'description', 'tags', 'owner', 'retries', "
+             "'retry_delay', 'execution_timeout', 'max_active_runs', 'on_success_callback', 'on_failure_callback', "
+             "'default_args'"],
             id="unknown-nested-key",
         ),
         pytest.param(

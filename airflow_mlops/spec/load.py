@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
+from airflow_mlops.spec.dag import check_dag, lift_default_args
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path, one_of
 from airflow_mlops.spec.models import (
     BUILTIN_PROFILES,
@@ -78,7 +79,7 @@ def _read_defaults(path: Path) -> Source:
     hit = _defaults_cache.get(path)
     if hit and hit[0] == mtime:
         return hit[1]
-    src = load_source(str(path), path.read_text())
+    src = lift_default_args(load_source(str(path), path.read_text()))
     if src.data is not None and not isinstance(src.data, dict):
         raise PipelineSpecError([SpecIssue(src.mark_of(()), "", "a defaults file must be a mapping")])
     for key in ("id", "stages"):
@@ -123,7 +124,7 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
         raise PipelineSpecError(
             [SpecIssue(src.mark_of(()) or Mark(display, 1, 1), "", f"a pipeline file must be a mapping (id, stages, ...), got {got}")]
         )
-    merged = src
+    merged = lift_default_args(src)  # before merging: the nearest file wins, whichever way it wrote a setting
     for defaults in reversed(_defaults_chain(path, Path(root) if root else None)):
         merged = merge_sources(_read_defaults(defaults), merged)
     try:
@@ -202,6 +203,7 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
         yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
         yield from _check_imports(stage, at, src)
     yield from _check_cycles(deps, src)
+    yield from check_dag(pipeline, src)
 
 
 def _check_engine(
@@ -290,7 +292,7 @@ def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue
 
 
 _CUSTOM_ERRORS = {"gpu", "cpu", "memory", "one_source", "one_step", "preprocess_source", "train_source", "relative_sqlite",
-                  "one_schedule", "stream_settings"}
+                  "one_schedule", "stream_settings", "start_date", "timezone", "param"}
 _TYPE_NAMES = {
     "string_type": "a string", "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
     "int_type": "a whole number", "float_type": "a number", "bool_type": "true or false", "list_type": "a list",

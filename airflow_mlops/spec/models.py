@@ -4,24 +4,22 @@ Schema (``airflow-mlops schema``) and the error messages."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops.gpu.cost import PriceTable
+from airflow_mlops.spec.base import Duration, Strict
+from airflow_mlops.spec.base import parse_duration as _parse_duration
+from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
+from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 from airflow_mlops.stream.spec import StreamServeSettings
 
 Backend = Literal["batch", "spark", "kubernetes"]
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors (reported with a did-you-mean by ``spec.load.translate``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -74,50 +72,6 @@ BUILTIN_PROFILES: dict[str, Resources] = {
 # --- pipeline-level settings -------------------------------------------------------------------
 
 
-def _parse_duration(v: Any) -> Any:
-    """Accept seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'1d'`` and ISO 8601 (pydantic's own)."""
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", v)
-        if m:
-            n, unit = float(m.group(1)), m.group(2)
-            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
-    return v
-
-
-Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
-
-
-class DagSettings(Strict):
-    """How the DAG is scheduled and retried (Airflow's DAG arguments and default_args)."""
-
-    schedule: str | None = Field(None, description="Cron, preset ('@daily') or null for manual runs.")
-    schedule_on_assets: list[str] = Field(
-        default_factory=list,
-        description="Run when these Airflow Assets (by name) get an event, e.g. another pipeline's drift stage "
-        "'<pipeline id>.<stage name>'. Replaces 'schedule'.",
-    )
-    start_date: date | datetime = Field(date(2025, 1, 1), description="First logical date.")
-    catchup: bool = False
-    description: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    owner: str = "airflow"
-    retries: int = Field(0, ge=0)
-    retry_delay: Duration = timedelta(minutes=5)
-    execution_timeout: Duration | None = None
-    max_active_runs: int | None = Field(None, ge=1)
-    default_args: dict[str, Any] = Field(default_factory=dict, description="Any other Airflow default_args.")
-
-    _durations = field_validator("retry_delay", "execution_timeout", mode="before")(
-        classmethod(lambda cls, v: _parse_duration(v))
-    )
-
-    @model_validator(mode="after")
-    def _one_schedule(self) -> "DagSettings":
-        if self.schedule and self.schedule_on_assets:
-            raise PydanticCustomError("one_schedule", "give 'schedule' or 'schedule_on_assets', not both")
-        return self
-
-
 class MlflowSettings(Strict):
     """Where results go. Tracking URI precedence: ``tracking_uri`` > ``conn_id`` (an Airflow
     connection whose host is the URI) > ``MLFLOW_TRACKING_URI`` > a SQLite store under
@@ -135,7 +89,8 @@ class MlflowSettings(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _absolute_sqlite(cls, v: str | None) -> str | None:
-        if v and v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
+        # A leading ~ or $VAR is expanded in the worker, which then checks the result again.
+        if v and v.startswith("sqlite:///") and not v.startswith(("sqlite:////", "sqlite:///~", "sqlite:///$")):
             raise PydanticCustomError(
                 "relative_sqlite",
                 "a relative SQLite path depends on each worker's current directory; use an absolute one, "
@@ -377,8 +332,8 @@ class TrainStage(StageBase):
 
 
 class Threshold(Strict):
-    min: float | None = None
-    max: float | None = None
+    min: Annotated[float | None, *TEMPLATABLE_VALUE] = None
+    max: Annotated[float | None, *TEMPLATABLE_VALUE] = None
 
 
 class Comparison(Strict):
@@ -502,6 +457,11 @@ class PipelineDefaults(Strict):
         default_factory=PriceTable,
         description="Prices per hour for the cost that training tasks record: resources held x wall-clock hours.")
     gpu_metrics: GpuMetricsSettings = Field(default_factory=GpuMetricsSettings)
+    params: ParamsField = Field(
+        default_factory=dict, description="The DAG's Params, by name: the Airflow trigger form shows them and "
+        "templates read them as {{ params.<name> }}; 'name: value' is short for 'name: {default: value}'.")
+
+    _params = field_validator("params", mode="before")(classmethod(lambda cls, v: param_specs(v)))
 
 
 class Pipeline(PipelineDefaults):

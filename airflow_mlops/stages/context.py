@@ -97,6 +97,43 @@ def mlops_home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")).resolve() / "mlops"
 
 
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+_URI_PREFIXES = ("file://", "sqlite:///")
+
+
+def expand_env(value: str) -> str:
+    """``~`` (at the start of the path) and ``$VAR``/``${VAR}`` expanded, in the environment of the
+    process that calls it: the worker's, when a task runs. A ``file://`` or ``sqlite:///`` prefix is
+    kept and the path after it expanded. ``AIRFLOW_MLOPS_HOME`` and ``AIRFLOW_HOME`` fall back to
+    their documented defaults when unset; any other unset variable is an error naming it, never a
+    literal ``$NAME`` folder."""
+    prefix = next((p for p in _URI_PREFIXES if value.startswith(p)), "")
+    s = value[len(prefix):]
+    if s.startswith("~"):
+        s = os.path.expanduser(s)
+    if "$" not in s:
+        return prefix + s
+    env = dict(os.environ)
+    env.setdefault("AIRFLOW_MLOPS_HOME", str(mlops_home()))
+    env.setdefault("AIRFLOW_HOME", str(Path("~/airflow").expanduser()))
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1).strip("{}")
+        if name not in env:
+            raise ValueError(f"environment variable ${name} in path {value!r} is not set")
+        return env[name]
+
+    return prefix + _VAR.sub(sub, s)
+
+
+def needs_expanding(value: Any) -> bool:
+    """Whether ``expand_env`` would change ``value`` (a ``~`` or a ``$``)."""
+    if not isinstance(value, str):
+        return False
+    s = next((value[len(p):] for p in _URI_PREFIXES if value.startswith(p)), value)
+    return s.startswith("~") or "$" in s
+
+
 def import_string(path: str) -> Any:
     """``'package.module:attr.sub'`` → the object."""
     module, _, attr = path.partition(":")
