@@ -10,7 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_mlops.operators.stage import StageOperator, stage_failed
-from airflow_mlops.spec.models import DataInput, PreprocessStage, QualityGates, SparkSettings, Split
+from airflow_mlops.spec.errors import ArgumentsError
+from airflow_mlops.spec.models import PreprocessStage, QualityGates, SparkSettings, Split
 
 RESULT_FILE = "_airflow_mlops_result.json"
 
@@ -103,12 +104,15 @@ class SparkFeatureOperator(SparkStageOperator):
         task_id = kwargs.get("task_id", "?")
         try:
             stage = PreprocessStage(
-                inputs={n: DataInput(path=v) if isinstance(v, str) else DataInput.model_validate(v) for n, v in inputs.items()},
+                inputs={n: {"path": v} if isinstance(v, str) else v for n, v in inputs.items()},
                 sql=sql, transform=transform, format=format, quality=quality, split=split, output=output,
             )
             spark = SparkSettings(conn_id=conn_id, master=master, conf=conf or {})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"SparkFeatureOperator(task_id={task_id!r}): {problems}") from None
+            errors = exc.errors(include_url=False)
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in errors)
+            owner = f"SparkFeatureOperator(task_id={task_id!r})"
+            model = PreprocessStage if exc.title == PreprocessStage.__name__ else SparkSettings
+            raise ArgumentsError(owner, errors, model, f"{owner}: {problems}") from None
         kwargs.setdefault("outlets", [Asset(uri=output if "://" in output else f"file://{os.path.abspath(output)}")])
         super().__init__(stage=stage, stage_name=task_id, spark=spark, **kwargs)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import re
 from typing import Any, Iterable
 
 from airflow_mlops.spec.errors import SpecIssue, did_you_mean, format_path, one_of
@@ -49,7 +49,13 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
             )
         yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
         yield from _check_imports(stage, at, src)
-    yield from _check_cycles(deps, src)
+    yield from _check_names(pipeline, src)
+    yield from _check_schedule(pipeline, src)
+    cycles = list(_check_cycles(deps, src))
+    yield from cycles
+    known = all(dep in pipeline.stages and dep != name for name, ds in deps.items() for dep in ds)
+    if known and not cycles:  # what comes from upstream is only clear once the graph is
+        yield from check_inputs(pipeline, deps, src)
 
 
 def _check_engine(
@@ -84,17 +90,13 @@ def _check_engine(
 
 
 def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
-    """Custom operators are imported (the DAG needs the class); callables are only located, so
-    parsing never imports a user's training code and its heavy libraries."""
+    """Custom operators are imported (the DAG needs the class) and checked against their arguments;
+    callables are only located, so parsing never imports a user's training code and its heavy
+    libraries."""
     if stage.kind == "custom":
-        module, _, attr = stage.operator.partition(":")
-        try:
-            obj = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-        except Exception as exc:  # any import-time failure of user code is a spec error here
-            yield SpecIssue(src.mark_of(at + ("operator",)), format_path(at + ("operator",)),
-                            f"cannot import operator '{stage.operator}': {type(exc).__name__}: {exc}")
+        from airflow_mlops.spec.operator_args import check_custom_stage
+
+        yield from check_custom_stage(stage, at, src)
         return
     target = getattr(stage, "callable", None)
     if target:
@@ -133,3 +135,124 @@ def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue
                 yield SpecIssue(src.mark_of(loc), format_path(loc), "dependency cycle: " + " → ".join(cycle[::-1]))
                 return
 
+
+
+# --- names and schedule: what Airflow itself would refuse -------------------------------------------
+
+# Airflow's rule for a task group id (airflow.sdk.definitions._internal.node.GROUP_KEY_REGEX): no '.',
+# which separates a group from its tasks; the DAG id may have one (KEY_REGEX).
+_GROUP_ID = re.compile(r"^[\w-]+$")
+_MAX_GROUP_ID, _MAX_DAG_ID = 200, 250
+
+
+def _check_names(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
+    if len(pipeline.id) > _MAX_DAG_ID:
+        yield SpecIssue(src.mark_of(("id",)), "id", f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(pipeline.id)}")
+    for name in pipeline.stages:
+        loc = ("stages", name)
+        if not isinstance(name, str) or not _GROUP_ID.match(name):
+            fixed = re.sub(r"[^\w-]+", "_", str(name)).strip("_") or "stage"
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
+                            f"stage name {name!r} cannot be an Airflow task group id (letters, digits, '_' and '-' "
+                            f"only; '.' separates a group from its tasks): rename it, e.g. '{fixed}'")
+        elif len(name) > _MAX_GROUP_ID:
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
+                            f"a stage name has at most {_MAX_GROUP_ID} characters (an Airflow task group id), got {len(name)}")
+
+
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+def _check_schedule(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
+    """The schedule as Airflow's timetable will read it: a preset or a cron expression."""
+    value = pipeline.dag.schedule
+    if value is None or value in ("@once", "@continuous"):
+        return
+    loc = ("dag", "schedule")
+    problem = schedule_problem(value)
+    if problem:
+        yield SpecIssue(src.mark_of(loc), format_path(loc), problem)
+
+
+def schedule_problem(value: str) -> str | None:
+    """Why Airflow would refuse ``value`` as a DAG's schedule (None if it would not)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    try:  # Airflow's own check (croniter), on the timetable a plain schedule string becomes
+        CronTriggerTimetable(value, timezone="UTC").validate()
+        return None
+    except Exception as exc:
+        why = str(exc).rstrip(".")
+    text = value.strip()
+    if text.lower() in ("none", "null", "~", ""):
+        return (f"{value!r} is a string here, not a missing schedule: write 'schedule: null' (or leave it out) "
+                "for a DAG that runs only when triggered")
+    if text.startswith("@"):
+        return f"unknown schedule preset {value!r}{did_you_mean(text, SCHEDULE_PRESETS)}; presets: {one_of(SCHEDULE_PRESETS)}"
+    fields = len(text.split())
+    extra = " (Airflow reads a 6th field as seconds and a 7th as the year)" if fields in (6, 7) else ""
+    return (f"not a cron expression or preset: {why}{extra}; write 5 fields 'minute hour day-of-month month "
+            f"day-of-week', e.g. '0 6 * * 1-5' for 06:00 on weekdays, or a preset: {one_of(SCHEDULE_PRESETS)}")
+
+
+# --- what each stage needs from upstream ---------------------------------------------------------------
+
+
+def upstream_stages(deps: dict[str, list[str]], name: str) -> list[str]:
+    """Every stage ``name`` depends on, directly or not, nearest first."""
+    order: list[str] = []
+    queue = list(deps.get(name, []))
+    while queue:
+        dep = queue.pop(0)
+        if dep not in order and dep in deps:
+            order.append(dep)
+            queue.extend(deps[dep])
+    return order
+
+
+def check_inputs(pipeline: Pipeline, deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:
+    """What a stage reads from the stages before it (``ctx.find`` in airflow_mlops/stages), given
+    at spec time rather than found missing when the task runs:
+
+    - train reads the train/test split of an upstream preprocess stage;
+    - validate checks the model version an upstream train stage registered;
+    - serve serves the model version of an upstream train or validate stage, else its own
+      ``model:``, else the pipeline's ``mlflow.registered_model`` (its champion); batch (and online,
+      in the worker) mode scores its ``input:``, else an upstream preprocess stage's test split;
+    - drift compares ``current`` with its ``reference:``, else an upstream preprocess stage's train split.
+
+    A custom stage upstream may return anything, so a stage after one is not checked."""
+    for name, stage in pipeline.stages.items():
+        ups = [pipeline.stages[u] for u in upstream_stages(deps, name)]
+        if any(u.kind == "custom" for u in ups):
+            continue
+        kinds = {u.kind for u in ups}
+        prep = [n for n in upstream_stages(deps, name) if pipeline.stages[n].kind == "preprocess"]
+        split = any(pipeline.stages[n].split is not None for n in prep)
+        unsplit = f"; preprocess '{prep[0]}' has 'split: null' (one dataset, no train/test split)" if prep and not split else ""
+        listed = " (or list one in its depends_on)"
+        missing = []
+        if stage.kind == "train" and not split:
+            missing.append(f"trains on the train/test split of an upstream preprocess stage, and has none{unsplit}: "
+                           f"add a preprocess stage before it{listed}")
+        elif stage.kind == "validate" and "train" not in kinds:
+            missing.append(f"validates the model version an upstream train stage registers, and has none: "
+                           f"add a train stage before it{listed}")
+        elif stage.kind == "serve":
+            model = stage.model or (stage.stream.model_uri if stage.stream else None)
+            if not (model or kinds & {"train", "validate"} or pipeline.mlflow.registered_model):
+                missing.append("serves a model, and no stage before it trains or validates one: add a train or "
+                               "validate stage before it, set 'model: models:/<name>@<alias>' on it, or set "
+                               "mlflow.registered_model to serve that model's 'champion'")
+            backend = stage.backend or pipeline.backend
+            reads = stage.mode == "batch" or (stage.mode == "online" and backend != "kubernetes")
+            if reads and stage.input is None and not split:
+                what = "scores" if stage.mode == "batch" else "sends a sample to the model server from"
+                missing.append(f"{what} a dataset, and has none{unsplit}: set 'input' on it, or add a preprocess "
+                               f"stage before it to use its test split{listed}")
+        elif stage.kind == "drift" and stage.reference is None and not split:
+            missing.append(f"compares 'current' with a reference, and has none{unsplit}: set 'reference' on it, or "
+                           f"add a preprocess stage before it to use its train split{listed}")
+        loc = ("stages", name)
+        for what in missing:
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc), f"stage '{name}' {what}")
