@@ -110,6 +110,9 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
         default_args=default_args,
         max_active_runs=p.dag.max_active_runs or 16,
         doc_md=_docs(loaded),
+        # The loader hands DAGs to Airflow itself (load_pipelines(globals())): a DAG whose build
+        # fails half-way must never reach Airflow through auto-registration.
+        auto_register=False,
     )
     groups: dict[str, TaskGroup] = {}
     with dag:

@@ -130,5 +130,5 @@ def _check_signature(cls: type, stage: Any, at: tuple, src: Source, task_args: d
     for name in required:
         if name not in stage.args and name not in suggested:
             where = args_loc if args_loc in src.value_marks else at + ("operator",)
-            yield SpecIssue(src.mark_of(where), format_path(args_loc),
+            yield SpecIssue(src.mark_of(where, key=True), format_path(args_loc),
                             f"{cls.__name__} needs the argument '{name}'")
