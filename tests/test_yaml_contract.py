@@ -315,3 +315,18 @@ def test_broken_files_of_the_same_name_get_a_placeholder_each(dags_folder):
     assert bag.import_errors == {}
     assert sorted(bag.dag_ids) == ["good", "invalid__team_a__broken", "invalid__team_b__broken"]
     assert str(dags_folder / "team_b" / "broken.yaml") in bag.dags["invalid__team_b__broken"].doc_md
+
+
+def test_names_and_schedule_are_reported_with_the_models_errors(tmp_path, capsys):
+    path = write(tmp_path, "churn.yaml", """
+        id: churn
+        backend: sprak
+        dag:
+          schedule: "@dialy"
+        stages:
+          feature engineering: {kind: preprocess, input: {path: /data/churn.parquet}}
+        """)
+    code, lines, _ = validate(capsys, path)
+    assert code == 1
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        [f"{path}:2:10", "backend:"], [f"{path}:4:13", "dag.schedule:"], [f"{path}:6:3", "stages.feature"]]

@@ -21,6 +21,7 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
 
 
 def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
+    """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data."""
     from airflow_mlops.backends import AVAILABLE_BACKENDS
 
     names = list(pipeline.stages)
@@ -49,8 +50,6 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
             )
         yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
         yield from _check_imports(stage, at, src)
-    yield from _check_names(pipeline, src)
-    yield from _check_schedule(pipeline, src)
     cycles = list(_check_cycles(deps, src))
     yield from cycles
     known = all(dep in pipeline.stages and dep != name for name, ds in deps.items() for dep in ds)
@@ -145,10 +144,15 @@ _GROUP_ID = re.compile(r"^[\w-]+$")
 _MAX_GROUP_ID, _MAX_DAG_ID = 200, 250
 
 
-def _check_names(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
-    if len(pipeline.id) > _MAX_DAG_ID:
-        yield SpecIssue(src.mark_of(("id",)), "id", f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(pipeline.id)}")
-    for name in pipeline.stages:
+def check_names_and_schedule(data: Any, src: Source) -> Iterable[SpecIssue]:
+    """Stage names, DAG id length and schedule, read from the raw data: so they are reported
+    together with the model's errors, whether or not the rest of the file is valid."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("id"), str) and len(data["id"]) > _MAX_DAG_ID:
+        yield SpecIssue(src.mark_of(("id",)), "id", f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(data['id'])}")
+    stages = data.get("stages")
+    for name in stages if isinstance(stages, dict) else ():
         loc = ("stages", name)
         if not isinstance(name, str) or not _GROUP_ID.match(name):
             fixed = re.sub(r"[^\w-]+", "_", str(name)).strip("_") or "stage"
@@ -158,20 +162,15 @@ def _check_names(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
         elif len(name) > _MAX_GROUP_ID:
             yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
                             f"a stage name has at most {_MAX_GROUP_ID} characters (an Airflow task group id), got {len(name)}")
+    dag = data.get("dag")
+    schedule = dag.get("schedule") if isinstance(dag, dict) else None
+    if isinstance(schedule, str) and schedule not in ("@once", "@continuous"):
+        problem = schedule_problem(schedule)
+        if problem:
+            yield SpecIssue(src.mark_of(("dag", "schedule")), "dag.schedule", problem)
 
 
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
-
-
-def _check_schedule(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
-    """The schedule as Airflow's timetable will read it: a preset or a cron expression."""
-    value = pipeline.dag.schedule
-    if value is None or value in ("@once", "@continuous"):
-        return
-    loc = ("dag", "schedule")
-    problem = schedule_problem(value)
-    if problem:
-        yield SpecIssue(src.mark_of(loc), format_path(loc), problem)
 
 
 def schedule_problem(value: str) -> str | None:

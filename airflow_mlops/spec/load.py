@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from airflow_mlops.spec.checks import check_pipeline, stage_dependencies
+from airflow_mlops.spec.checks import check_names_and_schedule, check_pipeline, stage_dependencies
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, defaults_chain, discover, read_defaults
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources
@@ -86,14 +86,21 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
     merged = src
     for defaults in reversed(defaults_chain(path)):
         merged = merge_sources(read_defaults(defaults), merged)
+    issues = list(check_names_and_schedule(merged.data, merged))
     try:
         pipeline = Pipeline.model_validate(merged.data)
     except ValidationError as exc:
-        raise PipelineSpecError(translate(exc, merged)) from None
-    issues = list(check_pipeline(pipeline, merged))
+        raise PipelineSpecError(_in_order(translate(exc, merged) + issues, display)) from None
+    issues += check_pipeline(pipeline, merged)
     if issues:
-        raise PipelineSpecError(issues)
+        raise PipelineSpecError(_in_order(issues, display))
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged)
+
+
+def _in_order(issues: list[SpecIssue], file: str) -> list[SpecIssue]:
+    """The pipeline file's issues by position, then those of its defaults files."""
+    return sorted(issues, key=lambda i: (i.mark.file != file, i.mark.file, i.mark.line, i.mark.column)
+                  if i.mark else (True, "", 0, 0))
 
 
 def load_folder(folder: str | os.PathLike) -> tuple[list[LoadedPipeline], dict[Path, PipelineSpecError]]:
