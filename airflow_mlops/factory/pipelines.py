@@ -57,8 +57,8 @@ def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
             loaded = read_pipeline(path)
             first = ids.get(loaded.pipeline.id)
             if first is not None:
-                raise PipelineSpecError([SpecIssue(loaded.mark_of(("id",)), "id",
-                                                   f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}")])
+                used = f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}"
+                raise PipelineSpecError([SpecIssue(loaded.mark_of(("id",)), "id", used)])
             ids[loaded.pipeline.id] = loaded
             verdict.good.append((loaded, checked_dag(loaded)))
         except PipelineSpecError as exc:

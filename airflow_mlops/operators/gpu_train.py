@@ -135,7 +135,8 @@ class GpuTrainOperator(BaseOperator):
         if hyperparams is not None and not isinstance(hyperparams, dict):
             raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}", "hyperparams")
         if isinstance(sample_interval_s, bool) or not isinstance(sample_interval_s, (int, float)) or sample_interval_s <= 0:
-            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}", "sample_interval_s")
+            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}",
+                      "sample_interval_s")
         if backend not in BACKENDS:
             raise bad(f"backend must be one of {BACKENDS}, got {backend!r}", "backend")
         data_given = any(v is not None for v in (train_path, test_path, upstream_task))
@@ -174,7 +175,8 @@ class GpuTrainOperator(BaseOperator):
         self.mlflow, self.prices, self.kubernetes = made["mlflow"], made["prices"], made["kubernetes"]
         self.held_resources = made["resources"]  # not self.resources: BaseOperator's own
         if backend == "kubernetes" and (self.kubernetes is None or not self.kubernetes.image):
-            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)", "kubernetes")
+            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)",
+                      "kubernetes")
 
         self.entrypoint = entrypoint
         self.script = script

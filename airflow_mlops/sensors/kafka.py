@@ -78,13 +78,15 @@ class KafkaLagSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):
-            raise ArgumentsError.one(owner, "condition", f"condition must be 'lag_below' or 'new_records', got {condition!r}")
+            raise ArgumentsError.one(owner, "condition",
+                                     f"condition must be 'lag_below' or 'new_records', got {condition!r}")
         threshold = 1 if threshold is None else threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             raise ArgumentsError.one(owner, "threshold", f"threshold must be a whole number ≥ 1, got {threshold!r}")
         topics = [topics] if isinstance(topics, str) else list(topics)
         if not topics or not all(isinstance(t, str) and t for t in topics):
-            raise ArgumentsError.one(owner, "topics", f"topics must be a topic name or a non-empty list of names, got {topics!r}")
+            raise ArgumentsError.one(owner, "topics",
+                                     f"topics must be a topic name or a non-empty list of names, got {topics!r}")
         if not group_id:
             raise ArgumentsError.one(owner, "group_id", "group_id is required")
         self.topics = topics

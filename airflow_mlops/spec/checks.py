@@ -150,7 +150,8 @@ def check_names_and_schedule(data: Any, src: Source) -> Iterable[SpecIssue]:
     if not isinstance(data, dict):
         return
     if isinstance(data.get("id"), str) and len(data["id"]) > _MAX_DAG_ID:
-        yield SpecIssue(src.mark_of(("id",)), "id", f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(data['id'])}")
+        yield SpecIssue(src.mark_of(("id",)), "id",
+                        f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(data['id'])}")
     stages = data.get("stages")
     for name in stages if isinstance(stages, dict) else ():
         loc = ("stages", name)
@@ -161,7 +162,8 @@ def check_names_and_schedule(data: Any, src: Source) -> Iterable[SpecIssue]:
                             f"only; '.' separates a group from its tasks): rename it, e.g. '{fixed}'")
         elif len(name) > _MAX_GROUP_ID:
             yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
-                            f"a stage name has at most {_MAX_GROUP_ID} characters (an Airflow task group id), got {len(name)}")
+                            f"a stage name has at most {_MAX_GROUP_ID} characters (an Airflow task group id), "
+                            f"got {len(name)}")
     dag = data.get("dag")
     schedule = dag.get("schedule") if isinstance(dag, dict) else None
     if isinstance(schedule, str) and schedule not in ("@once", "@continuous"):
@@ -187,7 +189,8 @@ def schedule_problem(value: str) -> str | None:
         return (f"{value!r} is a string here, not a missing schedule: write 'schedule: null' (or leave it out) "
                 "for a DAG that runs only when triggered")
     if text.startswith("@"):
-        return f"unknown schedule preset {value!r}{did_you_mean(text, SCHEDULE_PRESETS)}; presets: {one_of(SCHEDULE_PRESETS)}"
+        return (f"unknown schedule preset {value!r}{did_you_mean(text, SCHEDULE_PRESETS)}; "
+                f"presets: {one_of(SCHEDULE_PRESETS)}")
     fields = len(text.split())
     extra = " (Airflow reads a 6th field as seconds and a 7th as the year)" if fields in (6, 7) else ""
     return (f"not a cron expression or preset: {why}{extra}; write 5 fields 'minute hour day-of-month month "
@@ -228,7 +231,8 @@ def check_inputs(pipeline: Pipeline, deps: dict[str, list[str]], src: Source) ->
         kinds = {u.kind for u in ups}
         prep = [n for n in upstream_stages(deps, name) if pipeline.stages[n].kind == "preprocess"]
         split = any(pipeline.stages[n].split is not None for n in prep)
-        unsplit = f"; preprocess '{prep[0]}' has 'split: null' (one dataset, no train/test split)" if prep and not split else ""
+        unsplit = (f"; preprocess '{prep[0]}' has 'split: null' (one dataset, no train/test split)"
+                   if prep and not split else "")
         listed = " (or list one in its depends_on)"
         missing = []
         if stage.kind == "train" and not split:

@@ -88,7 +88,8 @@ def load_source(file: str, text: str) -> Source:
         for key_node, value_node in n.value:
             if key_node.tag == _MERGE_TAG:
                 if merge_key is not None:
-                    problem(key_node, path + ("<<",), f"duplicate key '<<' (first defined at line {_mark(file, merge_key).line})")
+                    first = _mark(file, merge_key).line
+                    problem(key_node, path + ("<<",), f"duplicate key '<<' (first defined at line {first})")
                     continue
                 merge_key = key_node
                 subs = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
@@ -177,7 +178,8 @@ def _check_alias_expansion(file: str, text: str) -> None:
 
 
 def _alias_error(file: str, event: yaml.Event, message: str) -> PipelineSpecError:
-    return PipelineSpecError([SpecIssue(Mark(file, event.start_mark.line + 1, event.start_mark.column + 1), "", message)])
+    where = Mark(file, event.start_mark.line + 1, event.start_mark.column + 1)
+    return PipelineSpecError([SpecIssue(where, "", message)])
 
 
 def merge_sources(base: Source, override: Source) -> Source:
