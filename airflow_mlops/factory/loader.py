@@ -74,6 +74,8 @@ def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:
         relative = path.relative_to(folder) if folder is not None and folder.is_dir() else Path(path.name)
     except ValueError:
         relative = Path(path.name)
+    if not relative.name:  # the folder itself (it could not be listed)
+        relative = Path(path.name or "folder")
     base = "invalid__" + "__".join(re.sub(r"[^0-9A-Za-z_.-]", "_", part) for part in relative.with_suffix("").parts)
     dag_id, n = base[:250], 2
     while dag_id in taken:
