@@ -14,6 +14,7 @@ from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
 from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
 from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
 from airflow_mlops.spec.models import Pipeline
+from airflow_mlops.spec.operator_args import stage_task_args
 from airflow_mlops.spec.templating import is_template
 from airflow_mlops.stages.context import import_string, mlops_home, needs_expanding
 
@@ -105,6 +106,15 @@ def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     return []
 
 
+class StageBuildError(Exception):
+    """Building one stage's tasks failed: ``stage`` names it, ``error`` is what Airflow (or the
+    operator) raised."""
+
+    def __init__(self, stage: str, error: Exception):
+        self.stage, self.error = stage, error
+        super().__init__(f"stage '{stage}': {type(error).__name__}: {error}")
+
+
 def build_dag(loaded: LoadedPipeline) -> DAG:
     p = loaded.pipeline
     plan = Plan(loaded)
@@ -131,6 +141,9 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
         doc_md=_docs(loaded),
         params={name: spec.to_param() for name, spec in p.params.items()},
         **callbacks,
+        # The loader hands DAGs to Airflow itself (load_pipelines(globals())): a DAG whose build
+        # fails half-way must never reach Airflow through auto-registration.
+        auto_register=False,
     )
     # Where the pipeline's code lives (not this module): operators put its folder on the import
     # path of training processes and pods. Airflow sets the loader file here when it parses it.
@@ -139,19 +152,18 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     with dag:
         for name, stage in p.stages.items():
             backend = stage.backend or p.backend
-            task_args: dict[str, Any] = {"doc_md": stage.doc} if stage.doc else {}
-            if stage.retries is not None:
-                task_args["retries"] = stage.retries
-            if stage.execution_timeout is not None:
-                task_args["execution_timeout"] = stage.execution_timeout
-            with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
-                if stage.kind == "custom":
-                    import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
-                else:
-                    build_stage_tasks(
-                        backend, stage=stage, stage_name=name, plan=plan,
-                        task_args={**task_args, "outlets": _outlets(plan, name, stage)},
-                    )
+            task_args = stage_task_args(stage)
+            try:
+                with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
+                    if stage.kind == "custom":
+                        import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
+                    else:
+                        build_stage_tasks(
+                            backend, stage=stage, stage_name=name, plan=plan,
+                            task_args={**task_args, "outlets": _outlets(plan, name, stage)},
+                        )
+            except Exception as exc:
+                raise StageBuildError(name, exc) from exc
             groups[name] = group
         for name, deps in plan.deps.items():
             for dep in deps:

@@ -324,7 +324,8 @@ class RestoreSpec(_Target):
 
 
 def validated(model: type[BaseModel], data: dict[str, Any], owner: str) -> Any:
-    """``model`` built from ``data``, or a ValueError naming every bad field (for DAG-parse errors)."""
+    """``model`` built from ``data``, or an ArgumentsError (a ValueError) naming every bad field (for
+    DAG-parse errors; ``airflow-mlops validate`` points at each in a pipeline's YAML)."""
     from pydantic import ValidationError
 
     try:
@@ -348,7 +349,10 @@ def validated(model: type[BaseModel], data: dict[str, Any], owner: str) -> Any:
                     close = difflib.get_close_matches(key, sorted(here), n=1)
                     msg = f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
             lines.append(f"{loc or '(arguments)'}: {msg}")
-        raise ValueError(f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
+        from airflow_mlops.spec.errors import ArgumentsError
+
+        raise ArgumentsError(owner, exc.errors(include_url=False), model,
+                             f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
 
 
 def _fields_at(model: type[BaseModel], parts: list[Any]) -> set[str]:

@@ -363,6 +363,17 @@ class ValidateStage(StageBase):
         "fail", description="When the champion wins: fail the task, or skip it and serving after it."
     )
 
+    @field_validator("alias", "previous_alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        # MLflow refuses these alias names: 'latest' and 'v<number>' already mean a version.
+        if re.fullmatch(r"latest|v\d+", v, flags=re.IGNORECASE):
+            raise PydanticCustomError(
+                "reserved_alias",
+                "MLflow reserves the alias {v} ('latest' and 'v<number>' already name versions); choose another, "
+                "e.g. 'champion' or 'production'", {"v": repr(v)})
+        return v
+
 
 class ServeStage(StageBase):
     """batch: score a dataset; online: run an MLflow model server for the validated version;
