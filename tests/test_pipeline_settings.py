@@ -53,7 +53,7 @@ def test_daily_job_stays_at_six_local_time_across_the_dst_change(dags_folder):
           start_date: 2025-03-27
           catchup: true
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     dag = serialized(dagbag(dags_folder).dags["berlin"])
     from airflow.timetables.base import TimeRestriction
@@ -78,7 +78,7 @@ def test_start_date_keeps_its_offset(dags_folder):
           schedule: "@daily"
           start_date: "2025-03-01T00:00:00+01:00"
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     dag = dagbag(dags_folder).dags["offset"]
     assert dag.start_date == datetime(2025, 2, 28, 23, 0, tzinfo=timezone.utc)
@@ -91,7 +91,7 @@ def test_a_naive_start_date_is_in_airflows_default_timezone(tmp_path):
         id: naive
         dag: {schedule: "@daily", start_date: "2025-03-01T06:00:00"}
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     write(tmp_path / "dags", "pipelines.py", "# airflow dag\nfrom airflow_mlops import load_pipelines\nload_pipelines(globals())\n")
     code = textwrap.dedent(f"""
@@ -108,7 +108,7 @@ def test_a_naive_start_date_is_in_airflows_default_timezone(tmp_path):
 
 
 def test_unknown_timezone_is_refused_with_a_suggestion(tmp_path):
-    path = write(tmp_path, "p.yaml", "id: p\ndag: {timezone: Europe/Berln}\nstages:\n  validate: {}\n")
+    path = write(tmp_path, "p.yaml", "id: p\ndag: {timezone: Europe/Berln}\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n")
     assert errors_of(path) == [
         f"{path}:2:17 dag.timezone: unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?); expected an "
         "IANA name such as 'Europe/Berlin', 'America/New_York' or 'UTC'"]
@@ -129,10 +129,10 @@ def test_the_pipelines_own_setting_beats_defaults_written_the_other_way(dags_fol
           retries: 0
           default_args: {owner: team-a}
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     dag = dagbag(dags_folder).dags["own"]
-    task = dag.get_task("validate.run")
+    task = dag.get_task("preprocess.run")
     assert (task.retries, task.owner, task.retry_delay, task.pool) == (0, "team-a", timedelta(minutes=10), "shared")
     assert task.execution_timeout == timedelta(hours=1)
     assert dag.default_args["retries"] == 0
@@ -147,7 +147,7 @@ def test_one_setting_written_both_ways_in_one_file_is_refused(tmp_path):
             retries: 2
             schedule: "@daily"
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     assert errors_of(path) == [
         f"{path}:5:5 dag.default_args.retries: the same setting as dag.retries (line 3); write it once, as dag.retries",
@@ -157,7 +157,7 @@ def test_one_setting_written_both_ways_in_one_file_is_refused(tmp_path):
 
 def test_both_ways_in_a_defaults_file_point_at_it(tmp_path):
     write(tmp_path, "_defaults.yaml", "dag:\n  owner: a\n  default_args: {owner: b}\n")
-    path = write(tmp_path, "p.yaml", "id: p\nstages:\n  validate: {}\n")
+    path = write(tmp_path, "p.yaml", "id: p\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n")
     assert errors_of(path, tmp_path) == [
         f"{tmp_path / '_defaults.yaml'}:3:18 dag.default_args.owner: the same setting as dag.owner (line 2); "
         "write it once, as dag.owner"]
@@ -177,12 +177,12 @@ def test_callbacks_become_functions(dags_folder, monkeypatch):
             on_failure_callback: alerting_cb.notify
             on_retry_callback: [alerting_cb.notify, alerting_cb:page]
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     import alerting_cb
 
     dag = dagbag(dags_folder).dags["cb"]
-    task = dag.get_task("validate.run")
+    task = dag.get_task("preprocess.run")
     assert list(task.on_failure_callback) == [alerting_cb.notify]
     assert list(task.on_retry_callback) == [alerting_cb.notify, alerting_cb.page]
     assert dag.on_failure_callback == [alerting_cb.page]
@@ -198,12 +198,12 @@ def test_callbacks_become_functions(dags_folder, monkeypatch):
                "'package.module.function', got 'notify'"),
 ])
 def test_a_callback_that_does_not_resolve_is_refused_at_its_line(tmp_path, value, message):
-    path = write(tmp_path, "p.yaml", f"id: p\ndag:\n  default_args:\n    on_failure_callback: {value}\nstages:\n  validate: {{}}\n")
+    path = write(tmp_path, "p.yaml", f"id: p\ndag:\n  default_args:\n    on_failure_callback: {value}\nstages:\n  preprocess: {{input: {{sklearn_dataset: iris}}}}\n")
     assert errors_of(path) == [f"{path}:4:26 dag.default_args.on_failure_callback: {message}"]
 
 
 def test_sla_callbacks_are_refused_as_removed(tmp_path):
-    path = write(tmp_path, "p.yaml", "id: p\ndag:\n  default_args: {sla_miss_callback: a.b}\nstages:\n  validate: {}\n")
+    path = write(tmp_path, "p.yaml", "id: p\ndag:\n  default_args: {sla_miss_callback: a.b}\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n")
     (error,) = errors_of(path)
     assert error.startswith(f"{path}:3:18 dag.default_args.sla_miss_callback: Airflow 3 has no SLAs")
 
@@ -220,7 +220,7 @@ def test_params_become_dag_params_for_the_trigger_form(dags_folder):
           mode: {type: string, enum: [fast, full], default: fast}
           note: hello
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
     dag = serialized(dagbag(dags_folder).dags["with_params"])
     dumped = {name: param.dump() for name, param in dag.params.items()}
@@ -243,7 +243,7 @@ def test_params_become_dag_params_for_the_trigger_form(dags_folder):
      "3:10 params.day: a scheduled pipeline's params need a default (scheduled runs have no one to set them)"),
 ])
 def test_bad_params_are_refused_at_their_line(tmp_path, text, expected):
-    path = write(tmp_path, "p.yaml", f"id: p\n{text}\nstages:\n  validate: {{}}\n")
+    path = write(tmp_path, "p.yaml", f"id: p\n{text}\nstages:\n  preprocess: {{input: {{sklearn_dataset: iris}}}}\n")
     assert errors_of(path) == [f"{path}:{expected}"]
 
 
@@ -251,10 +251,12 @@ def test_templates_are_accepted_where_values_vary_per_run_and_values_are_still_c
     path = write(tmp_path, "p.yaml", """
         id: p
         stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+          train: {estimator: sklearn.tree.DecisionTreeClassifier, target: target}
           validate:
             thresholds: {accuracy: {min: "{{ params.min_accuracy }}"}, f1: {min: lots}}
         """)
-    assert errors_of(path) == [f"{path}:4:74 stages.validate.thresholds.f1.min: input should be a valid number, "
+    assert errors_of(path) == [f"{path}:6:74 stages.validate.thresholds.f1.min: input should be a valid number, "
                                "unable to parse string as a number, got 'lots'"]
     path.write_text(path.read_text().replace(", f1: {min: lots}", ""))
     stage = read_pipeline(path).pipeline.stages["validate"]
