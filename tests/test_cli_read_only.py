@@ -32,14 +32,17 @@ def test_rollback_of_an_unknown_model_says_so(tmp_path, capsys):
     assert "model 'churn_model' has no 'previous-champion' alias to roll back to" in capsys.readouterr().err
 
 
-def test_retention_plan_against_a_mistyped_store_fails_and_creates_nothing(tmp_path):
-    from airflow_mlops.lifecycle.retention import plan
+def test_retention_against_a_missing_store_deletes_nothing_says_so_and_creates_nothing(tmp_path):
+    """A fresh install's maintenance run (no store yet) must not fail; a mistyped store path must
+    not get an empty store: the policy's notes name the path instead."""
+    from airflow_mlops.lifecycle.retention import run_retention
     from airflow_mlops.lifecycle.specs import RetentionSpec
-    from airflow_mlops.stages.tracking import StoreNotFound
 
     store = tmp_path / "typo" / "mlflow.db"
     spec = RetentionSpec(mlflow={"tracking_uri": f"sqlite:///{store}"}, policies=[
         {"kind": "mlflow_model_versions", "models": ["m"], "keep_last": 1}])
-    with pytest.raises(StoreNotFound, match=f"no MLflow store at {store}"):
-        plan(spec)
+    summary = run_retention(spec)
+    assert summary["items"] == 0
+    assert summary["policies"][0]["notes"] == [f"no MLflow store at {store}: the file does not exist (check the "
+                                               f"tracking URI sqlite:///{store}; reading never creates a store)"]
     assert not (tmp_path / "typo").exists()

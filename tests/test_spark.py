@@ -207,3 +207,38 @@ def test_feature_operator_arguments_are_checked_like_the_other_operators(tmp_pat
     assert main(["validate", str(tmp_path / "p.yaml")]) == 1
     assert (f"{tmp_path / 'p.yaml'}:6:16 stages.preprocess.quality.columns: column 'target': unknown type 'lnog' "
             "(did you mean 'long'?)") in capsys.readouterr().out
+
+
+def test_feature_operator_renders_inputs_sql_and_output_per_run(spark, data, airflow_db, mlops_home, dags_folder,
+                                                                tmp_path):
+    """Issue 19, item 3: inputs, SQL and the output folder of SparkFeatureOperator are templates,
+    rendered per run; the declared Asset is the output's folder up to the per-run part, never a
+    path under whichever folder parsed the DAG (a relative output is refused at parse)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_mlops.operators.spark import SparkFeatureOperator
+
+    write(dags_folder, "features.py", f"""
+        # Airflow DAG: features per day
+        from airflow.sdk import DAG
+        from airflow_mlops import SparkFeatureOperator
+
+        with DAG("features_daily", schedule=None, params={{"orders": {data['orders'].path!r}, "min_amount": 0}}):
+            SparkFeatureOperator(task_id="features", inputs={{"orders": "{{{{ params.orders }}}}"}},
+                                 sql="SELECT * FROM orders WHERE amount > {{{{ params.min_amount }}}}",
+                                 output="{tmp_path}/features/{{{{ ds_nodash }}}}", master="local[2]")
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    task = bag.dags["features_daily"].get_task("features")
+    assert [a.uri for a in task.outlets] == [f"file://{tmp_path}/features"]
+    dr = bag.dags["features_daily"].test(run_conf={"min_amount": 20})
+    ti = dr.get_task_instances()[0]
+    assert ti.state == "success"
+    result = ti.xcom_pull(task_ids="features")
+    day = dr.logical_date.strftime("%Y%m%d")
+    assert result["data_path"] == f"{tmp_path}/features/{day}/data.parquet"
+    amounts = read_dataset(result["data_path"])["amount"].tolist()
+    assert amounts and min(amounts) > 20
+    with pytest.raises(ValueError, match="output must be an absolute path or a URI"):
+        SparkFeatureOperator(task_id="f", inputs={"a": "/a.csv"}, sql="SELECT 1", output="features/{{ ds }}")

@@ -78,7 +78,15 @@ def guarded_aliases(model: Any, pol: Any) -> set[str]:
 
 
 def plan(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str, now: float) -> None:
-    client = _client(tracking_uri)
+    from airflow_mlops.stages.tracking import StoreNotFound
+
+    try:
+        client = _client(tracking_uri)
+    except StoreNotFound as exc:  # nothing to delete, and no empty store made at a mistyped path
+        log.warning("%s: the MLflow policies have nothing to do", exc)
+        for pp, _pol in policies:
+            pp.notes.append(str(exc))
+        return
     registry = Registry(client)
     doomed: set[tuple[str, str]] = set()
     for pp, pol in policies:
@@ -216,6 +224,8 @@ def _protected_runs_now(client: Any, pol: Any) -> dict[str, str]:
 
 
 def apply(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str) -> None:
+    if not any(pp.items for pp, _pol in policies):
+        return  # nothing planned: the store is not even opened (it may not exist)
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops.spec.models import IMPORT_PATH, MlflowSettings
+from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, is_template
 
 NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
@@ -41,8 +42,9 @@ Age = Annotated[timedelta, Field(json_schema_extra={"examples": ["30d", "12h", "
 
 
 def _local_path(v: Any) -> Any:
-    """A local path that is absolute once ``~`` and ``$VARS`` are expanded."""
-    if isinstance(v, str):
+    """A local path that is absolute once ``~`` and ``$VARS`` are expanded (a Jinja template is
+    checked once rendered: the operators validate their arguments again when the task runs)."""
+    if isinstance(v, str) and not is_template(v):
         s = v.strip()
         if s.startswith("file://"):
             s = s[len("file://"):]
@@ -66,8 +68,10 @@ class _Rules(Strict):
     """Deletion rules shared by every retention policy. An item is deleted when any rule selects it,
     unless it is among the ``min_keep`` newest of its group or otherwise protected."""
 
-    max_age: Age | None = Field(None, description="Delete items older than this ('30d', '12h', 'P30D').")
-    keep_last: int | None = Field(None, ge=0, description="Delete all but the N newest items (per group).")
+    max_age: Annotated[Age | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Delete items older than this ('30d', '12h', 'P30D').")
+    keep_last: Annotated[Annotated[int, Field(ge=0)] | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Delete all but the N newest items (per group).")
     min_keep: int = Field(0, ge=0, description="The N newest items (per group) are never deleted by any rule.")
 
     _age = field_validator("max_age", mode="before")(classmethod(lambda cls, v: _duration(v)))
@@ -206,7 +210,7 @@ class RetentionSpec(Strict):
     """What a RetentionCleanupOperator does: its policies, applied in order."""
 
     policies: list[RetentionPolicy] = Field(..., min_length=1)
-    dry_run: bool = Field(False, description="Only list what a real run would delete.")
+    dry_run: Annotated[bool, *TEMPLATABLE_VALUE] = Field(False, description="Only list what a real run would delete.")
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="Which MLflow store (same precedence as the stages).")
 
     @field_validator("policies", mode="before")
@@ -276,7 +280,7 @@ class _Target(Strict):
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
-        if "://" not in v:
+        if "://" not in v and not is_template(v):
             _local_path(v)
         return v
 
@@ -285,8 +289,10 @@ class BackupSpec(_Target):
     """What a BackupOperator copies, where, and how many snapshots it keeps."""
 
     sources: list[BackupSource] = Field(..., min_length=1)
-    keep_last: int | None = Field(None, ge=1, description="Keep this many snapshots of this set (the newest).")
-    max_age: Age | None = Field(None, description="Delete snapshots older than this (the newest is always kept).")
+    keep_last: Annotated[Annotated[int, Field(ge=1)] | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Keep this many snapshots of this set (the newest).")
+    max_age: Annotated[Age | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Delete snapshots older than this (the newest is always kept).")
     workers: int = Field(4, ge=1, le=64, description="Files copied in parallel.")
     fsync: bool = Field(False, description="fsync every stored file before publishing (local targets); slower, power-loss safe.")
 
@@ -323,13 +329,13 @@ class RestoreSpec(_Target):
     _dest = field_validator("dest", mode="before")(classmethod(lambda cls, v: _local_path(v)))
 
 
-def validated(model: type[BaseModel], data: dict[str, Any], owner: str) -> Any:
+def validated(model: type[BaseModel], data: dict[str, Any], owner: str, context: dict[str, Any] | None = None) -> Any:
     """``model`` built from ``data``, or an ArgumentsError (a ValueError) naming every bad field (for
     DAG-parse errors; ``airflow-mlops validate`` points at each in a pipeline's YAML)."""
     from pydantic import ValidationError
 
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):

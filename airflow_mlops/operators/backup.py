@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from airflow.sdk import BaseOperator
+from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec
+from airflow_mlops.operators.spec_args import SpecArgsOperator
 
-from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec, validated
 
-
-class BackupOperator(BaseOperator):
+class BackupOperator(SpecArgsOperator):
     """Take one snapshot of the sources and publish it atomically, then prune old snapshots.
 
     :param target: where the backup repository lives: a path (``${AIRFLOW_MLOPS_HOME}/backups``),
@@ -27,9 +26,13 @@ class BackupOperator(BaseOperator):
     Unchanged files (same size and mtime as in the previous snapshot) are not copied again.
     Returns (XCom) a summary: snapshot id, files and bytes, copied vs unchanged, skipped files,
     pruned snapshots. The arguments are validated here, so a bad one fails when the DAG is parsed.
+
+    Every argument is a template field (``target="/backups/{{ ds }}"``, a source's ``path``,
+    ``keep_last="{{ params.keep }}"``): it is validated again once rendered, when the task runs.
     """
 
     ui_color = "#e8f6ef"
+    spec_model = BackupSpec
 
     def __init__(
         self,
@@ -49,15 +52,15 @@ class BackupOperator(BaseOperator):
         data = {"target": target, "sources": list(sources) if isinstance(sources, (list, tuple)) else sources,
                 "name": name, "keep_last": keep_last, "max_age": max_age, "conn_id": conn_id,
                 "storage_options": storage_options or {}, "workers": workers, "fsync": fsync}
-        self.spec: BackupSpec = validated(BackupSpec, data, f"{type(self).__name__} '{self.task_id}'")
+        self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_mlops.lifecycle.backup import run_backup
 
-        return run_backup(self.spec, logger=self.log)
+        return run_backup(self.rendered_spec(), logger=self.log)
 
 
-class RestoreOperator(BaseOperator):
+class RestoreOperator(SpecArgsOperator):
     """Restore a snapshot into ``dest/<source name>/…``, verifying every file's checksum.
 
     :param target, name, conn_id, storage_options: as for ``BackupOperator``.
@@ -65,10 +68,12 @@ class RestoreOperator(BaseOperator):
     :param sources: restore only these sources. :param overwrite: replace existing files.
 
     A corrupted or missing file is never written; the task then fails (without retrying) with
-    the list of every such file.
+    the list of every such file. Every argument is a template field, e.g.
+    ``snapshot="{{ ti.xcom_pull('backup')['snapshot'] }}"``.
     """
 
     ui_color = "#e8f6ef"
+    spec_model = RestoreSpec
 
     def __init__(
         self,
@@ -86,7 +91,7 @@ class RestoreOperator(BaseOperator):
         super().__init__(**kwargs)
         data = {"target": target, "dest": dest, "snapshot": snapshot, "sources": list(sources) if sources else None,
                 "overwrite": overwrite, "name": name, "conn_id": conn_id, "storage_options": storage_options or {}}
-        self.spec: RestoreSpec = validated(RestoreSpec, data, f"{type(self).__name__} '{self.task_id}'")
+        self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
@@ -94,6 +99,6 @@ class RestoreOperator(BaseOperator):
         from airflow_mlops.lifecycle.backup import RestoreError, run_restore
 
         try:
-            return run_restore(self.spec, logger=self.log)
+            return run_restore(self.rendered_spec(), logger=self.log)
         except RestoreError as exc:
             raise AirflowFailException(str(exc)) from exc

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from airflow.sdk import BaseOperator
+from airflow_mlops.lifecycle.specs import RetentionSpec
+from airflow_mlops.operators.spec_args import SpecArgsOperator
 
-from airflow_mlops.lifecycle.specs import RetentionSpec, validated
 
-
-class RetentionCleanupOperator(BaseOperator):
+class RetentionCleanupOperator(SpecArgsOperator):
     """Apply retention policies: max age, keep last N, size budget.
 
     :param policies: a list of ``FilesPolicy`` / ``MlflowRunsPolicy`` / ``MlflowModelVersionsPolicy``
@@ -24,10 +23,13 @@ class RetentionCleanupOperator(BaseOperator):
     a protected alias (``champion`` by default) or the run behind it, or anything no policy
     covers. Returns (XCom) a summary: items and bytes deleted (or that would be), per policy, the
     first deleted ids, what was protected and what was skipped (vanished, permission denied…).
-    The arguments are validated here, so a bad policy fails when the DAG is parsed.
+    The arguments are validated here, so a bad policy fails when the DAG is parsed. Every argument
+    is a template field (a policy's ``root="/data/{{ ds }}"``, ``dry_run="{{ params.dry_run }}"``),
+    validated again once rendered, when the task runs.
     """
 
     ui_color = "#fdecea"
+    spec_model = RetentionSpec
 
     def __init__(self, *, policies: Sequence[Any], dry_run: bool = False, mlflow: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -35,12 +37,12 @@ class RetentionCleanupOperator(BaseOperator):
                                 "dry_run": dry_run}
         if mlflow is not None:
             data["mlflow"] = mlflow
-        self.spec: RetentionSpec = validated(RetentionSpec, data, f"{type(self).__name__} '{self.task_id}'")
+        self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_mlops.lifecycle.retention import run_retention
 
-        spec = self.spec
+        spec = self.rendered_spec()
         conf = getattr(context.get("dag_run"), "conf", None) or {}
         if conf.get("dry_run") is True and not spec.dry_run:
             self.log.info("dry_run requested in the DAG run's conf: nothing will be deleted")

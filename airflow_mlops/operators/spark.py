@@ -42,7 +42,9 @@ class SparkStageOperator(StageOperator):
         for stale in (result_file, result_file.with_suffix(".failed"), result_file.with_suffix(".skipped")):
             stale.unlink(missing_ok=True)  # never read an earlier try's result
         # spark-submit ships with pyspark next to this interpreter; the hook looks it up on PATH.
-        os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        here = os.path.dirname(sys.executable)
+        if os.environ.get("PATH", "").split(os.pathsep)[0] != here:  # once, not on every submit
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
         python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
         hook = SparkSubmitHook(
             conn_id=self.spark.conn_id,
@@ -100,7 +102,8 @@ class SparkFeatureOperator(SparkStageOperator):
 
         from airflow_mlops.lifecycle.specs import validated
 
-        owner = f"SparkFeatureOperator '{kwargs.get('task_id', '?')}'"
+        task_id = kwargs.get("task_id", "?")
+        owner = f"SparkFeatureOperator '{task_id}'"
         dump = (lambda v: v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v)
         stage = validated(PreprocessStage, {
             "inputs": {n: {"path": v} if isinstance(v, str) else dump(v) for n, v in (inputs or {}).items()},
@@ -108,5 +111,30 @@ class SparkFeatureOperator(SparkStageOperator):
             "output": output,
         }, owner)
         spark = validated(SparkSettings, {"conn_id": conn_id, "master": master, "conf": conf or {}}, owner)
-        kwargs.setdefault("outlets", [Asset(uri=output if "://" in output else f"file://{os.path.abspath(output)}")])
+        kwargs.setdefault("outlets", [_output_asset(output, owner)])
         super().__init__(stage=stage, stage_name=task_id, spark=spark, **kwargs)
+
+
+def _output_asset(output: str, owner: str) -> Any:
+    """The Asset a feature output is declared as. A per-run output (``/data/features/{{ ds }}``)
+    is one Asset, its folder up to the first template or variable; a relative output is refused,
+    since it would resolve against whichever folder parsed the DAG."""
+    from airflow.sdk import Asset
+
+    from airflow_mlops.spec.errors import ArgumentsError
+
+    if "://" in output:
+        static = output.split("{{")[0].split("{%")[0]
+        return Asset(uri=static.rstrip("/") or output)
+    if not output.startswith(("/", "~", "$", "{{")):
+        raise ArgumentsError.one(owner, "output", f"output must be an absolute path or a URI (it may use ~, $VARS or "
+                                 f"templates), got {output!r}: a relative path depends on the worker's folder")
+    parts = []
+    for part in output.split("/"):
+        if "{{" in part or "{%" in part or part.startswith(("$", "~")):
+            break
+        parts.append(part)
+    static = "/".join(parts).rstrip("/")
+    if not static:
+        return Asset(name=f"airflow-mlops-features:{output}")
+    return Asset(uri=f"file://{static}")

@@ -24,7 +24,7 @@ RENDERED = "rendered"  # validation context key: the values are rendered, templa
 # Per stage kind: the templatable fields ("*": every key of a mapping). A field ending in a mapping
 # (train params, validate thresholds) is templatable in every value below it.
 TEMPLATABLE: dict[str, tuple[tuple[str, ...], ...]] = {
-    "preprocess": (("input", "path"), ("inputs", "*", "path"), ("output",)),
+    "preprocess": (("input", "path"), ("inputs", "*", "path"), ("output",), ("sql",)),
     "train": (("params",),),
     "validate": (("thresholds",),),
     "serve": (("input", "path"), ("output",), ("stream", "input_topic"), ("stream", "output_topic")),

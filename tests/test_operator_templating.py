@@ -1,0 +1,86 @@
+"""Issue 19, item 3: the named operators are templated like Airflow's own. Their arguments are
+rendered per run (``{{ ds }}``, ``{{ params.x }}``, ``{{ ti.xcom_pull(...) }}``), shown in the
+task's rendered fields, checked at parse where they hold no template, and checked again once
+rendered. Real Airflow (dag.test()), real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write
+from tests.test_pipeline_templating import api_get, run, xcom
+
+LIFECYCLE_DAG = """
+    # Airflow DAG: backup, restore and retention with per-run arguments
+    from airflow.sdk import DAG, Param
+    from airflow_mlops import BackupOperator, RestoreOperator, RetentionCleanupOperator
+    from airflow_mlops.lifecycle.specs import DirectorySource, FilesPolicy
+
+    with DAG("lifecycle_templated", schedule=None, params={{"src": Param("{src}"), "keep": Param(2),
+             "age": Param("1d"), "dry": Param(True)}}):
+        backup = BackupOperator(task_id="backup", target="{root}/backups/{{{{ ds_nodash }}}}",
+                                sources=[DirectorySource(name="models", path="{{{{ params.src }}}}")],
+                                keep_last="{{{{ params.keep }}}}")
+        restore = RestoreOperator(task_id="restore", target="{root}/backups/{{{{ ds_nodash }}}}",
+                                  snapshot="{{{{ ti.xcom_pull('backup')['snapshot'] }}}}",
+                                  dest="{root}/restored/{{{{ ds_nodash }}}}")
+        clean = RetentionCleanupOperator(task_id="clean", dry_run="{{{{ params.dry }}}}", policies=[
+            FilesPolicy(root="{{{{ params.src }}}}", max_age="{{{{ params.age }}}}")])
+        backup >> restore >> clean
+    """
+
+
+def test_lifecycle_operators_render_their_arguments_per_run(airflow_db, mlops_home, dags_folder, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    src = tmp_path / "models"
+    (src / "v1").mkdir(parents=True)
+    (src / "v1" / "model.bin").write_bytes(b"weights")
+    old = src / "v1" / "model.bin"
+    os.utime(old, (1_000_000_000, 1_000_000_000))  # 2001: older than any max_age
+    write(dags_folder, "lifecycle.py", LIFECYCLE_DAG.format(src=src, root=tmp_path))
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dr, states = run(bag.dags["lifecycle_templated"])
+    assert states == {"backup": "success", "restore": "success", "clean": "success"}, states
+    day = dr.logical_date.strftime("%Y%m%d") if dr.logical_date else None
+    backup = xcom(dr, "backup")
+    assert backup["target"].endswith(f"/backups/{day}") and backup["files"] == 1
+    restored = xcom(dr, "restore")
+    assert restored["snapshot"] == backup["snapshot"]
+    assert (Path(restored["dest"]) / "models" / "v1" / "model.bin").read_bytes() == b"weights"
+    clean = xcom(dr, "clean")
+    assert clean["dry_run"] is True and clean["planned_items"] == 1 and old.exists()  # "True" rendered, read as a bool
+    rendered = api_get(f"/dags/lifecycle_templated/dagRuns/{dr.run_id}/taskInstances/restore")["rendered_fields"]
+    assert rendered["spec_args"]["snapshot"] == backup["snapshot"]
+    assert rendered["spec_args"]["dest"] == f"{tmp_path}/restored/{day}"
+
+
+def test_templated_arguments_are_checked_at_parse_where_they_hold_none_and_again_once_rendered(
+        airflow_db, mlops_home, dags_folder, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_mlops import BackupOperator
+
+    with pytest.raises(ValueError, match=r"keep_last: Input should be greater than or equal to 1"):
+        BackupOperator(task_id="b", target="/backups", sources=[{"name": "d", "path": "/data"}], keep_last=0)
+    with pytest.raises(ValueError, match=r"target: .*expected an absolute path"):
+        BackupOperator(task_id="b", target="backups", sources=[{"name": "d", "path": "/data"}])
+    write(dags_folder, "bad_render.py", f"""
+        # Airflow DAG whose rendered argument is wrong
+        from airflow.sdk import DAG
+        from airflow_mlops import BackupOperator
+
+        with DAG("bad_render", schedule=None, params={{"keep": "none"}}):
+            BackupOperator(task_id="backup", target="{tmp_path}/b", sources=[{{"name": "d", "path": "{tmp_path}"}}],
+                           keep_last="{{{{ params.keep }}}}", retries=2)
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert "bad_render.py" not in {Path(k).name for k in bag.import_errors}
+    dr, states = run(bag.dags["bad_render"])
+    assert states == {"backup": "failed"}
+    ti = dr.get_task_instances()[0]
+    assert ti.try_number == 1  # a rendered value the model refuses is not retried
