@@ -372,7 +372,8 @@ def test_resource_quantities():
     ({"entrypoint": "a.b:c", "gpus": 2, "gpu_ids": [0, 1]}, "not both"),
     ({"entrypoint": "a.b:c", "gpu_ids": [0, 0]}, "distinct GPU indices"),
     ({"entrypoint": "a.b:c", "gpu_ids": "zero"}, "gpu_ids must be GPU indices"),
-    ({"entrypoint": "a.b:c", "sample_interval_s": 0}, "sample_interval_s must be"),
+    ({"entrypoint": "a.b:c", "sample_interval": 0}, "sample_interval must be"),
+    ({"entrypoint": "a.b:c", "sample_interval_s": 0}, "sample_interval must be"),
     ({"entrypoint": "a.b:c", "prices": {"gpu_hour": -2}}, "gpu_hour"),
     ({"entrypoint": "a.b:c", "resources": {"gpu": 0.5}}, "whole number of GPUs"),
     ({"entrypoint": "a.b:c", "resources": "huge"}, "unknown resource profile 'huge'"),
@@ -1025,3 +1026,17 @@ def test_memory_is_billed_per_gib_and_the_old_price_name_still_reads():
     assert prices.memory_gib_hour == 0.2
     c = task_cost(TaskResources(gpu=0, cpu=1, memory_gib=16), 3600, prices)
     assert (c.memory_gib_hours, c.memory) == (16, pytest.approx(3.2))
+
+
+def test_sample_interval_has_one_name_and_the_old_one_still_works():
+    """Issue 19, item 7: the YAML's gpu_metrics.sample_interval and the operator's argument are one
+    word now; sample_interval_s still works, with Airflow's provider deprecation warning."""
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+
+    assert GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest",
+                            sample_interval=0.5).sample_interval == 0.5
+    with pytest.warns(AirflowProviderDeprecationWarning, match="sample_interval_s is deprecated, use sample_interval"):
+        op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", sample_interval_s=2)
+    assert op.sample_interval == 2.0

@@ -59,7 +59,8 @@ class GpuTrainOperator(BaseOperator):
     :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
         the pod; default: the GPUs given, 1 CPU, 1Gi.
     :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gib_hour`` 0.05.
-    :param sample_interval_s: NVML sampling period (default 1 s).
+    :param sample_interval: seconds between NVML samples (default 1; ``sample_interval_s`` is its
+        deprecated name), as ``gpu_metrics.sample_interval`` in a pipeline YAML.
     :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
         runs the same job through ``python -m airflow_mlops.gpu.runner job``).
     :param kubernetes: pod settings for the kubernetes backend (``image`` required).
@@ -81,6 +82,7 @@ class GpuTrainOperator(BaseOperator):
     template_fields_renderers = {"hyperparams": "json", "env": "json"}
     operator_extra_links = (MlflowRunLink(),)
     ui_color = "#d9f2b4"
+    accepted_kwargs = ("sample_interval_s",)  # the deprecated name of sample_interval
 
     def __init__(
         self,
@@ -102,7 +104,7 @@ class GpuTrainOperator(BaseOperator):
         upstream_task: str | None = None,
         resources: Resources | dict[str, Any] | str | None = None,
         prices: PriceTable | dict[str, Any] | None = None,
-        sample_interval_s: float = 1.0,
+        sample_interval: float = 1.0,
         backend: str = "local",
         kubernetes: KubernetesSettings | dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
@@ -111,6 +113,11 @@ class GpuTrainOperator(BaseOperator):
         mlflow_ui_url: str | None = None,
         **kwargs: Any,
     ) -> None:
+        from airflow_mlops.spec.renamed import take_renamed
+
+        old = take_renamed("GpuTrainOperator", {"sample_interval_s": kwargs.pop("sample_interval_s")}
+                           if "sample_interval_s" in kwargs else {})
+        sample_interval = old.get("sample_interval", sample_interval)
         super().__init__(**kwargs)
         owner = f"GpuTrainOperator(task_id={self.task_id!r})"
 
@@ -134,9 +141,9 @@ class GpuTrainOperator(BaseOperator):
             gpu_ids = _parse_ids(gpu_ids, lambda message: bad(message, "gpu_ids"))
         if hyperparams is not None and not isinstance(hyperparams, dict):
             raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}", "hyperparams")
-        if isinstance(sample_interval_s, bool) or not isinstance(sample_interval_s, (int, float)) or sample_interval_s <= 0:
-            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}",
-                      "sample_interval_s")
+        if isinstance(sample_interval, bool) or not isinstance(sample_interval, (int, float)) or sample_interval <= 0:
+            raise bad(f"sample_interval must be a number of seconds > 0, got {sample_interval!r}",
+                      "sample_interval")
         if backend not in BACKENDS:
             raise bad(f"backend must be one of {BACKENDS}, got {backend!r}", "backend")
         data_given = any(v is not None for v in (train_path, test_path, upstream_task))
@@ -193,7 +200,7 @@ class GpuTrainOperator(BaseOperator):
         self.target = target
         self.features = list(features) if features is not None else None
         self.upstream_task = upstream_task
-        self.sample_interval_s = float(sample_interval_s)
+        self.sample_interval = float(sample_interval)
         self.backend = backend
         self.env = dict(env or {})
         self.prometheus_port = prometheus_port
@@ -267,7 +274,7 @@ class GpuTrainOperator(BaseOperator):
                 # The same for every try of this task instance: lets a retry find its earlier work.
                 "airflow_mlops.task_key": f"{ti.dag_id}/{run_id}/{ti.task_id}",
             },
-            resources=resources, prices=self.prices, sample_interval_s=self.sample_interval_s, data=data,
+            resources=resources, prices=self.prices, sample_interval_s=self.sample_interval, data=data,
             env=self.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
             prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url, ui_url=self.mlflow_ui_url,
         )
