@@ -24,7 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warned: dict[str, list[SpecIssue]] = {}
     for warning in verdict.warnings:
         warned.setdefault(warning.mark.file if warning.mark else "", []).append(warning)
-    bad_files, issues, warnings = len(missing), 0, 0
+    bad_files, issues, warnings = 0, 0, 0
     for path in sorted({*verdict.files, *verdict.bad}):
         errors = list(verdict.bad[path].issues) if path in verdict.bad else []
         extra = warned.get(str(path), [])
@@ -42,10 +42,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         elif args.verbose:
             loaded = next(lp for lp, _ in verdict.good if lp.file == path)
             print(f"{path}: ok ({loaded.pipeline.id}, {len(loaded.pipeline.stages)} stages)")
-    total = len(verdict.files) + len(missing)
+    total = len(verdict.files)
     warned_note = f", {warnings} warning(s)" if warnings else ""
-    if bad_files:
-        print(f"{bad_files} of {total} pipeline file(s) invalid, {issues} error(s){warned_note}", file=sys.stderr)
+    gone = f"; {len(missing)} of the {len(args.paths)} path(s) given do not exist" if missing else ""
+    if bad_files or missing:
+        print(f"{bad_files} of {total} pipeline file(s) invalid, {issues} error(s){warned_note}{gone}", file=sys.stderr)
         return 1
     print(f"{total} pipeline file(s) valid{warned_note}")
     return 0

@@ -46,3 +46,11 @@ def test_retention_against_a_missing_store_deletes_nothing_says_so_and_creates_n
     assert summary["policies"][0]["notes"] == [f"no MLflow store at {store}: the file does not exist (check the "
                                                f"tracking URI sqlite:///{store}; reading never creates a store)"]
     assert not (tmp_path / "typo").exists()
+
+
+def test_validate_on_a_missing_folder_says_so(tmp_path, capsys):
+    """Issue 19, item 6: it printed '1 of 0 pipeline file(s) invalid, 0 error(s)'."""
+    assert main(["validate", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: no such file or folder" in err
+    assert "0 of 0 pipeline file(s) invalid, 0 error(s); 1 of the 1 path(s) given do not exist" in err
