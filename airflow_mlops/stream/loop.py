@@ -22,7 +22,8 @@ log = logging.getLogger("airflow_mlops.stream")
 # Producer settings that served throughput here (override through StreamSpec.producer_config):
 # a batch is flushed before its commit anyway, so a short linger only groups sends.
 PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024}
-CONSUMER_DEFAULTS: dict[str, Any] = {}
+# The consumer never creates a topic: a mistyped input topic would be created empty and read as such.
+CONSUMER_DEFAULTS: dict[str, Any] = {"allow_auto_create_topics": False}
 
 
 def _lag(consumer: Any) -> int | None:
@@ -217,12 +218,15 @@ def run_stream(
 
     from airflow_mlops.stages.context import import_string
     from airflow_mlops.stream.model import load_scoring_model
+    from airflow_mlops.stream.preflight import create_by_producing, missing_outputs
     from airflow_mlops.stream.scoring import BatchScorer
 
     log_ = logger or log
     spec = spec if isinstance(spec, StreamSpec) else StreamSpec.model_validate(spec)
     if not spec.group_id:
         raise StreamError("the stream needs a consumer group id (group_id)")
+    # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
+    to_create = missing_outputs(spec, kafka_config, log_)
     if model is None:
         if not spec.model_uri:
             raise StreamError("the stream needs a model URI (model_uri)")
@@ -247,7 +251,10 @@ def run_stream(
     run.consumer = consumer = KafkaConsumer(**consumer_cfg)
     try:
         run.producer = KafkaProducer(**producer_cfg)
+        create_by_producing(run.producer, to_create)
     except BaseException:
+        if run.producer is not None:
+            run.producer.close(timeout=5)
         consumer.close(autocommit=False)
         raise
     consumer.subscribe(spec.input_topics)
