@@ -112,8 +112,10 @@ class StreamInferenceOperator(BaseOperator):
         self.spec = validated_spec(data, owner)
         if not self.spec.model_uri:
             raise ValueError(f"{owner}: invalid arguments:\n  model_uri: required (e.g. 'models:/churn@champion')")
-        if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-            raise ValueError(f"{owner}: tracking_uri {tracking_uri!r} is a relative SQLite path; use an absolute one")
+        from airflow_mlops.spec.tracking_uri import store_problem
+
+        if store_problem(tracking_uri):
+            raise ValueError(f"{owner}: invalid arguments:\n  tracking_uri: {store_problem(tracking_uri)}")
         self.stream_args = data
         self.kafka_conn_id = kafka_conn_id
         self.mlflow_conn_id = mlflow_conn_id
@@ -123,20 +125,22 @@ class StreamInferenceOperator(BaseOperator):
         from airflow_mlops.hooks.mlflow import resolve_target
         from airflow_mlops.spec.models import MlflowSettings
 
-        settings = MlflowSettings(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
+        # Not validated here: the rendered URI is checked by resolve_target, which names its source.
+        settings = MlflowSettings.model_construct(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
+        from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream
 
         # Templated arguments are rendered by now: validate them again.
         spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}'")
         kafka_config = kafka_config_from_connection(self.kafka_conn_id)
         tracking_uri = self.resolve_tracking_uri()
-        self.log.info("MLflow tracking URI: %s", tracking_uri.split("@")[-1])
+        self.log.info("MLflow tracking URI: %s", redacted(tracking_uri))
         try:
             return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
         except StreamError as exc:

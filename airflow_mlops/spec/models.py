@@ -135,13 +135,11 @@ class MlflowSettings(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _absolute_sqlite(cls, v: str | None) -> str | None:
-        if v and v.startswith("sqlite:///") and not v.startswith("sqlite:////"):
-            raise PydanticCustomError(
-                "relative_sqlite",
-                "a relative SQLite path depends on each worker's current directory; use an absolute one, "
-                "e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got {v}",
-                {"v": repr(v)},
-            )
+        from airflow_mlops.spec.tracking_uri import store_problem
+
+        problem = store_problem(v)  # the same rule for every source of the URI (hooks/mlflow.py)
+        if problem:
+            raise PydanticCustomError("relative_store", "{problem}", {"problem": problem})
         return v
 
 

@@ -203,7 +203,9 @@ def run_stream(
     :param kafka_config: kafka-python settings shared by consumer and producer:
         ``bootstrap_servers`` and any security settings (``security_protocol``, ``sasl_*``,
         ``ssl_*``). Logged redacted only.
-    :param tracking_uri: MLflow tracking/registry URI for ``models:/`` URIs; default MLflow's.
+    :param tracking_uri: MLflow tracking/registry URI for ``models:/`` URIs; default:
+        ``$MLFLOW_TRACKING_URI``, else the store under ``$AIRFLOW_MLOPS_HOME`` (never MLflow's own
+        default, a database in the current directory). A relative local store is refused.
     :param model: an already loaded ``ScoringModel`` (benchmarks, tests).
     :param stop: an event that ends the run after the current batch.
     """
@@ -225,11 +227,15 @@ def run_stream(
     spec = spec if isinstance(spec, StreamSpec) else StreamSpec.model_validate(spec)
     if not spec.group_id:
         raise StreamError("the stream needs a consumer group id (group_id)")
-    # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
-    to_create = missing_outputs(spec, kafka_config, log_)
     if model is None:
         if not spec.model_uri:
             raise StreamError("the stream needs a model URI (model_uri)")
+        from airflow_mlops.hooks.mlflow import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # a relative local store fails here
+    # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
+    to_create = missing_outputs(spec, kafka_config, log_)
+    if model is None:
         model = load_scoring_model(spec.model_uri, tracking_uri)
     decoder = import_string(spec.decoder)
     scorer = BatchScorer(spec, model, decoder)
