@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops.gpu.cost import PriceTable
+from airflow_mlops.spec.quantities import cpu_problem, memory_problem
 from airflow_mlops.stream.spec import StreamServeSettings
 
 Backend = Literal["batch", "spark", "kubernetes"]
@@ -26,10 +27,6 @@ class Strict(BaseModel):
 
 # --- resources ---------------------------------------------------------------------------------
 
-_CPU = re.compile(r"^\d+(\.\d+)?m?$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-
-
 class Resources(Strict):
     """What a stage asks for: CPUs (``4`` or ``500m``), memory (``16Gi``) and whole GPUs."""
 
@@ -43,17 +40,15 @@ class Resources(Strict):
     def _cpu(cls, v: Any) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
-        if v is not None and not (isinstance(v, str) and _CPU.match(v)):
-            raise PydanticCustomError("cpu", "expected a CPU quantity like 4, 0.5 or '500m', got {v}", {"v": repr(v)})
+        if cpu_problem(v):
+            raise PydanticCustomError("cpu", "{problem}", {"problem": cpu_problem(v)})
         return v
 
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = str(v)
-        if v is not None and not (isinstance(v, str) and _MEMORY.match(v)):
-            raise PydanticCustomError("memory", "expected a memory quantity like '16Gi' or '512Mi', got {v}", {"v": repr(v)})
+        if memory_problem(v):  # a bare number would be bytes: refused with a did-you-mean
+            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v)})
         return v
 
     @field_validator("gpu", mode="before")
@@ -139,7 +134,7 @@ class MlflowSettings(Strict):
 
         problem = store_problem(v)  # the same rule for every source of the URI (hooks/mlflow.py)
         if problem:
-            raise PydanticCustomError("relative_store", "{problem}", {"problem": problem})
+            raise PydanticCustomError("relative_sqlite", "{problem}", {"problem": problem})
         return v
 
 
@@ -252,6 +247,13 @@ class VolumeMount(Strict):
     read_only: bool = False
     size: str = Field("10Gi", description="Size requested when `airflow-mlops manifests` renders the PVC.")
     storage_class: str | None = None
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if memory_problem(v, "size"):
+            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v, "size")})
+        return v
 
 
 class SecretEnv(Strict):
