@@ -287,6 +287,16 @@ class KubernetesSettings(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: dict[str, SecretEnv] = Field(default_factory=dict, description="ENV_NAME → {secret, key}.")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        from airflow_mlops.spec.kube_names import label_problem
+
+        for key, value in v.items():  # the API server would refuse the pod at run time
+            if label_problem(key, value):
+                raise PydanticCustomError("labels", "{problem}", {"problem": label_problem(key, value)})
+        return v
     startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
 
