@@ -172,16 +172,16 @@ def test_the_command_line_refuses_a_relative_tracking_uri_from_the_flag_or_the_e
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     flag = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "rollback", "m", "--tracking-uri",
-                           "sqlite:///mlflow.db"], cwd=tmp_path, env=env, capture_output=True, text=True)
+                           "sqlite:///mlflow.db"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert flag.returncode == 2
     assert ("argument --tracking-uri: a relative SQLite path depends on each worker's current directory; use an "
             "absolute one, e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got 'sqlite:///mlflow.db'") in flag.stderr
     from_env = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "rollback", "m"], cwd=tmp_path,
-                              env={**env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, capture_output=True, text=True)
+                              env={**env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, capture_output=True, text=True, check=False)
     assert from_env.returncode == 1
     assert "MLflow tracking URI from $MLFLOW_TRACKING_URI: a relative SQLite path" in from_env.stderr
     stream = subprocess.run([sys.executable, "-m", "airflow_mlops.stream", "--spec", "{}", "--tracking-uri", "mlruns"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert stream.returncode == 2 and "argument --tracking-uri: a relative file-store path" in stream.stderr
     assert list(tmp_path.iterdir()) == []
 

@@ -5,7 +5,8 @@ kafka-python is imported inside the functions (DAG files stay cheap)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 def produce(bootstrap_servers: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]]) -> int:

@@ -64,7 +64,9 @@ class StreamInferenceOperator(BaseOperator):
     ``dead_letter_topic`` (its original bytes; error, source topic/partition/offset in headers)
     and the batch goes on. The task ends after ``max_records`` records, ``max_seconds`` seconds
     or ``idle_timeout_s`` seconds without a record, and returns (XCom) a summary: records in,
-    predictions out, dead letters, batches, elapsed seconds, rate, final lag.
+    predictions out, dead letters, batches, elapsed seconds, rate, final lag. Every topic must
+    exist before anything is consumed: a missing one (a typo) fails the task without retries,
+    with a did-you-mean (see ``airflow_mlops.stream.preflight``).
 
     :param input_topic: topic or list of topics to consume.
     :param output_topic: topic for the predictions.
@@ -82,7 +84,7 @@ class StreamInferenceOperator(BaseOperator):
     Every other ``StreamSpec`` field is accepted as a keyword argument too: ``batch_size``,
     ``max_records``, ``max_seconds``, ``idle_timeout_s``, ``decoder``, ``features``,
     ``output_key``, ``output_fields``, ``output_headers``, ``prediction_field``,
-    ``auto_offset_reset``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
+    ``auto_offset_reset``, ``auto_create_output_topics``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
     ``progress_interval_s``, ``consumer_config``, ``producer_config``. They are validated here, so
     a bad one fails when the DAG is parsed, and they can be Jinja templates.
     """

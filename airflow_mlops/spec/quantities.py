@@ -19,7 +19,7 @@ _BINARY = {"k": "Ki", "m": "Mi", "g": "Gi", "t": "Ti", "p": "Pi", "e": "Ei"}
 
 
 def _number(text: str) -> str:
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def memory_problem(value: Any, what: str = "memory") -> str | None:

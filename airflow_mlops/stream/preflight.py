@@ -11,7 +11,8 @@ broker must actually create it, or the run fails before consuming.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from airflow_mlops.stream.errors import MissingTopic, StreamError
 from airflow_mlops.stream.spec import StreamSpec
