@@ -8,32 +8,46 @@ import json
 import sys
 from pathlib import Path
 
-from airflow_mlops.spec.load import discover, load_folder
-
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Every error of every file, then a one-line verdict; exit 1 if any file is invalid."""
-    total_files, bad_files, issues = 0, 0, 0
-    for target in args.paths:
-        path = Path(target)
-        if not path.exists():
-            print(f"{path}: no such file or folder", file=sys.stderr)
+    """Every error of every file, then a one-line verdict; exit 1 if any file is invalid.
+
+    The verdict is the dags-folder loader's (the same ``load_dags``): a file passes exactly when
+    its DAG loads, and fails with the errors its placeholder DAG would carry."""
+    from airflow_mlops.factory.pipelines import load_dags
+    from airflow_mlops.spec.errors import SpecIssue
+
+    missing = [target for target in args.paths if not Path(target).exists()]
+    for target in missing:
+        print(f"{target}: no such file or folder", file=sys.stderr)
+    verdict = load_dags(target for target in args.paths if target not in missing)
+    warned: dict[str, list[SpecIssue]] = {}
+    for warning in verdict.warnings:
+        warned.setdefault(warning.mark.file if warning.mark else "", []).append(warning)
+    bad_files, issues, warnings = len(missing), 0, 0
+    for path in sorted({*verdict.files, *verdict.bad}):
+        errors = list(verdict.bad[path].issues) if path in verdict.bad else []
+        extra = warned.get(str(path), [])
+        if args.strict:
+            errors = sorted(errors + extra, key=lambda i: (i.mark.line, i.mark.column) if i.mark else (0, 0))
+        else:
+            for warning in extra:
+                warnings += 1
+                print(SpecIssue(warning.mark, warning.field, f"warning: {warning.message}"))
+        if errors:
             bad_files += 1
-            continue
-        total_files += len(discover(path))
-        good, bad = load_folder(path)
-        for loaded in good:
-            if args.verbose:
-                print(f"{loaded.file}: ok ({loaded.pipeline.id}, {len(loaded.pipeline.stages)} stages)")
-        for _file, error in sorted(bad.items()):
-            bad_files += 1
-            for issue in error.issues:
-                issues += 1
+            issues += len(errors)
+            for issue in errors:
                 print(issue)
+        elif args.verbose:
+            loaded = next(lp for lp, _ in verdict.good if lp.file == path)
+            print(f"{path}: ok ({loaded.pipeline.id}, {len(loaded.pipeline.stages)} stages)")
+    total = len(verdict.files) + len(missing)
+    warned_note = f", {warnings} warning(s)" if warnings else ""
     if bad_files:
-        print(f"{bad_files} of {total_files} pipeline file(s) invalid, {issues} error(s)", file=sys.stderr)
+        print(f"{bad_files} of {total} pipeline file(s) invalid, {issues} error(s){warned_note}", file=sys.stderr)
         return 1
-    print(f"{total_files} pipeline file(s) valid")
+    print(f"{total} pipeline file(s) valid{warned_note}")
     return 0
 
 
@@ -81,12 +95,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings
     from airflow_mlops.stages.context import StageFailed
-    from airflow_mlops.stages.tracking import client
+    from airflow_mlops.stages.tracking import read_only_client, registered_model
     from airflow_mlops.stages.validate import rollback
 
     try:
         target = resolve_target(MlflowSettings(tracking_uri=args.tracking_uri), args.model)
-        before, after = rollback(client(target), args.model, args.alias, args.previous_alias)
+        client = read_only_client(target.tracking_uri)
+        registered_model(client, args.model, target.tracking_uri)
+        before, after = rollback(client, args.model, args.alias, args.previous_alias)
     except (StageFailed, ValueError) as exc:  # ValueError: a tracking URI that breaks the rule
         print(exc, file=sys.stderr)
         return 1
@@ -109,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check pipeline YAML files (or folders); exit 1 on any error")
     p.add_argument("paths", nargs="+")
     p.add_argument("-v", "--verbose", action="store_true", help="also list the valid files")
+    p.add_argument("--strict", action="store_true",
+                   help="warnings are errors: e.g. schedule_on_assets naming an asset no pipeline given produces")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -128,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
     from airflow_mlops.gpu.cost import add_arguments  # pydantic only: cheap
 
-    p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GB-hours x prices), from MLflow")
+    p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GiB-hours x prices), from MLflow")
     add_arguments(p)
     p.set_defaults(func=cmd_cost)
     return parser

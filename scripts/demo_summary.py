@@ -26,7 +26,7 @@ def main(pipeline_id: str, model_name: str) -> None:
   MLflow run       {champion.run_id}  ({metrics})
   model version    {model_name} version {champion.version}, alias 'champion'
   training cost    {m['cost/total']:.4f} for {m['cost/wall_seconds']:.1f} s ({m['cost/cpu_hours']:.4f} CPU-h, \
-{m['cost/memory_gb_hours']:.4f} GB-h, {m['cost/gpu_hours']:.4f} GPU-h); GPUs: {gpu}
+{m['cost/memory_gib_hours']:.4f} GiB-h, {m['cost/gpu_hours']:.4f} GPU-h); GPUs: {gpu}
   predictions      {latest}
                    {len(predictions)} rows, {int((predictions['prediction'] == predictions['target']).sum())} match the label
 """)

@@ -12,7 +12,7 @@ from tests.helpers import write
 
 
 def test_validate_lists_every_error_of_every_file_and_exits_nonzero(tmp_path, capsys):
-    write(tmp_path, "ok.yaml", "id: ok\nstages: {validate: {}}\n")
+    write(tmp_path, "ok.yaml", "id: ok\nstages: {preprocess: {input: {path: a.csv}}}\n")
     write(tmp_path, "a.yaml", "id: a\nbackend: sprak\nstages: {validate: {}}\n")
     write(tmp_path, "sub/b.yaml", "id: b\ndag: {retries: x, shedule: 1}\nstages: {validate: {}}\n")
     assert main(["validate", str(tmp_path)]) == 1

@@ -50,7 +50,7 @@ def test_broken_pipeline_is_visible_and_loses_only_itself(dags_folder):
     write(dags_folder, "good.yaml", """
         id: good
         stages:
-          validate: {}
+          preprocess: {input: {path: a.csv}}
         """)
     write(dags_folder, "broken.yaml", """
         id: broken
@@ -64,7 +64,7 @@ def test_broken_pipeline_is_visible_and_loses_only_itself(dags_folder):
     bag = dagbag(dags_folder)
     assert bag.import_errors == {}
     assert sorted(bag.dag_ids) == ["broken", "good", "invalid__garbage"]
-    assert [t.task_id for t in bag.dags["good"].tasks] == ["validate.run"]
+    assert [t.task_id for t in bag.dags["good"].tasks] == ["preprocess.run"]
 
     broken = bag.dags["broken"]
     assert "invalid-pipeline" in broken.tags

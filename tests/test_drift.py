@@ -80,7 +80,7 @@ def test_drift_triggers_the_training_pipeline_through_its_asset(airflow_db, mlop
         id: retrain
         dag: {schedule_on_assets: [monitor.drift]}
         stages:
-          validate: {}
+          preprocess: {input: {sklearn_dataset: iris}}
         """)
 
     def monitor(current):

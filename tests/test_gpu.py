@@ -222,7 +222,7 @@ def test_prometheus_text_parses_back(monkeypatch):
     with NvmlSampler(interval_s=3600) as sampler:
         sampler.sample()
     run_id = 'manual__2026-01-01T00:00:00+00:00 "quoted" \\ back\nslash'
-    cost = task_cost(TaskResources(gpu=2, cpu=8, memory_gb=32), 1800)
+    cost = task_cost(TaskResources(gpu=2, cpu=8, memory_gib=32), 1800)
     text = render(sampler.summary(), sampler.latest(), {"dag_id": "d", "task_id": "t", "run_id": run_id}, cost.as_dict())
     f = parse_exposition(text)
     util = f["airflow_mlops_gpu_utilization_percent"]
@@ -329,14 +329,14 @@ def test_yaml_train_stage_pushes_gpu_metrics_and_bills_the_pipeline_prices(airfl
 def test_cost_with_default_and_custom_prices():
     from airflow_mlops.gpu.cost import PriceTable, TaskResources, cost, task_cost
 
-    c = cost(gpu_hours=4, cpu_hours=16, memory_gb_hours=64)
+    c = cost(gpu_hours=4, cpu_hours=16, memory_gib_hours=64)
     assert (c.gpu, c.cpu, c.memory) == (10.0, pytest.approx(1.6), pytest.approx(3.2))
     assert c.total == pytest.approx(14.8)
-    custom = cost(4, 16, 64, {"gpu_hour": 1.0, "cpu_hour": 0.0, "memory_gb_hour": 0.01})
+    custom = cost(4, 16, 64, {"gpu_hour": 1.0, "cpu_hour": 0.0, "memory_gib_hour": 0.01})
     assert custom.total == pytest.approx(4.64)
     # the "training" profile (4 GPUs, 16 CPUs, 64Gi) for 90 minutes
-    t = task_cost(TaskResources(gpu=4, cpu=16, memory_gb=64), 90 * 60, PriceTable(gpu_hour=3.0))
-    assert (t.gpu_hours, t.cpu_hours, t.memory_gb_hours) == (6.0, 24.0, 96.0)
+    t = task_cost(TaskResources(gpu=4, cpu=16, memory_gib=64), 90 * 60, PriceTable(gpu_hour=3.0))
+    assert (t.gpu_hours, t.cpu_hours, t.memory_gib_hours) == (6.0, 24.0, 96.0)
     assert t.total == pytest.approx(6 * 3.0 + 24 * 0.1 + 96 * 0.05)
     assert t.metrics()["cost/total"] == pytest.approx(t.total) and t.metrics()["cost/wall_seconds"] == 5400
     with pytest.raises(ValueError, match="gpu_hour"):
@@ -346,18 +346,18 @@ def test_cost_with_default_and_custom_prices():
 
 
 def test_resource_quantities():
-    from airflow_mlops.gpu.cost import memory_gb, parse_bytes, parse_cpu, resources_from
+    from airflow_mlops.gpu.cost import memory_gib, parse_bytes, parse_cpu, resources_from
     from airflow_mlops.spec.models import Resources
 
     assert parse_cpu("500m") == 0.5 and parse_cpu("4") == 4 and parse_cpu(2) == 2
     assert parse_bytes("16Gi") == 16 * GiB and parse_bytes("1G") == 10**9 and parse_bytes("512Mi") == 2**29
-    assert memory_gb("64Gi") == 64 and memory_gb(2 * GiB) == 2
+    assert memory_gib("64Gi") == 64 and memory_gib(2 * GiB) == 2
     with pytest.raises(ValueError, match="memory quantity"):
         parse_bytes("16GB")
     r = resources_from(Resources(cpu="500m", memory="2Gi"), gpus_held=2)
-    assert (r.gpu, r.cpu, r.memory_gb) == (2, 0.5, 2.0)
+    assert (r.gpu, r.cpu, r.memory_gib) == (2, 0.5, 2.0)
     assert resources_from({"gpu": 0}, gpus_held=4).gpu == 0
-    assert resources_from(None, gpus_held=1).__dict__ == {"gpu": 1, "cpu": 1.0, "memory_gb": 1.0}
+    assert resources_from(None, gpus_held=1).__dict__ == {"gpu": 1, "cpu": 1.0, "memory_gib": 1.0}
 
 
 # --- the operator: argument checks at parse time, parse cost -----------------------------------
@@ -392,6 +392,9 @@ def test_operator_rejects_bad_arguments_when_the_dag_is_parsed(kwargs, message):
 
 
 def test_dag_file_with_the_gpu_operators_parses_without_heavy_imports(tmp_path):
+    # The entrypoint's module is located at parse, never run: its heavy imports stay out.
+    write(tmp_path, "pkg/__init__.py", "")
+    write(tmp_path, "pkg/mod.py", "import pandas, sklearn\n\ndef fit(params):\n    pass\n")
     dag_file = write(tmp_path, "gpu_dag.py", """
         # Airflow DAG with the GPU operators
         from airflow.sdk import DAG
@@ -448,7 +451,7 @@ GPU_DAG = """
         forest = GpuTrainOperator(task_id="forest", entrypoint="tests.gpu_entrypoints:train_forest", env=ENV,
                                   hyperparams={{"n_estimators": 20, "random_state": 0}},
                                   mlflow={{"registered_model": "forest"}}, resources={{"cpu": 2, "memory": "4Gi"}},
-                                  prices={{"cpu_hour": 0.5, "memory_gb_hour": 0.25}})
+                                  prices={{"cpu_hour": 0.5, "memory_gib_hour": 0.25}})
         frames = GpuTrainOperator(task_id="frames", entrypoint="tests.gpu_entrypoints:train_on_frames", env=ENV,
                                   upstream_task="prep", target="target", gpus=0, hyperparams={{"max_iter": 5000}},
                                   mlflow={{"registered_model": "frames"}}, mlflow_ui_url="https://mlflow.example.com/")
@@ -534,10 +537,10 @@ def test_gpu_train_operator_end_to_end_on_cpu(gpu_dag_run):
     m, cost = run.data.metrics, result["cost"]
     hours = cost["wall_seconds"] / 3600
     assert cost["gpu_hours"] == 0 and cost["cpu_hours"] == pytest.approx(2 * hours)
-    assert cost["memory_gb_hours"] == pytest.approx(4 * hours)
+    assert cost["memory_gib_hours"] == pytest.approx(4 * hours)
     assert cost["total"] == pytest.approx(2 * hours * 0.5 + 4 * hours * 0.25)
     assert {k: m[f"cost/{k}"] for k in cost} == pytest.approx(cost)
-    assert json.loads(tags["airflow_mlops.cost.prices"]) == {"gpu_hour": 2.5, "cpu_hour": 0.5, "memory_gb_hour": 0.25}
+    assert json.loads(tags["airflow_mlops.cost.prices"]) == {"gpu_hour": 2.5, "cpu_hour": 0.5, "memory_gib_hour": 0.25}
     # the environment the training process got
     checkpoint = home / "checkpoints" / "gpu_cpu" / safe_run_key(dr.run_id) / "forest"
     assert result["checkpoint_dir"] == tags["airflow_mlops.checkpoint_dir"] == str(checkpoint)
@@ -720,7 +723,7 @@ def test_kubernetes_backend_builds_a_gpu_pod_whose_command_runs_the_job(tmp_path
     assert result["model_version"] == "1" and result["gpu"]["available"] is False
     # billed what the pod asked for, found or not: 2 GPUs, 8 CPUs, 32 GB
     hours = result["cost"]["wall_seconds"] / 3600
-    assert result["cost"]["gpu_hours"] == pytest.approx(2 * hours) and result["cost"]["memory_gb_hours"] == pytest.approx(32 * hours)
+    assert result["cost"]["gpu_hours"] == pytest.approx(2 * hours) and result["cost"]["memory_gib_hours"] == pytest.approx(32 * hours)
 
 
 # --- the YAML train stage with telemetry (the integration point for StageOperator) --------------
@@ -945,3 +948,80 @@ def test_gpu_train_operator_as_the_train_stage_of_a_yaml_pipeline(airflow_db, ml
 
     url = f"http://localhost:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     assert extra_links("gpu_yaml", dr.run_id, "train.run") == {"MLflow run": url}
+
+
+def test_training_code_beside_the_dag_file_imports_in_the_training_process(airflow_db, mlops_home, dags_folder):
+    """Issue 19, item 4: an entrypoint module beside the DAG file (in a subfolder of the dags
+    folder, not on the worker's path) is found by the training process; one that cannot be found
+    fails when the DAG is parsed, not after an MLflow run and a retry."""
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, "team/churn_training.py", """
+        def fit(params):
+            from sklearn.datasets import load_iris
+            from sklearn.tree import DecisionTreeClassifier
+
+            x, y = load_iris(return_X_y=True, as_frame=True)
+            model = DecisionTreeClassifier(max_depth=params["depth"]).fit(x, y)
+            return {"model": model, "metrics": {"accuracy": float(model.score(x, y))}, "input_example": x.head(3)}
+        """)
+    write(dags_folder, "team/churn_dag.py", """
+        # Airflow DAG whose training code sits beside it
+        from airflow.sdk import DAG
+        from airflow_mlops import GpuTrainOperator
+
+        with DAG("churn_beside", schedule=None):
+            GpuTrainOperator(task_id="train", entrypoint="churn_training:fit", gpus=0, hyperparams={"depth": 3},
+                             mlflow={"registered_model": "churn_beside"})
+        """)
+    write(dags_folder, "team/typo_dag.py", """
+        # Airflow DAG naming training code that is not there
+        from airflow.sdk import DAG
+        from airflow_mlops import GpuTrainOperator
+
+        with DAG("churn_typo", schedule=None):
+            GpuTrainOperator(task_id="train", entrypoint="churn_trainig:fit", gpus=0)
+            GpuTrainOperator(task_id="script", script="train.py", gpus=0)
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    errors = {Path(k).name: v for k, v in bag.import_errors.items()}
+    assert "cannot find module 'churn_trainig' of entrypoint= 'churn_trainig:fit': searched " \
+           f"{dags_folder / 'team'}, {dags_folder}" in errors["typo_dag.py"]
+    assert "churn_typo" not in bag.dag_ids
+    dr = bag.dags["churn_beside"].test()
+    assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {"train": "success"}
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    assert str(client.get_latest_versions("churn_beside")[0].version) == "1"
+
+
+def test_the_log_says_which_gpus_training_really_uses(monkeypatch, caplog):
+    """Issue 19, item 6: the operator logged '1 GPU(s)' and then trained on none. The assignment
+    now says what training gets: the GPUs it runs on, or none seen by NVML (FAKE NVML below)."""
+    import logging
+
+    from airflow_mlops.gpu.job import assign_gpus
+
+    log = logging.getLogger("test.assign")
+    install(monkeypatch, FakeNvml([FakeGpu()], init_error=NVMLError_DriverNotLoaded))
+    with caplog.at_level(logging.INFO):
+        none = assign_gpus(1, None, log)
+    assert not none.available and "asked for 1 GPU(s), training with none seen by NVML" in caplog.text
+    install(monkeypatch, two_gpus())
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        chosen = assign_gpus(1, None, log)
+    assert chosen.visible == [0] and "Training on 1 GPU(s): GPU0" in caplog.text
+
+
+def test_memory_is_billed_per_gib_and_the_old_price_name_still_reads():
+    """Issue 19, item 6: GiB were billed under a 'memory_gb' label. The names say GiB now
+    (memory_gib_hour, memory_gib_hours); the old price key still works, with a warning."""
+    from airflow_mlops.gpu.cost import PriceTable, TaskResources, memory_gib, task_cost
+
+    assert memory_gib("16Gi") == 16 and memory_gib("1G") == pytest.approx(10**9 / 2**30)
+    with pytest.warns(DeprecationWarning, match="memory_gb_hour is now memory_gib_hour"):
+        prices = PriceTable.model_validate({"memory_gb_hour": 0.2})
+    assert prices.memory_gib_hour == 0.2
+    c = task_cost(TaskResources(gpu=0, cpu=1, memory_gib=16), 3600, prices)
+    assert (c.memory_gib_hours, c.memory) == (16, pytest.approx(3.2))

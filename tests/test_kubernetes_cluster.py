@@ -61,7 +61,7 @@ def test_train_stage_runs_in_a_gpu_pod_and_registers_its_model(kube_cluster, kub
     logged = client.get_run(version.run_id)
     assert train["gpu"]["available"] is False and logged.data.tags["airflow_mlops.gpu.available"] == "false"
     hours = train["cost"]["wall_seconds"] / 3600
-    assert train["cost"]["gpu_hours"] == train["cost"]["cpu_hours"] == train["cost"]["memory_gb_hours"] == hours
+    assert train["cost"]["gpu_hours"] == train["cost"]["cpu_hours"] == train["cost"]["memory_gib_hours"] == hours
     assert logged.data.metrics["cost/total"] == train["cost"]["total"] == pytest.approx(hours * (2.5 + 0.1 + 0.05))
     url = f"http://localhost:5000/#/experiments/{logged.info.experiment_id}/runs/{logged.info.run_id}"
     assert extra_links(dag.dag_id, dr.run_id, "train.run") == {"MLflow run": url}

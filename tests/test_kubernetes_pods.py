@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+from pathlib import Path
+
 import pytest
 
 from airflow_mlops.spec.load import read_pipeline
@@ -82,6 +84,8 @@ def test_volumes_and_secrets_without_secret_values(dag):
     assert env["MODE"].value == "nightly"
     ref = env["DB_PASSWORD"].value_from.secret_key_ref
     assert (ref.name, ref.key, env["DB_PASSWORD"].value) == ("churn-db", "password", None)
+    # The pod imports the code the DAG sees: the pipeline's folder first (issue 19, item 4).
+    assert env["PYTHONPATH"].value.split(":")[0] == str(Path(dag.fileloc).parent)
 
 
 def test_stage_overrides_and_cpu_only_pods_get_no_gpu_scheduling(dag):

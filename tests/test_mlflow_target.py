@@ -130,6 +130,18 @@ def test_a_relative_store_from_the_environment_or_a_connection_fails_and_writes_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_home_and_variables_in_the_setting_are_expanded_in_the_worker_then_checked(monkeypatch, tmp_path):
+    from airflow_mlops.hooks.mlflow import TrackingUriError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STORE_DIR", "relative/dir")
+    assert resolve_target(MlflowSettings(tracking_uri="sqlite:///~/m.db"), "p").tracking_uri == f"sqlite:///{tmp_path}/m.db"
+    with pytest.raises(TrackingUriError, match=r"a relative SQLite path .* got 'sqlite:///relative/dir/m.db'"):
+        resolve_target(MlflowSettings(tracking_uri="sqlite:///$STORE_DIR/m.db"), "p")
+    with pytest.raises(TrackingUriError, match=r"from the tracking_uri setting: environment variable \$NOT_SET_ANYWHERE"):
+        resolve_target(MlflowSettings(tracking_uri="sqlite:///$NOT_SET_ANYWHERE/m.db"), "p")
+
+
 def test_operator_arguments_with_a_relative_store_fail_when_the_dag_is_parsed(tmp_path):
     from airflow_mlops.operators.backup import BackupOperator
     from airflow_mlops.operators.gpu_train import GpuTrainOperator

@@ -186,3 +186,93 @@ def test_stage_operator_in_a_hand_written_dag(airflow_db, mlops_home, dags_folde
     assert ok, task_states(dr)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("hand_written", "candidate").version) == "1"
+
+
+def test_scoring_pipeline_serves_the_registered_champion_and_follows_a_promotion(airflow_db, mlops_home, dags_folder):
+    """Issue 19, item 8: train weekly, score daily. A scoring-only pipeline (no train stage)
+    serves the pipeline's registered model at 'champion', resolved once per run and recorded in
+    its result; after a new training run promotes version 2, the next scoring run uses it."""
+    import mlflow
+    import pandas as pd
+    from sklearn.datasets import load_wine
+
+    from airflow_mlops import load_pipelines
+
+    new_rows = load_wine(as_frame=True).data.sample(20, random_state=3)
+    new_rows.to_csv(dags_folder / "todays_rows.csv", index=False)
+    write(dags_folder, "wine_train.yaml", """
+        id: wine_train
+        mlflow: {registered_model: wine_model}
+        stages:
+          preprocess:
+            input: {sklearn_dataset: wine}
+          train:
+            estimator: sklearn.tree.DecisionTreeClassifier
+            target: target
+          validate:
+            thresholds: {accuracy: {min: 0.5}}
+        """)
+    write(dags_folder, "wine_score.yaml", f"""
+        id: wine_score
+        mlflow: {{registered_model: wine_model}}
+        stages:
+          serve:
+            input: {{path: {dags_folder / 'todays_rows.csv'}}}
+        """)
+    write(dags_folder, "wine_score_pinned.yaml", f"""
+        id: wine_score_pinned
+        stages:
+          serve:
+            model: models:/wine_model/1
+            input: {{path: {dags_folder / 'todays_rows.csv'}}}
+        """)
+    write(dags_folder, "wine_score_typo.yaml", f"""
+        id: wine_score_typo
+        stages:
+          serve:
+            model: models:/wine_modle@champion
+            input: {{path: {dags_folder / 'todays_rows.csv'}}}
+        """)
+
+    def run(dag_id: str):
+        dags = load_pipelines(folder=dags_folder)
+        dr, ok = run_dag(dags[dag_id])
+        ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "serve.run") if dag_id != "wine_train" else None
+        return ok, (ti.xcom_pull(task_ids="serve.run") if ti is not None and ok else None), dr
+
+    ok, _, dr = run("wine_train")
+    assert ok, task_states(dr)
+    ok, result, dr = run("wine_score")
+    assert ok, task_states(dr)
+    assert result["model_uri"] == "models:/wine_model/1" and result["model_ref"] == "models:/wine_model@champion"
+    assert result["rows"] == 20
+    predictions = pd.read_parquet(result["predictions_path"])
+    assert len(predictions) == 20 and predictions["prediction"].notna().all()
+
+    ok, _, dr = run("wine_train")  # next week's training: version 2 passes and becomes champion
+    assert ok, task_states(dr)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("wine_model", "champion").version) == "2"
+    ok, result, dr = run("wine_score")
+    assert ok, task_states(dr)
+    assert result["model_uri"] == "models:/wine_model/2" and result["model_version"] == "2"
+    ok, result, dr = run("wine_score_pinned")
+    assert ok and result["model_uri"] == "models:/wine_model/1", task_states(dr)
+    # The aliases pipelines serve through are recorded for retention to protect.
+    assert "champion" in client.get_registered_model("wine_model").tags["airflow_mlops.serving_aliases"]
+
+    ok, _, dr = run("wine_score_typo")
+    assert not ok
+    ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "serve.run")
+    assert ti.state == "failed" and ti.try_number == 1
+    from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
+    from airflow_mlops.stages.tracking import serving_model
+
+    ctx = StageContext(pipeline_id="wine_score_typo", stage_name="serve", run_key="r", data_dir=str(mlops_home),
+                       mlflow=MlflowTarget(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}",
+                                           experiment="x", registered_model="wine_score_typo"))
+    with pytest.raises(StageFailed, match=r"cannot serve models:/wine_modle@champion: there is no registered model "
+                                          r"named 'wine_modle' \(did you mean 'wine_model'\?\)"):
+        serving_model("models:/wine_modle@champion", ctx)
+    with pytest.raises(StageFailed, match="model 'wine_model' has no alias 'staging'"):
+        serving_model("models:/wine_model@staging", ctx)

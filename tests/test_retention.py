@@ -520,9 +520,13 @@ def test_bad_arguments_fail_when_the_dag_is_parsed():
 
     with pytest.raises(ValueError) as err:
         RetentionCleanupOperator(task_id="clean", policies=[{"root": "/data", "max_agee": "3d"},
-                                                            {"kind": "mlflow_model_versions", "models": ["m"]}])
+                                                            {"kind": "mlflow_model_versions", "models": ["m"]},
+                                                            {"root": "/data", "max_age": "3d", "dry_run": True}])
     assert "policies.0.max_agee: unknown key 'max_agee' (did you mean 'max_age'?)" in str(err.value)
     assert "policies.1: an mlflow_model_versions policy needs at least one of max_age, keep_last" in str(err.value)
+    # Issue 19, item 6: an operator argument written inside a policy says where it belongs.
+    assert ("policies.2.dry_run: 'dry_run' is not a setting of policies.2: it is an argument of "
+            "RetentionCleanupOperator itself (dry_run=...)") in str(err.value)
 
 
 def test_broken_policy_in_yaml_becomes_a_visible_invalid_dag(dags_folder):

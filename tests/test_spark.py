@@ -111,7 +111,7 @@ def test_spark_submit_path_against_a_local_master(spark, data, ctx_for, monkeypa
 def test_feature_operator_refuses_bad_arguments_at_parse_time(tmp_path):
     from airflow_mlops.operators.spark import SparkFeatureOperator
 
-    with pytest.raises(ValueError, match=r"SparkFeatureOperator\(task_id='f'\): .*give 'sql' or 'transform', not both"):
+    with pytest.raises(ValueError, match=r"(?s)SparkFeatureOperator 'f': invalid arguments:.*give 'sql' or 'transform', not both"):
         SparkFeatureOperator(task_id="f", inputs={"a": "a.csv"}, sql="SELECT 1", transform="m:f", output=str(tmp_path))
     with pytest.raises(ValueError, match=r"quality.row_count.min: Input should be greater than or equal to 0"):
         SparkFeatureOperator(task_id="f", inputs={"a": "a.csv"}, output=str(tmp_path), quality={"row_count": {"min": -1}})
@@ -185,3 +185,25 @@ def test_yaml_pipeline_with_spark_stages_through_airflow(spark, airflow_db, mlop
     assert prep["quality"]["rows"] == 200
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
     assert str(client.get_model_version_by_alias("returns", "champion").version) == "1"
+
+
+def test_feature_operator_arguments_are_checked_like_the_other_operators(tmp_path, capsys):
+    """Issue 19, item 6: unknown keys got raw pydantic text and the type gates were only checked
+    when the task ran. Both fail at parse now, with a did-you-mean; the YAML's gates too."""
+    from airflow_mlops.cli import main
+    from airflow_mlops.operators.spark import SparkFeatureOperator
+
+    with pytest.raises(ValueError) as err:
+        SparkFeatureOperator(task_id="features", inputs={"events": "/data/events.csv"}, output="/data/features",
+                             sql="select * from events", quality={"row_cuont": {"min": 1}})
+    assert "quality.row_cuont: unknown key 'row_cuont' (did you mean 'row_count'?)" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        SparkFeatureOperator(task_id="features", inputs={"events": "/data/events.csv"}, output="/data/features",
+                             sql="select * from events", quality={"columns": {"user_id": "strng"}})
+    assert "quality.columns: column 'user_id': unknown type 'strng' (did you mean 'string'?)" in str(err.value)
+    (tmp_path / "p.yaml").write_text(
+        "id: gates\nstages:\n  preprocess:\n    input: {sklearn_dataset: iris}\n"
+        "    quality:\n      columns: {target: lnog}\n")
+    assert main(["validate", str(tmp_path / "p.yaml")]) == 1
+    assert (f"{tmp_path / 'p.yaml'}:6:16 stages.preprocess.quality.columns: column 'target': unknown type 'lnog' "
+            "(did you mean 'long'?)") in capsys.readouterr().out

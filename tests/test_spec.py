@@ -14,7 +14,7 @@ from tests.helpers import write
 MINIMAL = """
     id: p
     stages:
-      validate: {}
+      preprocess: {input: {sklearn_dataset: iris}}
     """
 
 
@@ -69,10 +69,10 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         resource_profiles:
           big: {cpu: 8, memory: 32Gi, gpu: 2}
         stages:
-          a: {kind: validate, resources: training}
-          b: {kind: validate, resources: big}
-          c: {kind: validate, resources: {profile: inference, memory: 24Gi}}
-          d: {kind: validate, resources: {cpu: 500m}}
+          a: {kind: preprocess, input: {sklearn_dataset: iris}, resources: training}
+          b: {kind: preprocess, input: {sklearn_dataset: iris}, resources: big}
+          c: {kind: preprocess, input: {sklearn_dataset: iris}, resources: {profile: inference, memory: 24Gi}}
+          d: {kind: preprocess, input: {sklearn_dataset: iris}, resources: {cpu: 500m}}
         """)
     p = read_pipeline(path).pipeline
 
@@ -103,14 +103,15 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'id', 'description', 'stages'"],
+             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'params', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(
             "id: a\ndag:\n  shedule: '@daily'\nstages:\n  validate: {}\n",
             ["3:3 dag.shedule: unknown key 'shedule' (did you mean 'schedule'?); expected one of 'schedule', "
-             "'schedule_on_assets', 'start_date', 'catchup', 'description', 'tags', 'owner', 'retries', 'retry_delay', "
-             "'execution_timeout', 'max_active_runs', 'default_args'"],
+             "'schedule_on_assets', 'start_date', 'timezone', 'catchup', 'description', 'tags', 'owner', 'retries', "
+             "'retry_delay', 'execution_timeout', 'max_active_runs', 'on_success_callback', 'on_failure_callback', "
+             "'default_args'"],
             id="unknown-nested-key",
         ),
         pytest.param(
@@ -196,8 +197,8 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="cycle",
         ),
         pytest.param(
-            "id: a\nstages:\n  validate: {resources: trainng}\n",
-            ["3:25 stages.validate.resources: unknown resource profile 'trainng' (did you mean 'training'?); "
+            "id: a\nstages:\n  drift: {resources: trainng, current: {path: c.csv}, reference: {path: r.csv}}\n",
+            ["3:22 stages.drift.resources: unknown resource profile 'trainng' (did you mean 'training'?); "
              "known: 'training', 'inference', 'small'"],
             id="unknown-profile",
         ),
@@ -226,8 +227,8 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="relative-sqlite",
         ),
         pytest.param(
-            "id: a\nstages:\n  train: {backend: spark, estimator: x.Y, target: t}\n",
-            ["3:20 stages.train.backend: the spark backend runs preprocess and serve stages, not train; "
+            "id: a\nstages:\n  preprocess: {input: {path: a.csv}}\n  train: {backend: spark, estimator: x.Y, target: t}\n",
+            ["4:20 stages.train.backend: the spark backend runs preprocess and serve stages, not train; "
              "give this stage 'backend: batch' (or kubernetes)"],
             id="spark-train",
         ),
@@ -247,8 +248,8 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="two-sources",
         ),
         pytest.param(
-            "id: a\nstages:\n  validate: {backend: kubernetes}\n",
-            ["3:23 stages.validate.backend: the kubernetes backend needs an image with airflow-mlops installed: "
+            "id: a\nstages:\n  preprocess: {backend: kubernetes, input: {path: a.csv}}\n",
+            ["3:25 stages.preprocess.backend: the kubernetes backend needs an image with airflow-mlops installed: "
              "set kubernetes.image on the pipeline or the stage"],
             id="kubernetes-without-image",
         ),
@@ -261,7 +262,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nprices: {gpu_hours: 3, cpu_hour: -1}\nstages:\n  validate: {}\n",
             ["2:10 prices.gpu_hours: unknown key 'gpu_hours' (did you mean 'gpu_hour'?); expected one of 'gpu_hour', "
-             "'cpu_hour', 'memory_gb_hour'",
+             "'cpu_hour', 'memory_gib_hour'",
              "2:34 prices.cpu_hour: input should be greater than or equal to 0, got -1"],
             id="bad-prices",
         ),
@@ -291,8 +292,8 @@ def test_all_errors_of_a_file_are_reported_together(tmp_path):
 
 def test_one_bad_file_loses_only_itself_and_duplicate_ids_are_refused(tmp_path):
     write(tmp_path, "a.yaml", MINIMAL)
-    write(tmp_path, "b.yaml", "id: q\nstages: {validate: {}}\n")
-    write(tmp_path, "c.yaml", "id: p\nstages: {validate: {}}\n")
+    write(tmp_path, "b.yaml", "id: q\nstages: {preprocess: {input: {path: a.csv}}}\n")
+    write(tmp_path, "c.yaml", "id: p\nstages: {preprocess: {input: {path: a.csv}}}\n")
     write(tmp_path, "broken.yaml", "id: [\n")
     good, bad = load_folder(tmp_path)
     assert sorted(lp.pipeline.id for lp in good) == ["p", "q"]

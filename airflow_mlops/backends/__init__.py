@@ -7,9 +7,10 @@ import importlib
 from typing import Any
 
 from airflow_mlops.spec.load import resolve_resources
+from airflow_mlops.spec.operator_args import RESULT_TASK
 
 AVAILABLE_BACKENDS = ("batch", "spark", "kubernetes")
-RESULT_TASK = "run"
+__all__ = ["AVAILABLE_BACKENDS", "RESULT_TASK", "build_stage_tasks", "stage_operator_args"]
 
 
 def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any]:

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
-from datetime import date, datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Asset, TaskGroup
 
 from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
+from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
 from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
 from airflow_mlops.spec.models import Pipeline
-from airflow_mlops.stages.context import import_string, mlops_home
+from airflow_mlops.spec.operator_args import stage_task_args
+from airflow_mlops.spec.templating import is_template
+from airflow_mlops.stages.context import import_string, mlops_home, needs_expanding
 
 TAG = "airflow-mlops"
 
@@ -35,10 +37,23 @@ class Plan:
 
     @cached_property
     def data_dir(self) -> str:
-        """Absolute: a relative ``data_dir`` is taken from the YAML file's folder."""
-        if self.pipeline.data_dir:
-            return str((self.loaded.file.parent / Path(self.pipeline.data_dir).expanduser()).resolve())
-        return str(mlops_home() / "data" / self.pipeline.id)
+        """A relative ``data_dir`` is taken from the YAML file's folder. ``~``, ``$VAR`` and
+        templates are left for the worker, which expands and renders them when the task runs."""
+        raw = self.pipeline.data_dir
+        if not raw:
+            return str(mlops_home() / "data" / self.pipeline.id)
+        if needs_expanding(raw) or is_template(raw):
+            relative = not raw.startswith(("/", "~", "$", "{")) and "://" not in raw
+            return str(self.loaded.file.parent.resolve() / raw) if relative else raw
+        return str((self.loaded.file.parent / raw).resolve())
+
+    @cached_property
+    def asset_root(self) -> str:
+        """``data_dir`` for the Assets' URIs, which are fixed when the DAG is parsed: ``~`` and set
+        variables expanded here, templates and unset variables shown as written."""
+        import os
+
+        return os.path.expandvars(os.path.expanduser(self.data_dir))
 
     def upstream_tasks(self, stage_name: str) -> list[tuple[str, str]]:
         """Every stage this one depends on, directly or not, nearest first, with its result task."""
@@ -52,10 +67,21 @@ class Plan:
         return [(name, f"{name}.{RESULT_TASK}") for name in order]
 
 
-def _start(value: date | datetime) -> datetime:
+def _start(settings: DagSettings) -> datetime:
+    """The first logical date, in the DAG's time zone (which Airflow takes from it): ``dag.timezone``
+    when given (an explicit offset is the same instant, shown there), else the date-time's own
+    offset, else Airflow's ``[core] default_timezone``."""
+    import pendulum
+
+    from airflow.settings import TIMEZONE
+
+    value = settings.start_date
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    zone = pendulum.timezone(settings.timezone) if settings.timezone else None
+    if value.tzinfo is None:
+        return pendulum.instance(value, tz=zone or TIMEZONE)
+    return pendulum.instance(value).in_timezone(zone) if zone else pendulum.instance(value)
 
 
 def _docs(loaded: LoadedPipeline) -> str:
@@ -71,7 +97,7 @@ def _docs(loaded: LoadedPipeline) -> str:
 def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     """Stage outputs as Airflow Assets: datasets by folder, models by registered name."""
     if stage.kind in ("preprocess", "serve"):
-        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.data_dir}/{name}")]
+        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.asset_root}/{name}")]
     if stage.kind == "drift":
         return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"airflow-mlops://{plan.pipeline.id}/{name}/drift")]
     if stage.kind == "train":
@@ -80,44 +106,64 @@ def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     return []
 
 
+class StageBuildError(Exception):
+    """Building one stage's tasks failed: ``stage`` names it, ``error`` is what Airflow (or the
+    operator) raised."""
+
+    def __init__(self, stage: str, error: Exception):
+        self.stage, self.error = stage, error
+        super().__init__(f"stage '{stage}': {type(error).__name__}: {error}")
+
+
 def build_dag(loaded: LoadedPipeline) -> DAG:
     p = loaded.pipeline
     plan = Plan(loaded)
+    # dag.default_args never repeats a DagSettings field (spec.dag.lift_default_args moved them).
     default_args = {
+        **p.dag.default_args,
+        **{k: resolve_callbacks(v) for k, v in p.dag.default_args.items() if k in TASK_CALLBACKS},
         "owner": p.dag.owner,
         "retries": p.dag.retries,
         "retry_delay": p.dag.retry_delay,
         **({"execution_timeout": p.dag.execution_timeout} if p.dag.execution_timeout else {}),
-        **p.dag.default_args,
     }
+    callbacks = {k: resolve_callbacks(v) for k in ("on_success_callback", "on_failure_callback")
+                 if (v := getattr(p.dag, k)) is not None}
     dag = DAG(
         dag_id=p.id,
         description=p.description or p.dag.description,
         schedule=[Asset.ref(name=n) for n in p.dag.schedule_on_assets] if p.dag.schedule_on_assets else p.dag.schedule,
-        start_date=_start(p.dag.start_date),
+        start_date=_start(p.dag),
         catchup=p.dag.catchup,
         tags=[TAG, *p.dag.tags],
         default_args=default_args,
         max_active_runs=p.dag.max_active_runs or 16,
         doc_md=_docs(loaded),
+        params={name: spec.to_param() for name, spec in p.params.items()},
+        **callbacks,
+        # The loader hands DAGs to Airflow itself (load_pipelines(globals())): a DAG whose build
+        # fails half-way must never reach Airflow through auto-registration.
+        auto_register=False,
     )
+    # Where the pipeline's code lives (not this module): operators put its folder on the import
+    # path of training processes and pods. Airflow sets the loader file here when it parses it.
+    dag.fileloc = str(loaded.file.resolve())
     groups: dict[str, TaskGroup] = {}
     with dag:
         for name, stage in p.stages.items():
             backend = stage.backend or p.backend
-            task_args: dict[str, Any] = {"doc_md": stage.doc} if stage.doc else {}
-            if stage.retries is not None:
-                task_args["retries"] = stage.retries
-            if stage.execution_timeout is not None:
-                task_args["execution_timeout"] = stage.execution_timeout
-            with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
-                if stage.kind == "custom":
-                    import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
-                else:
-                    build_stage_tasks(
-                        backend, stage=stage, stage_name=name, plan=plan,
-                        task_args={**task_args, "outlets": _outlets(plan, name, stage)},
-                    )
+            task_args = stage_task_args(stage)
+            try:
+                with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
+                    if stage.kind == "custom":
+                        import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
+                    else:
+                        build_stage_tasks(
+                            backend, stage=stage, stage_name=name, plan=plan,
+                            task_args={**task_args, "outlets": _outlets(plan, name, stage)},
+                        )
+            except Exception as exc:
+                raise StageBuildError(name, exc) from exc
             groups[name] = group
         for name, deps in plan.deps.items():
             for dep in deps:

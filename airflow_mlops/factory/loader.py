@@ -5,7 +5,8 @@ pipeline. Each broken file instead becomes a small placeholder DAG — same id w
 one, tagged ``invalid-pipeline``, its description and docs carrying every error with
 ``file:line:column`` — so the problem is visible in the Airflow UI next to the healthy DAGs,
 which are all still loaded. The errors also go to the DAG processor log, and
-``airflow-mlops validate`` reports them in CI before they ever reach Airflow.
+``airflow-mlops validate`` reports them in CI before they ever reach Airflow: both reach their
+verdict through ``factory.pipelines.load_dags``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 
 from airflow.sdk import DAG
 
-from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
-from airflow_mlops.spec.load import load_folder
+from airflow_mlops.spec.errors import PipelineSpecError
 
 log = logging.getLogger(__name__)
 INVALID_TAG = "invalid-pipeline"
@@ -27,25 +27,19 @@ INVALID_TAG = "invalid-pipeline"
 def load_pipelines(namespace: dict[str, Any] | None = None, folder: str | Path | None = None) -> dict[str, DAG]:
     """Build a DAG for every pipeline file under ``folder`` (default: the calling DAG file's folder)
     and put them into ``namespace`` (pass ``globals()``), where Airflow finds them."""
-    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.factory.pipelines import load_dags
 
     if folder is None:
         if not namespace or "__file__" not in namespace:
             raise TypeError("load_pipelines needs a folder, or globals() of a DAG file to find it from")
         folder = Path(namespace["__file__"]).parent
-    good, bad = load_folder(folder)
-    dags: dict[str, DAG] = {}
-    for loaded in good:
-        try:
-            dags[loaded.pipeline.id] = build_dag(loaded)
-        except Exception as exc:  # an Airflow-side refusal must not take the other pipelines down
-            log.exception("Pipeline %s could not be built", loaded.file)
-            bad[loaded.file] = PipelineSpecError(
-                [SpecIssue(Mark(str(loaded.file), 1, 1), "", f"could not build the DAG: {type(exc).__name__}: {exc}")]
-            )
-    for path, error in sorted(bad.items()):
+    verdict = load_dags([folder])
+    dags: dict[str, DAG] = {loaded.pipeline.id: dag for loaded, dag in verdict.good}
+    for warning in verdict.warnings:
+        log.warning("Pipeline %s", warning)
+    for path, error in sorted(verdict.bad.items()):
         log.error("Invalid pipeline %s:\n%s", path, error)
-        dag = _invalid_dag(path, error, taken=dags.keys())
+        dag = _invalid_dag(path, error, taken=dags.keys(), folder=Path(folder))
         dags[dag.dag_id] = dag
     if namespace is not None:
         for dag_id, dag in dags.items():
@@ -53,12 +47,12 @@ def load_pipelines(namespace: dict[str, Any] | None = None, folder: str | Path |
     return dags
 
 
-def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any) -> DAG:
+def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any, folder: Path | None = None) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
 
     dag_id = _declared_id(path)
     if not dag_id or dag_id in taken:
-        dag_id = "invalid__" + re.sub(r"[^0-9A-Za-z_.-]", "_", path.stem)
+        dag_id = placeholder_id(path, folder, taken)
     errors = "\n".join(f"- `{issue}`" for issue in error.issues)
     with DAG(
         dag_id=dag_id,
@@ -73,6 +67,22 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any) -> DAG:
     return dag
 
 
+def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:
+    """``invalid__<path below the folder>`` (``/`` as ``__``, no suffix): one per file, so two
+    broken ``churn.yaml`` in different folders are both visible."""
+    try:
+        relative = path.relative_to(folder) if folder is not None and folder.is_dir() else Path(path.name)
+    except ValueError:
+        relative = Path(path.name)
+    if not relative.name:  # the folder itself (it could not be listed)
+        relative = Path(path.name or "folder")
+    base = "invalid__" + "__".join(re.sub(r"[^0-9A-Za-z_.-]", "_", part) for part in relative.with_suffix("").parts)
+    dag_id, n = base[:250], 2
+    while dag_id in taken:
+        dag_id, n = f"{base[:245]}_{n}", n + 1
+    return dag_id
+
+
 def _fail(message: str) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -85,4 +95,4 @@ def _declared_id(path: Path) -> str | None:
         match = re.search(r"^id:\s*['\"]?([A-Za-z0-9_.-]+)['\"]?\s*(#.*)?$", path.read_text(), re.MULTILINE)
     except OSError:
         return None
-    return match.group(1) if match else None
+    return match.group(1) if match and len(match.group(1)) <= 250 else None

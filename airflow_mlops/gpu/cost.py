@@ -1,11 +1,11 @@
-"""What a task cost: GPU-hours, CPU-hours and memory GB-hours × a price table.
+"""What a task cost: GPU-hours, CPU-hours and memory GiB-hours × a price table.
 
 A task's cost is what it held, not what it used: the resources it was given (GPUs, CPUs, memory)
 × its wall-clock time, as a cloud bills a node. Memory "GB" is GiB (2^30 bytes), the unit of
 Kubernetes' ``Gi``: ``64Gi`` is 64 GB here.
 
 Each task records its cost in MLflow (metrics ``cost/gpu_hours``, ``cost/cpu_hours``,
-``cost/memory_gb_hours``, ``cost/gpu``, ``cost/cpu``, ``cost/memory``, ``cost/total``, tags
+``cost/memory_gib_hours``, ``cost/gpu``, ``cost/cpu``, ``cost/memory``, ``cost/total``, tags
 ``airflow_mlops.cost.*``) and in its XCom result. :func:`report` adds up the tasks of one Airflow
 DAG run by stage:
 
@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 COST_PREFIX = "cost"
 PRICES_TAG = "airflow_mlops.cost.prices"
@@ -34,7 +34,21 @@ class PriceTable(BaseModel):
 
     gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU for one hour.")
     cpu_hour: float = Field(0.1, ge=0, description="Price of one CPU (core) for one hour.")
-    memory_gb_hour: float = Field(0.05, ge=0, description="Price of one GiB of memory for one hour.")
+    memory_gib_hour: float = Field(0.05, ge=0, description="Price of one GiB (2^30 bytes) of memory for one hour.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """``memory_gb_hour`` (before 0.2) was always billed per GiB: still read, with a warning."""
+        if isinstance(data, dict) and "memory_gb_hour" in data:
+            import warnings
+
+            warnings.warn("prices.memory_gb_hour is now memory_gib_hour (memory is billed per GiB)",
+                          DeprecationWarning, stacklevel=2)
+            data = dict(data)
+            old = data.pop("memory_gb_hour")
+            data.setdefault("memory_gib_hour", old)
+        return data
 
 
 @dataclass
@@ -43,14 +57,14 @@ class TaskResources:
 
     gpu: int = 0
     cpu: float = 1.0
-    memory_gb: float = 1.0
+    memory_gib: float = 1.0
 
 
 @dataclass
 class Cost:
     gpu_hours: float
     cpu_hours: float
-    memory_gb_hours: float
+    memory_gib_hours: float
     gpu: float
     cpu: float
     memory: float
@@ -65,14 +79,14 @@ class Cost:
         return asdict(self)
 
 
-def cost(gpu_hours: float, cpu_hours: float, memory_gb_hours: float, prices: PriceTable | dict | None = None) -> Cost:
+def cost(gpu_hours: float, cpu_hours: float, memory_gib_hours: float, prices: PriceTable | dict | None = None) -> Cost:
     """Hours × prices."""
     p = as_prices(prices)
-    for name, value in (("gpu_hours", gpu_hours), ("cpu_hours", cpu_hours), ("memory_gb_hours", memory_gb_hours)):
+    for name, value in (("gpu_hours", gpu_hours), ("cpu_hours", cpu_hours), ("memory_gib_hours", memory_gib_hours)):
         if value < 0:
             raise ValueError(f"{name} must be ≥ 0, got {value!r}")
-    gpu, cpu, memory = gpu_hours * p.gpu_hour, cpu_hours * p.cpu_hour, memory_gb_hours * p.memory_gb_hour
-    return Cost(gpu_hours=gpu_hours, cpu_hours=cpu_hours, memory_gb_hours=memory_gb_hours,
+    gpu, cpu, memory = gpu_hours * p.gpu_hour, cpu_hours * p.cpu_hour, memory_gib_hours * p.memory_gib_hour
+    return Cost(gpu_hours=gpu_hours, cpu_hours=cpu_hours, memory_gib_hours=memory_gib_hours,
                 gpu=gpu, cpu=cpu, memory=memory, total=gpu + cpu + memory)
 
 
@@ -81,7 +95,7 @@ def task_cost(resources: TaskResources, wall_seconds: float, prices: PriceTable 
     if wall_seconds < 0:
         raise ValueError(f"wall_seconds must be ≥ 0, got {wall_seconds!r}")
     hours = wall_seconds / 3600.0
-    result = cost(resources.gpu * hours, resources.cpu * hours, resources.memory_gb * hours, prices)
+    result = cost(resources.gpu * hours, resources.cpu * hours, resources.memory_gib * hours, prices)
     result.wall_seconds = wall_seconds
     return result
 
@@ -128,7 +142,7 @@ def parse_bytes(value: str | int | float) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def memory_gb(value: str | int | float) -> float:
+def memory_gib(value: str | int | float) -> float:
     """A memory quantity in GB as billed here (GiB)."""
     return parse_bytes(value) / 2**30
 
@@ -145,7 +159,7 @@ def resources_from(spec: Any, gpus_held: int) -> TaskResources:
     return TaskResources(
         gpu=gpus_held if gpu is None else int(gpu),
         cpu=1.0 if cpu is None else parse_cpu(cpu),
-        memory_gb=1.0 if memory is None else memory_gb(memory),
+        memory_gib=1.0 if memory is None else memory_gib(memory),
     )
 
 
@@ -167,7 +181,7 @@ class StageCost:
     runs: int  # MLflow runs (a retried task has one per try; each try held its resources)
     gpu_hours: float = 0.0
     cpu_hours: float = 0.0
-    memory_gb_hours: float = 0.0
+    memory_gib_hours: float = 0.0
     gpu: float = 0.0
     cpu: float = 0.0
     memory: float = 0.0
@@ -182,13 +196,12 @@ def stage_of(task_id: str) -> str:
 def report(run_id: str, *, tracking_uri: str | None = None, dag_id: str | None = None) -> list[StageCost]:
     """Cost by stage of one Airflow DAG run: every MLflow run tagged ``airflow.run_id`` = run_id
     (in any experiment) that recorded ``cost/total``. Every try of a task counts."""
-    import mlflow
-
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings
+    from airflow_mlops.stages.tracking import read_only_client
 
     uri = resolve_target(MlflowSettings(tracking_uri=tracking_uri), "cost-report").tracking_uri
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = read_only_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     filters = [f"tags.`airflow.run_id` = '{_quote(run_id)}'"]
     if dag_id:
@@ -211,8 +224,9 @@ def report(run_id: str, *, tracking_uri: str | None = None, dag_id: str | None =
         if task not in row.tasks:
             row.tasks.append(task)
         row.runs += 1
-        for name in ("gpu_hours", "cpu_hours", "memory_gb_hours", "gpu", "cpu", "memory", "total"):
-            setattr(row, name, getattr(row, name) + m.get(f"{COST_PREFIX}/{name}", 0.0))
+        for name in ("gpu_hours", "cpu_hours", "memory_gib_hours", "gpu", "cpu", "memory", "total"):
+            old = f"{COST_PREFIX}/memory_gb_hours" if name == "memory_gib_hours" else ""  # runs before 0.2
+            setattr(row, name, getattr(row, name) + m.get(f"{COST_PREFIX}/{name}", m.get(old, 0.0)))
     return sorted(stages.values(), key=lambda r: r.stage)
 
 
@@ -223,13 +237,13 @@ def _quote(value: str) -> str:
 def format_report(rows: list[StageCost], run_id: str) -> str:
     if not rows:
         return f"no task of DAG run '{run_id}' recorded a cost in MLflow"
-    header = ("stage", "tries", "GPU-h", "CPU-h", "GB-h", "GPU", "CPU", "memory", "total")
+    header = ("stage", "tries", "GPU-h", "CPU-h", "GiB-h", "GPU", "CPU", "memory", "total")
     table = [header] + [
-        (r.stage, str(r.runs), f"{r.gpu_hours:.4f}", f"{r.cpu_hours:.4f}", f"{r.memory_gb_hours:.4f}",
+        (r.stage, str(r.runs), f"{r.gpu_hours:.4f}", f"{r.cpu_hours:.4f}", f"{r.memory_gib_hours:.4f}",
          f"{r.gpu:.4f}", f"{r.cpu:.4f}", f"{r.memory:.4f}", f"{r.total:.4f}")
         for r in rows
     ]
-    total = [sum(getattr(r, k) for r in rows) for k in ("gpu_hours", "cpu_hours", "memory_gb_hours", "gpu", "cpu", "memory", "total")]
+    total = [sum(getattr(r, k) for r in rows) for k in ("gpu_hours", "cpu_hours", "memory_gib_hours", "gpu", "cpu", "memory", "total")]
     table.append(("TOTAL", str(sum(r.runs for r in rows)), *(f"{v:.4f}" for v in total)))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [f"cost of DAG run '{run_id}' by stage"]
@@ -251,8 +265,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from airflow_mlops.stages.tracking import StoreNotFound
+
     try:
         rows = report(args.run_id, tracking_uri=args.tracking_uri, dag_id=args.dag_id)
+    except StoreNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except ValueError as exc:  # a tracking URI (e.g. from $MLFLOW_TRACKING_URI) that breaks the rule
         print(exc, file=sys.stderr)
         return 2

@@ -92,6 +92,9 @@ class GpuTrainJob(BaseModel):
     flush_interval_s: float = FLUSH_INTERVAL_S
     data: TrainData | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Folders put first on the training process's PYTHONPATH: the DAG's folder and dags folder /
+    # bundle (stages.context.code_paths), so an entrypoint beside the DAG file imports.
+    python_path: list[str] = Field(default_factory=list)
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
@@ -148,7 +151,8 @@ def assign_gpus(gpus: int | None, gpu_ids: list[int] | None, log: logging.Logger
     try:
         devices = list_devices()
     except NvmlUnavailable as exc:
-        log.warning("%s (%s)", NO_GPU_MESSAGE, exc)
+        log.warning("%s (%s); asked for %s, training with none seen by NVML", NO_GPU_MESSAGE, exc,
+                    f"{gpus} GPU(s)" if gpu_ids is None else f"GPU(s) {gpu_ids}")
         return GpuAssignment(visible=list(gpu_ids or []), sampled=[], available=False, reason=str(exc))
     by_index = {d.index: d for d in devices}
     if gpu_ids is not None:
@@ -159,6 +163,7 @@ def assign_gpus(gpus: int | None, gpu_ids: list[int] | None, log: logging.Logger
         chosen = list(gpu_ids)
     else:
         chosen = choose_devices(int(gpus or 0), devices, among=_visible_in_worker())
+    log.info("Training on %d GPU(s): %s", len(chosen), ", ".join(f"GPU{i}" for i in chosen) or "none")
     for i in chosen:
         d = by_index[i]
         log.info("GPU%d: %s, %.1f of %.1f GiB free", i, d.name, d.memory_free_bytes / 2**30, d.memory_total_bytes / 2**30)
@@ -310,6 +315,8 @@ class TrainingRun:
         job = self.job
         env = dict(os.environ)
         env.update(job.env)
+        if job.python_path:
+            env["PYTHONPATH"] = os.pathsep.join([*job.python_path, *filter(None, [env.get("PYTHONPATH")])])
         env.update({
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus.visible)),
             # NVML numbers GPUs by PCI bus; CUDA by default fastest first. Make CUDA agree.
@@ -374,9 +381,9 @@ class TrainingRun:
         if cost is not None:
             metrics.update(cost.metrics())
             tags.update(mlflow_tags(cost, self.job.prices, held))
-            self.log.info("Cost: %.4f (%.4f GPU-h × %s, %.4f CPU-h × %s, %.4f GB-h × %s) over %.1f s", cost.total,
+            self.log.info("Cost: %.4f (%.4f GPU-h × %s, %.4f CPU-h × %s, %.4f GiB-h × %s) over %.1f s", cost.total,
                           cost.gpu_hours, self.job.prices.gpu_hour, cost.cpu_hours, self.job.prices.cpu_hour,
-                          cost.memory_gb_hours, self.job.prices.memory_gb_hour, cost.wall_seconds or 0.0)
+                          cost.memory_gib_hours, self.job.prices.memory_gib_hour, cost.wall_seconds or 0.0)
         if summary.get("available"):
             self.log.info("GPU summary: %d GPU(s), utilization mean %s%% max %s%%, peak memory %s, energy %s J, %.4f GPU-h",
                           summary["count"], _fmt(summary["utilization_mean"]), _fmt(summary["utilization_max"]),

@@ -47,7 +47,7 @@ _COST = [
     ("task_cost_total", "gauge", "The task's cost so far (resources held × hours × prices).", "total"),
     ("task_gpu_hours_billed_total", "counter", "GPU-hours billed to the task.", "gpu_hours"),
     ("task_cpu_hours_billed_total", "counter", "CPU-hours billed to the task.", "cpu_hours"),
-    ("task_memory_gb_hours_billed_total", "counter", "Memory GB-hours billed to the task.", "memory_gb_hours"),
+    ("task_memory_gib_hours_billed_total", "counter", "Memory GiB-hours billed to the task.", "memory_gib_hours"),
 ]
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -21,6 +21,7 @@ import base64
 import inspect
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,11 @@ def call(spec: dict[str, Any]) -> dict[str, Any]:
 
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_registry_uri(spec["tracking_uri"])
-    fn = import_string(spec["entrypoint"])
+    try:
+        fn = import_string(spec["entrypoint"])
+    except (ImportError, AttributeError) as exc:  # retrying cannot make the code appear
+        raise StageFailed(f"cannot import the entrypoint '{spec['entrypoint']}': {type(exc).__name__}: {exc} "
+                          f"(PYTHONPATH={os.environ.get('PYTHONPATH', '')!r})") from exc
     available: dict[str, Any] = {"params": dict(spec.get("hyperparams") or {}), "checkpoint_dir": spec["checkpoint_dir"]}
     data = spec.get("data")
     test_x = None

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_mlops.spec.models import MlflowSettings
 from airflow_mlops.spec.tracking_uri import store_problem
-from airflow_mlops.stages.context import MlflowTarget, mlops_home
+from airflow_mlops.stages.context import MlflowTarget, expand_env, mlops_home, needs_expanding
 
 CONN_TYPE = "mlflow"
 _WEB = ("http", "https")
@@ -118,7 +118,13 @@ def resolve_target(settings: MlflowSettings, pipeline_id: str) -> MlflowTarget:
     """Precedence: ``tracking_uri`` > ``conn_id`` > ``$MLFLOW_TRACKING_URI`` > SQLite under
     ``$AIRFLOW_MLOPS_HOME``. Local stores get an absolute artifact location beside them."""
     if settings.tracking_uri:
-        uri = checked_tracking_uri(settings.tracking_uri, "the tracking_uri setting")
+        uri = settings.tracking_uri
+        if needs_expanding(uri):  # ~ and $VAR, here in the worker (the stages expand them already)
+            try:
+                uri = expand_env(uri)
+            except ValueError as exc:
+                raise TrackingUriError(f"MLflow tracking URI from the tracking_uri setting: {exc}") from None
+        uri = checked_tracking_uri(uri, "the tracking_uri setting")
     elif settings.conn_id:
         uri = checked_tracking_uri(tracking_uri_from_connection(settings.conn_id),
                                    f"Airflow connection '{settings.conn_id}'")

@@ -12,29 +12,12 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from airflow_mlops.stages.context import mlops_home
-
-_VAR = re.compile(r"\$(\w+|\{[^}]*\})")
-
+from airflow_mlops.stages.context import expand_env
 
 def expand_path(value: str) -> str:
-    """``~`` and ``$VAR``/``${VAR}`` expanded, then made absolute and normalised (not resolved).
-
-    ``AIRFLOW_MLOPS_HOME`` and ``AIRFLOW_HOME`` fall back to their documented defaults when unset; any
-    other unset variable is an error rather than a literal ``$NAME`` folder.
-    """
-    s = value[len("file://"):] if value.startswith("file://") else value
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW_MLOPS_HOME", str(mlops_home()))
-    env.setdefault("AIRFLOW_HOME", str(os.path.expanduser("~/airflow")))
-
-    def sub(m: re.Match) -> str:
-        name = m.group(1).strip("{}")
-        if name not in env:
-            raise ValueError(f"environment variable ${name} in path {value!r} is not set")
-        return env[name]
-
-    s = _VAR.sub(sub, os.path.expanduser(s))
+    """``~`` and ``$VAR``/``${VAR}`` expanded (``stages.context.expand_env``: the rule the stages'
+    paths follow too), then made absolute and normalised (not resolved)."""
+    s = expand_env(value[len("file://"):] if value.startswith("file://") else value)
     if not os.path.isabs(s):
         raise ValueError(f"path {value!r} is not absolute once expanded ({s!r})")
     s = os.path.normpath(s)

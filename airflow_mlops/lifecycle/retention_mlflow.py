@@ -25,9 +25,9 @@ PAGE = 1000
 
 
 def _client(uri: str) -> Any:
-    import mlflow
+    from airflow_mlops.stages.tracking import read_only_client
 
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return read_only_client(uri)  # a mistyped store path is an error, never a new empty store
 
 
 def _pages(fetch) -> list:

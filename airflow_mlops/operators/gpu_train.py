@@ -12,9 +12,11 @@ import re
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
+from pydantic import BaseModel, ValidationError
 
 from airflow_mlops.gpu.cost import PriceTable
 from airflow_mlops.operators.links import RUN_URL_XCOM, MlflowRunLink
+from airflow_mlops.spec.errors import ArgumentsError
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
 
 BACKENDS = ("local", "kubernetes")
@@ -56,7 +58,7 @@ class GpuTrainOperator(BaseOperator):
         paths, or the task id of a preprocess stage whose XCom holds ``train_path``/``test_path``.
     :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
         the pod; default: the GPUs given, 1 CPU, 1Gi.
-    :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gb_hour`` 0.05.
+    :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gib_hour`` 0.05.
     :param sample_interval_s: NVML sampling period (default 1 s).
     :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
         runs the same job through ``python -m airflow_mlops.gpu.runner job``).
@@ -112,55 +114,70 @@ class GpuTrainOperator(BaseOperator):
         super().__init__(**kwargs)
         owner = f"GpuTrainOperator(task_id={self.task_id!r})"
 
-        def bad(message: str) -> ValueError:
-            return ValueError(f"{owner}: {message}")
+        def bad(message: str, argument: str | None = None) -> ValueError:
+            return ArgumentsError.one(owner, argument, message)
 
         given = [name for name, value in (("entrypoint", entrypoint), ("script", script), ("module", module)) if value]
         if len(given) != 1:
             raise bad(f"give exactly one of entrypoint= ('pkg.module:function'), script= or module=; got {given or 'none'}")
         if entrypoint and not _templated(entrypoint) and not re.match(IMPORT_PATH, entrypoint):
-            raise bad(f"entrypoint must look like 'package.module:function', got {entrypoint!r}")
+            raise bad(f"entrypoint must look like 'package.module:function', got {entrypoint!r}", "entrypoint")
         if isinstance(args, str) or not all(isinstance(a, (str, int, float)) for a in args):
-            raise bad(f"args must be a list of strings, got {args!r}")
+            raise bad(f"args must be a list of strings, got {args!r}", "args")
         if args and entrypoint:
-            raise bad("args= are for script=/module=; a callable entrypoint takes hyperparams=")
+            raise bad("args= are for script=/module=; a callable entrypoint takes hyperparams=", "args")
         if gpus is not None and gpu_ids is not None:
             raise bad("give gpus= (how many) or gpu_ids= (which), not both")
         if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-            raise bad(f"gpus must be a whole number ≥ 0, got {gpus!r}")
+            raise bad(f"gpus must be a whole number ≥ 0, got {gpus!r}", "gpus")
         if gpu_ids is not None and not _templated(gpu_ids):
-            gpu_ids = _parse_ids(gpu_ids, bad)
+            gpu_ids = _parse_ids(gpu_ids, lambda message: bad(message, "gpu_ids"))
         if hyperparams is not None and not isinstance(hyperparams, dict):
-            raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}")
+            raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}", "hyperparams")
         if isinstance(sample_interval_s, bool) or not isinstance(sample_interval_s, (int, float)) or sample_interval_s <= 0:
-            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}")
+            raise bad(f"sample_interval_s must be a number of seconds > 0, got {sample_interval_s!r}",
+                      "sample_interval_s")
         if backend not in BACKENDS:
-            raise bad(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise bad(f"backend must be one of {BACKENDS}, got {backend!r}", "backend")
         data_given = any(v is not None for v in (train_path, test_path, upstream_task))
         if data_given and not entrypoint:
             raise bad("train_path/test_path/upstream_task hand datasets to a callable entrypoint; scripts read their own")
         if data_given and not target:
             raise bad("target= (the label column) is required with datasets")
         if train_path is None and test_path is not None:
-            raise bad("test_path needs train_path")
+            raise bad("test_path needs train_path", "test_path")
         if train_path is not None and upstream_task is not None:
             raise bad("give train_path/test_path or upstream_task, not both")
         if prometheus_port is not None and (isinstance(prometheus_port, bool) or not isinstance(prometheus_port, int)
                                             or not 0 <= prometheus_port <= 65535):
-            raise bad(f"prometheus_port must be a port number, got {prometheus_port!r}")
+            raise bad(f"prometheus_port must be a port number, got {prometheus_port!r}", "prometheus_port")
         if pushgateway_url is not None and not str(pushgateway_url).startswith(("http://", "https://")):
-            raise bad(f"pushgateway_url must be an http(s) URL, got {pushgateway_url!r}")
+            raise bad(f"pushgateway_url must be an http(s) URL, got {pushgateway_url!r}", "pushgateway_url")
         if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise bad("env must map names to string values")
-        try:
-            self.mlflow = MlflowSettings.model_validate(mlflow or {})
-            self.prices = PriceTable.model_validate(prices.model_dump() if isinstance(prices, PriceTable) else (prices or {}))
-            self.held_resources = _resources(resources)  # not self.resources: BaseOperator's own
-            self.kubernetes = KubernetesSettings.model_validate(kubernetes) if kubernetes is not None else None
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise bad(str(exc)) from exc
+            raise bad("env must map names to string values", "env")
+        settings = {
+            "mlflow": (MlflowSettings, lambda: MlflowSettings.model_validate(mlflow or {})),
+            "prices": (PriceTable, lambda: PriceTable.model_validate(
+                prices.model_dump() if isinstance(prices, PriceTable) else (prices or {}))),
+            "resources": (Resources, lambda: _resources(resources)),
+            "kubernetes": (KubernetesSettings, lambda: KubernetesSettings.model_validate(kubernetes)
+                           if kubernetes is not None else None),
+        }
+        made = {}
+        for argument, (model, make) in settings.items():
+            try:
+                made[argument] = make()
+            except ValidationError as exc:
+                errors = [{**e, "loc": (argument, *e["loc"])} for e in exc.errors(include_url=False)]
+                raise ArgumentsError(owner, errors, _ArgumentModels, f"{owner}: {exc}") from exc
+            except ValueError as exc:
+                raise bad(str(exc), argument) from exc
+        self.mlflow, self.prices, self.kubernetes = made["mlflow"], made["prices"], made["kubernetes"]
+        self.held_resources = made["resources"]  # not self.resources: BaseOperator's own
         if backend == "kubernetes" and (self.kubernetes is None or not self.kubernetes.image):
-            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)")
+            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)",
+                      "kubernetes")
+        script = self._locate(entrypoint, script, module, bad)
 
         self.entrypoint = entrypoint
         self.script = script
@@ -185,13 +202,35 @@ class GpuTrainOperator(BaseOperator):
         self._run: Any = None
         self._pod_op: Any = None
 
+    def _locate(self, entrypoint: str | None, script: str | None, module: str | None, bad: Any) -> str | None:
+        """Fail at parse when the training code cannot be found where the training process will
+        look: the DAG file's folder, the dags folder / bundle, the worker's path. A relative
+        script is taken from the DAG file's folder. Returns the script's path."""
+        from airflow_mlops.stages.context import code_paths, module_findable
+
+        paths = code_paths(getattr(self.dag, "fileloc", None) if self.has_dag() else None, dags_folder())
+        name = entrypoint.partition(":")[0] if entrypoint else module
+        if name and not _templated(name) and not module_findable(name, paths):
+            where = ", ".join(paths) or "the worker's sys.path"
+            raise bad(f"cannot find module '{name}' of {'entrypoint' if entrypoint else 'module'}= "
+                      f"{entrypoint or module!r}: searched {where} and the worker's sys.path",
+                      "entrypoint" if entrypoint else "module")
+        if script and not _templated(script):
+            import os
+
+            path = script if os.path.isabs(script) or not paths else os.path.join(paths[0], script)
+            if not os.path.isfile(path):
+                raise bad(f"script {script!r} does not exist (looked for {path})", "script")
+            return path
+        return script
+
     # -- the job ------------------------------------------------------------------------------
 
     def build_job(self, context: Any) -> Any:
         """The plain-Python job for this try (what runs in the worker or the pod)."""
         from airflow_mlops.gpu.job import GpuTrainJob, TrainData
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.context import mlops_home, safe_run_key
+        from airflow_mlops.stages.context import code_paths, mlops_home, safe_run_key
 
         ti = context["ti"]
         run_id = context["run_id"]
@@ -229,16 +268,17 @@ class GpuTrainOperator(BaseOperator):
                 "airflow_mlops.task_key": f"{ti.dag_id}/{run_id}/{ti.task_id}",
             },
             resources=resources, prices=self.prices, sample_interval_s=self.sample_interval_s, data=data,
-            env=self.env, prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url,
-            ui_url=self.mlflow_ui_url,
+            env=self.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
+            prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url, ui_url=self.mlflow_ui_url,
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_mlops.stages.context import StageFailed
 
         job = self.build_job(context)
-        self.log.info("GPU training of %s: %s GPU(s)%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
-                      job.entrypoint or job.script or job.module, job.gpus if job.gpu_ids is None else job.gpu_ids,
+        self.log.info("GPU training of %s, asking for %s%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
+                      job.entrypoint or job.script or job.module,
+                      f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}",
                       " in a pod" if self.backend == "kubernetes" else "", job.checkpoint_dir, job.tracking_uri,
                       job.experiment, job.registered_model)
         try:
@@ -305,6 +345,23 @@ class GpuTrainOperator(BaseOperator):
             self._run.kill()
         if self._pod_op is not None:
             self._pod_op.on_kill()
+
+
+def dags_folder() -> tuple[str, ...]:
+    """Airflow's configured dags folder, as ``code_paths`` roots."""
+    from airflow.configuration import conf
+
+    folder = conf.get("core", "dags_folder", fallback=None)
+    return (folder,) if folder else ()
+
+
+class _ArgumentModels(BaseModel):
+    """The arguments that are pydantic models, so that an error inside one names its valid keys."""
+
+    mlflow: MlflowSettings | None = None
+    prices: PriceTable | None = None
+    resources: Resources | str | None = None
+    kubernetes: KubernetesSettings | None = None
 
 
 def _parse_ids(value: Any, error: Any) -> list[int]:

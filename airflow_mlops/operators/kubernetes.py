@@ -62,6 +62,13 @@ class KubernetesStageOperator(KubernetesBackedOperator):
                 secret_key_ref=k8s.V1SecretKeySelector(name=ref.secret, key=ref.key)))
             for name, ref in k.secret_env.items()
         ]
+        if "PYTHONPATH" not in k.env and self.has_dag():  # the pod imports the code the DAG sees
+            from airflow_mlops.operators.gpu_train import dags_folder
+            from airflow_mlops.stages.context import code_paths
+
+            paths = code_paths(self.dag.fileloc, dags_folder())
+            if paths:
+                env.append(k8s.V1EnvVar(name="PYTHONPATH", value=":".join(paths)))
         volumes = [
             k8s.V1Volume(name=f"data-{i}", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                 claim_name=v.claim, read_only=v.read_only))

@@ -19,7 +19,10 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
-        model_uri = ctx.find("model_uri")
+        from airflow_mlops.stages.tracking import serving_model
+
+        served = serving_model(self.stage.model, ctx)
+        model_uri = served["model_uri"]
         docs = render_model_server(ctx.pipeline_id, self.stage_name, model_uri, self.stage, self.kubernetes,
                                    self.stage_resources, ctx.mlflow.tracking_uri)
         hook = KubernetesHook(conn_id=self.kubernetes.conn_id or "kubernetes_default",
@@ -28,7 +31,7 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
             action = apply(hook.api_client, doc)
             self.log.info("%s %s %s/%s", action, doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])
         name = docs[0]["metadata"]["name"]
-        return {"deployment": name, "namespace": self.kubernetes.namespace, "model_uri": model_uri,
+        return {"deployment": name, "namespace": self.kubernetes.namespace, **served,
                 "endpoint": f"http://{name}.{self.kubernetes.namespace}.svc/invocations"}
 
 

@@ -7,10 +7,8 @@ import os
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
 from airflow_mlops.operators.stage import StageOperator, stage_failed
-from airflow_mlops.spec.models import DataInput, PreprocessStage, QualityGates, SparkSettings, Split
+from airflow_mlops.spec.models import PreprocessStage, QualityGates, SparkSettings, Split
 
 RESULT_FILE = "_airflow_mlops_result.json"
 
@@ -100,15 +98,15 @@ class SparkFeatureOperator(SparkStageOperator):
     ) -> None:
         from airflow.sdk import Asset
 
-        task_id = kwargs.get("task_id", "?")
-        try:
-            stage = PreprocessStage(
-                inputs={n: DataInput(path=v) if isinstance(v, str) else DataInput.model_validate(v) for n, v in inputs.items()},
-                sql=sql, transform=transform, format=format, quality=quality, split=split, output=output,
-            )
-            spark = SparkSettings(conn_id=conn_id, master=master, conf=conf or {})
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"SparkFeatureOperator(task_id={task_id!r}): {problems}") from None
+        from airflow_mlops.lifecycle.specs import validated
+
+        owner = f"SparkFeatureOperator '{kwargs.get('task_id', '?')}'"
+        dump = (lambda v: v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v)
+        stage = validated(PreprocessStage, {
+            "inputs": {n: {"path": v} if isinstance(v, str) else dump(v) for n, v in (inputs or {}).items()},
+            "sql": sql, "transform": transform, "format": format, "quality": dump(quality), "split": dump(split),
+            "output": output,
+        }, owner)
+        spark = validated(SparkSettings, {"conn_id": conn_id, "master": master, "conf": conf or {}}, owner)
         kwargs.setdefault("outlets", [Asset(uri=output if "://" in output else f"file://{os.path.abspath(output)}")])
         super().__init__(stage=stage, stage_name=task_id, spark=spark, **kwargs)

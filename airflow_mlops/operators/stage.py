@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow_mlops.gpu.cost import PriceTable, as_prices
 from airflow_mlops.operators.links import MlflowRunLink
 from airflow_mlops.spec.models import GpuMetricsSettings, MlflowSettings, Resources
+from airflow_mlops.spec.templating import stage_overrides
 
 
 class StageOperator(BaseOperator):
@@ -24,10 +25,17 @@ class StageOperator(BaseOperator):
     :param stage_resources: what the stage holds (cpu / memory / whole GPUs): a pod's requests
         and limits on Kubernetes, and what a train stage's cost is billed for.
     :param prices: the price table for that cost (default 2.5 per GPU-hour, 0.1 per CPU-hour,
-        0.05 per GB-hour).
+        0.05 per GiB-hour).
     :param gpu_metrics: a train stage's NVML sampling interval, Prometheus port and Pushgateway.
+
+    Templated: the stage's input/output paths, train ``params``, validate ``thresholds``, stream
+    topics (``stage_overrides`` holds those that are templates) and ``data_dir``. Airflow renders
+    them when the task runs; the stage is then validated again with its model, paths get ``~`` and
+    ``$VAR`` expanded in the worker, and every backend runs that rendered stage.
     """
 
+    template_fields: Sequence[str] = ("stage_overrides", "data_dir")
+    template_fields_renderers = {"stage_overrides": "json"}
     ui_color = "#e8f4fd"
     operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
 
@@ -47,6 +55,7 @@ class StageOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.stage = stage
+        self.stage_overrides = stage_overrides(stage)
         self.pipeline_id = pipeline_id
         self.stage_name = stage_name
         self.mlflow = mlflow or MlflowSettings()
@@ -57,19 +66,59 @@ class StageOperator(BaseOperator):
         self.prices = as_prices(prices)
         self.gpu_metrics = GpuMetricsSettings.model_validate(gpu_metrics or {})
 
+    def rendered_stage(self) -> Any:
+        """The stage with its templates rendered (by Airflow, into ``stage_overrides``) and its
+        paths expanded, validated again; a value its model refuses fails the task, naming it."""
+        from airflow_mlops.spec.templating import StageRenderError, render_stage
+
+        try:
+            return render_stage(self.stage, self.stage_overrides, self.stage_name)
+        except StageRenderError as exc:
+            raise stage_failed(str(exc)) from None
+
+    def expanded_settings(self, pipeline_id: str) -> tuple[str, MlflowSettings]:
+        """``data_dir`` and the MLflow locations with ``~`` and ``$VAR`` expanded here, in the worker."""
+        import os
+
+        from pydantic import ValidationError
+
+        from airflow_mlops.stages.context import expand_env, mlops_home, needs_expanding
+
+        def expanded(field: str, value: str) -> str:
+            try:
+                return expand_env(value)
+            except ValueError as exc:
+                raise stage_failed(f"stage '{self.stage_name}': {field}: {exc}") from None
+
+        data_dir = expanded("data_dir", self.data_dir) if self.data_dir else str(mlops_home() / "data" / pipeline_id)
+        if not os.path.isabs(data_dir) and "://" not in data_dir:
+            raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} is not an absolute path once "
+                               f"rendered and expanded ({data_dir!r})")
+        mlflow = self.mlflow
+        changed = {k: expanded(f"mlflow.{k}", v) for k in ("tracking_uri", "artifact_location")
+                   if needs_expanding(v := getattr(mlflow, k))}
+        if changed:
+            try:
+                mlflow = MlflowSettings.model_validate({**mlflow.model_dump(exclude_unset=True), **changed})
+            except ValidationError as exc:
+                problems = "; ".join(f"mlflow.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise stage_failed(f"stage '{self.stage_name}': once expanded, {problems}") from None
+        return data_dir, mlflow
+
     def stage_context(self, context: Any) -> Any:
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.context import StageContext, mlops_home, safe_run_key
+        from airflow_mlops.stages.context import StageContext, safe_run_key
 
         ti = context["ti"]
         upstream = [(name, ti.xcom_pull(task_ids=task_id) or {}) for name, task_id in self.upstream_tasks]
         pipeline_id = self.pipeline_id or ti.dag_id
+        data_dir, mlflow = self.expanded_settings(pipeline_id)
         return StageContext(
             pipeline_id=pipeline_id,
             stage_name=self.stage_name,
             run_key=safe_run_key(context["run_id"]),
-            data_dir=self.data_dir or str(mlops_home() / "data" / pipeline_id),
-            mlflow=resolve_target(self.mlflow, pipeline_id),
+            data_dir=data_dir,
+            mlflow=resolve_target(mlflow, pipeline_id),
             upstream=upstream,
             resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
             prices=self.prices.model_dump(),
@@ -85,6 +134,8 @@ class StageOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
+        # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
+        self.stage = self.rendered_stage()
         ctx = self.stage_context(context)
         self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
         result = self.run(ctx, context)

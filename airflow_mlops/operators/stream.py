@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_mlops.spec.errors import ArgumentsError
 from airflow_mlops.stream.spec import StreamSpec
 
 
@@ -30,7 +31,8 @@ def validated_spec(data: dict[str, Any], owner: str) -> StreamSpec:
                 close = difflib.get_close_matches(str(err["loc"][-1]), sorted(StreamSpec.model_fields), n=1)
                 msg = f"unknown argument '{err['loc'][-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
             lines.append(f"{loc or '(arguments)'}: {msg}")
-        raise ValueError(f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
+        raise ArgumentsError(owner, exc.errors(include_url=False), StreamSpec,
+                             f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
 
 
 @functools.cache
@@ -89,6 +91,9 @@ class StreamInferenceOperator(BaseOperator):
     a bad one fails when the DAG is parsed, and they can be Jinja templates.
     """
 
+    # __init__ takes every StreamSpec field through **kwargs: named here for signature checks
+    # (airflow-mlops validate reports any other argument as unknown).
+    accepted_kwargs = frozenset(StreamSpec.model_fields)
     template_fields = ("stream_args", "kafka_conn_id", "mlflow_conn_id", "tracking_uri")
     template_fields_renderers = {"stream_args": "json"}
     ui_color = "#fff3e0"
@@ -113,11 +118,13 @@ class StreamInferenceOperator(BaseOperator):
         owner = f"{type(self).__name__} '{self.task_id}'"
         self.spec = validated_spec(data, owner)
         if not self.spec.model_uri:
-            raise ValueError(f"{owner}: invalid arguments:\n  model_uri: required (e.g. 'models:/churn@champion')")
+            raise ArgumentsError(owner, [{"loc": ("model_uri",), "msg": "required (e.g. 'models:/churn@champion')",
+                                          "type": "argument"}])
         from airflow_mlops.spec.tracking_uri import store_problem
 
-        if store_problem(tracking_uri):
-            raise ValueError(f"{owner}: invalid arguments:\n  tracking_uri: {store_problem(tracking_uri)}")
+        if store_problem(tracking_uri, parse_time=True):  # the rule of every tracking URI (see hooks/mlflow.py)
+            raise ArgumentsError(owner, [{"loc": ("tracking_uri",), "msg": store_problem(tracking_uri, parse_time=True),
+                                          "type": "argument"}])
         self.stream_args = data
         self.kafka_conn_id = kafka_conn_id
         self.mlflow_conn_id = mlflow_conn_id

@@ -15,6 +15,7 @@ from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops.gpu.cost import parse_bytes
 from airflow_mlops.sensors import seconds
+from airflow_mlops.spec.errors import ArgumentsError
 
 
 @dataclass
@@ -83,15 +84,15 @@ class GpuAvailableSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         owner = f"GpuAvailableSensor(task_id={self.task_id!r})"
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{owner}: count must be a whole number ≥ 1, got {count!r}")
+            raise ArgumentsError.one(owner, "count", f"count must be a whole number ≥ 1, got {count!r}")
         try:
             self.min_free_bytes = parse_bytes(min_free_memory)
         except ValueError as exc:
-            raise ValueError(f"{owner}: min_free_memory: {exc}") from None
+            raise ArgumentsError.one(owner, "min_free_memory", f"min_free_memory: {exc}") from None
         if gpu_ids is not None and not (isinstance(gpu_ids, str) and "{{" in gpu_ids):
             from airflow_mlops.operators.gpu_train import _parse_ids
 
-            gpu_ids = _parse_ids(gpu_ids, lambda m: ValueError(f"{owner}: {m}"))
+            gpu_ids = _parse_ids(gpu_ids, lambda m: ArgumentsError.one(owner, "gpu_ids", m))
         self.count = count
         self.min_free_memory = min_free_memory
         self.gpu_ids = gpu_ids

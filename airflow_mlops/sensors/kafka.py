@@ -10,6 +10,7 @@ from typing import Any, Literal, Sequence
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops.sensors import seconds
+from airflow_mlops.spec.errors import ArgumentsError
 
 Condition = Literal["lag_below", "new_records"]
 
@@ -90,15 +91,17 @@ class KafkaLagSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):
-            raise ValueError(f"{owner}: condition must be 'lag_below' or 'new_records', got {condition!r}")
+            raise ArgumentsError.one(owner, "condition",
+                                     f"condition must be 'lag_below' or 'new_records', got {condition!r}")
         threshold = 1 if threshold is None else threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-            raise ValueError(f"{owner}: threshold must be a whole number ≥ 1, got {threshold!r}")
+            raise ArgumentsError.one(owner, "threshold", f"threshold must be a whole number ≥ 1, got {threshold!r}")
         topics = [topics] if isinstance(topics, str) else list(topics)
         if not topics or not all(isinstance(t, str) and t for t in topics):
-            raise ValueError(f"{owner}: topics must be a topic name or a non-empty list of names, got {topics!r}")
+            raise ArgumentsError.one(owner, "topics",
+                                     f"topics must be a topic name or a non-empty list of names, got {topics!r}")
         if not group_id:
-            raise ValueError(f"{owner}: group_id is required")
+            raise ArgumentsError.one(owner, "group_id", "group_id is required")
         self.topics = topics
         self.group_id = group_id
         self.condition = condition

@@ -52,3 +52,28 @@ def one_of(choices: Iterable[str]) -> str:
 
 def format_path(path: Iterable[object]) -> str:
     return ".".join(str(p) for p in path)
+
+
+class ArgumentsError(ValueError):
+    """An operator's invalid arguments, each with its place among them.
+
+    ``errors`` are dicts like pydantic's (``loc`` relative to the operator's keyword arguments,
+    ``msg``, ``type``, and optionally ``input``/``ctx``); ``model`` is the pydantic model that
+    validated them, if one did. An operator that raises this (rather than a bare ValueError) gets
+    each problem reported at its own line of a pipeline's ``args:`` by ``airflow-mlops validate``
+    and the dags-folder loader. ``str()`` is the message Python users see."""
+
+    def __init__(self, owner: str, errors: list[dict], model: type | None = None, message: str | None = None):
+        self.owner = owner
+        self.errors = errors
+        self.model = model
+        if message is None:
+            lines = [f"{format_path(e.get('loc') or ()) or '(arguments)'}: {e['msg']}" for e in errors]
+            message = f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)
+        super().__init__(message)
+
+    @classmethod
+    def one(cls, owner: str, argument: str | tuple | None, message: str) -> "ArgumentsError":
+        """A single problem with one argument (``None``: with their combination)."""
+        loc = () if argument is None else ((argument,) if isinstance(argument, str) else tuple(argument))
+        return cls(owner, [{"loc": loc, "msg": message, "type": "argument"}], message=f"{owner}: {message}")

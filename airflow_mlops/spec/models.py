@@ -4,25 +4,23 @@ Schema (``airflow-mlops schema``) and the error messages."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops.gpu.cost import PriceTable
+from airflow_mlops.spec.base import Duration, Strict
+from airflow_mlops.spec.base import parse_duration as _parse_duration
+from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
 from airflow_mlops.spec.quantities import cpu_problem, memory_problem
+from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 from airflow_mlops.stream.spec import StreamServeSettings
 
 Backend = Literal["batch", "spark", "kubernetes"]
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors (reported with a did-you-mean by ``spec.load.translate``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 # --- resources ---------------------------------------------------------------------------------
@@ -69,50 +67,6 @@ BUILTIN_PROFILES: dict[str, Resources] = {
 # --- pipeline-level settings -------------------------------------------------------------------
 
 
-def _parse_duration(v: Any) -> Any:
-    """Accept seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'1d'`` and ISO 8601 (pydantic's own)."""
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", v)
-        if m:
-            n, unit = float(m.group(1)), m.group(2)
-            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
-    return v
-
-
-Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
-
-
-class DagSettings(Strict):
-    """How the DAG is scheduled and retried (Airflow's DAG arguments and default_args)."""
-
-    schedule: str | None = Field(None, description="Cron, preset ('@daily') or null for manual runs.")
-    schedule_on_assets: list[str] = Field(
-        default_factory=list,
-        description="Run when these Airflow Assets (by name) get an event, e.g. another pipeline's drift stage "
-        "'<pipeline id>.<stage name>'. Replaces 'schedule'.",
-    )
-    start_date: date | datetime = Field(date(2025, 1, 1), description="First logical date.")
-    catchup: bool = False
-    description: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    owner: str = "airflow"
-    retries: int = Field(0, ge=0)
-    retry_delay: Duration = timedelta(minutes=5)
-    execution_timeout: Duration | None = None
-    max_active_runs: int | None = Field(None, ge=1)
-    default_args: dict[str, Any] = Field(default_factory=dict, description="Any other Airflow default_args.")
-
-    _durations = field_validator("retry_delay", "execution_timeout", mode="before")(
-        classmethod(lambda cls, v: _parse_duration(v))
-    )
-
-    @model_validator(mode="after")
-    def _one_schedule(self) -> "DagSettings":
-        if self.schedule and self.schedule_on_assets:
-            raise PydanticCustomError("one_schedule", "give 'schedule' or 'schedule_on_assets', not both")
-        return self
-
-
 class MlflowSettings(Strict):
     """Where results go. Tracking URI precedence: ``tracking_uri`` > ``conn_id`` (an Airflow
     connection whose host is the URI) > ``MLFLOW_TRACKING_URI`` > a SQLite store under
@@ -132,7 +86,9 @@ class MlflowSettings(Strict):
     def _absolute_sqlite(cls, v: str | None) -> str | None:
         from airflow_mlops.spec.tracking_uri import store_problem
 
-        problem = store_problem(v)  # the same rule for every source of the URI (hooks/mlflow.py)
+        # The same rule for every source of the URI (hooks/mlflow.py). A leading ~ or $VAR is
+        # expanded in the worker, which then checks the result again.
+        problem = store_problem(v, parse_time=True)
         if problem:
             raise PydanticCustomError("relative_sqlite", "{problem}", {"problem": problem})
         return v
@@ -208,6 +164,18 @@ class Bounds(Strict):
     max: int | None = Field(None, ge=0)
 
 
+# Column types as Spark prints them (simpleString), with the aliases people write.
+COLUMN_TYPES = ("bigint", "int", "smallint", "tinyint", "double", "float", "string", "boolean", "date", "timestamp",
+                "timestamp_ntz", "binary")
+_TYPE_ALIASES = {"long": "bigint", "integer": "int", "str": "string", "bool": "boolean", "float64": "double"}
+
+
+def canonical_type(name: str) -> str:
+    """``'Long'`` → ``'bigint'``: the Spark simpleString of a type name people write."""
+    name = name.strip().lower()
+    return _TYPE_ALIASES.get(name, name)
+
+
 class QualityGates(Strict):
     """Checks on a stage's output; a failed gate fails the task with the measured numbers."""
 
@@ -221,6 +189,24 @@ class QualityGates(Strict):
         "'date', 'timestamp') or null for any type.",
     )
     unique: list[str | list[str]] = Field(default_factory=list, description="Columns (or column lists) that must be unique.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        nested = re.compile(r"^(decimal|array|map|struct)\b")
+        bad = {col: t for col, t in v.items()
+               if t is not None and canonical_type(t) not in COLUMN_TYPES and not nested.match(canonical_type(t))}
+        if bad:
+            import difflib
+
+            col, t = next(iter(bad.items()))
+            close = difflib.get_close_matches(canonical_type(t), [*COLUMN_TYPES, *_TYPE_ALIASES], n=1)
+            raise PydanticCustomError(
+                "column_type", "column '{col}': unknown type {t}{hint}; expected one of {choices} (or decimal(p,s), "
+                "array<…>, map<…>, struct<…>)",
+                {"col": col, "t": repr(t), "hint": f" (did you mean '{close[0]}'?)" if close else "",
+                 "choices": ", ".join(COLUMN_TYPES)})
+        return v
 
 
 class SparkSettings(Strict):
@@ -357,8 +343,8 @@ class TrainStage(StageBase):
 
 
 class Threshold(Strict):
-    min: float | None = None
-    max: float | None = None
+    min: Annotated[float | None, *TEMPLATABLE_VALUE] = None
+    max: Annotated[float | None, *TEMPLATABLE_VALUE] = None
 
 
 class Comparison(Strict):
@@ -387,6 +373,17 @@ class ValidateStage(StageBase):
     on_reject: Literal["fail", "skip"] = Field(
         "fail", description="When the champion wins: fail the task, or skip it and serving after it."
     )
+
+    @field_validator("alias", "previous_alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        # MLflow refuses these alias names: 'latest' and 'v<number>' already mean a version.
+        if re.fullmatch(r"latest|v\d+", v, flags=re.IGNORECASE):
+            raise PydanticCustomError(
+                "reserved_alias",
+                "MLflow reserves the alias {v} ('latest' and 'v<number>' already name versions); choose another, "
+                "e.g. 'champion' or 'production'", {"v": repr(v)})
+        return v
 
 
 class ServeStage(StageBase):
@@ -482,6 +479,11 @@ class PipelineDefaults(Strict):
         default_factory=PriceTable,
         description="Prices per hour for the cost that training tasks record: resources held x wall-clock hours.")
     gpu_metrics: GpuMetricsSettings = Field(default_factory=GpuMetricsSettings)
+    params: ParamsField = Field(
+        default_factory=dict, description="The DAG's Params, by name: the Airflow trigger form shows them and "
+        "templates read them as {{ params.<name> }}; 'name: value' is short for 'name: {default: value}'.")
+
+    _params = field_validator("params", mode="before")(classmethod(lambda cls, v: param_specs(v)))
 
 
 class Pipeline(PipelineDefaults):

@@ -45,8 +45,20 @@ def _mark(file: str, node: yaml.Node) -> Mark:
     return Mark(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# One file must not stall the DAG processor (and with it every pipeline of the folder, when
+# Airflow's DAG-file timeout fires): aliases may stand for at most this many values in a file.
+MAX_ALIAS_VALUES = 10_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def load_source(file: str, text: str) -> Source:
-    """Parse ``text`` (read from ``file``) into a :class:`Source`; raise on syntax or duplicate keys."""
+    """Parse ``text`` (read from ``file``) into a :class:`Source`; raise on syntax or duplicate keys.
+
+    YAML merge keys follow the spec: keys written in a mapping win over merged ones, and of
+    several merge sources (``<<: [*a, *b]``) the earlier wins. A key written twice in one mapping
+    is an error. Merged values keep the position where they were written."""
+    if "&" in text:  # no anchor, no alias
+        _check_alias_expansion(file, text)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -63,25 +75,53 @@ def load_source(file: str, text: str) -> Source:
         loader.dispose()
 
     src = Source(data=None, text=text)
-    issues: list[SpecIssue] = []
+    issues: dict[SpecIssue, None] = {}  # ordered, and a merge source's problem is reported once
+
+    def problem(n: yaml.Node, path: Path, message: str) -> None:
+        issues[SpecIssue(_mark(file, n), format_path(path), message)] = None
+
+    def items(n: yaml.MappingNode, path: Path) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
+        """The mapping's keys → (key node, value node), merge keys resolved."""
+        written: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        sources: list[yaml.MappingNode] = []
+        merge_key: yaml.Node | None = None
+        for key_node, value_node in n.value:
+            if key_node.tag == _MERGE_TAG:
+                if merge_key is not None:
+                    first = _mark(file, merge_key).line
+                    problem(key_node, path + ("<<",), f"duplicate key '<<' (first defined at line {first})")
+                    continue
+                merge_key = key_node
+                subs = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for sub in subs:
+                    if isinstance(sub, yaml.MappingNode):
+                        sources.append(sub)
+                    else:
+                        problem(sub, path + ("<<",), "a merge key '<<' takes a mapping or a list of mappings")
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                problem(key_node, path, f"a mapping key must be a plain value, got a {type(key).__name__}")
+                continue
+            if key in written:
+                first = _mark(file, written[key][0])
+                problem(key_node, path + (key,), f"duplicate key '{key}' (first defined at line {first.line})")
+                continue
+            written[key] = (key_node, value_node)
+        out: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        # PyYAML's order: merged keys first; of the sources, the earlier wins; written keys win over all.
+        for source in reversed(sources):
+            out.update(items(source, path))
+        out.update(written)
+        return out
 
     def build(n: yaml.Node, path: Path) -> Any:
         src.value_marks[path] = _mark(file, n)
         if isinstance(n, yaml.MappingNode):
-            loader.flatten_mapping(n)  # YAML merge keys (<<)
             out: dict[Any, Any] = {}
-            for key_node, value_node in n.value:
-                key = loader.construct_object(key_node, deep=True)
-                if key in out:
-                    first = src.key_marks[path + (key,)]
-                    issues.append(
-                        SpecIssue(
-                            _mark(file, key_node),
-                            format_path(path + (key,)),
-                            f"duplicate key '{key}' (first defined at line {first.line})",
-                        )
-                    )
-                    continue
+            for key, (key_node, value_node) in items(n, path).items():
                 src.key_marks[path + (key,)] = _mark(file, key_node)
                 out[key] = build(value_node, path + (key,))
             return out
@@ -90,10 +130,56 @@ def load_source(file: str, text: str) -> Source:
         return loader.construct_object(n, deep=True)
 
     if node is not None:
-        src.data = build(node, ())
+        try:
+            src.data = build(node, ())
+        except RecursionError:
+            raise PipelineSpecError([SpecIssue(Mark(file, 1, 1), "", "the YAML is nested too deeply")]) from None
     if issues:
-        raise PipelineSpecError(issues)
+        raise PipelineSpecError(list(issues))
     return src
+
+
+def _check_alias_expansion(file: str, text: str) -> None:
+    """Refuse, at the alias that crosses it, a document whose aliases stand for more than
+    ``MAX_ALIAS_VALUES`` values ("billion laughs"): sizes are added up over the parser's events,
+    without building anything."""
+    sizes: dict[str, int] = {}  # anchor → values its node stands for, aliases expanded
+    open_frames: list[list[Any]] = []  # [anchor, size] of each collection being read
+    expanded = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.AliasEvent):
+                if any(frame[0] == event.anchor for frame in open_frames):
+                    raise _alias_error(file, event, f"alias *{event.anchor} is inside its own anchor: "
+                                                    "that value would be infinitely deep")
+                size = sizes.get(event.anchor, 1)  # an undefined alias is reported by the composer
+                expanded += size
+                if expanded > MAX_ALIAS_VALUES:
+                    raise _alias_error(file, event, f"aliases in this file stand for more than {MAX_ALIAS_VALUES:,} "
+                                                    f"values (*{event.anchor} alone for {size:,}); write the values out "
+                                                    "or use fewer nested aliases")
+            elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                open_frames.append([event.anchor, 1])
+                continue
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                anchor, size = open_frames.pop()
+                if anchor is not None:
+                    sizes[anchor] = size
+            elif isinstance(event, yaml.ScalarEvent):
+                size = 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            else:
+                continue
+            if open_frames:
+                open_frames[-1][1] += size
+    except yaml.YAMLError:
+        return  # the composer reports syntax errors with their position
+
+
+def _alias_error(file: str, event: yaml.Event, message: str) -> PipelineSpecError:
+    where = Mark(file, event.start_mark.line + 1, event.start_mark.column + 1)
+    return PipelineSpecError([SpecIssue(where, "", message)])
 
 
 def merge_sources(base: Source, override: Source) -> Source:

@@ -16,13 +16,18 @@ from urllib.parse import urlsplit
 _NAMED = {"databricks", "databricks-uc", "uc"}
 
 
-def store_problem(uri: str | None) -> str | None:
+def store_problem(uri: str | None, parse_time: bool = False) -> str | None:
     """Why ``uri`` cannot be used (a sentence ending with ``got '<uri>'``), or None if it can.
-    Remote stores (http, https, postgresql, databricks…) are not judged; Jinja templates are left
-    to be checked once rendered."""
-    if not uri or "{{" in uri:
+    Remote stores (http, https, postgresql, databricks…) are not judged. With ``parse_time``, a
+    Jinja template or a path starting with ``~`` or holding ``$VAR`` is left to be checked once
+    rendered and expanded in the worker."""
+    if not uri:
         return None
     text = uri.strip()
+    if parse_time:
+        path = next((text[len(p):] for p in ("sqlite:///", "file://") if text.startswith(p)), text)
+        if "{{" in text or path.startswith("~") or "$" in path:
+            return None
     if text.lower().startswith("sqlite:"):
         rest = text[len("sqlite:"):]
         path = rest[3:] if rest.startswith("///") else None
@@ -51,7 +56,7 @@ def argument(text: str) -> str:
     """``type=`` of a ``--tracking-uri`` command-line option: the same rule, as a usage error."""
     import argparse
 
-    problem = store_problem(text)
+    problem = store_problem(text, parse_time=True)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text

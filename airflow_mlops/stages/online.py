@@ -25,7 +25,10 @@ START_TIMEOUT_S = 120
 
 
 def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
-    model_uri = ctx.find("model_uri")
+    from airflow_mlops.stages.tracking import serving_model
+
+    served = serving_model(spec.model, ctx)
+    model_uri = served["model_uri"]
     state = Path(ctx.data_dir) / ctx.stage_name / "online.json"  # per pipeline, not per run
     stop_previous(state, ctx)
     env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": ctx.mlflow.tracking_uri,
@@ -47,7 +50,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     sample = read_input(spec.input) if spec.input else read_dataset(ctx.find("test_path"))
     answer = predict(endpoint, sample.head(5), ctx.find("features", required=False))
     ctx.log.info("The server answered a prediction for 5 rows: %s", answer)
-    return {"endpoint": f"{endpoint}/invocations", "pid": server.pid, "model_uri": model_uri, "sample_predictions": answer}
+    return {"endpoint": f"{endpoint}/invocations", "pid": server.pid, **served, "sample_predictions": answer}
 
 
 def stop_previous(state: Path, ctx: StageContext) -> None:

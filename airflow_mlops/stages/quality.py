@@ -5,23 +5,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops.spec.models import canonical_type
 from airflow_mlops.stages.context import StageFailed
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import QualityGates
 
-# Type names as Spark prints them (simpleString), with the aliases people write.
-_ALIASES = {"long": "bigint", "integer": "int", "str": "string", "bool": "boolean", "float64": "double"}
 _PANDAS_TYPES = {
     "int64": "bigint", "Int64": "bigint", "int32": "int", "Int32": "int", "float64": "double", "Float64": "double",
     "float32": "float", "object": "string", "string": "string", "str": "string", "bool": "boolean",
     "boolean": "boolean",
 }
-
-
-def canonical_type(name: str) -> str:
-    name = name.strip().lower()
-    return _ALIASES.get(name, name)
 
 
 def _unique_sets(gates: "QualityGates") -> list[list[str]]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.stages.context import StageContext, StageFailed
 from airflow_mlops.stages.data import read_dataset, read_input, write_dataset
-from airflow_mlops.stages.tracking import use_store
+from airflow_mlops.stages.tracking import serving_model, use_store
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import ServeStage
@@ -20,10 +20,11 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     if spec.mode == "stream":
         from airflow_mlops.stream.stage import run_serve_stream
 
-        return run_serve_stream(spec.stream, ctx)
+        return run_serve_stream(spec.stream, ctx, spec.model)
     import mlflow
 
-    model_uri = ctx.find("model_uri")
+    served = serving_model(spec.model, ctx)
+    model_uri = served["model_uri"]
     df = read_input(spec.input) if spec.input else read_dataset(ctx.find("test_path"))
     use_store(ctx.mlflow)
     model = mlflow.pyfunc.load_model(model_uri)
@@ -37,4 +38,4 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     out["prediction"] = model.predict(df[columns])
     path = write_dataset(out, ctx.output_dir() / f"predictions.{spec.format}", spec.format)
     ctx.log.info("Wrote %d predictions to %s", len(out), path)
-    return {"predictions_path": path, "rows": len(out), "model_uri": model_uri}
+    return {"predictions_path": path, "rows": len(out), **served}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from airflow_mlops.stages.context import MlflowTarget
+from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
+
+SERVING_ALIAS = "champion"
 
 
 def use_store(target: MlflowTarget) -> None:
@@ -46,7 +49,110 @@ def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
         return experiment.experiment_id
 
 
+class StoreNotFound(StageFailed):
+    """A read-only use of a local MLflow store that does not exist (MLflow would create it)."""
+
+
+def local_store_path(tracking_uri: str) -> str | None:
+    """The file or folder of a local store (``sqlite:////abs/mlflow.db``, ``file:///abs``, ``/abs``),
+    else None (a tracking server)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return tracking_uri[len("sqlite:///"):]
+    if tracking_uri.startswith("file://"):
+        return tracking_uri[len("file://"):]
+    if tracking_uri.startswith("/"):
+        return tracking_uri
+    return None
+
+
+def read_only_client(tracking_uri: str) -> Any:
+    """An MlflowClient for reading a store that must already exist. MLflow creates a missing
+    SQLite file (and its folder) on first use; reading commands (``rollback``, ``cost``, retention
+    plans) must not, so a missing local store raises StoreNotFound naming the path."""
+    import mlflow
+
+    path = local_store_path(tracking_uri)
+    if path is not None and not os.path.exists(path):
+        raise StoreNotFound(f"no MLflow store at {path}: the file does not exist (check the tracking URI "
+                            f"{tracking_uri}; reading never creates a store)")
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
+    """The registered model ``name``, or StageFailed saying there is none (with a did-you-mean)."""
+    import mlflow
+
+    try:
+        return mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        from airflow_mlops.spec.errors import did_you_mean
+
+        known = [m.name for m in mlflow_client.search_registered_models(max_results=1000)]
+        raise StageFailed(f"there is no registered model named '{name}'{did_you_mean(name, known)} in the MLflow "
+                          f"registry at {tracking_uri}") from exc
+
+
 def client(target: MlflowTarget) -> Any:
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+
+
+def record_serving_aliases(mlflow_client: Any, name: str, *aliases: str) -> None:
+    """Note on the registered model that pipelines serve through ``aliases`` (the
+    ``airflow_mlops.serving_aliases`` tag): retention then never deletes the versions behind them
+    (``lifecycle.retention_mlflow.guarded_aliases``)."""
+    from airflow_mlops.lifecycle.specs import SERVING_ALIASES_TAG
+
+    recorded = (mlflow_client.get_registered_model(name).tags or {}).get(SERVING_ALIASES_TAG, "")
+    current = {a for a in recorded.split(",") if a}
+    if not set(aliases) <= current:
+        mlflow_client.set_registered_model_tag(name, SERVING_ALIASES_TAG, ",".join(sorted(current | set(aliases))))
+
+
+def serving_model(model: str | None, ctx: StageContext) -> dict[str, Any]:
+    """The model version a serve stage serves, resolved once per run.
+
+    ``model`` is the stage's ``model:`` (``models:/<name>@<alias>`` or ``models:/<name>/<version>``);
+    without it, the version an upstream train/validate stage produced (``model_uri`` in its
+    result), else the pipeline's registered model at ``champion``. An alias is resolved to its
+    version here, so every task of the run scores with the same version even if the alias moves.
+
+    Returns ``{"model_uri": "models:/<name>/<version>", "model_name", "model_version",
+    "model_ref"}`` (``model_ref``: what was asked for). Raises StageFailed when the model or
+    alias does not exist in the pipeline's MLflow registry.
+    """
+    import re
+
+    if model is None:
+        upstream = ctx.find("model_uri", required=False)
+        if upstream:
+            name = ctx.find("model_name", required=False)
+            version = ctx.find("model_version", required=False)
+            return {"model_uri": upstream, "model_name": name, "model_version": None if version is None else str(version),
+                    "model_ref": "upstream"}
+        model = f"models:/{ctx.mlflow.registered_model}@{SERVING_ALIAS}"
+    match = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(\d+))", model)
+    if not match:
+        raise StageFailed(f"serve model {model!r}: expected 'models:/<name>@<alias>' or 'models:/<name>/<version>'")
+    name, alias, version = match.groups()
+    import mlflow
+
+    mlflow_client = client(ctx.mlflow)
+    try:
+        if alias:
+            version = str(mlflow_client.get_model_version_by_alias(name, alias).version)
+            record_serving_aliases(mlflow_client, name, alias)
+        else:
+            mlflow_client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as exc:
+        try:
+            registered_model(mlflow_client, name, ctx.mlflow.tracking_uri)
+        except StageFailed as missing:
+            raise StageFailed(f"cannot serve {model}: {missing}") from exc
+        why = f"model '{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version}"
+        raise StageFailed(f"cannot serve {model}: {why} in the MLflow registry at {ctx.mlflow.tracking_uri}") from exc
+    ctx.log.info("Serving %s: version %s of '%s'", model, version, name)
+    return {"model_uri": f"models:/{name}/{version}", "model_name": name, "model_version": version, "model_ref": model}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_mlops.lifecycle.specs import SERVING_ALIASES_TAG
 from airflow_mlops.stages.context import StageContext, StageFailed, StageSkipped
 from airflow_mlops.stages.tracking import client as mlflow_client
+from airflow_mlops.stages.tracking import record_serving_aliases
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import ValidateStage
@@ -86,15 +86,6 @@ def compare(spec: "ValidateStage", candidate: dict[str, float], champion: dict[s
         lines.append(f"{metric} {new:.4g} vs {old:.4g} ({rule.direction} is better, gain {gain:+.4g}, "
                      f"needed {need}: {'ok' if ok else 'not enough'})")
     return wins, lines
-
-
-def record_serving_aliases(client: Any, name: str, *aliases: str) -> None:
-    """Note on the registered model that pipelines serve through ``aliases``: retention then never
-    deletes the versions behind them (``lifecycle.retention_mlflow.guarded_aliases``)."""
-    recorded = (client.get_registered_model(name).tags or {}).get(SERVING_ALIASES_TAG, "")
-    current = {a for a in recorded.split(",") if a}
-    if not set(aliases) <= current:
-        client.set_registered_model_tag(name, SERVING_ALIASES_TAG, ",".join(sorted(current | set(aliases))))
 
 
 def promote(client: Any, name: str, version: str, champion: str | None, alias: str, previous_alias: str, detail: str) -> None:

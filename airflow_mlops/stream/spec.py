@@ -4,10 +4,12 @@ parse time). The connection to Kafka is not part of it: it comes from an Airflow
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, allows_template
 
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 DEFAULT_DECODER = "airflow_mlops.stream.codecs:json_decoder"
@@ -27,8 +29,10 @@ class StreamSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Both may be Jinja templates in a pipeline's serve stage, checked once rendered.
     input_topic: str | list[str] = Field(..., description="Topic (or list of topics) to consume.")
-    output_topic: str = Field(..., pattern=TOPIC, description="Topic the predictions are produced to.")
+    output_topic: Annotated[str, *TEMPLATABLE_VALUE] = Field(
+        ..., pattern=TOPIC, description="Topic the predictions are produced to.")
     group_id: str | None = Field(
         None, min_length=1, description="Consumer group; offsets are committed for it. The operator defaults it to "
         "'airflow-mlops.<dag_id>.<task_id>'."
@@ -89,13 +93,13 @@ class StreamSpec(BaseModel):
 
     @field_validator("input_topic")
     @classmethod
-    def _topics(cls, v: str | list[str]) -> str | list[str]:
+    def _topics(cls, v: str | list[str], info: ValidationInfo) -> str | list[str]:
         import re
 
         names = [v] if isinstance(v, str) else v
         if not names:
             raise PydanticCustomError("topics", "give at least one input topic")
-        bad = [n for n in names if not re.match(TOPIC, n)]
+        bad = [n for n in names if not re.match(TOPIC, n) and not allows_template(n, info)]
         if bad:
             raise PydanticCustomError(
                 "topic", "invalid topic name(s) {bad}: 1-249 characters of letters, digits, '.', '_' and '-'",

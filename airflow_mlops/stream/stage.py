@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from airflow_mlops.stream.spec import StreamServeSettings
 
 
-def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext") -> dict[str, Any]:
+def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model: str | None = None) -> dict[str, Any]:
+    """Score ``settings.input_topic`` with ``settings.model_uri``, else the serve stage's ``model``
+    (resolved like batch serving: ``stages.tracking.serving_model``)."""
     from airflow_mlops.hooks.kafka import kafka_config_from_connection
     from airflow_mlops.stages.context import StageFailed
     from airflow_mlops.stream.errors import StreamError
@@ -31,7 +33,9 @@ def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext") -> di
     from airflow_mlops.stream.spec import StreamSpec
 
     data = settings.model_dump(exclude={"kafka_conn_id"})
-    data["model_uri"] = settings.model_uri or ctx.find("model_uri")
+    from airflow_mlops.stages.tracking import serving_model
+
+    data["model_uri"] = settings.model_uri or serving_model(model, ctx)["model_uri"]
     data["group_id"] = settings.group_id or f"airflow-mlops.{ctx.pipeline_id}.{ctx.stage_name}"
     spec = StreamSpec.model_validate(data)
     kafka_config = kafka_config_from_connection(settings.kafka_conn_id)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops.stages.context import StageContext, StageFailed
 from airflow_mlops.stages.spark.session import read, session_for, write
-from airflow_mlops.stages.tracking import use_store
+from airflow_mlops.stages.tracking import serving_model, use_store
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import ServeStage
@@ -17,7 +17,8 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     spark = session_for(ctx)
-    model_uri = ctx.find("model_uri")
+    served = serving_model(spec.model, ctx)
+    model_uri = served["model_uri"]
     source = spec.input.path if spec.input else ctx.find("test_path")
     df = read(spark, source, spec.input.format if spec.input else None)
     use_store(ctx.mlflow)
@@ -33,7 +34,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     path = write(scored, str(out / f"predictions.{spec.format}"), spec.format)
     rows = read(spark, path, spec.format).count()  # from the written files: the model runs once
     ctx.log.info("Scored %s rows with %s into %s", rows, model_uri, path)
-    return {"predictions_path": path, "rows": rows, "model_uri": model_uri}
+    return {"predictions_path": path, "rows": rows, **served}
 
 
 def result_type(signature: Any) -> str:

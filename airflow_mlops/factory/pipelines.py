@@ -1,0 +1,118 @@
+"""One verdict per pipeline file, for the dags-folder loader and ``airflow-mlops validate`` alike.
+
+``load_dags`` reads each file (``spec.load.read_pipeline``: YAML, models, cross-field checks,
+custom operators constructed with their arguments), then builds its DAG the way the loader hands
+it to Airflow and runs the checks Airflow's DagBag runs before accepting a DAG (timetable,
+setup/teardown, cycles). Whatever fails is reported at a position in the YAML. Both callers use
+this one function, so ``validate`` passes exactly the files that load, and fails the others
+with the errors their placeholder DAGs carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from airflow.sdk import DAG
+
+from airflow_mlops.factory.build import StageBuildError, build_dag
+from airflow_mlops.spec.errors import ArgumentsError, Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path
+from airflow_mlops.spec.load import LoadedPipeline, discover, read_pipeline
+from airflow_mlops.spec.operator_args import translate_arguments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Verdict:
+    files: list[Path] = field(default_factory=list)  # every pipeline file found, in order
+    good: list[tuple[LoadedPipeline, DAG]] = field(default_factory=list)
+    bad: dict[Path, PipelineSpecError] = field(default_factory=dict)
+    warnings: list[SpecIssue] = field(default_factory=list)
+
+
+def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
+    """Every pipeline file under ``targets`` (folders or files) → its DAG, or its errors. Never
+    raises for a bad file: a file only loses itself. Pipeline ids must be unique across files."""
+    verdict = Verdict()
+    seen_files: set[Path] = set()
+    for target in targets:
+        try:
+            found = discover(target)
+        except Exception as exc:  # e.g. a symlink loop: Airflow's walk refuses it too
+            log.exception("Cannot list pipeline files under %s", target)
+            verdict.bad[Path(target)] = PipelineSpecError(
+                [SpecIssue(Mark(str(target), 1, 1), "", f"cannot list pipeline files: {type(exc).__name__}: {exc}")])
+            continue
+        for path in found:
+            if path.resolve() not in seen_files:
+                seen_files.add(path.resolve())
+                verdict.files.append(path)
+    ids: dict[str, LoadedPipeline] = {}
+    for path in verdict.files:
+        try:
+            loaded = read_pipeline(path)
+            first = ids.get(loaded.pipeline.id)
+            if first is not None:
+                used = f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}"
+                raise PipelineSpecError([SpecIssue(loaded.mark_of(("id",)), "id", used)])
+            ids[loaded.pipeline.id] = loaded
+            verdict.good.append((loaded, checked_dag(loaded)))
+        except PipelineSpecError as exc:
+            verdict.bad[path] = exc
+        except Exception as exc:  # a bug of ours must not take the other pipelines down either
+            log.exception("Pipeline %s could not be loaded", path)
+            verdict.bad[path] = PipelineSpecError(
+                [SpecIssue(Mark(str(path), 1, 1), "", f"could not load the pipeline: {type(exc).__name__}: {exc}")])
+    verdict.warnings = check_assets(verdict.good)
+    return verdict
+
+
+def checked_dag(loaded: LoadedPipeline) -> DAG:
+    """The pipeline's DAG, built and checked as Airflow's DagBag checks a DAG before accepting it;
+    a failure is a PipelineSpecError at the part of the YAML it comes from."""
+    try:
+        dag = build_dag(loaded)
+    except StageBuildError as exc:
+        at = ("stages", exc.stage)
+        if isinstance(exc.error, ArgumentsError) and loaded.source is not None:
+            raise PipelineSpecError(translate_arguments(exc.error, loaded.source, at + ("args",))) from None
+        raise _error(loaded, at, f"Airflow refused this stage: {type(exc.error).__name__}: {exc.error}") from None
+    except Exception as exc:
+        raise _error(loaded, ("dag",), f"Airflow refused the DAG: {type(exc).__name__}: {exc}") from None
+    try:
+        dag.timetable.validate()
+    except Exception as exc:
+        raise _error(loaded, ("dag", "schedule"), f"Airflow refused the schedule: {exc}") from None
+    try:
+        dag.validate()
+        dag.check_cycle()
+    except Exception as exc:
+        raise _error(loaded, ("dag",), f"Airflow refused the DAG: {type(exc).__name__}: {exc}") from None
+    return dag
+
+
+def _error(loaded: LoadedPipeline, loc: tuple, message: str) -> PipelineSpecError:
+    return PipelineSpecError([SpecIssue(loaded.mark_of(loc, key=True), format_path(loc), message)])
+
+
+def check_assets(good: list[tuple[LoadedPipeline, DAG]]) -> list[SpecIssue]:
+    """``schedule_on_assets`` names that none of these pipelines produces. A warning, since a DAG
+    written in Python may produce it (``airflow-mlops validate --strict`` makes it an error)."""
+    produced = sorted({outlet.name for _, dag in good for task in dag.tasks for outlet in task.outlets
+                       if getattr(outlet, "name", None)})
+    warnings = []
+    for loaded, _ in good:
+        for i, name in enumerate(loaded.pipeline.dag.schedule_on_assets):
+            if name in produced:
+                continue
+            loc = ("dag", "schedule_on_assets", i)
+            warnings.append(SpecIssue(
+                loaded.mark_of(loc), format_path(loc),
+                f"no pipeline here produces the asset '{name}'{did_you_mean(name, produced)}; pipelines produce "
+                "'<pipeline id>.<stage>' (preprocess, serve and drift stages) and '<pipeline id>.<stage>.model' "
+                "(train stages)"))
+    return warnings

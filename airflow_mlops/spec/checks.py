@@ -1,0 +1,263 @@
+"""Checks across fields of a validated pipeline: what pydantic's per-field validation cannot see."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any, Iterable
+
+from airflow_mlops.spec.dag import check_dag
+from airflow_mlops.spec.errors import SpecIssue, did_you_mean, format_path, one_of
+from airflow_mlops.spec.models import BUILTIN_PROFILES, Pipeline
+from airflow_mlops.spec.source import Source
+
+
+def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
+    """Each stage's upstream stages: ``depends_on`` if given, else the stage before it."""
+    names = list(pipeline.stages)
+    return {
+        name: (stage.depends_on if stage.depends_on is not None else names[i - 1 : i])
+        for i, (name, stage) in enumerate(pipeline.stages.items())
+    }
+
+
+def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
+    """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data."""
+    from airflow_mlops.backends import AVAILABLE_BACKENDS
+
+    names = list(pipeline.stages)
+    deps = stage_dependencies(pipeline)
+    profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
+    for name, stage in pipeline.stages.items():
+        at = ("stages", name)
+        for i, dep in enumerate(stage.depends_on or []):
+            if dep not in pipeline.stages or dep == name:
+                why = "a stage cannot depend on itself" if dep == name else f"unknown stage '{dep}'{did_you_mean(dep, names)}; stages are {one_of(names)}"
+                yield SpecIssue(src.mark_of(at + ("depends_on", i)), format_path(at + ("depends_on",)), why)
+        res = stage.resources
+        profile = res if isinstance(res, str) else (res.profile if res else None)
+        if profile is not None and profile not in profiles:
+            loc = at + (("resources",) if isinstance(res, str) else ("resources", "profile"))
+            yield SpecIssue(
+                src.mark_of(loc), format_path(loc),
+                f"unknown resource profile '{profile}'{did_you_mean(profile, profiles)}; known: {one_of(profiles)}",
+            )
+        backend = stage.backend or pipeline.backend
+        backend_loc = at + ("backend",) if stage.backend else ("backend",)
+        if stage.kind != "custom" and backend not in AVAILABLE_BACKENDS:
+            yield SpecIssue(
+                src.mark_of(backend_loc), format_path(backend_loc),
+                f"backend '{backend}' is not available in this version of airflow-mlops; available: {one_of(AVAILABLE_BACKENDS)}",
+            )
+        yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
+        yield from _check_imports(stage, at, src)
+    cycles = list(_check_cycles(deps, src))
+    yield from cycles
+    yield from check_dag(pipeline, src)
+    known = all(dep in pipeline.stages and dep != name for name, ds in deps.items() for dep in ds)
+    if known and not cycles:  # what comes from upstream is only clear once the graph is
+        yield from check_inputs(pipeline, deps, src)
+
+
+def _check_engine(
+    stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source, pipeline_image: str | None = None
+) -> Iterable[SpecIssue]:
+    """What each backend's engine can do: Spark runs preprocess (SQL or a transform over Spark
+    DataFrames) and serve; the batch backend runs pandas, which has no SQL."""
+    def issue(field: str, message: str) -> SpecIssue:
+        return SpecIssue(src.mark_of(at + (field,)), format_path(at + (field,)), message)
+
+    if backend == "spark":
+        if stage.kind not in ("preprocess", "serve", "custom"):
+            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
+                            f"the spark backend runs preprocess and serve stages, not {stage.kind}; "
+                            f"give this stage 'backend: batch' (or kubernetes)")
+        elif stage.kind == "preprocess":
+            if stage.steps:
+                yield issue("steps", "built-in steps are pandas operations; on the spark backend use 'sql' or 'transform'")
+            if stage.callable:
+                yield issue("callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'")
+            if stage.split and stage.split.stratify:
+                yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
+        if stage.kind == "serve" and stage.mode in ("online", "stream"):
+            yield issue("mode", f"{stage.mode} serving is not a Spark job: use backend batch (or kubernetes) for it")
+    elif backend == "kubernetes" and stage.kind != "custom":
+        if not (stage.kubernetes and stage.kubernetes.image) and not pipeline_image:
+            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
+                            "the kubernetes backend needs an image with airflow-mlops installed: "
+                            "set kubernetes.image on the pipeline or the stage")
+    if backend != "spark" and stage.kind == "preprocess" and stage.sql:
+        yield issue("sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas")
+
+
+def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
+    """Custom operators are imported (the DAG needs the class) and checked against their arguments;
+    callables are only located, so parsing never imports a user's training code and its heavy
+    libraries."""
+    if stage.kind == "custom":
+        from airflow_mlops.spec.operator_args import check_custom_stage
+
+        yield from check_custom_stage(stage, at, src)
+        return
+    target = getattr(stage, "callable", None)
+    if target:
+        module = target.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            yield SpecIssue(src.mark_of(at + ("callable",)), format_path(at + ("callable",)),
+                            f"module '{module}' of callable '{target}' is not importable")
+
+
+def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for dep in deps.get(node, []):
+            if dep not in deps or dep == node:
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep] if dep in path else [node, dep]
+            if state.get(dep) is None:
+                cycle = visit(dep, path + [dep])
+                if cycle:
+                    return cycle
+        state[node] = 2
+        return None
+
+    for name in deps:
+        if state.get(name) is None:
+            cycle = visit(name, [name])
+            if cycle:
+                loc = ("stages", cycle[0], "depends_on")
+                yield SpecIssue(src.mark_of(loc), format_path(loc), "dependency cycle: " + " → ".join(cycle[::-1]))
+                return
+
+
+
+# --- names and schedule: what Airflow itself would refuse -------------------------------------------
+
+# Airflow's rule for a task group id (airflow.sdk.definitions._internal.node.GROUP_KEY_REGEX): no '.',
+# which separates a group from its tasks; the DAG id may have one (KEY_REGEX).
+_GROUP_ID = re.compile(r"^[\w-]+$")
+_MAX_GROUP_ID, _MAX_DAG_ID = 200, 250
+
+
+def check_names_and_schedule(data: Any, src: Source) -> Iterable[SpecIssue]:
+    """Stage names, DAG id length and schedule, read from the raw data: so they are reported
+    together with the model's errors, whether or not the rest of the file is valid."""
+    if not isinstance(data, dict):
+        return
+    if isinstance(data.get("id"), str) and len(data["id"]) > _MAX_DAG_ID:
+        yield SpecIssue(src.mark_of(("id",)), "id",
+                        f"a DAG id has at most {_MAX_DAG_ID} characters, got {len(data['id'])}")
+    stages = data.get("stages")
+    for name in stages if isinstance(stages, dict) else ():
+        loc = ("stages", name)
+        if not isinstance(name, str) or not _GROUP_ID.match(name):
+            fixed = re.sub(r"[^\w-]+", "_", str(name)).strip("_") or "stage"
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
+                            f"stage name {name!r} cannot be an Airflow task group id (letters, digits, '_' and '-' "
+                            f"only; '.' separates a group from its tasks): rename it, e.g. '{fixed}'")
+        elif len(name) > _MAX_GROUP_ID:
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
+                            f"a stage name has at most {_MAX_GROUP_ID} characters (an Airflow task group id), "
+                            f"got {len(name)}")
+    dag = data.get("dag")
+    schedule = dag.get("schedule") if isinstance(dag, dict) else None
+    if isinstance(schedule, str) and schedule not in ("@once", "@continuous"):
+        problem = schedule_problem(schedule)
+        if problem:
+            yield SpecIssue(src.mark_of(("dag", "schedule")), "dag.schedule", problem)
+
+
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+def schedule_problem(value: str) -> str | None:
+    """Why Airflow would refuse ``value`` as a DAG's schedule (None if it would not)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    try:  # Airflow's own check (croniter), on the timetable a plain schedule string becomes
+        CronTriggerTimetable(value, timezone="UTC").validate()
+        return None
+    except Exception as exc:
+        why = str(exc).rstrip(".")
+    text = value.strip()
+    if text.lower() in ("none", "null", "~", ""):
+        return (f"{value!r} is a string here, not a missing schedule: write 'schedule: null' (or leave it out) "
+                "for a DAG that runs only when triggered")
+    if text.startswith("@"):
+        return (f"unknown schedule preset {value!r}{did_you_mean(text, SCHEDULE_PRESETS)}; "
+                f"presets: {one_of(SCHEDULE_PRESETS)}")
+    fields = len(text.split())
+    extra = " (Airflow reads a 6th field as seconds and a 7th as the year)" if fields in (6, 7) else ""
+    return (f"not a cron expression or preset: {why}{extra}; write 5 fields 'minute hour day-of-month month "
+            f"day-of-week', e.g. '0 6 * * 1-5' for 06:00 on weekdays, or a preset: {one_of(SCHEDULE_PRESETS)}")
+
+
+# --- what each stage needs from upstream ---------------------------------------------------------------
+
+
+def upstream_stages(deps: dict[str, list[str]], name: str) -> list[str]:
+    """Every stage ``name`` depends on, directly or not, nearest first."""
+    order: list[str] = []
+    queue = list(deps.get(name, []))
+    while queue:
+        dep = queue.pop(0)
+        if dep not in order and dep in deps:
+            order.append(dep)
+            queue.extend(deps[dep])
+    return order
+
+
+def check_inputs(pipeline: Pipeline, deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:
+    """What a stage reads from the stages before it (``ctx.find`` in airflow_mlops/stages), given
+    at spec time rather than found missing when the task runs:
+
+    - train reads the train/test split of an upstream preprocess stage;
+    - validate checks the model version an upstream train stage registered;
+    - serve serves the model version of an upstream train or validate stage, else its own
+      ``model:``, else the pipeline's ``mlflow.registered_model`` (its champion); batch (and online,
+      in the worker) mode scores its ``input:``, else an upstream preprocess stage's test split;
+    - drift compares ``current`` with its ``reference:``, else an upstream preprocess stage's train split.
+
+    A custom stage upstream may return anything, so a stage after one is not checked."""
+    for name, stage in pipeline.stages.items():
+        ups = [pipeline.stages[u] for u in upstream_stages(deps, name)]
+        if any(u.kind == "custom" for u in ups):
+            continue
+        kinds = {u.kind for u in ups}
+        prep = [n for n in upstream_stages(deps, name) if pipeline.stages[n].kind == "preprocess"]
+        split = any(pipeline.stages[n].split is not None for n in prep)
+        unsplit = (f"; preprocess '{prep[0]}' has 'split: null' (one dataset, no train/test split)"
+                   if prep and not split else "")
+        listed = " (or list one in its depends_on)"
+        missing = []
+        if stage.kind == "train" and not split:
+            missing.append(f"trains on the train/test split of an upstream preprocess stage, and has none{unsplit}: "
+                           f"add a preprocess stage before it{listed}")
+        elif stage.kind == "validate" and "train" not in kinds:
+            missing.append(f"validates the model version an upstream train stage registers, and has none: "
+                           f"add a train stage before it{listed}")
+        elif stage.kind == "serve":
+            model = stage.model or (stage.stream.model_uri if stage.stream else None)
+            if not (model or kinds & {"train", "validate"} or pipeline.mlflow.registered_model):
+                missing.append("serves a model, and no stage before it trains or validates one: add a train or "
+                               "validate stage before it, set 'model: models:/<name>@<alias>' on it, or set "
+                               "mlflow.registered_model to serve that model's 'champion'")
+            backend = stage.backend or pipeline.backend
+            reads = stage.mode == "batch" or (stage.mode == "online" and backend != "kubernetes")
+            if reads and stage.input is None and not split:
+                what = "scores" if stage.mode == "batch" else "sends a sample to the model server from"
+                missing.append(f"{what} a dataset, and has none{unsplit}: set 'input' on it, or add a preprocess "
+                               f"stage before it to use its test split{listed}")
+        elif stage.kind == "drift" and stage.reference is None and not split:
+            missing.append(f"compares 'current' with a reference, and has none{unsplit}: set 'reference' on it, or "
+                           f"add a preprocess stage before it to use its train split{listed}")
+        loc = ("stages", name)
+        for what in missing:
+            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc), f"stage '{name}' {what}")
