@@ -63,7 +63,8 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
         if totals["memory"]:
             hard["requests.memory"] = hard["limits.memory"] = format_memory(totals["memory"])
         hard["requests.nvidia.com/gpu"] = str(int(totals["nvidia.com/gpu"]))
-        docs.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(object_name(p.id, "quota")), "spec": {"hard": hard}})
+        docs.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(object_name(p.id, "quota")),
+                     "spec": {"hard": hard}})
         for account in sorted({s.service_account for s, _ in stages if s.service_account}):
             docs.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(account),
                          "automountServiceAccountToken": False})

@@ -80,7 +80,8 @@ def test_the_api_server_accepts_every_object_made_for_a_long_pipeline_id(kube_cl
         # The stage pod, as KubernetesPodOperator builds it, created for real (it stays Pending:
         # no toleration for the fake node's taint, so nothing runs).
         train = dag.get_task("train_.run")
-        pod = train.pod_operator(["-m", "airflow_mlops.runtime", "--payload", "e30="], pipeline_id).build_pod_request_obj()
+        arguments = ["-m", "airflow_mlops.runtime", "--payload", "e30="]
+        pod = train.pod_operator(arguments, pipeline_id).build_pod_request_obj()
         created_pod = core.create_namespaced_pod(kube_namespace, pod)
         assert created_pod.metadata.labels["airflow-mlops/pipeline"] == label_value(pipeline_id)
         assert created_pod.metadata.labels["airflow-mlops/stage"] == label_value("train_")

@@ -64,7 +64,8 @@ CONNECTION_FORMS = [
                  "https://mlflow.example.com:8443/tracking", id="uri-with-path-and-port-field"),
     pytest.param({"conn_type": "http", "host": "mlflow", "port": 5000}, "http://mlflow:5000", id="http-type"),
     pytest.param({"conn_type": "https", "host": "mlflow.example.com"}, "https://mlflow.example.com", id="https-type"),
-    pytest.param({"conn_type": "http", "host": "mlflow", "schema": "https"}, "https://mlflow", id="http-type-https-schema"),
+    pytest.param({"conn_type": "http", "host": "mlflow", "schema": "https"}, "https://mlflow",
+                 id="http-type-https-schema"),
     pytest.param("https://mlflow.example.com:443/tracking", "https://mlflow.example.com:443/tracking",
                  id="uri-form-path-lands-in-schema"),
     pytest.param("mlflow://mlflow:5000/tracking", "http://mlflow:5000/tracking", id="uri-form-mlflow-type"),
@@ -124,7 +125,8 @@ def test_a_relative_store_from_the_environment_or_a_connection_fails_and_writes_
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         with pytest.raises(TrackingUriError, match=r"(relative file-store path|in-memory SQLite store)"):
             resolve_target(MlflowSettings(), "p")
-    for fine in ("http://mlflow:5000", "databricks", "file:///srv/mlruns", "/srv/mlruns", "sqlite:////srv/m.db?timeout=9"):
+    for fine in ("http://mlflow:5000", "databricks", "file:///srv/mlruns", "/srv/mlruns",
+                 "sqlite:////srv/m.db?timeout=9"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", fine)
         assert resolve_target(MlflowSettings(), "p").tracking_uri == fine
     assert list(tmp_path.iterdir()) == []
@@ -135,10 +137,11 @@ def test_home_and_variables_in_the_setting_are_expanded_in_the_worker_then_check
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("STORE_DIR", "relative/dir")
-    assert resolve_target(MlflowSettings(tracking_uri="sqlite:///~/m.db"), "p").tracking_uri == f"sqlite:///{tmp_path}/m.db"
+    home = resolve_target(MlflowSettings(tracking_uri="sqlite:///~/m.db"), "p")
+    assert home.tracking_uri == f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(TrackingUriError, match=r"a relative SQLite path .* got 'sqlite:///relative/dir/m.db'"):
         resolve_target(MlflowSettings(tracking_uri="sqlite:///$STORE_DIR/m.db"), "p")
-    with pytest.raises(TrackingUriError, match=r"from the tracking_uri setting: environment variable \$NOT_SET_ANYWHERE"):
+    with pytest.raises(TrackingUriError, match=r"tracking_uri setting: environment variable \$NOT_SET_ANYWHERE"):
         resolve_target(MlflowSettings(tracking_uri="sqlite:///$NOT_SET_ANYWHERE/m.db"), "p")
 
 
@@ -150,12 +153,14 @@ def test_operator_arguments_with_a_relative_store_fail_when_the_dag_is_parsed(tm
 
     relative = "a relative SQLite path depends on each worker's current directory"
     with pytest.raises(ValueError, match=relative):
-        GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train", mlflow={"tracking_uri": "sqlite:///m.db"})
+        GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train",
+                         mlflow={"tracking_uri": "sqlite:///m.db"})
     with pytest.raises(ValueError, match=relative):
         RetentionCleanupOperator(task_id="r", policies=[{"root": str(tmp_path), "max_age": "30d"}],
                                  mlflow={"tracking_uri": "sqlite:///m.db"})
     with pytest.raises(ValueError, match=relative):
-        BackupOperator(task_id="b", target=str(tmp_path / "b"), sources=[{"kind": "mlflow", "tracking_uri": "sqlite:///m.db"}])
+        BackupOperator(task_id="b", target=str(tmp_path / "b"),
+                       sources=[{"kind": "mlflow", "tracking_uri": "sqlite:///m.db"}])
     with pytest.raises(ValueError, match=r"tracking_uri: a relative file-store path"):
         StreamInferenceOperator(task_id="s", input_topic="a", output_topic="b", model_uri="models:/m/1",
                                 tracking_uri="mlruns")
@@ -168,7 +173,7 @@ def test_python_apis_refuse_a_relative_store_before_touching_mlflow(monkeypatch,
 
     monkeypatch.chdir(tmp_path)
     policy = {"policies": [{"kind": "mlflow_runs", "experiments": ["e"], "keep_last": 1}]}
-    with pytest.raises(TrackingUriError, match=r"^MLflow tracking URI from the tracking_uri argument: a relative SQLite"):
+    with pytest.raises(TrackingUriError, match=r"^MLflow tracking URI from the tracking_uri argument: a relative"):
         run_retention(policy, tracking_uri="sqlite:///mlflow.db")
     spec = {"input_topic": "a", "output_topic": "b", "group_id": "g", "model_uri": "models:/m/1"}
     nowhere = {"bootstrap_servers": "127.0.0.1:1"}  # checked before Kafka is reached
@@ -187,9 +192,11 @@ def test_the_command_line_refuses_a_relative_tracking_uri_from_the_flag_or_the_e
                            "sqlite:///mlflow.db"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
     assert flag.returncode == 2
     assert ("argument --tracking-uri: a relative SQLite path depends on each worker's current directory; use an "
-            "absolute one, e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got 'sqlite:///mlflow.db'") in flag.stderr
+            "absolute one, e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got 'sqlite:///mlflow.db'"
+            ) in flag.stderr
     from_env = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "rollback", "m"], cwd=tmp_path,
-                              env={**env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, capture_output=True, text=True, check=False)
+                              env={**env, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}, capture_output=True,
+                              text=True, check=False)
     assert from_env.returncode == 1
     assert "MLflow tracking URI from $MLFLOW_TRACKING_URI: a relative SQLite path" in from_env.stderr
     stream = subprocess.run([sys.executable, "-m", "airflow_mlops.stream", "--spec", "{}", "--tracking-uri", "mlruns"],
@@ -257,7 +264,8 @@ def mlflow_behind_a_path(tmp_path):
 
     class Proxy(http.server.BaseHTTPRequestHandler):
         def _forward(self):
-            seen.append(f"{self.command} {self.path} auth={'ok' if self.headers.get('Authorization') == expected else 'no'}")
+            authorized = self.headers.get("Authorization") == expected
+            seen.append(f"{self.command} {self.path} auth={'ok' if authorized else 'no'}")
             if not self.path.startswith("/tracking/") or self.headers.get("Authorization") != expected:
                 self.send_response(401 if self.path.startswith("/tracking/") else 404)
                 self.end_headers()
@@ -265,7 +273,8 @@ def mlflow_behind_a_path(tmp_path):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
             request = urllib.request.Request(f"http://127.0.0.1:{port}{self.path[len('/tracking'):]}", data=body,
                                              method=self.command,
-                                             headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+                                             headers={"Content-Type": self.headers.get("Content-Type",
+                                                                                        "application/json")})
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     status, payload = response.status, response.read()

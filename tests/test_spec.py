@@ -160,10 +160,12 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="memory-without-unit",
         ),
         pytest.param(
-            "id: a\nstages:\n  validate: {resources: {memory: 512, cpu: 2}}\n  serve: {resources: {memory: 16GB}}\n",
+            "id: a\nstages:\n  validate: {resources: {memory: 512, cpu: 2}}\n"
+            "  serve: {resources: {memory: 16GB}}\n",
             ["3:34 stages.validate.resources.memory: memory 512 has no unit, which Kubernetes reads as 512 bytes "
              "(did you mean '512Mi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)",
-             "4:31 stages.serve.resources.memory: memory '16GB' is not a Kubernetes quantity (did you mean '16Gi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)"],
+             "4:31 stages.serve.resources.memory: memory '16GB' is not a Kubernetes quantity (did you mean '16Gi'?); "
+             "units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)"],
             id="memory-near-misses",
         ),
         pytest.param(
@@ -304,7 +306,8 @@ def test_one_bad_file_loses_only_itself_and_duplicate_ids_are_refused(tmp_path):
 def test_operator_resources_refuse_memory_without_a_unit():
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
 
-    with pytest.raises(ValueError, match=r"memory 32 has no unit, which Kubernetes reads as 32 bytes \(did you mean '32Gi'\?\)"):
+    with pytest.raises(ValueError, match=r"memory 32 has no unit, which Kubernetes reads as 32 bytes "
+                                         r"\(did you mean '32Gi'\?\)"):
         GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train", resources={"memory": 32})
     for good, expected in (("32Gi", "32Gi"), ("1.5Gi", "1.5Gi"), ("500M", "500M")):
         op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train", resources={"memory": good})

@@ -259,7 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dag", dest="dag_id", help="only this DAG's tasks (run ids can repeat across DAGs)")
     from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
 
-    parser.add_argument("--tracking-uri", type=tracking_uri_argument, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+    parser.add_argument("--tracking-uri", type=tracking_uri_argument,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
                         "SQLite store under $AIRFLOW_MLOPS_HOME)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 

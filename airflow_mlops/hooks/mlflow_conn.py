@@ -24,7 +24,8 @@ class MlflowConnectionHook(BaseHook):
             "hidden_fields": ["extra"],
             "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)",
                            "login": "Username (basic auth)", "password": "Password (basic auth)"},
-            "placeholders": {"host": "http://mlflow:5000, mlflow.example.com/tracking or sqlite:////srv/mlflow/mlflow.db",
+            "placeholders": {"host": "http://mlflow:5000, mlflow.example.com/tracking or "
+                                     "sqlite:////srv/mlflow/mlflow.db",
                              "schema": "https"},
         }
 

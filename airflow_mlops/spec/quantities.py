@@ -63,5 +63,6 @@ def cpu_problem(value: Any) -> str | None:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|M|millicores?)?\s*", value) if isinstance(value, str) else None
     if m:
-        return f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r} (did you mean '{m.group(1)}{'m' if m.group(2) else ''}'?)"
+        guess = m.group(1) + ("m" if m.group(2) else "")
+        return f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r} (did you mean '{guess}'?)"
     return f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r}"

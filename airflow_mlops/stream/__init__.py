@@ -10,4 +10,5 @@ from airflow_mlops.stream.errors import BatchFailed, DeliveryFailed, MissingTopi
 from airflow_mlops.stream.loop import run_stream
 from airflow_mlops.stream.spec import StreamServeSettings, StreamSpec
 
-__all__ = ["BatchFailed", "DeliveryFailed", "MissingTopic", "RecordFailed", "StreamError", "StreamServeSettings", "StreamSpec", "run_stream"]
+__all__ = ["BatchFailed", "DeliveryFailed", "MissingTopic", "RecordFailed", "StreamError", "StreamServeSettings",
+           "StreamSpec", "run_stream"]
