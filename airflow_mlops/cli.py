@@ -99,12 +99,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from airflow_mlops.stages.tracking import read_only_client, registered_model
     from airflow_mlops.stages.validate import rollback
 
-    target = resolve_target(MlflowSettings(tracking_uri=args.tracking_uri), args.model)
     try:
+        target = resolve_target(MlflowSettings(tracking_uri=args.tracking_uri), args.model)
         client = read_only_client(target.tracking_uri)
         registered_model(client, args.model, target.tracking_uri)
         before, after = rollback(client, args.model, args.alias, args.previous_alias)
-    except StageFailed as exc:
+    except (StageFailed, ValueError) as exc:  # ValueError: a tracking URI that breaks the rule
         print(exc, file=sys.stderr)
         return 1
     print(f"{args.model}: '{args.alias}' moved from version {before} back to version {after} "
@@ -119,6 +119,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
+
     parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("validate", help="check pipeline YAML files (or folders); exit 1 on any error")
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_manifests)
     p = sub.add_parser("rollback", help="move a registered model's champion alias back to the previous champion")
     p.add_argument("model", help="registered model name")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    p.add_argument("--tracking-uri", type=tracking_uri_argument,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     p.add_argument("--alias", default="champion")
     p.add_argument("--previous-alias", default="previous-champion")
     p.set_defaults(func=cmd_rollback)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
+from airflow_mlops.spec.kube_names import object_name, pod_labels
 from airflow_mlops.spec.load import LoadedPipeline, effective_kubernetes, resolve_resources
 
 _UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -38,15 +39,10 @@ def format_memory(value: Decimal) -> str:
     return str(int(value))
 
 
-def _name(value: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:50]
-
-
 def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airflow-worker")) -> list[dict[str, Any]]:
     """The manifests, as dicts. ``launcher`` is (namespace, service account) of Airflow's worker."""
     p = loaded.pipeline
-    base = _name(p.id)
-    label = {"airflow-mlops/pipeline": re.sub(r"[^A-Za-z0-9_.-]+", "-", p.id)[:63]}
+    label = pod_labels(p.id)  # what the stage pods carry: the NetworkPolicy selects them by it
     by_namespace: dict[str, list] = defaultdict(list)
     for name, stage in p.stages.items():
         if (stage.backend or p.backend) == "kubernetes" and stage.kind != "custom":
@@ -67,12 +63,14 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
         if totals["memory"]:
             hard["requests.memory"] = hard["limits.memory"] = format_memory(totals["memory"])
         hard["requests.nvidia.com/gpu"] = str(int(totals["nvidia.com/gpu"]))
-        docs.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(f"{base}-quota"), "spec": {"hard": hard}})
+        docs.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(object_name(p.id, "quota")),
+                     "spec": {"hard": hard}})
         for account in sorted({s.service_account for s, _ in stages if s.service_account}):
             docs.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(account),
                          "automountServiceAccountToken": False})
+        launcher_role = object_name(p.id, "launcher")
         docs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(f"{base}-launcher"),
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(launcher_role),
             "rules": [
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
                 {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -80,12 +78,12 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
             ],
         })
         docs.append({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(f"{base}-launcher"),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{base}-launcher"},
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(launcher_role),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": launcher_role},
             "subjects": [{"kind": "ServiceAccount", "namespace": launcher[0], "name": launcher[1]}],
         })
         docs.append({
-            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(f"{base}-pods"),
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(object_name(p.id, "pods")),
             "spec": {"podSelector": {"matchLabels": label}, "policyTypes": ["Ingress"], "ingress": []},
         })
         claims = {v.claim: v for s, _ in stages for v in s.volumes}

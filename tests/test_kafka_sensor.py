@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -76,11 +77,31 @@ def test_lag_below_counts_from_the_committed_offsets(broker, kafka_conn):
     assert done.xcom_value["partitions"] == {f"{topic}:0": {"highwater": 300, "committed": 260, "lag": 40}}
 
 
-def test_missing_topic_is_not_yet_and_the_timeout_message_says_why(broker, kafka_conn, caplog):
+def test_a_missing_topic_fails_at_once_with_a_did_you_mean(broker, kafka_conn):
+    """A typo must not be waited on until the sensor's timeout (7 days by default)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_mlops.kafka.topics import topic_names
+
+    topic = unique("transactions")
+    broker.create_topic(topic, 1)
+    typo = topic.replace("transactions", "transaction")
+    s = sensor(topics=typo, group_id=unique("group"), kafka_conn_id=kafka_conn, poke_interval=0.2, timeout=600)
+    started = time.monotonic()
+    with pytest.raises(AirflowFailException) as info:
+        s.execute({})
+    assert time.monotonic() - started < 30
+    assert str(info.value) == (f"Kafka topic '{typo}' does not exist on the brokers (did you mean '{topic}'?); create "
+                               "it or fix the name (or set wait_for_missing_topics=True to wait for it to be created)")
+    assert typo not in topic_names({"bootstrap_servers": broker.bootstrap_servers})  # looking created nothing
+
+
+def test_wait_for_missing_topics_waits_and_the_timeout_message_says_why(broker, kafka_conn, caplog):
     from airflow.sdk.exceptions import AirflowSensorTimeout
 
     topic = unique("absent")
-    s = sensor(topics=topic, group_id=unique("group"), kafka_conn_id=kafka_conn, poke_interval=0.2, timeout=1)
+    s = sensor(topics=topic, group_id=unique("group"), kafka_conn_id=kafka_conn, poke_interval=0.2, timeout=1,
+               wait_for_missing_topics=True)
     with caplog.at_level(logging.INFO):
         with pytest.raises(AirflowSensorTimeout) as info:
             s.execute({})
@@ -101,7 +122,8 @@ def test_deferred_sensor_waits_in_the_triggerer_through_airflow(broker, kafka_co
     connection and measures the lag off the event loop."""
     from airflow.dag_processing.dagbag import DagBag
 
-    topic, group, absent = unique("events"), unique("group"), unique("absent")
+    topic, group = unique("events"), unique("group")
+    absent = topic.replace("events", "event")  # a typo
     broker.create_topic(topic, 2)
     produce(broker, topic, [(f"k{i}".encode(), b"x") for i in range(3)])
     (dags_folder / "deferred_kafka.py").write_text(f"""
@@ -113,7 +135,7 @@ with DAG("deferred_kafka", schedule=None):
     KafkaLagSensor(task_id="records", topics={topic!r}, group_id={group!r}, condition="new_records", threshold=3,
                    kafka_conn_id={kafka_conn!r}, deferrable=True, poke_interval=1, timeout=60)
     KafkaLagSensor(task_id="never", topics={absent!r}, group_id={group!r}, kafka_conn_id={kafka_conn!r},
-                   deferrable=True, poke_interval=0.5, timeout=2)
+                   deferrable=True, poke_interval=0.5, timeout=600, retries=3)
 """)
     dr = DagBag(dag_folder=str(dags_folder)).dags["deferred_kafka"].test()
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}
@@ -122,9 +144,10 @@ with DAG("deferred_kafka", schedule=None):
     assert lag["lag"] == 3 and set(lag["partitions"]) == {f"{topic}:0", f"{topic}:1"}
     log = "".join(capfd.readouterr())
     assert log.count("Pausing task as DEFERRED") == 2
-    assert f"Kafka lag of group '{group}' on ['{absent}']: topic(s) ['{absent}'] do not exist; waiting" in log
-    assert (f"Kafka lag of group '{group}' on ['{absent}'] did not reach lag < 1 within 2 s; "
-            f"last measurement: topic(s) ['{absent}'] do not exist") in log
+    # The typo ends the wait at once, failed without its retries, with the did-you-mean.
+    assert tis["never"].try_number == 1
+    assert f"Kafka topic '{absent}' does not exist on the brokers (did you mean '{topic}'?)" in log
+    assert "did not reach" not in log
 
 
 def test_sensor_arguments_are_checked_when_the_dag_is_parsed():
@@ -185,13 +208,14 @@ def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(bro
     with pytest.raises(ValueError, match=r"unknown kafka-python setting\(s\) \['sasl_passwrd'\]"):
         for_client({"bootstrap_servers": "x", "sasl_passwrd": "y"}, "consumer")
 
-    topic = unique("in")
+    topic, out = unique("in"), unique("out")
     broker.create_topic(topic, 1)
+    broker.create_topic(out, 1)
     model = ScoringModel(model=None, uri="none", version="0")
     secret = "never-log-me-123"
     with caplog.at_level(logging.INFO, logger="airflow_mlops.stream"):
         summary = run_stream(
-            {"input_topic": topic, "output_topic": unique("out"), "group_id": unique("g"), "max_seconds": 1,
+            {"input_topic": topic, "output_topic": out, "group_id": unique("g"), "max_seconds": 1,
              "idle_timeout_s": None},
             {**config(broker), "sasl_plain_username": "u", "sasl_plain_password": secret, "sasl_mechanism": "PLAIN",
              "security_protocol": "PLAINTEXT"},

@@ -154,6 +154,36 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="fractional-gpu",
         ),
         pytest.param(
+            "id: a\nstages:\n  validate: {resources: {memory: 32}}\n",
+            ["3:34 stages.validate.resources.memory: memory 32 has no unit, which Kubernetes reads as 32 bytes "
+             "(did you mean '32Gi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)"],
+            id="memory-without-unit",
+        ),
+        pytest.param(
+            "id: a\nstages:\n  validate: {resources: {memory: 512, cpu: 2}}\n"
+            "  serve: {resources: {memory: 16GB}}\n",
+            ["3:34 stages.validate.resources.memory: memory 512 has no unit, which Kubernetes reads as 512 bytes "
+             "(did you mean '512Mi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)",
+             "4:31 stages.serve.resources.memory: memory '16GB' is not a Kubernetes quantity (did you mean '16Gi'?); "
+             "units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)"],
+            id="memory-near-misses",
+        ),
+        pytest.param(
+            "id: a\nresource_profiles:\n  big: {memory: 512m, cpu: 500M}\nstages:\n  validate: {resources: big}\n",
+            ["3:17 resource_profiles.big.memory: memory '512m' is not a Kubernetes quantity ('m' is thousandths of a "
+             "byte) (did you mean '512Mi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)",
+             "3:28 resource_profiles.big.cpu: expected a CPU quantity like 4, 0.5 or '500m', got '500M' (did you mean "
+             "'500m'?)"],
+            id="profile-memory-millibytes-and-cpu-megacores",
+        ),
+        pytest.param(
+            "id: a\nkubernetes: {image: x, volumes: [{claim: data, mount_path: /data, size: 100}]}\nstages:\n"
+            "  validate: {}\n",
+            ["2:73 kubernetes.volumes.0.size: size 100 has no unit, which Kubernetes reads as 100 bytes (did you mean "
+             "'100Gi'?); units are Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000)"],
+            id="volume-size-without-unit",
+        ),
+        pytest.param(
             "id: a\nstages:\n  validate: {resources: 3}\n",
             ["3:25 stages.validate.resources: expected a mapping or a string, got 3"],
             id="union-no-member-matches",
@@ -271,3 +301,14 @@ def test_one_bad_file_loses_only_itself_and_duplicate_ids_are_refused(tmp_path):
     assert sorted(lp.pipeline.id for lp in good) == ["p", "q"]
     assert sorted(path.name for path in bad) == ["broken.yaml", "c.yaml"]
     assert str(bad[tmp_path / "c.yaml"]) == f"{tmp_path / 'c.yaml'}:1:5 id: pipeline id 'p' is already used by {tmp_path / 'a.yaml'}"
+
+
+def test_operator_resources_refuse_memory_without_a_unit():
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+
+    with pytest.raises(ValueError, match=r"memory 32 has no unit, which Kubernetes reads as 32 bytes "
+                                         r"\(did you mean '32Gi'\?\)"):
+        GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train", resources={"memory": 32})
+    for good, expected in (("32Gi", "32Gi"), ("1.5Gi", "1.5Gi"), ("500M", "500M")):
+        op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train", resources={"memory": good})
+        assert op.held_resources.memory == expected

@@ -396,6 +396,105 @@ def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, 
     assert keyed(out) == {f"k{i}": {"prediction": 2 * i + 1.0} for i in range(30)}
 
 
+# -- topics that do not exist ----------------------------------------------------------------------
+
+
+def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(broker, store):
+    """Before: the consumer had the broker auto-create 'transaction', scored 0 records and succeeded."""
+    from airflow_mlops.kafka.topics import topic_names
+    from airflow_mlops.stream import MissingTopic, run_stream
+
+    t = topics(broker)
+    real = unique("transactions")
+    broker.create_topic(real, 1)
+    produce_json(broker, real, {"k": {"a": 1.0, "b": 2.0}})
+    typo = real.replace("transactions", "transaction")
+    with pytest.raises(MissingTopic) as info:
+        run_stream(spec(t, input_topic=typo), config(broker), tracking_uri=store.uri)
+    assert str(info.value) == (
+        f"input topic '{typo}' does not exist on the brokers (did you mean '{real}'?); create it or fix the name "
+        "(a consumer never creates a topic: it would read nothing from it). Nothing was consumed.")
+    assert info.value.retryable is False
+    assert typo not in topic_names(config(broker))
+    assert read_all(broker, t.output) == []
+
+
+def test_missing_output_and_dead_letter_topics_fail_unless_auto_creation_is_asked_for(broker, store):
+    from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.kafka.topics import topic_names
+    from airflow_mlops.stream import MissingTopic, run_stream
+
+    t = topics(broker)
+    produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(10)})
+    out, dlq = t.output + "-scored", t.dlq + "-x"
+    with pytest.raises(MissingTopic) as info:
+        run_stream(spec(t, output_topic=out, dead_letter_topic=dlq), config(broker), tracking_uri=store.uri)
+    message = str(info.value)
+    assert message.startswith(f"output topic '{out}' does not exist on the brokers (did you mean '{t.output}'?); "
+                               "create it, fix the name, or set auto_create_output_topics to let the broker create it; "
+                               f"dead-letter topic '{dlq}' does not exist on the brokers (did you mean '{t.dlq}'?)")
+    assert message.endswith("Nothing was consumed.")
+    assert group_lag(config(broker), t.group, [t.input]).total == 10  # nothing consumed, nothing committed
+    assert not {out, dlq} & topic_names(config(broker))
+
+    # Asked for: the broker (tansu auto-creates) makes them when the run starts, and the run scores into them.
+    summary = run_stream(spec(t, output_topic=out, dead_letter_topic=dlq, auto_create_output_topics=True),
+                         config(broker), tracking_uri=store.uri)
+    assert summary["predictions_out"] == 10
+    assert {out, dlq} <= topic_names(config(broker))
+    assert keyed(read_all(broker, out)) == {f"k{i}": {"prediction": 2 * i + 1.0} for i in range(10)}
+
+
+def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage(broker, store, airflow_db,
+                                                                               dags_folder, monkeypatch, capfd):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
+    from airflow_mlops.stream.spec import StreamServeSettings
+    from airflow_mlops.stream.stage import run_serve_stream
+
+    t = topics(broker)
+    typo = t.input[:-1]
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_TYPO", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
+    (dags_folder / "typo_stream.py").write_text(textwrap.dedent(f"""
+        # An Airflow DAG whose input topic is mistyped
+        from datetime import timedelta
+        from airflow.sdk import DAG
+        from airflow_mlops.operators.stream import StreamInferenceOperator
+
+        with DAG("typo_stream", schedule=None):
+            StreamInferenceOperator(
+                task_id="score", kafka_conn_id="kafka_typo", tracking_uri={store.uri!r}, input_topic={typo!r},
+                output_topic={t.output!r}, group_id={t.group!r}, model_uri="models:/linear@champion",
+                idle_timeout_s=3, consumer_config={FAST_GROUP!r}, retries=3, retry_delay=timedelta(seconds=0))
+        """))
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dr = bag.dags["typo_stream"].test()
+    ti = dr.get_task_instances()[0]
+    assert (ti.state, ti.try_number) == ("failed", 1)
+    log = "".join(capfd.readouterr())
+    assert f"input topic '{typo}' does not exist on the brokers (did you mean '{t.input}'?)" in log
+
+    settings = StreamServeSettings(kafka_conn_id="kafka_typo", input_topic=typo, output_topic=t.output,
+                                   idle_timeout_s=3, consumer_config=FAST_GROUP)
+    ctx = StageContext(pipeline_id="churn", stage_name="serve", run_key="r1", data_dir="/unused",
+                       mlflow=MlflowTarget(tracking_uri=store.uri, experiment="e", registered_model="linear"),
+                       upstream=[("validate", {"model_uri": "models:/linear/1", "model_version": "1"})])
+    with pytest.raises(StageFailed, match=rf"input topic '{typo}' does not exist on the brokers \(did you mean "):
+        run_serve_stream(settings, ctx)
+
+
+def test_the_consumer_may_not_be_told_to_create_topics():
+    from pydantic import ValidationError
+
+    from airflow_mlops.stream.spec import StreamSpec
+
+    with pytest.raises(ValidationError, match=r"consumer_config.allow_auto_create_topics=True is not allowed: a "
+                                              r"consumer would create a mistyped input topic"):
+        StreamSpec(input_topic="a", output_topic="b", consumer_config={"allow.auto.create.topics": True})
+
+
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
     from airflow.dag_processing.dagbag import DagBag
 

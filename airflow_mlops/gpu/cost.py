@@ -257,7 +257,10 @@ def format_report(rows: list[StageCost], run_id: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the Airflow DAG run id (e.g. manual__2026-01-01T00:00:00+00:00)")
     parser.add_argument("--dag", dest="dag_id", help="only this DAG's tasks (run ids can repeat across DAGs)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+    from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
+
+    parser.add_argument("--tracking-uri", type=tracking_uri_argument,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
                         "SQLite store under $AIRFLOW_MLOPS_HOME)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 
@@ -270,6 +273,9 @@ def run_report(args: argparse.Namespace) -> int:
     except StoreNotFound as exc:
         print(exc, file=sys.stderr)
         return 1
+    except ValueError as exc:  # a tracking URI (e.g. from $MLFLOW_TRACKING_URI) that breaks the rule
+        print(exc, file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

@@ -1,4 +1,5 @@
-"""The ``mlflow`` connection type (host = tracking URI), so it appears in the Airflow UI's form."""
+"""The ``mlflow`` connection type (host = tracking URI), so it appears in the Airflow UI's form.
+Every way of filling it is read by ``airflow_mlops.hooks.mlflow.connection_tracking_uri``."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ class MlflowConnectionHook(BaseHook):
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {
             "hidden_fields": ["extra"],
-            "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)"},
-            "placeholders": {"host": "http://mlflow:5000"},
+            "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)",
+                           "login": "Username (basic auth)", "password": "Password (basic auth)"},
+            "placeholders": {"host": "http://mlflow:5000, mlflow.example.com/tracking or "
+                                     "sqlite:////srv/mlflow/mlflow.db",
+                             "schema": "https"},
         }
 
     def tracking_uri(self) -> str:

@@ -22,6 +22,7 @@ class GroupLag:
     total: int = 0
     partitions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "topic:p" → highwater, committed, lag
     missing_topics: list[str] = field(default_factory=list)
+    known_topics: list[str] = field(default_factory=list)  # what exists, when some topic is missing
     unknown_partitions: list[str] = field(default_factory=list)  # no highwater within the timeout
 
     @property
@@ -59,6 +60,8 @@ def group_lag(
                 result.missing_topics.append(topic)
                 continue
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
+        if result.missing_topics:
+            result.known_topics = sorted(consumer.topics())
         if not partitions:
             return result
         consumer.assign(partitions)

@@ -428,10 +428,10 @@ def run_retention(spec: RetentionSpec | dict, *, tracking_uri: str | None = None
 
 
 def _tracking_uri(spec: RetentionSpec, given: str | None) -> str:
-    if given:
-        return given
-    from airflow_mlops.hooks.mlflow import resolve_target
+    from airflow_mlops.hooks.mlflow import checked_tracking_uri, resolve_target
 
+    if given:
+        return checked_tracking_uri(given, "the tracking_uri argument")
     return resolve_target(spec.mlflow, "retention").tracking_uri
 
 

@@ -257,6 +257,9 @@ class MlflowStoreSource(Strict):
     )
     missing_ok: bool = Field(False, description="A missing database is a warning in the summary, not an error.")
 
+    # The rule of every tracking URI (a relative local store is refused), here too.
+    _tracking_uri = field_validator("tracking_uri")(classmethod(lambda cls, v: MlflowSettings._absolute_sqlite(v)))
+
 
 class CallableSource(Strict):
     """Files produced by a function (e.g. the Kubernetes manifests a pipeline renders): it returns

@@ -8,11 +8,11 @@ client: the DAG processor re-parses every 30 s.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import Any
 
 from airflow_mlops.operators.stage import StageOperator, stage_failed
+from airflow_mlops.spec.kube_names import MAX_POD_NAME, object_name, pod_labels
 from airflow_mlops.spec.models import KubernetesSettings
 
 LOG_TAIL_LINES = 30
@@ -40,8 +40,8 @@ class KubernetesStageOperator(KubernetesBackedOperator):
     _pod_op: Any = None  # the KubernetesPodOperator of the running try, for on_kill
 
     def pod_name(self, pipeline_id: str | None = None) -> str:
-        raw = f"{pipeline_id or self.pipeline_id or 'stage'}-{self.stage_name}".lower()
-        return re.sub(r"[^a-z0-9-]+", "-", raw).strip("-")[:50] or "stage"
+        """``<pipeline>-<stage>`` as a DNS name (KubernetesPodOperator appends a random suffix)."""
+        return object_name(pipeline_id or self.pipeline_id or "stage", self.stage_name, max_len=MAX_POD_NAME)
 
     def pod_operator(self, arguments: list[str], pipeline_id: str | None = None) -> Any:
         """The KubernetesPodOperator that runs this stage (also what the unit tests inspect
@@ -94,7 +94,7 @@ class KubernetesStageOperator(KubernetesBackedOperator):
             volumes=volumes or None,
             volume_mounts=mounts or None,
             service_account_name=k.service_account,
-            labels={**k.labels, "airflow-mlops/pipeline": _label(pipeline), "airflow-mlops/stage": _label(self.stage_name)},
+            labels={**k.labels, **pod_labels(pipeline, self.stage_name)},
             kubernetes_conn_id=k.conn_id or "kubernetes_default",
             config_file=k.config_file,
             in_cluster=False if k.config_file else None,
@@ -148,10 +148,6 @@ class KubernetesStageOperator(KubernetesBackedOperator):
     def on_kill(self) -> None:
         if self._pod_op is not None:
             self._pod_op.on_kill()
-
-
-def _label(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-_.")[:63]
 
 
 @lru_cache(maxsize=1)

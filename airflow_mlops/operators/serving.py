@@ -4,10 +4,10 @@ version changes the pod template, so Kubernetes rolls the Deployment over to it.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from airflow_mlops.operators.kubernetes import KubernetesBackedOperator
+from airflow_mlops.spec.kube_names import object_name, pod_labels
 from airflow_mlops.spec.models import KubernetesSettings, Resources
 
 SERVER_PORT = 8080
@@ -37,8 +37,8 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
 
 def render_model_server(pipeline_id: str, stage_name: str, model_uri: str, spec: Any, k: KubernetesSettings,
                         resources: Resources | None, tracking_uri: str) -> list[dict[str, Any]]:
-    name = re.sub(r"[^a-z0-9-]+", "-", f"{pipeline_id}-{stage_name}".lower()).strip("-")[:50]
-    labels = {**k.labels, "app.kubernetes.io/name": name, "airflow-mlops/pipeline": re.sub(r"[^A-Za-z0-9_.-]+", "-", pipeline_id)[:63]}
+    name = object_name(pipeline_id, stage_name)
+    labels = {**k.labels, "app.kubernetes.io/name": name, **pod_labels(pipeline_id)}
     quantities = {key: str(value) for key, value in (("cpu", resources and resources.cpu), ("memory", resources and resources.memory),
                                                       ("nvidia.com/gpu", resources and resources.gpu or None)) if value}
     env = [{"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}, *({"name": n, "value": v} for n, v in k.env.items()),

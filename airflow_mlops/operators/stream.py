@@ -66,7 +66,9 @@ class StreamInferenceOperator(BaseOperator):
     ``dead_letter_topic`` (its original bytes; error, source topic/partition/offset in headers)
     and the batch goes on. The task ends after ``max_records`` records, ``max_seconds`` seconds
     or ``idle_timeout_s`` seconds without a record, and returns (XCom) a summary: records in,
-    predictions out, dead letters, batches, elapsed seconds, rate, final lag.
+    predictions out, dead letters, batches, elapsed seconds, rate, final lag. Every topic must
+    exist before anything is consumed: a missing one (a typo) fails the task without retries,
+    with a did-you-mean (see ``airflow_mlops.stream.preflight``).
 
     :param input_topic: topic or list of topics to consume.
     :param output_topic: topic for the predictions.
@@ -84,7 +86,7 @@ class StreamInferenceOperator(BaseOperator):
     Every other ``StreamSpec`` field is accepted as a keyword argument too: ``batch_size``,
     ``max_records``, ``max_seconds``, ``idle_timeout_s``, ``decoder``, ``features``,
     ``output_key``, ``output_fields``, ``output_headers``, ``prediction_field``,
-    ``auto_offset_reset``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
+    ``auto_offset_reset``, ``auto_create_output_topics``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
     ``progress_interval_s``, ``consumer_config``, ``producer_config``. They are validated here, so
     a bad one fails when the DAG is parsed, and they can be Jinja templates.
     """
@@ -118,9 +120,11 @@ class StreamInferenceOperator(BaseOperator):
         if not self.spec.model_uri:
             raise ArgumentsError(owner, [{"loc": ("model_uri",), "msg": "required (e.g. 'models:/churn@champion')",
                                           "type": "argument"}])
-        if tracking_uri and tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-            raise ArgumentsError.one(owner, "tracking_uri",
-                                     f"tracking_uri {tracking_uri!r} is a relative SQLite path; use an absolute one")
+        from airflow_mlops.spec.tracking_uri import store_problem
+
+        if store_problem(tracking_uri, parse_time=True):  # the rule of every tracking URI (see hooks/mlflow.py)
+            raise ArgumentsError(owner, [{"loc": ("tracking_uri",), "msg": store_problem(tracking_uri, parse_time=True),
+                                          "type": "argument"}])
         self.stream_args = data
         self.kafka_conn_id = kafka_conn_id
         self.mlflow_conn_id = mlflow_conn_id
@@ -130,20 +134,22 @@ class StreamInferenceOperator(BaseOperator):
         from airflow_mlops.hooks.mlflow import resolve_target
         from airflow_mlops.spec.models import MlflowSettings
 
-        settings = MlflowSettings(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
+        # Not validated here: the rendered URI is checked by resolve_target, which names its source.
+        settings = MlflowSettings.model_construct(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
+        from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream
 
         # Templated arguments are rendered by now: validate them again.
         spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}'")
         kafka_config = kafka_config_from_connection(self.kafka_conn_id)
         tracking_uri = self.resolve_tracking_uri()
-        self.log.info("MLflow tracking URI: %s", tracking_uri.split("@")[-1])
+        self.log.info("MLflow tracking URI: %s", redacted(tracking_uri))
         try:
             return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
         except StreamError as exc:

@@ -20,17 +20,26 @@ class LagCheck:
     done: bool
     measured: str  # what was seen, for the log and the timeout message
     lag: dict[str, Any] | None = None  # the XCom value, once done
+    missing: str | None = None  # topics that do not exist, with a did-you-mean: the wait ends failed
 
 
 def check_lag(config: dict[str, Any], group_id: str, topics: list[str], condition: Condition, threshold: int,
-              lag_timeout_s: float) -> LagCheck:
+              lag_timeout_s: float, wait_for_missing_topics: bool = False) -> LagCheck:
     """One measurement of the group's lag, judged against the condition (the sensor's poke and
-    the trigger's poll alike). Missing topics and unknown highwater marks are "not yet"."""
+    the trigger's poll alike). Unknown highwater marks are "not yet"; a missing topic is
+    ``missing`` (a typo would otherwise be waited on until the timeout), or "not yet" with
+    ``wait_for_missing_topics``."""
     from airflow_mlops.kafka.lag import group_lag
+    from airflow_mlops.kafka.topics import missing_topic_message
 
     lag = group_lag(config, group_id, topics, timeout_s=lag_timeout_s)
     if lag.missing_topics:
-        return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist")
+        if wait_for_missing_topics:
+            return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist")
+        return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist", missing="; ".join(
+            missing_topic_message("Kafka", t, lag.known_topics, "create it or fix the name (or set "
+                                  "wait_for_missing_topics=True to wait for it to be created)")
+            for t in lag.missing_topics))
     if lag.unknown_partitions:
         return LagCheck(False, f"no highwater mark for {lag.unknown_partitions} within {lag_timeout_s} s")
     done = lag.total < threshold if condition == "lag_below" else lag.total >= threshold
@@ -57,7 +66,10 @@ class KafkaLagSensor(BaseSensorOperator):
     (``mode`` stays Airflow's sensor mode, ``"poke"`` or ``"reschedule"``.) Each poke opens and
     closes its own client and keeps no state, so ``mode="reschedule"`` frees
     the worker slot between pokes. The XCom value is the measured lag (total and per partition).
-    Missing topics or partitions whose highwater could not be read count as "not yet".
+    Partitions whose highwater could not be read count as "not yet". A topic that does not exist
+    fails the task at once, without retries, with a did-you-mean over the brokers' topics — unless
+    ``wait_for_missing_topics=True`` (a topic its producer creates later), which counts it as
+    "not yet".
     """
 
     template_fields = ("topics", "group_id", "kafka_conn_id")
@@ -73,6 +85,7 @@ class KafkaLagSensor(BaseSensorOperator):
         kafka_conn_id: str = "kafka_default",
         lag_timeout_s: float = 15.0,
         deferrable: bool = False,
+        wait_for_missing_topics: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +109,7 @@ class KafkaLagSensor(BaseSensorOperator):
         self.kafka_conn_id = kafka_conn_id
         self.lag_timeout_s = lag_timeout_s
         self.deferrable = deferrable
+        self.wait_for_missing_topics = wait_for_missing_topics
         self._last: str = "no measurement yet"
 
     def describe_goal(self) -> str:
@@ -109,7 +123,11 @@ class KafkaLagSensor(BaseSensorOperator):
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
 
         check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
-                          self.condition, self.threshold, self.lag_timeout_s)
+                          self.condition, self.threshold, self.lag_timeout_s, self.wait_for_missing_topics)
+        if check.missing:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(check.missing)
         self._last = check.measured
         self.log.info("Kafka lag of group '%s' on %s: %s; %s %s", self.group_id, self.topics, check.measured,
                       "met" if check.done else "waiting for", self.describe_goal())
@@ -124,16 +142,19 @@ class KafkaLagSensor(BaseSensorOperator):
             self.defer(trigger=KafkaLagTrigger(
                 kafka_conn_id=self.kafka_conn_id, group_id=self.group_id, topics=self.topics, condition=self.condition,
                 threshold=self.threshold, lag_timeout_s=self.lag_timeout_s, poll_interval=seconds(self.poke_interval),
-                deadline=time.time() + seconds(self.timeout)), method_name="execute_complete")
+                deadline=time.time() + seconds(self.timeout), wait_for_missing_topics=self.wait_for_missing_topics),
+                method_name="execute_complete")
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
             raise AirflowSensorTimeout(f"{self._timeout_message(self._last)} ({exc})") from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
         event = event or {}
+        if event.get("status") == "missing":
+            raise AirflowFailException(event.get("message", "a topic does not exist"))
         if event.get("status") == "success":
             self.log.info("Kafka lag of group '%s' on %s: %s; met %s", self.group_id, self.topics,
                           event.get("measured"), self.describe_goal())

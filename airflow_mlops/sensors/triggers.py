@@ -67,12 +67,14 @@ class KafkaLagTrigger(BaseTrigger):
     """Fire when a consumer group's lag meets ``KafkaLagSensor``'s condition.
 
     Events: ``{"status": "success", "lag": {...}, "measured": ...}``, ``{"status": "timeout",
-    "measured": ...}`` once ``deadline`` (epoch seconds) passes, or ``{"status": "error",
-    "message": ...}`` when the connection or the brokers fail (as a failing poke would).
+    "measured": ...}`` once ``deadline`` (epoch seconds) passes, ``{"status": "missing", "message":
+    ...}`` when a topic does not exist (unless ``wait_for_missing_topics``), or ``{"status":
+    "error", "message": ...}`` when the connection or the brokers fail (as a failing poke would).
     """
 
     def __init__(self, kafka_conn_id: str, group_id: str, topics: list[str], condition: str, threshold: int,
-                 lag_timeout_s: float = 15.0, poll_interval: float = 60.0, deadline: float | None = None) -> None:
+                 lag_timeout_s: float = 15.0, poll_interval: float = 60.0, deadline: float | None = None,
+                 wait_for_missing_topics: bool = False) -> None:
         super().__init__()
         self.kafka_conn_id = kafka_conn_id
         self.group_id = group_id
@@ -82,13 +84,15 @@ class KafkaLagTrigger(BaseTrigger):
         self.lag_timeout_s = lag_timeout_s
         self.poll_interval = poll_interval
         self.deadline = deadline
+        self.wait_for_missing_topics = wait_for_missing_topics
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {"kafka_conn_id": self.kafka_conn_id, "group_id": self.group_id, "topics": self.topics,
              "condition": self.condition, "threshold": self.threshold, "lag_timeout_s": self.lag_timeout_s,
-             "poll_interval": self.poll_interval, "deadline": self.deadline},
+             "poll_interval": self.poll_interval, "deadline": self.deadline,
+             "wait_for_missing_topics": self.wait_for_missing_topics},
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -103,9 +107,13 @@ class KafkaLagTrigger(BaseTrigger):
             try:
                 # kafka-python blocks: keep it off the triggerer's event loop.
                 check: LagCheck = await asyncio.to_thread(check_lag, config, self.group_id, self.topics,
-                                                          self.condition, self.threshold, self.lag_timeout_s)
+                                                          self.condition, self.threshold, self.lag_timeout_s,
+                                                          self.wait_for_missing_topics)
             except Exception as exc:  # noqa: BLE001
                 yield TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
+                return
+            if check.missing:
+                yield TriggerEvent({"status": "missing", "message": check.missing})
                 return
             if check.done:
                 yield TriggerEvent({"status": "success", "lag": check.lag, "measured": check.measured})

@@ -14,6 +14,7 @@ from airflow_mlops.gpu.cost import PriceTable
 from airflow_mlops.spec.base import Duration, Strict
 from airflow_mlops.spec.base import parse_duration as _parse_duration
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
+from airflow_mlops.spec.quantities import cpu_problem, memory_problem
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 from airflow_mlops.stream.spec import StreamServeSettings
 
@@ -23,10 +24,6 @@ IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 # --- resources ---------------------------------------------------------------------------------
-
-_CPU = re.compile(r"^\d+(\.\d+)?m?$")
-_MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-
 
 class Resources(Strict):
     """What a stage asks for: CPUs (``4`` or ``500m``), memory (``16Gi``) and whole GPUs."""
@@ -41,17 +38,15 @@ class Resources(Strict):
     def _cpu(cls, v: Any) -> Any:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
-        if v is not None and not (isinstance(v, str) and _CPU.match(v)):
-            raise PydanticCustomError("cpu", "expected a CPU quantity like 4, 0.5 or '500m', got {v}", {"v": repr(v)})
+        if cpu_problem(v):
+            raise PydanticCustomError("cpu", "{problem}", {"problem": cpu_problem(v)})
         return v
 
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            v = str(v)
-        if v is not None and not (isinstance(v, str) and _MEMORY.match(v)):
-            raise PydanticCustomError("memory", "expected a memory quantity like '16Gi' or '512Mi', got {v}", {"v": repr(v)})
+        if memory_problem(v):  # a bare number would be bytes: refused with a did-you-mean
+            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v)})
         return v
 
     @field_validator("gpu", mode="before")
@@ -89,14 +84,13 @@ class MlflowSettings(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _absolute_sqlite(cls, v: str | None) -> str | None:
-        # A leading ~ or $VAR is expanded in the worker, which then checks the result again.
-        if v and v.startswith("sqlite:///") and not v.startswith(("sqlite:////", "sqlite:///~", "sqlite:///$")):
-            raise PydanticCustomError(
-                "relative_sqlite",
-                "a relative SQLite path depends on each worker's current directory; use an absolute one, "
-                "e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got {v}",
-                {"v": repr(v)},
-            )
+        from airflow_mlops.spec.tracking_uri import store_problem
+
+        # The same rule for every source of the URI (hooks/mlflow.py). A leading ~ or $VAR is
+        # expanded in the worker, which then checks the result again.
+        problem = store_problem(v, parse_time=True)
+        if problem:
+            raise PydanticCustomError("relative_sqlite", "{problem}", {"problem": problem})
         return v
 
 
@@ -240,6 +234,13 @@ class VolumeMount(Strict):
     size: str = Field("10Gi", description="Size requested when `airflow-mlops manifests` renders the PVC.")
     storage_class: str | None = None
 
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if memory_problem(v, "size"):
+            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v, "size")})
+        return v
+
 
 class SecretEnv(Strict):
     """An environment variable taken from a Kubernetes Secret: the value never appears in the
@@ -272,6 +273,16 @@ class KubernetesSettings(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     secret_env: dict[str, SecretEnv] = Field(default_factory=dict, description="ENV_NAME → {secret, key}.")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        from airflow_mlops.spec.kube_names import label_problem
+
+        for key, value in v.items():  # the API server would refuse the pod at run time
+            if label_problem(key, value):
+                raise PydanticCustomError("labels", "{problem}", {"problem": label_problem(key, value)})
+        return v
     startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
 

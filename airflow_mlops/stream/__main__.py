@@ -28,12 +28,16 @@ def _json_arg(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
+
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=_json_arg, help="StreamSpec as JSON or @file")
     parser.add_argument("--bootstrap-servers", help="overrides bootstrap_servers of the Kafka config")
     parser.add_argument("--kafka-config", type=_json_arg, default=None,
                         help="kafka-python settings as JSON or @file (default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--tracking-uri", default=None, type=tracking_uri_argument,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the SQLite store under "
+                        "$AIRFLOW_MLOPS_HOME)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         config["bootstrap_servers"] = args.bootstrap_servers
     try:
         summary = run_stream(args.spec, config, tracking_uri=args.tracking_uri)
-    except StreamError as exc:
+    except (StreamError, ValueError) as exc:  # ValueError: e.g. a relative $MLFLOW_TRACKING_URI
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary), flush=True)

@@ -25,3 +25,10 @@ class BatchFailed(StreamError):
 
 class DeliveryFailed(StreamError):
     """The broker did not acknowledge some predictions or dead letters of a batch."""
+
+
+class MissingTopic(StreamError):
+    """A topic the run reads or writes does not exist (a typo, most often): nothing was consumed.
+    Running again cannot help until the topic is created or the name fixed."""
+
+    retryable = False

@@ -22,7 +22,8 @@ log = logging.getLogger("airflow_mlops.stream")
 # Producer settings that served throughput here (override through StreamSpec.producer_config):
 # a batch is flushed before its commit anyway, so a short linger only groups sends.
 PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024}
-CONSUMER_DEFAULTS: dict[str, Any] = {}
+# The consumer never creates a topic: a mistyped input topic would be created empty and read as such.
+CONSUMER_DEFAULTS: dict[str, Any] = {"allow_auto_create_topics": False}
 
 
 def _lag(consumer: Any) -> int | None:
@@ -202,7 +203,9 @@ def run_stream(
     :param kafka_config: kafka-python settings shared by consumer and producer:
         ``bootstrap_servers`` and any security settings (``security_protocol``, ``sasl_*``,
         ``ssl_*``). Logged redacted only.
-    :param tracking_uri: MLflow tracking/registry URI for ``models:/`` URIs; default MLflow's.
+    :param tracking_uri: MLflow tracking/registry URI for ``models:/`` URIs; default:
+        ``$MLFLOW_TRACKING_URI``, else the store under ``$AIRFLOW_MLOPS_HOME`` (never MLflow's own
+        default, a database in the current directory). A relative local store is refused.
     :param model: an already loaded ``ScoringModel`` (benchmarks, tests).
     :param stop: an event that ends the run after the current batch.
     """
@@ -217,6 +220,7 @@ def run_stream(
 
     from airflow_mlops.stages.context import import_string
     from airflow_mlops.stream.model import load_scoring_model
+    from airflow_mlops.stream.preflight import create_by_producing, missing_outputs
     from airflow_mlops.stream.scoring import BatchScorer
 
     log_ = logger or log
@@ -226,6 +230,12 @@ def run_stream(
     if model is None:
         if not spec.model_uri:
             raise StreamError("the stream needs a model URI (model_uri)")
+        from airflow_mlops.hooks.mlflow import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # a relative local store fails here
+    # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
+    to_create = missing_outputs(spec, kafka_config, log_)
+    if model is None:
         model = load_scoring_model(spec.model_uri, tracking_uri)
     decoder = import_string(spec.decoder)
     scorer = BatchScorer(spec, model, decoder)
@@ -247,7 +257,10 @@ def run_stream(
     run.consumer = consumer = KafkaConsumer(**consumer_cfg)
     try:
         run.producer = KafkaProducer(**producer_cfg)
+        create_by_producing(run.producer, to_create)
     except BaseException:
+        if run.producer is not None:
+            run.producer.close(timeout=5)
         consumer.close(autocommit=False)
         raise
     consumer.subscribe(spec.input_topics)

@@ -45,6 +45,11 @@ class StreamSpec(BaseModel):
         None, pattern=TOPIC, description="Where records that fail to decode or score go, with the error in headers. "
         "Without one, such a record fails the run (its batch is not committed)."
     )
+    auto_create_output_topics: bool = Field(
+        False, description="A missing output or dead-letter topic is left to the broker to create (its "
+        "auto.create.topics.enable) when the run starts; by default it fails the run before anything is consumed. "
+        "Input topics must always exist: a consumer never creates one.",
+    )
     halt_on_failed_batch: int | None = Field(
         50, ge=1, description="If every record of a batch of at least this many fails to decode or score, stop the "
         "run (a model or schema problem, not poison records) instead of dead-lettering them all; null: never stop.",
@@ -141,6 +146,8 @@ _UNSAFE = {
         "enable_auto_commit": (lambda v: v not in (False, "false", "False"),
                                "auto-commit would commit offsets of records that were never scored"),
         "group_id": (lambda v: True, "set the consumer group with group_id"),
+        "allow_auto_create_topics": (lambda v: v not in (False, "false", "False"),
+                                     "a consumer would create a mistyped input topic and score nothing from it"),
     },
     "producer_config": {
         "acks": (lambda v: str(v) not in ("all", "-1"),
