@@ -182,9 +182,9 @@ def stream_loop(bootstrap: str, topic: str, out: str, group: str, n: int, batch:
     """(b, d) the operator's loop."""
     from airflow_mlops.stream import run_stream
 
-    spec = {"input_topic": topic, "output_topic": out, "group_id": group, "model_uri": model_uri,
-            "batch_size": batch, "max_records": n, "idle_timeout_s": 15, "consumer_config": FAST_GROUP,
-            "progress_interval_s": 3600}
+    spec = {"topics": topic, "output_topic": out, "group_id": group, "model_uri": model_uri,
+            "batch_size": batch, "max_records": n, "idle_timeout": 15, "consumer_config": FAST_GROUP,
+            "progress_interval": 3600}
     summary = run_stream(spec, {"bootstrap_servers": bootstrap}, tracking_uri=tracking_uri)
     assert summary["records_in"] == n and summary["predictions_out"] == n, summary
     return summary

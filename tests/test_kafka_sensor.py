@@ -215,12 +215,12 @@ def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(bro
     secret = "never-log-me-123"
     with caplog.at_level(logging.INFO, logger="airflow_mlops.stream"):
         summary = run_stream(
-            {"input_topic": topic, "output_topic": out, "group_id": unique("g"), "max_seconds": 1,
-             "idle_timeout_s": None},
+            {"topics": topic, "output_topic": out, "group_id": unique("g"), "max_duration": 1,
+             "idle_timeout": None},
             {**config(broker), "sasl_plain_username": "u", "sasl_plain_password": secret, "sasl_mechanism": "PLAIN",
              "security_protocol": "PLAINTEXT"},
             model=model,
         )
-    assert summary["stopped_by"] == "max_seconds"
+    assert summary["stopped_by"] == "max_duration"
     assert "'sasl_plain_password': '***'" in caplog.text
     assert secret not in caplog.text

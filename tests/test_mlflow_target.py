@@ -162,7 +162,10 @@ def test_operator_arguments_with_a_relative_store_fail_when_the_dag_is_parsed(tm
         BackupOperator(task_id="b", target=str(tmp_path / "b"),
                        sources=[{"kind": "mlflow", "tracking_uri": "sqlite:///m.db"}])
     with pytest.raises(ValueError, match=r"tracking_uri: a relative file-store path"):
-        StreamInferenceOperator(task_id="s", input_topic="a", output_topic="b", model_uri="models:/m/1",
+        StreamInferenceOperator(task_id="s", topics="a", output_topic="b", model_uri="models:/m/1",
+                                mlflow={"tracking_uri": "mlruns"})
+    with pytest.raises(ValueError, match=r"tracking_uri: a relative file-store path"):  # the deprecated spelling
+        StreamInferenceOperator(task_id="s", topics="a", output_topic="b", model_uri="models:/m/1",
                                 tracking_uri="mlruns")
 
 
@@ -175,7 +178,7 @@ def test_python_apis_refuse_a_relative_store_before_touching_mlflow(monkeypatch,
     policy = {"policies": [{"kind": "mlflow_runs", "experiments": ["e"], "keep_last": 1}]}
     with pytest.raises(TrackingUriError, match=r"^MLflow tracking URI from the tracking_uri argument: a relative"):
         run_retention(policy, tracking_uri="sqlite:///mlflow.db")
-    spec = {"input_topic": "a", "output_topic": "b", "group_id": "g", "model_uri": "models:/m/1"}
+    spec = {"topics": "a", "output_topic": "b", "group_id": "g", "model_uri": "models:/m/1"}
     nowhere = {"bootstrap_servers": "127.0.0.1:1"}  # checked before Kafka is reached
     with pytest.raises(TrackingUriError, match=r"^MLflow tracking URI from tracking_uri: a relative file-store path"):
         run_stream(spec, nowhere, tracking_uri="mlruns")

@@ -269,16 +269,16 @@ def test_templated_stream_topics_are_checked_once_rendered(tmp_path):
         stages:
           serve:
             mode: stream
-            stream: {input_topic: "events.{{ ds_nodash }}", output_topic: "{{ params.out }}", model_uri: "models:/m/1"}
+            stream: {topics: "events.{{ ds_nodash }}", output_topic: "{{ params.out }}", model_uri: "models:/m/1"}
         """)
     stage = read_pipeline(path).pipeline.stages["serve"]
     from airflow_mlops.spec.templating import StageRenderError, render_stage
 
-    rendered = render_stage(stage, {"stream": {"input_topic": "events.20250301", "output_topic": "scored"}}, "serve")
-    assert (rendered.stream.input_topic, rendered.stream.output_topic) == ("events.20250301", "scored")
+    rendered = render_stage(stage, {"stream": {"topics": "events.20250301", "output_topic": "scored"}}, "serve")
+    assert (rendered.stream.topics, rendered.stream.output_topic) == ("events.20250301", "scored")
     with pytest.raises(StageRenderError, match=r"stage 'serve': after rendering its templates, stream.output_topic: "
                                                r"string should match pattern .* \(rendered: 'bad topic'\)"):
-        render_stage(stage, {"stream": {"input_topic": "events", "output_topic": "bad topic"}}, "serve")
+        render_stage(stage, {"stream": {"topics": "events", "output_topic": "bad topic"}}, "serve")
 
 
 def test_the_json_schema_says_where_templates_and_params_go():

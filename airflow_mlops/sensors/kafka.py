@@ -59,7 +59,8 @@ class KafkaLagSensor(BaseSensorOperator):
         put it in front of a ``StreamInferenceOperator`` so runs start only when there is work.
     :param threshold: N of the condition.
     :param kafka_conn_id: Airflow connection (host = bootstrap servers, extra = kafka-python settings).
-    :param lag_timeout_s: longest wait for the partitions' highwater marks in one poke.
+    :param lag_timeout: longest wait in seconds for the partitions' highwater marks in one poke
+        (``lag_timeout_s`` is its deprecated name).
     :param deferrable: wait in the triggerer (``KafkaLagTrigger``), which measures every
         ``poke_interval`` without holding a worker slot; it reads the connection there.
 
@@ -74,6 +75,7 @@ class KafkaLagSensor(BaseSensorOperator):
 
     template_fields = ("topics", "group_id", "kafka_conn_id")
     ui_color = "#fff8e1"
+    accepted_kwargs = ("lag_timeout_s",)  # the deprecated name of lag_timeout
 
     def __init__(
         self,
@@ -83,11 +85,16 @@ class KafkaLagSensor(BaseSensorOperator):
         condition: Condition = "lag_below",
         threshold: int | None = None,
         kafka_conn_id: str = "kafka_default",
-        lag_timeout_s: float = 15.0,
+        lag_timeout: float = 15.0,
         deferrable: bool = False,
         wait_for_missing_topics: bool = False,
         **kwargs: Any,
     ) -> None:
+        from airflow_mlops.spec.renamed import take_renamed
+
+        old = take_renamed("KafkaLagSensor", {"lag_timeout_s": kwargs.pop("lag_timeout_s")}
+                           if "lag_timeout_s" in kwargs else {})
+        lag_timeout = old.get("lag_timeout", lag_timeout)
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):
@@ -107,7 +114,7 @@ class KafkaLagSensor(BaseSensorOperator):
         self.condition = condition
         self.threshold = threshold
         self.kafka_conn_id = kafka_conn_id
-        self.lag_timeout_s = lag_timeout_s
+        self.lag_timeout = lag_timeout
         self.deferrable = deferrable
         self.wait_for_missing_topics = wait_for_missing_topics
         self._last: str = "no measurement yet"
@@ -123,7 +130,7 @@ class KafkaLagSensor(BaseSensorOperator):
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
 
         check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
-                          self.condition, self.threshold, self.lag_timeout_s, self.wait_for_missing_topics)
+                          self.condition, self.threshold, self.lag_timeout, self.wait_for_missing_topics)
         if check.missing:
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -141,7 +148,7 @@ class KafkaLagSensor(BaseSensorOperator):
 
             self.defer(trigger=KafkaLagTrigger(
                 kafka_conn_id=self.kafka_conn_id, group_id=self.group_id, topics=self.topics, condition=self.condition,
-                threshold=self.threshold, lag_timeout_s=self.lag_timeout_s, poll_interval=seconds(self.poke_interval),
+                threshold=self.threshold, lag_timeout_s=self.lag_timeout, poll_interval=seconds(self.poke_interval),
                 deadline=time.time() + seconds(self.timeout), wait_for_missing_topics=self.wait_for_missing_topics),
                 method_name="execute_complete")
         try:

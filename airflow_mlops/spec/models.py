@@ -415,7 +415,7 @@ class ServeStage(StageBase):
     def _stream_settings(self) -> "ServeStage":
         if (self.mode == "stream") != (self.stream is not None):
             raise PydanticCustomError(
-                "stream_settings", "mode: stream needs a 'stream' mapping (input_topic, output_topic, ...), "
+                "stream_settings", "mode: stream needs a 'stream' mapping (topics, output_topic, ...), "
                 "and 'stream' is only for mode: stream")
         return self
 

@@ -14,6 +14,7 @@ RENAMED: dict[str, dict[str, str]] = {
                    "progress_interval_s": "progress_interval"},
     "StreamInferenceOperator": {"input_topic": "topics", "max_seconds": "max_duration",
                                 "idle_timeout_s": "idle_timeout", "progress_interval_s": "progress_interval"},
+    # StreamInferenceOperator's mlflow_conn_id= and tracking_uri= moved into mlflow={...} (operators/stream.py).
     "KafkaLagSensor": {"lag_timeout_s": "lag_timeout"},
 }
 

@@ -27,7 +27,7 @@ TEMPLATABLE: dict[str, tuple[tuple[str, ...], ...]] = {
     "preprocess": (("input", "path"), ("inputs", "*", "path"), ("output",), ("sql",)),
     "train": (("params",),),
     "validate": (("thresholds",),),
-    "serve": (("input", "path"), ("output",), ("stream", "input_topic"), ("stream", "output_topic")),
+    "serve": (("input", "path"), ("output",), ("stream", "topics"), ("stream", "output_topic")),
     "drift": (("current", "path"), ("reference", "path")),
 }
 # Fields whose rendered text is read as a literal (numbers, booleans, None, lists, dicts), because

@@ -1,7 +1,7 @@
 """``python -m airflow_mlops.stream``: one bounded streaming-inference run from a shell or a pod.
 
     python -m airflow_mlops.stream --bootstrap-servers 127.0.0.1:9092 \\
-        --spec '{"input_topic": "events", "output_topic": "scores", "group_id": "scorer",
+        --spec '{"topics": "events", "output_topic": "scores", "group_id": "scorer",
                  "model_uri": "models:/churn@champion", "dead_letter_topic": "events.dlq"}' \\
         --tracking-uri sqlite:////srv/mlflow/mlflow.db
 

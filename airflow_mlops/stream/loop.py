@@ -246,8 +246,8 @@ def run_stream(
         "Streaming %s → %s (dead letters: %s) with %s (version %s), group %s, batches of %d; stops after %s",
         spec.input_topics, spec.output_topic, spec.dead_letter_topic or "none, a bad record fails the run",
         model.uri, model.version, spec.group_id, spec.batch_size,
-        ", ".join(f"{k}={v}" for k, v in (("max_records", spec.max_records), ("max_seconds", spec.max_seconds),
-                                          ("idle_timeout_s", spec.idle_timeout_s)) if v) or "nothing (no bound set)",
+        ", ".join(f"{k}={v}" for k, v in (("max_records", spec.max_records), ("max_duration", spec.max_duration),
+                                          ("idle_timeout", spec.idle_timeout)) if v) or "nothing (no bound set)",
     )
     log_.info("Kafka consumer config: %s", redact(consumer_cfg))
     log_.info("Kafka producer config: %s", redact(producer_cfg))
@@ -282,18 +282,18 @@ def run_stream(
             if spec.max_records is not None and run.records_in >= spec.max_records:
                 stopped_by = "max_records"
                 break
-            if spec.max_seconds is not None and now - started >= spec.max_seconds:
-                stopped_by = "max_seconds"
+            if spec.max_duration is not None and now - started >= spec.max_duration:
+                stopped_by = "max_duration"
                 break
             if stop is not None and stop.is_set():
                 stopped_by = "stop_requested"
                 break
-            if spec.idle_timeout_s is not None:
+            if spec.idle_timeout is not None:
                 allowance = join_allowance if run.rebalancing or not assignment else 0.0
-                if now - last_activity >= spec.idle_timeout_s + allowance:
+                if now - last_activity >= spec.idle_timeout + allowance:
                     stopped_by = "idle_timeout"
                     break
-            if now - last_progress >= spec.progress_interval_s:
+            if now - last_progress >= spec.progress_interval:
                 run.progress()
                 last_progress = now
 
@@ -301,8 +301,8 @@ def run_stream(
             if spec.max_records is not None:
                 want = min(want, spec.max_records - run.records_in)
             timeout_ms = spec.poll_timeout_ms
-            if spec.max_seconds is not None:
-                timeout_ms = max(1, min(timeout_ms, int((spec.max_seconds - (now - started)) * 1000)))
+            if spec.max_duration is not None:
+                timeout_ms = max(1, min(timeout_ms, int((spec.max_duration - (now - started)) * 1000)))
             polled = consumer.poll(timeout_ms=timeout_ms, max_records=want)
             current = consumer.assignment()
             if current != assignment:

@@ -18,19 +18,26 @@ TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 
 
 class StreamSpec(BaseModel):
-    """Consume ``input_topic`` in consumer group ``group_id``, score micro-batches of up to
+    """Consume ``topics`` in consumer group ``group_id``, score micro-batches of up to
     ``batch_size`` records with an MLflow pyfunc model, produce one prediction per record to
     ``output_topic`` (keyed like its input, the model version in a header) and commit the
     consumed offsets only once the batch's predictions (and dead letters) are acknowledged.
 
-    The run is bounded: it ends after ``max_records`` records, ``max_seconds`` seconds, or
-    ``idle_timeout_s`` seconds without a record, whichever comes first.
+    The run is bounded: it ends after ``max_records`` records, ``max_duration`` seconds, or
+    ``idle_timeout`` seconds without a record, whichever comes first.
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        from airflow_mlops.spec.renamed import take_renamed
+
+        return take_renamed("StreamSpec", data) if isinstance(data, dict) else data
+
     # Both may be Jinja templates in a pipeline's serve stage, checked once rendered.
-    input_topic: str | list[str] = Field(..., description="Topic (or list of topics) to consume.")
+    topics: str | list[str] = Field(..., description="Topic (or list of topics) to consume.")
     output_topic: Annotated[str, *TEMPLATABLE_VALUE] = Field(
         ..., pattern=TOPIC, description="Topic the predictions are produced to.")
     group_id: str | None = Field(
@@ -54,11 +61,14 @@ class StreamSpec(BaseModel):
         50, ge=1, description="If every record of a batch of at least this many fails to decode or score, stop the "
         "run (a model or schema problem, not poison records) instead of dead-lettering them all; null: never stop.",
     )
-    batch_size: int = Field(1000, ge=1, le=100_000, description="Records per micro-batch (one model.predict call).")
-    max_records: int | None = Field(None, ge=1, description="Stop after consuming this many records.")
-    max_seconds: float | None = Field(None, gt=0, description="Stop after this long (the current batch completes).")
-    idle_timeout_s: float | None = Field(
-        30.0, gt=0, description="Stop after this long without a record. While no partition is assigned, twice the "
+    batch_size: Annotated[Annotated[int, Field(ge=1, le=100_000)], *TEMPLATABLE_VALUE] = Field(
+        1000, description="Records per micro-batch (one model.predict call).")
+    max_records: Annotated[Annotated[int, Field(ge=1)] | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Stop after consuming this many records.")
+    max_duration: Annotated[Annotated[float, Field(gt=0)] | None, *TEMPLATABLE_VALUE] = Field(
+        None, description="Stop after this many seconds (the current batch completes); 'max_seconds' before.")
+    idle_timeout: Annotated[Annotated[float, Field(gt=0)] | None, *TEMPLATABLE_VALUE] = Field(
+        30.0, description="Stop after this many seconds without a record ('idle_timeout_s' before). While no partition is assigned, twice the "
         "consumer's session_timeout_ms is added (time for a dead member to expire and the group to rebalance)."
     )
     decoder: str = Field(
@@ -83,7 +93,7 @@ class StreamSpec(BaseModel):
         "earliest", description="Where a group without committed offsets starts."
     )
     poll_timeout_ms: int = Field(500, ge=1, description="Longest wait of one poll for records.")
-    progress_interval_s: float = Field(10.0, gt=0, description="How often progress (records, rate, lag) is logged.")
+    progress_interval: float = Field(10.0, gt=0, description="How often progress (records, rate, lag) is logged.")
     consumer_config: dict[str, Any] = Field(
         default_factory=dict, description="Extra kafka-python KafkaConsumer settings (tuning, not secrets)."
     )
@@ -91,7 +101,7 @@ class StreamSpec(BaseModel):
         default_factory=dict, description="Extra kafka-python KafkaProducer settings (tuning, not secrets)."
     )
 
-    @field_validator("input_topic")
+    @field_validator("topics")
     @classmethod
     def _topics(cls, v: str | list[str], info: ValidationInfo) -> str | list[str]:
         import re
@@ -128,7 +138,7 @@ class StreamSpec(BaseModel):
 
     @property
     def input_topics(self) -> list[str]:
-        return [self.input_topic] if isinstance(self.input_topic, str) else list(self.input_topic)
+        return [self.topics] if isinstance(self.topics, str) else list(self.topics)
 
 
 class StreamServeSettings(StreamSpec):

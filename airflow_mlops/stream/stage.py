@@ -4,10 +4,10 @@
       mode: stream
       stream:
         kafka_conn_id: kafka_default
-        input_topic: transactions
+        topics: transactions
         output_topic: transactions.scored
         dead_letter_topic: transactions.dlq
-        max_seconds: 600
+        max_duration: 600
 
 The model is the version the upstream stages produced (``model_uri`` in their results, e.g.
 ``models:/churn/3``) unless ``stream.model_uri`` names one; the consumer group defaults to
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model: str | None = None) -> dict[str, Any]:
-    """Score ``settings.input_topic`` with ``settings.model_uri``, else the serve stage's ``model``
+    """Score ``settings.topics`` with ``settings.model_uri``, else the serve stage's ``model``
     (resolved like batch serving: ``stages.tracking.serving_model``)."""
     from airflow_mlops.hooks.kafka import kafka_config_from_connection
     from airflow_mlops.stages.context import StageFailed
