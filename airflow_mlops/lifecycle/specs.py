@@ -11,31 +11,20 @@ in the worker when the task runs, and must then be absolute.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from airflow_mlops.spec.base import Strict, parse_duration
 from airflow_mlops.spec.models import IMPORT_PATH, MlflowSettings
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, is_template
 
 NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _duration(v: Any) -> Any:
-    """Seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'30d'``, ``'2w'`` or ISO 8601 (``'P30D'``)."""
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", v)
-        if m:
-            n, unit = float(m.group(1)), m.group(2)
-            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
-    return v
+_duration = parse_duration  # seconds, '90s', '5m', '2h', '30d', '2w' or ISO 8601 ('P30D')
 
 
 Age = Annotated[timedelta, Field(json_schema_extra={"examples": ["30d", "12h", "P30D"]})]

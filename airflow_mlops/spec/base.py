@@ -16,12 +16,12 @@ class Strict(BaseModel):
 
 
 def parse_duration(v: Any) -> Any:
-    """Accept seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'1d'`` and ISO 8601 (pydantic's own)."""
+    """Accept seconds, ``'90s'``, ``'5m'``, ``'2h'``, ``'1d'``, ``'2w'`` and ISO 8601 (pydantic's own)."""
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*", v)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*", v)
         if m:
             n, unit = float(m.group(1)), m.group(2)
-            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
+            return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
     return v
 
 
