@@ -347,3 +347,184 @@ def test_bash_block_runs(block, tmp_path):
         if expected:
             assert done.stdout.splitlines() == [substitute(line, tmp_path) for line in expected], command
         CHECK_COMMAND[key](tmp_path)
+
+
+# -- python: DAG files run with dag.test() ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, airflow_db):
+    """One MLflow store (and data folder) for all the README's DAGs; server paths under root."""
+    root = tmp_path_factory.mktemp("readme")
+    home = root / "mlops"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_MLOPS_HOME", str(home))
+        # StreamInferenceOperator(mlflow_conn_id="mlflow_default"): the same store.
+        mp.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": uri}))
+        yield SimpleNamespace(root=root, home=home, uri=uri)
+
+
+def client(world):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=world.uri, registry_uri=world.uri)
+
+
+def version_of(world, model: str, alias: str) -> str:
+    return str(client(world).get_model_version_by_alias(model, alias).version)
+
+
+# What a README DAG reads, made before its run: (world, monkeypatch, request) → None.
+
+def customer_features_inputs(world, monkeypatch, request):
+    import pandas as pd
+
+    request.getfixturevalue("spark")  # the session's Spark: the operator's embedded session is that one
+    data = world.root / "data"
+    data.mkdir(exist_ok=True)
+    pd.DataFrame({"id": range(7), "customer_id": [1, 1, 2, 3, 3, 3, 9]}).to_parquet(data / "orders.parquet")
+    (data / "customers.csv").write_text("id,name\n1,Ada\n2,Grace\n3,Edsger\n4,Barbara\n")
+
+
+def transactions_on_a_topic(world, monkeypatch, request):
+    """The broker the kafka_default connection names (consumer joins sped up, as in every Kafka test
+    here), topics, a 'fraud' model at champion, and 120 transactions to score."""
+    import mlflow
+
+    from tests.kafka_helpers import FAST_GROUP, produce_json, register_sklearn, shared_broker
+
+    broker = shared_broker()
+    for topic in ("transactions", "transactions.scored", "transactions.dlq"):
+        broker.create_topic(topic, 2)
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(
+        {"conn_type": "kafka", "host": broker.bootstrap_servers, "extra": FAST_GROUP}))
+    register_sklearn(world.uri, "fraud")
+    mlflow.set_tracking_uri(None)  # registering set them process-wide; the run must find its own
+    mlflow.set_registry_uri(None)
+    produce_json(broker, "transactions", {f"t{i}": {"a": (i - 60) / 20, "b": (i % 7) - 3.0} for i in range(120)})
+    world.broker = broker
+
+
+def checkpoints_and_a_store(world, monkeypatch, request):
+    """Five checkpoints of one job, oldest first, and the MLflow store (made by the DAGs before, if run)."""
+    import time
+
+    job = world.root / "srv" / "checkpoints" / "churn-job"
+    job.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for epoch in range(1, 6):
+        path = job / f"epoch-{epoch}.ckpt"
+        path.write_bytes(os.urandom(1024))
+        os.utime(path, (now - 3600 * (6 - epoch),) * 2)
+    client(world).search_experiments()  # creates the store if no DAG before made it
+
+
+def watch_the_log(world, monkeypatch, request):
+    world.capfd = request.getfixturevalue("capfd")  # dag.test() prints the task logs
+
+
+PREPARE = {
+    "customer_features": customer_features_inputs,
+    "score_transactions": transactions_on_a_topic,
+    "train_on_gpus": watch_the_log,
+    "housekeeping": checkpoints_and_a_store,
+}
+
+
+# What a README DAG's run must leave behind: (world, dag, dag run) → None.
+
+def tumour_classifier_champion(world, dag, dr):
+    version = client(world).get_model_version_by_alias("tumour_classifier", "champion")
+    assert client(world).get_run(version.run_id).data.metrics["accuracy"] >= 0.9
+
+
+def customer_features_written(world, dag, dr):
+    from airflow_mlops.stages.data import read_dataset
+
+    result = dr.get_task_instance("customer_features").xcom_pull(task_ids="customer_features")
+    assert result["data_path"] == str(world.root / "data" / "features" / "customers" / "data.parquet")
+    rows = read_dataset(result["data_path"]).sort_values("id")
+    assert rows["id"].tolist() == [1, 2, 3, 4] and rows["n_orders"].tolist() == [2, 1, 3, 0]
+
+
+def transactions_scored_then_a_quiet_window_skips(world, dag, dr):
+    from tests.kafka_helpers import headers, read_all
+
+    summary = dr.get_task_instance("score").xcom_pull(task_ids="score")
+    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (120, 120, 0)
+    scored = read_all(world.broker, "transactions.scored")
+    assert sorted(r.key.decode() for r in scored) == sorted(f"t{i}" for i in range(120))
+    assert {headers(r)["model_version"] for r in scored} == {version_of(world, "fraud", "champion")}
+    # Every record is consumed now: the next window is quiet. Its sensor times out (after 2 s
+    # here, 15 minutes as written) and skips the run's tasks; the run succeeds.
+    wait = dag.get_task("wait_for_records")
+    wait.timeout, wait.poke_interval = 2, 1
+    quiet = dag.test()
+    assert quiet.state == "success"
+    assert {ti.task_id: ti.state for ti in quiet.get_task_instances()} == {"wait_for_records": "skipped",
+                                                                         "score": "skipped"}
+
+
+def trained_on_a_gpu_or_said_why_not(world, dag, dr):
+    from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE
+
+    result = dr.get_task_instance("train").xcom_pull(task_ids="train")
+    assert result["model_name"] == "churn_classifier" and result["metrics"]["accuracy"] > 0.75
+    run = client(world).get_run(result["run_id"])
+    assert run.data.params["lr"] == "0.01" and run.data.params["epochs"] == "20"
+    assert Path(result["checkpoint_dir"], "model.pkl").is_file()  # where a retry would resume
+    if result["gpu"]["available"]:  # a machine with an NVIDIA driver: its GPU, sampled by NVML
+        assert len(result["gpu"]["ids"]) == 1 and run.data.metrics["gpu/hours"] > 0
+    else:  # no driver (CI): trained on the CPU, and the log and the run say why
+        assert "NVML" in result["gpu"]["reason"] and run.data.tags["airflow_mlops.gpu.available"] == "false"
+        log = world.capfd.readouterr()
+        assert NO_GPU_MESSAGE in log.out + log.err
+
+
+def backed_up_then_cleaned(world, dag, dr):
+    job = world.root / "srv" / "checkpoints" / "churn-job"
+    assert sorted(p.name for p in job.iterdir()) == ["epoch-3.ckpt", "epoch-4.ckpt", "epoch-5.ckpt"]
+    (manifest,) = (world.root / "srv" / "backups" / "mlops" / "snapshots").rglob("*.json")
+    files = json.dumps(json.loads(manifest.read_text()))
+    assert all(f"epoch-{n}.ckpt" in files for n in range(1, 6)) and "mlflow.db" in files  # before the cleaning
+
+
+def hand_written_champion(world, dag, dr):
+    assert version_of(world, "hand_written", "champion") == "1"
+
+
+CHECKS = {
+    "tumour_classifier": tumour_classifier_champion,
+    "customer_features": customer_features_written,
+    "score_transactions": transactions_scored_then_a_quiet_window_skips,
+    "train_on_gpus": trained_on_a_gpu_or_said_why_not,
+    "housekeeping": backed_up_then_cleaned,
+    "hand_written": hand_written_champion,
+}
+PYTHON = [b for b in BLOCKS if b.runs("python") and not b.file]
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=block_id)
+def test_python_block_runs(block, world, monkeypatch, request):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.utils.state import DagRunState
+
+    dags = write_companions(world.root, world.root / f"block_{block.line}")
+    (dags / f"readme_{block.line}.py").write_text(substitute(block.body, world.root))
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))  # dag.test() syncs the DAGs from there
+    monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
+        "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+        "kwargs": {"path": str(dags)}}]))
+    bag = DagBag(dag_folder=str(dags))
+    assert bag.import_errors == {}
+    assert bag.dags, f"{block_id(block)} defines no DAG"
+    for dag_id, dag in sorted(bag.dags.items()):
+        assert "invalid-pipeline" not in dag.tags, dag.description
+        PREPARE.get(dag_id, lambda *a: None)(world, monkeypatch, request)
+        dr = dag.test()
+        states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+        assert dr.state == DagRunState.SUCCESS and set(states.values()) == {"success"}, (dag_id, states)
+        assert dag_id in CHECKS, f"{block_id(block)}: say in CHECKS what DAG '{dag_id}' must leave behind"
+        CHECKS[dag_id](world, dag, dr)
