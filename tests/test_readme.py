@@ -190,7 +190,7 @@ def _within(part, whole, where="") -> list[str]:
     """Where ``part`` says something ``whole`` does not (mappings: every key of part; lists: item by item)."""
     if isinstance(part, dict) and isinstance(whole, dict):
         return [d for k, v in part.items()
-                for d in ([f"{where}.{k}: not in the file"] if k not in whole else _within(v, whole[k], f"{where}.{k}"))]
+                for d in (_within(v, whole[k], f"{where}.{k}") if k in whole else [f"{where}.{k}: not in the file"])]
     if isinstance(part, list) and isinstance(whole, list) and len(part) == len(whole):
         return [d for i, (p, w) in enumerate(zip(part, whole)) for d in _within(p, w, f"{where}.{i}")]
     return [] if part == whole else [f"{where}: README {part!r}, file {whole!r}"]
