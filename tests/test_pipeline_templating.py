@@ -116,12 +116,14 @@ def test_a_rendered_value_its_model_refuses_fails_the_task_and_the_failure_callb
         dag:
           default_args: {on_failure_callback: team_alerts.notify}
         stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+          train: {estimator: sklearn.tree.DecisionTreeClassifier, target: target}
           validate:
             thresholds: {accuracy: {min: "{{ params.min_accuracy }}"}}
         """)
     dag = load_pipelines(folder=dags_folder)["gate"]
     dr, states = run(dag, run_conf={"min_accuracy": "high"})
-    assert states == {"validate.run": "failed"}
+    assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "failed"}
     assert alerts.read_text() == (
         "validate.run: stage 'validate': after rendering its templates, thresholds.accuracy.min: input should be a "
         "valid number, unable to parse string as a number (rendered: 'high')\n")
