@@ -20,6 +20,7 @@ from airflow.sdk import DAG
 
 from airflow_mlops.factory.build import StageBuildError, build_dag
 from airflow_mlops.spec.errors import ArgumentsError, Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path
+from airflow_mlops.spec.files import one_scan
 from airflow_mlops.spec.load import LoadedPipeline, discover, read_pipeline
 from airflow_mlops.spec.operator_args import translate_arguments
 
@@ -37,6 +38,11 @@ class Verdict:
 def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
     """Every pipeline file under ``targets`` (folders or files) → its DAG, or its errors. Never
     raises for a bad file: a file only loses itself. Pipeline ids must be unique across files."""
+    with one_scan():
+        return _load_dags(targets)
+
+
+def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
     verdict = Verdict()
     seen_files: set[Path] = set()
     for target in targets:
