@@ -82,6 +82,31 @@ def test_broken_pipeline_is_visible_and_loses_only_itself(dags_folder):
         task.python_callable(*task.op_args)
 
 
+def test_loading_leaves_the_garbage_collector_as_it_found_it(dags_folder):
+    """The loader pauses Python's cyclic collector while it builds DAGs: on again afterwards, also
+    after a broken file, and still off when the caller had turned it off."""
+    import gc
+
+    from airflow_mlops.factory.pipelines import load_dags
+
+    write(dags_folder, "good.yaml", """
+        id: good
+        stages:
+          preprocess: {input: {path: a.csv}}
+        """)
+    write(dags_folder, "garbage.yaml", "id: [\n")
+    assert gc.isenabled()
+    verdict = load_dags([dags_folder])
+    assert [loaded.pipeline.id for loaded, _ in verdict.good] == ["good"] and len(verdict.bad) == 1
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        load_dags([dags_folder])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_parsing_the_dags_folder_imports_nothing_heavy():
     """A fresh interpreter parses dags/ the way the DAG processor does, then reports sys.modules."""
     code = textwrap.dedent(f"""

@@ -12,6 +12,7 @@ from airflow.sdk import DAG, Asset, TaskGroup
 
 from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
 from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
+from airflow_mlops.spec.files import scanned
 from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
 from airflow_mlops.spec.models import Pipeline
 from airflow_mlops.spec.operator_args import stage_task_args
@@ -41,7 +42,7 @@ class Plan:
         templates are left for the worker, which expands and renders them when the task runs."""
         raw = self.pipeline.data_dir
         if not raw:
-            return str(mlops_home() / "data" / self.pipeline.id)
+            return str(scanned(("mlops_home",), mlops_home) / "data" / self.pipeline.id)
         if needs_expanding(raw) or is_template(raw):
             relative = not raw.startswith(("/", "~", "$", "{")) and "://" not in raw
             return str(self.loaded.file.parent.resolve() / raw) if relative else raw
@@ -147,7 +148,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     )
     # Where the pipeline's code lives (not this module): operators put its folder on the import
     # path of training processes and pods. Airflow sets the loader file here when it parses it.
-    dag.fileloc = str(loaded.file.resolve())
+    dag.fileloc = str(loaded.resolved or loaded.file.resolve())
     groups: dict[str, TaskGroup] = {}
     with dag:
         for name, stage in p.stages.items():

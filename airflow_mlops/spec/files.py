@@ -17,7 +17,10 @@ The same rules hold wherever a folder is read from — the DAG processor (``load
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
 
 from pydantic import ValidationError
 
@@ -88,10 +91,44 @@ def read_defaults(path: Path) -> Source:
     return src
 
 
+# Within one load of pipeline files (``one_scan()``: the loader and ``airflow-mlops validate``),
+# what cannot differ between its files is looked up once: each folder's chain of defaults files,
+# the mlops home. Outside one, every call looks again.
+_SCAN: ContextVar[dict | None] = ContextVar("airflow_mlops_scan", default=None)
+T = TypeVar("T")
+
+
+@contextmanager
+def one_scan() -> Iterator[None]:
+    token = _SCAN.set({})
+    try:
+        yield
+    finally:
+        _SCAN.reset(token)
+
+
+def scanned(key: Any, compute: Callable[[], T]) -> T:
+    """``compute()``, once per ``key`` within a scan."""
+    memo = _SCAN.get()
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def defaults_chain(file: Path) -> list[Path]:
     """``_defaults.yaml`` files from the filesystem root down to the file's folder."""
+    return folder_defaults_chain(file.resolve().parent)
+
+
+def folder_defaults_chain(folder: Path) -> list[Path]:
+    """``_defaults.yaml`` files from the filesystem root down to ``folder`` (a resolved path)."""
+    return list(scanned(("defaults_chain", folder), lambda: _chain(folder)))
+
+
+def _chain(folder: Path) -> list[Path]:
     chain = []
-    folder = file.resolve().parent
     while True:
         candidate = folder / DEFAULTS_FILE
         if candidate.is_file():

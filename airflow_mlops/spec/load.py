@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.checks import check_names_and_schedule, check_pipeline, stage_dependencies
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
-from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, defaults_chain, discover, read_defaults
+from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources
 from airflow_mlops.spec.source import Source, load_source, merge_sources
 from airflow_mlops.spec.translate import translate
@@ -33,6 +33,7 @@ class LoadedPipeline:
     file: Path
     text: str  # the pipeline's own YAML, shown in the DAG docs
     source: Source | None = None  # the data merged over the defaults, with every value's position
+    resolved: Path | None = None  # ``file`` with symlinks resolved: the DAG's fileloc
 
     def profile(self, resources: str | Resources | None) -> Resources | None:
         """Resolve a stage's ``resources`` (name or inline, possibly based on a profile)."""
@@ -85,7 +86,8 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
             [SpecIssue(src.mark_of(()) or Mark(display, 1, 1), "", f"a pipeline file must be a mapping (id, stages, ...), got {got}")]
         )
     merged = lift_default_args(src)  # before merging: the nearest file wins, whichever way it wrote a setting
-    for defaults in reversed(defaults_chain(path)):
+    resolved = path.resolve()
+    for defaults in reversed(folder_defaults_chain(resolved.parent)):
         merged = merge_sources(read_defaults(defaults), merged)
     issues = list(check_names_and_schedule(merged.data, merged))
     try:
@@ -95,7 +97,7 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
     issues += check_pipeline(pipeline, merged)
     if issues:
         raise PipelineSpecError(_in_order(issues, display))
-    return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged)
+    return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)
 
 
 def _in_order(issues: list[SpecIssue], file: str) -> list[SpecIssue]:

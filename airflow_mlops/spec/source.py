@@ -17,6 +17,9 @@ from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue, format
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 Path = tuple[Any, ...]
+# Where a value or key was written: (file, line, column), 1-based. A plain tuple (a Mark is made
+# from it only when asked for): every file records one or two per value, on every parse.
+Position = tuple[str, int, int]
 
 
 @dataclass
@@ -25,8 +28,8 @@ class Source:
 
     data: Any
     text: str = ""
-    value_marks: dict[Path, Mark] = field(default_factory=dict)
-    key_marks: dict[Path, Mark] = field(default_factory=dict)
+    value_marks: dict[Path, Position] = field(default_factory=dict)
+    key_marks: dict[Path, Position] = field(default_factory=dict)
 
     def mark_of(self, path: Path, *, key: bool = False) -> Mark | None:
         """The mark of ``path`` or, failing that, of its nearest ancestor that has one."""
@@ -35,7 +38,7 @@ class Source:
             marks = (self.key_marks, self.value_marks) if key else (self.value_marks, self.key_marks)
             for table in marks:
                 if path in table:
-                    return table[path]
+                    return Mark(*table[path])
             if not path:
                 return None
             path = path[:-1]
@@ -49,6 +52,10 @@ def _mark(file: str, node: yaml.Node) -> Mark:
 # Airflow's DAG-file timeout fires): aliases may stand for at most this many values in a file.
 MAX_ALIAS_VALUES = 10_000
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+# Scalars whose constructor is a plain function of the node: called directly, without
+# construct_object's bookkeeping (which only matters for collections and unknown tags).
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float"))
 
 
 def load_source(file: str, text: str) -> Source:
@@ -75,7 +82,17 @@ def load_source(file: str, text: str) -> Source:
         loader.dispose()
 
     src = Source(data=None, text=text)
+    value_marks, key_marks = src.value_marks, src.key_marks
+    constructors = loader.yaml_constructors
     issues: dict[SpecIssue, None] = {}  # ordered, and a merge source's problem is reported once
+
+    def scalar(n: yaml.ScalarNode) -> Any:
+        tag = n.tag
+        if tag == _STR_TAG:
+            return n.value
+        if tag in _PLAIN_TAGS:
+            return constructors[tag](loader, n)
+        return loader.construct_object(n, deep=True)
 
     def problem(n: yaml.Node, path: Path, message: str) -> None:
         issues[SpecIssue(_mark(file, n), format_path(path), message)] = None
@@ -99,7 +116,10 @@ def load_source(file: str, text: str) -> Source:
                     else:
                         problem(sub, path + ("<<",), "a merge key '<<' takes a mapping or a list of mappings")
                 continue
-            key = loader.construct_object(key_node, deep=True)
+            if isinstance(key_node, yaml.ScalarNode):
+                key = scalar(key_node)
+            else:
+                key = loader.construct_object(key_node, deep=True)
             try:
                 hash(key)
             except TypeError:
@@ -118,16 +138,19 @@ def load_source(file: str, text: str) -> Source:
         return out
 
     def build(n: yaml.Node, path: Path) -> Any:
-        src.value_marks[path] = _mark(file, n)
+        start = n.start_mark
+        value_marks[path] = (file, start.line + 1, start.column + 1)
         if isinstance(n, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key, (key_node, value_node) in items(n, path).items():
-                src.key_marks[path + (key,)] = _mark(file, key_node)
-                out[key] = build(value_node, path + (key,))
+                here = path + (key,)
+                start = key_node.start_mark
+                key_marks[here] = (file, start.line + 1, start.column + 1)
+                out[key] = build(value_node, here)
             return out
         if isinstance(n, yaml.SequenceNode):
             return [build(item, path + (i,)) for i, item in enumerate(n.value)]
-        return loader.construct_object(n, deep=True)
+        return scalar(n)
 
     if node is not None:
         try:
