@@ -110,7 +110,7 @@ def test_a_rendered_value_its_model_refuses_fails_the_task_and_the_failure_callb
                 f.write(f"{{context['ti'].task_id}}: {{context['exception']}}\\n")
         """)
     write(dags_folder, "gate.yaml", """
-        id: gate
+        id: rendered_gate
         params:
           min_accuracy: 0.9
         dag:
@@ -121,7 +121,7 @@ def test_a_rendered_value_its_model_refuses_fails_the_task_and_the_failure_callb
           validate:
             thresholds: {accuracy: {min: "{{ params.min_accuracy }}"}}
         """)
-    dag = load_pipelines(folder=dags_folder)["gate"]
+    dag = load_pipelines(folder=dags_folder)["rendered_gate"]  # its own id: an Asset name has one URI per session
     dr, states = run(dag, run_conf={"min_accuracy": "high"})
     assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "failed"}
     assert alerts.read_text() == (
