@@ -113,11 +113,9 @@ class GpuTrainOperator(BaseOperator):
         mlflow_ui_url: str | None = None,
         **kwargs: Any,
     ) -> None:
-        from airflow_mlops.spec.renamed import take_renamed
+        from airflow_mlops.spec.renamed import pop_renamed
 
-        old = take_renamed("GpuTrainOperator", {"sample_interval_s": kwargs.pop("sample_interval_s")}
-                           if "sample_interval_s" in kwargs else {})
-        sample_interval = old.get("sample_interval", sample_interval)
+        sample_interval = pop_renamed("GpuTrainOperator", kwargs).get("sample_interval", sample_interval)
         super().__init__(**kwargs)
         owner = f"GpuTrainOperator(task_id={self.task_id!r})"
 

@@ -113,7 +113,7 @@ class StreamInferenceOperator(BaseOperator):
         spec: StreamSpec | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from airflow_mlops.spec.renamed import RENAMED, take_renamed
+        from airflow_mlops.spec.renamed import pop_renamed
 
         # The MLflow store is named like every other operator's: mlflow={"conn_id"|"tracking_uri": ...}.
         moved = {new: kwargs.pop(old) for old, new in (("mlflow_conn_id", "conn_id"), ("tracking_uri", "tracking_uri"))
@@ -129,8 +129,7 @@ class StreamInferenceOperator(BaseOperator):
                   **moved}
         tracking_uri = mlflow.get("tracking_uri")
 
-        old = {k: kwargs.pop(k) for k in list(kwargs) if k in RENAMED["StreamInferenceOperator"]}
-        fields = {**take_renamed("StreamInferenceOperator", old),
+        fields = {**pop_renamed("StreamInferenceOperator", kwargs),
                   **{k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}}
         _near_misses(kwargs, kwargs.get("task_id"))
         super().__init__(**kwargs)

@@ -90,11 +90,9 @@ class KafkaLagSensor(BaseSensorOperator):
         wait_for_missing_topics: bool = False,
         **kwargs: Any,
     ) -> None:
-        from airflow_mlops.spec.renamed import take_renamed
+        from airflow_mlops.spec.renamed import pop_renamed
 
-        old = take_renamed("KafkaLagSensor", {"lag_timeout_s": kwargs.pop("lag_timeout_s")}
-                           if "lag_timeout_s" in kwargs else {})
-        lag_timeout = old.get("lag_timeout", lag_timeout)
+        lag_timeout = pop_renamed("KafkaLagSensor", kwargs).get("lag_timeout", lag_timeout)
         super().__init__(**kwargs)
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):

@@ -8,12 +8,12 @@ import warnings
 from typing import Any
 
 # old name → new name, per owner (an operator class or a spec model).
+_STREAM = {"input_topic": "topics", "max_seconds": "max_duration", "idle_timeout_s": "idle_timeout",
+           "progress_interval_s": "progress_interval"}
 RENAMED: dict[str, dict[str, str]] = {
     "GpuTrainOperator": {"sample_interval_s": "sample_interval"},
-    "StreamSpec": {"input_topic": "topics", "max_seconds": "max_duration", "idle_timeout_s": "idle_timeout",
-                   "progress_interval_s": "progress_interval"},
-    "StreamInferenceOperator": {"input_topic": "topics", "max_seconds": "max_duration",
-                                "idle_timeout_s": "idle_timeout", "progress_interval_s": "progress_interval"},
+    "StreamSpec": _STREAM,
+    "StreamInferenceOperator": _STREAM,
     # StreamInferenceOperator's mlflow_conn_id= and tracking_uri= moved into mlflow={...} (operators/stream.py).
     "KafkaLagSensor": {"lag_timeout_s": "lag_timeout"},
 }
@@ -43,3 +43,10 @@ def take_renamed(owner: str, given: dict[str, Any]) -> dict[str, Any]:
         warnings.warn(f"{owner}: {old} is deprecated, use {new}", _warning_class(), stacklevel=3)
         out[new] = out.pop(old)
     return out
+
+
+def pop_renamed(owner: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take ``owner``'s old names out of an operator's ``kwargs`` (so BaseOperator never sees them)
+    and return them under their new names, warning for each."""
+    old = {name: kwargs.pop(name) for name in RENAMED.get(owner, {}) if name in kwargs}
+    return take_renamed(owner, old) if old else {}
