@@ -4,8 +4,6 @@ say that the store is not there, and say when a registered model does not exist.
 
 from __future__ import annotations
 
-import pytest
-
 from airflow_mlops.cli import main
 
 

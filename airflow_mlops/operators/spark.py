@@ -98,8 +98,6 @@ class SparkFeatureOperator(SparkStageOperator):
         conf: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        from airflow.sdk import Asset
-
         from airflow_mlops.lifecycle.specs import validated
 
         task_id = kwargs.get("task_id", "?")
