@@ -922,31 +922,8 @@ def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = Non
     if corrupted or missing:
         raise RestoreError(_problems(spec.name, snap, corrupted, missing), corrupted, missing)
     if spec.relocate_mlflow_artifacts:
-        summary["relocated"] = _relocate_mlflow(manifest["sources"], wanted, dest, logger)
+        summary["relocated"] = backup_mlflow.relocate(manifest["sources"], wanted, dest, logger)
     return summary
-
-
-def _relocate_mlflow(sources: dict[str, Any], wanted: set[str] | None, dest: str, logger: logging.Logger) -> dict[str, int]:
-    """Point each restored MLflow store at its restored artifact folders; {source: values changed}."""
-    changed: dict[str, int] = {}
-    for name, described in sources.items():
-        if described.get("kind") != "mlflow" or (wanted is not None and name not in wanted):
-            continue
-        roots = dict(described.get("artifact_roots") or {})
-        if not roots and described.get("artifacts"):  # snapshots taken before artifact_roots existed
-            roots = {backup_mlflow.DEFAULT_PREFIX: described["artifacts"]}
-        moves = {orig: os.path.join(dest, name, prefix) for prefix, orig in roots.items()}
-        db = os.path.join(dest, name, "mlflow.db")
-        if described.get("store"):
-            moves[described["store"]] = os.path.join(dest, name, "mlruns")
-            changed[name] = backup_mlflow.relocate_file_store(os.path.join(dest, name, "mlruns"), moves)
-        elif os.path.isfile(db):
-            changed[name] = backup_mlflow.relocate_sqlite(db, moves)
-        else:
-            continue
-        logger.info("MLflow store '%s' now reads its artifacts from %s (%d location(s) rewritten)",
-                    name, os.path.join(dest, name), changed[name])
-    return changed
 
 
 def _make_dir(dest: str, rel: str, made: set[str] | None = None) -> None:

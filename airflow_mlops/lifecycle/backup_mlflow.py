@@ -16,9 +16,11 @@ Standard library only: it reads the SQLite database with ``sqlite3`` and a file 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
 # (table, column) pairs of MLflow's SQLAlchemy schema that hold artifact locations. Tables or
 # columns an older or newer MLflow lacks are skipped.
@@ -155,8 +157,7 @@ def relocate_sqlite(db: str, moves: dict[str, str]) -> int:
     conn = sqlite3.connect(db)
     try:
         with conn:
-            targets = list(SQL_LOCATIONS)
-            for table, column in targets:
+            for table, column in SQL_LOCATIONS:
                 if column not in _columns(conn, table):
                     continue
                 for rowid, value in conn.execute(f'SELECT rowid, "{column}" FROM "{table}"').fetchall():
@@ -199,4 +200,27 @@ def relocate_file_store(store: str, moves: dict[str, str]) -> int:
         if dirty:
             with open(meta, "w", encoding="utf-8") as f:
                 f.writelines(out)
+    return changed
+
+
+def relocate(sources: dict[str, Any], wanted: set[str] | None, dest: str, logger: logging.Logger) -> dict[str, int]:
+    """Point each restored MLflow store at its restored artifact folders; {source: values changed}."""
+    changed: dict[str, int] = {}
+    for name, described in sources.items():
+        if described.get("kind") != "mlflow" or (wanted is not None and name not in wanted):
+            continue
+        roots = dict(described.get("artifact_roots") or {})
+        if not roots and described.get("artifacts"):  # snapshots taken before artifact_roots existed
+            roots = {DEFAULT_PREFIX: described["artifacts"]}
+        moves = {orig: os.path.join(dest, name, prefix) for prefix, orig in roots.items()}
+        db = os.path.join(dest, name, "mlflow.db")
+        if described.get("store"):
+            moves[described["store"]] = os.path.join(dest, name, "mlruns")
+            changed[name] = relocate_file_store(os.path.join(dest, name, "mlruns"), moves)
+        elif os.path.isfile(db):
+            changed[name] = relocate_sqlite(db, moves)
+        else:
+            continue
+        logger.info("MLflow store '%s' now reads its artifacts from %s (%d location(s) rewritten)",
+                    name, os.path.join(dest, name), changed[name])
     return changed
