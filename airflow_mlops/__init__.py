@@ -12,14 +12,14 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "load_pipelines": "airflow_mlops.factory.loader",
-    "StageOperator": "airflow_mlops.operators.stage",
+    "StageOperator": "airflow_mlops.backends.stage",
     "SparkFeatureOperator": "airflow_mlops.operators.spark",
     "RetentionCleanupOperator": "airflow_mlops.operators.retention",
     "BackupOperator": "airflow_mlops.operators.backup",
     "RestoreOperator": "airflow_mlops.operators.backup",
     "GpuTrainOperator": "airflow_mlops.operators.gpu_train",
     "GpuAvailableSensor": "airflow_mlops.sensors.gpu",
-    "PriceTable": "airflow_mlops.gpu.cost",
+    "PriceTable": "airflow_mlops.spec.prices",
     "StreamInferenceOperator": "airflow_mlops.operators.stream",
     "KafkaLagSensor": "airflow_mlops.sensors.kafka",
     "EmbeddedBroker": "airflow_mlops.kafka.broker",

@@ -64,7 +64,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_manifests(args: argparse.Namespace) -> int:
     import yaml
 
-    from airflow_mlops.manifests import render
+    from airflow_mlops.backends.kubernetes.manifests import render
     from airflow_mlops.spec.errors import PipelineSpecError
     from airflow_mlops.spec.load import read_pipeline
 
@@ -93,10 +93,10 @@ def _emit(text: str, output: str | None, what: str | None) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Move the champion alias back to the previous champion."""
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.mlflow import read_only_client, registered_model
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings
-    from airflow_mlops.stages.context import StageFailed
-    from airflow_mlops.stages.tracking import read_only_client, registered_model
     from airflow_mlops.stages.validate import rollback
 
     try:
@@ -113,13 +113,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from airflow_mlops.gpu.cost import run_report
+    from airflow_mlops.telemetry.cost import run_report
 
     return run_report(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
+    from airflow_mlops._core.tracking_uri import argument as tracking_uri_argument
 
     parser = argparse.ArgumentParser(prog="airflow-mlops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion")
     p.add_argument("--previous-alias", default="previous-champion")
     p.set_defaults(func=cmd_rollback)
-    from airflow_mlops.gpu.cost import add_arguments  # pydantic only: cheap
+    from airflow_mlops.telemetry.cost import add_arguments
 
     p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GiB-hours x prices), from MLflow")
     add_arguments(p)

@@ -12,7 +12,7 @@ def get_provider_info() -> dict:
         "description": "YAML-driven MLOps pipelines (preprocess → train → validate → serve) on batch, "
         "Spark or Kubernetes backends, tracked in MLflow.",
         "versions": [__version__],
-        "extra-links": ["airflow_mlops.operators.links.MlflowRunLink"],
+        "extra-links": ["airflow_mlops.backends.links.MlflowRunLink"],
         "connection-types": [
             {"connection-type": "mlflow", "hook-class-name": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook"},
             {"connection-type": "kafka", "hook-class-name": "airflow_mlops.hooks.kafka.KafkaConnectionHook"},

@@ -1,74 +1,11 @@
-"""``python -m airflow_mlops.runtime``: run one stage from a JSON payload, outside Airflow.
-
-This is what runs inside a pod or under spark-submit: the payload carries the stage spec and its
-context (no YAML travels), the very same stage code runs, and the result (references only) is
-written as JSON to ``--result-file`` and printed on a marker line for log-based collection.
-
-    python -m airflow_mlops.runtime --payload <base64 JSON> [--result-file PATH]
-"""
+"""``python -m airflow_mlops.runtime``: the command pods and spark-submit run (the code lives in
+``airflow_mlops.backends.runtime``; this module path is what running pods and docs name)."""
 
 from __future__ import annotations
 
-import argparse
-import base64
-import json
-import logging
 import sys
-from typing import Any
 
-RESULT_MARKER = "AIRFLOW_MLOPS_RESULT "
-
-
-def encode_payload(spec: Any, context: Any) -> str:
-    payload = {"spec": spec.model_dump(mode="json"), "context": context.to_dict()}
-    return base64.b64encode(json.dumps(payload).encode()).decode()
-
-
-def decode_payload(text: str) -> tuple[Any, Any]:
-    from pydantic import TypeAdapter
-
-    from airflow_mlops.spec.models import Stage
-    from airflow_mlops.stages.context import StageContext
-
-    payload = json.loads(base64.b64decode(text))
-    return TypeAdapter(Stage).validate_python(payload["spec"]), StageContext.from_dict(payload["context"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.runtime", description=__doc__)
-    parser.add_argument("--payload", required=True, help="base64-encoded JSON {spec, context}")
-    parser.add_argument("--result-file", help="write the stage's result JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
-
-    spec, ctx = decode_payload(args.payload)
-    try:
-        result = run_stage(spec, ctx)
-    except StageFailed as exc:
-        print(f"STAGE FAILED: {exc}", file=sys.stderr)
-        if args.result_file:  # the launcher reads this to fail the task with the stage's message
-            from pathlib import Path
-
-            Path(args.result_file).with_suffix(".failed").write_text(str(exc))
-        return 3  # distinct from crashes (1): the stage judged its input and refused it
-    except StageSkipped as exc:
-        print(f"STAGE SKIPPED: {exc}", file=sys.stderr)
-        if args.result_file:
-            from pathlib import Path
-
-            Path(args.result_file).with_suffix(".skipped").write_text(str(exc))
-        return 4
-    text = json.dumps(result)
-    if args.result_file:
-        from pathlib import Path
-
-        Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.result_file).write_text(text)
-    print(RESULT_MARKER + text, flush=True)
-    return 0
-
+from airflow_mlops.backends.runtime import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -106,7 +106,7 @@ def main() -> int:
 
     import mlflow
 
-    from airflow_mlops.gpu.nvml import MlflowSink, NvmlSampler
+    from airflow_mlops.telemetry.nvml import MlflowSink, NvmlSampler
 
     _nvml, what = choose_nvml(args.nvml, args.gpus)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-sampler-bench-"))

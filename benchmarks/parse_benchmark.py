@@ -112,7 +112,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, Asset, TaskGroup
 
-from airflow_mlops.operators.stage import StageOperator
+from airflow_mlops.backends.stage import StageOperator
 from airflow_mlops.spec.models import (
     DataInput, MlflowSettings, PreprocessStage, ServeStage, Split, Step, Threshold, TrainStage, ValidateStage,
 )
@@ -197,7 +197,8 @@ def run_stage(stage_name, stage, upstream=(), resources=None, **context):
     from airflow_mlops.hooks.mlflow import resolve_target
     from airflow_mlops.spec.models import MlflowSettings, Stage
     from airflow_mlops.stages import run_stage
-    from airflow_mlops.stages.context import StageContext, safe_run_key
+    from airflow_mlops._core.context import StageContext
+    from airflow_mlops._core.names import safe_run_key
 
     ti = context["ti"]
     ctx = StageContext(
@@ -272,7 +273,7 @@ SIDES = {  # side → (folder name, label)
 
 # What every child imports before the clock starts: Airflow and what the DAG files of any side use.
 PRELOAD = ("airflow", "airflow.dag_processing.dagbag", "airflow.providers.standard.operators.python",
-           "airflow_mlops.operators.stage", "airflow_mlops.factory.build", "airflow_mlops.factory.pipelines",
+           "airflow_mlops.backends.stage", "airflow_mlops.factory.build", "airflow_mlops.factory.pipelines",
            "airflow_mlops.factory.loader", "airflow_mlops.spec.load", "airflow_mlops.backends.batch")
 
 
@@ -370,10 +371,9 @@ GC_STEP = "garbage collection (all generations)"
 
 def install_timers() -> dict[str, list[float]]:
     import functools
+    import gc
     import importlib
     import inspect
-
-    import gc
 
     totals: dict[str, list[float]] = {GC_STEP: [0.0, 0]}  # step → [seconds, calls]
     stack: list[list[Any]] = []  # [step, start of its current stretch]

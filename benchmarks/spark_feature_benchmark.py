@@ -59,9 +59,9 @@ def plain(spark, paths: dict[str, str], out: str) -> None:
 
 
 def stage(paths: dict[str, str], out: Path, gates: dict | None = None) -> None:
+    from airflow_mlops._core.context import MlflowTarget, StageContext
     from airflow_mlops.spec.models import DataInput, PreprocessStage
     from airflow_mlops.stages import run_stage
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
 
     spec = PreprocessStage(inputs={n: DataInput(path=p) for n, p in paths.items()}, sql=SQL, split=None,
                            output=str(out), quality=gates)
@@ -83,7 +83,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from airflow_mlops.stages.spark.session import get_session
+    from airflow_mlops.stages.spark_session import get_session
 
     spark = get_session("local[*]", {"spark.sql.shuffle.partitions": "8", "spark.ui.showConsoleProgress": "false"})
     spark.sparkContext.setLogLevel("ERROR")

@@ -100,7 +100,7 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report: dict = {}
 
-    from airflow_mlops.gpu.nvml import NvmlSampler, choose_devices, list_devices
+    from airflow_mlops.telemetry.nvml import NvmlSampler, choose_devices, list_devices
 
     devices = list_devices()
     check("nvml", bool(devices), f"{len(devices)} GPU(s): " + "; ".join(
@@ -140,7 +140,7 @@ def main() -> int:
     client = mlflow.MlflowClient(uri, uri)
 
     # 2. GpuTrainOperator's job: a training subprocess on the chosen GPU.
-    from airflow_mlops.gpu.job import GpuTrainJob, TrainingRun
+    from airflow_mlops.stages.train.job import GpuTrainJob, TrainingRun
 
     job = GpuTrainJob(entrypoint="gpu_check:train_torch", hyperparams={"seconds": args.seconds, "device": args.device,
                                                                          "width": 4096 if args.device == "cuda" else 256}, gpus=1,
@@ -171,9 +171,9 @@ def main() -> int:
     check("model loads", len(pred) == 3, f"the registered model predicts on CPU: {list(pred)}")
 
     # 3. The YAML train stage with resources {gpu: 1}, in this process (the batch backend).
-    from airflow_mlops.gpu.stage import run_train_stage
+    from airflow_mlops._core.context import MlflowTarget, StageContext
     from airflow_mlops.spec.models import TrainStage
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
+    from airflow_mlops.stages.train.telemetry import run_train_stage
 
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 4)), columns=list("abcd"))
     frame["label"] = (frame.a > 0).astype(int)

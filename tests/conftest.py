@@ -104,7 +104,7 @@ def dags_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session for the whole run (the JVM takes ~30 s to start here)."""
-    from airflow_mlops.stages.spark.session import get_session
+    from airflow_mlops.stages.spark_session import get_session
 
     session = get_session("local[2]", {"spark.sql.shuffle.partitions": "4"})
     yield session

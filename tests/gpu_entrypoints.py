@@ -82,7 +82,7 @@ def resumable(params, checkpoint_dir):
 
 
 def refuses(params):
-    from airflow_mlops.stages.context import StageFailed
+    from airflow_mlops._core.errors import StageFailed
 
     raise StageFailed(f"the data is unusable for these params: {params}")
 

@@ -22,7 +22,12 @@ import pytest
 
 from airflow_mlops.lifecycle import backup as backup_mod
 from airflow_mlops.lifecycle.backup import (
-    BackupError, RestoreError, open_target, run_backup, run_restore, verify_snapshot,
+    BackupError,
+    RestoreError,
+    open_target,
+    run_backup,
+    run_restore,
+    verify_snapshot,
 )
 from tests.conftest import REPO
 from tests.helpers import write

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_mlops._core.context import MlflowTarget, StageContext
 from airflow_mlops.spec.models import DataInput, DriftStage
 from airflow_mlops.stages import StageSkipped, run_stage
-from airflow_mlops.stages.context import MlflowTarget, StageContext
 from tests.helpers import write
 
 

@@ -28,11 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NvmlSampler
 from tests.conftest import REPO
-from tests.fake_nvml import GiB, FakeGpu, FakeNvml, NVMLError_DriverNotLoaded, install
+from tests.fake_nvml import FakeGpu, FakeNvml, GiB, NVMLError_DriverNotLoaded, install
 from tests.helpers import extra_links, write
-
-from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NvmlSampler
 
 
 def two_gpus() -> FakeNvml:
@@ -98,7 +97,7 @@ def test_sampler_without_energy_counter_integrates_power(monkeypatch):
 def test_sampler_thread_logs_batches_to_mlflow(monkeypatch, tmp_path):
     import mlflow
 
-    from airflow_mlops.gpu.nvml import MlflowSink
+    from airflow_mlops.telemetry.nvml import MlflowSink
 
     install(monkeypatch, two_gpus())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -146,7 +145,7 @@ def test_any_nvml_init_error_is_a_noop(monkeypatch, caplog):
 
 
 def test_choose_devices_takes_those_with_most_free_memory(monkeypatch):
-    from airflow_mlops.gpu.nvml import NotEnoughGpus, choose_devices, list_devices
+    from airflow_mlops.telemetry.nvml import NotEnoughGpus, choose_devices, list_devices
 
     install(monkeypatch, FakeNvml([FakeGpu(memory_used=[70 * GiB]), FakeGpu(memory_used=[10 * GiB]),
                                    FakeGpu(memory_used=[1 * GiB]), FakeGpu(memory_used=[10 * GiB])]))
@@ -215,8 +214,8 @@ def parse_exposition(text: str) -> dict:
 
 
 def test_prometheus_text_parses_back(monkeypatch):
-    from airflow_mlops.gpu.cost import task_cost, TaskResources
-    from airflow_mlops.gpu.prometheus import render
+    from airflow_mlops.telemetry.cost import TaskResources, task_cost
+    from airflow_mlops.telemetry.prometheus import render
 
     install(monkeypatch, two_gpus())
     with NvmlSampler(interval_s=3600) as sampler:
@@ -244,7 +243,7 @@ def test_prometheus_text_parses_back(monkeypatch):
 
 
 def test_metrics_server_serves_the_exposition_for_scraping():
-    from airflow_mlops.gpu.prometheus import CONTENT_TYPE, MetricsServer, render
+    from airflow_mlops.telemetry.prometheus import CONTENT_TYPE, MetricsServer, render
 
     with MetricsServer(0, lambda: render({"available": False}, {}, {"task_id": "t"}), host="127.0.0.1") as server:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
@@ -278,7 +277,7 @@ def pushgateway():
 
 def test_push_puts_the_text_under_the_grouping_key(pushgateway):
     """Values with '/' or ':' use the @base64 form."""
-    from airflow_mlops.gpu.prometheus import push
+    from airflow_mlops.telemetry.prometheus import push
 
     url, seen = pushgateway
     push(url + "/", "x 1\n", grouping={"dag_id": "churn", "run_id": "manual__2026-01-01T00:00:00+00:00"})
@@ -327,7 +326,8 @@ def test_yaml_train_stage_pushes_gpu_metrics_and_bills_the_pipeline_prices(airfl
 
 
 def test_cost_with_default_and_custom_prices():
-    from airflow_mlops.gpu.cost import PriceTable, TaskResources, cost, task_cost
+    from airflow_mlops.spec.prices import PriceTable
+    from airflow_mlops.telemetry.cost import TaskResources, cost, task_cost
 
     c = cost(gpu_hours=4, cpu_hours=16, memory_gib_hours=64)
     assert (c.gpu, c.cpu, c.memory) == (10.0, pytest.approx(1.6), pytest.approx(3.2))
@@ -346,8 +346,9 @@ def test_cost_with_default_and_custom_prices():
 
 
 def test_resource_quantities():
-    from airflow_mlops.gpu.cost import memory_gib, parse_bytes, parse_cpu, resources_from
+    from airflow_mlops._core.units import memory_gib, parse_bytes, parse_cpu
     from airflow_mlops.spec.models import Resources
+    from airflow_mlops.telemetry.cost import resources_from
 
     assert parse_cpu("500m") == 0.5 and parse_cpu("4") == 4 and parse_cpu(2) == 2
     assert parse_bytes("16Gi") == 16 * GiB and parse_bytes("1G") == 10**9 and parse_bytes("512Mi") == 2**29
@@ -430,7 +431,7 @@ GPU_DAG = """
 
     from airflow.sdk import DAG
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
-    from airflow_mlops.operators.stage import StageOperator
+    from airflow_mlops.backends.stage import StageOperator
     from airflow_mlops.spec.models import DataInput, PreprocessStage
 
     ENV = {{"PYTHONPATH": {repo!r}}}
@@ -509,7 +510,7 @@ def _tries(checkpoint_dir) -> list[dict]:
 
 
 def test_gpu_train_operator_end_to_end_on_cpu(gpu_dag_run):
-    from airflow_mlops.stages.context import safe_run_key
+    from airflow_mlops._core.names import safe_run_key
 
     dag, dr, tis, home = gpu_dag_run
     assert {k: ti.state for k, ti in tis.items()} == dict.fromkeys(
@@ -611,19 +612,19 @@ def test_cost_report_by_stage(gpu_dag_run):
     for task in ("forest", "frames", "resumable", "crashy", "script"):
         expected[task] = sum(r.data.metrics["cost/total"] for r in _runs(client, task))
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "airflow_mlops.gpu.cost", dr.run_id, "--dag", "gpu_cpu",
+    out = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", dr.run_id, "--dag", "gpu_cpu",
                           "--tracking-uri", uri, "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {r["stage"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(expected)
     assert {k: r["total"] for k, r in rows.items()} == pytest.approx(expected)
     assert rows["resumable"]["runs"] == 2 and rows["forest"]["runs"] == 1
-    table = subprocess.run([sys.executable, "-m", "airflow_mlops.gpu.cost", dr.run_id, "--tracking-uri", uri],
+    table = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", dr.run_id, "--tracking-uri", uri],
                            capture_output=True, text=True, cwd=REPO, timeout=300).stdout
     assert f"cost of DAG run '{dr.run_id}' by stage" in table
     total_line = next(line for line in table.splitlines() if line.startswith("TOTAL"))
     assert float(total_line.split()[-1]) == pytest.approx(sum(expected.values()), abs=1e-4)
-    missing = subprocess.run([sys.executable, "-m", "airflow_mlops.gpu.cost", "no_such_run", "--tracking-uri", uri],
+    missing = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", "no_such_run", "--tracking-uri", uri],
                              capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode == 1 and "no task of DAG run 'no_such_run' recorded a cost" in missing.stdout
 
@@ -632,7 +633,7 @@ def test_cost_report_by_stage(gpu_dag_run):
 
 
 def _job(tmp_path, **kwargs):
-    from airflow_mlops.gpu.job import GpuTrainJob
+    from airflow_mlops.stages.train.job import GpuTrainJob
 
     base = dict(entrypoint="tests.gpu_entrypoints:train_forest", hyperparams={"n_estimators": 5, "random_state": 0},
                 checkpoint_dir=str(tmp_path / "ckpt"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -647,7 +648,7 @@ def _job(tmp_path, **kwargs):
 def test_job_on_fake_gpus_picks_the_freest_samples_them_and_bills_them(monkeypatch, tmp_path):
     import mlflow
 
-    from airflow_mlops.gpu.job import TrainingRun
+    from airflow_mlops.stages.train.job import TrainingRun
 
     install(monkeypatch, FakeNvml([
         FakeGpu(memory_used=[60 * GiB], utilization=[5]),
@@ -680,8 +681,8 @@ def test_job_on_fake_gpus_picks_the_freest_samples_them_and_bills_them(monkeypat
 
 
 def test_job_refusal_fails_without_retry_and_crash_reports_its_log_tail(tmp_path):
-    from airflow_mlops.gpu.job import TrainingFailed, TrainingRun
-    from airflow_mlops.stages.context import StageFailed
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.stages.train.job import TrainingFailed, TrainingRun
 
     with pytest.raises(StageFailed, match="the data is unusable for these params"):
         TrainingRun(_job(tmp_path, entrypoint="tests.gpu_entrypoints:refuses", gpus=0)).run()
@@ -695,9 +696,9 @@ def test_job_refusal_fails_without_retry_and_crash_reports_its_log_tail(tmp_path
 
 
 def test_kubernetes_backend_builds_a_gpu_pod_whose_command_runs_the_job(tmp_path):
-    from airflow_mlops.gpu.job import GpuTrainJob
+    from airflow_mlops._core.result import RESULT_MARKER
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
-    from airflow_mlops.runtime import RESULT_MARKER
+    from airflow_mlops.stages.train.job import GpuTrainJob
 
     op = GpuTrainOperator(task_id="train", entrypoint="tests.gpu_entrypoints:train_forest", gpus=2,
                           resources={"cpu": 8, "memory": "32Gi"}, backend="kubernetes",
@@ -709,7 +710,7 @@ def test_kubernetes_backend_builds_a_gpu_pod_whose_command_runs_the_job(tmp_path
     assert container.resources.limits == container.resources.requests == limits
     assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
     assert [t.key for t in pod.spec.tolerations] == ["nvidia.com/gpu"]
-    assert container.command == ["python"] and container.args[:4] == ["-m", "airflow_mlops.gpu.runner", "job", "--payload"]
+    assert container.command == ["python"] and container.args[:4] == ["-m", "airflow_mlops.stages.train.runner", "job", "--payload"]
     in_pod = GpuTrainJob.model_validate_json(base64.b64decode(container.args[4]))
     assert (in_pod.gpus, in_pod.gpu_ids) == (2, None)  # the device plugin picks; the pod uses what it sees
     assert in_pod.resources == {"cpu": "8", "memory": "32Gi", "gpu": 2}
@@ -733,10 +734,10 @@ def test_kubernetes_backend_builds_a_gpu_pod_whose_command_runs_the_job(tmp_path
 def test_train_stage_with_telemetry_records_gpu_metrics_and_cost(monkeypatch, tmp_path):
     import mlflow
 
-    from airflow_mlops.gpu.stage import run_train_stage
+    from airflow_mlops._core.context import MlflowTarget, StageContext
     from airflow_mlops.spec.models import DataInput, PreprocessStage, Resources, TrainStage
     from airflow_mlops.stages import run_stage
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
+    from airflow_mlops.stages.train.telemetry import run_train_stage
 
     install(monkeypatch, FakeNvml([FakeGpu(utilization=[20, 80])]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -773,9 +774,9 @@ def test_train_stage_trains_on_the_gpus_its_resources_ask_for(monkeypatch, tmp_p
     CUDA_VISIBLE_DEVICES while it runs; 0 hides them all; more than exist fails clearly (FAKE NVML)."""
     import mlflow
 
+    from airflow_mlops._core.context import MlflowTarget, StageContext
     from airflow_mlops.spec.models import DataInput, PreprocessStage, TrainStage
     from airflow_mlops.stages import StageFailed, run_stage
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
 
     install(monkeypatch, FakeNvml([FakeGpu(memory_used=[30 * GiB]), FakeGpu(memory_used=[2 * GiB], utilization=[70])]))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the worker's own: both
@@ -1001,7 +1002,7 @@ def test_the_log_says_which_gpus_training_really_uses(monkeypatch, caplog):
     now says what training gets: the GPUs it runs on, or none seen by NVML (FAKE NVML below)."""
     import logging
 
-    from airflow_mlops.gpu.job import assign_gpus
+    from airflow_mlops.stages.train.job import assign_gpus
 
     log = logging.getLogger("test.assign")
     install(monkeypatch, FakeNvml([FakeGpu()], init_error=NVMLError_DriverNotLoaded))
@@ -1018,7 +1019,9 @@ def test_the_log_says_which_gpus_training_really_uses(monkeypatch, caplog):
 def test_memory_is_billed_per_gib_and_the_old_price_name_still_reads():
     """Issue 19, item 6: GiB were billed under a 'memory_gb' label. The names say GiB now
     (memory_gib_hour, memory_gib_hours); the old price key still works, with a warning."""
-    from airflow_mlops.gpu.cost import PriceTable, TaskResources, memory_gib, task_cost
+    from airflow_mlops._core.units import memory_gib
+    from airflow_mlops.spec.prices import PriceTable
+    from airflow_mlops.telemetry.cost import TaskResources, task_cost
 
     assert memory_gib("16Gi") == 16 and memory_gib("1G") == pytest.approx(10**9 / 2**30)
     with pytest.warns(DeprecationWarning, match="memory_gb_hour is now memory_gib_hour"):

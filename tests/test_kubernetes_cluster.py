@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import REPO
 from tests.helpers import extra_links, write
 
+
 def pipeline_yaml(cluster, namespace: str, train_extra: str = "", resources: str = "{cpu: 1, memory: 1Gi, gpu: 1}") -> str:
     return f"""
         id: {namespace.replace('-', '_')}
@@ -109,7 +110,7 @@ def test_rendered_namespace_manifests_are_accepted_by_the_api_server(kube_cluste
     from kubernetes import client as k8s
     from kubernetes import utils
 
-    from airflow_mlops.manifests import render
+    from airflow_mlops.backends.kubernetes.manifests import render
     from airflow_mlops.spec.load import read_pipeline
 
     text = pipeline_yaml(kube_cluster, kube_namespace).replace(

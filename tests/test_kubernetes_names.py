@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from airflow_mlops.spec.kube_names import LABEL_VALUE, label_value, object_name
+from airflow_mlops._core.names import LABEL_VALUE, label_value, object_name
 from tests.conftest import REPO
 from tests.helpers import write
 
@@ -63,9 +63,9 @@ def test_the_api_server_accepts_every_object_made_for_a_long_pipeline_id(kube_cl
     from kubernetes import client as k8s
     from kubernetes import utils
 
+    from airflow_mlops._core.names import pod_labels
+    from airflow_mlops.backends.kubernetes.serving import apply, render_model_server
     from airflow_mlops.factory.build import build_dag
-    from airflow_mlops.operators.serving import apply, render_model_server
-    from airflow_mlops.spec.kube_names import pod_labels
     from airflow_mlops.spec.load import read_pipeline
 
     api = kube_cluster.api_client()

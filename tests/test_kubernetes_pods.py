@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import textwrap
-
 from pathlib import Path
 
 import pytest
@@ -100,9 +99,9 @@ def test_stage_overrides_and_cpu_only_pods_get_no_gpu_scheduling(dag):
 def test_payload_carries_the_stage_not_the_yaml_and_the_runtime_runs_it(tmp_path):
     """The pod's argument decodes to the spec and context; running the runtime on it here executes
     the same stage code (a validate stage against a real SQLite MLflow store)."""
-    from airflow_mlops import runtime
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+    from airflow_mlops.backends import runtime
     from airflow_mlops.spec.models import ValidateStage
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
 
     ctx = StageContext(pipeline_id="p", stage_name="validate", run_key="r", data_dir=str(tmp_path),
                        mlflow=MlflowTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", "e", "nope"),

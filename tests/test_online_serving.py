@@ -29,7 +29,6 @@ def port():
 def test_online_server_answers_and_a_new_version_replaces_it(airflow_db, mlops_home, dags_folder, port):
     import mlflow
     import pandas as pd
-
     from airflow.dag_processing.dagbag import DagBag
 
     write(dags_folder, "online.yaml", f"""

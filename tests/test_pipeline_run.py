@@ -34,7 +34,7 @@ def test_breast_cancer_pipeline_end_to_end_then_streaming_with_its_champion(airf
     import pandas as pd
 
     from airflow_mlops import load_pipelines
-    from airflow_mlops.gpu.cost import report
+    from airflow_mlops.telemetry.cost import report
 
     # A price of the pipeline's own on top of the folder's _defaults.yaml ones.
     with open(example_dags_folder / "breast_cancer.yaml", "a") as f:
@@ -265,8 +265,9 @@ def test_scoring_pipeline_serves_the_registered_champion_and_follows_a_promotion
     assert not ok
     ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "serve.run")
     assert ti.state == "failed" and ti.try_number == 1
-    from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
-    from airflow_mlops.stages.tracking import serving_model
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.stages.serve.model import serving_model
 
     ctx = StageContext(pipeline_id="wine_score_typo", stage_name="serve", run_key="r", data_dir=str(mlops_home),
                        mlflow=MlflowTarget(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}",

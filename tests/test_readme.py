@@ -468,7 +468,7 @@ def transactions_scored_then_a_quiet_window_skips(world, dag, dr):
 
 
 def trained_on_a_gpu_or_said_why_not(world, dag, dr):
-    from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE
+    from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE
 
     result = dr.get_task_instance("train").xcom_pull(task_ids="train")
     assert result["model_name"] == "churn_classifier" and result["metrics"]["accuracy"] > 0.75

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from airflow_mlops._core.context import MlflowTarget, StageContext
 from airflow_mlops.spec.models import DataInput, PreprocessStage, QualityGates, ServeStage, TrainStage
 from airflow_mlops.stages import StageFailed, run_stage
-from airflow_mlops.stages.context import MlflowTarget, StageContext
 from airflow_mlops.stages.data import read_dataset
 from tests.helpers import write
 

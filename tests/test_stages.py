@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_mlops._core.context import MlflowTarget, StageContext
 from airflow_mlops.spec.models import DataInput, PreprocessStage, ServeStage, Split, Step, TrainStage
 from airflow_mlops.stages import StageFailed, run_stage
-from airflow_mlops.stages.context import MlflowTarget, StageContext
 
 
 @pytest.fixture

@@ -376,9 +376,9 @@ def test_through_airflow_sensor_operator_xcom_summary(broker, store, airflow_db,
 
 
 def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, store, monkeypatch):
-    from airflow_mlops.stages.context import MlflowTarget, StageContext
-    from airflow_mlops.stream.spec import StreamServeSettings
-    from airflow_mlops.stream.stage import run_serve_stream
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+    from airflow_mlops.spec.stream import StreamServeSettings
+    from airflow_mlops.stages.serve.stream import run_serve_stream
 
     t = topics(broker)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(30)})
@@ -449,9 +449,10 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
                                                                                dags_folder, monkeypatch, capfd):
     from airflow.dag_processing.dagbag import DagBag
 
-    from airflow_mlops.stages.context import MlflowTarget, StageContext, StageFailed
-    from airflow_mlops.stream.spec import StreamServeSettings
-    from airflow_mlops.stream.stage import run_serve_stream
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.spec.stream import StreamServeSettings
+    from airflow_mlops.stages.serve.stream import run_serve_stream
 
     t = topics(broker)
     typo = t.input[:-1]
@@ -488,7 +489,7 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
 def test_the_consumer_may_not_be_told_to_create_topics():
     from pydantic import ValidationError
 
-    from airflow_mlops.stream.spec import StreamSpec
+    from airflow_mlops.spec.stream import StreamSpec
 
     with pytest.raises(ValidationError, match=r"consumer_config.allow_auto_create_topics=True is not allowed: a "
                                               r"consumer would create a mistyped input topic"):
@@ -578,9 +579,9 @@ def _records(values):
 def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     import pandas as pd
 
+    from airflow_mlops.spec.stream import StreamSpec
     from airflow_mlops.stream.model import ScoringModel
     from airflow_mlops.stream.scoring import BatchScorer
-    from airflow_mlops.stream.spec import StreamSpec
 
     calls = []
 
@@ -610,7 +611,8 @@ def test_batch_partitioning_matches_kafka_pythons_default_partitioner():
 
     from kafka.partitioner.default import DefaultPartitioner, murmur2
 
-    from airflow_mlops.stream.partition import murmur2 as batch_murmur2, partitions_for_keys
+    from airflow_mlops.stream.partition import murmur2 as batch_murmur2
+    from airflow_mlops.stream.partition import partitions_for_keys
 
     rng = random.Random(3)
     keys = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 41))) for _ in range(3000)]

@@ -7,9 +7,9 @@ import importlib
 from typing import Any
 
 from airflow_mlops.spec.load import resolve_resources
+from airflow_mlops.spec.models import AVAILABLE_BACKENDS
 from airflow_mlops.spec.operator_args import RESULT_TASK
 
-AVAILABLE_BACKENDS = ("batch", "spark", "kubernetes")
 __all__ = ["AVAILABLE_BACKENDS", "RESULT_TASK", "build_stage_tasks", "stage_operator_args"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_mlops.backends import stage_operator_args
-from airflow_mlops.operators.stage import StageOperator
+from airflow_mlops.backends.stage import StageOperator
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> StageOperator:

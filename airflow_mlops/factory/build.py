@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import DAG, Asset, TaskGroup
 
+from airflow_mlops._core.paths import import_string, mlops_home, needs_expanding
 from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
 from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
 from airflow_mlops.spec.files import scanned
@@ -17,7 +18,6 @@ from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
 from airflow_mlops.spec.models import Pipeline
 from airflow_mlops.spec.operator_args import stage_task_args
 from airflow_mlops.spec.templating import is_template
-from airflow_mlops.stages.context import import_string, mlops_home, needs_expanding
 
 TAG = "airflow-mlops"
 
@@ -73,7 +73,6 @@ def _start(settings: DagSettings) -> datetime:
     when given (an explicit offset is the same instant, shown there), else the date-time's own
     offset, else Airflow's ``[core] default_timezone``."""
     import pendulum
-
     from airflow.settings import TIMEZONE
 
     value = settings.start_date

@@ -20,8 +20,9 @@ from typing import Iterable, Iterator
 
 from airflow.sdk import DAG
 
+from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path
 from airflow_mlops.factory.build import StageBuildError, build_dag
-from airflow_mlops.spec.errors import ArgumentsError, Mark, PipelineSpecError, SpecIssue, did_you_mean, format_path
+from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import one_scan
 from airflow_mlops.spec.load import LoadedPipeline, discover, read_pipeline
 from airflow_mlops.spec.operator_args import translate_arguments

@@ -24,7 +24,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_mlops.kafka.config import is_secret, normalize, redact
+from airflow_mlops._core.secrets import is_secret
+from airflow_mlops.kafka.config import normalize, redact
 
 __all__ = ["KafkaConnectionHook", "kafka_config_from_connection", "redact"]
 

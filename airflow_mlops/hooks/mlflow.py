@@ -1,6 +1,6 @@
 """Where a pipeline's MLflow store is, resolved in the worker when a task runs.
 
-Every tracking URI, whatever its source, obeys one rule (``spec.tracking_uri.store_problem``): a
+Every tracking URI, whatever its source, obeys one rule (``_core.tracking_uri.store_problem``): a
 local store is named by an absolute path. A URI that breaks it fails the task without retries,
 naming its source, before anything is written.
 """
@@ -14,9 +14,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_mlops._core.context import MlflowTarget
+from airflow_mlops._core.paths import expand_env, mlops_home, needs_expanding
+from airflow_mlops._core.tracking_uri import store_problem
 from airflow_mlops.spec.models import MlflowSettings
-from airflow_mlops.spec.tracking_uri import store_problem
-from airflow_mlops.stages.context import MlflowTarget, expand_env, mlops_home, needs_expanding
 
 CONN_TYPE = "mlflow"
 _WEB = ("http", "https")

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-_SECRET_WORDS = ("password", "secret", "token", "credential", "sasl_oauth", "ssl_context")
-REDACTED = "***"
+from airflow_mlops._core.secrets import REDACTED, is_secret
 
 # Settings named the librdkafka / Java way (as in apache-airflow-providers-apache-kafka's
 # connections) → kafka-python's names, so an existing "kafka" connection works as it is.
@@ -26,11 +25,6 @@ _DOTTED = {
     "client.id": "client_id",
     "group.id": None,  # a per-task setting, never a connection one
 }
-
-
-def is_secret(key: str) -> bool:
-    key = key.lower()
-    return any(word in key for word in _SECRET_WORDS)
 
 
 def redact(config: Mapping[str, Any]) -> dict[str, Any]:

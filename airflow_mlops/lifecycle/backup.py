@@ -421,7 +421,7 @@ def _collect_source(source: Any, staging: str, out: Collected) -> None:
     elif isinstance(source, MlflowStoreSource):
         _collect_mlflow(source, staging, out)
     elif isinstance(source, CallableSource):
-        from airflow_mlops.stages.context import import_string
+        from airflow_mlops._core.paths import import_string
 
         produced = import_string(source.callable)(**source.kwargs)
         if isinstance(produced, (str, os.PathLike)):

@@ -12,10 +12,11 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from airflow_mlops.stages.context import expand_env
+from airflow_mlops._core.paths import expand_env
+
 
 def expand_path(value: str) -> str:
-    """``~`` and ``$VAR``/``${VAR}`` expanded (``stages.context.expand_env``: the rule the stages'
+    """``~`` and ``$VAR``/``${VAR}`` expanded (``_core.paths.expand_env``: the rule the stages'
     paths follow too), then made absolute and normalised (not resolved)."""
     s = expand_env(value[len("file://"):] if value.startswith("file://") else value)
     if not os.path.isabs(s):

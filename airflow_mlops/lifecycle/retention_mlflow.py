@@ -17,15 +17,16 @@ import logging
 import os
 from typing import Any
 
+from airflow_mlops._core.mlflow import SERVING_ALIASES_TAG
 from airflow_mlops.lifecycle.retention import Candidate, Item, PolicyPlan, select
-from airflow_mlops.lifecycle.specs import SERVING_ALIASES, SERVING_ALIASES_TAG
+from airflow_mlops.lifecycle.specs import SERVING_ALIASES
 
 log = logging.getLogger(__name__)
 PAGE = 1000
 
 
 def _client(uri: str) -> Any:
-    from airflow_mlops.stages.tracking import read_only_client
+    from airflow_mlops._core.mlflow import read_only_client
 
     return read_only_client(uri)  # a mistyped store path is an error, never a new empty store
 
@@ -78,7 +79,7 @@ def guarded_aliases(model: Any, pol: Any) -> set[str]:
 
 
 def plan(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str, now: float) -> None:
-    from airflow_mlops.stages.tracking import StoreNotFound
+    from airflow_mlops._core.mlflow import StoreNotFound
 
     try:
         client = _client(tracking_uri)

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ByteSize, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from airflow_mlops.spec.base import Strict, parse_duration
+from airflow_mlops._core.units import parse_duration
+from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.models import IMPORT_PATH, MlflowSettings
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, is_template
 
@@ -109,7 +110,6 @@ class FilesPolicy(_Rules):
 # a validate stage recorded on its registered model (SERVING_ALIASES_TAG), is never deleted unless
 # a policy names that alias in allow_deleting_aliases; protected_aliases only adds to them.
 SERVING_ALIASES = ("champion", "previous-champion")
-SERVING_ALIASES_TAG = "airflow_mlops.serving_aliases"
 PROTECTED_ALIASES_DOC = (
     "Aliases to protect besides the serving ones, which are always protected: 'champion', 'previous-champion' "
     "and every alias a validate or serve stage recorded on the registered model."
@@ -347,7 +347,7 @@ def validated(model: type[BaseModel], data: dict[str, Any], owner: str, context:
                     close = difflib.get_close_matches(key, sorted(here), n=1)
                     msg = f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
             lines.append(f"{loc or '(arguments)'}: {msg}")
-        from airflow_mlops.spec.errors import ArgumentsError
+        from airflow_mlops._core.errors import ArgumentsError
 
         raise ArgumentsError(owner, exc.errors(include_url=False), model,
                              f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None

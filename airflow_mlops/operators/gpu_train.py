@@ -1,7 +1,7 @@
 """GpuTrainOperator: run a training entrypoint on GPUs (a local subprocess, or a GPU pod), with NVML
 telemetry, MLflow tracking, a registered model version, checkpoints that survive retries, and cost.
 
-The work itself is plain Python in ``airflow_mlops.gpu.job``; this operator only resolves the
+The work itself is plain Python in ``airflow_mlops.stages.train.job``; this operator only resolves the
 task's settings (MLflow target, checkpoint folder, upstream datasets) and decides where the job
 runs. Nothing heavy is imported at module level: DAG files import this at every parse.
 """
@@ -14,10 +14,12 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from pydantic import BaseModel, ValidationError
 
-from airflow_mlops.gpu.cost import PriceTable
-from airflow_mlops.operators.links import RUN_URL_XCOM, MlflowRunLink
-from airflow_mlops.spec.errors import ArgumentsError
+from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.paths import dags_folder
+from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
+from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.telemetry.nvml import parse_gpu_ids
 
 BACKENDS = ("local", "kubernetes")
 
@@ -62,7 +64,7 @@ class GpuTrainOperator(BaseOperator):
     :param sample_interval: seconds between NVML samples (default 1; ``sample_interval_s`` is its
         deprecated name), as ``gpu_metrics.sample_interval`` in a pipeline YAML.
     :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
-        runs the same job through ``python -m airflow_mlops.gpu.runner job``).
+        runs the same job through ``python -m airflow_mlops.stages.train.runner job``).
     :param kubernetes: pod settings for the kubernetes backend (``image`` required).
     :param env: extra environment variables for the training process.
     :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training.
@@ -136,7 +138,7 @@ class GpuTrainOperator(BaseOperator):
         if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
             raise bad(f"gpus must be a whole number ≥ 0, got {gpus!r}", "gpus")
         if gpu_ids is not None and not _templated(gpu_ids):
-            gpu_ids = _parse_ids(gpu_ids, lambda message: bad(message, "gpu_ids"))
+            gpu_ids = parse_gpu_ids(gpu_ids, lambda message: bad(message, "gpu_ids"))
         if hyperparams is not None and not isinstance(hyperparams, dict):
             raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}", "hyperparams")
         if isinstance(sample_interval, bool) or not isinstance(sample_interval, (int, float)) or sample_interval <= 0:
@@ -211,7 +213,7 @@ class GpuTrainOperator(BaseOperator):
         """Fail at parse when the training code cannot be found where the training process will
         look: the DAG file's folder, the dags folder / bundle, the worker's path. A relative
         script is taken from the DAG file's folder. Returns the script's path."""
-        from airflow_mlops.stages.context import code_paths, module_findable
+        from airflow_mlops._core.paths import code_paths, module_findable
 
         paths = code_paths(getattr(self.dag, "fileloc", None) if self.has_dag() else None, dags_folder())
         name = entrypoint.partition(":")[0] if entrypoint else module
@@ -233,9 +235,10 @@ class GpuTrainOperator(BaseOperator):
 
     def build_job(self, context: Any) -> Any:
         """The plain-Python job for this try (what runs in the worker or the pod)."""
-        from airflow_mlops.gpu.job import GpuTrainJob, TrainData
+        from airflow_mlops._core.names import safe_run_key
+        from airflow_mlops._core.paths import code_paths, mlops_home
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.context import code_paths, mlops_home, safe_run_key
+        from airflow_mlops.stages.train.job import GpuTrainJob, TrainData
 
         ti = context["ti"]
         run_id = context["run_id"]
@@ -256,7 +259,7 @@ class GpuTrainOperator(BaseOperator):
         elif self.train_path:
             data = TrainData(train_path=self.train_path, test_path=self.test_path, target=self.target,
                              features=self.features)
-        gpu_ids = _parse_ids(self.gpu_ids, ValueError) if self.gpu_ids is not None else None
+        gpu_ids = parse_gpu_ids(self.gpu_ids, ValueError) if self.gpu_ids is not None else None
         resources = self.held_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.held_resources else None
         return GpuTrainJob(
             entrypoint=self.entrypoint, script=self.script, module=self.module, args=self.args,
@@ -278,7 +281,7 @@ class GpuTrainOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_mlops.stages.context import StageFailed
+        from airflow_mlops._core.errors import StageFailed
 
         job = self.build_job(context)
         self.log.info("GPU training of %s, asking for %s%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
@@ -290,12 +293,12 @@ class GpuTrainOperator(BaseOperator):
             if self.backend == "kubernetes":
                 result = self._run_in_pod(job, context)
             else:
-                from airflow_mlops.gpu.job import TrainingRun
+                from airflow_mlops.stages.train.job import TrainingRun
 
                 self._run = TrainingRun(job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url))
                 result = self._run.run()
         except StageFailed as exc:
-            from airflow_mlops.operators.stage import stage_failed
+            from airflow_mlops.backends.stage import stage_failed
 
             raise stage_failed(str(exc)) from exc
         self._push_url(context, result["mlflow_run_url"])
@@ -310,8 +313,8 @@ class GpuTrainOperator(BaseOperator):
     def pod_operator(self, job: Any) -> Any:
         """The KubernetesPodOperator that runs ``job`` in a GPU pod, built by the kubernetes
         backend's KubernetesStageOperator (requests = limits, GPU node selector/tolerations)."""
-        from airflow_mlops.gpu.runner import encode_job
-        from airflow_mlops.operators.kubernetes import KubernetesStageOperator
+        from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator
+        from airflow_mlops.stages.train.runner import encode_job
 
         gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
         held = self.held_resources
@@ -329,10 +332,10 @@ class GpuTrainOperator(BaseOperator):
             kubernetes=self.kubernetes, stage_resources=pod_resources,
         )
         self._launcher = launcher
-        return launcher.pod_operator(["-m", "airflow_mlops.gpu.runner", "job", "--payload", encode_job(job)], pipeline)
+        return launcher.pod_operator(["-m", "airflow_mlops.stages.train.runner", "job", "--payload", encode_job(job)], pipeline)
 
     def _run_in_pod(self, job: Any, context: Any) -> dict[str, Any]:
-        from airflow_mlops.runtime import RESULT_MARKER
+        from airflow_mlops._core.result import RESULT_MARKER
 
         pod_op = self._pod_op = self.pod_operator(job)
         self.log.info("Running the training in pod %s/%s (image %s)", self.kubernetes.namespace, pod_op.name,
@@ -352,14 +355,6 @@ class GpuTrainOperator(BaseOperator):
             self._pod_op.on_kill()
 
 
-def dags_folder() -> tuple[str, ...]:
-    """Airflow's configured dags folder, as ``code_paths`` roots."""
-    from airflow.configuration import conf
-
-    folder = conf.get("core", "dags_folder", fallback=None)
-    return (folder,) if folder else ()
-
-
 class _ArgumentModels(BaseModel):
     """The arguments that are pydantic models, so that an error inside one names its valid keys."""
 
@@ -367,22 +362,6 @@ class _ArgumentModels(BaseModel):
     prices: PriceTable | None = None
     resources: Resources | str | None = None
     kubernetes: KubernetesSettings | None = None
-
-
-def _parse_ids(value: Any, error: Any) -> list[int]:
-    """``[0, 1]``, ``"0,1"`` or ``"[0, 1]"`` (a rendered XCom) → [0, 1]."""
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        try:
-            value = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise error(f"gpu_ids must be GPU indices like [0, 1] or '0,1', got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    ids = list(value)
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) or len(set(ids)) != len(ids):
-        raise error(f"gpu_ids must be distinct GPU indices ≥ 0, like [0, 1], got {value!r}")
-    return ids
 
 
 def _resources(value: Any) -> Resources | None:

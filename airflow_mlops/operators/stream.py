@@ -10,8 +10,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_mlops.spec.errors import ArgumentsError
-from airflow_mlops.stream.spec import StreamSpec
+from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops.spec.stream import StreamSpec
 
 
 def validated_spec(data: dict[str, Any], owner: str, *, rendered: bool = False) -> StreamSpec:
@@ -143,7 +143,7 @@ class StreamInferenceOperator(BaseOperator):
         if not self.spec.model_uri:
             raise ArgumentsError(owner, [{"loc": ("model_uri",), "msg": "required (e.g. 'models:/churn@champion')",
                                           "type": "argument"}])
-        from airflow_mlops.spec.tracking_uri import store_problem
+        from airflow_mlops._core.tracking_uri import store_problem
 
         if store_problem(tracking_uri, parse_time=True):  # the rule of every tracking URI (see hooks/mlflow.py)
             raise ArgumentsError(owner, [{"loc": ("mlflow", "tracking_uri"), "msg": store_problem(tracking_uri, parse_time=True),

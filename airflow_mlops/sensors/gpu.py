@@ -6,50 +6,15 @@ GPU indices that qualified, which the training task can take as ``gpu_ids``.
 
 from __future__ import annotations
 
-import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
-from airflow_mlops.gpu.cost import parse_bytes
+from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.units import parse_bytes
 from airflow_mlops.sensors import seconds
-from airflow_mlops.spec.errors import ArgumentsError
-
-
-@dataclass
-class GpuCheck:
-    done: bool
-    chosen: list[int] = field(default_factory=list)  # qualifying GPUs, most free memory first, `count` of them
-    free: dict[int, tuple[int, int]] = field(default_factory=dict)  # index → (free, total) bytes
-    error: str | None = None  # NVML unusable here
-    message: str = ""
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
-def check_gpus(count: int, min_free_bytes: int, gpu_ids: Sequence[int] | None = None) -> GpuCheck:
-    """One NVML measurement: are there ``count`` GPUs (among ``gpu_ids``) with ≥ ``min_free_bytes`` free?"""
-    from airflow_mlops.gpu.nvml import NO_GPU_MESSAGE, NvmlUnavailable, list_devices
-
-    want = f"{count} GPU(s) with ≥ {_gib(min_free_bytes)} free"
-    try:
-        devices = list_devices()
-    except NvmlUnavailable as exc:
-        message = f"NVML unavailable on {socket.gethostname()}: {NO_GPU_MESSAGE.split(':')[0]} ({exc}); wanted {want}"
-        return GpuCheck(done=False, error=str(exc), message=message)
-    pool = [d for d in devices if gpu_ids is None or d.index in gpu_ids]
-    free = {d.index: (d.memory_free_bytes, d.memory_total_bytes) for d in pool}
-    good = sorted((d for d in pool if d.memory_free_bytes >= min_free_bytes), key=lambda d: (-d.memory_free_bytes, d.index))
-    seen = ", ".join(f"GPU{d.index} {_gib(d.memory_free_bytes)} of {_gib(d.memory_total_bytes)} free" for d in pool)
-    among = "" if gpu_ids is None else f" among GPU(s) {list(gpu_ids)}"
-    message = (f"{len(good)} of {len(pool)} GPU(s){among} had ≥ {_gib(min_free_bytes)} free, wanted {count}"
-               f" ({seen or 'no GPU'})")
-    done = len(good) >= count
-    return GpuCheck(done=done, chosen=sorted(d.index for d in good[:count]) if done else [], free=free, message=message)
+from airflow_mlops.telemetry.availability import check_gpus, gib_text
 
 
 class GpuAvailableSensor(BaseSensorOperator):
@@ -90,9 +55,9 @@ class GpuAvailableSensor(BaseSensorOperator):
         except ValueError as exc:
             raise ArgumentsError.one(owner, "min_free_memory", f"min_free_memory: {exc}") from None
         if gpu_ids is not None and not (isinstance(gpu_ids, str) and "{{" in gpu_ids):
-            from airflow_mlops.operators.gpu_train import _parse_ids
+            from airflow_mlops.telemetry.nvml import parse_gpu_ids
 
-            gpu_ids = _parse_ids(gpu_ids, lambda m: ArgumentsError.one(owner, "gpu_ids", m))
+            gpu_ids = parse_gpu_ids(gpu_ids, lambda m: ArgumentsError.one(owner, "gpu_ids", m))
         self.count = count
         self.min_free_memory = min_free_memory
         self.gpu_ids = gpu_ids
@@ -103,12 +68,12 @@ class GpuAvailableSensor(BaseSensorOperator):
     def _ids(self) -> list[int] | None:
         if self.gpu_ids is None:
             return None
-        from airflow_mlops.operators.gpu_train import _parse_ids
+        from airflow_mlops.telemetry.nvml import parse_gpu_ids
 
-        return _parse_ids(self.gpu_ids, ValueError)
+        return parse_gpu_ids(self.gpu_ids, ValueError)
 
     def goal(self) -> str:
-        return f"{self.count} GPU(s) with ≥ {_gib(self.min_free_bytes)} free"
+        return f"{self.count} GPU(s) with ≥ {gib_text(self.min_free_bytes)} free"
 
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue

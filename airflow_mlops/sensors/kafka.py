@@ -4,48 +4,13 @@ something for it to consume (new records)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
+from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops.kafka.lag import Condition, check_lag
 from airflow_mlops.sensors import seconds
-from airflow_mlops.spec.errors import ArgumentsError
-
-Condition = Literal["lag_below", "new_records"]
-
-
-@dataclass
-class LagCheck:
-    done: bool
-    measured: str  # what was seen, for the log and the timeout message
-    lag: dict[str, Any] | None = None  # the XCom value, once done
-    missing: str | None = None  # topics that do not exist, with a did-you-mean: the wait ends failed
-
-
-def check_lag(config: dict[str, Any], group_id: str, topics: list[str], condition: Condition, threshold: int,
-              lag_timeout_s: float, wait_for_missing_topics: bool = False) -> LagCheck:
-    """One measurement of the group's lag, judged against the condition (the sensor's poke and
-    the trigger's poll alike). Unknown highwater marks are "not yet"; a missing topic is
-    ``missing`` (a typo would otherwise be waited on until the timeout), or "not yet" with
-    ``wait_for_missing_topics``."""
-    from airflow_mlops.kafka.lag import group_lag
-    from airflow_mlops.kafka.topics import missing_topic_message
-
-    lag = group_lag(config, group_id, topics, timeout_s=lag_timeout_s)
-    if lag.missing_topics:
-        if wait_for_missing_topics:
-            return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist")
-        return LagCheck(False, f"topic(s) {lag.missing_topics} do not exist", missing="; ".join(
-            missing_topic_message("Kafka", t, lag.known_topics, "create it or fix the name (or set "
-                                  "wait_for_missing_topics=True to wait for it to be created)")
-            for t in lag.missing_topics))
-    if lag.unknown_partitions:
-        return LagCheck(False, f"no highwater mark for {lag.unknown_partitions} within {lag_timeout_s} s")
-    done = lag.total < threshold if condition == "lag_below" else lag.total >= threshold
-    per_partition = {p: v["lag"] for p, v in lag.partitions.items()}
-    return LagCheck(done, f"lag {lag.total} over {len(lag.partitions)} partition(s) (per partition: {per_partition})",
-                    lag.as_dict() if done else None)
 
 
 class KafkaLagSensor(BaseSensorOperator):

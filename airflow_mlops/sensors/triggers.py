@@ -18,8 +18,8 @@ from typing import Any, AsyncIterator
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_mlops.sensors.gpu import GpuCheck, check_gpus
-from airflow_mlops.sensors.kafka import LagCheck, check_lag
+from airflow_mlops.kafka.lag import LagCheck, check_lag
+from airflow_mlops.telemetry.availability import GpuCheck, check_gpus
 
 
 class GpuAvailableTrigger(BaseTrigger):

@@ -6,9 +6,10 @@ import importlib.util
 import re
 from typing import Any, Iterable
 
+from airflow_mlops._core.errors import did_you_mean, format_path, one_of
 from airflow_mlops.spec.dag import check_dag
-from airflow_mlops.spec.errors import SpecIssue, did_you_mean, format_path, one_of
-from airflow_mlops.spec.models import BUILTIN_PROFILES, Pipeline
+from airflow_mlops.spec.errors import SpecIssue
+from airflow_mlops.spec.models import AVAILABLE_BACKENDS, BUILTIN_PROFILES, Pipeline
 from airflow_mlops.spec.source import Source
 
 
@@ -23,8 +24,6 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
 
 def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
     """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data."""
-    from airflow_mlops.backends import AVAILABLE_BACKENDS
-
     names = list(pipeline.stages)
     deps = stage_dependencies(pipeline)
     profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.checks import check_names_and_schedule, check_pipeline, stage_dependencies
+from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources

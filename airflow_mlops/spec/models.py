@@ -10,15 +10,16 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from airflow_mlops.gpu.cost import PriceTable
-from airflow_mlops.spec.base import Duration, Strict
-from airflow_mlops.spec.base import parse_duration as _parse_duration
+from airflow_mlops._core.units import Duration, cpu_problem, memory_problem
+from airflow_mlops._core.units import parse_duration as _parse_duration
+from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
-from airflow_mlops.spec.quantities import cpu_problem, memory_problem
+from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.spec.stream import StreamServeSettings
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
-from airflow_mlops.stream.spec import StreamServeSettings
 
 Backend = Literal["batch", "spark", "kubernetes"]
+AVAILABLE_BACKENDS: tuple[str, ...] = Backend.__args__  # what backends/ can build
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
 IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
@@ -84,7 +85,7 @@ class MlflowSettings(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _absolute_sqlite(cls, v: str | None) -> str | None:
-        from airflow_mlops.spec.tracking_uri import store_problem
+        from airflow_mlops._core.tracking_uri import store_problem
 
         # The same rule for every source of the URI (hooks/mlflow.py). A leading ~ or $VAR is
         # expanded in the worker, which then checks the result again.
@@ -277,7 +278,7 @@ class KubernetesSettings(Strict):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
-        from airflow_mlops.spec.kube_names import label_problem
+        from airflow_mlops._core.names import label_problem
 
         for key, value in v.items():  # the API server would refuse the pod at run time
             if label_problem(key, value):

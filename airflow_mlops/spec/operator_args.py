@@ -16,7 +16,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Iterable
 
-from airflow_mlops.spec.errors import ArgumentsError, SpecIssue, did_you_mean, format_path, one_of
+from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path, one_of
+from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.source import Source
 
 RESULT_TASK = "run"  # the task id of a stage's result task, inside the stage's task group

@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue, format_path
+from airflow_mlops._core.errors import format_path
+from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

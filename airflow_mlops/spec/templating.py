@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, ValidationInfo, WrapValidator
 
-from airflow_mlops.stages.context import expand_env, needs_expanding
+from airflow_mlops._core.paths import expand_env, needs_expanding
 
 TEMPLATE_PATTERN = r"\{\{|\{%"
 RENDERED = "rendered"  # validation context key: the values are rendered, templates are no longer allowed

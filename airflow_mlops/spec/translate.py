@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import core_schema
 
-from airflow_mlops.spec.errors import SpecIssue, did_you_mean, format_path, one_of
+from airflow_mlops._core.errors import did_you_mean, format_path, one_of
+from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import STAGE_KINDS, Pipeline
 from airflow_mlops.spec.source import Source
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_mlops._core.errors import StageFailed
 from airflow_mlops.spec.models import canonical_type
-from airflow_mlops.stages.context import StageFailed
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import QualityGates

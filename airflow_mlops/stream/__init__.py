@@ -6,9 +6,9 @@ loop; the Airflow operator (``airflow_mlops.operators.stream``) and the serve st
 
 from __future__ import annotations
 
+from airflow_mlops.spec.stream import StreamServeSettings, StreamSpec
 from airflow_mlops.stream.errors import BatchFailed, DeliveryFailed, MissingTopic, RecordFailed, StreamError
 from airflow_mlops.stream.loop import run_stream
-from airflow_mlops.stream.spec import StreamServeSettings, StreamSpec
 
 __all__ = ["BatchFailed", "DeliveryFailed", "MissingTopic", "RecordFailed", "StreamError", "StreamServeSettings",
            "StreamSpec", "run_stream"]

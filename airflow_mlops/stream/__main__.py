@@ -28,7 +28,7 @@ def _json_arg(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from airflow_mlops.spec.tracking_uri import argument as tracking_uri_argument
+    from airflow_mlops._core.tracking_uri import argument as tracking_uri_argument
 
     parser = argparse.ArgumentParser(prog="python -m airflow_mlops.stream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", required=True, type=_json_arg, help="StreamSpec as JSON or @file")

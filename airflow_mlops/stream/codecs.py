@@ -59,7 +59,8 @@ class JsonDecoder:
         decoder and each field's attribute name on the decoded objects; None without msgspec."""
         if msgspec is None:
             return None
-        from typing import Any as AnyType, Optional
+        from typing import Any as AnyType
+        from typing import Optional
 
         attrs = {name: f"f{i}" for i, (name, _, _) in enumerate(fields)}
         spec: list[Any] = []

@@ -13,9 +13,9 @@ import time
 from typing import Any, Mapping
 
 from airflow_mlops.kafka.config import for_client, redact
+from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream.errors import DeliveryFailed, RecordFailed, StreamError
 from airflow_mlops.stream.partition import partitions_for_keys
-from airflow_mlops.stream.spec import StreamSpec
 
 log = logging.getLogger("airflow_mlops.stream")
 
@@ -218,7 +218,7 @@ def run_stream(
     )
     from kafka.structs import OffsetAndMetadata, TopicPartition
 
-    from airflow_mlops.stages.context import import_string
+    from airflow_mlops._core.paths import import_string
     from airflow_mlops.stream.model import load_scoring_model
     from airflow_mlops.stream.preflight import create_by_producing, missing_outputs
     from airflow_mlops.stream.scoring import BatchScorer

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream.errors import MissingTopic, StreamError
-from airflow_mlops.stream.spec import StreamSpec
 
 # How long the metadata lookup may take to reach a broker, and as much again for its answer.
 LOOKUP_TIMEOUT_S = 15.0

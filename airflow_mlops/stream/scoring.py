@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream.codecs import encode_json
 from airflow_mlops.stream.errors import BatchFailed
 from airflow_mlops.stream.model import ScoringModel
-from airflow_mlops.stream.spec import StreamSpec
 
 MAX_ERROR_CHARS = 2000
 

@@ -1,0 +1,114 @@
+"""The MLflow client, built one way everywhere: tracking and registry at the same store, reading
+never creates a store, experiments created with an explicit artifact location. MLflow itself is
+imported inside the functions (cheap at DAG parse)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow_mlops._core.context import MlflowTarget
+from airflow_mlops._core.errors import StageFailed, did_you_mean
+
+SERVING_ALIAS = "champion"
+# Registered-model tag naming the aliases pipelines serve through; retention never deletes the
+# versions behind them.
+SERVING_ALIASES_TAG = "airflow_mlops.serving_aliases"
+
+
+def use_store(target: MlflowTarget) -> None:
+    """Point MLflow's tracking and registry at the target store.
+
+    Both, always: MLflow keeps them as process-wide globals, and a registry URI left over from an
+    earlier task in the same process would register the model in the wrong store.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(target.tracking_uri)
+    mlflow.set_registry_uri(target.tracking_uri)
+
+
+def use_experiment(target: MlflowTarget) -> str:
+    """Point MLflow at the target store and return the experiment id, creating it if needed."""
+    use_store(target)
+    return experiment_id(client(target), target)
+
+
+def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
+    """The target experiment's id, through this client (MLflow's process-wide URIs untouched).
+
+    The artifact location is set explicitly on creation: MLflow's default (``./mlruns``) is relative
+    to the worker's current directory, which differs between workers.
+    """
+    import mlflow
+
+    experiment = mlflow_client.get_experiment_by_name(target.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(target.experiment, artifact_location=target.artifact_location)
+    except mlflow.exceptions.MlflowException:
+        # Another task created it between our lookup and create: use theirs.
+        experiment = mlflow_client.get_experiment_by_name(target.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class StoreNotFound(StageFailed):
+    """A read-only use of a local MLflow store that does not exist (MLflow would create it)."""
+
+
+def local_store_path(tracking_uri: str) -> str | None:
+    """The file or folder of a local store (``sqlite:////abs/mlflow.db``, ``file:///abs``, ``/abs``),
+    else None (a tracking server)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return tracking_uri[len("sqlite:///"):]
+    if tracking_uri.startswith("file://"):
+        return tracking_uri[len("file://"):]
+    if tracking_uri.startswith("/"):
+        return tracking_uri
+    return None
+
+
+def read_only_client(tracking_uri: str) -> Any:
+    """An MlflowClient for reading a store that must already exist. MLflow creates a missing
+    SQLite file (and its folder) on first use; reading commands (``rollback``, ``cost``, retention
+    plans) must not, so a missing local store raises StoreNotFound naming the path."""
+    import mlflow
+
+    path = local_store_path(tracking_uri)
+    if path is not None and not os.path.exists(path):
+        raise StoreNotFound(f"no MLflow store at {path}: the file does not exist (check the tracking URI "
+                            f"{tracking_uri}; reading never creates a store)")
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
+    """The registered model ``name``, or StageFailed saying there is none (with a did-you-mean)."""
+    import mlflow
+
+    try:
+        return mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        known = [m.name for m in mlflow_client.search_registered_models(max_results=1000)]
+        raise StageFailed(f"there is no registered model named '{name}'{did_you_mean(name, known)} in the MLflow "
+                          f"registry at {tracking_uri}") from exc
+
+
+def client(target: MlflowTarget) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+
+
+def record_serving_aliases(mlflow_client: Any, name: str, *aliases: str) -> None:
+    """Note on the registered model that pipelines serve through ``aliases`` (the
+    ``airflow_mlops.serving_aliases`` tag): retention then never deletes the versions behind them
+    (``lifecycle.retention_mlflow.guarded_aliases``)."""
+    recorded = (mlflow_client.get_registered_model(name).tags or {}).get(SERVING_ALIASES_TAG, "")
+    current = {a for a in recorded.split(",") if a}
+    if not set(aliases) <= current:
+        mlflow_client.set_registered_model_tag(name, SERVING_ALIASES_TAG, ",".join(sorted(current | set(aliases))))

@@ -1,0 +1,75 @@
+"""What a pipeline needs in its Kubernetes namespace(s), ready for ``kubectl apply -f``.
+
+Per namespace its Kubernetes stages use: a ResourceQuota sized for one run with every Kubernetes
+stage running at once (an upper bound: stages that depend on each other never overlap), a Role
+and RoleBinding giving Airflow's worker just what KubernetesPodOperator needs (pods, their logs
+and events), a NetworkPolicy that lets nothing in to the pipeline's pods (they only call out:
+MLflow, storage), the pods' ServiceAccount (no API token mounted: stage code never calls the
+Kubernetes API), and the PersistentVolumeClaims the stages mount.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from airflow_mlops._core.names import object_name, pod_labels
+from airflow_mlops._core.units import format_cpu, format_memory, parse_quantity
+from airflow_mlops.spec.load import LoadedPipeline, effective_kubernetes, resolve_resources
+
+
+def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airflow-worker")) -> list[dict[str, Any]]:
+    """The manifests, as dicts. ``launcher`` is (namespace, service account) of Airflow's worker."""
+    p = loaded.pipeline
+    label = pod_labels(p.id)  # what the stage pods carry: the NetworkPolicy selects them by it
+    by_namespace: dict[str, list] = defaultdict(list)
+    for name, stage in p.stages.items():
+        if (stage.backend or p.backend) == "kubernetes" and stage.kind != "custom":
+            settings = effective_kubernetes(p, stage)
+            by_namespace[settings.namespace].append((settings, resolve_resources(p, stage.resources)))
+    docs: list[dict[str, Any]] = []
+    for namespace, stages in sorted(by_namespace.items()):
+        meta = lambda name: {"name": name, "namespace": namespace, "labels": label}  # noqa: E731
+        totals = {"cpu": Decimal(0), "memory": Decimal(0), "nvidia.com/gpu": Decimal(0)}
+        for _settings, resources in stages:
+            if resources:
+                totals["cpu"] += parse_quantity(resources.cpu) if resources.cpu else 0
+                totals["memory"] += parse_quantity(resources.memory) if resources.memory else 0
+                totals["nvidia.com/gpu"] += resources.gpu or 0
+        hard = {"pods": str(len(stages))}
+        if totals["cpu"]:
+            hard["requests.cpu"] = hard["limits.cpu"] = format_cpu(totals["cpu"])
+        if totals["memory"]:
+            hard["requests.memory"] = hard["limits.memory"] = format_memory(totals["memory"])
+        hard["requests.nvidia.com/gpu"] = str(int(totals["nvidia.com/gpu"]))
+        docs.append({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": meta(object_name(p.id, "quota")),
+                     "spec": {"hard": hard}})
+        for account in sorted({s.service_account for s, _ in stages if s.service_account}):
+            docs.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(account),
+                         "automountServiceAccountToken": False})
+        launcher_role = object_name(p.id, "launcher")
+        docs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(launcher_role),
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
+                {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+            ],
+        })
+        docs.append({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(launcher_role),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": launcher_role},
+            "subjects": [{"kind": "ServiceAccount", "namespace": launcher[0], "name": launcher[1]}],
+        })
+        docs.append({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(object_name(p.id, "pods")),
+            "spec": {"podSelector": {"matchLabels": label}, "policyTypes": ["Ingress"], "ingress": []},
+        })
+        claims = {v.claim: v for s, _ in stages for v in s.volumes}
+        for claim, volume in sorted(claims.items()):
+            spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": volume.size}}}
+            if volume.storage_class:
+                spec["storageClassName"] = volume.storage_class
+            docs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(claim), "spec": spec})
+    return docs

@@ -1,0 +1,70 @@
+"""The spark backend's operator: a stage's Spark code on an embedded session in the worker, or
+through spark-submit on a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from airflow_mlops._core.result import outcome_files
+from airflow_mlops.backends.stage import StageOperator, stage_failed
+from airflow_mlops.spec.models import SparkSettings
+
+RESULT_FILE = "_airflow_mlops_result.json"
+
+
+class SparkStageOperator(StageOperator):
+    """Run a stage's Spark code: on an embedded session in the worker when ``spark.conn_id`` is
+    unset, else through spark-submit on the connection's cluster (the apache-spark provider's
+    SparkSubmitHook), running ``airflow_mlops/runtime.py`` with the stage spec."""
+
+    ui_color = "#fdeee4"
+
+    def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spark = SparkSettings.model_validate(spark or {})
+
+    def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
+        ctx.backend = "spark"
+        if self.spark.conn_id is None:
+            ctx.spark = {"master": self.spark.master, "conf": self.spark.conf}
+            self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
+            return super().run(ctx, context)
+        ctx.spark = None
+        return self.submit(ctx)
+
+    def submit(self, ctx: Any) -> dict[str, Any]:
+        from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+        from airflow_mlops.backends import runtime
+
+        result_file = ctx.output_dir(getattr(self.stage, "output", None)) / RESULT_FILE
+        for stale in (result_file, *outcome_files(result_file)):
+            stale.unlink(missing_ok=True)  # never read an earlier try's result
+        # spark-submit ships with pyspark next to this interpreter; the hook looks it up on PATH.
+        here = os.path.dirname(sys.executable)
+        if os.environ.get("PATH", "").split(os.pathsep)[0] != here:  # once, not on every submit
+            os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+        python = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+        hook = SparkSubmitHook(
+            conn_id=self.spark.conn_id,
+            conf={k: str(v) for k, v in self.spark.conf.items()},
+            name=f"airflow-mlops {ctx.pipeline_id}.{ctx.stage_name}",
+            application_args=["--payload", runtime.encode_payload(self.stage, ctx), "--result-file", str(result_file)],
+            env_vars=python,
+        )
+        self.log.info("Submitting stage '%s' through Spark connection '%s'", ctx.stage_name, self.spark.conn_id)
+        try:
+            hook.submit(application=runtime.__file__)
+        except Exception as exc:
+            failure, skipped = outcome_files(result_file)
+            if failure.exists():
+                raise stage_failed(failure.read_text()) from exc
+            if skipped.exists():
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(skipped.read_text()) from exc
+            raise
+        return json.loads(result_file.read_text())

@@ -1,0 +1,167 @@
+"""StageOperator: runs one pipeline stage's code inside the Airflow worker (the batch backend)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+
+from airflow_mlops.backends.links import MlflowRunLink
+from airflow_mlops.spec.models import GpuMetricsSettings, MlflowSettings, Resources
+from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.spec.templating import stage_overrides
+from airflow_mlops.telemetry.cost import as_prices
+
+
+class StageOperator(BaseOperator):
+    """Run a built-in stage (preprocess, train, validate, serve) in the worker.
+
+    :param stage: the stage's validated spec.
+    :param pipeline_id: the pipeline id, used for MLflow names and data paths (default: the DAG id).
+    :param stage_name: the stage's name in the pipeline.
+    :param mlflow: MLflow settings; resolved to a tracking URI when the task runs.
+    :param data_dir: root folder for the stage's outputs.
+    :param upstream_tasks: ``(stage_name, task_id)`` of the stages this one depends on, nearest
+        first; their XCom results (references, never data) reach the stage.
+    :param stage_resources: what the stage holds (cpu / memory / whole GPUs): a pod's requests
+        and limits on Kubernetes, and what a train stage's cost is billed for.
+    :param prices: the price table for that cost (default 2.5 per GPU-hour, 0.1 per CPU-hour,
+        0.05 per GiB-hour).
+    :param gpu_metrics: a train stage's NVML sampling interval, Prometheus port and Pushgateway.
+
+    Templated: the stage's input/output paths, train ``params``, validate ``thresholds``, stream
+    topics (``stage_overrides`` holds those that are templates) and ``data_dir``. Airflow renders
+    them when the task runs; the stage is then validated again with its model, paths get ``~`` and
+    ``$VAR`` expanded in the worker, and every backend runs that rendered stage.
+    """
+
+    template_fields: Sequence[str] = ("stage_overrides", "data_dir")
+    template_fields_renderers = {"stage_overrides": "json"}
+    ui_color = "#e8f4fd"
+    operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
+
+    def __init__(
+        self,
+        *,
+        stage: Any,
+        pipeline_id: str | None = None,
+        stage_name: str,
+        mlflow: MlflowSettings | None = None,
+        data_dir: str | None = None,
+        upstream_tasks: Sequence[tuple[str, str]] = (),
+        stage_resources: Resources | dict[str, Any] | None = None,
+        prices: PriceTable | dict[str, float] | None = None,
+        gpu_metrics: GpuMetricsSettings | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.stage_overrides = stage_overrides(stage)
+        self.pipeline_id = pipeline_id
+        self.stage_name = stage_name
+        self.mlflow = mlflow or MlflowSettings()
+        self.data_dir = data_dir
+        self.upstream_tasks = list(upstream_tasks)
+        self.stage_resources = None if stage_resources is None else Resources.model_validate(stage_resources)
+        # Bad settings fail when the DAG is parsed, not when the task runs.
+        self.prices = as_prices(prices)
+        self.gpu_metrics = GpuMetricsSettings.model_validate(gpu_metrics or {})
+
+    def rendered_stage(self) -> Any:
+        """The stage with its templates rendered (by Airflow, into ``stage_overrides``) and its
+        paths expanded, validated again; a value its model refuses fails the task, naming it."""
+        from airflow_mlops.spec.templating import StageRenderError, render_stage
+
+        try:
+            return render_stage(self.stage, self.stage_overrides, self.stage_name)
+        except StageRenderError as exc:
+            raise stage_failed(str(exc)) from None
+
+    def expanded_settings(self, pipeline_id: str) -> tuple[str, MlflowSettings]:
+        """``data_dir`` and the MLflow locations with ``~`` and ``$VAR`` expanded here, in the worker."""
+        import os
+
+        from pydantic import ValidationError
+
+        from airflow_mlops._core.paths import expand_env, mlops_home, needs_expanding
+
+        def expanded(field: str, value: str) -> str:
+            try:
+                return expand_env(value)
+            except ValueError as exc:
+                raise stage_failed(f"stage '{self.stage_name}': {field}: {exc}") from None
+
+        data_dir = expanded("data_dir", self.data_dir) if self.data_dir else str(mlops_home() / "data" / pipeline_id)
+        if not os.path.isabs(data_dir) and "://" not in data_dir:
+            raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} is not an absolute path once "
+                               f"rendered and expanded ({data_dir!r})")
+        mlflow = self.mlflow
+        changed = {k: expanded(f"mlflow.{k}", v) for k in ("tracking_uri", "artifact_location")
+                   if needs_expanding(v := getattr(mlflow, k))}
+        if changed:
+            try:
+                mlflow = MlflowSettings.model_validate({**mlflow.model_dump(exclude_unset=True), **changed})
+            except ValidationError as exc:
+                problems = "; ".join(f"mlflow.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                raise stage_failed(f"stage '{self.stage_name}': once expanded, {problems}") from None
+        return data_dir, mlflow
+
+    def stage_context(self, context: Any) -> Any:
+        from airflow_mlops._core.context import StageContext
+        from airflow_mlops._core.names import safe_run_key
+        from airflow_mlops.hooks.mlflow import resolve_target
+
+        ti = context["ti"]
+        upstream = [(name, ti.xcom_pull(task_ids=task_id) or {}) for name, task_id in self.upstream_tasks]
+        pipeline_id = self.pipeline_id or ti.dag_id
+        data_dir, mlflow = self.expanded_settings(pipeline_id)
+        return StageContext(
+            pipeline_id=pipeline_id,
+            stage_name=self.stage_name,
+            run_key=safe_run_key(context["run_id"]),
+            data_dir=data_dir,
+            mlflow=resolve_target(mlflow, pipeline_id),
+            upstream=upstream,
+            resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
+            prices=self.prices.model_dump(),
+            gpu_metrics=self.gpu_metrics.model_dump(),
+            tags={
+                "airflow.dag_id": ti.dag_id,
+                "airflow.run_id": context["run_id"],
+                "airflow.task_id": ti.task_id,
+                "airflow.try_number": str(ti.try_number),
+                # The same for every try of this task instance: lets a retry find its earlier work.
+                "airflow_mlops.task_key": f"{ti.dag_id}/{context['run_id']}/{ti.task_id}",
+            },
+        )
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
+        self.stage = self.rendered_stage()
+        ctx = self.stage_context(context)
+        self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
+        result = self.run(ctx, context)
+        self.mlflow_run_url = result.get("mlflow_run_url")  # train stages: for MlflowRunLink
+        self.log.info("Stage '%s' result: %s", self.stage_name, result)
+        return result
+
+    def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
+        """Run the stage in this process. Backends that run it elsewhere override this."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
+
+        try:
+            return run_stage(self.stage, ctx)
+        except StageFailed as exc:
+            raise stage_failed(str(exc)) from exc
+        except StageSkipped as exc:
+            raise AirflowSkipException(str(exc)) from exc
+
+
+def stage_failed(message: str) -> Exception:
+    """Deterministic failures (a metric under its threshold, a missing column): retrying would
+    only repeat them, so the task fails without using up its retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(message)

@@ -1,0 +1,32 @@
+"""The pipeline's price table: what one hour of each resource costs (``prices:`` in the YAML,
+``prices=`` of GpuTrainOperator)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class PriceTable(BaseModel):
+    """Prices per hour of each resource (one currency, whichever you bill in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU for one hour.")
+    cpu_hour: float = Field(0.1, ge=0, description="Price of one CPU (core) for one hour.")
+    memory_gib_hour: float = Field(0.05, ge=0, description="Price of one GiB (2^30 bytes) of memory for one hour.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """``memory_gb_hour`` (before 0.2) was always billed per GiB: still read, with a warning."""
+        if isinstance(data, dict) and "memory_gb_hour" in data:
+            import warnings
+
+            warnings.warn("prices.memory_gb_hour is now memory_gib_hour (memory is billed per GiB)",
+                          DeprecationWarning, stacklevel=2)
+            data = dict(data)
+            old = data.pop("memory_gb_hour")
+            data.setdefault("memory_gib_hour", old)
+        return data

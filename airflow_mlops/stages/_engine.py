@@ -1,0 +1,52 @@
+"""Runs a stage kind's engine: ``stages/<kind>/spark.py`` on the spark backend, else the kind's
+pandas code in ``stages/<kind>/__init__.py``; MLflow's process-wide settings are put back after."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from airflow_mlops._core.context import StageContext
+from airflow_mlops._core.paths import environ_kept
+
+
+def run_stage_code(spec: Any, ctx: StageContext) -> dict[str, Any]:
+    """The stage's own code. The engine follows the backend: a kind's Spark engine is
+    ``stages/<kind>/spark.py``, its pandas engine ``stages/<kind>/__init__.py``. Whether Spark is embedded or a cluster is the
+    backend's business, not the stage's."""
+    engine = ".spark" if ctx.backend == "spark" else ""
+    module = importlib.import_module(f"airflow_mlops.stages.{spec.kind}{engine}")
+    with _mlflow_left_as_found():
+        result = module.run(spec, ctx)
+    return _jsonable(result)
+
+
+@contextmanager
+def _mlflow_left_as_found() -> Iterator[None]:
+    """Stages point MLflow at their store with ``mlflow.set_tracking_uri``, which also exports
+    ``MLFLOW_TRACKING_URI`` (and the registry's) into the process environment. Left there, the
+    next stage in the same process would take it for the user's setting and use the wrong store;
+    so both MLflow's globals and the environment are put back as they were."""
+    tracking, registry = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
+    with environ_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        try:
+            yield
+        finally:
+            mlflow = sys.modules.get("mlflow")
+            if mlflow is not None:
+                mlflow.set_tracking_uri(tracking)
+                mlflow.set_registry_uri(registry)
+
+
+def _jsonable(value: Any) -> Any:
+    """References only, as plain JSON types, so they travel through XCom and pod logs alike."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value

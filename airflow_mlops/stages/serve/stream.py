@@ -1,0 +1,47 @@
+"""The serve stage in stream mode: what ``stages/serve.py`` calls for ``mode: stream``.
+
+    serve:
+      mode: stream
+      stream:
+        kafka_conn_id: kafka_default
+        topics: transactions
+        output_topic: transactions.scored
+        dead_letter_topic: transactions.dlq
+        max_duration: 600
+
+The model is the version the upstream stages produced (``model_uri`` in their results, e.g.
+``models:/churn/3``) unless ``stream.model_uri`` names one; the consumer group defaults to
+``airflow-mlops.<pipeline id>.<stage name>``; MLflow is the pipeline's store.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_mlops._core.context import StageContext
+    from airflow_mlops.spec.stream import StreamServeSettings
+
+
+def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model: str | None = None) -> dict[str, Any]:
+    """Score ``settings.topics`` with ``settings.model_uri``, else the serve stage's ``model``
+    (resolved like batch serving: ``stages.tracking.serving_model``)."""
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.hooks.kafka import kafka_config_from_connection
+    from airflow_mlops.spec.stream import StreamSpec
+    from airflow_mlops.stream.errors import StreamError
+    from airflow_mlops.stream.loop import run_stream
+
+    data = settings.model_dump(exclude={"kafka_conn_id"})
+    from airflow_mlops.stages.serve.model import serving_model
+
+    data["model_uri"] = settings.model_uri or serving_model(model, ctx)["model_uri"]
+    data["group_id"] = settings.group_id or f"airflow-mlops.{ctx.pipeline_id}.{ctx.stage_name}"
+    spec = StreamSpec.model_validate(data)
+    kafka_config = kafka_config_from_connection(settings.kafka_conn_id)
+    try:
+        return run_stream(spec, kafka_config, tracking_uri=ctx.mlflow.tracking_uri, logger=ctx.log)
+    except StreamError as exc:
+        if not exc.retryable:
+            raise StageFailed(str(exc)) from exc
+        raise

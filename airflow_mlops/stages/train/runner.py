@@ -1,0 +1,157 @@
+"""``python -m airflow_mlops.stages.train.runner``: the processes a GPU training job starts.
+
+``call --spec FILE``
+    The training process for a callable entrypoint. It is a fresh process, so the
+    ``CUDA_VISIBLE_DEVICES`` its parent set takes effect before torch/CUDA initialise. It calls
+    ``pkg.module:function`` with the keyword arguments the function declares among ``params``
+    (the hyperparameters), ``checkpoint_dir``, and, when datasets are configured, ``train``,
+    ``test`` (DataFrames), ``target`` and ``features``. The function returns ``(model, metrics)``
+    or ``{"model", "metrics", "input_example"}``; metrics and model go to the job's MLflow run and
+    the model version is registered (``airflow_mlops.stages.train.log_model``).
+
+``job --payload B64 [--result-file PATH]``
+    A whole job (``airflow_mlops.stages.train.job``) inside a pod: the result is printed on the runtime's
+    marker line for the launcher to read back; a refusal prints ``STAGE FAILED:`` and exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import inspect
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("airflow_mlops.stages.train.runner")
+
+
+def _kwargs_for(fn: Any, available: dict[str, Any]) -> dict[str, Any]:
+    """The arguments ``fn`` declares (all of them if it takes ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return available
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return available
+    return {k: v for k, v in available.items() if k in parameters}
+
+
+def _unpack(produced: Any, name: str) -> tuple[Any, dict[str, float], Any]:
+    from airflow_mlops._core.errors import StageFailed
+
+    if isinstance(produced, dict) and "model" in produced:
+        return produced["model"], dict(produced.get("metrics") or {}), produced.get("input_example")
+    if isinstance(produced, tuple) and len(produced) == 2:
+        return produced[0], dict(produced[1] or {}), None
+    raise StageFailed(f"entrypoint '{name}' must return (model, metrics) or "
+                      "{'model': ..., 'metrics': ..., 'input_example': ...}")
+
+
+def call(spec: dict[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.paths import import_string
+    from airflow_mlops.stages.train import log_model
+
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_registry_uri(spec["tracking_uri"])
+    try:
+        fn = import_string(spec["entrypoint"])
+    except (ImportError, AttributeError) as exc:  # retrying cannot make the code appear
+        raise StageFailed(f"cannot import the entrypoint '{spec['entrypoint']}': {type(exc).__name__}: {exc} "
+                          f"(PYTHONPATH={os.environ.get('PYTHONPATH', '')!r})") from exc
+    available: dict[str, Any] = {"params": dict(spec.get("hyperparams") or {}), "checkpoint_dir": spec["checkpoint_dir"]}
+    data = spec.get("data")
+    test_x = None
+    if data:
+        from airflow_mlops.stages.data import read_dataset
+
+        train = read_dataset(data["train_path"])
+        test = read_dataset(data["test_path"]) if data.get("test_path") else None
+        if data["target"] not in train.columns:
+            raise StageFailed(f"target column '{data['target']}' is not in the training data; columns: {list(train.columns)}")
+        features = data.get("features") or [c for c in train.columns if c != data["target"]]
+        available.update(train=train, test=test, target=data["target"], features=features)
+        test_x = (test if test is not None else train)[features]
+    with mlflow.start_run(run_id=spec["run_id"]):
+        produced = fn(**_kwargs_for(fn, available))
+        model, metrics, example = _unpack(produced, spec["entrypoint"])
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        log.info("Metrics: %s", metrics)
+        if example is None:
+            example = test_x
+        if example is None:
+            raise StageFailed(f"entrypoint '{spec['entrypoint']}' returned no input_example and has no datasets: "
+                              "return {'model': ..., 'metrics': ..., 'input_example': <a few input rows>} so the "
+                              "model can be logged with its signature")
+        example = _frame(example)
+        info = log_model(model, example, spec["registered_model"])
+    return {"metrics": {k: float(v) for k, v in metrics.items()},
+            "model_version": str(info.registered_model_version) if info.registered_model_version else None}
+
+
+def _frame(example: Any) -> Any:
+    import pandas as pd
+
+    if isinstance(example, pd.DataFrame):
+        return example
+    frame = pd.DataFrame(example)
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.stages.train.runner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("call", help="run a callable entrypoint into an existing MLflow run")
+    p.add_argument("--spec", required=True, help="JSON file written by the job")
+    p = sub.add_parser("job", help="run a whole GPU training job (inside a pod)")
+    p.add_argument("--payload", required=True, help="base64-encoded JSON GpuTrainJob")
+    p.add_argument("--result-file", help="also write the result JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files, result_line
+
+    if args.command == "call":
+        spec = json.loads(Path(args.spec).read_text())
+        result_file = Path(spec["result_file"])
+        try:
+            result = call(spec)
+        except StageFailed as exc:
+            print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
+            outcome_files(result_file)[0].write_text(str(exc))
+            return EXIT_FAILED
+        result_file.write_text(json.dumps(result))
+        return 0
+
+    from airflow_mlops.stages.train.job import GpuTrainJob, TrainingRun
+
+    job = GpuTrainJob.model_validate_json(base64.b64decode(args.payload))
+    try:
+        result = TrainingRun(job).run()
+    except StageFailed as exc:
+        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    line = result_line(json.loads(json.dumps(result, default=str)))
+    if args.result_file:
+        Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.result_file).write_text(json.dumps(result, default=str))
+    print(line, flush=True)
+    return 0
+
+
+def encode_job(job: Any) -> str:
+    return base64.b64encode(job.model_dump_json().encode()).decode()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""validate: thresholds on the candidate version, then champion vs challenger; the winner gets
+the alias (aliases, not the deprecated stages API), the replaced champion keeps a rollback
+alias, and the decision is tagged on both versions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_mlops._core.context import StageContext
+from airflow_mlops._core.errors import StageFailed, StageSkipped
+from airflow_mlops._core.mlflow import client as mlflow_client
+from airflow_mlops._core.mlflow import record_serving_aliases
+
+if TYPE_CHECKING:
+    from airflow_mlops.spec.models import ValidateStage
+
+DECISION_TAG = "airflow_mlops.decision"
+DETAIL_TAG = "airflow_mlops.decision_detail"
+
+
+def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
+    name, version = ctx.find("model_name"), str(ctx.find("model_version"))
+    client = mlflow_client(ctx.mlflow)
+    metrics = _metrics(client, name, version)
+
+    failures = threshold_failures(spec, metrics, ctx)
+    client.set_model_version_tag(name, version, "airflow_mlops.validation", "failed" if failures else "passed")
+    if failures:
+        raise StageFailed(f"model '{name}' version {version} failed validation: " + "; ".join(failures))
+
+    champion = _current(client, name, spec.alias)
+    if spec.compare and champion is not None and champion != version:
+        wins, lines = compare(spec, metrics, _metrics(client, name, champion))
+        detail = f"version {version} vs champion {champion}: " + "; ".join(lines)
+        if not wins:
+            client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
+            client.set_model_version_tag(name, version, DETAIL_TAG, detail)
+            client.set_model_version_tag(name, champion, DECISION_TAG, "defended")
+            client.set_model_version_tag(name, champion, DETAIL_TAG, detail)
+            message = f"model '{name}' {detail}; '{spec.alias}' stays on version {champion}"
+            raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
+        ctx.log.info("Challenger wins: %s", detail)
+    else:
+        detail = "first version to pass" if champion is None else "passed the thresholds"
+    promote(client, name, version, champion, spec.alias, spec.previous_alias, detail)
+    ctx.log.info("Model '%s' version %s passed; alias '%s' now points at it", name, version, spec.alias)
+    return {
+        "model_name": name,
+        "model_version": version,
+        "alias": spec.alias,
+        "previous_champion": champion if champion != version else None,
+        # Pinned to the version, not the alias: the alias may move before serving runs.
+        "model_uri": f"models:/{name}/{version}",
+    }
+
+
+def threshold_failures(spec: "ValidateStage", metrics: dict[str, float], ctx: StageContext) -> list[str]:
+    failures = []
+    for metric in [*spec.thresholds, *spec.compare]:
+        if metric not in metrics:
+            failures.append(f"{metric} was not logged (logged: {', '.join(sorted(metrics)) or 'none'})")
+    for metric, bound in spec.thresholds.items():
+        if metric not in metrics:
+            continue
+        value = metrics[metric]
+        if bound.min is not None and value < bound.min:
+            failures.append(f"{metric} = {value:.4g} is below the minimum {bound.min:g}")
+        if bound.max is not None and value > bound.max:
+            failures.append(f"{metric} = {value:.4g} is above the maximum {bound.max:g}")
+        ctx.log.info("%s = %.4g (min %s, max %s)", metric, value, bound.min, bound.max)
+    return sorted(set(failures), key=failures.index)
+
+
+def compare(spec: "ValidateStage", candidate: dict[str, float], champion: dict[str, float]) -> tuple[bool, list[str]]:
+    """Does the candidate beat the champion on every compared metric? With one line per metric."""
+    wins, lines = True, []
+    for metric, rule in spec.compare.items():
+        new, old = candidate[metric], champion.get(metric)
+        if old is None:  # the champion never logged it: nothing to defend
+            lines.append(f"{metric} {new:.4g} (champion has none)")
+            continue
+        gain = new - old if rule.direction == "higher" else old - new
+        needed = rule.min_improvement * abs(old) if rule.relative else rule.min_improvement
+        ok = gain >= needed if needed > 0 else gain >= 0
+        wins &= ok
+        need = f"{rule.min_improvement:.2%} of it" if rule.relative else f"{rule.min_improvement:g}"
+        lines.append(f"{metric} {new:.4g} vs {old:.4g} ({rule.direction} is better, gain {gain:+.4g}, "
+                     f"needed {need}: {'ok' if ok else 'not enough'})")
+    return wins, lines
+
+
+def promote(client: Any, name: str, version: str, champion: str | None, alias: str, previous_alias: str, detail: str) -> None:
+    record_serving_aliases(client, name, alias, previous_alias)
+    if champion is not None and champion != version:
+        client.set_registered_model_alias(name, previous_alias, champion)
+        client.set_model_version_tag(name, champion, DECISION_TAG, "replaced")
+        client.set_model_version_tag(name, champion, DETAIL_TAG, f"replaced by version {version}: {detail}")
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, DECISION_TAG, "promoted")
+    client.set_model_version_tag(name, version, DETAIL_TAG, detail)
+
+
+def rollback(client: Any, name: str, alias: str = "champion", previous_alias: str = "previous-champion") -> tuple[str, str]:
+    """Move ``alias`` back to the version behind ``previous_alias`` (and that alias to the version
+    rolled back from, so a second rollback undoes the first). Returns (from, to)."""
+    current, previous = _current(client, name, alias), _current(client, name, previous_alias)
+    if previous is None:
+        raise StageFailed(f"model '{name}' has no '{previous_alias}' alias to roll back to")
+    client.set_registered_model_alias(name, alias, previous)
+    if current is not None:
+        client.set_registered_model_alias(name, previous_alias, current)
+        client.set_model_version_tag(name, current, DECISION_TAG, "rolled-back")
+    client.set_model_version_tag(name, previous, DECISION_TAG, "restored")
+    return current or "-", previous
+
+
+def _current(client: Any, name: str, alias: str) -> str | None:
+    import mlflow
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def _metrics(client: Any, name: str, version: str) -> dict[str, float]:
+    return client.get_run(client.get_model_version(name, version).run_id).data.metrics
