@@ -5,4 +5,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 # The Kubernetes tests need a control plane built from source (~7 min once, then cached).
 bash scripts/build-kube.sh
+# House rules first (seconds): ruff (incl. the TID253 ban on heavy module-level imports) and the
+# import-linter contracts in pyproject.toml (layers point one way, no cycles, private stays private).
+.venv/bin/ruff check airflow_mlops tests benchmarks scripts dags
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

@@ -75,13 +75,12 @@ def read_only_client(tracking_uri: str) -> Any:
     """An MlflowClient for reading a store that must already exist. MLflow creates a missing
     SQLite file (and its folder) on first use; reading commands (``rollback``, ``cost``, retention
     plans) must not, so a missing local store raises StoreNotFound naming the path."""
-    import mlflow
 
     path = local_store_path(tracking_uri)
     if path is not None and not os.path.exists(path):
         raise StoreNotFound(f"no MLflow store at {path}: the file does not exist (check the tracking URI "
                             f"{tracking_uri}; reading never creates a store)")
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return client_for(tracking_uri)
 
 
 def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
@@ -99,9 +98,18 @@ def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
 
 
 def client(target: MlflowTarget) -> Any:
+    """An MlflowClient whose tracking and registry are the target's store."""
+    return client_for(target.tracking_uri)
+
+
+def client_for(tracking_uri: str | None) -> Any:
+    """An MlflowClient whose tracking and registry are both ``tracking_uri`` (None: MLflow's own
+    resolution, ``$MLFLOW_TRACKING_URI`` first). MLflow's process-wide URIs are left untouched."""
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=target.tracking_uri, registry_uri=target.tracking_uri)
+    if not tracking_uri:
+        return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def record_serving_aliases(mlflow_client: Any, name: str, *aliases: str) -> None:

@@ -43,7 +43,9 @@ class SparkFeatureOperator(SparkStageOperator):
 
         task_id = kwargs.get("task_id", "?")
         owner = f"SparkFeatureOperator '{task_id}'"
-        dump = (lambda v: v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v)
+        def dump(v: Any) -> Any:
+            return v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v
+
         stage = validated(PreprocessStage, {
             "inputs": {n: {"path": v} if isinstance(v, str) else dump(v) for n, v in (inputs or {}).items()},
             "sql": sql, "transform": transform, "format": format, "quality": dump(quality), "split": dump(split),

@@ -1,5 +1,6 @@
-"""The pipeline's price table: what one hour of each resource costs (``prices:`` in the YAML,
-``prices=`` of GpuTrainOperator)."""
+"""What a training run measures and bills: the price table (what one hour of each resource costs;
+``prices:`` in the YAML, ``prices=`` of GpuTrainOperator) and how NVML figures are reported
+(``gpu_metrics:``)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ class PriceTable(BaseModel):
             old = data.pop("memory_gb_hour")
             data.setdefault("memory_gib_hour", old)
         return data
+
+
+class GpuMetricsSettings(BaseModel):
+    """How training tasks report NVML telemetry besides MLflow (see GpuTrainOperator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_interval: float = Field(1.0, gt=0, le=3600, description="Seconds between NVML samples.")
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve the figures at http://<worker or pod>:<port>/metrics while training.")
+    pushgateway_url: str | None = Field(
+        None, pattern=r"^https?://", description="Push the figures to this Prometheus Pushgateway while training.")

@@ -63,10 +63,9 @@ def load_scoring_model(model_uri: str, tracking_uri: str | None = None) -> Scori
 
     import mlflow
 
-    if tracking_uri:
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    else:
-        client = mlflow.MlflowClient()
+    from airflow_mlops._core.mlflow import client_for
+
+    client = client_for(tracking_uri)
     resolved, name, version = resolve_model_uri(model_uri, client)
     log.info("Loading model %s (from %s)", resolved, model_uri)
     files = None

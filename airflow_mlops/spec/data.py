@@ -1,0 +1,126 @@
+"""The data a stage reads and checks: inputs, the train/test split, pandas steps, column types and
+data-quality gates, and the metric thresholds a model is judged by (part of the pipeline YAML's models; ``spec.models`` re-exports them)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from airflow_mlops.spec.base import Strict
+from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
+
+DataFormat = Literal["csv", "parquet"]
+
+
+class DataInput(Strict):
+    """A dataset to read: a path/URI, or a scikit-learn bundled dataset (demos and tutorials)."""
+
+    path: str | None = None
+    format: DataFormat | None = Field(None, description="Inferred from the extension when omitted.")
+    sklearn_dataset: str | None = Field(None, description="e.g. 'breast_cancer', 'iris', 'wine'.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataInput":
+        if (self.path is None) == (self.sklearn_dataset is None):
+            raise PydanticCustomError("one_source", "give exactly one of 'path' or 'sklearn_dataset'")
+        return self
+
+
+class Split(Strict):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+    stratify: str | None = Field(None, description="Column to stratify the split by.")
+
+
+class Step(Strict):
+    """One built-in transform; exactly one key per step."""
+
+    dropna: list[str] | bool | None = Field(None, description="Drop rows with nulls (in these columns).")
+    drop: list[str] | None = Field(None, description="Drop these columns.")
+    rename: dict[str, str] | None = None
+    fillna: dict[str, Any] | None = None
+    query: str | None = Field(None, description="Keep rows matching a pandas query expression.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Step":
+        given = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "one_step", "a step has exactly one of {choices}, got {given}",
+                {"choices": ", ".join(type(self).model_fields), "given": given or "none"},
+            )
+        return self
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+
+class Bounds(Strict):
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+
+
+# Column types as Spark prints them (simpleString), with the aliases people write.
+COLUMN_TYPES = ("bigint", "int", "smallint", "tinyint", "double", "float", "string", "boolean", "date", "timestamp",
+                "timestamp_ntz", "binary")
+_TYPE_ALIASES = {"long": "bigint", "integer": "int", "str": "string", "bool": "boolean", "float64": "double"}
+
+
+def canonical_type(name: str) -> str:
+    """``'Long'`` → ``'bigint'``: the Spark simpleString of a type name people write."""
+    name = name.strip().lower()
+    return _TYPE_ALIASES.get(name, name)
+
+
+class QualityGates(Strict):
+    """Checks on a stage's output; a failed gate fails the task with the measured numbers."""
+
+    row_count: Bounds | None = Field(None, description="Bounds on the number of rows.")
+    max_null_fraction: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="column → highest allowed fraction of nulls (0 = no nulls)."
+    )
+    columns: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Required columns → type ('bigint'/'long', 'int', 'double', 'float', 'string', 'boolean', "
+        "'date', 'timestamp') or null for any type.",
+    )
+    unique: list[str | list[str]] = Field(default_factory=list, description="Columns (or column lists) that must be unique.")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        nested = re.compile(r"^(decimal|array|map|struct)\b")
+        bad = {col: t for col, t in v.items()
+               if t is not None and canonical_type(t) not in COLUMN_TYPES and not nested.match(canonical_type(t))}
+        if bad:
+            import difflib
+
+            col, t = next(iter(bad.items()))
+            close = difflib.get_close_matches(canonical_type(t), [*COLUMN_TYPES, *_TYPE_ALIASES], n=1)
+            raise PydanticCustomError(
+                "column_type", "column '{col}': unknown type {t}{hint}; expected one of {choices} (or decimal(p,s), "
+                "array<…>, map<…>, struct<…>)",
+                {"col": col, "t": repr(t), "hint": f" (did you mean '{close[0]}'?)" if close else "",
+                 "choices": ", ".join(COLUMN_TYPES)})
+        return v
+
+
+class Threshold(Strict):
+    min: Annotated[float | None, *TEMPLATABLE_VALUE] = None
+    max: Annotated[float | None, *TEMPLATABLE_VALUE] = None
+
+
+class Comparison(Strict):
+    """How a metric of the candidate must compare with the champion's to win."""
+
+    direction: Literal["higher", "lower"] = Field("higher", description="Which way is better.")
+    min_improvement: float = Field(0.0, ge=0, description="Required gain over the champion (0: at least as good).")
+    relative: bool = Field(False, description="min_improvement is a fraction of the champion's value.")
+
+
+class DriftThresholds(Strict):
+    psi: float | None = Field(None, gt=0, description="Population stability index above which a feature drifted.")
+    ks: float | None = Field(None, gt=0, le=1, description="Kolmogorov–Smirnov statistic above which a feature drifted.")

@@ -1,0 +1,44 @@
+"""The house rules that are not import contracts (those run as `lint-imports` in scripts/test.sh):
+the root's public surface, module sizes, and the stage registry's view of kinds and backends."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "airflow_mlops"
+
+
+def test_the_root_exports_the_loader_the_named_operators_and_sensors():
+    import airflow_mlops
+
+    public = set(airflow_mlops.__all__) - {"__version__"}
+    assert public == set(airflow_mlops._PUBLIC)
+    for name in public:  # every advertised name resolves, lazily
+        assert getattr(airflow_mlops, name) is not None
+    assert "StageOperator" not in public and "EmbeddedBroker" not in public
+
+
+@pytest.mark.parametrize("name, home", [("StageOperator", "airflow_mlops.operators.stage"),
+                                        ("EmbeddedBroker", "airflow_mlops.kafka.broker")])
+def test_names_moved_off_the_root_still_import_with_a_warning(name, home):
+    import airflow_mlops
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(airflow_mlops, name)
+    assert value is getattr(importlib.import_module(home), name)
+    assert any(home in str(w.message) for w in caught)
+
+
+def test_no_module_over_400_lines_without_a_reason_at_its_top():
+    """A long module says why at its top (``Long module: <reason>``) or is split."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        if len(lines) > 400 and not any("Long module:" in line for line in lines[:15]):
+            too_long.append(f"{path.relative_to(PACKAGE.parent)}: {len(lines)} lines")
+    assert not too_long, "split these modules or say why at their top:\n" + "\n".join(too_long)
