@@ -21,7 +21,7 @@ _PUBLIC = {
     "PriceTable": "airflow_mlops.spec.prices",
     "StreamInferenceOperator": "airflow_mlops.operators.stream",
     "KafkaLagSensor": "airflow_mlops.sensors.kafka",
-    "read_pipeline": "airflow_mlops.spec.load",
+    "read_pipeline": "airflow_mlops.factory.pipelines",
     "PipelineSpecError": "airflow_mlops.spec.errors",
 }
 

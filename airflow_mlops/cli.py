@@ -65,8 +65,8 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     import yaml
 
     from airflow_mlops.backends.kubernetes.manifests import render
+    from airflow_mlops.factory.pipelines import read_pipeline
     from airflow_mlops.spec.errors import PipelineSpecError
-    from airflow_mlops.spec.load import read_pipeline
 
     try:
         loaded = read_pipeline(args.pipeline)

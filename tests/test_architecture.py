@@ -42,3 +42,36 @@ def test_no_module_over_400_lines_without_a_reason_at_its_top():
         if len(lines) > 400 and not any("Long module:" in line for line in lines[:15]):
             too_long.append(f"{path.relative_to(PACKAGE.parent)}: {len(lines)} lines")
     assert not too_long, "split these modules or say why at their top:\n" + "\n".join(too_long)
+
+
+def test_the_stage_registry_covers_every_kind_and_mode_with_an_engine_for_each_backend():
+    import typing
+
+    from airflow_mlops.spec.models import AVAILABLE_BACKENDS, STAGE_KINDS, ServeStage
+    from airflow_mlops.stages import registry
+
+    assert set(registry.KINDS) == set(STAGE_KINDS)
+    assert set(registry.KINDS["serve"].modes) == set(typing.get_args(ServeStage.model_fields["mode"].annotation))
+    for name, kind in registry.KINDS.items():
+        assert set(kind.backends) <= set(AVAILABLE_BACKENDS), name
+        if name == "custom":
+            continue
+        for backend in kind.backends:  # the engine the runner would import exists and has run()
+            module = importlib.import_module(registry.engine_module(name, backend))
+            assert callable(module.run), (name, backend)
+
+
+@pytest.mark.parametrize("kind, backend, expected", [
+    ("train", "spark", "the spark backend runs preprocess and serve stages, not train; give this stage "
+                       "'backend: batch' (or kubernetes)"),
+    ("drift", "spark", "the spark backend runs preprocess and serve stages, not drift; give this stage "
+                       "'backend: batch' (or kubernetes)"),
+])
+def test_a_kind_on_a_backend_that_does_not_run_it_is_refused_naming_what_does(kind, backend, expected):
+    from airflow_mlops.stages import registry
+
+    class Stage:  # only what the registry reads
+        mode = None
+
+    Stage.kind = kind
+    assert list(registry.problems(Stage(), backend)) == [(None, expected)]

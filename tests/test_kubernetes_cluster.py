@@ -111,7 +111,7 @@ def test_rendered_namespace_manifests_are_accepted_by_the_api_server(kube_cluste
     from kubernetes import utils
 
     from airflow_mlops.backends.kubernetes.manifests import render
-    from airflow_mlops.spec.load import read_pipeline
+    from airflow_mlops.factory.pipelines import read_pipeline
 
     text = pipeline_yaml(kube_cluster, kube_namespace).replace(
         "          schedule_timeout: 20s",

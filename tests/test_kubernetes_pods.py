@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_mlops.spec.load import read_pipeline
+from airflow_mlops.factory.pipelines import read_pipeline
 from tests.helpers import write
 
 PIPELINE = """

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from airflow_mlops.factory.pipelines import read_pipeline
 from airflow_mlops.spec.errors import PipelineSpecError
-from airflow_mlops.spec.load import read_pipeline
 from tests.helpers import write
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from airflow_mlops.factory.pipelines import load_dags, read_pipeline
 from airflow_mlops.spec.errors import PipelineSpecError
-from airflow_mlops.spec.load import load_folder, read_pipeline, resolve_resources
+from airflow_mlops.spec.load import resolve_resources
 from tests.conftest import REPO
 from tests.helpers import write
 
@@ -297,7 +298,8 @@ def test_one_bad_file_loses_only_itself_and_duplicate_ids_are_refused(tmp_path):
     write(tmp_path, "b.yaml", "id: q\nstages: {preprocess: {input: {path: a.csv}}}\n")
     write(tmp_path, "c.yaml", "id: p\nstages: {preprocess: {input: {path: a.csv}}}\n")
     write(tmp_path, "broken.yaml", "id: [\n")
-    good, bad = load_folder(tmp_path)
+    verdict = load_dags([tmp_path])
+    good, bad = [loaded for loaded, _ in verdict.good], verdict.bad
     assert sorted(lp.pipeline.id for lp in good) == ["p", "q"]
     assert sorted(path.name for path in bad) == ["broken.yaml", "c.yaml"]
     assert str(bad[tmp_path / "c.yaml"]) == f"{tmp_path / 'c.yaml'}:1:5 id: pipeline id 'p' is already used by {tmp_path / 'a.yaml'}"

@@ -4,13 +4,13 @@ whose id is ``RESULT_TASK`` returns the stage's references through XCom."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Iterator
 
 from airflow_mlops.spec.load import resolve_resources
 from airflow_mlops.spec.models import AVAILABLE_BACKENDS
 from airflow_mlops.spec.operator_args import RESULT_TASK
 
-__all__ = ["AVAILABLE_BACKENDS", "RESULT_TASK", "build_stage_tasks", "stage_operator_args"]
+__all__ = ["AVAILABLE_BACKENDS", "RESULT_TASK", "build_stage_tasks", "problems", "stage_operator_args"]
 
 
 def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any]:
@@ -32,3 +32,12 @@ def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any
 
 def build_stage_tasks(backend: str, **kwargs: Any) -> Any:
     return importlib.import_module(f"airflow_mlops.backends.{backend}").build(**kwargs)
+
+
+def problems(stage: Any, backend: str, pipeline: Any) -> Iterator[tuple[str | None, str]]:
+    """What ``backend`` needs of a stage before it can run it (None: the fault is the backend
+    setting itself), for ``airflow-mlops validate`` and the dags-folder loader."""
+    if backend == "kubernetes" and stage.kind != "custom":
+        if not (stage.kubernetes and stage.kubernetes.image) and not pipeline.kubernetes.image:
+            yield None, ("the kubernetes backend needs an image with airflow-mlops installed: "
+                         "set kubernetes.image on the pipeline or the stage")

@@ -18,6 +18,7 @@ from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
 from airflow_mlops.spec.models import Pipeline
 from airflow_mlops.spec.operator_args import stage_task_args
 from airflow_mlops.spec.templating import is_template
+from airflow_mlops.stages import registry
 
 TAG = "airflow-mlops"
 
@@ -95,12 +96,14 @@ def _docs(loaded: LoadedPipeline) -> str:
 
 
 def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
-    """Stage outputs as Airflow Assets: datasets by folder, models by registered name."""
-    if stage.kind in ("preprocess", "serve"):
+    """Stage outputs as Airflow Assets (what the stage registry says the kind produces): datasets by
+    folder, models by registered name, drift reports by pipeline and stage."""
+    produces = registry.produces(stage.kind)
+    if produces == "dataset":
         return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.asset_root}/{name}")]
-    if stage.kind == "drift":
+    if produces == "drift":
         return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"airflow-mlops://{plan.pipeline.id}/{name}/drift")]
-    if stage.kind == "train":
+    if produces == "model":
         model = plan.pipeline.mlflow.registered_model or plan.pipeline.id
         return [Asset(name=f"{plan.pipeline.id}.{name}.model", uri=f"mlflow-model://{model}")]
     return []

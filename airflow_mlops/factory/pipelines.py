@@ -20,12 +20,15 @@ from typing import Iterable, Iterator
 
 from airflow.sdk import DAG
 
+from airflow_mlops import backends
 from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path
 from airflow_mlops.factory.build import StageBuildError, build_dag
+from airflow_mlops.spec import load
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import one_scan
-from airflow_mlops.spec.load import LoadedPipeline, discover, read_pipeline
+from airflow_mlops.spec.load import LoadedPipeline, discover
 from airflow_mlops.spec.operator_args import translate_arguments
+from airflow_mlops.stages import registry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,17 @@ class Verdict:
     good: list[tuple[LoadedPipeline, DAG]] = field(default_factory=list)
     bad: dict[Path, PipelineSpecError] = field(default_factory=dict)
     warnings: list[SpecIssue] = field(default_factory=list)
+
+
+# What the stage registry and the backends know of a stage on its backend, checked with the spec.
+STAGE_CHECKS = (registry.problems, backends.problems)
+
+
+def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None) -> LoadedPipeline:
+    """One pipeline file, loaded and checked as ``airflow-mlops validate`` checks it (without
+    building its DAG: ``load_dags`` does that too). Raises PipelineSpecError with every problem
+    at its ``file:line:column``."""
+    return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS)
 
 
 def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:

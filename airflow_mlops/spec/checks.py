@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from airflow_mlops._core.errors import did_you_mean, format_path, one_of
 from airflow_mlops.spec.dag import check_dag
 from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import AVAILABLE_BACKENDS, BUILTIN_PROFILES, Pipeline
 from airflow_mlops.spec.source import Source
+
+# (stage, backend, pipeline) -> (field or None, message) for each problem
+StageCheck = Callable[[Any, str, Pipeline], Iterator[tuple["str | None", str]]]
 
 
 def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
@@ -22,8 +25,11 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
     }
 
 
-def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
-    """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data."""
+def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = ()) -> Iterable[SpecIssue]:
+    """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data.
+
+    ``stage_checks``: what the layers above know of a stage on its backend (``stages.registry.problems``,
+    ``backends.problems``), each yielding ``(field or None for the backend, message)``."""
     names = list(pipeline.stages)
     deps = stage_dependencies(pipeline)
     profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
@@ -48,7 +54,10 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
                 src.mark_of(backend_loc), format_path(backend_loc),
                 f"backend '{backend}' is not available in this version of airflow-mlops; available: {one_of(AVAILABLE_BACKENDS)}",
             )
-        yield from _check_engine(stage, backend, at, backend_loc, src, pipeline.kubernetes.image)
+        for check in stage_checks:
+            for field, message in check(stage, backend, pipeline):
+                loc = backend_loc if field is None else at + (field,)
+                yield SpecIssue(src.mark_of(loc), format_path(loc), message)
         yield from _check_imports(stage, at, src)
     cycles = list(_check_cycles(deps, src))
     yield from cycles
@@ -56,37 +65,6 @@ def check_pipeline(pipeline: Pipeline, src: Source) -> Iterable[SpecIssue]:
     known = all(dep in pipeline.stages and dep != name for name, ds in deps.items() for dep in ds)
     if known and not cycles:  # what comes from upstream is only clear once the graph is
         yield from check_inputs(pipeline, deps, src)
-
-
-def _check_engine(
-    stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source, pipeline_image: str | None = None
-) -> Iterable[SpecIssue]:
-    """What each backend's engine can do: Spark runs preprocess (SQL or a transform over Spark
-    DataFrames) and serve; the batch backend runs pandas, which has no SQL."""
-    def issue(field: str, message: str) -> SpecIssue:
-        return SpecIssue(src.mark_of(at + (field,)), format_path(at + (field,)), message)
-
-    if backend == "spark":
-        if stage.kind not in ("preprocess", "serve", "custom"):
-            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
-                            f"the spark backend runs preprocess and serve stages, not {stage.kind}; "
-                            f"give this stage 'backend: batch' (or kubernetes)")
-        elif stage.kind == "preprocess":
-            if stage.steps:
-                yield issue("steps", "built-in steps are pandas operations; on the spark backend use 'sql' or 'transform'")
-            if stage.callable:
-                yield issue("callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'")
-            if stage.split and stage.split.stratify:
-                yield issue("split", "a stratified split is not available on the spark backend; remove 'stratify'")
-        if stage.kind == "serve" and stage.mode in ("online", "stream"):
-            yield issue("mode", f"{stage.mode} serving is not a Spark job: use backend batch (or kubernetes) for it")
-    elif backend == "kubernetes" and stage.kind != "custom":
-        if not (stage.kubernetes and stage.kubernetes.image) and not pipeline_image:
-            yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
-                            "the kubernetes backend needs an image with airflow-mlops installed: "
-                            "set kubernetes.image on the pipeline or the stage")
-    if backend != "spark" and stage.kind == "preprocess" and stage.sql:
-        yield issue("sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas")
 
 
 def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from airflow_mlops.spec.checks import check_names_and_schedule, check_pipeline, stage_dependencies
+from airflow_mlops.spec.checks import StageCheck, check_names_and_schedule, check_pipeline, stage_dependencies
 from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
@@ -23,7 +23,7 @@ from airflow_mlops.spec.translate import translate
 
 __all__ = [
     "DEFAULTS_FILE", "PIPELINE_SUFFIXES", "LoadedPipeline", "check_pipeline", "discover", "effective_kubernetes",
-    "load_folder", "read_pipeline", "resolve_resources", "stage_dependencies", "translate",
+    "read_pipeline", "resolve_resources", "stage_dependencies", "translate",
 ]
 
 
@@ -66,8 +66,12 @@ def effective_kubernetes(pipeline: Pipeline, stage: Any) -> KubernetesSettings:
     )
 
 
-def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None) -> LoadedPipeline:
+def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,
+                  stage_checks: Iterable[StageCheck] = ()) -> LoadedPipeline:
     """Load and validate one pipeline file, merged over the ``_defaults.yaml`` files above it.
+
+    ``stage_checks`` add what the layers above know (which backends run which kinds): the full
+    verdict is ``airflow_mlops.factory.pipelines.read_pipeline``, which passes them.
 
     ``root`` is accepted for compatibility and ignored: the defaults that apply to a file never
     depend on the folder it was found from (see ``airflow_mlops.spec.files``)."""
@@ -94,7 +98,7 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
         pipeline = Pipeline.model_validate(merged.data)
     except ValidationError as exc:
         raise PipelineSpecError(_in_order(translate(exc, merged) + issues, display)) from None
-    issues += check_pipeline(pipeline, merged)
+    issues += check_pipeline(pipeline, merged, stage_checks)
     if issues:
         raise PipelineSpecError(_in_order(issues, display))
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)
@@ -104,26 +108,3 @@ def _in_order(issues: list[SpecIssue], file: str) -> list[SpecIssue]:
     """The pipeline file's issues by position, then those of its defaults files."""
     return sorted(issues, key=lambda i: (i.mark.file != file, i.mark.file, i.mark.line, i.mark.column)
                   if i.mark else (True, "", 0, 0))
-
-
-def load_folder(folder: str | os.PathLike) -> tuple[list[LoadedPipeline], dict[Path, PipelineSpecError]]:
-    """All pipeline specs under ``folder``; a bad file only loses itself. Ids must be unique across
-    files. Only the spec: ``airflow_mlops.factory.pipelines.load_dags`` also builds the DAGs."""
-    good: list[LoadedPipeline] = []
-    bad: dict[Path, PipelineSpecError] = {}
-    seen: dict[str, LoadedPipeline] = {}
-    for path in discover(folder):
-        try:
-            loaded = read_pipeline(path)
-        except PipelineSpecError as exc:
-            bad[path] = exc
-            continue
-        first = seen.get(loaded.pipeline.id)
-        if first is not None:
-            bad[path] = PipelineSpecError(
-                [SpecIssue(loaded.mark_of(("id",)), "id", f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}")]
-            )
-            continue
-        seen[loaded.pipeline.id] = loaded
-        good.append(loaded)
-    return good, bad

@@ -11,14 +11,14 @@ from typing import Any, Iterator
 
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.paths import environ_kept
+from airflow_mlops.stages.registry import engine_module
 
 
 def run_stage_code(spec: Any, ctx: StageContext) -> dict[str, Any]:
     """The stage's own code. The engine follows the backend: a kind's Spark engine is
     ``stages/<kind>/spark.py``, its pandas engine ``stages/<kind>/__init__.py``. Whether Spark is embedded or a cluster is the
     backend's business, not the stage's."""
-    engine = ".spark" if ctx.backend == "spark" else ""
-    module = importlib.import_module(f"airflow_mlops.stages.{spec.kind}{engine}")
+    module = importlib.import_module(engine_module(spec.kind, ctx.backend))
     with _mlflow_left_as_found():
         result = module.run(spec, ctx)
     return _jsonable(result)

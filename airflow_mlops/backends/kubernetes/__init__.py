@@ -8,10 +8,11 @@ from typing import Any
 from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator
 from airflow_mlops.spec.load import effective_kubernetes
+from airflow_mlops.stages import registry
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
-    if stage.kind == "serve" and stage.mode == "online":
+    if registry.runs_as_server(stage):
         from airflow_mlops.backends.kubernetes.serving import KubernetesModelServerOperator
 
         operator: Any = KubernetesModelServerOperator

@@ -1,0 +1,98 @@
+"""What each stage kind is, in one table: the backends and modes it runs on, what it produces, and
+where its engines live. The factory (Assets), the checks behind ``airflow-mlops validate`` and the
+engine runner all read it; a new kind or mode is an entry here plus its folder ``stages/<kind>/``.
+
+Pure data and string checks: read at every DAG parse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Mapping
+
+Problem = tuple[str | None, str]  # (the stage's field at fault, None for its backend; the message)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One stage kind.
+
+    :param backends: the backends that run it (``batch``, ``spark``, ``kubernetes``).
+    :param modes: for a kind with modes (serve), each mode's backends; the kind's ``backends`` hold
+        for a mode not listed.
+    :param produces: ``dataset`` (a folder of files), ``model`` (a registered model version),
+        ``drift`` (a drift report), or None: what the factory publishes as the stage's Asset.
+    :param server_modes: modes that run as a long-lived model server rather than a task that ends
+        (a backend builds its own operator for them).
+    :param rules: the kind's own checks for a backend (``(stage, backend) -> problems``).
+    """
+
+    backends: tuple[str, ...]
+    modes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    produces: Literal["dataset", "model", "drift"] | None = None
+    server_modes: tuple[str, ...] = ()
+    rules: Callable[[Any, str], Iterator[Problem]] | None = None
+
+
+def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
+    """Spark runs SQL or a transform over Spark DataFrames; pandas has no SQL."""
+    if backend == "spark":
+        if stage.steps:
+            yield "steps", "built-in steps are pandas operations; on the spark backend use 'sql' or 'transform'"
+        if stage.callable:
+            yield "callable", "on the spark backend read with 'input'/'inputs' and transform with 'sql' or 'transform'"
+        if stage.split and stage.split.stratify:
+            yield "split", "a stratified split is not available on the spark backend; remove 'stratify'"
+    elif stage.sql:
+        yield "sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas"
+
+
+ALL = ("batch", "spark", "kubernetes")
+KINDS: dict[str, Kind] = {
+    "preprocess": Kind(backends=ALL, produces="dataset", rules=_preprocess_rules),
+    "train": Kind(backends=("batch", "kubernetes"), produces="model"),
+    "validate": Kind(backends=("batch", "kubernetes")),
+    "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",),
+                  modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch", "kubernetes")}),
+    "drift": Kind(backends=("batch", "kubernetes"), produces="drift"),
+    "custom": Kind(backends=ALL),  # a user's operator: the backend is not ours to run
+}
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def problems(stage: Any, backend: str, pipeline: Any = None) -> Iterator[Problem]:
+    """Why ``stage`` cannot run on ``backend`` (its field, or None for the backend; a message)."""
+    del pipeline
+    kind = KINDS[stage.kind]
+    if backend not in kind.backends:
+        runs = [name for name, k in KINDS.items() if backend in k.backends and name != "custom"]
+        others = [b for b in kind.backends if b != backend]
+        yield None, (f"the {backend} backend runs {_listed(runs)} stages, not {stage.kind}; give this stage "
+                     f"'backend: {others[0]}'" + (f" (or {_listed(others[1:])})" if others[1:] else ""))
+        return
+    mode = getattr(stage, "mode", None)
+    if mode in kind.modes and backend not in kind.modes[mode]:
+        where = " (or ".join(kind.modes[mode][:2]) + (")" if len(kind.modes[mode]) > 1 else "")
+        yield "mode", (f"{mode} serving is not a Spark job: use backend {where} for it" if backend == "spark"
+                       else f"{mode} {stage.kind} does not run on the {backend} backend: use backend {where} for it")
+    if kind.rules is not None:
+        yield from kind.rules(stage, backend)
+
+
+def produces(kind: str) -> str | None:
+    """``dataset``, ``model``, ``drift`` or None: what a stage of this kind publishes."""
+    return KINDS[kind].produces
+
+
+def runs_as_server(stage: Any) -> bool:
+    """Whether the stage is a long-lived model server (serve, mode online)."""
+    return getattr(stage, "mode", None) in KINDS[stage.kind].server_modes
+
+
+def engine_module(kind: str, backend: str) -> str:
+    """The module whose ``run(spec, ctx)`` computes the stage: ``stages/<kind>/spark.py`` on the
+    spark backend, else the kind's pandas engine ``stages/<kind>/__init__.py``."""
+    return f"airflow_mlops.stages.{kind}" + (".spark" if backend == "spark" else "")
