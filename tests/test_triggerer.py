@@ -1,0 +1,52 @@
+"""A deferrable KafkaLagSensor run by a real deployment: api-server, scheduler (LocalExecutor),
+dag-processor and ``airflow triggerer`` as separate processes, the Kafka connection stored only in
+the metadata DB (``airflow connections add``), the broker the embedded Kafka-protocol one."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.airflow_stack import AirflowStack
+from tests.kafka_helpers import produce, shared_broker, unique
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(tmp_path_factory):
+    stack = AirflowStack(tmp_path_factory.mktemp("airflow-stack"))
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def test_deferred_kafka_sensor_finds_a_db_connection_in_the_real_triggerer(airflow_stack):
+    broker = shared_broker()
+    topic, group = unique("stack-events"), unique("stack-group")
+    broker.create_topic(topic, 2)
+    produce(broker, topic, [(f"k{i}".encode(), b"x") for i in range(4)])
+    # In the metadata DB only: no AIRFLOW_CONN_* variable reaches any of the processes.
+    airflow_stack.cli("connections", "add", "kafka_in_db", "--conn-type", "kafka",
+                      "--conn-host", broker.bootstrap_servers)
+    assert not any(k.startswith("AIRFLOW_CONN_") for k in airflow_stack.env)
+    dag_id = "deferred_kafka_stack"
+    (airflow_stack.dags / f"{dag_id}.py").write_text(f"""
+# An Airflow DAG whose Kafka sensor defers to the triggerer.
+from airflow.sdk import DAG
+from airflow_mlops.sensors.kafka import KafkaLagSensor
+
+with DAG({dag_id!r}, schedule=None):
+    KafkaLagSensor(task_id="records", topics={topic!r}, group_id={group!r}, condition="new_records", threshold=4,
+                   kafka_conn_id="kafka_in_db", deferrable=True, poke_interval=2, timeout=300)
+""")
+    airflow_stack.wait_for_dag(dag_id)
+    states = airflow_stack.run_dag(dag_id)
+    log = airflow_stack.task_log(dag_id, "records")
+    assert states == {"records": "success"}, log[-3000:] + airflow_stack.output_tail()
+    # The task handed its wait to the triggerer, which ran the trigger (its log lines come back
+    # into the task's log) and resumed the task with the trigger's event.
+    assert "(ID " in log and "starting" in log and "Trigger fired event" in log, log[-3000:]
+    assert "'status': 'success'" in log and "trigger completed" in log, log[-3000:]
+    # ... in the triggerer process: its own output shows the Kafka client it ran measuring this topic.
+    triggerer = airflow_stack.output("triggerer")
+    assert topic in triggerer, triggerer[-3000:]
+    assert f"Kafka lag of group '{group}' on ['{topic}']" in log and "met at least 4 new record(s)" in log, log[-3000:]
