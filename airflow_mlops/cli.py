@@ -1,5 +1,5 @@
 """``airflow-mlops``: validate pipeline files in CI, export the JSON Schema for editors, render
-Kubernetes namespace manifests."""
+Kubernetes namespace manifests, move a champion alias back, print a DAG run's cost by stage."""
 
 from __future__ import annotations
 
