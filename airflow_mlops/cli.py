@@ -1,5 +1,5 @@
 """``airflow-mlops``: validate pipeline files in CI, export the JSON Schema for editors, render
-Kubernetes namespace manifests."""
+Kubernetes namespace manifests, move a champion alias back, print a DAG run's cost by stage."""
 
 from __future__ import annotations
 
@@ -113,9 +113,48 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from airflow_mlops.telemetry.cost import run_report
+    """One DAG run's cost by stage, from MLflow: a table, or JSON rows with ``--json``. Exit 0;
+    1 when no task of the run recorded a cost or the store is missing; 2 for a tracking URI that
+    breaks the rule (``_core.tracking_uri``)."""
+    from dataclasses import asdict
 
-    return run_report(args)
+    from airflow_mlops._core.mlflow import StoreNotFound
+    from airflow_mlops.telemetry.cost import report
+
+    try:
+        rows = report(args.run_id, tracking_uri=args.tracking_uri, dag_id=args.dag_id)
+    except StoreNotFound as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a tracking URI (e.g. from $MLFLOW_TRACKING_URI) that breaks the rule
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(format_cost_report(rows, args.run_id))
+    return 0 if rows else 1
+
+
+def format_cost_report(rows: list, run_id: str) -> str:
+    """``telemetry.cost.report()``'s rows (StageCost) as a table with a TOTAL line; amounts to 4 decimals."""
+    if not rows:
+        return f"no task of DAG run '{run_id}' recorded a cost in MLflow"
+    header = ("stage", "tries", "GPU-h", "CPU-h", "GiB-h", "GPU", "CPU", "memory", "total")
+    table = [header] + [
+        (r.stage, str(r.runs), f"{r.gpu_hours:.4f}", f"{r.cpu_hours:.4f}", f"{r.memory_gib_hours:.4f}",
+         f"{r.gpu:.4f}", f"{r.cpu:.4f}", f"{r.memory:.4f}", f"{r.total:.4f}")
+        for r in rows
+    ]
+    total = [sum(getattr(r, k) for r in rows) for k in ("gpu_hours", "cpu_hours", "memory_gib_hours", "gpu", "cpu", "memory", "total")]
+    table.append(("TOTAL", str(sum(r.runs for r in rows)), *(f"{v:.4f}" for v in total)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [f"cost of DAG run '{run_id}' by stage"]
+    for i, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+        if i == 0 or i == len(table) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,10 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion")
     p.add_argument("--previous-alias", default="previous-champion")
     p.set_defaults(func=cmd_rollback)
-    from airflow_mlops.telemetry.cost import add_arguments
-
     p = sub.add_parser("cost", help="one DAG run's cost by stage (GPU-, CPU-, memory GiB-hours x prices), from MLflow")
-    add_arguments(p)
+    p.add_argument("run_id", help="the Airflow DAG run id (e.g. manual__2026-01-01T00:00:00+00:00)")
+    p.add_argument("--dag", dest="dag_id", help="only this DAG's tasks (run ids can repeat across DAGs)")
+    p.add_argument("--tracking-uri", type=tracking_uri_argument,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                   "SQLite store under $AIRFLOW_MLOPS_HOME)")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.set_defaults(func=cmd_cost)
     return parser
 

@@ -106,7 +106,8 @@ def main() -> int:
 
     import mlflow
 
-    from airflow_mlops.telemetry.nvml import MlflowSink, NvmlSampler
+    from airflow_mlops.telemetry.mlflow_sink import MlflowSink
+    from airflow_mlops.telemetry.sampler import NvmlSampler
 
     _nvml, what = choose_nvml(args.nvml, args.gpus)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-sampler-bench-"))

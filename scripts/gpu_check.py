@@ -100,7 +100,8 @@ def main() -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     report: dict = {}
 
-    from airflow_mlops.telemetry.nvml import NvmlSampler, choose_devices, list_devices
+    from airflow_mlops.telemetry.devices import choose_devices, list_devices
+    from airflow_mlops.telemetry.sampler import NvmlSampler
 
     devices = list_devices()
     check("nvml", bool(devices), f"{len(devices)} GPU(s): " + "; ".join(

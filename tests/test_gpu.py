@@ -1,5 +1,5 @@
-"""GPU training: the NVML sampler, Prometheus exposition, cost, GpuTrainOperator through Airflow,
-the kubernetes backend's pod, GpuAvailableSensor and its trigger.
+"""GPU training: the NVML sampler, cost, GpuTrainOperator through Airflow, the kubernetes backend's
+pod, GpuAvailableSensor and its trigger (Prometheus: tests/test_telemetry_prometheus.py).
 
 No machine here has an NVIDIA GPU or driver. Two things follow:
 - the real ``pynvml`` really fails here (``NVMLError_LibraryNotFound``): the no-driver path is
@@ -22,13 +22,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NvmlSampler
+from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE
+from airflow_mlops.telemetry.sampler import NvmlSampler
 from tests.conftest import REPO
 from tests.fake_nvml import FakeGpu, FakeNvml, GiB, NVMLError_DriverNotLoaded, install
 from tests.helpers import extra_links, write
@@ -97,7 +96,7 @@ def test_sampler_without_energy_counter_integrates_power(monkeypatch):
 def test_sampler_thread_logs_batches_to_mlflow(monkeypatch, tmp_path):
     import mlflow
 
-    from airflow_mlops.telemetry.nvml import MlflowSink
+    from airflow_mlops.telemetry.mlflow_sink import MlflowSink
 
     install(monkeypatch, two_gpus())
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -145,7 +144,8 @@ def test_any_nvml_init_error_is_a_noop(monkeypatch, caplog):
 
 
 def test_choose_devices_takes_those_with_most_free_memory(monkeypatch):
-    from airflow_mlops.telemetry.nvml import NotEnoughGpus, choose_devices, list_devices
+    from airflow_mlops.telemetry.devices import choose_devices, list_devices
+    from airflow_mlops.telemetry.nvml import NotEnoughGpus
 
     install(monkeypatch, FakeNvml([FakeGpu(memory_used=[70 * GiB]), FakeGpu(memory_used=[10 * GiB]),
                                    FakeGpu(memory_used=[1 * GiB]), FakeGpu(memory_used=[10 * GiB])]))
@@ -176,150 +176,6 @@ def test_real_nvml_on_a_gpu_machine():
     assert 0 < d["memory_peak_bytes"] <= d["memory_total_bytes"]
     assert d["power_max_w"] is None or d["power_max_w"] > 0
     assert s["energy_j"] is None or s["energy_j"] >= 0
-
-
-# --- Prometheus ---------------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
-
-
-def parse_exposition(text: str) -> dict:
-    """A strict reader of the text format 0.0.4: HELP and TYPE come before a family's samples,
-    every line is a comment or a sample, label values are unescaped."""
-    families: dict = {}
-    assert text.endswith("\n")
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            _, _, name, help_text = line.split(" ", 3)
-            families.setdefault(name, {"samples": []})["help"] = help_text
-        elif line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("gauge", "counter", "untyped"), line
-            assert not families.get(name, {}).get("samples"), f"TYPE after samples: {line}"
-            families.setdefault(name, {"samples": []})["type"] = kind
-        else:
-            m = _SAMPLE.match(line)
-            assert m, f"not a sample line: {line!r}"
-            name, body, value = m.groups()
-            assert name in families and "type" in families[name], f"sample before its TYPE: {line}"
-            labels = {}
-            if body:
-                consumed = "".join(x.group(0) for x in _LABEL.finditer(body))
-                assert consumed == body, f"bad labels: {body!r}"
-                labels = {k: re.sub(r'\\(.)', lambda c: "\n" if c.group(1) == "n" else c.group(1), v)
-                          for k, v, in ((x.group(1), x.group(2)) for x in _LABEL.finditer(body))}
-            families[name]["samples"].append((labels, float(value)))
-    return families
-
-
-def test_prometheus_text_parses_back(monkeypatch):
-    from airflow_mlops.telemetry.cost import TaskResources, task_cost
-    from airflow_mlops.telemetry.prometheus import render
-
-    install(monkeypatch, two_gpus())
-    with NvmlSampler(interval_s=3600) as sampler:
-        sampler.sample()
-    run_id = 'manual__2026-01-01T00:00:00+00:00 "quoted" \\ back\nslash'
-    cost = task_cost(TaskResources(gpu=2, cpu=8, memory_gib=32), 1800)
-    text = render(sampler.summary(), sampler.latest(), {"dag_id": "d", "task_id": "t", "run_id": run_id}, cost.as_dict())
-    f = parse_exposition(text)
-    util = f["airflow_mlops_gpu_utilization_percent"]
-    assert util["type"] == "gauge"
-    assert {s[0]["gpu"]: s[1] for s in util["samples"]} == {"0": 90.0, "1": 100.0}  # the last of 3 samples
-    assert all(s[0]["run_id"] == run_id and s[0]["dag_id"] == "d" for s in util["samples"])
-    assert {s[0]["gpu"]: s[1] for s in f["airflow_mlops_gpu_memory_used_bytes"]["samples"]} == {"0": 5 * GiB, "1": 39 * GiB}
-    assert {s[0]["gpu"]: s[1] for s in f["airflow_mlops_gpu_power_watts"]["samples"]} == {"0": 300.0, "1": 400.0}
-    assert f["airflow_mlops_gpu_energy_joules_total"]["type"] == "counter"
-    assert {s[0]["gpu"]: s[1] for s in f["airflow_mlops_gpu_energy_joules_total"]["samples"]} == {"0": 9.0, "1": 6.0}
-    assert f["airflow_mlops_gpu_memory_peak_bytes"]["samples"][0][1] == 39 * GiB
-    assert f["airflow_mlops_gpu_utilization_max_percent"]["samples"][0][1] == 100
-    assert f["airflow_mlops_gpu_available"]["samples"][0][1] == 1
-    assert f["airflow_mlops_task_cost_total"]["samples"][0][1] == pytest.approx(2 * 0.5 * 2.5 + 8 * 0.5 * 0.1 + 32 * 0.5 * 0.05)
-    assert f["airflow_mlops_task_gpu_hours_billed_total"]["samples"][0][1] == 1.0
-
-    empty = parse_exposition(render({"available": False}, {}, {"task_id": "t"}))
-    assert list(empty) == ["airflow_mlops_gpu_available"] and empty["airflow_mlops_gpu_available"]["samples"][0][1] == 0
-
-
-def test_metrics_server_serves_the_exposition_for_scraping():
-    from airflow_mlops.telemetry.prometheus import CONTENT_TYPE, MetricsServer, render
-
-    with MetricsServer(0, lambda: render({"available": False}, {}, {"task_id": "t"}), host="127.0.0.1") as server:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
-            assert response.headers["Content-Type"] == CONTENT_TYPE
-            body = response.read().decode()
-    assert parse_exposition(body)["airflow_mlops_gpu_available"]["samples"] == [({"task_id": "t"}, 0.0)]
-
-
-@pytest.fixture
-def pushgateway():
-    """A real HTTP server standing in for a Pushgateway: it records each PUT (path, content type,
-    body); a Pushgateway replaces the group's metrics on PUT at /metrics/job/<job>/<label>/<value>."""
-    seen = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append((self.path, self.headers["Content-Type"], body.decode()))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
-
-
-def test_push_puts_the_text_under_the_grouping_key(pushgateway):
-    """Values with '/' or ':' use the @base64 form."""
-    from airflow_mlops.telemetry.prometheus import push
-
-    url, seen = pushgateway
-    push(url + "/", "x 1\n", grouping={"dag_id": "churn", "run_id": "manual__2026-01-01T00:00:00+00:00"})
-    path, content_type, body = seen[0]
-    encoded = base64.urlsafe_b64encode(b"manual__2026-01-01T00:00:00+00:00").decode()
-    assert path == f"/metrics/job/airflow_mlops/dag_id/churn/run_id@base64/{encoded}"
-    assert content_type.startswith("text/plain; version=0.0.4")
-    assert body == "x 1\n"
-
-
-def test_yaml_train_stage_pushes_gpu_metrics_and_bills_the_pipeline_prices(airflow_db, mlops_home, dags_folder,
-                                                                          monkeypatch, pushgateway):
-    """A pipeline's gpu_metrics and prices reach its built-in train stage, which Airflow runs in
-    this process, where NVML is the FAKE one."""
-    from airflow_mlops import load_pipelines
-
-    install(monkeypatch, FakeNvml([FakeGpu(utilization=[55])]))
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    url, seen = pushgateway
-    write(dags_folder, "pushed.yaml", f"""
-        id: pushed
-        prices: {{gpu_hour: 4.0}}
-        gpu_metrics: {{pushgateway_url: '{url}', sample_interval: 0.2}}
-        stages:
-          preprocess:
-            input: {{sklearn_dataset: iris}}
-          train:
-            estimator: sklearn.linear_model.LogisticRegression
-            params: {{max_iter: 500}}
-            target: target
-            resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
-        """)
-    dr = load_pipelines(folder=dags_folder)["pushed"].test()
-    assert dr.state == "success", {ti.task_id: ti.state for ti in dr.get_task_instances()}
-    assert {path for path, _, _ in seen} == {"/metrics/job/airflow_mlops/dag_id/pushed/task_id/train.run"}
-    last = parse_exposition(seen[-1][2])  # the final push, after training
-    (labels, value), = last["airflow_mlops_gpu_utilization_percent"]["samples"]
-    assert value == 55 and labels["gpu"] == "0" and labels["run_id"] == dr.run_id
-    result = dr.get_task_instance("train.run").xcom_pull(task_ids="train.run")
-    assert result["gpu"]["available"] is True and result["gpu"]["ids"] == [0]
-    assert result["cost"]["gpu"] == pytest.approx(result["cost"]["gpu_hours"] * 4.0)
-    assert last["airflow_mlops_task_cost_total"]["samples"][0][1] > 0
 
 
 # --- cost -------------------------------------------------------------------------------------
@@ -612,19 +468,19 @@ def test_cost_report_by_stage(gpu_dag_run):
     for task in ("forest", "frames", "resumable", "crashy", "script"):
         expected[task] = sum(r.data.metrics["cost/total"] for r in _runs(client, task))
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", dr.run_id, "--dag", "gpu_cpu",
+    out = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "cost", dr.run_id, "--dag", "gpu_cpu",
                           "--tracking-uri", uri, "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {r["stage"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(expected)
     assert {k: r["total"] for k, r in rows.items()} == pytest.approx(expected)
     assert rows["resumable"]["runs"] == 2 and rows["forest"]["runs"] == 1
-    table = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", dr.run_id, "--tracking-uri", uri],
+    table = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "cost", dr.run_id, "--tracking-uri", uri],
                            capture_output=True, text=True, cwd=REPO, timeout=300).stdout
     assert f"cost of DAG run '{dr.run_id}' by stage" in table
     total_line = next(line for line in table.splitlines() if line.startswith("TOTAL"))
     assert float(total_line.split()[-1]) == pytest.approx(sum(expected.values()), abs=1e-4)
-    missing = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", "no_such_run", "--tracking-uri", uri],
+    missing = subprocess.run([sys.executable, "-m", "airflow_mlops.cli", "cost", "no_such_run", "--tracking-uri", uri],
                              capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode == 1 and "no task of DAG run 'no_such_run' recorded a cost" in missing.stdout
 

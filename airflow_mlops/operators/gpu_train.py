@@ -19,7 +19,7 @@ from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
-from airflow_mlops.telemetry.nvml import parse_gpu_ids
+from airflow_mlops.telemetry.devices import parse_gpu_ids
 
 BACKENDS = ("local", "kubernetes")
 

@@ -1,5 +1,5 @@
 """Whether enough GPUs with enough free memory are there now: what GpuAvailableSensor and its
-trigger poke (NVML through ``telemetry.nvml``)."""
+trigger poke (NVML through ``telemetry.devices``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def gib_text(n: int) -> str:
 
 def check_gpus(count: int, min_free_bytes: int, gpu_ids: Sequence[int] | None = None) -> GpuCheck:
     """One NVML measurement: are there ``count`` GPUs (among ``gpu_ids``) with ≥ ``min_free_bytes`` free?"""
-    from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NvmlUnavailable, list_devices
+    from airflow_mlops.telemetry.devices import list_devices
+    from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NvmlUnavailable
 
     want = f"{count} GPU(s) with ≥ {gib_text(min_free_bytes)} free"
     try:

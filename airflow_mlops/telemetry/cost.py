@@ -7,16 +7,13 @@ Kubernetes' ``Gi``: ``64Gi`` is 64 GB here.
 Each task records its cost in MLflow (metrics ``cost/gpu_hours``, ``cost/cpu_hours``,
 ``cost/memory_gib_hours``, ``cost/gpu``, ``cost/cpu``, ``cost/memory``, ``cost/total``, tags
 ``airflow_mlops.cost.*``) and in its XCom result. :func:`report` adds up the tasks of one Airflow
-DAG run by stage:
-
-    python -m airflow_mlops.telemetry.cost RUN_ID [--dag DAG_ID] [--tracking-uri URI]
+DAG run by stage, which ``airflow-mlops cost RUN_ID [--dag DAG_ID] [--tracking-uri URI]`` prints
+(``airflow_mlops.cli``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -169,63 +166,3 @@ def report(run_id: str, *, tracking_uri: str | None = None, dag_id: str | None =
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
-
-
-def format_report(rows: list[StageCost], run_id: str) -> str:
-    if not rows:
-        return f"no task of DAG run '{run_id}' recorded a cost in MLflow"
-    header = ("stage", "tries", "GPU-h", "CPU-h", "GiB-h", "GPU", "CPU", "memory", "total")
-    table = [header] + [
-        (r.stage, str(r.runs), f"{r.gpu_hours:.4f}", f"{r.cpu_hours:.4f}", f"{r.memory_gib_hours:.4f}",
-         f"{r.gpu:.4f}", f"{r.cpu:.4f}", f"{r.memory:.4f}", f"{r.total:.4f}")
-        for r in rows
-    ]
-    total = [sum(getattr(r, k) for r in rows) for k in ("gpu_hours", "cpu_hours", "memory_gib_hours", "gpu", "cpu", "memory", "total")]
-    table.append(("TOTAL", str(sum(r.runs for r in rows)), *(f"{v:.4f}" for v in total)))
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = [f"cost of DAG run '{run_id}' by stage"]
-    for i, row in enumerate(table):
-        lines.append("  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(row, widths))))
-        if i == 0 or i == len(table) - 2:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", help="the Airflow DAG run id (e.g. manual__2026-01-01T00:00:00+00:00)")
-    parser.add_argument("--dag", dest="dag_id", help="only this DAG's tasks (run ids can repeat across DAGs)")
-    from airflow_mlops._core.tracking_uri import argument as tracking_uri_argument
-
-    parser.add_argument("--tracking-uri", type=tracking_uri_argument,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
-                        "SQLite store under $AIRFLOW_MLOPS_HOME)")
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-
-
-def run_report(args: argparse.Namespace) -> int:
-    from airflow_mlops._core.mlflow import StoreNotFound
-
-    try:
-        rows = report(args.run_id, tracking_uri=args.tracking_uri, dag_id=args.dag_id)
-    except StoreNotFound as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a tracking URI (e.g. from $MLFLOW_TRACKING_URI) that breaks the rule
-        print(exc, file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print(format_report(rows, args.run_id))
-    return 0 if rows else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airflow_mlops.telemetry.cost",
-                                     description="Cost of one Airflow DAG run by stage, from MLflow.")
-    add_arguments(parser)
-    return run_report(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,29 +1,31 @@
-"""The GPU figures in Prometheus text exposition format (version 0.0.4), written by hand (the
-``prometheus_client`` package is not a dependency), served for scraping while a task trains, or
-pushed to a Pushgateway with an HTTP PUT.
+"""The GPU figures and the cost so far for Prometheus, through the ``prometheus_client`` library:
+served for scraping while a task trains (``start_http_server``) and pushed to a Pushgateway
+(``push_to_gateway``, an HTTP PUT that replaces the task's group).
 
-    text = render(sampler.summary(), sampler.latest(), labels={"dag_id": ..., "task_id": ...})
-    with MetricsServer(port=9400, render=lambda: ...):   # GET /metrics while training runs
-        ...
-    push("http://pushgateway:9091", job="airflow_mlops", grouping={"dag_id": ..., "task_id": ...}, text=text)
+    with exported(sampler, {"dag_id": ..., "task_id": ..., "run_id": ...}, cost_so_far,
+                  port=9400, pushgateway_url="http://pushgateway:9091") as export:
+        train()          # GET :<export.port>/metrics; a push at each sampler flush and one at the end
+
+Each exporter has a ``CollectorRegistry`` of its own (never the library's global ``REGISTRY``,
+which would mix in the worker's own process metrics and other tasks' series) holding one
+:class:`GpuCollector`, which reads the sampler and the cost at each scrape or push. The metric
+names all start with ``airflow_mlops_``. ``prometheus_client`` is imported only when an export
+starts or a collector collects, not when a DAG file imports an operator.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import math
 import re
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NS = "airflow_mlops"
+JOB = NS  # the Pushgateway's job label
+PUSH_TIMEOUT_S = 10.0
 
 # (name, type, help, reading attribute) per device, from the latest sample
 _PER_DEVICE = [
@@ -43,6 +45,7 @@ _SUMMARY = [
     ("gpu_hours_total", "counter", "GPU-hours held by the task so far (GPUs × elapsed hours).", "gpu_hours"),
     ("gpu_count", "gauge", "GPUs sampled for the task.", "count"),
 ]
+# (name, type, help, Cost.as_dict() key)
 _COST = [
     ("task_cost_total", "gauge", "The task's cost so far (resources held × hours × prices).", "total"),
     ("task_gpu_hours_billed_total", "counter", "GPU-hours billed to the task.", "gpu_hours"),
@@ -50,188 +53,142 @@ _COST = [
     ("task_memory_gib_hours_billed_total", "counter", "Memory GiB-hours billed to the task.", "memory_gib_hours"),
 ]
 
+# The classic (pre-UTF-8) label names, which every Prometheus and Pushgateway version accepts.
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
-def escape_label(value: str) -> str:
-    """Label value escaping of the text format: backslash, double quote, line feed."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(labels: Mapping[str, Any]) -> str:
-    if not labels:
-        return ""
+def check_label_names(labels: Mapping[str, Any]) -> None:
+    """:raises ValueError: a label name that is not ``[a-zA-Z_][a-zA-Z0-9_]*`` or starts with ``__``."""
     for name in labels:
         if not _LABEL_NAME.match(name) or name.startswith("__"):
             raise ValueError(f"invalid Prometheus label name {name!r}")
-    return "{" + ",".join(f'{k}="{escape_label(str(v))}"' for k, v in labels.items()) + "}"
 
 
-def render(
-    summary: Mapping[str, Any] | None,
-    latest: Mapping[int, Any] | None = None,
-    labels: Mapping[str, Any] | None = None,
-    cost: Mapping[str, Any] | None = None,
-) -> str:
-    """The text exposition of the latest per-GPU readings, the task summary and its cost.
+class GpuCollector:
+    """A ``prometheus_client`` custom collector: at each ``collect()`` (a scrape or a push), the
+    sampler's latest reading of each GPU (label ``gpu`` = NVML index), the task summary and the
+    cost so far, every sample labelled with ``labels``.
 
-    :param summary: ``NvmlSampler.summary()`` (None or unavailable: only ``gpu_available 0``).
-    :param latest: ``NvmlSampler.latest()``: device index → Reading.
-    :param labels: added to every sample (e.g. dag_id, task_id, run_id).
-    :param cost: ``Cost.as_dict()``.
+    :param sampler: an ``NvmlSampler`` (``summary()`` and ``latest()`` are read; a sampler that
+        found no GPU yields only ``airflow_mlops_gpu_available 0``).
+    :param labels: label name → value added to every sample (``dag_id``, ``task_id``, ``run_id``).
+    :param cost: returns ``Cost.as_dict()`` so far, or None for no cost figures.
+    :raises ValueError: a label name that is not ``[a-zA-Z_][a-zA-Z0-9_]*`` or starts with ``__``.
     """
-    labels = dict(labels or {})
-    out: list[str] = []
 
-    def family(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]) -> None:
-        if not samples:
-            return
-        full = f"{NS}_{name}"
-        out.append(f"# HELP {full} {help_text}")
-        out.append(f"# TYPE {full} {kind}")
-        for extra, value in samples:
-            out.append(f"{full}{_labels({**labels, **extra})} {format_value(float(value))}")
+    def __init__(self, sampler: Any, labels: Mapping[str, Any],
+                 cost: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        check_label_names(labels)
+        self.sampler = sampler
+        self.labels = {name: str(value) for name, value in labels.items()}
+        self.cost = cost
 
-    available = bool(summary and summary.get("available"))
-    family("gpu_available", "gauge", "1 if NVML found the task's GPUs, 0 if it runs without GPU metrics.",
-           [({}, 1.0 if available else 0.0)])
-    if available:
-        readings = latest or {}
-        for name, kind, help_text, attr in _PER_DEVICE:
-            family(name, kind, help_text, [
-                ({"gpu": str(index)}, getattr(reading, attr))
-                for index, reading in sorted(readings.items()) if getattr(reading, attr, None) is not None
-            ])
-        for name, kind, help_text, key in _SUMMARY:
-            if summary.get(key) is not None:
-                family(name, kind, help_text, [({}, summary[key])])
-    if cost:
+    def collect(self) -> Iterator[Any]:
+        """The metric families now (``prometheus_client.core.Metric`` objects)."""
+        try:
+            summary = self.sampler.summary()
+            latest = self.sampler.latest()
+            cost = dict(self.cost()) if self.cost else {}
+        except Exception:  # a scrape must not kill the task; the library answers it with HTTP 500
+            log.warning("Could not read the GPU metrics for Prometheus", exc_info=True)
+            raise
+        available = bool(summary and summary.get("available"))
+        yield self._family("gpu_available", "gauge", "1 if NVML found the task's GPUs, 0 if it runs without GPU metrics.",
+                           [({}, 1.0 if available else 0.0)])
+        if available:
+            readings = sorted((latest or {}).items())
+            for name, kind, help_text, attr in _PER_DEVICE:
+                samples = [({"gpu": str(index)}, getattr(r, attr)) for index, r in readings
+                           if getattr(r, attr, None) is not None]
+                if samples:
+                    yield self._family(name, kind, help_text, samples)
+            for name, kind, help_text, key in _SUMMARY:
+                if summary.get(key) is not None:
+                    yield self._family(name, kind, help_text, [({}, summary[key])])
         for name, kind, help_text, key in _COST:
             if cost.get(key) is not None:
-                family(name, kind, help_text, [({}, cost[key])])
-    return "\n".join(out) + "\n"
+                yield self._family(name, kind, help_text, [({}, cost[key])])
+
+    def _family(self, name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], Any]]) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        label_names = list({**self.labels, **samples[0][0]})
+        family = cls(f"{NS}_{name}", help_text, labels=label_names)
+        for extra, value in samples:
+            values = {**self.labels, **extra}
+            family.add_metric([values[k] for k in label_names], float(value))
+        return family
 
 
-class MetricsServer:
-    """Serve ``GET /metrics`` (the text ``render()`` returns at each scrape) in a daemon thread,
-    for a Prometheus that scrapes the worker or the pod while the task trains."""
+def registry_for(sampler: Any, labels: Mapping[str, Any], cost: Callable[[], Mapping[str, Any]] | None = None) -> Any:
+    """A new ``prometheus_client.CollectorRegistry`` holding one :class:`GpuCollector`."""
+    from prometheus_client import CollectorRegistry
 
-    def __init__(self, port: int, render: Callable[[], str], host: str = "0.0.0.0") -> None:
-        self.render = render
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-                    self.send_error(404)
-                    return
-                try:
-                    body = outer.render().encode()
-                except Exception:  # noqa: BLE001 - a scrape must not kill the task
-                    log.warning("Could not render the GPU metrics", exc_info=True)
-                    self.send_error(500)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    def __enter__(self) -> "MetricsServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gpu-metrics", daemon=True)
-        self._thread.start()
-        log.info("Serving GPU metrics for Prometheus on port %d (/metrics)", self.port)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    registry = CollectorRegistry()
+    registry.register(GpuCollector(sampler, labels, cost))
+    return registry
 
 
-def _grouping_path(job: str, grouping: Mapping[str, Any]) -> str:
-    """``/metrics/job/<job>/<label>/<value>...``; values that are not plain URL path text use
-    the Pushgateway's ``<label>@base64/<base64url>`` form (run ids hold ``:`` and ``+``)."""
-    parts = []
-    for name, value in {"job": job, **grouping}.items():
-        value = str(value)
-        if value and re.fullmatch(r"[A-Za-z0-9_.~-]+", value):
-            parts.append(f"{quote(name)}/{value}")
-        else:
-            encoded = base64.urlsafe_b64encode(value.encode()).decode() or "="
-            parts.append(f"{quote(name)}@base64/{encoded}")
-    return "/metrics/" + "/".join(parts)
+@dataclass
+class Export:
+    """What :func:`exported` yields. ``port``: the port really serving ``/metrics`` (the one
+    asked for, or the one the system chose for port 0); None when not serving."""
 
-
-def push(gateway_url: str, text: str, job: str = NS, grouping: Mapping[str, Any] | None = None,
-         timeout_s: float = 10.0) -> None:
-    """HTTP PUT the exposition text to a Pushgateway: replaces the metrics of that grouping key."""
-    import urllib.request
-
-    url = gateway_url.rstrip("/") + _grouping_path(job, grouping or {})
-    request = urllib.request.Request(url, data=text.encode(), method="PUT", headers={"Content-Type": CONTENT_TYPE})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the user's URL
-        if response.status >= 300:
-            raise RuntimeError(f"Pushgateway {url} answered HTTP {response.status}")
+    port: int | None = None
+    pushgateway_url: str | None = None
 
 
 @contextmanager
 def exported(sampler: Any, labels: Mapping[str, Any], cost: Callable[[], Mapping[str, Any]], *,
              port: int | None = None, pushgateway_url: str | None = None,
-             logger: logging.Logger | None = None) -> Iterator[None]:
-    """While the block runs, serve the sampler's figures and the cost so far on ``port``
+             logger: logging.Logger | None = None, host: str = "0.0.0.0") -> Iterator[Export]:
+    """While the block runs, serve the sampler's figures and the cost so far on ``host:port``
     (``/metrics``, for scraping) and push them to ``pushgateway_url`` at each sampler flush; push
-    once more at the end, success or not. Monitoring never fails the training: a taken port or an
-    unreachable gateway is a warning. ``labels`` name the task (``dag_id``, ``task_id``,
-    ``run_id``); on the gateway the run id is a label, not part of the grouping key, so each task
-    keeps one series there instead of one per run."""
+    once more at the end, success or not.
+
+    Monitoring never fails the training: a taken port or an unreachable gateway is a warning.
+    ``labels`` name the task (``dag_id``, ``task_id``, ``run_id``); on the gateway the run id is
+    a label, not part of the grouping key (``job="airflow_mlops"`` and the other labels), so each
+    task keeps one group there instead of one per run.
+
+    :param cost: returns ``Cost.as_dict()`` so far (called at each scrape and push).
+    :raises ValueError: a label name Prometheus does not accept (before anything starts).
+    """
+    check_label_names(labels)
     logger = logger or log
-
-    def text(extra: Mapping[str, Any]) -> str:
-        return render(sampler.summary(), sampler.latest(), extra, dict(cost()))
-
+    export = Export(pushgateway_url=pushgateway_url)
     push_now: Callable[..., None] | None = None
     if pushgateway_url:
-        grouping = {k: v for k, v in labels.items() if k != "run_id"}
-        push_labels = {"run_id": labels["run_id"]} if "run_id" in labels else {}
+        from prometheus_client import push_to_gateway
 
-        def push_now(_points: Any = None) -> None:
-            push(pushgateway_url, text(push_labels), grouping=grouping)
+        grouping = {k: str(v) for k, v in labels.items() if k != "run_id"}
+        push_registry = registry_for(sampler, {"run_id": labels["run_id"]} if "run_id" in labels else {}, cost)
+
+        def push_now(_points: Any = None) -> None:  # a sampler sink: called with each flush's points
+            push_to_gateway(pushgateway_url, job=JOB, registry=push_registry, grouping_key=grouping,
+                            timeout=PUSH_TIMEOUT_S)
 
         sampler.sinks.append(push_now)
-    server = None
+    server = thread = None
     if port is not None:
+        from prometheus_client import start_http_server
+
+        registry = registry_for(sampler, labels, cost)
         try:
-            server = MetricsServer(port, lambda: text(labels))
+            server, thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:  # e.g. the port is taken by another task on this worker
             logger.warning("Cannot serve GPU metrics on port %s (%s): training goes on without it", port, exc)
+        else:
+            export.port = server.server_port
+            logger.info("Serving GPU metrics for Prometheus on port %d (/metrics)", export.port)
     try:
-        if server:
-            server.__enter__()
-        yield
+        yield export
     finally:
-        if server:
-            server.__exit__(None, None, None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
         if push_now:
             try:
                 push_now()

@@ -78,7 +78,7 @@ def _result(ctx: StageContext, spec: "TrainStage", run_id: str, version: str, me
 def _model_metrics(logged: dict[str, float]) -> dict[str, float]:
     """The model's metrics among a run's: without the GPU telemetry and cost logged beside them."""
     from airflow_mlops.telemetry.cost import COST_PREFIX
-    from airflow_mlops.telemetry.nvml import PREFIX as GPU_PREFIX
+    from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
 
     return {k: v for k, v in logged.items() if k.split("/", 1)[0] not in (COST_PREFIX, GPU_PREFIX)}
 

@@ -37,14 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from airflow_mlops._core.result import outcome_files
 from airflow_mlops.spec.prices import PriceTable
 from airflow_mlops.telemetry.cost import TaskResources, mlflow_tags, resources_from, task_cost
-from airflow_mlops.telemetry.nvml import (
-    FLUSH_INTERVAL_S,
-    NO_GPU_MESSAGE,
-    NotEnoughGpus,
-    NvmlUnavailable,
-    choose_devices,
-    list_devices,
-)
+from airflow_mlops.telemetry.devices import choose_devices, list_devices
+from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NotEnoughGpus, NvmlUnavailable
+from airflow_mlops.telemetry.sampler import FLUSH_INTERVAL_S
 
 CHECKPOINT_ENV = "AIRFLOW_MLOPS_CHECKPOINT_DIR"
 PARAMS_ENV = "AIRFLOW_MLOPS_PARAMS"
@@ -257,8 +252,9 @@ class TrainingRun:
 
     def _train(self, client: Any, run_id: str, gpus: GpuAssignment, held: TaskResources) -> tuple[dict, dict, float]:
         """Run the entrypoint with the sampler around it; (outcome, GPU summary, wall seconds)."""
-        from airflow_mlops.telemetry.nvml import MlflowSink, NvmlSampler
+        from airflow_mlops.telemetry.mlflow_sink import MlflowSink
         from airflow_mlops.telemetry.prometheus import exported
+        from airflow_mlops.telemetry.sampler import NvmlSampler
 
         job = self.job
         work = Path(tempfile.mkdtemp(prefix="airflow-mlops-train-"))
@@ -374,7 +370,7 @@ class TrainingRun:
     def _record(self, client: Any, run_id: str, summary: dict, cost: Any, held: TaskResources, status: str) -> None:
         from mlflow.entities import Metric, RunTag
 
-        from airflow_mlops.telemetry.nvml import summary_metrics
+        from airflow_mlops.telemetry.mlflow_sink import summary_metrics
 
         now = int(time.time() * 1000)
         metrics = summary_metrics(summary) if summary.get("available") else {}

@@ -33,8 +33,10 @@ from airflow_mlops.stages.train.job import (
     ui_base,
 )
 from airflow_mlops.telemetry.cost import as_prices, mlflow_tags, resources_from, task_cost
-from airflow_mlops.telemetry.nvml import FLUSH_INTERVAL_S, MetricPoint, NotEnoughGpus, NvmlSampler, summary_metrics
+from airflow_mlops.telemetry.mlflow_sink import summary_metrics
+from airflow_mlops.telemetry.nvml import NotEnoughGpus
 from airflow_mlops.telemetry.prometheus import exported
+from airflow_mlops.telemetry.sampler import FLUSH_INTERVAL_S, MetricPoint, NvmlSampler
 
 log = logging.getLogger("airflow_mlops.stages.train.telemetry")
 MAX_BUFFERED_POINTS = 500_000  # before the run exists (~hours of data loading at 1 Hz × 8 GPUs)
@@ -81,7 +83,7 @@ class _StageRunSink:
             self.drain()
 
     def drain(self) -> None:
-        from airflow_mlops.telemetry.nvml import MlflowSink
+        from airflow_mlops.telemetry.mlflow_sink import MlflowSink
 
         points, self.buffer = self.buffer, []
         if points and self.run_id:
