@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from airflow_mlops.lifecycle.backup import store as store_mod
 from airflow_mlops.lifecycle.backup import (
     BackupError,
     RestoreError,
@@ -29,6 +28,7 @@ from airflow_mlops.lifecycle.backup import (
     run_restore,
     verify_snapshot,
 )
+from airflow_mlops.lifecycle.backup import store as store_mod
 from tests.conftest import REPO
 from tests.helpers import write
 
