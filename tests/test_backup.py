@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from airflow_mlops.lifecycle import backup as backup_mod
 from airflow_mlops.lifecycle.backup import (
     BackupError,
     RestoreError,
@@ -29,6 +28,7 @@ from airflow_mlops.lifecycle.backup import (
     run_restore,
     verify_snapshot,
 )
+from airflow_mlops.lifecycle.backup import store as store_mod
 from tests.conftest import REPO
 from tests.helpers import write
 
@@ -216,8 +216,8 @@ def test_unreadable_file_is_skipped_real_permissions(tmp_path):
 
 def test_unreadable_file_is_skipped_mocked(tmp_path):
     """Tests run as root, which ignores file modes, so the PermissionError is simulated with
-    unittest.mock at the one call where the backup opens a source file (``os.open``), for that one
-    file; everything else is real."""
+    unittest.mock at the one call where the backup opens a source file (``os.open`` in
+    ``backup.store``), for that one file; everything else is real."""
     from unittest import mock
 
     src, target = tmp_path / "src", tmp_path / "backups"
@@ -231,7 +231,7 @@ def test_unreadable_file_is_skipped_mocked(tmp_path):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    with mock.patch.object(backup_mod.os, "open", fake_open):
+    with mock.patch.object(store_mod.os, "open", fake_open):
         summary = run_backup(spec(target, ("data", src)))
     assert summary["files"] == 1
     assert sorted(summary["skipped"], key=lambda s: s["file"]) == [
@@ -330,8 +330,9 @@ def test_restore_refuses_conflicts_and_unsafe_manifest_paths(tmp_path):
     # A tampered manifest naming a path outside dest is refused before anything is written.
     t = open_target(str(target))
     manifest = t.read_manifest("default", first["snapshot"])
-    manifest["files"]["data/../../evil.txt"] = manifest["files"]["data/a.txt"]
-    t.publish(t.manifest_path("default", "29990101T000000.000000Z"), json.dumps(manifest).encode())
+    manifest.files["data/../../evil.txt"] = manifest.files["data/a.txt"]
+    manifest.id = "29990101T000000.000000Z"
+    t.write_manifest(manifest)
     with pytest.raises(BackupError, match="refusing unsafe path"):
         run_restore({"target": str(target), "dest": str(tmp_path / "other")})
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "other" / "data").exists()

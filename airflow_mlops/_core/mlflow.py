@@ -115,7 +115,7 @@ def client_for(tracking_uri: str | None) -> Any:
 def record_serving_aliases(mlflow_client: Any, name: str, *aliases: str) -> None:
     """Note on the registered model that pipelines serve through ``aliases`` (the
     ``airflow_mlops.serving_aliases`` tag): retention then never deletes the versions behind them
-    (``lifecycle.retention_mlflow.guarded_aliases``)."""
+    (``lifecycle.retention.registry.guarded_aliases``)."""
     recorded = (mlflow_client.get_registered_model(name).tags or {}).get(SERVING_ALIASES_TAG, "")
     current = {a for a in recorded.split(",") if a}
     if not set(aliases) <= current:

@@ -1,0 +1,221 @@
+"""Reading a snapshot back (the read side): verify it, or restore it file by file.
+
+Restore verifies the checksum of every file as it streams it, writes a file only when it matches,
+and raises ``RestoreError`` listing every corrupted or missing file (none of which is written).
+Paths in a manifest are checked before anything is written: none may leave the destination,
+and no folder on the way may be a symlink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from airflow_mlops.lifecycle.backup import mlflow_store
+from airflow_mlops.lifecycle.backup.manifest import BackupError, FileEntry, RestoreError, safe_rel
+from airflow_mlops.lifecycle.backup.targets import CHUNK, Target, open_target
+from airflow_mlops.lifecycle.paths import expand_path, within
+from airflow_mlops.lifecycle.retention.report import human_bytes
+from airflow_mlops.lifecycle.specs import RestoreSpec
+
+log = logging.getLogger(__name__)
+
+
+def _verify_stream(target: Target, digest: str, sink) -> bool:
+    """Stream an object into ``sink`` (or nowhere) while hashing; True if it matches ``digest``."""
+    h = hashlib.sha256()
+    with target.open_object(digest) as src:
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            if sink is not None:
+                sink.write(chunk)
+    return h.hexdigest() == digest
+
+
+def verify_snapshot(target: str, *, name: str = "default", snapshot: str | None = None, workers: int = 4, **kw: Any) -> dict[str, Any]:
+    """Re-hash every stored file of a snapshot (the newest of set ``name`` unless ``snapshot`` is
+    given) at ``target`` (a URI; ``kw`` as ``open_target``). Returns ``{snapshot, set, files,
+    verified}``; raises RestoreError listing corrupted/missing files, BackupError for no snapshot."""
+    t = open_target(target, **kw)
+    snap = _pick_snapshot(t, name, snapshot)
+    manifest = t.read_manifest(name, snap)
+    entries = list(manifest.files.items())
+
+    def check(item: tuple[str, FileEntry]) -> tuple[str, str]:
+        key, entry = item
+        try:
+            return key, "ok" if _verify_stream(t, entry.digest, None) else "corrupted"
+        except FileNotFoundError:
+            return key, "missing"
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(check, entries))
+    corrupted = sorted(k for k, s in results if s == "corrupted")
+    missing = sorted(k for k, s in results if s == "missing")
+    if corrupted or missing:
+        raise RestoreError(_problems(name, snap, corrupted, missing), corrupted, missing)
+    return {"snapshot": snap, "set": name, "files": len(entries), "verified": len(entries)}
+
+
+def _pick_snapshot(t: Target, name: str, snapshot: str | None) -> str:
+    snaps = t.snapshots(name)
+    if not snaps:
+        raise BackupError(f"no snapshot of set '{name}' at {t.uri}")
+    if snapshot is None:
+        return snaps[-1]
+    if snapshot not in snaps:
+        raise BackupError(f"no snapshot '{snapshot}' of set '{name}' at {t.uri}; there are: {', '.join(snaps[-10:])}")
+    return snapshot
+
+
+def _problems(name: str, snap: str, corrupted: list[str], missing: list[str]) -> str:
+    lines = [f"snapshot {name}/{snap} failed verification: {len(corrupted)} corrupted, {len(missing)} missing file(s); "
+             "these were NOT restored:"]
+    lines += [f"  corrupted (checksum mismatch): {k}" for k in corrupted[:50]]
+    lines += [f"  missing (stored object gone): {k}" for k in missing[:50]]
+    if len(corrupted) + len(missing) > 100:
+        lines.append("  …")
+    return "\n".join(lines)
+
+
+def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = None) -> dict[str, Any]:
+    """Restore a snapshot into ``dest/<source>/…``, verifying every file's checksum as it is
+    written. Matching files are restored (with their mode and mtime), then links and folders; if
+    any file is corrupted or missing, nothing is written for it and RestoreError lists them all.
+
+    Returns ``{snapshot, set, dest, restored, bytes, corrupted: [], missing: [], not_restored:
+    [keys], relocated: {source: values changed}}`` (``relocated`` with relocate_mlflow_artifacts).
+    Raises RestoreError for existing files without ``overwrite``, BackupError for an unknown
+    snapshot or source, or an unsafe path in the manifest."""
+    spec = spec if isinstance(spec, RestoreSpec) else RestoreSpec.model_validate(spec)
+    logger = logger or log
+    t = open_target(spec.target, conn_id=spec.conn_id, storage_options=spec.storage_options)
+    snap = _pick_snapshot(t, spec.name, spec.snapshot)
+    manifest = t.read_manifest(spec.name, snap)
+    wanted = set(spec.sources) if spec.sources else None
+    if wanted is not None:
+        unknown = wanted - set(manifest.sources)
+        if unknown:
+            raise BackupError(f"snapshot {spec.name}/{snap} has no source(s) {sorted(unknown)}; "
+                              f"it has {sorted(manifest.sources)}")
+
+    def chosen(mapping):
+        out = {}
+        for key, v in mapping.items():
+            key = safe_rel(key, f"manifest of {spec.name}/{snap}")
+            if wanted is None or key.split("/", 1)[0] in wanted:
+                out[key] = v
+        return out
+
+    files: dict[str, FileEntry] = chosen(manifest.files)
+    links: dict[str, str] = chosen(manifest.links)
+    dirs = list(chosen(dict.fromkeys(manifest.dirs)))
+    dest = expand_path(spec.dest)
+    os.makedirs(dest, exist_ok=True)
+    dest = os.path.realpath(dest)
+
+    if not spec.overwrite:
+        conflicts = sorted(k for k in [*files, *links] if os.path.lexists(os.path.join(dest, k)))
+        if conflicts:
+            raise RestoreError(f"{len(conflicts)} file(s) already exist in {dest} (set overwrite to replace them): "
+                               + ", ".join(conflicts[:20]), conflicts=conflicts)
+    made: set[str] = set()
+    for d in sorted(dirs):
+        _make_dir(dest, d, made)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda kv: (kv[0], _restore_file(t, dest, kv[0], kv[1], made)), sorted(files.items())))
+    status: dict[str, list[str]] = {}
+    for key, s in results:
+        status.setdefault(s, []).append(key)
+    for key, link_target in sorted(links.items()):
+        status.setdefault(_restore_link(dest, key, link_target), []).append(key)
+    corrupted, missing = status.get("corrupted", []), status.get("missing", [])
+    summary = {
+        "snapshot": snap, "set": spec.name, "dest": dest, "restored": len(status.get("ok", [])),
+        "bytes": sum(files[k].size for k in status.get("ok", []) if k in files),
+        "corrupted": corrupted, "missing": missing,
+        "not_restored": sorted(status.get("unsafe", []) + status.get("conflict", [])),
+    }
+    logger.info("Restored %d files (%s) of snapshot %s/%s into %s", summary["restored"], human_bytes(summary["bytes"]),
+                spec.name, snap, dest)
+    if corrupted or missing:
+        raise RestoreError(_problems(spec.name, snap, corrupted, missing), corrupted, missing)
+    if spec.relocate_mlflow_artifacts:
+        summary["relocated"] = mlflow_store.relocate(manifest.sources, wanted, dest, logger)
+    return summary
+
+
+def _restore_file(t: Target, dest: str, key: str, entry: FileEntry, made: set[str]) -> str:
+    """Write one file at ``dest/key`` through a temp file beside it, only if its content matches
+    its checksum. Returns its status: ok, missing, corrupted, unsafe or conflict (a folder there)."""
+    final = os.path.join(dest, key)
+    parent = os.path.dirname(final)
+    _make_dir(dest, os.path.dirname(key), made)
+    if not within(dest, parent):
+        return "unsafe"
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.restore-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "xb") as out:
+            ok = _verify_stream(t, entry.digest, out)
+    except FileNotFoundError:
+        _unlink(tmp)
+        return "missing"
+    except BaseException:
+        _unlink(tmp)
+        raise
+    if not ok:
+        _unlink(tmp)
+        return "corrupted"
+    os.chmod(tmp, entry.mode & 0o777)
+    if entry.mtime_ns >= 0:
+        os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+    if os.path.isdir(final) and not os.path.islink(final):
+        _unlink(tmp)
+        return "conflict"
+    os.replace(tmp, final)
+    return "ok"
+
+
+def _restore_link(dest: str, key: str, link_target: str) -> str:
+    """Make the symlink ``dest/key`` → ``link_target``; returns ok, unsafe or conflict."""
+    path = os.path.join(dest, key)
+    _make_dir(dest, os.path.dirname(key))
+    if not within(dest, os.path.dirname(path)):
+        return "unsafe"
+    if os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            return "conflict"
+        os.unlink(path)
+    os.symlink(link_target, path)
+    return "ok"
+
+
+def _make_dir(dest: str, rel: str, made: set[str] | None = None) -> None:
+    """mkdir -p under dest, refusing to go through a symlink (a restored link must not redirect files)."""
+    if not rel or (made is not None and rel in made):
+        return
+    path = dest
+    for part in rel.split("/"):
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if os.path.islink(path) or not os.path.isdir(path):
+                raise BackupError(f"cannot restore into {path}: it exists and is not a folder")
+    if made is not None:
+        made.add(rel)  # set.add is atomic under the GIL
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

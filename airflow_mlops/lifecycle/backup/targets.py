@@ -1,0 +1,270 @@
+"""Backup repositories on any filesystem: where objects, manifests and temp files live, and
+writing them atomically.
+
+``LocalTarget`` uses plain os calls (the fast path); ``FsTarget`` any fsspec filesystem (S3, GCS,
+memory…); ``open_target`` picks one for a URI. Paths inside a repository::
+
+    objects/ab/abcdef…          every distinct file content once, named by its SHA-256
+    snapshots/<set>/<id>.json   one manifest per snapshot (see ``manifest``)
+    tmp/                        staging; anything left here is an interrupted write
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import posixpath
+import threading
+import uuid
+from datetime import datetime
+from typing import Any, Iterator
+
+from airflow_mlops.lifecycle.backup.manifest import SNAPSHOT_ID, Manifest
+from airflow_mlops.lifecycle.paths import expand_path
+
+CHUNK = 1 << 20  # bytes read and hashed at a time
+
+
+class Target:
+    """A backup repository on some filesystem. ``LocalTarget`` uses plain os calls; ``FsTarget``
+    any fsspec filesystem (S3, GCS, memory…)."""
+
+    root: str
+    uri: str
+
+    def obj_path(self, digest: str) -> str:
+        return f"{self.root}/objects/{digest[:2]}/{digest}"
+
+    def manifest_path(self, set_name: str, snap: str) -> str:
+        return f"{self.root}/snapshots/{set_name}/{snap}.json"
+
+    def snapshots(self, set_name: str) -> list[str]:
+        names = self._list(f"{self.root}/snapshots/{set_name}")
+        return sorted(n[:-5] for n in names if n.endswith(".json") and SNAPSHOT_ID.match(n[:-5]))
+
+    def sets(self) -> list[str]:
+        return sorted(self._list(f"{self.root}/snapshots", dirs=True))
+
+    def read_manifest(self, set_name: str, snap: str) -> Manifest:
+        """The snapshot's manifest. Raises FileNotFoundError if it does not exist, BackupError if it
+        is of another format."""
+        return Manifest.decode(self._read(self.manifest_path(set_name, snap)), f"{set_name}/{snap}")
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Publish ``manifest`` atomically: from this moment the snapshot exists."""
+        self.publish(self.manifest_path(manifest.set, manifest.id), manifest.encode())
+
+    # subclasses: _list, _read, has, store_stream, publish, open_object, delete, list_objects, clean_tmp
+
+
+class LocalTarget(Target):
+    def __init__(self, root: str, *, fsync: bool = False) -> None:
+        self.root = root.rstrip("/") or "/"
+        self.uri = self.root
+        self.fsync = fsync
+        self._made: set[str] = set()
+        self._lock = threading.Lock()
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+
+    def _mkdir(self, path: str) -> None:
+        if path not in self._made:
+            os.makedirs(path, exist_ok=True)
+            with self._lock:
+                self._made.add(path)
+
+    def _list(self, path: str, dirs: bool = False) -> list[str]:
+        try:
+            with os.scandir(path) as it:
+                return [e.name for e in it if e.is_dir(follow_symlinks=False) == dirs]
+        except FileNotFoundError:
+            return []
+
+    def _read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def has(self, digest: str) -> bool:
+        return os.path.exists(self.obj_path(digest))
+
+    def tmp_file(self) -> str:
+        self._mkdir(f"{self.root}/tmp")
+        return f"{self.root}/tmp/{self._prefix}-{next(self._counter)}"
+
+    def commit_object(self, tmp: str, digest: str) -> None:
+        """Move a fully written temp file into place. Same name, same content: replacing an
+        existing object is harmless (and heals a damaged one)."""
+        dst = self.obj_path(digest)
+        self._mkdir(os.path.dirname(dst))
+        os.replace(tmp, dst)
+
+    def write_object(self, dst: str, data: memoryview) -> None:
+        """A small object in one write: a temp file beside it, then a rename."""
+        folder = os.path.dirname(dst)
+        self._mkdir(folder)
+        tmp = f"{folder}/.tmp-{self._prefix}-{next(self._counter)}"
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            while data:
+                data = data[os.write(out, data):]
+            if self.fsync:
+                os.fsync(out)
+        except BaseException:
+            os.close(out)
+            os.unlink(tmp)
+            raise
+        os.close(out)
+        os.replace(tmp, dst)
+
+    def publish(self, path: str, data: bytes) -> None:
+        """Write then rename, so readers see the whole manifest or none."""
+        self._mkdir(os.path.dirname(path))
+        tmp = self.tmp_file()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def open_object(self, digest: str):
+        return open(self.obj_path(digest), "rb", buffering=0)
+
+    def delete(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def list_objects(self) -> Iterator[tuple[str, str, float]]:
+        """(name, path, mtime) of every stored object, and of temp files beside them (".tmp-…")."""
+        base = f"{self.root}/objects"
+        for sub in self._list(base, dirs=True):
+            with os.scandir(f"{base}/{sub}") as it:
+                for e in it:
+                    try:
+                        yield e.name, e.path, e.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+
+    def list_tmp(self) -> Iterator[tuple[str, float]]:
+        base = f"{self.root}/tmp"
+        for name in self._list(base):
+            try:
+                yield f"{base}/{name}", os.lstat(f"{base}/{name}").st_mtime
+            except FileNotFoundError:
+                continue
+
+
+class FsTarget(Target):
+    """Any fsspec filesystem. Objects are streamed to ``tmp/`` and moved into place (a server-side
+    copy on object stores); manifests are written in one PUT where that is atomic (object stores)
+    and through a temp name and a move elsewhere."""
+
+    _ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory", "oss", "r2"}
+
+    def __init__(self, fs: Any, root: str, uri: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.uri = uri
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        self.atomic_put = bool(set(protocols) & self._ATOMIC_PUT)
+
+    def _list(self, path: str, dirs: bool = False) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, OSError):
+            return []
+        want = "directory" if dirs else "file"
+        return [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == want]
+
+    def _read(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def has(self, digest: str) -> bool:
+        return self.fs.exists(self.obj_path(digest))
+
+    def tmp_file(self) -> str:
+        return f"{self.root}/tmp/{uuid.uuid4().hex}"
+
+    def commit_object(self, tmp: str, digest: str) -> bool:
+        dst = self.obj_path(digest)
+        if self.fs.exists(dst):
+            self.fs.rm_file(tmp)
+            return False
+        self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+        self.fs.mv(tmp, dst)
+        return True
+
+    def publish(self, path: str, data: bytes) -> None:
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if self.atomic_put:
+            self.fs.pipe_file(path, data)
+        else:
+            tmp = self.tmp_file()
+            self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)
+
+    def open_object(self, digest: str):
+        return self.fs.open(self.obj_path(digest), "rb")
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def _mtime(self, info: dict) -> float:
+        for key in ("mtime", "LastModified", "last_modified", "created", "updated"):
+            v = info.get(key)
+            if isinstance(v, datetime):
+                return v.timestamp()
+            if isinstance(v, (int, float)):
+                return float(v)
+            if isinstance(v, str):
+                try:
+                    return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+                except ValueError:
+                    continue
+        return 0.0  # unknown age: treated as old
+
+    def list_objects(self) -> Iterator[tuple[str, str, float]]:
+        try:
+            found = self.fs.find(f"{self.root}/objects", detail=True)
+        except FileNotFoundError:
+            return
+        for name, info in found.items():
+            yield posixpath.basename(name), name, self._mtime(info)
+
+    def list_tmp(self) -> Iterator[tuple[str, float]]:
+        try:
+            found = self.fs.find(f"{self.root}/tmp", detail=True)
+        except FileNotFoundError:
+            return
+        for name, info in found.items():
+            yield name, self._mtime(info)
+
+
+def open_target(target: str, *, conn_id: str | None = None, storage_options: dict | None = None, fsync: bool = False) -> Target:
+    """A local path, ``file://``, or any fsspec URI; with ``conn_id``, through Airflow's ObjectStoragePath."""
+    if conn_id:
+        from airflow.sdk import ObjectStoragePath
+
+        p = ObjectStoragePath(target, conn_id=conn_id, **(storage_options or {}))
+        fs, root = p.fs, p.path
+    elif "://" not in target or target.startswith("file://"):
+        return LocalTarget(expand_path(target), fsync=fsync)
+    else:
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(target, **(storage_options or {}))
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        return LocalTarget(root, fsync=fsync)
+    return FsTarget(fs, root, target)

@@ -1,0 +1,88 @@
+"""The entry points: ``plan`` what the policies delete, ``apply`` exactly that plan, and
+``run_retention`` (plan, apply unless dry run, log, summarise).
+
+A dry run is ``plan`` alone; a real run is ``plan`` then ``apply`` of that same plan, so the dry
+run lists exactly what the real run deletes. ``apply`` re-checks every item just before deleting
+it and skips (and reports) anything that vanished, changed since it was planned, or became
+protected in between: it never deletes an item the plan does not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow_mlops.lifecycle.retention.files import apply_files, plan_files
+from airflow_mlops.lifecycle.retention.mlflow_apply import apply_mlflow
+from airflow_mlops.lifecycle.retention.mlflow_plan import plan_mlflow
+from airflow_mlops.lifecycle.retention.model import Plan, PolicyPlan
+from airflow_mlops.lifecycle.retention.report import log_outcome, log_plan
+from airflow_mlops.lifecycle.specs import RetentionSpec
+
+log = logging.getLogger(__name__)
+
+
+def _name(policy: Any) -> str:
+    if policy.name:
+        return policy.name
+    if policy.kind == "files":
+        return policy.root
+    if policy.kind == "mlflow_runs":
+        return "runs of " + ", ".join(policy.experiments)
+    return "versions of " + ", ".join(policy.models)
+
+
+def plan(spec: RetentionSpec | dict, *, now: float | None = None, tracking_uri: str | None = None) -> Plan:
+    """What the policies would delete at ``now`` (seconds since the epoch; default: now). Nothing is
+    changed. ``spec``: a RetentionSpec or its dict. Raises pydantic's ValidationError for a bad
+    dict, ArgumentsError for a relative MLflow store."""
+    spec = spec if isinstance(spec, RetentionSpec) else RetentionSpec.model_validate(spec)
+    now = time.time() if now is None else now
+    plans = [PolicyPlan(i, _name(p), p.kind) for i, p in enumerate(spec.policies)]
+    mlflow_ones = [(pp, pol) for pp, pol in zip(plans, spec.policies) if pol.kind != "files"]
+    for pp, pol in zip(plans, spec.policies):
+        if pol.kind == "files":
+            plan_files(pol, pp, now)
+    if mlflow_ones:
+        plan_mlflow(mlflow_ones, _tracking_uri(spec, tracking_uri), now)
+    return Plan(spec, plans, now)
+
+
+def apply(p: Plan, *, tracking_uri: str | None = None) -> Plan:
+    """Delete exactly the planned items (re-checked one by one); fills each policy's ``deleted`` and
+    ``skipped``. Returns ``p``; raises RuntimeError if ``p`` was applied already."""
+    if p.applied:
+        raise RuntimeError("this plan has already been applied")
+    mlflow_ones = []
+    for pp, pol in zip(p.policies, p.spec.policies):
+        if pol.kind == "files":
+            apply_files(pp)
+        else:
+            mlflow_ones.append((pp, pol))
+    if mlflow_ones:
+        apply_mlflow(mlflow_ones, _tracking_uri(p.spec, tracking_uri))
+    p.applied = True
+    return p
+
+
+def run_retention(spec: RetentionSpec | dict, *, tracking_uri: str | None = None, logger: logging.Logger | None = None) -> dict[str, Any]:
+    """Plan, apply unless ``dry_run``, log what happened and return ``Plan.summary()``.
+    ``spec``: a RetentionSpec or its dict; ``tracking_uri`` overrides the spec's MLflow store."""
+    spec = spec if isinstance(spec, RetentionSpec) else RetentionSpec.model_validate(spec)
+    logger = logger or log
+    p = plan(spec, tracking_uri=tracking_uri)
+    log_plan(p, spec.dry_run, logger)
+    if not spec.dry_run:
+        apply(p, tracking_uri=tracking_uri)
+    summary = p.summary()
+    log_outcome(p, summary, logger)
+    return summary
+
+
+def _tracking_uri(spec: RetentionSpec, given: str | None) -> str:
+    from airflow_mlops.hooks.mlflow import checked_tracking_uri, resolve_target
+
+    if given:
+        return checked_tracking_uri(given, "the tracking_uri argument")
+    return resolve_target(spec.mlflow, "retention").tracking_uri
