@@ -324,52 +324,9 @@ class RestoreSpec(_Target):
 def validated(model: type[BaseModel], data: dict[str, Any], owner: str, context: dict[str, Any] | None = None) -> Any:
     """``model`` built from ``data``, or an ArgumentsError (a ValueError) naming every bad field (for
     DAG-parse errors; ``airflow-mlops validate`` points at each in a pipeline's YAML)."""
-    from pydantic import ValidationError
+    from airflow_mlops._core.validation import validated as checked
 
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors(include_url=False):
-            parts = [p for p in err["loc"] if not (isinstance(p, str) and p in _KIND_TAGS)]
-            loc = ".".join(str(p) for p in parts)
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden" and parts:
-                import difflib
-
-                key = str(parts[-1])
-                if len(parts) > 1 and key in model.model_fields:
-                    # A setting of the operator itself, written one level too deep (a policy's dry_run).
-                    msg = (f"'{key}' is not a setting of {'.'.join(str(p) for p in parts[:-1])}: it is an argument "
-                           f"of {owner.split(' ')[0]} itself ({key}=...)")
-                else:
-                    here = _fields_at(model, parts[:-1]) or {f for m in _ALL_MODELS for f in m.model_fields}
-                    close = difflib.get_close_matches(key, sorted(here), n=1)
-                    msg = f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-            lines.append(f"{loc or '(arguments)'}: {msg}")
-        from airflow_mlops._core.errors import ArgumentsError
-
-        raise ArgumentsError(owner, exc.errors(include_url=False), model,
-                             f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
-
-
-def _fields_at(model: type[BaseModel], parts: list[Any]) -> set[str]:
-    """The fields the mapping at ``parts`` accepts (every kind of a union: a policy may be any)."""
-    import typing
-
-    def models_of(tp: Any) -> list[type[BaseModel]]:
-        if typing.get_origin(tp) is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        if typing.get_origin(tp) in (list, typing.Union, getattr(__import__("types"), "UnionType", None)):
-            return [m for a in typing.get_args(tp) for m in models_of(a)]
-        return [tp] if isinstance(tp, type) and issubclass(tp, BaseModel) else []
-
-    current = [model]
-    for part in parts:
-        if isinstance(part, int):
-            continue
-        current = [m for c in current if part in c.model_fields for m in models_of(c.model_fields[part].annotation)]
-    return {f for m in current for f in m.model_fields}
+    return checked(model, data, owner, context, union_tags=_KIND_TAGS, fallback_models=_ALL_MODELS)
 
 
 # pydantic puts the discriminator value in an error's location (policies.0.files.max_age); drop it.

@@ -17,25 +17,10 @@ from airflow_mlops.spec.stream import StreamSpec
 def validated_spec(data: dict[str, Any], owner: str, *, rendered: bool = False) -> StreamSpec:
     """``StreamSpec`` from ``data``, or a ValueError naming every bad argument (a DAG-parse error).
     ``rendered``: the templates have been rendered, so none may stand in for a value any more."""
-    from pydantic import ValidationError
-
+    from airflow_mlops._core.validation import validated
     from airflow_mlops.spec.templating import RENDERED
 
-    try:
-        return StreamSpec.model_validate(data, context={RENDERED: True} if rendered else None)
-    except ValidationError as exc:
-        import difflib
-
-        lines = []
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden" and err["loc"]:
-                close = difflib.get_close_matches(str(err["loc"][-1]), sorted(StreamSpec.model_fields), n=1)
-                msg = f"unknown argument '{err['loc'][-1]}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-            lines.append(f"{loc or '(arguments)'}: {msg}")
-        raise ArgumentsError(owner, exc.errors(include_url=False), StreamSpec,
-                             f"{owner}: invalid arguments:\n  " + "\n  ".join(lines)) from None
+    return validated(StreamSpec, data, owner, {RENDERED: True} if rendered else None)
 
 
 @functools.cache
