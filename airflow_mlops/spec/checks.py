@@ -62,7 +62,8 @@ def _check_engine(
     stage: Any, backend: str, at: tuple, backend_loc: tuple, src: Source, pipeline_image: str | None = None
 ) -> Iterable[SpecIssue]:
     """What each backend's engine can do: Spark runs preprocess (SQL or a transform over Spark
-    DataFrames) and serve; the batch backend runs pandas, which has no SQL."""
+    DataFrames) and serve; the batch backend runs pandas, which has no SQL; the kubernetes
+    backend needs an image and cannot run stream serving (Airflow connections stay in the worker)."""
     def issue(field: str, message: str) -> SpecIssue:
         return SpecIssue(src.mark_of(at + (field,)), format_path(at + (field,)), message)
 
@@ -85,6 +86,11 @@ def _check_engine(
             yield SpecIssue(src.mark_of(backend_loc), format_path(backend_loc),
                             "the kubernetes backend needs an image with airflow-mlops installed: "
                             "set kubernetes.image on the pipeline or the stage")
+        if stage.kind == "serve" and stage.mode == "stream":
+            # The stream reads Airflow's Kafka connection, which only the worker can resolve.
+            yield issue("mode", "stream serving does not run on the kubernetes backend: it reads the Airflow Kafka "
+                                "connection, which a pod cannot look up; give this stage 'backend: batch' (it runs "
+                                "in the worker, bounded by max_records/max_duration)")
     if backend != "spark" and stage.kind == "preprocess" and stage.sql:
         yield issue("sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas")
 

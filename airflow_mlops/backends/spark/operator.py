@@ -21,18 +21,21 @@ class SparkStageOperator(StageOperator):
     SparkSubmitHook), running ``airflow_mlops/runtime.py`` with the stage spec."""
 
     ui_color = "#fdeee4"
+    engine = "spark"
 
     def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spark = SparkSettings.model_validate(spark or {})
 
+    def spark_session_settings(self) -> dict[str, Any] | None:
+        """An embedded session's settings; None under spark-submit, where the cluster's own
+        configuration applies."""
+        return {"master": self.spark.master, "conf": self.spark.conf} if self.spark.conn_id is None else None
+
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
-        ctx.backend = "spark"
         if self.spark.conn_id is None:
-            ctx.spark = {"master": self.spark.master, "conf": self.spark.conf}
             self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
             return super().run(ctx, context)
-        ctx.spark = None
         return self.submit(ctx)
 
     def submit(self, ctx: Any) -> dict[str, Any]:
