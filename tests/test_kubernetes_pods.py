@@ -152,3 +152,24 @@ def test_manifests_size_the_quota_from_the_profiles_and_bind_the_launcher(tmp_pa
     # Both namespaces mount the pipeline's two claims (the stage override keeps the volumes).
     pvcs = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "PersistentVolumeClaim")
     assert pvcs == [("ml", "models"), ("ml", "training-data"), ("ml-small", "models"), ("ml-small", "training-data")]
+
+
+def test_stream_serving_on_the_kubernetes_backend_is_refused_at_its_line(tmp_path, capsys):
+    """Before: it passed validation, and the pod then looked up the Airflow Kafka connection,
+    which a pod cannot read. Now `validate` refuses it, pointing at the stage's mode."""
+    from airflow_mlops.cli import main
+
+    path = write(tmp_path, "p.yaml", """
+        id: scores
+        kubernetes: {image: registry.example/mlops:1.0}
+        stages:
+          serve:
+            backend: kubernetes
+            mode: stream
+            stream: {topics: events, output_topic: scored, model_uri: "models:/m/1"}
+        """)
+    assert main(["validate", str(path)]) == 1
+    assert (f"{path}:6:11 stages.serve.mode: stream serving does not run on the kubernetes backend: it reads the "
+            "Airflow Kafka connection, which a pod cannot look up; give this stage 'backend: batch'") in capsys.readouterr().out
+    path.write_text(path.read_text().replace("backend: kubernetes", "backend: batch"))
+    assert main(["validate", str(path)]) == 0

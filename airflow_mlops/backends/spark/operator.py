@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from airflow_mlops._core.result import outcome_files
@@ -55,7 +56,9 @@ class SparkStageOperator(StageOperator):
             conn_id=self.spark.conn_id,
             conf={k: str(v) for k, v in self.spark.conf.items()},
             name=f"airflow-mlops {ctx.pipeline_id}.{ctx.stage_name}",
-            application_args=["--payload", runtime.encode_payload(self.stage, ctx), "--result-file", str(result_file)],
+            # Under spark-submit the cluster's configuration applies, whatever context was given.
+            application_args=["--payload", runtime.encode_payload(self.stage, replace(ctx, spark=None)),
+                              "--result-file", str(result_file)],
             env_vars=python,
         )
         self.log.info("Submitting stage '%s' through Spark connection '%s'", ctx.stage_name, self.spark.conn_id)
