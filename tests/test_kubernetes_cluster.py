@@ -259,7 +259,7 @@ def test_mlflow_connection_credentials_reach_pods_and_the_model_server_through_a
     text = text.rstrip(" ") + "          serve: {backend: kubernetes, mode: online, resources: {cpu: 100m, memory: 64Mi}}\n"
     api = kube_cluster.api_client()
     with _pods_seen(api, kube_namespace) as pods:
-        _, dr, states = run(dags_folder, "k8s_credentials", text)
+        _, _, states = run(dags_folder, "k8s_credentials", text)
     assert set(states.values()) == {"success"}, states
     pipeline = kube_namespace.replace("-", "_")
 
