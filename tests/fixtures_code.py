@@ -37,3 +37,18 @@ def spend_per_segment(customers, orders):
 
 def broken_trainer(train, test, target, features, params):
     raise ZeroDivisionError("the trainer broke on purpose")
+
+
+def model_that_notes_mlflow_credentials(train, test, target, features, params):
+    """A trainer that records, on its MLflow run, the MLflow credentials its process was given:
+    the user name, and a digest of the password (never the password itself)."""
+    import hashlib
+    import os
+
+    import mlflow
+
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    mlflow.set_tag("seen.mlflow_username", os.environ.get("MLFLOW_TRACKING_USERNAME", "<unset>"))
+    mlflow.set_tag("seen.mlflow_password_sha256",
+                   hashlib.sha256(password.encode()).hexdigest() if password is not None else "<unset>")
+    return threshold_model(train, test, target, features, {"max_iter": 500})

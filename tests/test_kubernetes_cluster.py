@@ -155,3 +155,135 @@ def test_online_serving_deploys_the_champion_and_a_new_one_rolls_the_deployment(
     assert k8s.CoreV1Api(kube_cluster.api_client()).read_namespaced_service(name, kube_namespace).spec.ports[0].target_port == 8080
     hpa = k8s.AutoscalingV1Api(kube_cluster.api_client()).read_namespaced_horizontal_pod_autoscaler(name, kube_namespace)
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas, hpa.spec.target_cpu_utilization_percentage) == (1, 3, 70)
+
+
+def test_online_serving_that_asks_for_gpus_is_scheduled_on_the_gpu_node(kube_cluster, kube_namespace, tmp_path):
+    """Before: the model server's Deployment asked for nvidia.com/gpu without the GPU node
+    selector and toleration every other pod gets, so on a tainted GPU pool it stayed Pending."""
+    import time
+
+    from kubernetes import client as k8s
+
+    from airflow_mlops.backends.kubernetes.serving import apply, render_model_server
+    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.spec.load import read_pipeline
+
+    path = write(tmp_path, "p.yaml", f"""
+        id: gpu_online
+        kubernetes: {{image: python:3.11, namespace: {kube_namespace}, config_file: {kube_cluster.kubeconfig}}}
+        stages:
+          serve:
+            backend: kubernetes
+            mode: online
+            model: models:/fraud/1
+            resources: {{cpu: 100m, memory: 64Mi, gpu: 1}}
+        """)
+    serve = build_dag(read_pipeline(path)).get_task("serve.run")
+    api = kube_cluster.api_client()
+    # No such model in this empty store: once scheduled, the server exits without serving.
+    docs = render_model_server("gpu_online", "serve", "models:/fraud/1", serve.stage, serve.kubernetes,
+                               serve.stage_resources, f"sqlite:///{tmp_path / 'empty.db'}")
+    for doc in docs:
+        apply(api, doc)
+    name = docs[0]["metadata"]["name"]
+    template = k8s.AppsV1Api(api).read_namespaced_deployment(name, kube_namespace).spec.template.spec
+    assert template.containers[0].resources.limits == {"cpu": "100m", "memory": "64Mi", "nvidia.com/gpu": "1"}
+    assert template.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.operator, t.effect) for t in template.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    # The real scheduler binds the ReplicaSet's pod to the (tainted) GPU node.
+    core = k8s.CoreV1Api(api)
+    deadline = time.monotonic() + 60
+    while True:
+        pods = core.list_namespaced_pod(kube_namespace, label_selector=f"app.kubernetes.io/name={name}").items
+        if any(p.spec.node_name for p in pods) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [p.spec.node_name for p in pods] == [kube_cluster.node_name]
+    k8s.AppsV1Api(api).delete_namespaced_deployment(name, kube_namespace)
+
+
+def _pods_seen(api, namespace: str):
+    """Every pod of ``namespace`` as the API server stores it, polled while the ``with`` block runs
+    (stage pods are deleted when they finish)."""
+    import contextlib
+    import threading
+
+    from kubernetes import client as k8s
+
+    seen: dict[str, object] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        core = k8s.CoreV1Api(api)
+        while not stop.is_set():
+            for pod in core.list_namespaced_pod(namespace).items:
+                seen.setdefault(pod.metadata.uid, pod)
+            stop.wait(0.2)
+
+    @contextlib.contextmanager
+    def watching():
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            yield seen
+        finally:
+            stop.set()
+            thread.join(10)
+
+    return watching()
+
+
+def test_mlflow_connection_credentials_reach_pods_and_the_model_server_through_a_secret(
+    kube_cluster, kube_namespace, airflow_db, mlops_home, dags_folder, monkeypatch
+):
+    """Before: the MLflow connection's login and password went into the worker's environment only;
+    the train pod and the model server talked to MLflow without them. Now the worker writes them
+    into a Secret in the pods' namespace, and pods reference it: no value is in any pod spec."""
+    import base64
+    import hashlib
+    import json
+
+    import mlflow
+    from kubernetes import client as k8s
+
+    password = "s3cr@t/x"
+    store = f"sqlite:///{mlops_home / 'mlflow.db'}"
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_K8S", json.dumps(
+        {"conn_type": "mlflow", "host": store, "login": "ml", "password": password}))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # the worker sets them: undo after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    text = pipeline_yaml(kube_cluster, kube_namespace,
+                         train_extra="callable: tests.fixtures_code:model_that_notes_mlflow_credentials")
+    text = text.replace("        stages:\n", "        mlflow: {conn_id: mlflow_k8s}\n        stages:\n", 1)
+    text = text.rstrip(" ") + "          serve: {backend: kubernetes, mode: online, resources: {cpu: 100m, memory: 64Mi}}\n"
+    api = kube_cluster.api_client()
+    with _pods_seen(api, kube_namespace) as pods:
+        _, _, states = run(dags_folder, "k8s_credentials", text)
+    assert set(states.values()) == {"success"}, states
+    pipeline = kube_namespace.replace("-", "_")
+
+    # The Secret: in the pods' namespace, named after the pipeline and the connection, labelled.
+    secret_name = f"{kube_namespace}-mlflow-k8s-credentials"
+    secret = k8s.CoreV1Api(api).read_namespaced_secret(secret_name, kube_namespace)
+    assert {k: base64.b64decode(v).decode() for k, v in secret.data.items()} == {
+        "MLFLOW_TRACKING_USERNAME": "ml", "MLFLOW_TRACKING_PASSWORD": password}
+    assert secret.metadata.labels == {"airflow-mlops/pipeline": pipeline, "airflow-mlops/connection": "mlflow_k8s"}
+
+    def credentials_env(container) -> dict[str, tuple]:
+        env = {e.name: e for e in container.env or []}
+        assert not any(password in (e.value or "") for e in env.values())  # no plain value anywhere
+        return {name: (e.value, e.value_from.secret_key_ref.name, e.value_from.secret_key_ref.key)
+                for name, e in env.items() if name.startswith("MLFLOW_TRACKING_") and e.value_from}
+
+    wanted = {name: (None, secret_name, name) for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    (train_pod,) = [p for p in pods.values() if p.metadata.labels.get("airflow-mlops/stage") == "train"]
+    assert credentials_env(train_pod.spec.containers[0]) == wanted
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment(f"{kube_namespace}-serve", kube_namespace)
+    assert credentials_env(deployment.spec.template.spec.containers[0]) == wanted
+
+    # ... and the training process in the pod had them (through the stand-in kubelet's secretKeyRef).
+    client = mlflow.MlflowClient(tracking_uri=store)
+    run_tags = client.get_run(client.get_model_version(pipeline, "1").run_id).data.tags
+    assert run_tags["seen.mlflow_username"] == "ml"
+    assert run_tags["seen.mlflow_password_sha256"] == hashlib.sha256(password.encode()).hexdigest()

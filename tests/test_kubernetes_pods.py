@@ -152,3 +152,81 @@ def test_manifests_size_the_quota_from_the_profiles_and_bind_the_launcher(tmp_pa
     # Both namespaces mount the pipeline's two claims (the stage override keeps the volumes).
     pvcs = sorted((d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "PersistentVolumeClaim")
     assert pvcs == [("ml", "models"), ("ml", "training-data"), ("ml-small", "models"), ("ml-small", "training-data")]
+
+
+def test_stream_serving_on_the_kubernetes_backend_is_refused_at_its_line(tmp_path, capsys):
+    """Before: it passed validation, and the pod then looked up the Airflow Kafka connection,
+    which a pod cannot read. Now `validate` refuses it, pointing at the stage's mode."""
+    from airflow_mlops.cli import main
+
+    path = write(tmp_path, "p.yaml", """
+        id: scores
+        kubernetes: {image: registry.example/mlops:1.0}
+        stages:
+          serve:
+            backend: kubernetes
+            mode: stream
+            stream: {topics: events, output_topic: scored, model_uri: "models:/m/1"}
+        """)
+    assert main(["validate", str(path)]) == 1
+    assert (f"{path}:6:11 stages.serve.mode: stream serving does not run on the kubernetes backend: it reads the "
+            "Airflow Kafka connection, which a pod cannot look up; give this stage 'backend: batch'") in capsys.readouterr().out
+    path.write_text(path.read_text().replace("backend: kubernetes", "backend: batch"))
+    assert main(["validate", str(path)]) == 0
+
+
+def test_stage_pods_training_pods_and_the_model_server_come_from_one_builder(tmp_path):
+    """The three pods the package makes get the same scheduling, resources, labels, pull secrets
+    and volumes from the same settings (before, each had its own builder; the model server's
+    lacked the GPU node selector and tolerations)."""
+    from airflow_mlops.backends.kubernetes.podspec import as_dict
+    from airflow_mlops.backends.kubernetes.serving import render_model_server
+    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.stages.train.job import GpuTrainJob
+
+    text = PIPELINE.replace("      env: {MODE: nightly}\n",
+                            "      env: {MODE: nightly}\n      image_pull_secrets: [registry-login]\n")
+    text = text.rstrip(" ") + "      serve:\n        backend: kubernetes\n        mode: online\n        resources: training\n"
+    dag = build_dag(read_pipeline(write(tmp_path, "p.yaml", text)))
+    stage_pod = as_dict(pod_of(dag.get_task("train.run")))
+    serve = dag.get_task("serve.run")
+    server_pod = render_model_server("churn_k8s", "serve", "models:/churn_k8s/1", serve.stage, serve.kubernetes,
+                                     serve.stage_resources, "http://mlflow:5000")[0]["spec"]["template"]
+    training = GpuTrainOperator(task_id="train", entrypoint="tests.gpu_entrypoints:train_forest", resources="training",
+                                backend="kubernetes", kubernetes=serve.kubernetes, pipeline_id="churn_k8s")
+    job = GpuTrainJob(entrypoint="tests.gpu_entrypoints:train_forest", gpus=4, checkpoint_dir=str(tmp_path),
+                      tracking_uri="sqlite:////tmp/x.db", experiment="e", registered_model="m", run_name="r")
+    training_pod = as_dict(training.pod_operator(job).build_pod_request_obj(dry_run=True))
+    for pod in (stage_pod, server_pod, training_pod):
+        spec, container = pod["spec"], pod["spec"]["containers"][0]
+        assert container["resources"] == {"requests": {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"},
+                                          "limits": {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"}}
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert spec["imagePullSecrets"] == [{"name": "registry-login"}]
+        assert spec["serviceAccountName"] == "churn-runner"
+        assert [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]] == ["training-data", "models"]
+        assert pod["metadata"]["labels"]["airflow-mlops/pipeline"] == "churn_k8s"
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MODE"] == {"name": "MODE", "value": "nightly"}
+        assert env["DB_PASSWORD"] == {"name": "DB_PASSWORD",
+                                      "valueFrom": {"secretKeyRef": {"name": "churn-db", "key": "password"}}}
+    assert server_pod["metadata"]["labels"]["airflow-mlops/stage"] == "serve"
+
+
+def test_manifests_let_the_worker_write_the_credentials_secret_and_apply_the_model_server(tmp_path):
+    from airflow_mlops.backends.kubernetes.manifests import render
+
+    text = PIPELINE.replace("id: churn_k8s\n", "id: churn_k8s\n    mlflow: {conn_id: mlflow_default}\n")
+    text = text.rstrip(" ") + "      serve:\n        backend: kubernetes\n        mode: online\n"
+    roles = {d["metadata"]["namespace"]: d for d in render(read_pipeline(write(tmp_path, "p.yaml", text)))
+             if d["kind"] == "Role"}
+    rules = {r["resources"][0]: r["verbs"] for r in roles["ml"]["rules"]}
+    assert rules["secrets"] == ["get", "create", "update"]
+    assert rules["deployments"] == rules["services"] == rules["horizontalpodautoscalers"] == ["get", "create", "patch"]
+    small = {r["resources"][0] for r in roles["ml-small"]["rules"]}  # no model server there
+    assert "secrets" in small and "deployments" not in small
+    plain = {r["resources"][0] for d in render(read_pipeline(write(tmp_path, "q.yaml", PIPELINE)))
+             if d["kind"] == "Role" for r in d["rules"]}
+    assert plain == {"pods", "pods/log", "events"}  # no connection, no model server: pods only

@@ -38,6 +38,9 @@ class StageOperator(BaseOperator):
     template_fields: Sequence[str] = ("stage_overrides", "data_dir")
     template_fields_renderers = {"stage_overrides": "json"}
     ui_color = "#e8f4fd"
+    # The engine the stage's code runs with (StageContext.backend): "batch" (pandas) here and in a
+    # pod, "spark" for SparkStageOperator. Set once, where the context is built.
+    engine = "batch"
     operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
 
     def __init__(
@@ -106,6 +109,11 @@ class StageOperator(BaseOperator):
                 raise stage_failed(f"stage '{self.stage_name}': once expanded, {problems}") from None
         return data_dir, mlflow
 
+    def spark_session_settings(self) -> dict[str, Any] | None:
+        """The embedded Spark session's ``{"master", "conf"}`` for StageContext.spark; None when
+        the stage makes no session of its own (not on Spark, or under spark-submit)."""
+        return None
+
     def stage_context(self, context: Any) -> Any:
         from airflow_mlops._core.context import StageContext
         from airflow_mlops._core.names import safe_run_key
@@ -122,6 +130,8 @@ class StageOperator(BaseOperator):
             data_dir=data_dir,
             mlflow=resolve_target(mlflow, pipeline_id),
             upstream=upstream,
+            backend=self.engine,
+            spark=self.spark_session_settings(),
             resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
             prices=self.prices.model_dump(),
             gpu_metrics=self.gpu_metrics.model_dump(),

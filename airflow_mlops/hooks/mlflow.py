@@ -101,17 +101,31 @@ def connection_tracking_uri(conn: Any) -> tuple[str, str | None, str | None]:
     return f"{scheme}://{netloc}" + (f"/{path}" if path else ""), login, password
 
 
+def credential_env(login: str | None, password: str | None) -> dict[str, str]:
+    """``{"MLFLOW_TRACKING_USERNAME": login, "MLFLOW_TRACKING_PASSWORD": password}``, each only
+    when set: the environment variables MLflow reads for basic auth."""
+    return {name: value for name, value in (("MLFLOW_TRACKING_USERNAME", login),
+                                            ("MLFLOW_TRACKING_PASSWORD", password)) if value}
+
+
+def connection_credentials(conn_id: str) -> dict[str, str]:
+    """The credentials of an Airflow MLflow connection, as ``credential_env`` gives them (``{}``
+    for a connection without login). Raises what ``BaseHook.get_connection`` raises for an
+    unknown connection, and ``ValueError`` for a connection with no host."""
+    from airflow.sdk import BaseHook
+
+    _uri, login, password = connection_tracking_uri(BaseHook.get_connection(conn_id))
+    return credential_env(login, password)
+
+
 def tracking_uri_from_connection(conn_id: str) -> str:
     """The tracking URI of an Airflow connection (see ``connection_tracking_uri``); its
-    credentials go to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, which MLflow
-    sends as basic auth."""
+    credentials go to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in this process,
+    which MLflow sends as basic auth (pods get them from a Secret: see backends/kubernetes)."""
     from airflow.sdk import BaseHook
 
     uri, login, password = connection_tracking_uri(BaseHook.get_connection(conn_id))
-    if login:
-        os.environ["MLFLOW_TRACKING_USERNAME"] = login
-    if password:
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    os.environ.update(credential_env(login, password))
     return uri
 
 

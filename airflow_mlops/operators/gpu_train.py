@@ -310,10 +310,11 @@ class GpuTrainOperator(BaseOperator):
 
     # -- kubernetes ---------------------------------------------------------------------------
 
-    def pod_operator(self, job: Any) -> Any:
-        """The KubernetesPodOperator that runs ``job`` in a GPU pod, built by the kubernetes
-        backend's KubernetesStageOperator (requests = limits, GPU node selector/tolerations)."""
-        from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator
+    def pod_operator(self, job: Any, secret_env: dict[str, Any] | None = None) -> Any:
+        """The KubernetesPodOperator that runs ``job`` in a GPU pod, made by the kubernetes
+        backend's one pod builder (requests = limits, GPU node selector/tolerations);
+        ``secret_env``: ENV_NAME → {secret, key} references (the MLflow credentials)."""
+        from airflow_mlops.backends.kubernetes.pod import stage_pod_operator
         from airflow_mlops.stages.train.runner import encode_job
 
         gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
@@ -326,27 +327,21 @@ class GpuTrainOperator(BaseOperator):
         # In the pod, the device plugin decides which GPUs the container sees: take them all.
         job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
                                      "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
-        pipeline = self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train"
-        launcher = KubernetesStageOperator(
-            task_id=self.task_id, stage=None, stage_name=self.task_id, pipeline_id=pipeline,
-            kubernetes=self.kubernetes, stage_resources=pod_resources,
-        )
-        self._launcher = launcher
-        return launcher.pod_operator(["-m", "airflow_mlops.stages.train.runner", "job", "--payload", encode_job(job)], pipeline)
+        return stage_pod_operator(
+            task_id=self.task_id, kubernetes=self.kubernetes, resources=pod_resources,
+            pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train", stage_name=self.task_id,
+            arguments=["-m", "airflow_mlops.stages.train.runner", "job", "--payload", encode_job(job)],
+            secret_env=secret_env)
 
     def _run_in_pod(self, job: Any, context: Any) -> dict[str, Any]:
-        from airflow_mlops._core.result import RESULT_MARKER
+        from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
+        from airflow_mlops.backends.kubernetes.pod import run_pod_operator
 
-        pod_op = self._pod_op = self.pod_operator(job)
+        pipeline = self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train"
+        pod_op = self._pod_op = self.pod_operator(job, mlflow_secret_env(self.kubernetes, pipeline, self.mlflow))
         self.log.info("Running the training in pod %s/%s (image %s)", self.kubernetes.namespace, pod_op.name,
                       self.kubernetes.image)
-        try:
-            pod_op.execute(context)
-        except Exception as exc:
-            raise self._launcher._explain(pod_op, exc) from exc
-        if pod_op.stage_result is None:
-            raise RuntimeError(f"the pod finished but printed no '{RESULT_MARKER.strip()}' line; see its log above")
-        return pod_op.stage_result
+        return run_pod_operator(pod_op, context, stage_name=self.task_id, kubernetes=self.kubernetes)
 
     def on_kill(self) -> None:
         if self._run is not None:

@@ -177,6 +177,8 @@ class KubernetesSettings(Strict):
     config_file: str | None = Field(None, description="A kubeconfig file, instead of a connection.")
     service_account: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets (docker-registry type) the image is pulled with, by name.")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     gpu_node_selector: dict[str, str] = Field(

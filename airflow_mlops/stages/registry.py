@@ -25,6 +25,7 @@ class Kind:
     :param server_modes: modes that run as a long-lived model server rather than a task that ends
         (a backend builds its own operator for them).
     :param rules: the kind's own checks for a backend (``(stage, backend) -> problems``).
+    :param why_not: for a mode, why the backends it lacks cannot run it (the message's reason).
     """
 
     backends: tuple[str, ...]
@@ -32,6 +33,8 @@ class Kind:
     produces: Literal["dataset", "model", "drift"] | None = None
     server_modes: tuple[str, ...] = ()
     rules: Callable[[Any, str], Iterator[Problem]] | None = None
+    why_not: Mapping[str, str] = field(default_factory=dict)
+    doing: str = ""  # the kind as an activity in messages ('online serving'); default: its name
 
 
 def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
@@ -52,8 +55,11 @@ KINDS: dict[str, Kind] = {
     "preprocess": Kind(backends=ALL, produces="dataset", rules=_preprocess_rules),
     "train": Kind(backends=("batch", "kubernetes"), produces="model"),
     "validate": Kind(backends=("batch", "kubernetes")),
-    "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",),
-                  modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch", "kubernetes")}),
+    "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",), doing="serving",
+                  modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch",)},
+                  why_not={"stream": "it reads the Airflow Kafka connection, which a pod cannot look up; give this "
+                                     "stage 'backend: batch' (it runs in the worker, bounded by "
+                                     "max_records/max_duration)"}),
     "drift": Kind(backends=("batch", "kubernetes"), produces="drift"),
     "custom": Kind(backends=ALL),  # a user's operator: the backend is not ours to run
 }
@@ -76,8 +82,12 @@ def problems(stage: Any, backend: str, pipeline: Any = None) -> Iterator[Problem
     mode = getattr(stage, "mode", None)
     if mode in kind.modes and backend not in kind.modes[mode]:
         where = " (or ".join(kind.modes[mode][:2]) + (")" if len(kind.modes[mode]) > 1 else "")
-        yield "mode", (f"{mode} serving is not a Spark job: use backend {where} for it" if backend == "spark"
-                       else f"{mode} {stage.kind} does not run on the {backend} backend: use backend {where} for it")
+        doing = kind.doing or stage.kind
+        if backend == "spark":
+            yield "mode", f"{mode} {doing} is not a Spark job: use backend {where} for it"
+        else:
+            why = kind.why_not.get(mode) or f"use backend {where} for it"
+            yield "mode", f"{mode} {doing} does not run on the {backend} backend: {why}"
     if kind.rules is not None:
         yield from kind.rules(stage, backend)
 

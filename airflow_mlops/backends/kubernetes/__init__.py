@@ -1,14 +1,20 @@
-"""kubernetes: the stage runs in a pod requesting its resource profile (see
-operators/kubernetes.py); the pod runs the same stage code through the package's runtime."""
+"""kubernetes: the stage runs in a pod requesting its resource profile; the pod runs the same
+stage code through the package's runtime. Every pod the package makes (stage pods, GPU training
+pods, the model server's Deployment) comes from one builder, ``build_pod`` (podspec.py); a
+command runs in a pod through ``stage_pod_operator`` and ``run_pod_operator`` (pod.py), and the
+MLflow connection's credentials reach pods through a Secret (credentials.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from airflow_mlops.backends import stage_operator_args
-from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator
+from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator, run_pod_operator, stage_pod_operator
+from airflow_mlops.backends.kubernetes.podspec import build_pod
 from airflow_mlops.spec.load import effective_kubernetes
 from airflow_mlops.stages import registry
+
+__all__ = ["KubernetesStageOperator", "build", "build_pod", "run_pod_operator", "stage_pod_operator"]
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:

@@ -1,11 +1,13 @@
 """What a pipeline needs in its Kubernetes namespace(s), ready for ``kubectl apply -f``.
 
 Per namespace its Kubernetes stages use: a ResourceQuota sized for one run with every Kubernetes
-stage running at once (an upper bound: stages that depend on each other never overlap), a Role
-and RoleBinding giving Airflow's worker just what KubernetesPodOperator needs (pods, their logs
-and events), a NetworkPolicy that lets nothing in to the pipeline's pods (they only call out:
-MLflow, storage), the pods' ServiceAccount (no API token mounted: stage code never calls the
-Kubernetes API), and the PersistentVolumeClaims the stages mount.
+stage running at once (an upper bound: stages that depend on each other never overlap); a Role
+and RoleBinding giving Airflow's worker just what it needs: KubernetesPodOperator's pods, their
+logs and events, plus the MLflow credentials Secret when the tracking URI comes from an Airflow
+connection, and the model server's objects where one runs; a NetworkPolicy that lets nothing in
+to the pipeline's pods (they only call out: MLflow, storage); the pods' ServiceAccount (no API
+token mounted: stage code never calls the Kubernetes API); and the PersistentVolumeClaims the
+stages mount.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 
 from airflow_mlops._core.names import object_name, pod_labels
 from airflow_mlops._core.units import format_cpu, format_memory, parse_quantity
+from airflow_mlops.backends.kubernetes.credentials import credentials_connection
 from airflow_mlops.spec.load import LoadedPipeline, effective_kubernetes, resolve_resources
+
+# What applying a model server takes (create, or merge-patch what exists).
+_SERVING_RULES = [
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "create", "patch"]},
+]
 
 
 def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airflow-worker")) -> list[dict[str, Any]]:
@@ -24,10 +34,16 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
     p = loaded.pipeline
     label = pod_labels(p.id)  # what the stage pods carry: the NetworkPolicy selects them by it
     by_namespace: dict[str, list] = defaultdict(list)
-    for name, stage in p.stages.items():
+    serving: set[str] = set()  # namespaces with a model server: the worker applies its objects there
+    for stage in p.stages.values():
         if (stage.backend or p.backend) == "kubernetes" and stage.kind != "custom":
             settings = effective_kubernetes(p, stage)
             by_namespace[settings.namespace].append((settings, resolve_resources(p, stage.resources)))
+            if stage.kind == "serve" and stage.mode == "online":
+                serving.add(settings.namespace)
+    extra_rules = []
+    if credentials_connection(p.mlflow):  # the worker writes the MLflow credentials Secret
+        extra_rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]})
     docs: list[dict[str, Any]] = []
     for namespace, stages in sorted(by_namespace.items()):
         meta = lambda name: {"name": name, "namespace": namespace, "labels": label}  # noqa: E731
@@ -55,6 +71,8 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete", "patch"]},
                 {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
                 {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+                *extra_rules,
+                *(_SERVING_RULES if namespace in serving else []),
             ],
         })
         docs.append({

@@ -8,15 +8,105 @@ client: the DAG processor re-parses every 30 s.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from airflow_mlops._core.names import MAX_POD_NAME, object_name, pod_labels
 from airflow_mlops._core.result import RESULT_MARKER
+from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
+from airflow_mlops.backends.kubernetes.podspec import build_pod, pod_name
 from airflow_mlops.backends.stage import StageOperator, stage_failed
-from airflow_mlops.spec.models import KubernetesSettings
+from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 LOG_TAIL_LINES = 30
+
+
+def stage_pod_operator(
+    *,
+    task_id: str,
+    kubernetes: KubernetesSettings,
+    resources: Resources | None,
+    pipeline_id: str,
+    stage_name: str,
+    arguments: list[str],
+    env: Mapping[str, str] | None = None,
+    secret_env: Mapping[str, SecretEnv] | None = None,
+) -> Any:
+    """The KubernetesPodOperator that runs ``python <arguments>`` in a pod made by ``build_pod``
+    (also what the unit tests inspect through ``build_pod_request_obj(dry_run=True)``). After
+    ``execute`` it holds what the pod printed: ``stage_result``, ``stage_failure``,
+    ``stage_skipped``, and ``unschedulable`` / ``log_tail`` for the error message."""
+    k = kubernetes
+    pod = build_pod(k, resources, pipeline_id=pipeline_id, stage_name=stage_name, command=["python"],
+                    args=arguments, env=env, secret_env=secret_env)
+    container, spec = pod.spec.containers[0], pod.spec
+    return _pod_operator_class()(
+        task_id=task_id,
+        name=pod_name(pipeline_id, stage_name),
+        namespace=pod.metadata.namespace,
+        labels=pod.metadata.labels,
+        image=container.image,
+        image_pull_policy=container.image_pull_policy,
+        cmds=container.command,
+        arguments=container.args,
+        env_vars=container.env,
+        container_resources=container.resources,
+        volume_mounts=container.volume_mounts,
+        node_selector=spec.node_selector,
+        tolerations=spec.tolerations,
+        volumes=spec.volumes,
+        image_pull_secrets=spec.image_pull_secrets,
+        service_account_name=spec.service_account_name,
+        kubernetes_conn_id=k.conn_id or "kubernetes_default",
+        config_file=k.config_file,
+        in_cluster=False if k.config_file else None,
+        get_logs=True,
+        log_events_on_failure=True,
+        log_pod_spec_on_failure=False,  # a pod dump in the error buries the message (and lists env)
+        on_finish_action="delete_pod",
+        do_xcom_push=False,
+        startup_timeout_seconds=int(k.startup_timeout.total_seconds()),
+        schedule_timeout_seconds=int(k.schedule_timeout.total_seconds()),
+    )
+
+
+def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: KubernetesSettings) -> dict[str, Any]:
+    """Run ``pod_op`` (from ``stage_pod_operator``) and return the result the pod printed by the
+    result protocol (``_core/result.py``).
+
+    Raises AirflowFailException (the stage's own verdict: no retry), AirflowSkipException (the
+    stage skipped the rest of the run), or RuntimeError naming why the pod failed: the
+    scheduler's reason for a pod never scheduled, else its error and last log lines."""
+    try:
+        pod_op.execute(context)
+    except Exception as exc:
+        raise explain_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes) from exc
+    if pod_op.stage_result is None:
+        raise RuntimeError(f"the pod finished but printed no '{RESULT_MARKER.strip()}' line; see its log above")
+    return pod_op.stage_result
+
+
+def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes: KubernetesSettings) -> Exception:
+    """A failure message people can act on: the stage's own verdict, the scheduler's reason
+    for a pod that never started, or the pod's exit code and last log lines."""
+    if pod_op.stage_failure:
+        return stage_failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
+    if pod_op.stage_skipped:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        return AirflowSkipException(pod_op.stage_skipped)
+    if pod_op.unschedulable:
+        resources = pod_op.container_resources.requests if pod_op.container_resources else "none"
+        return RuntimeError(
+            f"pod {pod_op.name} was never scheduled within {int(kubernetes.schedule_timeout.total_seconds())}s: "
+            f"{pod_op.unschedulable} (resources asked: {resources}; check the node pool's capacity, "
+            f"labels {kubernetes.gpu_node_selector} and taints)"
+        )
+    if pod_op.log_tail:
+        tail = "\n".join(pod_op.log_tail)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RuntimeError(f"stage '{stage_name}' failed in pod {pod_op.name} ({first}); last log lines:\n{tail}")
+    return exc
 
 
 class KubernetesBackedOperator(StageOperator):
@@ -42,108 +132,33 @@ class KubernetesStageOperator(KubernetesBackedOperator):
 
     def pod_name(self, pipeline_id: str | None = None) -> str:
         """``<pipeline>-<stage>`` as a DNS name (KubernetesPodOperator appends a random suffix)."""
-        return object_name(pipeline_id or self.pipeline_id or "stage", self.stage_name, max_len=MAX_POD_NAME)
+        return pod_name(pipeline_id or self.pipeline_id or "stage", self.stage_name)
 
-    def pod_operator(self, arguments: list[str], pipeline_id: str | None = None) -> Any:
-        """The KubernetesPodOperator that runs this stage (also what the unit tests inspect
-        through ``build_pod_request_obj(dry_run=True)``)."""
-        from kubernetes.client import models as k8s
-
-        k = self.kubernetes
-        wants_gpu = bool(self.stage_resources and self.stage_resources.gpu)
-        quantities = {}
-        if self.stage_resources:
-            quantities = {name: str(value) for name, value in (
-                ("cpu", self.stage_resources.cpu), ("memory", self.stage_resources.memory),
-                ("nvidia.com/gpu", self.stage_resources.gpu if self.stage_resources.gpu else None),
-            ) if value is not None}
-        env = [k8s.V1EnvVar(name=name, value=value) for name, value in k.env.items()]
-        env += [
-            k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(
-                secret_key_ref=k8s.V1SecretKeySelector(name=ref.secret, key=ref.key)))
-            for name, ref in k.secret_env.items()
-        ]
-        if "PYTHONPATH" not in k.env and self.has_dag():  # the pod imports the code the DAG sees
+    def pod_operator(self, arguments: list[str], pipeline_id: str | None = None,
+                     secret_env: Mapping[str, SecretEnv] | None = None) -> Any:
+        """The KubernetesPodOperator that runs this stage (see ``stage_pod_operator``)."""
+        env = {}
+        if self.has_dag():  # the pod imports the code the DAG sees (a PYTHONPATH in kubernetes.env wins)
             from airflow_mlops._core.paths import code_paths, dags_folder
 
             paths = code_paths(self.dag.fileloc, dags_folder())
             if paths:
-                env.append(k8s.V1EnvVar(name="PYTHONPATH", value=":".join(paths)))
-        volumes = [
-            k8s.V1Volume(name=f"data-{i}", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                claim_name=v.claim, read_only=v.read_only))
-            for i, v in enumerate(k.volumes)
-        ]
-        mounts = [k8s.V1VolumeMount(name=f"data-{i}", mount_path=v.mount_path, read_only=v.read_only)
-                  for i, v in enumerate(k.volumes)]
-        tolerations = [k8s.V1Toleration(**t.model_dump(exclude_none=True))
-                       for t in [*k.tolerations, *(k.gpu_tolerations if wants_gpu else [])]]
-        pipeline = pipeline_id or self.pipeline_id or ""
-        return _pod_operator_class()(
-            task_id=self.task_id,
-            name=self.pod_name(pipeline),
-            namespace=k.namespace,
-            image=k.image,
-            image_pull_policy=k.image_pull_policy,
-            cmds=["python"],
-            arguments=arguments,
-            env_vars=env,
-            container_resources=k8s.V1ResourceRequirements(requests=quantities, limits=quantities) if quantities else None,
-            node_selector={**k.node_selector, **(k.gpu_node_selector if wants_gpu else {})} or None,
-            tolerations=tolerations or None,
-            volumes=volumes or None,
-            volume_mounts=mounts or None,
-            service_account_name=k.service_account,
-            labels={**k.labels, **pod_labels(pipeline, self.stage_name)},
-            kubernetes_conn_id=k.conn_id or "kubernetes_default",
-            config_file=k.config_file,
-            in_cluster=False if k.config_file else None,
-            get_logs=True,
-            log_events_on_failure=True,
-            log_pod_spec_on_failure=False,  # a pod dump in the error buries the message (and lists env)
-            on_finish_action="delete_pod",
-            do_xcom_push=False,
-            startup_timeout_seconds=int(k.startup_timeout.total_seconds()),
-            schedule_timeout_seconds=int(k.schedule_timeout.total_seconds()),
-        )
+                env["PYTHONPATH"] = ":".join(paths)
+        return stage_pod_operator(
+            task_id=self.task_id, kubernetes=self.kubernetes, resources=self.stage_resources,
+            pipeline_id=pipeline_id or self.pipeline_id or "", stage_name=self.stage_name, arguments=arguments,
+            env=env, secret_env=secret_env)
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         from airflow_mlops.backends import runtime
 
-        ctx.backend = "batch"  # inside the pod the stage runs its plain (pandas) code
+        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
         arguments = ["-m", "airflow_mlops.runtime", "--payload", runtime.encode_payload(self.stage, ctx)]
-        pod_op = self._pod_op = self.pod_operator(arguments, ctx.pipeline_id)
-        self.log.info("Running stage '%s' in pod %s/%s (image %s, resources %s)", ctx.stage_name,
-                      self.kubernetes.namespace, pod_op.name, self.kubernetes.image, self.stage_resources)
-        try:
-            pod_op.execute(context)
-        except Exception as exc:
-            raise self._explain(pod_op, exc) from exc
-        result = pod_op.stage_result
-        if result is None:
-            raise RuntimeError(f"the pod finished but printed no '{RESULT_MARKER.strip()}' line; see its log above")
-        return result
-
-    def _explain(self, pod_op: Any, exc: Exception) -> Exception:
-        """A failure message people can act on: the stage's own verdict, the scheduler's reason
-        for a pod that never started, or the pod's exit code and last log lines."""
-        if pod_op.stage_failure:
-            return stage_failed(f"stage '{self.stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
-        if pod_op.stage_skipped:
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            return AirflowSkipException(pod_op.stage_skipped)
-        if pod_op.unschedulable:
-            return RuntimeError(
-                f"pod {pod_op.name} was never scheduled within {int(self.kubernetes.schedule_timeout.total_seconds())}s: "
-                f"{pod_op.unschedulable} (resources asked: {self.stage_resources}; check the node pool's capacity, "
-                f"labels {self.kubernetes.gpu_node_selector} and taints)"
-            )
-        if pod_op.log_tail:
-            tail = "\n".join(pod_op.log_tail)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return RuntimeError(f"stage '{self.stage_name}' failed in pod {pod_op.name} ({first}); last log lines:\n{tail}")
-        return exc
+        pod_op = self._pod_op = self.pod_operator(arguments, ctx.pipeline_id, secret_env)
+        self.log.info("Running stage '%s' in pod %s/%s (image %s, resources %s%s)", ctx.stage_name,
+                      self.kubernetes.namespace, pod_op.name, self.kubernetes.image, self.stage_resources,
+                      f"; MLflow credentials from Secret {next(iter(secret_env.values())).secret}" if secret_env else "")
+        return run_pod_operator(pod_op, context, stage_name=self.stage_name, kubernetes=self.kubernetes)
 
     def on_kill(self) -> None:
         if self._pod_op is not None:
@@ -153,11 +168,9 @@ class KubernetesStageOperator(KubernetesBackedOperator):
 @lru_cache(maxsize=1)
 def _pod_operator_class() -> type:
     """KubernetesPodOperator, reading the pod's log and status before its clean-up deletes it."""
-    import json
-
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-    from airflow_mlops._core.result import FAILED_PREFIX, RESULT_MARKER, SKIPPED_PREFIX
+    from airflow_mlops._core.result import FAILED_PREFIX, SKIPPED_PREFIX, find_result
 
     class StagePodOperator(KubernetesPodOperator):
         stage_result: dict[str, Any] | None = None
@@ -189,10 +202,9 @@ def _pod_operator_class() -> type:
             )
             lines = response.data.decode("utf-8", "replace").splitlines()
             self.log_tail = lines[-LOG_TAIL_LINES:]
+            self.stage_result = find_result(lines)
             for line in lines:
-                if line.startswith(RESULT_MARKER):
-                    self.stage_result = json.loads(line[len(RESULT_MARKER):])
-                elif line.startswith(FAILED_PREFIX):
+                if line.startswith(FAILED_PREFIX):
                     self.stage_failure = line[len(FAILED_PREFIX):]
                 elif line.startswith(SKIPPED_PREFIX):
                     self.stage_skipped = line[len(SKIPPED_PREFIX):]

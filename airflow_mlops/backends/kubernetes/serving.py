@@ -4,11 +4,14 @@ version changes the pod template, so Kubernetes rolls the Deployment over to it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from airflow_mlops._core.names import object_name, pod_labels
+from airflow_mlops._core.names import object_name
+from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
 from airflow_mlops.backends.kubernetes.pod import KubernetesBackedOperator
-from airflow_mlops.spec.models import KubernetesSettings, Resources
+from airflow_mlops.backends.kubernetes.podspec import as_dict, build_pod, kubernetes_hook
+from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 SERVER_PORT = 8080
 
@@ -17,18 +20,16 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
     ui_color = "#fff3cd"
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
         from airflow_mlops.stages.serve.model import serving_model
 
         served = serving_model(self.stage.model, ctx)
         model_uri = served["model_uri"]
+        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
         docs = render_model_server(ctx.pipeline_id, self.stage_name, model_uri, self.stage, self.kubernetes,
-                                   self.stage_resources, ctx.mlflow.tracking_uri)
-        hook = KubernetesHook(conn_id=self.kubernetes.conn_id or "kubernetes_default",
-                              config_file=self.kubernetes.config_file, in_cluster=False if self.kubernetes.config_file else None)
+                                   self.stage_resources, ctx.mlflow.tracking_uri, secret_env=secret_env)
+        api_client = kubernetes_hook(self.kubernetes).api_client
         for doc in docs:
-            action = apply(hook.api_client, doc)
+            action = apply(api_client, doc)
             self.log.info("%s %s %s/%s", action, doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])
         name = docs[0]["metadata"]["name"]
         return {"deployment": name, "namespace": self.kubernetes.namespace, **served,
@@ -36,36 +37,32 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
 
 
 def render_model_server(pipeline_id: str, stage_name: str, model_uri: str, spec: Any, k: KubernetesSettings,
-                        resources: Resources | None, tracking_uri: str) -> list[dict[str, Any]]:
+                        resources: Resources | None, tracking_uri: str,
+                        secret_env: Mapping[str, SecretEnv] | None = None) -> list[dict[str, Any]]:
+    """[Deployment, Service, HorizontalPodAutoscaler] as dicts, all named ``<pipeline>-<stage>``.
+    The Deployment's pod comes from ``build_pod`` like every other pod (requests = limits, GPU
+    node selector and tolerations when ``resources`` has GPUs); ``secret_env`` adds references
+    to the MLflow credentials Secret."""
+    from kubernetes.client import models as k8s
+
     name = object_name(pipeline_id, stage_name)
-    labels = {**k.labels, "app.kubernetes.io/name": name, **pod_labels(pipeline_id)}
-    quantities = {key: str(value) for key, value in (("cpu", resources and resources.cpu), ("memory", resources and resources.memory),
-                                                      ("nvidia.com/gpu", resources and resources.gpu or None)) if value}
-    env = [{"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}, *({"name": n, "value": v} for n, v in k.env.items()),
-           *({"name": n, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": r.key}}} for n, r in k.secret_env.items())]
-    container = {
-        "name": "model-server",
-        "image": k.image,
-        "command": ["mlflow", "models", "serve"],
-        "args": ["-m", model_uri, "--env-manager", "local", "-h", "0.0.0.0", "-p", str(SERVER_PORT), "-w", str(spec.workers)],
-        "ports": [{"containerPort": SERVER_PORT, "name": "http"}],
-        "env": env,
-        "readinessProbe": {"httpGet": {"path": "/ping", "port": SERVER_PORT}, "initialDelaySeconds": 5, "periodSeconds": 5},
-        "resources": {"requests": quantities, "limits": quantities} if quantities else {},
-    }
-    template_spec: dict[str, Any] = {"containers": [container]}
-    if k.service_account:
-        template_spec["serviceAccountName"] = k.service_account
-    if k.node_selector:
-        template_spec["nodeSelector"] = k.node_selector
-    if k.tolerations:
-        template_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in k.tolerations]
+    pod = build_pod(k, resources, pipeline_id=pipeline_id, stage_name=stage_name, container_name="model-server",
+                    command=["mlflow", "models", "serve"],
+                    args=["-m", model_uri, "--env-manager", "local", "-h", "0.0.0.0", "-p", str(SERVER_PORT),
+                          "-w", str(spec.workers)],
+                    env={"MLFLOW_TRACKING_URI": tracking_uri}, secret_env=secret_env,
+                    labels={"app.kubernetes.io/name": name})
+    container = pod.spec.containers[0]
+    container.ports = [k8s.V1ContainerPort(container_port=SERVER_PORT, name="http")]
+    container.readiness_probe = k8s.V1Probe(http_get=k8s.V1HTTPGetAction(path="/ping", port=SERVER_PORT),
+                                            initial_delay_seconds=5, period_seconds=5)
+    labels = pod.metadata.labels
     meta = {"name": name, "namespace": k.namespace, "labels": labels}
     return [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
          "spec": {"replicas": spec.replicas, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
                   "template": {"metadata": {"labels": labels, "annotations": {"airflow-mlops/model-uri": model_uri}},
-                               "spec": template_spec}}},
+                               "spec": as_dict(pod.spec)}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": meta,
          "spec": {"selector": {"app.kubernetes.io/name": name},
                   "ports": [{"name": "http", "port": 80, "targetPort": SERVER_PORT}]}},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from airflow_mlops._core.result import outcome_files
@@ -21,18 +22,21 @@ class SparkStageOperator(StageOperator):
     SparkSubmitHook), running ``airflow_mlops/runtime.py`` with the stage spec."""
 
     ui_color = "#fdeee4"
+    engine = "spark"
 
     def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spark = SparkSettings.model_validate(spark or {})
 
+    def spark_session_settings(self) -> dict[str, Any] | None:
+        """An embedded session's settings; None under spark-submit, where the cluster's own
+        configuration applies."""
+        return {"master": self.spark.master, "conf": self.spark.conf} if self.spark.conn_id is None else None
+
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
-        ctx.backend = "spark"
         if self.spark.conn_id is None:
-            ctx.spark = {"master": self.spark.master, "conf": self.spark.conf}
             self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
             return super().run(ctx, context)
-        ctx.spark = None
         return self.submit(ctx)
 
     def submit(self, ctx: Any) -> dict[str, Any]:
@@ -52,7 +56,9 @@ class SparkStageOperator(StageOperator):
             conn_id=self.spark.conn_id,
             conf={k: str(v) for k, v in self.spark.conf.items()},
             name=f"airflow-mlops {ctx.pipeline_id}.{ctx.stage_name}",
-            application_args=["--payload", runtime.encode_payload(self.stage, ctx), "--result-file", str(result_file)],
+            # Under spark-submit the cluster's configuration applies, whatever context was given.
+            application_args=["--payload", runtime.encode_payload(self.stage, replace(ctx, spark=None)),
+                              "--result-file", str(result_file)],
             env_vars=python,
         )
         self.log.info("Submitting stage '%s' through Spark connection '%s'", ctx.stage_name, self.spark.conn_id)

@@ -1,0 +1,80 @@
+"""MLflow credentials for pods, by reference only.
+
+In the worker, the MLflow connection's login and password become ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (``hooks.mlflow``). A pod cannot read Airflow's connections, and a
+plain env value would show in the pod spec (``kubectl get pod -o yaml``, events, the scheduler's
+logs). So the worker writes them into a Secret in the pod's namespace, named
+``<pipeline>-<connection>-credentials`` and labelled with the pipeline and the connection, and
+the pods get ``valueFrom.secretKeyRef`` entries pointing at it. The Secret is created, or
+replaced when it exists, each time a pod is started: a changed password reaches the next pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_mlops._core.names import label_value, object_name, pod_labels
+from airflow_mlops.spec.models import KubernetesSettings, MlflowSettings, SecretEnv
+
+CONNECTION_LABEL = "airflow-mlops/connection"
+
+
+def credentials_secret_name(pipeline_id: str, conn_id: str) -> str:
+    """``<pipeline>-<connection>-credentials`` as a DNS name (see ``object_name``)."""
+    return object_name(pipeline_id, conn_id, "credentials")
+
+
+def credentials_secret(pipeline_id: str, conn_id: str, namespace: str, values: dict[str, str]) -> dict[str, Any]:
+    """The Secret manifest holding ``values`` (ENV_NAME → value), as a dict."""
+    import base64
+
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": credentials_secret_name(pipeline_id, conn_id), "namespace": namespace,
+                     "labels": {**pod_labels(pipeline_id), CONNECTION_LABEL: label_value(conn_id)}},
+        "data": {name: base64.b64encode(value.encode()).decode() for name, value in values.items()},
+    }
+
+
+def credentials_connection(mlflow: MlflowSettings) -> str | None:
+    """The MLflow connection the tracking URI comes from, if it does (the precedence of
+    ``hooks.mlflow.resolve_target``: an explicit ``tracking_uri`` wins over ``conn_id``)."""
+    return None if mlflow.tracking_uri else mlflow.conn_id
+
+
+def write_credentials_secret(api_client: Any, namespace: str, pipeline_id: str, conn_id: str,
+                             values: dict[str, str]) -> dict[str, SecretEnv]:
+    """Create the Secret holding ``values``, or replace it when it exists; returns ENV_NAME →
+    {secret, key} for a pod's environment. Raises ``kubernetes.client.exceptions.ApiException``
+    when the API server refuses (the worker's Role needs get/create/update on secrets:
+    ``airflow-mlops manifests`` grants them)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    doc = credentials_secret(pipeline_id, conn_id, namespace, values)
+    name = doc["metadata"]["name"]
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_secret(namespace, doc)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, doc)
+    return {env: SecretEnv(secret=name, key=env) for env in values}
+
+
+def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSettings) -> dict[str, SecretEnv]:
+    """The MLflow connection's credentials, written to their Secret in ``k.namespace``, as
+    references for a pod's environment; ``{}`` (and no cluster call) when the tracking URI does
+    not come from a connection or the connection has no login."""
+    conn_id = credentials_connection(mlflow)
+    if not conn_id:
+        return {}
+    from airflow_mlops.hooks.mlflow import connection_credentials
+
+    values = connection_credentials(conn_id)
+    if not values:
+        return {}
+    from airflow_mlops.backends.kubernetes.podspec import kubernetes_hook
+
+    return write_credentials_secret(kubernetes_hook(k).api_client, k.namespace, pipeline_id, conn_id, values)
