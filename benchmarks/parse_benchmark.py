@@ -273,7 +273,7 @@ SIDES = {  # side → (folder name, label)
 
 # What every child imports before the clock starts: Airflow and what the DAG files of any side use.
 PRELOAD = ("airflow", "airflow.dag_processing.dagbag", "airflow.providers.standard.operators.python",
-           "airflow_mlops.backends.stage", "airflow_mlops.factory.build", "airflow_mlops.factory.pipelines",
+           "airflow_mlops.backends.stage", "airflow_mlops.factory._build", "airflow_mlops.factory.pipelines",
            "airflow_mlops.factory.loader", "airflow_mlops.spec.load", "airflow_mlops.backends.batch")
 
 
@@ -344,21 +344,21 @@ def dump_task(t: Any) -> dict[str, Any]:
 # "Airflow DagBag" is what is left of the fill.
 STEPS = (
     ("list pipeline files", "airflow_mlops.spec.files", "discover"),
-    ("YAML → data + positions", "airflow_mlops.spec.source", "load_source"),
+    ("YAML → data + positions", "airflow_mlops.spec._source", "load_source"),
     ("defaults: find, read, lift, merge", "airflow_mlops.spec.files", "defaults_chain"),
     ("defaults: find, read, lift, merge", "airflow_mlops.spec.files", "folder_defaults_chain"),
     ("defaults: find, read, lift, merge", "airflow_mlops.spec.files", "read_defaults"),
     ("defaults: find, read, lift, merge", "airflow_mlops.spec.dag", "lift_default_args"),
-    ("defaults: find, read, lift, merge", "airflow_mlops.spec.source", "merge_sources"),
+    ("defaults: find, read, lift, merge", "airflow_mlops.spec._source", "merge_sources"),
     ("pydantic validation", "airflow_mlops.spec.models", "Pipeline.model_validate"),
-    ("cross checks", "airflow_mlops.spec.checks", "check_names_and_schedule"),
-    ("cross checks", "airflow_mlops.spec.checks", "check_pipeline"),
+    ("cross checks", "airflow_mlops.spec._checks", "check_names_and_schedule"),
+    ("cross checks", "airflow_mlops.spec._checks", "check_pipeline"),
     ("read_pipeline, rest", "airflow_mlops.spec.load", "read_pipeline"),
-    ("doc_md", "airflow_mlops.factory.build", "_docs"),
-    ("outlets (Assets)", "airflow_mlops.factory.build", "_outlets"),
+    ("doc_md", "airflow_mlops.factory._build", "_docs"),
+    ("outlets (Assets)", "airflow_mlops.factory._build", "_outlets"),
     ("operators (StageOperator)", "airflow_mlops.backends", "build_stage_tasks"),
     ("templating set-up (stage_overrides)", "airflow_mlops.spec.templating", "stage_overrides"),
-    ("DAG, task groups, dependencies", "airflow_mlops.factory.build", "build_dag"),
+    ("DAG, task groups, dependencies", "airflow_mlops.factory._build", "build_dag"),
     ("Airflow's DAG checks", "airflow_mlops.factory.pipelines", "checked_dag"),
     ("asset check", "airflow_mlops.factory.pipelines", "check_assets"),
     ("loader, rest", "airflow_mlops.factory.pipelines", "load_dags"),

@@ -28,7 +28,7 @@ from airflow_mlops.lifecycle.backup import (
     run_restore,
     verify_snapshot,
 )
-from airflow_mlops.lifecycle.backup import store as store_mod
+from airflow_mlops.lifecycle.backup import _store as store_mod
 from tests.conftest import REPO
 from tests.helpers import write
 

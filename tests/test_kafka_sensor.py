@@ -203,7 +203,7 @@ def test_connection_config_passes_settings_through_and_logs_no_secret(monkeypatc
 def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(broker, caplog):
     from airflow_mlops.kafka.config import for_client
     from airflow_mlops.stream import run_stream
-    from airflow_mlops.stream.model import ScoringModel
+    from airflow_mlops.stream._model import ScoringModel
 
     with pytest.raises(ValueError, match=r"unknown kafka-python setting\(s\) \['sasl_passwrd'\]"):
         for_client({"bootstrap_servers": "x", "sasl_passwrd": "y"}, "consumer")

@@ -165,7 +165,7 @@ def test_online_serving_that_asks_for_gpus_is_scheduled_on_the_gpu_node(kube_clu
     from kubernetes import client as k8s
 
     from airflow_mlops.backends.kubernetes.serving import apply, render_model_server
-    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.factory._build import build_dag
     from airflow_mlops.spec.load import read_pipeline
 
     path = write(tmp_path, "p.yaml", f"""

@@ -65,7 +65,7 @@ def test_the_api_server_accepts_every_object_made_for_a_long_pipeline_id(kube_cl
 
     from airflow_mlops._core.names import pod_labels
     from airflow_mlops.backends.kubernetes.serving import apply, render_model_server
-    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.factory._build import build_dag
     from airflow_mlops.factory.pipelines import read_pipeline
 
     api = kube_cluster.api_client()

@@ -44,7 +44,7 @@ PIPELINE = """
 
 @pytest.fixture
 def dag(tmp_path):
-    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.factory._build import build_dag
 
     return build_dag(read_pipeline(write(tmp_path, "p.yaml", PIPELINE)))
 
@@ -179,9 +179,9 @@ def test_stage_pods_training_pods_and_the_model_server_come_from_one_builder(tmp
     """The three pods the package makes get the same scheduling, resources, labels, pull secrets
     and volumes from the same settings (before, each had its own builder; the model server's
     lacked the GPU node selector and tolerations)."""
-    from airflow_mlops.backends.kubernetes.podspec import as_dict
+    from airflow_mlops.backends.kubernetes._podspec import as_dict
     from airflow_mlops.backends.kubernetes.serving import render_model_server
-    from airflow_mlops.factory.build import build_dag
+    from airflow_mlops.factory._build import build_dag
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
     from airflow_mlops.stages.train.job import GpuTrainJob
 

@@ -279,7 +279,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
 def test_two_consumers_in_one_group_share_the_partitions(broker, store, second_joins):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
-    from airflow_mlops.stream.model import load_scoring_model
+    from airflow_mlops.stream._model import load_scoring_model
 
     n, batch = 3000, 50
     t = topics(broker, partitions=4)
@@ -580,8 +580,8 @@ def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     import pandas as pd
 
     from airflow_mlops.spec.stream import StreamSpec
-    from airflow_mlops.stream.model import ScoringModel
-    from airflow_mlops.stream.scoring import BatchScorer
+    from airflow_mlops.stream._model import ScoringModel
+    from airflow_mlops.stream._scoring import BatchScorer
 
     calls = []
 
@@ -596,7 +596,7 @@ def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     model = ScoringModel(model=Picky(), uri="runs:/abc/model", version="runs:/abc/model", features=["x"],
                          required=["x"], float_features=[])
     scorer = BatchScorer(StreamSpec(topics="a", output_topic="b", output_key="field:id", output_fields=["id"]),
-                         model, __import__("airflow_mlops.stream.codecs", fromlist=["x"]).json_decoder)
+                         model, __import__("airflow_mlops.stream._codecs", fromlist=["x"]).json_decoder)
     outputs, dead = scorer.score(_records(values))
     assert [(d.record.offset, d.stage, str(d.error)) for d in dead] == [(5, "predict", "negative x"),
                                                                          (200, "predict", "negative x")]
@@ -611,8 +611,8 @@ def test_batch_partitioning_matches_kafka_pythons_default_partitioner():
 
     from kafka.partitioner.default import DefaultPartitioner, murmur2
 
-    from airflow_mlops.stream.partition import murmur2 as batch_murmur2
-    from airflow_mlops.stream.partition import partitions_for_keys
+    from airflow_mlops.stream._partition import murmur2 as batch_murmur2
+    from airflow_mlops.stream._partition import partitions_for_keys
 
     rng = random.Random(3)
     keys = [bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 41))) for _ in range(3000)]

@@ -22,7 +22,7 @@ from airflow.sdk import DAG
 
 from airflow_mlops import backends
 from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path
-from airflow_mlops.factory.build import StageBuildError, build_dag
+from airflow_mlops.factory._build import StageBuildError, build_dag
 from airflow_mlops.spec import load
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import one_scan

@@ -56,7 +56,7 @@ class StreamInferenceOperator(BaseOperator):
     or ``idle_timeout`` seconds without a record, and returns (XCom) a summary: records in,
     predictions out, dead letters, batches, elapsed seconds, rate, final lag. Every topic must
     exist before anything is consumed: a missing one (a typo) fails the task without retries,
-    with a did-you-mean (see ``airflow_mlops.stream.preflight``).
+    with a did-you-mean (see ``airflow_mlops.stream._preflight``).
 
     :param topics: topic or list of topics to consume.
     :param output_topic: topic for the predictions.

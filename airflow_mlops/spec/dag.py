@@ -22,9 +22,9 @@ from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.errors import did_you_mean, format_path
 from airflow_mlops._core.units import Duration, parse_duration
+from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.errors import PipelineSpecError, SpecIssue
-from airflow_mlops.spec.source import Source
 
 # Task defaults that DagSettings has a field for: written under default_args they are moved there.
 LIFTED = ("owner", "retries", "retry_delay", "execution_timeout", "start_date")

@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from pydantic import ValidationError
 
+from airflow_mlops.spec._source import Source, load_source
 from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.errors import PipelineSpecError, SpecIssue
 from airflow_mlops.spec.models import PipelineDefaults
-from airflow_mlops.spec.source import Source, load_source
 
 DEFAULTS_FILE = "_defaults.yaml"
 PIPELINE_SUFFIXES = (".yaml", ".yml")
@@ -69,7 +69,7 @@ _defaults_cache: dict[Path, tuple[float, Source]] = {}
 
 
 def read_defaults(path: Path) -> Source:
-    from airflow_mlops.spec.translate import translate
+    from airflow_mlops.spec._translate import translate
 
     mtime = path.stat().st_mtime
     hit = _defaults_cache.get(path)

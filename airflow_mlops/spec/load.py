@@ -13,13 +13,13 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from airflow_mlops.spec.checks import StageCheck, check_names_and_schedule, check_pipeline, stage_dependencies
+from airflow_mlops.spec._checks import StageCheck, check_names_and_schedule, check_pipeline, stage_dependencies
+from airflow_mlops.spec._source import Source, load_source, merge_sources
+from airflow_mlops.spec._translate import translate
 from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources
-from airflow_mlops.spec.source import Source, load_source, merge_sources
-from airflow_mlops.spec.translate import translate
 
 __all__ = [
     "DEFAULTS_FILE", "PIPELINE_SUFFIXES", "LoadedPipeline", "check_pipeline", "discover", "effective_kubernetes",

@@ -17,8 +17,8 @@ import inspect
 from typing import Any, Iterable
 
 from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path, one_of
+from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.errors import SpecIssue
-from airflow_mlops.spec.source import Source
 
 RESULT_TASK = "run"  # the task id of a stage's result task, inside the stage's task group
 
@@ -104,7 +104,7 @@ def check_custom_stage(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue
 
 
 def translate_arguments(exc: ArgumentsError, src: Source, args_loc: tuple) -> list[SpecIssue]:
-    from airflow_mlops.spec.translate import translate
+    from airflow_mlops.spec._translate import translate
 
     return translate(exc.errors, src, prefix=args_loc, root=exc.model)
 

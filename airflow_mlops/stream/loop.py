@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 from airflow_mlops.kafka.config import for_client, redact
 from airflow_mlops.spec.stream import StreamSpec
+from airflow_mlops.stream._partition import partitions_for_keys
 from airflow_mlops.stream.errors import DeliveryFailed, RecordFailed, StreamError
-from airflow_mlops.stream.partition import partitions_for_keys
 
 log = logging.getLogger("airflow_mlops.stream")
 
@@ -219,9 +219,9 @@ def run_stream(
     from kafka.structs import OffsetAndMetadata, TopicPartition
 
     from airflow_mlops._core.paths import import_string
-    from airflow_mlops.stream.model import load_scoring_model
-    from airflow_mlops.stream.preflight import create_by_producing, missing_outputs
-    from airflow_mlops.stream.scoring import BatchScorer
+    from airflow_mlops.stream._model import load_scoring_model
+    from airflow_mlops.stream._preflight import create_by_producing, missing_outputs
+    from airflow_mlops.stream._scoring import BatchScorer
 
     log_ = logger or log
     spec = spec if isinstance(spec, StreamSpec) else StreamSpec.model_validate(spec)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_mlops.backends import stage_operator_args
+from airflow_mlops.backends.kubernetes._podspec import build_pod
 from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator, run_pod_operator, stage_pod_operator
-from airflow_mlops.backends.kubernetes.podspec import build_pod
 from airflow_mlops.spec.load import effective_kubernetes
 from airflow_mlops.stages import registry
 

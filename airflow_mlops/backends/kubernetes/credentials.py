@@ -75,6 +75,6 @@ def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSet
     values = connection_credentials(conn_id)
     if not values:
         return {}
-    from airflow_mlops.backends.kubernetes.podspec import kubernetes_hook
+    from airflow_mlops.backends.kubernetes._podspec import kubernetes_hook
 
     return write_credentials_secret(kubernetes_hook(k).api_client, k.namespace, pipeline_id, conn_id, values)

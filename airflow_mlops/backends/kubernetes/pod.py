@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from airflow_mlops._core.result import RESULT_MARKER
+from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
-from airflow_mlops.backends.kubernetes.podspec import build_pod, pod_name
 from airflow_mlops.backends.stage import StageOperator, stage_failed
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 

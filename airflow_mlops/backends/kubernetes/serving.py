@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_mlops._core.names import object_name
+from airflow_mlops.backends.kubernetes._podspec import as_dict, build_pod, kubernetes_hook
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
 from airflow_mlops.backends.kubernetes.pod import KubernetesBackedOperator
-from airflow_mlops.backends.kubernetes.podspec import as_dict, build_pod, kubernetes_hook
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 SERVER_PORT = 8080

@@ -24,11 +24,11 @@ Modules, each one side of it:
 - ``restore``: ``run_restore``, ``verify_snapshot`` (the read side)
 """
 
-from airflow_mlops.lifecycle.backup.manifest import FORMAT, BackupError, FileEntry, Manifest, RestoreError
-from airflow_mlops.lifecycle.backup.restore import run_restore, verify_snapshot
-from airflow_mlops.lifecycle.backup.snapshot import GC_GRACE_S, gc_objects, list_snapshots, prune, run_backup
-from airflow_mlops.lifecycle.backup.sources import FileToCopy
-from airflow_mlops.lifecycle.backup.targets import FsTarget, LocalTarget, Target, open_target
+from airflow_mlops.lifecycle.backup._manifest import FORMAT, BackupError, FileEntry, Manifest, RestoreError
+from airflow_mlops.lifecycle.backup._restore import run_restore, verify_snapshot
+from airflow_mlops.lifecycle.backup._snapshot import GC_GRACE_S, gc_objects, list_snapshots, prune, run_backup
+from airflow_mlops.lifecycle.backup._sources import FileToCopy
+from airflow_mlops.lifecycle.backup._targets import FsTarget, LocalTarget, Target, open_target
 
 __all__ = [
     "FORMAT", "GC_GRACE_S", "BackupError", "FileEntry", "FileToCopy", "FsTarget", "LocalTarget", "Manifest",

@@ -18,10 +18,10 @@ Modules, one seam each (imports point down this list, never back):
 No MLflow import happens unless a policy needs it.
 """
 
-from airflow_mlops.lifecycle.retention.model import Candidate, Item, Plan, PolicyPlan
+from airflow_mlops.lifecycle.retention._model import Candidate, Item, Plan, PolicyPlan
+from airflow_mlops.lifecycle.retention._run import apply, plan, run_retention
+from airflow_mlops.lifecycle.retention._selection import select, select_rows
 from airflow_mlops.lifecycle.retention.report import as_dicts, human_bytes
-from airflow_mlops.lifecycle.retention.run import apply, plan, run_retention
-from airflow_mlops.lifecycle.retention.selection import select, select_rows
 
 __all__ = [
     "Candidate", "Item", "Plan", "PolicyPlan", "apply", "as_dicts", "human_bytes", "plan", "run_retention", "select",

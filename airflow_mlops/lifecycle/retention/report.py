@@ -7,7 +7,7 @@ import logging
 from dataclasses import asdict
 from typing import Any, Iterable
 
-from airflow_mlops.lifecycle.retention.model import Item, Plan
+from airflow_mlops.lifecycle.retention._model import Item, Plan
 
 LOGGED = 1000  # items logged one by one per policy; the rest are counted
 

@@ -14,8 +14,8 @@ import os
 import stat
 
 from airflow_mlops.lifecycle.paths import Matcher, RootFd, ScanReport, expand_path, walk_dirs, within
-from airflow_mlops.lifecycle.retention.model import Candidate, Item, PolicyPlan
-from airflow_mlops.lifecycle.retention.selection import select, select_rows
+from airflow_mlops.lifecycle.retention._model import Candidate, Item, PolicyPlan
+from airflow_mlops.lifecycle.retention._selection import select, select_rows
 from airflow_mlops.lifecycle.specs import FilesPolicy
 
 

@@ -13,10 +13,10 @@ import logging
 import time
 from typing import Any
 
-from airflow_mlops.lifecycle.retention.files import apply_files, plan_files
-from airflow_mlops.lifecycle.retention.mlflow_apply import apply_mlflow
-from airflow_mlops.lifecycle.retention.mlflow_plan import plan_mlflow
-from airflow_mlops.lifecycle.retention.model import Plan, PolicyPlan
+from airflow_mlops.lifecycle.retention._files import apply_files, plan_files
+from airflow_mlops.lifecycle.retention._mlflow_apply import apply_mlflow
+from airflow_mlops.lifecycle.retention._mlflow_plan import plan_mlflow
+from airflow_mlops.lifecycle.retention._model import Plan, PolicyPlan
 from airflow_mlops.lifecycle.retention.report import log_outcome, log_plan
 from airflow_mlops.lifecycle.specs import RetentionSpec
 

@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_mlops.lifecycle.backup import mlflow_store
-from airflow_mlops.lifecycle.backup.manifest import BackupError, FileEntry, safe_rel
+from airflow_mlops.lifecycle.backup import _mlflow_store as mlflow_store
+from airflow_mlops.lifecycle.backup._manifest import BackupError, FileEntry, safe_rel
 from airflow_mlops.lifecycle.paths import Matcher, ScanReport, expand_path, walk_dirs
 from airflow_mlops.lifecycle.specs import CallableSource, DirectorySource, MlflowStoreSource
 

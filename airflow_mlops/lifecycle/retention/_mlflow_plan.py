@@ -11,9 +11,9 @@ import logging
 import os
 from typing import Any
 
-from airflow_mlops.lifecycle.retention.model import Candidate, Item, PolicyPlan
-from airflow_mlops.lifecycle.retention.registry import PAGE, Registry, guarded_aliases, matches, open_client, pages
-from airflow_mlops.lifecycle.retention.selection import select
+from airflow_mlops.lifecycle.retention._model import Candidate, Item, PolicyPlan
+from airflow_mlops.lifecycle.retention._registry import PAGE, Registry, guarded_aliases, matches, open_client, pages
+from airflow_mlops.lifecycle.retention._selection import select
 
 log = logging.getLogger(__name__)
 

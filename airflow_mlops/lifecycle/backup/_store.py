@@ -13,8 +13,8 @@ import os
 import threading
 from typing import Any
 
-from airflow_mlops.lifecycle.backup.sources import FileToCopy
-from airflow_mlops.lifecycle.backup.targets import CHUNK, FsTarget, LocalTarget
+from airflow_mlops.lifecycle.backup._sources import FileToCopy
+from airflow_mlops.lifecycle.backup._targets import CHUNK, FsTarget, LocalTarget
 
 Stored = tuple[str, int, int, bool]  # (sha256, bytes, mtime_ns after the read, changed while read)
 

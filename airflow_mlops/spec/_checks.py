@@ -7,10 +7,10 @@ import re
 from typing import Any, Callable, Iterable, Iterator
 
 from airflow_mlops._core.errors import did_you_mean, format_path, one_of
+from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.dag import check_dag
 from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import AVAILABLE_BACKENDS, BUILTIN_PROFILES, Pipeline
-from airflow_mlops.spec.source import Source
 
 # (stage, backend, pipeline) -> (field or None, message) for each problem
 StageCheck = Callable[[Any, str, Pipeline], Iterator[tuple["str | None", str]]]

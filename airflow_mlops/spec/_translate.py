@@ -10,9 +10,9 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import core_schema
 
 from airflow_mlops._core.errors import did_you_mean, format_path, one_of
+from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import STAGE_KINDS, Pipeline
-from airflow_mlops.spec.source import Source
 
 _TYPE_NAMES = {
     "string_type": "a string", "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from airflow_mlops.lifecycle.retention.model import Item, PolicyPlan
-from airflow_mlops.lifecycle.retention.registry import PAGE, guarded_aliases, open_client, pages
+from airflow_mlops.lifecycle.retention._model import Item, PolicyPlan
+from airflow_mlops.lifecycle.retention._registry import PAGE, guarded_aliases, open_client, pages
 
 
 def _protected_runs_now(client: Any, pol: Any) -> dict[str, str]:

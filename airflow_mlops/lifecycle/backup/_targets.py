@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Iterator
 
-from airflow_mlops.lifecycle.backup.manifest import SNAPSHOT_ID, Manifest
+from airflow_mlops.lifecycle.backup._manifest import SNAPSHOT_ID, Manifest
 from airflow_mlops.lifecycle.paths import expand_path
 
 CHUNK = 1 << 20  # bytes read and hashed at a time

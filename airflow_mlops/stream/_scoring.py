@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from airflow_mlops.spec.stream import StreamSpec
-from airflow_mlops.stream.codecs import encode_json
+from airflow_mlops.stream._codecs import encode_json
+from airflow_mlops.stream._model import ScoringModel
 from airflow_mlops.stream.errors import BatchFailed
-from airflow_mlops.stream.model import ScoringModel
 
 MAX_ERROR_CHARS = 2000
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from airflow_mlops.lifecycle.retention.model import Candidate
+from airflow_mlops.lifecycle.retention._model import Candidate
 
 
 def select_rows(rows: list[tuple], policy: Any, cutoff: float | None, budget: int | None = None) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
