@@ -103,3 +103,21 @@ def test_without_a_count_training_gets_what_the_process_sees(monkeypatch, caplog
         none = assign_gpus(None, None, logging.getLogger("test.assign"))
     assert (none.available, none.ids, none.cuda_env()) == (False, [], {})
     assert "Driver Not Loaded" in none.reason and "no NVIDIA driver/GPU found" in caplog.text
+
+
+def test_a_job_trains_exactly_one_thing(tmp_path):
+    """What to train is one of the stage's built-in fit (with its datasets) or an entrypoint,
+    script or module (with a checkpoint folder): the job says so when it is built."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"exactly one of builtin, entrypoint, script or module; got \[\]"):
+        train_job(tmp_path, entrypoint=None)
+    with pytest.raises(ValidationError, match=r"got \['entrypoint', 'module'\]"):
+        train_job(tmp_path, module="tests.gpu_entrypoints")
+    with pytest.raises(ValidationError, match="a built-in training job needs data="):
+        train_job(tmp_path, entrypoint=None, builtin={"estimator": "sklearn.dummy.DummyClassifier"})
+    with pytest.raises(ValidationError, match="a training script needs checkpoint_dir="):
+        train_job(tmp_path, entrypoint=None, script="train.py", checkpoint_dir=None)
+    builtin = train_job(tmp_path, entrypoint=None, builtin={"estimator": "sklearn.dummy.DummyClassifier"},
+                        data={"train_path": "/d/train.csv", "target": "y"}, checkpoint_dir=None)
+    assert builtin.trains() == "sklearn.dummy.DummyClassifier"

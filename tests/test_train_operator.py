@@ -1,8 +1,8 @@
 """GpuTrainOperator: the train stage run from Python. It builds the same GpuTrainJob as a YAML
 train stage, with an entrypoint as what to train, and runs it through the same TrainingRun:
 argument checks at parse time, end to end through Airflow on CPU (retries resume from the
-checkpoint and never register twice, the cost report by stage), the kubernetes backend's pod, as
-the train stage of a YAML pipeline, and training code beside the DAG file.
+checkpoint and never register twice, the cost report by stage), as the train stage of a YAML
+pipeline, and training code beside the DAG file. Its kubernetes pod: tests/test_train_runner.py.
 
 No machine here has an NVIDIA GPU or driver: the real ``pynvml`` fails here
 (``NVMLError_LibraryNotFound``), so training runs on CPU, recording that no GPU was used. Airflow
@@ -11,9 +11,7 @@ No machine here has an NVIDIA GPU or driver: the real ``pynvml`` fails here
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE
 from tests.conftest import REPO
-from tests.helpers import checkpoint_tries, extra_links, train_job, write
+from tests.helpers import checkpoint_tries, extra_links, write
 
 # --- the operator: argument checks at parse time, parse cost -----------------------------------
 
@@ -289,43 +286,6 @@ def test_cost_report_by_stage(gpu_dag_run):
     missing = subprocess.run([sys.executable, "-m", "airflow_mlops.telemetry.cost", "no_such_run", "--tracking-uri", uri],
                              capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode == 1 and "no task of DAG run 'no_such_run' recorded a cost" in missing.stdout
-
-
-
-# --- the kubernetes backend: the pod, and the very command it runs ------------------------------
-
-
-def test_kubernetes_backend_builds_a_gpu_pod_whose_command_runs_the_job(tmp_path):
-    from airflow_mlops._core.result import RESULT_MARKER
-    from airflow_mlops.operators.gpu_train import GpuTrainOperator
-    from airflow_mlops.stages.train.job import GpuTrainJob
-
-    op = GpuTrainOperator(task_id="train", entrypoint="tests.gpu_entrypoints:train_forest", gpus=2,
-                          resources={"cpu": 8, "memory": "32Gi"}, backend="kubernetes",
-                          kubernetes={"image": "registry.example/mlops:1", "namespace": "ml"})
-    job = train_job(tmp_path, gpus=2)
-    pod = op.pod_operator(job).build_pod_request_obj(dry_run=True)
-    container = pod.spec.containers[0]
-    limits = {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
-    assert container.resources.limits == container.resources.requests == limits
-    assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
-    assert [t.key for t in pod.spec.tolerations] == ["nvidia.com/gpu"]
-    assert container.command == ["python"] and container.args[:4] == ["-m", "airflow_mlops.stages.train.runner", "job", "--payload"]
-    in_pod = GpuTrainJob.model_validate_json(base64.b64decode(container.args[4]))
-    assert (in_pod.gpus, in_pod.gpu_ids) == (2, None)  # the device plugin picks; the pod uses what it sees
-    assert in_pod.resources == {"cpu": "8", "memory": "32Gi", "gpu": 2}
-
-    # what the pod runs, run here (no GPU here either: it says so and trains on CPU)
-    out = subprocess.run([sys.executable, *container.args], capture_output=True, text=True, cwd=REPO, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert NO_GPU_MESSAGE in out.stderr
-    (line,) = [x for x in out.stdout.splitlines() if x.startswith(RESULT_MARKER)]
-    result = json.loads(line[len(RESULT_MARKER):])
-    assert result["model_version"] == "1" and result["gpu"]["available"] is False
-    # billed what the pod asked for, found or not: 2 GPUs, 8 CPUs, 32 GB
-    hours = result["cost"]["wall_seconds"] / 3600
-    assert result["cost"]["gpu_hours"] == pytest.approx(2 * hours) and result["cost"]["memory_gib_hours"] == pytest.approx(32 * hours)
 
 
 

@@ -23,8 +23,6 @@ class BuiltinTrainer:
     """What to train for a job with ``builtin`` set (see ``stages.train.measure.TrainingRun``)."""
 
     def __init__(self, job: GpuTrainJob, log: logging.Logger) -> None:
-        if job.builtin is None or job.data is None:
-            raise ValueError("a built-in training job needs builtin= and data=")
         self.job, self.log = job, log
         self.frames: tuple[Any, Any] | None = None
         self.features: list[str] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from airflow_mlops.spec.prices import PriceTable
 from airflow_mlops.stages.train.gpus import AskedBy
@@ -96,6 +96,17 @@ class GpuTrainJob(BaseModel):
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_thing_to_train(self) -> "GpuTrainJob":
+        given = [k for k in ("builtin", "entrypoint", "script", "module") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"a training job trains exactly one of builtin, entrypoint, script or module; got {given}")
+        if self.builtin is not None and self.data is None:
+            raise ValueError("a built-in training job needs data= (its datasets)")
+        if self.builtin is None and not self.checkpoint_dir:
+            raise ValueError(f"a training {given[0]} needs checkpoint_dir=")
+        return self
 
     def target(self) -> "MlflowTarget":
         """The MLflow store, experiment and registered model this job records into."""
