@@ -2,7 +2,8 @@
 a CUDA training step (PyTorch), and both kinds of training through the one wrapper
 (``airflow_mlops.stages.train.measure.TrainingRun``) — a GpuTrainOperator job (a training
 subprocess with ``CUDA_VISIBLE_DEVICES``) and the YAML train stage (``stages.run_stage``, in this
-process) — each logging its GPU telemetry, cost and model to a real SQLite MLflow store. Nothing is faked: without a GPU it stops at the first check and says so.
+process) — each logging its GPU telemetry, cost and model to a real SQLite MLflow store. Nothing
+is faked: without a GPU it stops at the first check and says so.
 
     python scripts/gpu_check.py [--seconds 20] [--out results.json]
 
