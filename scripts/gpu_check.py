@@ -1,8 +1,9 @@
 """The real GPU path, end to end, on a machine with an NVIDIA GPU: NVML readings, GPU selection,
-a CUDA training step (PyTorch), and both training paths that wrap it — a GpuTrainOperator job
-(``gpu.job.TrainingRun``: a training subprocess with ``CUDA_VISIBLE_DEVICES``) and the YAML train
-stage (``gpu.stage.run_train_stage``) — each logging its GPU telemetry, cost and model to a real
-SQLite MLflow store. Nothing is faked: without a GPU it stops at the first check and says so.
+a CUDA training step (PyTorch), and both kinds of training through the one wrapper
+(``airflow_mlops.stages.train.measure.TrainingRun``) — a GpuTrainOperator job (a training
+subprocess with ``CUDA_VISIBLE_DEVICES``) and the YAML train stage (``stages.run_stage``, in this
+process) — each logging its GPU telemetry, cost and model to a real SQLite MLflow store. Nothing
+is faked: without a GPU it stops at the first check and says so.
 
     python scripts/gpu_check.py [--seconds 20] [--out results.json]
 
@@ -141,7 +142,8 @@ def main() -> int:
     client = mlflow.MlflowClient(uri, uri)
 
     # 2. GpuTrainOperator's job: a training subprocess on the chosen GPU.
-    from airflow_mlops.stages.train.job import GpuTrainJob, TrainingRun
+    from airflow_mlops.stages.train.job import GpuTrainJob
+    from airflow_mlops.stages.train.measure import TrainingRun
 
     job = GpuTrainJob(entrypoint="gpu_check:train_torch", hyperparams={"seconds": args.seconds, "device": args.device,
                                                                          "width": 4096 if args.device == "cuda" else 256}, gpus=1,
@@ -174,7 +176,7 @@ def main() -> int:
     # 3. The YAML train stage with resources {gpu: 1}, in this process (the batch backend).
     from airflow_mlops._core.context import MlflowTarget, StageContext
     from airflow_mlops.spec.models import TrainStage
-    from airflow_mlops.stages.train.telemetry import run_train_stage
+    from airflow_mlops.stages import run_stage
 
     frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 4)), columns=list("abcd"))
     frame["label"] = (frame.a > 0).astype(int)
@@ -193,7 +195,7 @@ def main() -> int:
         resources={"gpu": 1, "cpu": "4", "memory": "16Gi"}, gpu_metrics={"sample_interval": 0.5},
     )
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    out = run_train_stage(spec, ctx)
+    out = run_stage(spec, ctx)
     report["stage"] = out
     stage_gpu = out.get("gpu") or {}
     check("YAML train stage", stage_gpu.get("available") is True and stage_gpu.get("ids") == chosen

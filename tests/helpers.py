@@ -26,3 +26,26 @@ def extra_links(dag_id: str, run_id: str, task_id: str) -> dict[str, str | None]
         headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
     return response.json()["extra_links"]
+
+
+def train_job(tmp_path: Path, **kwargs):
+    """A GpuTrainJob for the train tests: the forest entrypoint, a SQLite MLflow store and a
+    checkpoint folder under ``tmp_path``, the tags of try 1 of task 'train'; ``kwargs`` override."""
+    from airflow_mlops.stages.train.job import GpuTrainJob
+    from tests.conftest import REPO
+
+    base = dict(entrypoint="tests.gpu_entrypoints:train_forest", hyperparams={"n_estimators": 5, "random_state": 0},
+                checkpoint_dir=str(tmp_path / "ckpt"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                experiment="gpu", registered_model="gpu_model", artifact_location=str(tmp_path / "artifacts"),
+                run_name="p.train", env={"PYTHONPATH": str(REPO)},
+                tags={"airflow_mlops.task_key": "p/run-1/train", "airflow.try_number": "1", "airflow.task_id": "train",
+                      "airflow.run_id": "run-1", "airflow.dag_id": "p"})
+    base.update(kwargs)
+    return GpuTrainJob(**base)
+
+
+def checkpoint_tries(checkpoint_dir) -> list[dict]:
+    """What each try of a tests.gpu_entrypoints training saw (its ``tries.jsonl``)."""
+    import json
+
+    return [json.loads(line) for line in (Path(checkpoint_dir) / "tries.jsonl").read_text().splitlines()]

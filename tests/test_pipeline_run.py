@@ -78,7 +78,7 @@ def test_breast_cancer_pipeline_end_to_end_then_streaming_with_its_champion(airf
     assert run.data.metrics["cost/memory"] == pytest.approx(4 * hours * 0.05)
     train = dr.get_task_instance("train.run").xcom_pull(task_ids="train.run")
     assert train["cost"]["total"] == pytest.approx(run.data.metrics["cost/total"])
-    assert train["gpu"] == {"available": False, "ids": [], "reason": run.data.tags["airflow_mlops.gpu.reason"]}
+    assert train["gpu"] == {"available": False, "ids": [], "names": [], "reason": run.data.tags["airflow_mlops.gpu.reason"]}
     (row,) = report(dr.run_id, tracking_uri=client.tracking_uri, dag_id="breast_cancer")
     assert (row.stage, row.tasks, row.runs) == ("train", ["train.run"], 1)
     assert row.total == pytest.approx(run.data.metrics["cost/total"])

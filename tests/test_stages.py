@@ -54,9 +54,11 @@ def test_train_retry_reuses_the_version_an_earlier_try_registered(make_ctx):
     other_run = run_stage(spec, make_ctx("train", [("prep", prep)], task_key="dag/run-2/train.run"))
 
     assert first["model_version"] == "1" and first["metrics"]["custom"] == 42.0
-    # same run, same version, same metrics: no duplicate (the first try's cost stays its own)
-    assert retry == {k: v for k, v in first.items() if k not in ("cost", "gpu")}
-    assert first["cost"]["total"] > 0
+    # same run, same version, same metrics: no duplicate; the first try's cost, as recorded then
+    assert {k: v for k, v in retry.items() if k not in ("cost", "gpu", "reused")} == {
+        k: v for k, v in first.items() if k not in ("cost", "gpu", "reused")}
+    assert (first["reused"], retry["reused"]) == (False, True)
+    assert first["cost"]["total"] > 0 and retry["cost"] == pytest.approx(first["cost"])
     assert other_run["model_version"] == "2"
     client = mlflow.MlflowClient(tracking_uri=make_ctx("x").mlflow.tracking_uri)
     assert sorted(str(v.version) for v in client.search_model_versions("name = 'model'")) == ["1", "2"]

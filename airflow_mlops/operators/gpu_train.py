@@ -1,9 +1,11 @@
 """GpuTrainOperator: run a training entrypoint on GPUs (a local subprocess, or a GPU pod), with NVML
 telemetry, MLflow tracking, a registered model version, checkpoints that survive retries, and cost.
 
-The work itself is plain Python in ``airflow_mlops.stages.train.job``; this operator only resolves the
-task's settings (MLflow target, checkpoint folder, upstream datasets) and decides where the job
-runs. Nothing heavy is imported at module level: DAG files import this at every parse.
+This is the train stage run from Python: it builds the same job as a YAML train stage
+(``airflow_mlops.stages.train.job.GpuTrainJob``, with your entrypoint as what to train) and runs it
+through the same ``stages.train.measure.TrainingRun`` (NVML, cost, MLflow). The operator only
+resolves the task's settings (MLflow target, checkpoint folder, upstream datasets) and decides
+where the job runs. Nothing heavy is imported at module level: DAG files import this at every parse.
 """
 
 from __future__ import annotations
@@ -238,7 +240,7 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops._core.names import safe_run_key
         from airflow_mlops._core.paths import code_paths, mlops_home
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.train.job import GpuTrainJob, TrainData
+        from airflow_mlops.stages.train.job import TASK_KEY_TAG, GpuTrainJob, TrainData
 
         ti = context["ti"]
         run_id = context["run_id"]
@@ -273,7 +275,7 @@ class GpuTrainOperator(BaseOperator):
                 "airflow.task_id": ti.task_id,
                 "airflow.try_number": str(ti.try_number),
                 # The same for every try of this task instance: lets a retry find its earlier work.
-                "airflow_mlops.task_key": f"{ti.dag_id}/{run_id}/{ti.task_id}",
+                TASK_KEY_TAG: f"{ti.dag_id}/{run_id}/{ti.task_id}",
             },
             resources=resources, prices=self.prices, sample_interval_s=self.sample_interval, data=data,
             env=self.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
@@ -293,7 +295,7 @@ class GpuTrainOperator(BaseOperator):
             if self.backend == "kubernetes":
                 result = self._run_in_pod(job, context)
             else:
-                from airflow_mlops.stages.train.job import TrainingRun
+                from airflow_mlops.stages.train.measure import TrainingRun
 
                 self._run = TrainingRun(job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url))
                 result = self._run.run()

@@ -15,14 +15,7 @@ __all__ = ["StageContext", "StageFailed", "StageSkipped", "run_stage", "run_stag
 def run_stage(spec: Any, ctx: StageContext) -> dict[str, Any]:
     """Run a built-in stage (preprocess, train, validate, serve) and return its references.
 
-    A train stage runs with NVML telemetry and records its cost (``airflow_mlops.stages.train.telemetry``),
+    A train stage runs with NVML telemetry and records its cost (``airflow_mlops.stages.train.measure``),
     wherever it runs: in the worker, or in a pod, where the GPUs are.
     """
-    if spec.kind == "train":
-        from airflow_mlops.stages.train.telemetry import run_train_stage
-
-        return run_train_stage(spec, ctx)
     return run_stage_code(spec, ctx)
-
-
-

@@ -7,10 +7,10 @@
     (the hyperparameters), ``checkpoint_dir``, and, when datasets are configured, ``train``,
     ``test`` (DataFrames), ``target`` and ``features``. The function returns ``(model, metrics)``
     or ``{"model", "metrics", "input_example"}``; metrics and model go to the job's MLflow run and
-    the model version is registered (``airflow_mlops.stages.train.log_model``).
+    the model version is registered (``airflow_mlops.stages.train.builtin.log_model``).
 
 ``job --payload B64 [--result-file PATH]``
-    A whole job (``airflow_mlops.stages.train.job``) inside a pod: the result is printed on the runtime's
+    A whole job (``airflow_mlops.stages.train.job``, run by ``measure.TrainingRun``) inside a pod: the result is printed on the runtime's
     marker line for the launcher to read back; a refusal prints ``STAGE FAILED:`` and exits 3.
 """
 
@@ -56,7 +56,7 @@ def call(spec: dict[str, Any]) -> dict[str, Any]:
 
     from airflow_mlops._core.errors import StageFailed
     from airflow_mlops._core.paths import import_string
-    from airflow_mlops.stages.train import log_model
+    from airflow_mlops.stages.train.builtin import log_model
 
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_registry_uri(spec["tracking_uri"])
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         result_file.write_text(json.dumps(result))
         return 0
 
-    from airflow_mlops.stages.train.job import GpuTrainJob, TrainingRun
+    from airflow_mlops.stages.train.job import GpuTrainJob
+    from airflow_mlops.stages.train.measure import TrainingRun
 
     job = GpuTrainJob.model_validate_json(base64.b64decode(args.payload))
     try:
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def encode_job(job: Any) -> str:
+    """The ``--payload`` of ``job``: a GpuTrainJob as base64-encoded JSON."""
     return base64.b64encode(job.model_dump_json().encode()).decode()
 
 
