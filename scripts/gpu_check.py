@@ -135,6 +135,32 @@ def main() -> int:
     if args.device == "cuda":
         torch.cuda.empty_cache()
 
+    # 2. The Prometheus export of real NVML figures: scraped over HTTP, parsed by prometheus_client.
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from airflow_mlops.telemetry.prometheus import exported
+
+    labels = {"dag_id": "gpu_check", "task_id": "prometheus", "run_id": "manual__check"}
+    with NvmlSampler(interval_s=0.2) as sampler, exported(sampler, labels, lambda: {"total": 0.0}, port=0,
+                                                          host="127.0.0.1") as export:
+        b = torch.randn(8192, 8192, device=args.device, dtype=torch.bfloat16)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2:
+            b = (b @ b).clamp_(-1, 1)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        with urllib.request.urlopen(f"http://127.0.0.1:{export.port}/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+    del b
+    series = {s.name: s.value for f in text_string_to_metric_families(scraped) for s in f.samples
+              if s.labels.get("gpu") in (None, str(chosen[0]))}
+    report["prometheus"] = series
+    names = sorted(n for n in series if n.startswith("airflow_mlops_"))
+    check("prometheus", series.get("airflow_mlops_gpu_available") == 1.0 and len(names) >= 5,
+          f"scraped {len(names)} series from /metrics: " + ", ".join(f"{n}={series[n]:g}" for n in names[:8]))
+
     import mlflow
 
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
