@@ -31,7 +31,8 @@ def _mlflow_left_as_found() -> Iterator[None]:
     next stage in the same process would take it for the user's setting and use the wrong store;
     so both MLflow's globals and the environment are put back as they were."""
     tracking, registry = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_REGISTRY_URI")
-    with environ_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    # set_experiment exports MLFLOW_EXPERIMENT_ID the same way: kept too.
+    with environ_kept("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
         try:
             yield
         finally:

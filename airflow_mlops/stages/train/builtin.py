@@ -56,6 +56,9 @@ class BuiltinTrainer:
         x_train, y_train = train_df[features], train_df[data.target]
         x_test, y_test = test_df[features], test_df[data.target]
         use_store(job.target())
+        # The run's own experiment becomes the active one: MLflow refuses to resume a run of another
+        # experiment than the active one, which an earlier task (or a user's code) in this process set.
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
         with environ_kept("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"), mlflow.start_run(run_id=run_id):
             os.environ.update(gpus.cuda_env())
             if builtin.estimator:
