@@ -13,3 +13,16 @@ def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) 
         **stage_operator_args(stage, stage_name, plan),
         **task_args,
     )
+
+
+def training(job: Any, *, log: Any = None, on_run: Any = None, **_: Any) -> Any:
+    """GpuTrainOperator's job in the worker: a ``TrainingRun`` (``.run()``, ``.kill()``)."""
+    from airflow_mlops.stages.train.measure import TrainingRun
+
+    return TrainingRun(job, log=log, on_run=on_run)
+
+
+def problems(kubernetes: Any) -> str | None:
+    """Nothing: the worker runs anything."""
+    del kubernetes
+    return None

@@ -43,13 +43,14 @@ class Verdict:
 
 # What the stage registry and the backends know of a stage on its backend, checked with the spec.
 STAGE_CHECKS = (registry.problems, backends.problems)
+INPUT_CHECKS = (registry.input_problems,)
 
 
 def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None) -> LoadedPipeline:
     """One pipeline file, loaded and checked as ``airflow-mlops validate`` checks it (without
     building its DAG: ``load_dags`` does that too). Raises PipelineSpecError with every problem
     at its ``file:line:column``."""
-    return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS)
+    return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS, input_checks=INPUT_CHECKS)
 
 
 def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:

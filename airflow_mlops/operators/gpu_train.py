@@ -183,9 +183,9 @@ class GpuTrainOperator(BaseOperator):
                 raise bad(str(exc), argument) from exc
         self.mlflow, self.prices, self.kubernetes = made["mlflow"], made["prices"], made["kubernetes"]
         self.held_resources = made["resources"]  # not self.resources: BaseOperator's own
-        if backend == "kubernetes" and (self.kubernetes is None or not self.kubernetes.image):
-            raise bad("backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)",
-                      "kubernetes")
+        lacking = _backend(backend).problems(self.kubernetes)
+        if lacking:
+            raise bad(lacking, "kubernetes")
         script = self._locate(entrypoint, script, module, bad)
 
         self.entrypoint = entrypoint
@@ -209,7 +209,6 @@ class GpuTrainOperator(BaseOperator):
         self.pushgateway_url = pushgateway_url
         self.mlflow_ui_url = mlflow_ui_url
         self._run: Any = None
-        self._pod_op: Any = None
 
     def _locate(self, entrypoint: str | None, script: str | None, module: str | None, bad: Any) -> str | None:
         """Fail at parse when the training code cannot be found where the training process will
@@ -286,19 +285,13 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops._core.errors import StageFailed
 
         job = self.build_job(context)
-        self.log.info("GPU training of %s, asking for %s%s, checkpoints in %s, MLflow %s (experiment '%s', model '%s')",
-                      job.entrypoint or job.script or job.module,
-                      f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}",
-                      " in a pod" if self.backend == "kubernetes" else "", job.checkpoint_dir, job.tracking_uri,
-                      job.experiment, job.registered_model)
+        self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
+                      "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
+                      f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,
+                      job.checkpoint_dir, job.tracking_uri, job.experiment, job.registered_model)
+        self._run = self.training(job, context)
         try:
-            if self.backend == "kubernetes":
-                result = self._run_in_pod(job, context)
-            else:
-                from airflow_mlops.stages.train.measure import TrainingRun
-
-                self._run = TrainingRun(job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url))
-                result = self._run.run()
+            result = self._run.run()
         except StageFailed as exc:
             from airflow_mlops.backends.stage import stage_failed
 
@@ -306,50 +299,37 @@ class GpuTrainOperator(BaseOperator):
         self._push_url(context, result["mlflow_run_url"])
         return result
 
+    def training(self, job: Any, context: Any) -> Any:
+        """The backend's run of ``job`` (``backends.<backend>.training``): ``.run()``, ``.kill()``."""
+        return _backend(self.backend).training(
+            job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url), task_id=self.task_id,
+            kubernetes=self.kubernetes, held_resources=self.held_resources, mlflow=self.mlflow, context=context,
+            pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train")
+
     def _push_url(self, context: Any, url: str) -> None:
         self.mlflow_run_url = url  # for MlflowRunLink, also when the try fails later
         context["ti"].xcom_push(key=RUN_URL_XCOM, value=url)
 
-    # -- kubernetes ---------------------------------------------------------------------------
-
     def pod_operator(self, job: Any, secret_env: dict[str, Any] | None = None) -> Any:
-        """The KubernetesPodOperator that runs ``job`` in a GPU pod, made by the kubernetes
-        backend's one pod builder (requests = limits, GPU node selector/tolerations);
-        ``secret_env``: ENV_NAME → {secret, key} references (the MLflow credentials)."""
-        from airflow_mlops.backends.kubernetes.pod import stage_pod_operator
-        from airflow_mlops.stages.train.runner import encode_job
+        """The KubernetesPodOperator the kubernetes backend would run ``job`` in (what the tests
+        inspect through ``build_pod_request_obj(dry_run=True)``)."""
+        from airflow_mlops.backends.kubernetes.training import PodTraining
 
-        gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
-        held = self.held_resources
-        pod_resources = Resources(
-            cpu=held.cpu if held else None,
-            memory=held.memory if held else None,
-            gpu=(held.gpu if held and held.gpu is not None else gpus) or None,
-        )
-        # In the pod, the device plugin decides which GPUs the container sees: take them all.
-        job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
-                                     "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
-        return stage_pod_operator(
-            task_id=self.task_id, kubernetes=self.kubernetes, resources=pod_resources,
-            pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train", stage_name=self.task_id,
-            arguments=["-m", "airflow_mlops.stages.train.runner", "job", "--payload", encode_job(job)],
-            secret_env=secret_env)
-
-    def _run_in_pod(self, job: Any, context: Any) -> dict[str, Any]:
-        from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
-        from airflow_mlops.backends.kubernetes.pod import run_pod_operator
-
-        pipeline = self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train"
-        pod_op = self._pod_op = self.pod_operator(job, mlflow_secret_env(self.kubernetes, pipeline, self.mlflow))
-        self.log.info("Running the training in pod %s/%s (image %s)", self.kubernetes.namespace, pod_op.name,
-                      self.kubernetes.image)
-        return run_pod_operator(pod_op, context, stage_name=self.task_id, kubernetes=self.kubernetes)
+        return PodTraining(job, task_id=self.task_id, kubernetes=self.kubernetes, held_resources=self.held_resources,
+                           pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train",
+                           mlflow=self.mlflow, context=None, log=self.log).pod_operator(secret_env)
 
     def on_kill(self) -> None:
         if self._run is not None:
             self._run.kill()
-        if self._pod_op is not None:
-            self._pod_op.on_kill()
+
+
+def _backend(name: str) -> Any:
+    """The backend module that runs this operator's work: ``local`` is the batch backend (the
+    worker), ``kubernetes`` the kubernetes one."""
+    import importlib
+
+    return importlib.import_module(f"airflow_mlops.backends.{'batch' if name == 'local' else name}")
 
 
 class _ArgumentModels(BaseModel):

@@ -14,6 +14,8 @@ from airflow_mlops.spec.models import AVAILABLE_BACKENDS, BUILTIN_PROFILES, Pipe
 
 # (stage, backend, pipeline) -> (field or None, message) for each problem
 StageCheck = Callable[[Any, str, Pipeline], Iterator[tuple["str | None", str]]]
+# (pipeline, {stage: upstream stages, nearest first}) -> (stage name, message) for each problem
+InputCheck = Callable[[Pipeline, dict[str, list[str]]], Iterator[tuple[str, str]]]
 
 
 def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
@@ -25,11 +27,14 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
     }
 
 
-def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = ()) -> Iterable[SpecIssue]:
+def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = (),
+                   input_checks: Iterable[InputCheck] = ()) -> Iterable[SpecIssue]:
     """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data.
 
     ``stage_checks``: what the layers above know of a stage on its backend (``stages.registry.problems``,
-    ``backends.problems``), each yielding ``(field or None for the backend, message)``."""
+    ``backends.problems``), each yielding ``(field or None for the backend, message)``; ``input_checks``:
+    what each stage needs from the stages before it (``stages.registry.input_problems``), given
+    ``{stage: its upstream stages, nearest first}`` and yielding ``(stage name, message)``."""
     names = list(pipeline.stages)
     deps = stage_dependencies(pipeline)
     profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
@@ -64,7 +69,11 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
     yield from check_dag(pipeline, src)
     known = all(dep in pipeline.stages and dep != name for name, ds in deps.items() for dep in ds)
     if known and not cycles:  # what comes from upstream is only clear once the graph is
-        yield from check_inputs(pipeline, deps, src)
+        upstream = {name: upstream_stages(deps, name) for name in pipeline.stages}
+        for check in input_checks:
+            for name, message in check(pipeline, upstream):
+                loc = ("stages", name)
+                yield SpecIssue(src.mark_of(loc, key=True), format_path(loc), message)
 
 
 def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
@@ -189,52 +198,3 @@ def upstream_stages(deps: dict[str, list[str]], name: str) -> list[str]:
             order.append(dep)
             queue.extend(deps[dep])
     return order
-
-
-def check_inputs(pipeline: Pipeline, deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:
-    """What a stage reads from the stages before it (``ctx.find`` in airflow_mlops/stages), given
-    at spec time rather than found missing when the task runs:
-
-    - train reads the train/test split of an upstream preprocess stage;
-    - validate checks the model version an upstream train stage registered;
-    - serve serves the model version of an upstream train or validate stage, else its own
-      ``model:``, else the pipeline's ``mlflow.registered_model`` (its champion); batch (and online,
-      in the worker) mode scores its ``input:``, else an upstream preprocess stage's test split;
-    - drift compares ``current`` with its ``reference:``, else an upstream preprocess stage's train split.
-
-    A custom stage upstream may return anything, so a stage after one is not checked."""
-    for name, stage in pipeline.stages.items():
-        ups = [pipeline.stages[u] for u in upstream_stages(deps, name)]
-        if any(u.kind == "custom" for u in ups):
-            continue
-        kinds = {u.kind for u in ups}
-        prep = [n for n in upstream_stages(deps, name) if pipeline.stages[n].kind == "preprocess"]
-        split = any(pipeline.stages[n].split is not None for n in prep)
-        unsplit = (f"; preprocess '{prep[0]}' has 'split: null' (one dataset, no train/test split)"
-                   if prep and not split else "")
-        listed = " (or list one in its depends_on)"
-        missing = []
-        if stage.kind == "train" and not split:
-            missing.append(f"trains on the train/test split of an upstream preprocess stage, and has none{unsplit}: "
-                           f"add a preprocess stage before it{listed}")
-        elif stage.kind == "validate" and "train" not in kinds:
-            missing.append(f"validates the model version an upstream train stage registers, and has none: "
-                           f"add a train stage before it{listed}")
-        elif stage.kind == "serve":
-            model = stage.model or (stage.stream.model_uri if stage.stream else None)
-            if not (model or kinds & {"train", "validate"} or pipeline.mlflow.registered_model):
-                missing.append("serves a model, and no stage before it trains or validates one: add a train or "
-                               "validate stage before it, set 'model: models:/<name>@<alias>' on it, or set "
-                               "mlflow.registered_model to serve that model's 'champion'")
-            backend = stage.backend or pipeline.backend
-            reads = stage.mode == "batch" or (stage.mode == "online" and backend != "kubernetes")
-            if reads and stage.input is None and not split:
-                what = "scores" if stage.mode == "batch" else "sends a sample to the model server from"
-                missing.append(f"{what} a dataset, and has none{unsplit}: set 'input' on it, or add a preprocess "
-                               f"stage before it to use its test split{listed}")
-        elif stage.kind == "drift" and stage.reference is None and not split:
-            missing.append(f"compares 'current' with a reference, and has none{unsplit}: set 'reference' on it, or "
-                           f"add a preprocess stage before it to use its train split{listed}")
-        loc = ("stages", name)
-        for what in missing:
-            yield SpecIssue(src.mark_of(loc, key=True), format_path(loc), f"stage '{name}' {what}")

@@ -13,7 +13,13 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from airflow_mlops.spec._checks import StageCheck, check_names_and_schedule, check_pipeline, stage_dependencies
+from airflow_mlops.spec._checks import (
+    InputCheck,
+    StageCheck,
+    check_names_and_schedule,
+    check_pipeline,
+    stage_dependencies,
+)
 from airflow_mlops.spec._source import Source, load_source, merge_sources
 from airflow_mlops.spec._translate import translate
 from airflow_mlops.spec.dag import lift_default_args
@@ -67,7 +73,7 @@ def effective_kubernetes(pipeline: Pipeline, stage: Any) -> KubernetesSettings:
 
 
 def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,
-                  stage_checks: Iterable[StageCheck] = ()) -> LoadedPipeline:
+                  stage_checks: Iterable[StageCheck] = (), input_checks: Iterable[InputCheck] = ()) -> LoadedPipeline:
     """Load and validate one pipeline file, merged over the ``_defaults.yaml`` files above it.
 
     ``stage_checks`` add what the layers above know (which backends run which kinds): the full
@@ -98,7 +104,7 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
         pipeline = Pipeline.model_validate(merged.data)
     except ValidationError as exc:
         raise PipelineSpecError(_in_order(translate(exc, merged) + issues, display)) from None
-    issues += check_pipeline(pipeline, merged, stage_checks)
+    issues += check_pipeline(pipeline, merged, stage_checks, input_checks)
     if issues:
         raise PipelineSpecError(_in_order(issues, display))
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
+from airflow_mlops.stages import needs
+
 Problem = tuple[str | None, str]  # (the stage's field at fault, None for its backend; the message)
 
 
@@ -26,6 +28,7 @@ class Kind:
         (a backend builds its own operator for them).
     :param rules: the kind's own checks for a backend (``(stage, backend) -> problems``).
     :param why_not: for a mode, why the backends it lacks cannot run it (the message's reason).
+    :param needs: what a stage of the kind reads from the stages before it (``stages.needs``).
     """
 
     backends: tuple[str, ...]
@@ -35,6 +38,7 @@ class Kind:
     rules: Callable[[Any, str], Iterator[Problem]] | None = None
     why_not: Mapping[str, str] = field(default_factory=dict)
     doing: str = ""  # the kind as an activity in messages ('online serving'); default: its name
+    needs: Callable[[Any, needs.Upstream, Any], Iterator[str]] | None = None  # what it reads from upstream
 
 
 def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
@@ -53,14 +57,14 @@ def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
 ALL = ("batch", "spark", "kubernetes")
 KINDS: dict[str, Kind] = {
     "preprocess": Kind(backends=ALL, produces="dataset", rules=_preprocess_rules),
-    "train": Kind(backends=("batch", "kubernetes"), produces="model"),
-    "validate": Kind(backends=("batch", "kubernetes")),
-    "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",), doing="serving",
+    "train": Kind(backends=("batch", "kubernetes"), produces="model", needs=needs.train),
+    "validate": Kind(backends=("batch", "kubernetes"), needs=needs.validate),
+    "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",), doing="serving", needs=needs.serve,
                   modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch",)},
                   why_not={"stream": "it reads the Airflow Kafka connection, which a pod cannot look up; give this "
                                      "stage 'backend: batch' (it runs in the worker, bounded by "
                                      "max_records/max_duration)"}),
-    "drift": Kind(backends=("batch", "kubernetes"), produces="drift"),
+    "drift": Kind(backends=("batch", "kubernetes"), produces="drift", needs=needs.drift),
     "custom": Kind(backends=ALL),  # a user's operator: the backend is not ours to run
 }
 
@@ -90,6 +94,17 @@ def problems(stage: Any, backend: str, pipeline: Any = None) -> Iterator[Problem
             yield "mode", f"{mode} {doing} does not run on the {backend} backend: {why}"
     if kind.rules is not None:
         yield from kind.rules(stage, backend)
+
+
+def input_problems(pipeline: Any, upstream: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
+    """``(stage name, message)`` for what a stage needs from the stages before it and lacks;
+    ``upstream``: each stage's upstream stages, nearest first."""
+    for name, stage in pipeline.stages.items():
+        kind = KINDS[stage.kind]
+        if kind.needs is None or any(pipeline.stages[u].kind == "custom" for u in upstream[name]):
+            continue  # a custom stage upstream may return anything
+        for message in kind.needs(stage, needs.upstream_of(pipeline, upstream[name]), pipeline):
+            yield name, f"stage '{name}' {message}"
 
 
 def produces(kind: str) -> str | None:

@@ -14,7 +14,7 @@ from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator, run_p
 from airflow_mlops.spec.load import effective_kubernetes
 from airflow_mlops.stages import registry
 
-__all__ = ["KubernetesStageOperator", "build", "build_pod", "run_pod_operator", "stage_pod_operator"]
+__all__ = ["KubernetesStageOperator", "build", "build_pod", "problems", "run_pod_operator", "stage_pod_operator", "training"]
 
 
 def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
@@ -29,3 +29,17 @@ def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) 
         kubernetes=effective_kubernetes(plan.pipeline, stage),
         **task_args,
     )
+
+
+def training(job: Any, **kwargs: Any) -> Any:
+    """GpuTrainOperator's job in a GPU pod (``training.PodTraining``): ``.run()``, ``.kill()``."""
+    from airflow_mlops.backends.kubernetes.training import PodTraining
+
+    return PodTraining(job, **kwargs)
+
+
+def problems(kubernetes: Any) -> str | None:
+    """What this backend lacks to run an operator's work (GpuTrainOperator's ``kubernetes=``)."""
+    if kubernetes is None or not kubernetes.image:
+        return "backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)"
+    return None

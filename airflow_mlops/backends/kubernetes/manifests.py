@@ -20,6 +20,7 @@ from airflow_mlops._core.names import object_name, pod_labels
 from airflow_mlops._core.units import format_cpu, format_memory, parse_quantity
 from airflow_mlops.backends.kubernetes.credentials import credentials_connection
 from airflow_mlops.spec.load import LoadedPipeline, effective_kubernetes, resolve_resources
+from airflow_mlops.stages import registry
 
 # What applying a model server takes (create, or merge-patch what exists).
 _SERVING_RULES = [
@@ -39,7 +40,7 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
         if (stage.backend or p.backend) == "kubernetes" and stage.kind != "custom":
             settings = effective_kubernetes(p, stage)
             by_namespace[settings.namespace].append((settings, resolve_resources(p, stage.resources)))
-            if stage.kind == "serve" and stage.mode == "online":
+            if registry.runs_as_server(stage):
                 serving.add(settings.namespace)
     extra_rules = []
     if credentials_connection(p.mlflow):  # the worker writes the MLflow credentials Secret
