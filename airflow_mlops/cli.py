@@ -58,7 +58,40 @@ def cmd_schema(args: argparse.Namespace) -> int:
     schema = Pipeline.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "airflow-mlops pipeline"
+    _add_operator_args(schema)
     return _emit(json.dumps(schema, indent=2) + "\n", args.output, args.output)
+
+
+def _add_operator_args(schema: dict) -> None:
+    """A custom stage's ``args`` for the package's own operators, checked by their specs in the
+    schema too: an editor flags ``keep_lst`` in a retention policy where it is written. Each
+    operator is known by both paths users write (its module, and the package root). The top level
+    of ``args`` stays open: Airflow's own operator arguments (``retries``, ...) go there too."""
+    from pydantic.json_schema import models_json_schema
+
+    from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec, RetentionSpec
+    from airflow_mlops.spec.stream import StreamSpec
+
+    operators = {
+        "BackupOperator": ("airflow_mlops.operators.backup", BackupSpec),
+        "RestoreOperator": ("airflow_mlops.operators.backup", RestoreSpec),
+        "RetentionCleanupOperator": ("airflow_mlops.operators.retention", RetentionSpec),
+        "StreamInferenceOperator": ("airflow_mlops.operators.stream", StreamSpec),
+    }
+    _, top = models_json_schema([(model, "validation") for _, model in operators.values()],
+                                ref_template="#/$defs/{model}")
+    defs = schema.setdefault("$defs", {})
+    defs.update({k: v for k, v in top.get("$defs", {}).items() if k not in defs})
+    rules = []
+    for name, (module, model) in operators.items():
+        args = dict(defs[model.__name__])
+        args.pop("additionalProperties", None)
+        args["title"] = f"{name} args"
+        defs[f"{name}Args"] = args
+        rules.append({"if": {"properties": {"operator": {"enum": [f"{module}:{name}", f"airflow_mlops:{name}"]}},
+                             "required": ["operator"]},
+                      "then": {"properties": {"args": {"$ref": f"#/$defs/{name}Args"}}}})
+    defs["CustomStage"]["allOf"] = rules
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:

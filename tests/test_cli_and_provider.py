@@ -53,3 +53,22 @@ def test_airflow_lists_the_provider():
     )
     providers = {p["package_name"]: p for p in json.loads(out.stdout)}
     assert providers["airflow-mlops"]["version"] == "0.1.0"
+
+
+def test_the_committed_schema_accepts_every_example_and_checks_the_package_operators_args():
+    """What an editor shows: no false errors on the examples (stages named after their kind without
+    ``kind:``, ``cpu: 2``), and the package's operators' ``args`` checked by their own specs."""
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft202012Validator(json.loads((REPO / "pipeline.schema.json").read_text()))
+    for path in sorted((REPO / "example_configs").glob("[!_]*.yaml")):
+        assert [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))] == [], path.name
+    doc = yaml.safe_load((REPO / "example_configs" / "maintenance.yaml").read_text().replace("keep_last: 5", "keep_lst: 5"))
+
+    def leaves(error):
+        return [error, *(leaf for sub in error.context for leaf in leaves(sub))]
+
+    found = [(list(e.absolute_path), e.message) for top in validator.iter_errors(doc) for e in leaves(top)]
+    assert any(path == ["stages", "retention", "args", "policies", 0] and "'keep_lst'" in message
+               and "Additional properties are not allowed" in message for path, message in found), found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -9,3 +11,12 @@ class Strict(BaseModel):
     """Unknown keys are errors (reported with a did-you-mean by ``spec.load.translate``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def kind_from_name_schema(schema: dict[str, Any], kinds: Iterable[str]) -> None:
+    """The JSON Schema of ``stages``: a stage named after a kind without ``kind:`` is that kind
+    there too (as ``Pipeline`` reads it; editors would otherwise find it matches several kinds)."""
+    union = schema["additionalProperties"]
+    ref = union.get("discriminator", {}).get("mapping", {})
+    schema["properties"] = {name: {"if": {"not": {"required": ["kind"]}}, "then": {"$ref": ref[name]}, "else": union}
+                            for name in kinds if name in ref and name != "custom"}

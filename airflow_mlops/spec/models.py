@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.units import Duration, cpu_problem, memory_problem
 from airflow_mlops._core.units import parse_duration as _parse_duration
-from airflow_mlops.spec.base import Strict
+from airflow_mlops.spec.base import Strict, kind_from_name_schema
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
 from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     COLUMN_TYPES,
@@ -42,7 +42,8 @@ class Resources(Strict):
     """What a stage asks for: CPUs (``4`` or ``500m``), memory (``16Gi``) and whole GPUs."""
 
     profile: str | None = Field(None, description="Named profile to start from; the other fields override it.")
-    cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '4' or '500m'.")
+    cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '4' or '500m'.",
+                            json_schema_extra={"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]})
     memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '16Gi'.")
     gpu: int | None = Field(None, ge=0, description="Whole number of GPUs (nvidia.com/gpu).")
 
@@ -382,7 +383,7 @@ class Pipeline(PipelineDefaults):
 
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="The DAG id.")
     description: str | None = None
-    stages: dict[str, Stage] = Field(..., min_length=1)
+    stages: dict[str, Stage] = Field(..., min_length=1, json_schema_extra=lambda s: kind_from_name_schema(s, STAGE_KINDS))
 
     @field_validator("stages", mode="before")
     @classmethod
