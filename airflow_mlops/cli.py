@@ -4,9 +4,11 @@ Kubernetes namespace manifests, move a champion alias back, print a DAG run's co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -20,7 +22,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     missing = [target for target in args.paths if not Path(target).exists()]
     for target in missing:
         print(f"{target}: no such file or folder", file=sys.stderr)
-    verdict = load_dags(target for target in args.paths if target not in missing)
+    present = [target for target in args.paths if target not in missing]
+    with _on_sys_path(import_roots(present)):
+        verdict = load_dags(present)
     warned: dict[str, list[SpecIssue]] = {}
     for warning in verdict.warnings:
         warned.setdefault(warning.mark.file if warning.mark else "", []).append(warning)
@@ -50,6 +54,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{total} pipeline file(s) valid{warned_note}")
     return 0
+
+
+def import_roots(targets: list[str]) -> list[str]:
+    """The folders Airflow would have on ``sys.path`` when it parses these files: the configured
+    dags folder for a target inside it, else the target folder itself (or a file's folder), and
+    the plugins folder. Callbacks and custom operators in modules beside the pipelines then import
+    in ``validate`` as they do in Airflow."""
+    from airflow.configuration import conf
+
+    dags = Path(conf.get("core", "dags_folder", fallback="") or "/nonexistent").resolve()
+    plugins = conf.get("core", "plugins_folder", fallback=None)
+    roots: list[str] = []
+    for target in targets:
+        path = Path(target).resolve()
+        folder = path if path.is_dir() else path.parent
+        root = dags if folder == dags or dags in folder.parents else folder
+        if str(root) not in roots:
+            roots.append(str(root))
+    if plugins and Path(plugins).is_dir() and str(Path(plugins).resolve()) not in roots:
+        roots.append(str(Path(plugins).resolve()))
+    return roots
+
+
+@contextlib.contextmanager
+def _on_sys_path(folders: list[str]) -> Iterator[None]:
+    """``folders`` in front of ``sys.path`` for the block (the ones already there are left)."""
+    added = [f for f in folders if f not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for folder in added:
+            if folder in sys.path:
+                sys.path.remove(folder)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

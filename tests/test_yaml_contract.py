@@ -330,3 +330,25 @@ def test_names_and_schedule_are_reported_with_the_models_errors(tmp_path, capsys
     assert code == 1
     assert [line.split(" ", 2)[:2] for line in lines] == [
         [f"{path}:2:10", "backend:"], [f"{path}:4:13", "dag.schedule:"], [f"{path}:6:3", "stages.feature"]]
+
+
+def test_validate_imports_modules_beside_the_pipelines_as_airflow_does(capsys, tmp_path):
+    """Airflow puts the dags folder on sys.path: a callback module beside the pipelines resolves
+    in ``validate`` without PYTHONPATH, given the folder or one file; a typo'd module still fails.
+    The folder is taken off sys.path again afterwards."""
+    import sys
+
+    folder = tmp_path / "team_dags"
+    write(folder, "team_alerts_beside.py", "def notify(context):\n    pass\n")
+    write(folder, "alerted.yaml", """
+        id: alerted
+        dag: {on_failure_callback: team_alerts_beside.notify}
+        stages: {preprocess: {input: {path: /data/x.csv}}}
+        """)
+    assert str(folder) not in sys.path
+    assert validate(capsys, str(folder))[0] == 0
+    assert validate(capsys, str(folder / "alerted.yaml"))[0] == 0
+    assert str(folder) not in sys.path
+    (folder / "alerted.yaml").write_text((folder / "alerted.yaml").read_text().replace("team_alerts_beside", "team_alert"))
+    code, lines, _ = validate(capsys, str(folder))
+    assert code == 1 and "dag.on_failure_callback" in lines[0] and "team_alert" in lines[0], lines
