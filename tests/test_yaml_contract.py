@@ -352,3 +352,50 @@ def test_validate_imports_modules_beside_the_pipelines_as_airflow_does(capsys, t
     (folder / "alerted.yaml").write_text((folder / "alerted.yaml").read_text().replace("team_alerts_beside", "team_alert"))
     code, lines, _ = validate(capsys, str(folder))
     assert code == 1 and "dag.on_failure_callback" in lines[0] and "team_alert" in lines[0], lines
+
+
+def test_a_custom_operator_is_constructed_once_per_parse_and_its_value_errors_still_point_at_args(capsys, tmp_path):
+    """The loader builds each custom stage's operator once (in the DAG); a file with problems
+    still gets every one reported, the operator's own refusal of a value among them."""
+    folder = tmp_path / "counted"
+    write(folder, "counting_ops.py", """
+        from airflow.sdk import BaseOperator
+
+        BUILT = []
+
+        class CountedOperator(BaseOperator):
+            def __init__(self, *, size: int = 1, **kwargs):
+                super().__init__(**kwargs)
+                if size < 0:
+                    raise ValueError(f"size must be >= 0, got {size}")
+                BUILT.append(self.task_id)
+        """)
+    write(folder, "counted.yaml", """
+        id: counted
+        stages:
+          step: {kind: custom, operator: "counting_ops:CountedOperator", args: {size: 2}}
+        """)
+    import sys
+
+    from airflow_mlops.factory.pipelines import load_dags
+
+    sys.path.insert(0, str(folder))
+    try:
+        import counting_ops
+
+        verdict = load_dags([folder])
+        assert [loaded.pipeline.id for loaded, _ in verdict.good] == ["counted"]
+        assert counting_ops.BUILT == ["step.run"]  # once: the DAG's task, no second throw-away one
+        write(folder, "counted.yaml", """
+            id: counted
+            stages:
+              step: {kind: custom, operator: "counting_ops:CountedOperator", args: {size: -1}}
+              other: {kind: custom, operator: "counting_ops:CountedOperator", depends_on: [nope]}
+            """)
+        code, lines, _ = validate(capsys, str(folder))
+        assert code == 1
+        assert any("stages.other.depends_on" in line and "unknown stage 'nope'" in line for line in lines), lines
+        assert any("stages.step.args" in line and "size must be >= 0, got -1" in line for line in lines), lines
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("counting_ops", None)

@@ -46,11 +46,13 @@ STAGE_CHECKS = (registry.problems, backends.problems)
 INPUT_CHECKS = (registry.input_problems,)
 
 
-def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None) -> LoadedPipeline:
+def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,
+                  construct_operators: bool = True) -> LoadedPipeline:
     """One pipeline file, loaded and checked as ``airflow-mlops validate`` checks it (without
     building its DAG: ``load_dags`` does that too). Raises PipelineSpecError with every problem
-    at its ``file:line:column``."""
-    return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS, input_checks=INPUT_CHECKS)
+    at its ``file:line:column``. ``construct_operators``: see ``spec.load.read_pipeline``."""
+    return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS, input_checks=INPUT_CHECKS,
+                              construct_operators=construct_operators)
 
 
 def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
@@ -94,7 +96,10 @@ def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
     ids: dict[str, LoadedPipeline] = {}
     for path in verdict.files:
         try:
-            loaded = read_pipeline(path)
+            try:  # the DAG's build below constructs the custom operators: once, not twice
+                loaded = read_pipeline(path, construct_operators=False)
+            except PipelineSpecError:  # a bad file: every problem at once, the operators' own too
+                loaded = read_pipeline(path)
             first = ids.get(loaded.pipeline.id)
             if first is not None:
                 used = f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}"

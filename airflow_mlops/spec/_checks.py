@@ -28,7 +28,7 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
 
 
 def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = (),
-                   input_checks: Iterable[InputCheck] = ()) -> Iterable[SpecIssue]:
+                   input_checks: Iterable[InputCheck] = (), construct_operators: bool = True) -> Iterable[SpecIssue]:
     """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data.
 
     ``stage_checks``: what the layers above know of a stage on its backend (``stages.registry.problems``,
@@ -63,7 +63,7 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
             for field, message in check(stage, backend, pipeline):
                 loc = backend_loc if field is None else at + (field,)
                 yield SpecIssue(src.mark_of(loc), format_path(loc), message)
-        yield from _check_imports(stage, at, src)
+        yield from _check_imports(stage, at, src, construct_operators)
     cycles = list(_check_cycles(deps, src))
     yield from cycles
     yield from check_dag(pipeline, src)
@@ -76,14 +76,14 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
                 yield SpecIssue(src.mark_of(loc, key=True), format_path(loc), message)
 
 
-def _check_imports(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
+def _check_imports(stage: Any, at: tuple, src: Source, construct: bool = True) -> Iterable[SpecIssue]:
     """Custom operators are imported (the DAG needs the class) and checked against their arguments;
     callables are only located, so parsing never imports a user's training code and its heavy
     libraries."""
     if stage.kind == "custom":
         from airflow_mlops.spec.operator_args import check_custom_stage
 
-        yield from check_custom_stage(stage, at, src)
+        yield from check_custom_stage(stage, at, src, construct)
         return
     target = getattr(stage, "callable", None)
     if target:

@@ -73,11 +73,14 @@ def effective_kubernetes(pipeline: Pipeline, stage: Any) -> KubernetesSettings:
 
 
 def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,
-                  stage_checks: Iterable[StageCheck] = (), input_checks: Iterable[InputCheck] = ()) -> LoadedPipeline:
+                  stage_checks: Iterable[StageCheck] = (), input_checks: Iterable[InputCheck] = (),
+                  construct_operators: bool = True) -> LoadedPipeline:
     """Load and validate one pipeline file, merged over the ``_defaults.yaml`` files above it.
 
     ``stage_checks`` add what the layers above know (which backends run which kinds): the full
     verdict is ``airflow_mlops.factory.pipelines.read_pipeline``, which passes them.
+    ``construct_operators``: also build each custom stage's operator with its ``args`` (False when
+    the caller builds the DAG next, which constructs them anyway).
 
     ``root`` is accepted for compatibility and ignored: the defaults that apply to a file never
     depend on the folder it was found from (see ``airflow_mlops.spec.files``)."""
@@ -104,7 +107,7 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
         pipeline = Pipeline.model_validate(merged.data)
     except ValidationError as exc:
         raise PipelineSpecError(_in_order(translate(exc, merged) + issues, display)) from None
-    issues += check_pipeline(pipeline, merged, stage_checks, input_checks)
+    issues += check_pipeline(pipeline, merged, stage_checks, input_checks, construct_operators)
     if issues:
         raise PipelineSpecError(_in_order(issues, display))
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)

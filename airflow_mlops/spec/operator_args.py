@@ -74,7 +74,10 @@ def accepted_arguments(cls: type) -> tuple[set[str] | None, list[str], list[str]
     return names, own, required
 
 
-def check_custom_stage(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue]:
+def check_custom_stage(stage: Any, at: tuple, src: Source, construct: bool = True) -> Iterable[SpecIssue]:
+    """The operator imported and its signature checked; with ``construct``, also built with its
+    arguments (its own checks of their values), which the DAG's build does anyway: the loader
+    passes False on the way to building the DAG, so a custom operator is constructed once."""
     operator_loc, args_loc = at + ("operator",), at + ("args",)
     try:
         cls = import_operator(stage.operator)
@@ -90,7 +93,7 @@ def check_custom_stage(stage: Any, at: tuple, src: Source) -> Iterable[SpecIssue
         return
     task_args = stage_task_args(stage)
     issues = list(_check_signature(cls, stage, at, src, task_args))
-    if issues:
+    if issues or not construct:
         yield from issues
         return
     try:
