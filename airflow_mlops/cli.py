@@ -101,35 +101,65 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _add_operator_args(schema: dict) -> None:
-    """A custom stage's ``args`` for the package's own operators, checked by their specs in the
-    schema too: an editor flags ``keep_lst`` in a retention policy where it is written. Each
-    operator is known by both paths users write (its module, and the package root). The top level
-    of ``args`` stays open: Airflow's own operator arguments (``retries``, ...) go there too."""
+    """A custom stage's ``args`` for the package's own operators and sensors, described in the
+    schema too: by their spec (BackupOperator, RestoreOperator, RetentionCleanupOperator,
+    StreamInferenceOperator), so an editor flags ``keep_lst`` in a retention policy where it is
+    written, or by their ``__init__`` signature (GpuTrainOperator, SparkFeatureOperator and the
+    sensors), for completion, hover docs and value types. Each is known by both paths users write
+    (its module, and the package root). The top level of ``args`` stays open (Airflow's own
+    arguments, ``retries``..., go there too), and a typed argument also takes a Jinja template."""
     from pydantic.json_schema import models_json_schema
 
     from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec, RetentionSpec
     from airflow_mlops.spec.stream import StreamSpec
 
-    operators = {
+    by_spec = {
         "BackupOperator": ("airflow_mlops.operators.backup", BackupSpec),
         "RestoreOperator": ("airflow_mlops.operators.backup", RestoreSpec),
         "RetentionCleanupOperator": ("airflow_mlops.operators.retention", RetentionSpec),
         "StreamInferenceOperator": ("airflow_mlops.operators.stream", StreamSpec),
     }
+    by_signature = {name: (module, _signature_model(module, name)) for name, module in (
+        ("GpuTrainOperator", "airflow_mlops.operators.gpu_train"),
+        ("SparkFeatureOperator", "airflow_mlops.operators.spark"),
+        ("GpuAvailableSensor", "airflow_mlops.sensors.gpu"),
+        ("KafkaLagSensor", "airflow_mlops.sensors.kafka"),
+    )}
+    operators = {**by_spec, **by_signature}
     _, top = models_json_schema([(model, "validation") for _, model in operators.values()],
                                 ref_template="#/$defs/{model}")
     defs = schema.setdefault("$defs", {})
     defs.update({k: v for k, v in top.get("$defs", {}).items() if k not in defs})
+    template = {"type": "string", "pattern": r"\{\{.*\}\}", "description": "A Jinja template, rendered at run time."}
     rules = []
     for name, (module, model) in operators.items():
-        args = dict(defs[model.__name__])
+        args = dict(defs.pop(model.__name__) if name in by_signature else defs[model.__name__])
         args.pop("additionalProperties", None)
         args["title"] = f"{name} args"
+        if name in by_signature:
+            args["properties"] = {k: {"anyOf": [v, template]} for k, v in args["properties"].items()}
+            args.pop("required", None)  # validate names a missing one, with the operator's own words
         defs[f"{name}Args"] = args
         rules.append({"if": {"properties": {"operator": {"enum": [f"{module}:{name}", f"airflow_mlops:{name}"]}},
                              "required": ["operator"]},
                       "then": {"properties": {"args": {"$ref": f"#/$defs/{name}Args"}}}})
     defs["CustomStage"]["allOf"] = rules
+
+
+def _signature_model(module: str, name: str) -> type:
+    """A pydantic model of the operator's own ``__init__`` keyword arguments (types as annotated)."""
+    import importlib
+    import inspect
+    import typing
+
+    from pydantic import ConfigDict, create_model
+
+    cls = getattr(importlib.import_module(module), name)
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    fields = {arg: (hints.get(arg, typing.Any), ... if p.default is p.empty else p.default)
+              for arg, p in list(inspect.signature(cls.__init__).parameters.items())[1:]
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return create_model(f"{name}Signature", __config__=ConfigDict(arbitrary_types_allowed=True), **fields)
 
 
 def cmd_manifests(args: argparse.Namespace) -> int:

@@ -72,3 +72,11 @@ def test_the_committed_schema_accepts_every_example_and_checks_the_package_opera
     found = [(list(e.absolute_path), e.message) for top in validator.iter_errors(doc) for e in leaves(top)]
     assert any(path == ["stages", "retention", "args", "policies", 0] and "'keep_lst'" in message
                and "Additional properties are not allowed" in message for path, message in found), found
+    # An operator without a spec is described by its signature: a wrong type flagged, a template taken.
+    gpu = {"id": "g", "stages": {"fit": {"kind": "custom", "operator": "airflow_mlops:GpuTrainOperator",
+                                         "args": {"entrypoint": "pkg.mod:fit", "gpus": "two", "retries": 2}}}}
+    assert any(list(e.absolute_path) == ["stages", "fit", "args", "gpus"]
+               for top in validator.iter_errors(gpu) for e in leaves(top)), list(validator.iter_errors(gpu))
+    gpu["stages"]["fit"]["args"]["gpus"] = "{{ params.gpus }}"
+    assert list(validator.iter_errors(gpu)) == []
+
