@@ -179,19 +179,8 @@ with DAG(
     preprocess >> train >> validate >> serve
 '''
 
-PYOP_PY = '''\
-"""{id}: an Airflow DAG written by hand: PythonOperators calling airflow-mlops' stage code."""
-from datetime import datetime, timedelta, timezone
-
-from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG, Asset, TaskGroup
-
-PIPELINE_ID = {id!r}
-DATA_DIR = {data_dir!r}
-MLFLOW = {{"experiment": {experiment!r}, "registered_model": {model!r}}}
-DOC = {doc!r}
-
-
+# The stage runner every hand-written side defines (text of the generated files; braces doubled for .format).
+RUN_STAGE_PY = '''\
 def run_stage(stage_name, stage, upstream=(), resources=None, **context):
     """Run one stage in the worker. The stage code (and pandas, scikit-learn, MLflow) is imported
     here, when the task runs, never when the DAG file is parsed."""
@@ -212,7 +201,22 @@ def run_stage(stage_name, stage, upstream=(), resources=None, **context):
     )
     return run_stage(TypeAdapter(Stage).validate_python(stage), ctx)
 
+'''
 
+PYOP_PY = '''\
+"""{id}: an Airflow DAG written by hand: PythonOperators calling airflow-mlops' stage code."""
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG, Asset, TaskGroup
+
+PIPELINE_ID = {id!r}
+DATA_DIR = {data_dir!r}
+MLFLOW = {{"experiment": {experiment!r}, "registered_model": {model!r}}}
+DOC = {doc!r}
+
+
+{run_stage}
 with DAG(
     dag_id=PIPELINE_ID,
     description={description!r},
@@ -281,27 +285,7 @@ DATA_DIR = {data_dir!r}
 MLFLOW = {{"experiment": {experiment!r}, "registered_model": {model!r}}}
 
 
-def run_stage(stage_name, stage, upstream=(), resources=None, **context):
-    """Run one stage in the worker. The stage code (and pandas, scikit-learn, MLflow) is imported
-    here, when the task runs, never when the DAG file is parsed."""
-    from pydantic import TypeAdapter
-
-    from airflow_mlops.hooks.mlflow import resolve_target
-    from airflow_mlops.spec.models import MlflowSettings, Stage
-    from airflow_mlops.stages import run_stage
-    from airflow_mlops._core.context import StageContext
-    from airflow_mlops._core.names import safe_run_key
-
-    ti = context["ti"]
-    ctx = StageContext(
-        pipeline_id=PIPELINE_ID, stage_name=stage_name, run_key=safe_run_key(context["run_id"]), data_dir=DATA_DIR,
-        mlflow=resolve_target(MlflowSettings(**MLFLOW), PIPELINE_ID),
-        upstream=[(name, ti.xcom_pull(task_ids=task_id) or {{}}) for name, task_id in upstream],
-        resources=resources,
-    )
-    return run_stage(TypeAdapter(Stage).validate_python(stage), ctx)
-
-
+{run_stage}
 with DAG(
     dag_id=PIPELINE_ID,
     description={description!r},
@@ -556,8 +540,9 @@ def generate(n: int, root: Path, data_root: Path) -> dict[str, Path]:
             model_uri=f"mlflow-model://{pid}_classifier", description=description, doc=doc,
         )
         (folders["stageop"] / f"{pid}.py").write_text(HAND_PY.format(**values))
-        (folders["pythonop"] / f"{pid}.py").write_text(PYOP_PY.format(**values))
-        (folders["bare"] / f"{pid}.py").write_text(BARE_PY.format(**values))
+        runner = RUN_STAGE_PY.format()  # its doubled braces undone once
+        (folders["pythonop"] / f"{pid}.py").write_text(PYOP_PY.format(**values, run_stage=runner))
+        (folders["bare"] / f"{pid}.py").write_text(BARE_PY.format(**values, run_stage=runner))
     return folders
 
 

@@ -23,19 +23,8 @@ import pytest
 
 from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE
 from airflow_mlops.telemetry.sampler import NvmlSampler
-from tests.fake_nvml import FakeGpu, FakeNvml, GiB, NVMLError_DriverNotLoaded, install
+from tests.fake_nvml import FakeGpu, FakeNvml, GiB, NVMLError_DriverNotLoaded, install, two_gpus
 from tests.helpers import write
-
-
-def two_gpus() -> FakeNvml:
-    return FakeNvml([
-        FakeGpu(utilization=[10, 50, 90, 30], memory_used=[2 * GiB, 6 * GiB, 5 * GiB, 3 * GiB],
-                power_mw=[100_000, 250_000, 300_000, 150_000], temperature=[40, 55, 61, 50],
-                energy_mj=[1_000_000, 1_002_000, 1_005_500, 1_009_000, 1_012_000]),
-        FakeGpu(name="NVIDIA Fake A100", memory_total=40 * GiB, utilization=[0, 100], memory_used=[1 * GiB, 39 * GiB],
-                power_mw=[60_000, 400_000], temperature=[35, 80], energy_mj=[5_000, 7_000, 11_000]),
-    ])
-
 
 # --- the sampler, at the NVML boundary (FAKE NVML) ------------------------------------------------
 

@@ -25,20 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from airflow_mlops.telemetry.sampler import NvmlSampler
-from tests.fake_nvml import FakeGpu, FakeNvml, GiB, install
+from tests.fake_nvml import FakeGpu, FakeNvml, GiB, install, two_gpus
 from tests.helpers import write
 
 RUN_ID = 'manual__2026-01-01T00:00:00+00:00 "quoted" \\ back\nslash'  # every character the format escapes
-
-
-def two_gpus() -> FakeNvml:
-    return FakeNvml([
-        FakeGpu(utilization=[10, 50, 90, 30], memory_used=[2 * GiB, 6 * GiB, 5 * GiB, 3 * GiB],
-                power_mw=[100_000, 250_000, 300_000, 150_000], temperature=[40, 55, 61, 50],
-                energy_mj=[1_000_000, 1_002_000, 1_005_500, 1_009_000, 1_012_000]),
-        FakeGpu(name="NVIDIA Fake A100", memory_total=40 * GiB, utilization=[0, 100], memory_used=[1 * GiB, 39 * GiB],
-                power_mw=[60_000, 400_000], temperature=[35, 80], energy_mj=[5_000, 7_000, 11_000]),
-    ])
 
 
 def families(text: str) -> dict:
