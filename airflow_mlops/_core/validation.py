@@ -1,6 +1,6 @@
 """Operator arguments checked by their pydantic model, every problem named: the one translator
 from pydantic's errors to ``ArgumentsError`` for the package's operators (pipeline YAML gets its
-own, with line numbers: ``spec/translate.py``)."""
+own, with line numbers: ``spec/_translate.py``)."""
 
 from __future__ import annotations
 
