@@ -86,3 +86,13 @@ def label_problem(key: str, value: str) -> str | None:
 
 def safe_run_key(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
+
+
+def dag_id_part(text: str) -> str:
+    """``text`` with every character a DAG id cannot hold replaced by ``_``."""
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", text)
+
+
+def group_id(text: str) -> str:
+    """A task group id like ``text``: runs of other characters (spaces, dots) as one ``_``."""
+    return re.sub(r"[^\w-]+", "_", str(text)).strip("_") or "stage"

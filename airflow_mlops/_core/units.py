@@ -148,3 +148,12 @@ def parse_duration(v: Any) -> Any:
 
 
 Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes for a log line: ``512 B``, ``1.5 KiB`` … ``3.0 TiB`` (powers of 1024)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

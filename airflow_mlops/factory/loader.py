@@ -18,6 +18,7 @@ from typing import Any
 
 from airflow.sdk import DAG
 
+from airflow_mlops._core.names import dag_id_part
 from airflow_mlops.spec.errors import PipelineSpecError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:
         relative = Path(path.name)
     if not relative.name:  # the folder itself (it could not be listed)
         relative = Path(path.name or "folder")
-    base = "invalid__" + "__".join(re.sub(r"[^0-9A-Za-z_.-]", "_", part) for part in relative.with_suffix("").parts)
+    base = "invalid__" + "__".join(dag_id_part(part) for part in relative.with_suffix("").parts)
     dag_id, n = base[:250], 2
     while dag_id in taken:
         dag_id, n = f"{base[:245]}_{n}", n + 1

@@ -7,6 +7,7 @@ import re
 from typing import Any, Callable, Iterable, Iterator
 
 from airflow_mlops._core.errors import did_you_mean, format_path, one_of
+from airflow_mlops._core.names import group_id
 from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.dag import check_dag
 from airflow_mlops.spec.errors import SpecIssue
@@ -144,7 +145,7 @@ def check_names_and_schedule(data: Any, src: Source) -> Iterable[SpecIssue]:
     for name in stages if isinstance(stages, dict) else ():
         loc = ("stages", name)
         if not isinstance(name, str) or not _GROUP_ID.match(name):
-            fixed = re.sub(r"[^\w-]+", "_", str(name)).strip("_") or "stage"
+            fixed = group_id(name)
             yield SpecIssue(src.mark_of(loc, key=True), format_path(loc),
                             f"stage name {name!r} cannot be an Airflow task group id (letters, digits, '_' and '-' "
                             f"only; '.' separates a group from its tasks): rename it, e.g. '{fixed}'")

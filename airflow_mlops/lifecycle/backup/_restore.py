@@ -15,11 +15,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from airflow_mlops._core.units import human_bytes
 from airflow_mlops.lifecycle.backup import _mlflow_store as mlflow_store
 from airflow_mlops.lifecycle.backup._manifest import BackupError, FileEntry, RestoreError, safe_rel
 from airflow_mlops.lifecycle.backup._targets import CHUNK, Target, open_target
 from airflow_mlops.lifecycle.paths import expand_path, within
-from airflow_mlops.lifecycle.retention.report import human_bytes
 from airflow_mlops.lifecycle.specs import RestoreSpec
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from airflow_mlops._core.units import human_bytes
 from airflow_mlops.lifecycle.backup._manifest import FileEntry, Manifest, new_snapshot_id, snapshot_time
 from airflow_mlops.lifecycle.backup._sources import Collected, FileToCopy, collect_source
 from airflow_mlops.lifecycle.backup._store import store_fs, store_local
 from airflow_mlops.lifecycle.backup._targets import CHUNK, LocalTarget, Target, open_target
-from airflow_mlops.lifecycle.retention.report import human_bytes
 from airflow_mlops.lifecycle.specs import BackupSpec
 
 log = logging.getLogger(__name__)

@@ -7,18 +7,10 @@ import logging
 from dataclasses import asdict
 from typing import Any, Iterable
 
+from airflow_mlops._core.units import human_bytes
 from airflow_mlops.lifecycle.retention._model import Item, Plan
 
 LOGGED = 1000  # items logged one by one per policy; the rest are counted
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes for a log line: ``512 B``, ``1.5 KiB`` … ``3.0 TiB`` (powers of 1024)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def as_dicts(items: Iterable[Item]) -> list[dict[str, Any]]:
