@@ -75,47 +75,52 @@ def cpu_problem(value: Any) -> str | None:
     return f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r}"
 
 
-_CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _UNITS = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
           "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_CPU_HELP = "expected a CPU quantity like 4, 0.5 or '500m'"
+_MEMORY_HELP = "expected a memory quantity like '16Gi' or '512Mi'"
+
+
+def _split(value: str | int | float, allowed: tuple[str | None, ...] | None, help_text: str) -> tuple[str, str | None]:
+    """(number, unit) of a Kubernetes quantity written as text, the unit one of ``allowed`` (None:
+    any). Raises ValueError ``"<help_text>, got <value>"`` otherwise."""
+    m = None if isinstance(value, bool) else _QUANTITY.match(str(value).strip())
+    if not m or (allowed is not None and m.group(2) not in allowed):
+        raise ValueError(f"{help_text}, got {value!r}")
+    return m.group(1), m.group(2)
+
+
+def _plain_number(value: Any, what: str) -> bool:
+    """Whether ``value`` is an int or float (not a bool), refusing a negative one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"expected a {what} quantity ≥ 0, got {value!r}")
+        return True
+    return False
 
 
 def parse_cpu(value: str | int | float) -> float:
     """Kubernetes CPU quantity → cores: ``'4'`` → 4, ``'500m'`` → 0.5."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"expected a CPU quantity ≥ 0, got {value!r}")
+    if _plain_number(value, "CPU"):
         return float(value)
-    m = _CPU.match(str(value).strip())
-    if not m:
-        raise ValueError(f"expected a CPU quantity like 4, 0.5 or '500m', got {value!r}")
-    return float(m.group(1)) / (1000 if m.group(2) else 1)
+    number, unit = _split(value, (None, "m"), _CPU_HELP)
+    return float(number) / (1000 if unit else 1)
 
 
 def parse_bytes(value: str | int | float) -> int:
     """Kubernetes memory quantity → bytes: ``'16Gi'`` → 17179869184, ``'1G'`` → 10^9, ``1024`` → 1024."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a memory quantity like '16Gi' or '512Mi', got {value!r}")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"expected a memory quantity ≥ 0, got {value!r}")
+    if _plain_number(value, "memory"):
         return int(value)
-    m = _MEMORY.match(str(value).strip())
-    if not m:
-        raise ValueError(f"expected a memory quantity like '16Gi' or '512Mi', got {value!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    number, unit = _split(value, tuple(u for u in _UNITS), _MEMORY_HELP)
+    return int(float(number) * _UNITS[unit])
 
 
 def parse_quantity(value: str | int | float) -> Decimal:
     """Any Kubernetes quantity → its exact value: ``'500m'`` → 0.5, ``'16Gi'`` → 17179869184, ``2`` → 2.
     Raises ValueError naming the value when it is not one."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", str(value).strip())
-    if not m or isinstance(value, bool):
-        raise ValueError(f"expected a Kubernetes quantity like 4, '500m' or '16Gi', got {value!r}")
-    return Decimal(m.group(1)) * (Decimal("0.001") if m.group(2) == "m" else Decimal(_UNITS[m.group(2)]))
+    number, unit = _split(value, None, "expected a Kubernetes quantity like 4, '500m' or '16Gi'")
+    return Decimal(number) * (Decimal("0.001") if unit == "m" else Decimal(_UNITS[unit]))
 
 
 def format_cpu(value: Decimal) -> str:
