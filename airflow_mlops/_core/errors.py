@@ -66,3 +66,47 @@ class ArgumentsError(ValueError):
         """A single problem with one argument (``None``: with their combination)."""
         loc = () if argument is None else ((argument,) if isinstance(argument, str) else tuple(argument))
         return cls(owner, [{"loc": loc, "msg": message, "type": "argument"}], message=f"{owner}: {message}")
+
+
+class DependencyFailed(MlopsError):
+    """A server or store the task depends on failed under it: one message a person can act on.
+
+    The message reads, in this order (each part on its own line after the first)::
+
+        <what> (<address>) <failed how> during <during>
+          kept: <what was kept>            -- e.g. "offsets committed up to tumours[0]=120"
+          to do: <action>                  -- e.g. "start the broker; a rerun resumes from ..."
+
+    ``what``: the dependency in the field's words (``MLflow tracking server``, ``Kafka broker``,
+    ``Kubernetes API server``, ``Spark master``, ``backup target``); ``address``: where it was
+    (URI, bootstrap servers, path), secrets already removed; ``during``: the stage, snapshot or
+    batch that was running; ``retryable``: True for transient faults (unreachable, timed out, lost)
+    so Airflow's retries apply, False for permanent ones (corrupted, bad credentials, missing topic).
+    ``cause``: the library's own exception, kept as ``__cause__`` by ``raise ... from``.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        failure: str,
+        during: str,
+        action: str,
+        address: str | None = None,
+        kept: str | None = None,
+        retryable: bool = True,
+    ):
+        self.what = what
+        self.address = address
+        self.failure = failure
+        self.during = during
+        self.kept = kept
+        self.action = action
+        self.retryable = retryable
+        where = f" ({address})" if address else ""
+        lines = [f"{what}{where} {failure} during {during}"]
+        if kept:
+            lines.append(f"  kept: {kept}")
+        lines.append(f"  to do: {action}")
+        lines.append(f"  retry: {'yes, Airflow retries apply' if retryable else 'no, this will not pass on retry'}")
+        super().__init__("\n".join(lines))
