@@ -4,6 +4,7 @@ Kolmogorov–Smirnov statistic for numeric ones."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from airflow_mlops.spec.models import DriftStage
 
 EPSILON = 1e-6  # stands in for an empty bin, so PSI stays finite
+KIND_TAG = "airflow_mlops.kind"  # "drift" on every drift report run
+# The verdict per feature (a JSON list of the features over their thresholds), beside the
+# drift/psi/<feature> and drift/ks/<feature> metrics: the Airflow UI's Drift page reads it.
+DRIFTED_TAG = "airflow_mlops.drift.drifted"
 
 
 def run(spec: "DriftStage", ctx: StageContext) -> dict[str, Any]:
@@ -42,7 +47,7 @@ def run(spec: "DriftStage", ctx: StageContext) -> dict[str, Any]:
 
     experiment_id = use_experiment(ctx.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{ctx.pipeline_id}.{ctx.stage_name}",
-                          tags={**ctx.tags, "airflow_mlops.kind": "drift"}) as run:
+                          tags={**ctx.tags, KIND_TAG: "drift", DRIFTED_TAG: json.dumps(drifted)}) as run:
         mlflow.log_metrics({f"drift/psi/{_metric_name(n)}": s["psi"] for n, s in report.items()})
         mlflow.log_metrics({f"drift/ks/{_metric_name(n)}": s["ks"] for n, s in report.items() if s["ks"] is not None})
         mlflow.log_metric("drift/features_drifted", len(drifted))

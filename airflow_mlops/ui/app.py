@@ -1,0 +1,108 @@
+"""The plugin's FastAPI app, mounted by Airflow's api-server under ``/mlops`` (read-only):
+
+    GET /mlops/models                    HTML: every pipeline's registered models (nav entry "Models")
+    GET /mlops/drift                     HTML: every drift monitor (nav entry "Drift")
+    GET /mlops/dags/{dag_id}             HTML: the DAG's model and latest decision (the DAG's "MLOps" tab)
+    GET /mlops/api/models                JSON: [ui.data.model(...)]
+    GET /mlops/api/models/{name}         JSON: ui.data.model(...); 404 for an unknown name
+    GET /mlops/api/drift                 JSON: [ui.data.drift_monitors(...)]
+    GET /mlops/api/dags/{dag_id}         JSON: ui.data.dag_summary(...)
+
+Every route is behind Airflow's auth manager (``requires_access_dag("GET")``, as the core API's DAG
+routes): without a valid JWT (the ``_token`` cookie the UI holds, or a bearer token) a request gets
+401, and a user who may not read that DAG 403. When MLflow cannot be read the JSON routes answer
+503 ``{"detail": <DependencyFailed message>}`` and the pages show that message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+MOUNT = "/mlops"
+
+
+class StoreUnreadable(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _airflow_base(request: Request) -> str:
+    """The Airflow UI's base path, from where this app is mounted (``/mlops`` under it)."""
+    root = request.scope.get("root_path", "")
+    return root[: -len(MOUNT)] if root.endswith(MOUNT) else ""
+
+
+def _read(during: str, fn: Callable[[Any, str], Any]) -> tuple[Any, str]:
+    """Run ``fn(client, mlflow_ui_base)`` against the UI's store; StoreUnreadable with the one
+    DependencyFailed message if the store cannot be resolved or read. Returns (result, store)."""
+    from airflow_mlops.hooks.mlflow import redacted
+    from airflow_mlops.stages.train.job import ui_base
+    from airflow_mlops.ui import data
+
+    uri = "(not resolved)"
+    try:
+        uri = data.tracking_uri()
+        return fn(data.reader(uri), ui_base(uri)), redacted(uri)
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the store becomes the page's message
+        if _is_missing(exc):
+            raise HTTPException(404, str(exc)) from None
+        raise StoreUnreadable(str(data.unreachable(uri, exc, during))) from None
+
+
+def _is_missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def create_app() -> FastAPI:
+    """The app Airflow mounts (``fastapi_apps`` of ``ui.plugin.MlopsUiPlugin``)."""
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    from airflow_mlops.ui import data, pages
+
+    readable = [Depends(requires_access_dag("GET"))]
+    app = FastAPI(title="airflow-mlops", description="MLOps state from MLflow, read-only", dependencies=readable)
+
+    @app.exception_handler(StoreUnreadable)
+    async def _unreadable(request: Request, exc: StoreUnreadable):
+        if "/api/" in request.url.path:
+            return JSONResponse({"detail": exc.message}, status_code=503)
+        return HTMLResponse(pages.error("MLflow unreachable", exc.message, _airflow_base(request)), status_code=503)
+
+    @app.get("/api/models")
+    def api_models() -> list[dict]:
+        return _read("listing the registered models", lambda c, ui: data.models(c, ui))[0]
+
+    @app.get("/api/models/{name}")
+    def api_model(name: str) -> dict:
+        return _read(f"reading model '{name}'", lambda c, ui: data.model(c, name, ui))[0]
+
+    @app.get("/api/drift")
+    def api_drift() -> list[dict]:
+        return _read("reading the drift reports", lambda c, ui: data.drift_monitors(c))[0]
+
+    @app.get("/api/dags/{dag_id}")
+    def api_dag(dag_id: str) -> dict:
+        return _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui))[0]
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_page(request: Request) -> str:
+        found, store = _read("listing the registered models", lambda c, ui: data.models(c, ui))
+        return pages.models_page(found, store, _airflow_base(request))
+
+    @app.get("/drift", response_class=HTMLResponse)
+    def drift_page(request: Request) -> str:
+        found, store = _read("reading the drift reports", lambda c, ui: data.drift_monitors(c))
+        return pages.drift_page(found, store, _airflow_base(request))
+
+    @app.get("/dags/{dag_id}", response_class=HTMLResponse)
+    def dag_page(request: Request, dag_id: str) -> str:
+        summary, _store = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui))
+        return pages.dag_page(summary, _airflow_base(request))
+
+    return app

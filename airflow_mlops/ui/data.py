@@ -1,0 +1,235 @@
+"""What the Airflow UI plugin shows, read from MLflow as plain dicts (the JSON API returns them as
+they are; the HTML pages render them). Nothing here writes to MLflow.
+
+Facts and where the stages record them:
+
+- model version tags ``airflow.dag_id`` / ``airflow.run_id`` / ``airflow.task_id`` (the task that
+  registered it, both training paths), ``airflow_mlops.decision`` / ``airflow_mlops.decision_detail``
+  (the validate stage), ``airflow_mlops.gpu.available``;
+- the version's run: the model's metrics, ``cost/*`` metrics and ``airflow_mlops.cost.prices`` tag
+  (``telemetry.cost``), ``gpu/*`` summary metrics (``telemetry.mlflow_sink``), the
+  ``airflow_mlops.gpu.reason`` tag when no GPU was measured (``stages.train.measure``);
+- drift runs (tag ``airflow_mlops.kind`` = ``drift``): ``drift/psi/<feature>``,
+  ``drift/ks/<feature>`` metrics and the ``airflow_mlops.drift.drifted`` tag (``stages.drift``).
+
+MLflow is imported inside the functions: the plugin is imported when the api-server starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_mlops._core.errors import DependencyFailed
+from airflow_mlops._core.mlflow import SERVING_ALIAS, read_only_client
+from airflow_mlops.stages.drift import DRIFTED_TAG, KIND_TAG
+from airflow_mlops.stages.train.job import GPU_AVAILABLE_TAG, GPU_NAMES_TAG, GPU_REASON_TAG, run_url
+from airflow_mlops.stages.validate import DECISION_TAG, DETAIL_TAG
+from airflow_mlops.telemetry.cost import COST_PREFIX, PRICES_TAG
+from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
+
+PREVIOUS_ALIAS = "previous-champion"
+NOT_MODEL_METRICS = (COST_PREFIX, GPU_PREFIX, "drift")  # prefixes of what is logged beside the model's own metrics
+COST_FIELDS = ("gpu_hours", "cpu_hours", "memory_gib_hours", "gpu", "cpu", "memory", "total")
+MAX_VERSIONS = 100
+DRIFT_RUNS = 20  # the trend covers this many latest runs per monitor
+
+
+def tracking_uri() -> str:
+    """The store the UI reads: ``[mlops] tracking_uri`` or ``[mlops] conn_id`` in Airflow's
+    configuration (``AIRFLOW__MLOPS__TRACKING_URI``…), else the stages' own default resolution
+    (``$MLFLOW_TRACKING_URI``, else ``$AIRFLOW_MLOPS_HOME/mlflow.db``)."""
+    from airflow.configuration import conf
+
+    from airflow_mlops.hooks.mlflow import resolve_tracking_uri, tracking_uri_from_connection
+
+    configured = conf.get("mlops", "tracking_uri", fallback=None)
+    if configured:
+        return resolve_tracking_uri(configured, "[mlops] tracking_uri")
+    conn_id = conf.get("mlops", "conn_id", fallback=None)
+    if conn_id:
+        return resolve_tracking_uri(tracking_uri_from_connection(conn_id), f"Airflow connection '{conn_id}'")
+    return resolve_tracking_uri(None)
+
+
+def reader(uri: str) -> Any:
+    """A read-only MlflowClient that gives up quickly: one try, 5 s per request (the UI must answer;
+    ``$MLFLOW_HTTP_REQUEST_*`` set by the deployment win)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    return read_only_client(uri)
+
+
+def unreachable(uri: str, exc: BaseException, during: str) -> DependencyFailed:
+    """The one message the pages show when the store cannot be read (no stack trace)."""
+    from airflow_mlops.hooks.mlflow import redacted
+
+    failure = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return DependencyFailed("MLflow tracking store", address=redacted(uri), failure=f"could not be read ({failure})",
+                            during=during, retryable=True,
+                            action="check that the tracking server is up and that the api-server reaches it "
+                                   "([mlops] tracking_uri / conn_id, $MLFLOW_TRACKING_URI); then reload this page")
+
+
+def _iso(ms: Any) -> str | None:
+    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def models(client: Any, mlflow_ui: str) -> list[dict[str, Any]]:
+    """Every registered model a pipeline produced (a version tagged ``airflow.dag_id``), by name;
+    each as :func:`model`."""
+    found = []
+    for registered in client.search_registered_models(max_results=1000):
+        detail = model(client, registered.name, mlflow_ui, registered=registered)
+        if any(v["dag_id"] for v in detail["versions"]):
+            found.append(detail)
+    return sorted(found, key=lambda m: m["name"])
+
+
+def model(client: Any, name: str, mlflow_ui: str, registered: Any = None) -> dict[str, Any]:
+    """``{name, description, aliases: {alias: version}, champion, previous_champion, dag_ids,
+    versions: [version(...)...] newest first}``. Raises MlflowException (RESOURCE_DOES_NOT_EXIST)
+    for an unknown name."""
+    registered = registered or client.get_registered_model(name)
+    aliases = {alias: str(v) for alias, v in (registered.aliases or {}).items()}
+    found = client.search_model_versions(f"name = '{name}'", max_results=MAX_VERSIONS)
+    versions = sorted(found, key=lambda v: int(v.version), reverse=True)
+    by_version = {str(v): [a for a, n in aliases.items() if n == str(v)] for v in (x.version for x in versions)}
+    rows = [version(client, v, by_version.get(str(v.version), []), mlflow_ui) for v in versions]
+    return {
+        "name": name,
+        "description": registered.description or "",
+        "aliases": aliases,
+        "champion": aliases.get(SERVING_ALIAS),
+        "previous_champion": aliases.get(PREVIOUS_ALIAS),
+        "dag_ids": sorted({r["dag_id"] for r in rows if r["dag_id"]}),
+        "versions": rows,
+    }
+
+
+def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[str, Any]:
+    """One version: ``{version, created, aliases, decision, decision_detail, dag_id, dag_run_id,
+    task_id, dag_run_url (Airflow UI path), run_id, mlflow_run_url, metrics {name: value}, cost
+    {gpu_hours, cpu_hours, memory_gib_hours, gpu, cpu, memory, total} or None, prices {gpu_hour,
+    cpu_hour, memory_gib_hour} or None, gpu {available, reason, names, utilization_mean (%),
+    memory_peak_gib, energy_kwh, temperature_max_c}}``."""
+    from urllib.parse import quote
+
+    tags = dict(mv.tags or {})
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    metrics = dict(run.data.metrics) if run else {}
+    run_tags = dict(run.data.tags) if run else {}
+    dag_id, dag_run = tags.get("airflow.dag_id") or run_tags.get("airflow.dag_id"), \
+        tags.get("airflow.run_id") or run_tags.get("airflow.run_id")
+    cost = {k: metrics[f"{COST_PREFIX}/{k}"] for k in COST_FIELDS if f"{COST_PREFIX}/{k}" in metrics} or None
+    try:
+        prices = json.loads(run_tags[PRICES_TAG]) if PRICES_TAG in run_tags else None
+    except ValueError:
+        prices = None
+    available = (tags.get(GPU_AVAILABLE_TAG) or run_tags.get(GPU_AVAILABLE_TAG)) == "true"
+    energy = metrics.get("gpu/energy_j")
+    peak = metrics.get("gpu/memory_peak_bytes")
+    gpu = {
+        "available": available,
+        "reason": None if available else (run_tags.get(GPU_REASON_TAG) or "no GPU was asked for or measured"),
+        "names": run_tags.get(GPU_NAMES_TAG) or None,
+        "utilization_mean": metrics.get("gpu/utilization_mean"),
+        "memory_peak_gib": None if peak is None else peak / 2**30,
+        "energy_kwh": None if energy is None else energy / 3.6e6,
+        "temperature_max_c": metrics.get("gpu/temperature_max_c"),
+    }
+    experiment = run.info.experiment_id if run else None
+    return {
+        "version": str(mv.version),
+        "created": _iso(mv.creation_timestamp),
+        "aliases": sorted(aliases),
+        "decision": tags.get(DECISION_TAG),
+        "decision_detail": tags.get(DETAIL_TAG),
+        "dag_id": dag_id,
+        "dag_run_id": dag_run,
+        "task_id": tags.get("airflow.task_id") or run_tags.get("airflow.task_id"),
+        "dag_run_url": f"/dags/{quote(dag_id, safe='')}/runs/{quote(dag_run, safe='')}" if dag_id and dag_run else None,
+        "run_id": mv.run_id,
+        "mlflow_run_url": run_url(mlflow_ui, experiment, mv.run_id) if experiment else None,
+        "metrics": {k: v for k, v in sorted(metrics.items()) if k.split("/", 1)[0] not in NOT_MODEL_METRICS},
+        "cost": cost,
+        "prices": prices,
+        "gpu": gpu,
+    }
+
+
+def drift_monitors(client: Any, dag_id: str | None = None) -> list[dict[str, Any]]:
+    """Each drift monitor (DAG and task that ran a drift stage), latest first within its trend:
+    ``{dag_id, task_id, latest: {run_id, dag_run_id, time, drifted_count, features: {feature:
+    {psi, ks, drifted}}}, trend: [{time, run_id, drifted_count, psi: {feature: value}}] oldest
+    first}``."""
+    experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
+    if not experiments:
+        return []
+    query = f"tags.`{KIND_TAG}` = 'drift'"
+    if dag_id:
+        query += f" and tags.`airflow.dag_id` = '{dag_id}'"
+    runs = client.search_runs(experiments, filter_string=query, order_by=["attributes.start_time DESC"],
+                              max_results=500)
+    monitors: dict[tuple[str, str], list[Any]] = {}
+    for run in runs:
+        key = (run.data.tags.get("airflow.dag_id") or run.info.run_name or "?",
+               run.data.tags.get("airflow.task_id") or "drift")
+        monitors.setdefault(key, []).append(run)
+    found = []
+    for (dag, task), history in sorted(monitors.items()):
+        history = history[:DRIFT_RUNS]
+        points = [_drift_point(r) for r in history]
+        latest = points[0]
+        found.append({"dag_id": dag, "task_id": task, "latest": latest,
+                      "trend": [{k: p[k] for k in ("time", "run_id", "drifted_count")}
+                                | {"psi": {f: s["psi"] for f, s in p["features"].items()}} for p in reversed(points)]})
+    return found
+
+
+def _drift_point(run: Any) -> dict[str, Any]:
+    metrics, tags = run.data.metrics, run.data.tags
+    try:
+        drifted = set(json.loads(tags.get(DRIFTED_TAG, "null")) or [])
+        known = DRIFTED_TAG in tags
+    except ValueError:
+        drifted, known = set(), False
+    features: dict[str, dict[str, Any]] = {}
+    for key, value in metrics.items():
+        if key.startswith("drift/psi/"):
+            features.setdefault(key[len("drift/psi/"):], {})["psi"] = value
+        elif key.startswith("drift/ks/"):
+            features.setdefault(key[len("drift/ks/"):], {})["ks"] = value
+    for name, scores in features.items():
+        scores.setdefault("psi", None)
+        scores.setdefault("ks", None)
+        scores["drifted"] = (name in drifted) if known else None
+    return {"run_id": run.info.run_id, "dag_run_id": tags.get("airflow.run_id"), "time": _iso(run.info.start_time),
+            "drifted_count": _float(metrics.get("drift/features_drifted")),
+            "features": dict(sorted(features.items()))}
+
+
+def dag_summary(client: Any, dag_id: str, mlflow_ui: str) -> dict[str, Any]:
+    """What one pipeline's DAG produced: ``{dag_id, models: [{name, champion, latest: version(...)}],
+    drift: drift_monitors(...)}``; no models for a DAG that registered none."""
+    found = []
+    for registered in client.search_registered_models(max_results=1000):
+        versions = client.search_model_versions(f"name = '{registered.name}' and tags.`airflow.dag_id` = '{dag_id}'",
+                                                max_results=MAX_VERSIONS)
+        if not versions:
+            continue
+        latest = max(versions, key=lambda v: int(v.version))
+        aliases = {a: str(v) for a, v in (registered.aliases or {}).items()}
+        here = [a for a, n in aliases.items() if n == str(latest.version)]
+        found.append({"name": registered.name, "champion": aliases.get(SERVING_ALIAS),
+                      "latest": version(client, latest, here, mlflow_ui)})
+    return {"dag_id": dag_id, "models": found, "drift": drift_monitors(client, dag_id)}
