@@ -219,17 +219,18 @@ def _drift_point(run: Any) -> dict[str, Any]:
 
 
 def dag_summary(client: Any, dag_id: str, mlflow_ui: str) -> dict[str, Any]:
-    """What one pipeline's DAG produced: ``{dag_id, models: [{name, champion, latest: version(...)}],
-    drift: drift_monitors(...)}``; no models for a DAG that registered none."""
+    """What one pipeline's DAG produced: ``{dag_id, models: [{name, champion, latest: version(...),
+    versions: [version(...)] newest first}], drift: drift_monitors(...)}``; a model's versions are
+    those this DAG registered; no models for a DAG that registered none."""
     found = []
     for registered in client.search_registered_models(max_results=1000):
         versions = client.search_model_versions(f"name = '{registered.name}' and tags.`airflow.dag_id` = '{dag_id}'",
                                                 max_results=MAX_VERSIONS)
         if not versions:
             continue
-        latest = max(versions, key=lambda v: int(v.version))
         aliases = {a: str(v) for a, v in (registered.aliases or {}).items()}
-        here = [a for a, n in aliases.items() if n == str(latest.version)]
-        found.append({"name": registered.name, "champion": aliases.get(SERVING_ALIAS),
-                      "latest": version(client, latest, here, mlflow_ui)})
+        rows = [version(client, v, [a for a, n in aliases.items() if n == str(v.version)], mlflow_ui)
+                for v in sorted(versions, key=lambda v: int(v.version), reverse=True)]
+        found.append({"name": registered.name, "champion": aliases.get(SERVING_ALIAS), "latest": rows[0],
+                      "versions": rows})
     return {"dag_id": dag_id, "models": found, "drift": drift_monitors(client, dag_id)}

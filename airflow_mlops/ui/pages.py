@@ -189,6 +189,7 @@ def dag_page(summary: dict, airflow: str = "") -> str:
             f' · latest version v{escape(v["version"])} {_badges(v["aliases"])} ({escape(v["created"] or "")}): '
             f'{decision}</p><p class="detail">{escape(v["decision_detail"] or "")}</p>'
             f'<p>training cost: {cost_text(v["cost"], v["prices"])}</p><p>GPU: {gpu_text(v["gpu"])}</p>'
+            f'{model_charts(m, metrics=1)}'
             f'<p>{_link(airflow + v["dag_run_url"] if v["dag_run_url"] else None, "DAG run", top=True)} · '
             f'{_link(v["mlflow_run_url"], "MLflow run", top=False)} · '
             f'<a href="{escape(airflow)}/mlops/models#model-{escape(m["name"])}">all versions</a></p></section>')

@@ -1,0 +1,216 @@
+"""The MLOps pages inside the Airflow UI, end to end: the demo pipeline (breast_cancer, with a
+champion comparison added) really runs twice through Airflow — v1 promoted, v2 rejected — and a
+drift monitor twice; a real ``airflow api-server`` loads the plugin through its entry point; the
+JSON API is checked to the value, each page is rendered in headless Chromium (screenshots kept
+under the pytest tmp dir), an anonymous request is refused when login is required, and an
+unreachable MLflow is said so on the page.
+
+Chromium: skipped only when no binary is installed and ``CI`` is not ``true``; in CI it must run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import write
+from tests.ui_stack import ApiServer, chromium, chromium_binary, http
+
+COMPARE = """    compare:
+      roc_auc: {direction: higher, min_improvement: 0.01}
+    alias: champion"""
+
+
+def _drift_data(path: Path, seed: int, shift: float) -> str:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    pd.DataFrame({"radius": rng.normal(14 + shift * 4, 3, 2000), "texture": rng.normal(19, 4, 2000),
+                  "clinic": rng.choice(["north", "south"], 2000, p=[0.5, 0.5])}).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ui_store(airflow_db, tmp_path_factory):
+    """The demo's MLflow store after: breast_cancer run twice (v1 promoted; v2 the same model,
+    rejected: no roc_auc gain over the champion), tumour_drift run twice (no drift, then drift)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    base = tmp_path_factory.mktemp("ui")
+    mlops, dags = base / "mlops", base / "dags"
+    dags.mkdir()
+    shutil.copy(REPO / "example_configs" / "_defaults.yaml", dags)
+    demo = (REPO / "example_configs" / "breast_cancer.yaml").read_text()
+    assert "    alias: champion" in demo
+    (dags / "breast_cancer.yaml").write_text(demo.replace("    alias: champion", COMPARE))
+    (dags / "pipelines.py").write_text("# Airflow DAGs\nfrom airflow_mlops import load_pipelines\n\n"
+                                       "load_pipelines(globals())\n")
+    reference = _drift_data(base / "reference.csv", 1, 0.0)
+    states = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_MLOPS_HOME", str(mlops))
+        mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))
+        mp.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
+            "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(dags)}}]))
+        for n in (1, 2):
+            dr = DagBag(dag_folder=str(dags)).dags["breast_cancer"].test()
+            states[f"breast_cancer#{n}"] = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+        for n, shift in ((1, 0.0), (2, 1.0)):
+            current = _drift_data(base / f"current{n}.csv", 1 + n, shift)
+            write(dags, "tumour_drift.yaml", f"""
+                id: tumour_drift
+                stages:
+                  drift:
+                    reference: {{path: {reference}}}
+                    current: {{path: {current}}}
+                    on_drift: report
+                """)
+            dr = DagBag(dag_folder=str(dags)).dags["tumour_drift"].test()
+            states[f"tumour_drift#{n}"] = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert states["breast_cancer#1"] == dict.fromkeys(
+        ["preprocess.run", "train.run", "validate.run", "serve.run"], "success")
+    assert (states["breast_cancer#2"]["validate.run"], states["breast_cancer#2"]["serve.run"]) == \
+        ("failed", "upstream_failed")
+    assert states["tumour_drift#1"] == states["tumour_drift#2"] == {"drift.run": "success"}
+    return mlops
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_store, tmp_path_factory):
+    """The api-server as a newcomer runs it: no login (all admins)."""
+    server = ApiServer(tmp_path_factory.mktemp("api-open"), ui_store, all_admins=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def locked_server(ui_store, tmp_path_factory):
+    """Login required, and MLflow pointed at a port nobody listens on."""
+    from tests.airflow_stack import free_port
+
+    server = ApiServer(tmp_path_factory.mktemp("api-locked"), ui_store, all_admins=False,
+                       **{"mlops.tracking_uri": f"http://127.0.0.1:{free_port()}"}).start()
+    yield server
+    server.stop()
+
+
+def test_models_api_reports_versions_aliases_decisions_and_cost(ui_server):
+    status, body = http(f"{ui_server.url}/mlops/api/models")
+    assert status == 200, body
+    models = json.loads(body)
+    assert [m["name"] for m in models] == ["breast_cancer_classifier"]
+    model = models[0]
+    assert (model["champion"], model["previous_champion"], model["aliases"]) == ("1", None, {"champion": "1"})
+    assert model["dag_ids"] == ["breast_cancer"]
+    v2, v1 = model["versions"]
+    assert (v1["version"], v1["aliases"], v1["decision"], v1["decision_detail"]) == \
+        ("1", ["champion"], "defended", v2["decision_detail"])
+    assert (v2["version"], v2["aliases"], v2["decision"]) == ("2", [], "rejected")
+    auc = v1["metrics"]["roc_auc"]
+    assert v2["decision_detail"] == (f"version 2 vs champion 1: roc_auc {auc:.4g} vs {auc:.4g} (higher is better, "
+                                     "gain +0, needed 0.01: not enough)")
+    assert set(v1["metrics"]) == {"accuracy", "f1", "roc_auc"}  # no cost/ or gpu/ figures among them
+    for v in (v1, v2):
+        assert v["dag_id"] == "breast_cancer" and v["task_id"] == "train.run"
+        assert v["dag_run_url"] == f"/dags/breast_cancer/runs/{v['dag_run_id'].replace(':', '%3A').replace('+', '%2B')}"
+        assert v["mlflow_run_url"].endswith(f"/runs/{v['run_id']}")
+        cost = v["cost"]
+        # cpu-train holds 2 CPUs and 4 GiB, no GPU; billed 0.1 per CPU-h and 0.05 per GiB-h (_defaults.yaml)
+        assert cost["gpu_hours"] == 0 and cost["memory_gib_hours"] == pytest.approx(2 * cost["cpu_hours"])
+        assert cost["total"] == pytest.approx(cost["cpu_hours"] * 0.1 + cost["memory_gib_hours"] * 0.05)
+        assert v["prices"] == {"gpu_hour": 2.5, "cpu_hour": 0.1, "memory_gib_hour": 0.05}
+        assert v["gpu"]["available"] is False and "GPU" in v["gpu"]["reason"]
+    assert http(f"{ui_server.url}/mlops/api/models/no_such_model")[0] == 404
+
+
+def test_drift_and_dag_api(ui_server):
+    status, body = http(f"{ui_server.url}/mlops/api/drift")
+    assert status == 200, body
+    (monitor,) = json.loads(body)
+    assert (monitor["dag_id"], monitor["task_id"]) == ("tumour_drift", "drift.run")
+    latest = monitor["latest"]
+    assert sorted(latest["features"]) == ["clinic", "radius", "texture"]
+    assert latest["features"]["radius"]["drifted"] is True and latest["features"]["radius"]["psi"] > 0.2
+    assert latest["features"]["texture"]["drifted"] is False and latest["features"]["clinic"]["ks"] is None
+    assert latest["drifted_count"] == 1
+    assert [t["drifted_count"] for t in monitor["trend"]] == [0, 1]  # oldest first
+    assert monitor["trend"][0]["psi"]["radius"] < 0.1 < monitor["trend"][1]["psi"]["radius"]
+
+    summary = json.loads(http(f"{ui_server.url}/mlops/api/dags/breast_cancer")[1])
+    (model,) = summary["models"]
+    assert (model["name"], model["champion"], model["latest"]["version"], model["latest"]["decision"]) == \
+        ("breast_cancer_classifier", "1", "2", "rejected")
+    assert summary["drift"] == []
+    assert json.loads(http(f"{ui_server.url}/mlops/api/dags/tumour_drift")[1])["models"] == []
+
+
+def test_plugin_registers_nav_entries_and_dag_tab(ui_server):
+    status, body = http(f"{ui_server.url}/api/v2/plugins")
+    assert status == 200, body
+    (plugin,) = [p for p in json.loads(body)["plugins"] if p["name"] == "airflow_mlops"]
+    views = {v["name"]: (v["href"], v["destination"]) for v in plugin["external_views"]}
+    assert views == {"Models": ("/mlops/models", "nav"), "Drift": ("/mlops/drift", "nav"),
+                     "MLOps": ("/mlops/dags/{DAG_ID}", "dag")}
+    assert "/mlops" in [a["url_prefix"] for a in plugin["fastapi_apps"]]
+    assert "Failed to" not in ui_server.output() and "Traceback" not in ui_server.output()
+
+
+def test_anonymous_refused_when_login_is_required(locked_server):
+    for path in ("/mlops/api/models", "/mlops/models", "/mlops/drift", "/mlops/dags/breast_cancer",
+                 "/mlops/api/dags/breast_cancer"):
+        status, body = http(locked_server.url + path)
+        assert status == 401, (path, body)
+        assert "champion" not in body
+    status, _ = http(f"{locked_server.url}/mlops/api/models", token="not-a-jwt")
+    assert status in (401, 403)
+
+
+def test_unreachable_mlflow_is_said_on_the_page(locked_server):
+    token = locked_server.token()
+    status, body = http(f"{locked_server.url}/mlops/models", token=token)
+    assert status == 503
+    assert "MLflow tracking store (http://127.0.0.1:" in body and "could not be read" in body
+    assert "to do: check that the tracking server is up" in body
+    assert "Traceback" not in body
+    status, body = http(f"{locked_server.url}/mlops/api/drift", token=token)
+    assert status == 503 and json.loads(body)["detail"].startswith("MLflow tracking store (http://127.0.0.1:")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    binary = chromium_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed, and CI=true: the browser tests must run "
+                        "(scripts/setup.sh installs it with apt-get)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return binary
+
+
+@pytest.mark.parametrize("page, expected", [
+    ("/mlops/models", ["breast_cancer_classifier", "★ champion", "v1", "v2", "rejected", "defended",
+                       "roc_auc per version", "training cost per version", "no GPU", "GPU-h", "MLflow run"]),
+    ("/mlops/drift", ["tumour_drift", "radius", "texture", "clinic", "drift", "1 of 3 features drifted",
+                      "PSI per feature"]),
+    ("/mlops/dags/breast_cancer", ["breast_cancer_classifier", "champion", "v2", "rejected", "not enough",
+                                   "training cost", "DAG run"]),
+])
+def test_pages_render_in_chromium(ui_server, browser, page, expected, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("screenshots")
+    shot = folder / (page.strip("/").replace("/", "_") + ".png")
+    dom = chromium(browser, ui_server.url + page, folder / "profile", screenshot=shot)
+    print(f"screenshot of {page}: {shot}")
+    for text in expected:
+        assert text in dom, (text, dom[:3000])
+    assert "<svg" in dom and ('class="bar' in dom or 'class="series"' in dom)
+    if page == "/mlops/models":
+        assert 'class="bar champion"' in dom and 'class="bar rejected"' in dom
+        v1 = json.loads(http(f"{ui_server.url}/mlops/api/models/breast_cancer_classifier")[1])["versions"][1]
+        assert f'{v1["cost"]["total"]:.4f}' in dom  # the cost figure as the page shows it
