@@ -1,8 +1,36 @@
-"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point."""
+"""Provider metadata for Airflow's ``apache_airflow_provider`` entry point.
+
+Connection forms are declared here (``ui-field-behaviour``, what Airflow 3's connection editor
+reads without importing flask-appbuilder or wtforms), from each hook's ``get_ui_field_behaviour()``:
+the hook stays the one place a form is written, and Airflow 3 no longer calls it itself.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from airflow_mlops import __version__
+
+CONNECTION_TYPES = {
+    "mlflow": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook",
+    "kafka": "airflow_mlops.hooks.kafka.KafkaConnectionHook",
+}
+
+
+def connection_type(conn_type: str, hook_class: str) -> dict[str, Any]:
+    """One ``connection-types`` entry: the hook, its name and its form (``hidden-fields``,
+    ``relabeling``, ``placeholders``, the kebab-case keys provider info uses)."""
+    module, _, name = hook_class.rpartition(".")
+    hook = getattr(import_module(module), name)
+    entry: dict[str, Any] = {"connection-type": conn_type, "hook-class-name": hook_class,
+                             "hook-name": getattr(hook, "hook_name", conn_type)}
+    behaviour = hook.get_ui_field_behaviour() if hasattr(hook, "get_ui_field_behaviour") else None
+    if behaviour:
+        entry["ui-field-behaviour"] = {"hidden-fields": list(behaviour.get("hidden_fields", [])),
+                                       "relabeling": dict(behaviour.get("relabeling", {})),
+                                       "placeholders": dict(behaviour.get("placeholders", {}))}
+    return entry
 
 
 def get_provider_info() -> dict:
@@ -13,8 +41,5 @@ def get_provider_info() -> dict:
         "Spark or Kubernetes backends, tracked in MLflow.",
         "versions": [__version__],
         "extra-links": ["airflow_mlops.backends.links.MlflowRunLink"],
-        "connection-types": [
-            {"connection-type": "mlflow", "hook-class-name": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook"},
-            {"connection-type": "kafka", "hook-class-name": "airflow_mlops.hooks.kafka.KafkaConnectionHook"},
-        ],
+        "connection-types": [connection_type(t, hook) for t, hook in CONNECTION_TYPES.items()],
     }

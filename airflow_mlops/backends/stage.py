@@ -41,6 +41,8 @@ class StageOperator(BaseOperator):
     # The engine the stage's code runs with (StageContext.backend): "batch" (pandas) here and in a
     # pod, "spark" for SparkStageOperator. Set once, where the context is built.
     engine = "batch"
+    # Where the stage runs, as the Airflow UI's operator column shows it: "train (batch)".
+    backend_label = "batch"
     operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
 
     def __init__(
@@ -59,6 +61,9 @@ class StageOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.stage = stage
+        if getattr(stage, "kind", None):
+            # Airflow serializes this as the task's operator name (shown instead of the class name).
+            self.custom_operator_name = f"{stage.kind} ({self.backend_label})"
         self.stage_overrides = stage_overrides(stage)
         self.pipeline_id = pipeline_id
         self.stage_name = stage_name

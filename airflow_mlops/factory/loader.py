@@ -54,6 +54,8 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any, folder: Path 
     dag_id = _declared_id(path)
     if not dag_id or dag_id in taken:
         dag_id = placeholder_id(path, folder, taken)
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
     errors = "\n".join(f"- `{issue}`" for issue in error.issues)
     with DAG(
         dag_id=dag_id,
@@ -64,8 +66,28 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any, folder: Path 
         doc_md=f"# Invalid pipeline `{path}`\n\nFix these and the DAG comes back on the next parse:\n\n{errors}\n",
         is_paused_upon_creation=True,
     ) as dag:
-        PythonOperator(task_id="invalid_pipeline", python_callable=_fail, op_args=[str(error)])
+        fail = PythonOperator(task_id="invalid_pipeline", python_callable=_fail, op_args=[str(error)],
+                              task_display_name=f"✗ {path.name} is invalid: {len(error.issues)} error(s), "
+                                                "fix the YAML")
+        # Each error as a task named after it: the DAG's grid, graph and task list show them on the
+        # DAG's own page (its description and docs are behind buttons in Airflow 3's UI). They
+        # never run: downstream of the failing task.
+        fail.custom_operator_name = "invalid pipeline"
+        for n, issue in enumerate(error.issues[:MAX_ERROR_TASKS], 1):
+            shown = EmptyOperator(task_id=f"error_{n}", task_display_name=error_label(issue, path))
+            shown.custom_operator_name = "YAML error"
+            fail >> shown
     return dag
+
+
+MAX_ERROR_TASKS = 20
+
+
+def error_label(issue: Any, path: Path) -> str:
+    """``churn.yaml:6:22 stages.train.resources.gpu: expected ...``: the issue with the file's name
+    rather than its whole path, at most 200 characters."""
+    text = str(issue).replace(str(path), path.name, 1)
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:

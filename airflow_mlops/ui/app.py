@@ -36,9 +36,11 @@ def _airflow_base(request: Request) -> str:
     return root[: -len(MOUNT)] if root.endswith(MOUNT) else ""
 
 
-def _read(during: str, fn: Callable[[Any, str], Any]) -> tuple[Any, str]:
-    """Run ``fn(client, mlflow_ui_base)`` against the UI's store; StoreUnreadable with the one
-    DependencyFailed message if the store cannot be resolved or read. Returns (result, store)."""
+def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, str]:
+    """Run ``fn(client, mlflow_ui_base)`` against the UI's store. Returns (result, store); ``empty``
+    while the local store does not exist yet (no pipeline has run). StoreUnreadable with the one
+    DependencyFailed message if the store cannot be resolved or read; 404 for an unknown model."""
+    from airflow_mlops._core.mlflow import StoreNotFound
     from airflow_mlops.hooks.mlflow import redacted
     from airflow_mlops.stages.train.job import ui_base
     from airflow_mlops.ui import data
@@ -46,17 +48,17 @@ def _read(during: str, fn: Callable[[Any, str], Any]) -> tuple[Any, str]:
     uri = "(not resolved)"
     try:
         uri = data.tracking_uri()
-        return fn(data.reader(uri), ui_base(uri)), redacted(uri)
-    except HTTPException:
-        raise
+        client = data.reader(uri)
+    except StoreNotFound:
+        return empty, f"{redacted(uri)} (not created yet: no pipeline has run)"
     except Exception as exc:  # noqa: BLE001 - any failure of the store becomes the page's message
-        if _is_missing(exc):
-            raise HTTPException(404, str(exc)) from None
-        raise StoreUnreadable(str(data.unreachable(uri, exc, during))) from None
-
-
-def _is_missing(exc: Exception) -> bool:
-    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+        raise StoreUnreadable(data.unreachable(uri, exc, during)) from None
+    try:
+        return fn(client, ui_base(uri)), redacted(uri)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            raise HTTPException(404, str(exc).splitlines()[0]) from None
+        raise StoreUnreadable(data.unreachable(uri, exc, during)) from None
 
 
 def create_app() -> FastAPI:
@@ -76,33 +78,38 @@ def create_app() -> FastAPI:
 
     @app.get("/api/models")
     def api_models() -> list[dict]:
-        return _read("listing the registered models", lambda c, ui: data.models(c, ui))[0]
+        return _read("listing the registered models", lambda c, ui: data.models(c, ui), [])[0]
 
     @app.get("/api/models/{name}")
     def api_model(name: str) -> dict:
-        return _read(f"reading model '{name}'", lambda c, ui: data.model(c, name, ui))[0]
+        found = _read(f"reading model '{name}'", lambda c, ui: data.model(c, name, ui), None)[0]
+        if found is None:
+            raise HTTPException(404, f"no registered model named '{name}': the MLflow store does not exist yet")
+        return found
 
     @app.get("/api/drift")
     def api_drift() -> list[dict]:
-        return _read("reading the drift reports", lambda c, ui: data.drift_monitors(c))[0]
+        return _read("reading the drift reports", lambda c, ui: data.drift_monitors(c), [])[0]
 
     @app.get("/api/dags/{dag_id}")
     def api_dag(dag_id: str) -> dict:
-        return _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui))[0]
+        return _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui),
+                     {"dag_id": dag_id, "models": [], "drift": []})[0]
 
     @app.get("/models", response_class=HTMLResponse)
     def models_page(request: Request) -> str:
-        found, store = _read("listing the registered models", lambda c, ui: data.models(c, ui))
+        found, store = _read("listing the registered models", lambda c, ui: data.models(c, ui), [])
         return pages.models_page(found, store, _airflow_base(request))
 
     @app.get("/drift", response_class=HTMLResponse)
     def drift_page(request: Request) -> str:
-        found, store = _read("reading the drift reports", lambda c, ui: data.drift_monitors(c))
+        found, store = _read("reading the drift reports", lambda c, ui: data.drift_monitors(c), [])
         return pages.drift_page(found, store, _airflow_base(request))
 
     @app.get("/dags/{dag_id}", response_class=HTMLResponse)
     def dag_page(request: Request, dag_id: str) -> str:
-        summary, _store = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui))
+        summary, _store = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui),
+                                {"dag_id": dag_id, "models": [], "drift": []})
         return pages.dag_page(summary, _airflow_base(request))
 
     return app

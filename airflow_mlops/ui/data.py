@@ -62,15 +62,17 @@ def reader(uri: str) -> Any:
     return read_only_client(uri)
 
 
-def unreachable(uri: str, exc: BaseException, during: str) -> DependencyFailed:
-    """The one message the pages show when the store cannot be read (no stack trace)."""
+def unreachable(uri: str, exc: BaseException, during: str) -> str:
+    """The one message the pages show when the store cannot be read (DependencyFailed's shape,
+    without its retry line: nothing retries a page; no stack trace)."""
     from airflow_mlops.hooks.mlflow import redacted
 
     failure = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    return DependencyFailed("MLflow tracking store", address=redacted(uri), failure=f"could not be read ({failure})",
-                            during=during, retryable=True,
-                            action="check that the tracking server is up and that the api-server reaches it "
-                                   "([mlops] tracking_uri / conn_id, $MLFLOW_TRACKING_URI); then reload this page")
+    message = DependencyFailed("MLflow tracking store", address=redacted(uri), failure=f"could not be read ({failure})",
+                               during=during, retryable=True,
+                               action="check that the tracking server is up and that the api-server reaches it "
+                                      "([mlops] tracking_uri / conn_id, $MLFLOW_TRACKING_URI); then reload this page")
+    return "\n".join(line for line in str(message).splitlines() if not line.startswith("  retry:"))
 
 
 def _iso(ms: Any) -> str | None:

@@ -117,6 +117,8 @@ class KubernetesBackedOperator(StageOperator):
     The pod requests ``stage_resources`` (cpu / memory / whole GPUs) as both requests and limits.
     """
 
+    backend_label = "kubernetes"
+
     def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
         self.kubernetes = KubernetesSettings.model_validate(kubernetes)

@@ -23,6 +23,7 @@ class SparkStageOperator(StageOperator):
 
     ui_color = "#fdeee4"
     engine = "spark"
+    backend_label = "spark"
 
     def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

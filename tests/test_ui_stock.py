@@ -1,0 +1,96 @@
+"""What Airflow's own UI shows of the package, made right: each stage task's operator column says
+what it is (``train (batch)``), a broken pipeline's errors are tasks on its placeholder DAG's own
+page, and the connection types give Airflow 3's connection editor a form without flask-appbuilder."""
+
+from __future__ import annotations
+
+import logging
+
+from tests.helpers import write
+
+
+def _serialized_tasks(dag) -> dict[str, dict]:
+    """What the api-server gets for each task: the DAG as Airflow serializes it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    data = DagSerialization.to_dict(dag)["dag"]["tasks"]
+    return {t["__var"]["task_id"]: t["__var"] for t in data}
+
+
+def test_stage_tasks_show_kind_and_backend_as_their_operator(dags_folder, tmp_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, "p.yaml", """
+        id: p
+        stages:
+          preprocess:
+            input: {sklearn_dataset: iris}
+            backend: spark
+          train:
+            estimator: sklearn.linear_model.LogisticRegression
+            target: target
+          validate:
+            thresholds: {accuracy: {min: 0.5}}
+            backend: kubernetes
+            kubernetes: {image: "python:3.11"}
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dag = bag.dags["p"]
+    assert {t.task_id: t.operator_name for t in dag.tasks} == {
+        "preprocess.run": "preprocess (spark)", "train.run": "train (batch)", "validate.run": "validate (kubernetes)"}
+    serialized = _serialized_tasks(dag)
+    assert serialized["train.run"]["_operator_name"] == "train (batch)"
+    assert serialized["train.run"]["task_type"] == "StageOperator"  # the class stays what it is
+
+
+def test_placeholder_dag_lists_each_error_as_a_task(dags_folder):
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, "churn.yaml", """
+        id: churn
+        stages:
+          train:
+            estimator: sklearn.svm.SVC
+            target: y
+            resources: {gpu: 0.5}
+          validate:
+            thresholds: {accuracy: {min: 0.5}}
+            alias: [x]
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    dag = bag.dags["churn"]
+    shown = {t.task_id: (t.task_display_name, t.operator_name) for t in dag.tasks}
+    assert shown == {
+        "invalid_pipeline": ("✗ churn.yaml is invalid: 2 error(s), fix the YAML", "invalid pipeline"),
+        "error_1": ("churn.yaml:6:22 stages.train.resources.gpu: expected a whole number of GPUs, got 0.5",
+                    "YAML error"),
+        "error_2": ("churn.yaml:9:12 stages.validate.alias: expected a string, got ['x']", "YAML error"),
+    }
+    # Triggered, the first task fails; the error tasks never run.
+    assert dag.get_task("error_1").upstream_task_ids == {"invalid_pipeline"}
+
+
+def test_connection_forms_come_from_provider_info(caplog):
+    from airflow.providers_manager import ProvidersManager
+
+    from airflow_mlops.provider import get_provider_info
+
+    forms = {c["connection-type"]: c for c in get_provider_info()["connection-types"]}
+    assert forms["mlflow"]["hook-name"] == "MLflow"
+    assert forms["mlflow"]["ui-field-behaviour"] == {
+        "hidden-fields": ["extra"],
+        "relabeling": {"host": "Tracking URI or host", "schema": "Scheme (http/https)",
+                       "login": "Username (basic auth)", "password": "Password (basic auth)"},
+        "placeholders": {"host": "http://mlflow:5000, mlflow.example.com/tracking or sqlite:////srv/mlflow/mlflow.db",
+                         "schema": "https"}}
+    assert forms["kafka"]["ui-field-behaviour"]["relabeling"]["host"] == "Bootstrap servers"
+
+    with caplog.at_level(logging.INFO):
+        manager = ProvidersManager()
+        behaviour = manager.field_behaviours["mlflow"]
+        hooks = manager.hooks  # imports every hook, the way the api-server's connection form does
+    assert behaviour["relabeling"]["host"] == "Tracking URI or host"
+    assert hooks["mlflow"].hook_name == "MLflow"
+    ours = [r.getMessage() for r in caplog.records if "airflow_mlops" in r.getMessage()]
+    assert not [m for m in ours if "UI widgets will be missing" in m or "deprecated" in m], ours
