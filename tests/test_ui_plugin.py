@@ -162,6 +162,19 @@ def test_plugin_registers_nav_entries_and_dag_tab(ui_server):
     assert "Failed to" not in ui_server.output() and "Traceback" not in ui_server.output()
 
 
+def test_connection_editor_gets_the_mlflow_form(ui_server):
+    """What Airflow 3's connection editor asks the api-server for, answered from provider info."""
+    status, body = http(f"{ui_server.url}/ui/connections/hook_meta")
+    assert status == 200, body
+    (meta,) = [m for m in json.loads(body) if m["connection_type"] == "mlflow"]
+    assert meta["hook_name"] == "MLflow"
+    assert meta["standard_fields"]["host"] == {
+        "hidden": False, "title": "Tracking URI or host",
+        "placeholder": "http://mlflow:5000, mlflow.example.com/tracking or sqlite:////srv/mlflow/mlflow.db"}
+    assert meta["standard_fields"]["login"]["title"] == "Username (basic auth)"
+    assert "MlflowConnectionHook' is not fully initialized" not in ui_server.output()
+
+
 def test_anonymous_refused_when_login_is_required(locked_server):
     for path in ("/mlops/api/models", "/mlops/models", "/mlops/drift", "/mlops/dags/breast_cancer",
                  "/mlops/api/dags/breast_cancer"):
@@ -214,3 +227,17 @@ def test_pages_render_in_chromium(ui_server, browser, page, expected, tmp_path_f
         assert 'class="bar champion"' in dom and 'class="bar rejected"' in dom
         v1 = json.loads(http(f"{ui_server.url}/mlops/api/models/breast_cancer_classifier")[1])["versions"][1]
         assert f'{v1["cost"]["total"]:.4f}' in dom  # the cost figure as the page shows it
+
+
+@pytest.mark.parametrize("page, frame", [
+    ("/plugin/mlops-models", "/mlops/models"),
+    ("/plugin/mlops-drift", "/mlops/drift"),
+    ("/dags/breast_cancer/plugin/mlops", "/mlops/dags/breast_cancer"),
+])
+def test_pages_open_inside_the_airflow_ui(ui_server, browser, page, frame, tmp_path_factory):
+    """The nav entries and the DAG tab: Airflow's own page holding the plugin's page in a frame."""
+    folder = tmp_path_factory.mktemp("screenshots-airflow")
+    shot = folder / ("airflow_" + page.strip("/").replace("/", "_") + ".png")
+    dom = chromium(browser, ui_server.url + page, folder / "profile", screenshot=shot)
+    print(f"screenshot of {page}: {shot}")
+    assert f'src="{frame}"' in dom or f'src="{ui_server.url}{frame}"' in dom, dom[-3000:]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from tests.helpers import write
 
 
@@ -94,3 +96,35 @@ def test_connection_forms_come_from_provider_info(caplog):
     assert hooks["mlflow"].hook_name == "MLflow"
     ours = [r.getMessage() for r in caplog.records if "airflow_mlops" in r.getMessage()]
     assert not [m for m in ours if "UI widgets will be missing" in m or "deprecated" in m], ours
+
+
+def test_gpu_telemetry_of_a_version_as_the_models_page_shows_it(monkeypatch, tmp_path):
+    """GpuTrainOperator's training on two GPUs (FAKE NVML: no GPU here; tests/fake_nvml.py), read
+    back by the UI's reader: mean utilisation, peak memory, energy in kWh, max temperature."""
+    import mlflow
+
+    from airflow_mlops.stages.train.measure import TrainingRun
+    from airflow_mlops.ui import data, pages
+    from tests.fake_nvml import FakeGpu, FakeNvml, GiB, install
+    from tests.helpers import train_job
+
+    install(monkeypatch, FakeNvml([
+        FakeGpu(memory_used=[3 * GiB], utilization=[40, 60], temperature=[50, 71], energy_mj=[0, 1_800_000_000]),
+    ]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    job = train_job(tmp_path, gpus=1, sample_interval_s=0.2, flush_interval_s=0.5)
+    TrainingRun(job).run()
+    client = mlflow.MlflowClient(tracking_uri=job.tracking_uri)
+    (model,) = data.models(client, "http://mlflow.example")
+    (v1,) = model["versions"]
+    assert (model["name"], v1["dag_id"], v1["dag_run_id"], v1["task_id"]) == ("gpu_model", "p", "run-1", "train")
+    gpu = v1["gpu"]
+    assert gpu["available"] is True and gpu["reason"] is None and gpu["names"] == "NVIDIA Fake H100"
+    assert gpu["energy_kwh"] == pytest.approx(0.5)  # 1.8e6 J
+    assert gpu["memory_peak_gib"] == 3 and gpu["temperature_max_c"] == 71
+    assert 40 <= gpu["utilization_mean"] <= 60
+    assert v1["cost"]["gpu_hours"] > 0 and v1["prices"]["gpu_hour"] == 2.5
+    assert v1["mlflow_run_url"] == f"http://mlflow.example/#/experiments/{client.get_run(v1['run_id']).info.experiment_id}" \
+                                   f"/runs/{v1['run_id']}"
+    text = pages.gpu_text(gpu)
+    assert "energy 0.5 kWh" in text and "peak memory 3 GiB" in text and "max temperature 71 °C" in text

@@ -8,7 +8,7 @@ from html import escape
 from typing import Sequence
 
 WIDTH, HEIGHT = 560, 220
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 28, 40
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 40
 CHAMPION, PREVIOUS, OTHER, REJECTED = "#2e7d32", "#8d6e63", "#1976d2", "#c62828"
 PALETTE = ("#1976d2", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#455a64")
 

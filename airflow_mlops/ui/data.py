@@ -76,7 +76,7 @@ def unreachable(uri: str, exc: BaseException, during: str) -> str:
 
 
 def _iso(ms: Any) -> str | None:
-    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return None if not ms else datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _float(value: Any) -> float | None:

@@ -74,7 +74,7 @@ def cost_text(cost: dict | None, prices: dict | None) -> str:
 
 def gpu_text(gpu: dict) -> str:
     if not gpu.get("available"):
-        return f'<span class="no-gpu">no GPU</span>: <span class="muted">{escape(gpu.get("reason") or "")}</span>'
+        return f'<span class="no-gpu">no GPU</span> — <span class="muted">{escape(gpu.get("reason") or "")}</span>'
     parts = [f'utilization mean {_num(gpu.get("utilization_mean"), 3)} %',
              f'peak memory {_num(gpu.get("memory_peak_gib"), 3)} GiB',
              f'energy {_num(gpu.get("energy_kwh"), 3)} kWh',
@@ -154,7 +154,7 @@ def drift_section(monitor: dict, airflow: str, threshold: float | None = None) -
                     f'<td class="num">{_num(s["ks"])}</td><td>{verdict}</td></tr>')
     trend = monitor["trend"]
     features = list(latest["features"])
-    svg = charts.lines(f"PSI per feature, last {len(trend)} run(s)", [t["time"][5:16] if t["time"] else "?"
+    svg = charts.lines(f"PSI per feature, last {len(trend)} run(s)", [t["time"][5:19] if t["time"] else "?"
                                                                        for t in trend],
                        {f: [t["psi"].get(f) for t in trend] for f in features}, threshold)
     run = (_link(f"{airflow}/dags/{monitor['dag_id']}/runs/{latest['dag_run_id']}", latest["dag_run_id"], top=True)
