@@ -128,3 +128,22 @@ def test_gpu_telemetry_of_a_version_as_the_models_page_shows_it(monkeypatch, tmp
                                    f"/runs/{v1['run_id']}"
     text = pages.gpu_text(gpu)
     assert "energy 0.5 kWh" in text and "peak memory 3 GiB" in text and "max temperature 71 °C" in text
+
+
+def test_the_plugin_and_its_app_import_nothing_heavy():
+    """Airflow imports the plugin in every component, and the api-server builds its app at start:
+    MLflow, pandas and the rest come only with the first request (a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\nfrom airflow_mlops.ui.plugin import MlopsUiPlugin\nplugin = MlopsUiPlugin()\n"
+            "apps = plugin.fastapi_apps\nassert apps[0]['url_prefix'] == '/mlops'\n"
+            "heavy = {'mlflow', 'pandas', 'sklearn', 'pyspark', 'kafka', 'pynvml', 'kubernetes'}\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
