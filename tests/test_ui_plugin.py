@@ -13,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -183,6 +186,18 @@ def test_anonymous_refused_when_login_is_required(locked_server):
         assert "champion" not in body
     status, _ = http(f"{locked_server.url}/mlops/api/models", token="not-a-jwt")
     assert status in (401, 403)
+    # A browser opening a page without a session is sent to Airflow's login, to come back after.
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    request = urllib.request.Request(f"{locked_server.url}/mlops/models", headers={"Accept": "text/html"})
+    try:
+        urllib.request.build_opener(NoRedirect).open(request, timeout=30)
+        raise AssertionError("the page was served without a login")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 303
+        assert exc.headers["Location"] == "/auth/login?next=" + urllib.parse.quote_plus(f"{locked_server.url}/mlops/models")
 
 
 def test_unreachable_mlflow_is_said_on_the_page(locked_server):

@@ -10,7 +10,8 @@
 
 Every route is behind Airflow's auth manager (``requires_access_dag("GET")``, as the core API's DAG
 routes): without a valid JWT (the ``_token`` cookie the UI holds, or a bearer token) a request gets
-401, and a user who may not read that DAG 403. When MLflow cannot be read the JSON routes answer
+401 (a browser asking for a page is sent to Airflow's login instead, and back), and a user who may
+not read that DAG 403. When MLflow cannot be read the JSON routes answer
 503 ``{"detail": <DependencyFailed message>}`` and the pages show that message.
 """
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 MOUNT = "/mlops"
 
@@ -69,6 +71,16 @@ def create_app() -> FastAPI:
 
     readable = [Depends(requires_access_dag("GET"))]
     app = FastAPI(title="airflow-mlops", description="MLOps state from MLflow, read-only", dependencies=readable)
+
+    @app.exception_handler(HTTPException)
+    async def _refused(request: Request, exc: HTTPException):
+        """A browser opening a page without a session goes to Airflow's login, and comes back."""
+        wants_page = "text/html" in request.headers.get("accept", "") and "/api/" not in request.url.path
+        if exc.status_code == 401 and wants_page:
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(StoreUnreadable)
     async def _unreadable(request: Request, exc: StoreUnreadable):
