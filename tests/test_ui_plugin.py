@@ -242,6 +242,9 @@ def test_pages_render_in_chromium(ui_server, browser, page, expected, tmp_path_f
         assert 'class="bar champion"' in dom and 'class="bar rejected"' in dom
         v1 = json.loads(http(f"{ui_server.url}/mlops/api/models/breast_cancer_classifier")[1])["versions"][1]
         assert f'{v1["cost"]["total"]:.4f}' in dom  # the cost figure as the page shows it
+        # links into Airflow open in the whole window (the page sits in Airflow's frame)
+        assert f'<a href="{v1["dag_run_url"]}" target="_top">breast_cancer / {v1["dag_run_id"]}</a>' in dom
+        assert f'href="{v1["mlflow_run_url"]}" target="_blank"' in dom
 
 
 @pytest.mark.parametrize("page, frame", [
