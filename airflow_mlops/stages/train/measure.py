@@ -183,6 +183,7 @@ class TrainingRun:
         status = "FAILED"
         cost = None
         summary: dict[str, Any] = {}
+        server_gone = False
         try:
             with export, sampler:
                 started = time.monotonic()
@@ -191,11 +192,18 @@ class TrainingRun:
                 finally:
                     wall = time.monotonic() - started
             status = "FINISHED"
+        except Exception as exc:
+            from airflow_mlops._core.mlflow_faults import failed
+
+            # The tracking server is gone: recording the cost would only wait for it once more.
+            server_gone = failed(exc, job.tracking_uri, "") is not None
+            raise
         finally:
             summary = sampler.summary()
             if wall is not None:
                 cost = task_cost(held, wall, job.prices)
-            self._record(client, run_id, summary, cost, held, status)
+            if not server_gone:
+                self._record(client, run_id, summary, cost, held, status)
         return outcome, summary, cost
 
     def _record(self, client: Any, run_id: str, summary: dict, cost: Any, held: TaskResources, status: str) -> None:
@@ -253,14 +261,19 @@ def registered_by_earlier_try(client: Any, experiment_id: str, task_key: str | N
 
 
 def mark_incomplete_tries(client: Any, experiment_id: str, task_key: str | None, log: logging.Logger) -> None:
-    """Tag ``airflow_mlops.incomplete_try=true`` on the versions that earlier, unfinished tries of
-    the task instance ``task_key`` registered (the tracking server failed under them), so that no
-    one takes them for a finished training; they keep their model (it was logged first)."""
+    """Earlier tries of the task instance ``task_key`` that did not finish (the tracking server
+    failed under them): their runs still RUNNING are marked FAILED, and the versions they
+    registered are tagged ``airflow_mlops.incomplete_try=true``, so that no one takes them for a
+    finished training; those keep their model (it was logged first)."""
     if not task_key:
         return
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{TASK_KEY_TAG}` = '{task_key}' and attributes.status != 'FINISHED'")
     for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.info("Run %s of an earlier try did not finish (the tracking server failed under it): marked FAILED",
+                     run.info.run_id)
         for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
             if (version.tags or {}).get(INCOMPLETE_TAG) != "true":
                 client.set_model_version_tag(version.name, str(version.version), INCOMPLETE_TAG, "true")
