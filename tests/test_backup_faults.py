@@ -207,3 +207,20 @@ def test_the_restore_operator_fails_a_damaged_manifest_without_retry(tmp_path):
     op = RestoreOperator(task_id="restore", target=str(target), dest=str(tmp_path / "out"))
     with pytest.raises(AirflowFailException, match=f"damaged manifest for snapshot default/{snap}"):
         op.execute({})
+
+
+def test_a_hung_remote_target_ends_within_the_bound_and_is_retryable(tmp_path, monkeypatch):
+    with socket.socket() as hung:  # listens, takes connections into its backlog, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}/backups"
+        monkeypatch.setenv("AIRFLOW_MLOPS_BACKUP_TIMEOUT", "3")
+        started = time.monotonic()
+        with pytest.raises(DependencyFailed) as err:
+            run_restore({"target": uri, "dest": str(tmp_path / "out")})
+        took = time.monotonic() - started
+    assert took < 3 + 15, took
+    assert err.value.retryable is True
+    assert str(err.value).startswith(f"backup target ({uri}) timed out (within $AIRFLOW_MLOPS_BACKUP_TIMEOUT=3 s "
+                                     "per request) during restore of the newest snapshot of set 'default'")
+    assert not (tmp_path / "out" / "data").exists()

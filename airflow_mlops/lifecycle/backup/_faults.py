@@ -16,7 +16,7 @@ from typing import Any
 from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.units import human_bytes
 from airflow_mlops.lifecycle.backup._manifest import BackupError
-from airflow_mlops.lifecycle.backup._targets import Target, TargetIOError
+from airflow_mlops.lifecycle.backup._targets import TIMEOUT_ENV, Target, TargetIOError, request_bound_s
 
 WHAT = "backup target"
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -28,8 +28,8 @@ def _root_error(exc: BaseException) -> BaseException:
 
 
 def kind_of(exc: BaseException) -> str:
-    """``full``, ``read-only``, ``denied``, ``missing`` or ``unreachable`` (anything else: an I/O
-    error, a lost connection, a timeout, a remote store's own error)."""
+    """``full``, ``read-only``, ``denied``, ``missing``, ``timed out`` or ``unreachable`` (anything
+    else: an I/O error, a lost connection, a remote store's own error)."""
     err = _root_error(exc)
     code = getattr(err, "errno", None)
     if code in _FULL:
@@ -40,7 +40,17 @@ def kind_of(exc: BaseException) -> str:
         return "denied"
     if isinstance(err, FileNotFoundError) or code == errno.ENOENT:
         return "missing"
+    if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__ or code == errno.ETIMEDOUT:
+        return "timed out"
     return "unreachable"
+
+
+def _how(exc: BaseException) -> str:
+    """How an unreachable or slow target failed, in a few words."""
+    err = _root_error(exc)
+    if kind_of(exc) == "timed out":
+        return f"timed out (within ${TIMEOUT_ENV}={request_bound_s():g} s per request)"
+    return f"failed ({type(err).__name__}: {err})"
 
 
 def good_snapshots(target: Target, set_name: str, *, skip: str | None = None) -> tuple[list[str], list[str]]:
@@ -117,7 +127,7 @@ def backup_failed(exc: BaseException, target: Target, set_name: str, *, snapshot
         return DependencyFailed(WHAT, address=target.uri, failure=f"vanished while it was written: {err}",
                                 during=during, kept=kept, retryable=False,
                                 action="check that the target is mounted / the bucket exists, then rerun")
-    return DependencyFailed(WHAT, address=target.uri, failure=f"failed ({type(err).__name__}: {err})", during=during,
+    return DependencyFailed(WHAT, address=target.uri, failure=_how(exc), during=during,
                             kept=kept, retryable=True,
                             action="check that the target is reachable; Airflow's retry takes a new snapshot")
 
@@ -133,7 +143,7 @@ def read_failed(exc: BaseException, target: Target, set_name: str, during: str) 
     if kind == "missing":
         return DependencyFailed(WHAT, address=target.uri, failure=f"has vanished: {err}", during=during,
                                 retryable=False, action="check that the target is mounted / the bucket exists")
-    return DependencyFailed(WHAT, address=target.uri, failure=f"failed ({type(err).__name__}: {err})",
+    return DependencyFailed(WHAT, address=target.uri, failure=_how(exc),
                             during=during, retryable=True, kept="nothing at the target was changed by the restore",
                             action="check that the target is reachable; Airflow's retry restores again")
 

@@ -21,7 +21,14 @@ from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.units import human_bytes
 from airflow_mlops.lifecycle.backup import _faults as faults
 from airflow_mlops.lifecycle.backup import _mlflow_store as mlflow_store
-from airflow_mlops.lifecycle.backup._manifest import BackupError, FileEntry, Manifest, ManifestDamaged, RestoreError, safe_rel
+from airflow_mlops.lifecycle.backup._manifest import (
+    BackupError,
+    FileEntry,
+    Manifest,
+    ManifestDamaged,
+    RestoreError,
+    safe_rel,
+)
 from airflow_mlops.lifecycle.backup._targets import CHUNK, LocalTarget, Target, TargetIOError, on_target, open_target
 from airflow_mlops.lifecycle.paths import expand_path, within
 from airflow_mlops.lifecycle.specs import RestoreSpec

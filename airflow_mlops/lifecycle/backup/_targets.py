@@ -301,8 +301,49 @@ class FsTarget(Target):
             yield name, self._mtime(info)
 
 
+TIMEOUT_ENV = "AIRFLOW_MLOPS_BACKUP_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def request_bound_s() -> float:
+    """``$AIRFLOW_MLOPS_BACKUP_TIMEOUT`` in seconds (default 60): the longest one request to a
+    remote target may take. Raises ValueError naming the variable for a value below 1 s."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = 0.0
+    if value < 1:
+        raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds >= 1, got {text!r}")
+    return value
+
+
+def bounded_options(target: str, storage_options: dict | None) -> dict:
+    """``storage_options`` with a request bound added where the filesystem would otherwise wait
+    minutes on a dead server (what the user set wins): http(s) gets an aiohttp total timeout;
+    s3 botocore connect/read timeouts and 3 attempts."""
+    options = dict(storage_options or {})
+    scheme = target.split("://", 1)[0].lower()
+    bound = request_bound_s()
+    if scheme in ("http", "https"):
+        import aiohttp
+
+        client = dict(options.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=bound))
+        options["client_kwargs"] = client
+    elif scheme in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", bound / 3)
+        config.setdefault("read_timeout", bound / 3)
+        config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        options["config_kwargs"] = config
+    return options
+
+
 def open_target(target: str, *, conn_id: str | None = None, storage_options: dict | None = None, fsync: bool = False) -> Target:
-    """A local path, ``file://``, or any fsspec URI; with ``conn_id``, through Airflow's ObjectStoragePath."""
+    """A local path, ``file://``, or any fsspec URI; with ``conn_id``, through Airflow's ObjectStoragePath.
+    Requests to a remote http(s) or s3 target end within ``$AIRFLOW_MLOPS_BACKUP_TIMEOUT``
+    (``bounded_options``)."""
     if conn_id:
         from airflow.sdk import ObjectStoragePath
 
@@ -313,7 +354,7 @@ def open_target(target: str, *, conn_id: str | None = None, storage_options: dic
     else:
         from fsspec.core import url_to_fs
 
-        fs, root = url_to_fs(target, **(storage_options or {}))
+        fs, root = url_to_fs(target, **bounded_options(target, storage_options))
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(fs, LocalFileSystem):

@@ -42,10 +42,10 @@ from airflow_mlops.stages.train.job import (
     run_url,
     ui_base,
 )
-
-INCOMPLETE_TAG = "airflow_mlops.incomplete_try"
 from airflow_mlops.telemetry.cost import COST_PREFIX, TaskResources, mlflow_tags, resources_from, task_cost
 from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
+
+INCOMPLETE_TAG = "airflow_mlops.incomplete_try"
 
 
 class TrainingRun:
