@@ -302,3 +302,26 @@ def test_refused_credentials_fail_without_retry_and_5xx_is_retried_within_the_bo
     assert time.monotonic() - started < 10 + SLACK_S
     assert err.value.retryable is True and len(handler.seen) == 3  # the first try and 2 retries, then it stops
     assert first_line(err.value).startswith(f"MLflow tracking server (http://{address}) kept answering HTTP 503")
+
+
+def test_in_a_pod_the_runtime_exits_as_a_failed_stage_or_a_crash(answering, tmp_path):
+    """What a pod or spark-submit runs: a refused credential is a failed stage (no retry), a failing
+    server a crash (Airflow retries); the message is in stderr either way."""
+    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files
+    from airflow_mlops.backends.runtime import encode_payload
+    from airflow_mlops.spec.models import ValidateStage
+
+    upstream = [("train", {"model_name": "m", "model_version": "1"})]
+    for status, code in ((401, EXIT_FAILED), (503, 1)):
+        address, _ = answering(status)
+        ctx = contexts(tmp_path, f"http://{address}", "m")("validate", upstream)
+        result_file = tmp_path / f"result-{status}.json"
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_mlops.runtime", "--payload", encode_payload(ValidateStage(), ctx),
+             "--result-file", str(result_file)],
+            capture_output=True, text=True, timeout=120, env={**os.environ, TIMEOUT_ENV: "5"})
+        assert done.returncode == code, done.stderr[-2000:]
+        assert f"MLflow tracking server (http://{address})" in done.stderr
+        if code == EXIT_FAILED:
+            assert FAILED_PREFIX + f"MLflow tracking server (http://{address}) refused" in done.stderr
+            assert outcome_files(result_file)[0].read_text().startswith("MLflow tracking server")
