@@ -325,3 +325,36 @@ def test_in_a_pod_the_runtime_exits_as_a_failed_stage_or_a_crash(answering, tmp_
         if code == EXIT_FAILED:
             assert FAILED_PREFIX + f"MLflow tracking server (http://{address}) refused" in done.stderr
             assert outcome_files(result_file)[0].read_text().startswith("MLflow tracking server")
+
+
+def test_a_version_left_by_a_try_the_server_failed_under_is_marked_and_its_run_closed(tmp_path):
+    """The server went away after a try registered its version but before the try finished (its
+    run still RUNNING): the next try closes that run as FAILED, tags the version
+    ``airflow_mlops.incomplete_try`` (its model is there: it was logged first) and trains anew."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    from airflow_mlops.spec.models import TrainStage
+    from airflow_mlops.stages import run_stage
+    from airflow_mlops.stages.train.measure import INCOMPLETE_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx, prep = prepared(tmp_path, uri, "left")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("left", artifact_location=str(tmp_path / "artifacts"))
+    lost = client.create_run(experiment, tags={"airflow_mlops.task_key": "p/run-1/train"}).info.run_id
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment)
+    with mlflow.start_run(run_id=lost):
+        mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model",
+                                 registered_model_name="left")
+    client.update_run(lost, status="RUNNING")  # as the lost try left it
+    assert client.get_run(lost).info.status == "RUNNING"
+
+    spec = TrainStage(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 300}, target="target")
+    result = run_stage(spec, ctx("train", [("preprocess", prep)]))
+    assert result["model_version"] == "2" and result["reused"] is False
+    assert client.get_run(lost).info.status == "FAILED"
+    assert client.get_model_version("left", "1").tags.get(INCOMPLETE_TAG) == "true"
+    assert INCOMPLETE_TAG not in client.get_model_version("left", "2").tags
