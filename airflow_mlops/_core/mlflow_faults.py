@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from airflow_mlops._core.errors import DependencyFailed
+from airflow_mlops._core.errors import DependencyFailed, StageFailed, StageSkipped
 
 TIMEOUT_ENV = "AIRFLOW_MLOPS_MLFLOW_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
@@ -79,9 +79,17 @@ def without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def _from_http_client(exc: BaseException) -> bool:
+    return (type(exc).__module__.split(".")[0] in ("mlflow", "requests", "urllib3", "aiohttp")
+            or isinstance(exc, (ConnectionError, TimeoutError)))
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or while handling, as long as they are MLflow's or
+    its HTTP client's errors (MLflow wraps a lost connection without ``from``): an error of the
+    stage's own code is never taken for a server fault."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
+    while exc is not None and id(exc) not in seen and _from_http_client(exc):
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
@@ -146,7 +154,7 @@ def tracking_server(tracking_uri: str, during: str, *, logger: logging.Logger | 
     versions registered). A DependencyFailed raised inside passes unchanged."""
     try:
         yield
-    except DependencyFailed:
+    except (DependencyFailed, StageFailed, StageSkipped):
         raise
     except Exception as exc:
         err = failed(exc, tracking_uri, during, kept=kept() if kept else None, action=action)
