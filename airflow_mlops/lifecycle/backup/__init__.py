@@ -26,7 +26,14 @@ Modules, each one side of it:
   as one ``DependencyFailed`` naming the newest good snapshot, with its retry decision
 """
 
-from airflow_mlops.lifecycle.backup._manifest import FORMAT, BackupError, FileEntry, Manifest, ManifestDamaged, RestoreError
+from airflow_mlops.lifecycle.backup._manifest import (
+    FORMAT,
+    BackupError,
+    FileEntry,
+    Manifest,
+    ManifestDamaged,
+    RestoreError,
+)
 from airflow_mlops.lifecycle.backup._restore import run_restore, verify_snapshot
 from airflow_mlops.lifecycle.backup._snapshot import GC_GRACE_S, gc_objects, list_snapshots, prune, run_backup
 from airflow_mlops.lifecycle.backup._sources import FileToCopy
