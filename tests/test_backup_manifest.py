@@ -76,7 +76,10 @@ def test_an_old_manifest_reads_into_named_fields_and_encodes_back_byte_for_byte(
                                               digest=hashlib.sha256(b"alpha\n").hexdigest(), racy=False)
     assert m.files["data/sub/future.bin"].racy and not m.files["data/sub/run.sh"].racy
     assert m.links == {"data/sub/link": "../a.txt"} and m.dirs == ["data/empty", "data/sub"]
-    assert m.encode() == raw  # same keys, same order, same rows: old readers read new manifests
+    # Same keys, same order, same rows, then the seal (a key old readers ignore): old readers read
+    # new manifests, and the seal is the SHA-256 of exactly the old bytes.
+    sealed = m.encode()
+    assert sealed == raw[:-1] + f',"manifest_sha256":"{hashlib.sha256(raw).hexdigest()}"}}'.encode()
     assert m.digests() == {hashlib.sha256(data).hexdigest() for data, _m, _t in CONTENT.values()}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow_mlops._core.context import MlflowTarget
 from airflow_mlops._core.errors import StageFailed, did_you_mean
+from airflow_mlops._core.mlflow_faults import bound_http_requests
 
 SERVING_ALIAS = "champion"
 # Registered-model tag naming the aliases pipelines serve through; retention never deletes the
@@ -24,6 +25,7 @@ def use_store(target: MlflowTarget) -> None:
     """
     import mlflow
 
+    bound_http_requests()
     mlflow.set_tracking_uri(target.tracking_uri)
     mlflow.set_registry_uri(target.tracking_uri)
 
@@ -104,8 +106,11 @@ def client(target: MlflowTarget) -> Any:
 
 def client_for(tracking_uri: str | None) -> Any:
     """An MlflowClient whose tracking and registry are both ``tracking_uri`` (None: MLflow's own
-    resolution, ``$MLFLOW_TRACKING_URI`` first). MLflow's process-wide URIs are left untouched."""
+    resolution, ``$MLFLOW_TRACKING_URI`` first). MLflow's process-wide URIs are left untouched.
+    Its HTTP requests end within ``$AIRFLOW_MLOPS_MLFLOW_TIMEOUT`` (``mlflow_faults.http_env``)."""
     import mlflow
+
+    bound_http_requests()
 
     if not tracking_uri:
         return mlflow.MlflowClient()

@@ -49,11 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from airflow_mlops._core.errors import DependencyFailed
     from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
     spec, ctx = decode_payload(args.payload)
     try:
         result = run_stage(spec, ctx)
+    except DependencyFailed as exc:
+        if exc.retryable:  # a crash for the launcher: Airflow may retry (the message was logged first)
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr)
+        if args.result_file:
+            outcome_files(args.result_file)[0].write_text(str(exc))
+        return EXIT_FAILED
     except StageFailed as exc:
         print(f"{FAILED_PREFIX}{exc}", file=sys.stderr)
         if args.result_file:  # the launcher reads this to fail the task with the stage's message

@@ -164,12 +164,17 @@ class StageOperator(BaseOperator):
         """Run the stage in this process. Backends that run it elsewhere override this."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from airflow_mlops._core.errors import DependencyFailed
         from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
         try:
             return run_stage(self.stage, ctx)
         except StageFailed as exc:
             raise stage_failed(str(exc)) from exc
+        except DependencyFailed as exc:  # already logged, first, by the stage
+            if not exc.retryable:
+                raise stage_failed(str(exc)) from exc
+            raise  # transient (a server unreachable): Airflow's retries apply
         except StageSkipped as exc:
             raise AirflowSkipException(str(exc)) from exc
 

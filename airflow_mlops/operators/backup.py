@@ -3,7 +3,8 @@ target, with a checksum per file, and a restore that verifies every one of them.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec
 from airflow_mlops.operators.spec_args import SpecArgsOperator
@@ -57,7 +58,8 @@ class BackupOperator(SpecArgsOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_mlops.lifecycle.backup import run_backup
 
-        return run_backup(self.rendered_spec(), logger=self.log)
+        with retry_decision():
+            return run_backup(self.rendered_spec(), logger=self.log)
 
 
 class RestoreOperator(SpecArgsOperator):
@@ -68,7 +70,8 @@ class RestoreOperator(SpecArgsOperator):
     :param sources: restore only these sources. :param overwrite: replace existing files.
 
     A corrupted or missing file is never written; the task then fails (without retrying) with
-    the list of every such file. Every argument is a template field, e.g.
+    the list of every such file. A damaged or missing manifest fails it too, naming the newest
+    snapshot that is still good; an unreachable target fails it so that Airflow retries. Every argument is a template field, e.g.
     ``snapshot="{{ ti.xcom_pull('backup')['snapshot'] }}"``.
     """
 
@@ -99,6 +102,24 @@ class RestoreOperator(SpecArgsOperator):
         from airflow_mlops.lifecycle.backup import RestoreError, run_restore
 
         try:
-            return run_restore(self.rendered_spec(), logger=self.log)
+            with retry_decision():
+                return run_restore(self.rendered_spec(), logger=self.log)
         except RestoreError as exc:
             raise AirflowFailException(str(exc)) from exc
+
+
+@contextmanager
+def retry_decision() -> Iterator[None]:
+    """A failing backup target (``DependencyFailed``, already logged): a permanent fault (full,
+    read-only, damaged manifest, missing snapshot) ends the task without retries; a transient
+    one (unreachable) is raised as it is, so Airflow's retries apply."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_mlops._core.errors import DependencyFailed
+
+    try:
+        yield
+    except DependencyFailed as exc:
+        if not exc.retryable:
+            raise AirflowFailException(str(exc)) from exc
+        raise

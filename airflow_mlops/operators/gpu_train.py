@@ -282,7 +282,7 @@ class GpuTrainOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_mlops._core.errors import StageFailed
+        from airflow_mlops._core.errors import DependencyFailed, StageFailed
 
         job = self.build_job(context)
         self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
@@ -296,6 +296,12 @@ class GpuTrainOperator(BaseOperator):
             from airflow_mlops.backends.stage import stage_failed
 
             raise stage_failed(str(exc)) from exc
+        except DependencyFailed as exc:  # the tracking server failed (logged first by the run)
+            if not exc.retryable:
+                from airflow_mlops.backends.stage import stage_failed
+
+                raise stage_failed(str(exc)) from exc
+            raise
         self._push_url(context, result["mlflow_run_url"])
         return result
 

@@ -1,5 +1,6 @@
 """Runs a stage kind's engine: ``stages/<kind>/spark.py`` on the spark backend, else the kind's
-pandas code in ``stages/<kind>/__init__.py``; MLflow's process-wide settings are put back after."""
+pandas code in ``stages/<kind>/__init__.py``; MLflow's process-wide settings are put back after.
+An MLflow tracking server failing under it ends it with ``DependencyFailed``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ def run_stage_code(spec: Any, ctx: StageContext) -> dict[str, Any]:
     """The stage's own code. The engine follows the backend: a kind's Spark engine is
     ``stages/<kind>/spark.py``, its pandas engine ``stages/<kind>/__init__.py``. Whether Spark is embedded or a cluster is the
     backend's business, not the stage's."""
+    from airflow_mlops._core.mlflow_faults import tracking_server
+
     module = importlib.import_module(engine_module(spec.kind, ctx.backend))
-    with _mlflow_left_as_found():
+    # A tracking server failing under the stage: one message, then DependencyFailed (retryable
+    # when it is unreachable or erroring). Stages that know more of what was kept (train) say it.
+    during = f"stage '{ctx.stage_name}' ({spec.kind}) of pipeline '{ctx.pipeline_id}'"
+    with _mlflow_left_as_found(), tracking_server(ctx.mlflow.tracking_uri, during, logger=ctx.log):
         result = module.run(spec, ctx)
     return _jsonable(result)
 

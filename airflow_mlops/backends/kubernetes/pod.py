@@ -139,7 +139,12 @@ class KubernetesStageOperator(KubernetesBackedOperator):
     def pod_operator(self, arguments: list[str], pipeline_id: str | None = None,
                      secret_env: Mapping[str, SecretEnv] | None = None) -> Any:
         """The KubernetesPodOperator that runs this stage (see ``stage_pod_operator``)."""
-        env = {}
+        import os
+
+        from airflow_mlops._core.mlflow_faults import TIMEOUT_ENV
+
+        # The pod bounds its MLflow requests as the worker does (its stage code exports the rest).
+        env = {TIMEOUT_ENV: os.environ[TIMEOUT_ENV]} if os.environ.get(TIMEOUT_ENV) else {}
         if self.has_dag():  # the pod imports the code the DAG sees (a PYTHONPATH in kubernetes.env wins)
             from airflow_mlops._core.paths import code_paths, dags_folder
 

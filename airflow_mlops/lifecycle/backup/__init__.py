@@ -22,9 +22,18 @@ Modules, each one side of it:
 - ``store``: copying one file into an object while hashing it
 - ``snapshot``: ``run_backup``, ``prune``, ``gc_objects`` (the write side)
 - ``restore``: ``run_restore``, ``verify_snapshot`` (the read side)
+- ``faults``: a failing target (full, read-only, unreachable, a damaged or missing manifest) told
+  as one ``DependencyFailed`` naming the newest good snapshot, with its retry decision
 """
 
-from airflow_mlops.lifecycle.backup._manifest import FORMAT, BackupError, FileEntry, Manifest, RestoreError
+from airflow_mlops.lifecycle.backup._manifest import (
+    FORMAT,
+    BackupError,
+    FileEntry,
+    Manifest,
+    ManifestDamaged,
+    RestoreError,
+)
 from airflow_mlops.lifecycle.backup._restore import run_restore, verify_snapshot
 from airflow_mlops.lifecycle.backup._snapshot import GC_GRACE_S, gc_objects, list_snapshots, prune, run_backup
 from airflow_mlops.lifecycle.backup._sources import FileToCopy
@@ -32,6 +41,7 @@ from airflow_mlops.lifecycle.backup._targets import FsTarget, LocalTarget, Targe
 
 __all__ = [
     "FORMAT", "GC_GRACE_S", "BackupError", "FileEntry", "FileToCopy", "FsTarget", "LocalTarget", "Manifest",
+    "ManifestDamaged",
     "RestoreError", "Target", "gc_objects", "list_snapshots", "open_target", "prune", "run_backup", "run_restore",
     "verify_snapshot",
 ]

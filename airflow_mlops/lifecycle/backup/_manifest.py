@@ -6,16 +6,22 @@ On disk a manifest is one JSON object (format ``airflow-mlops-backup/1``)::
      "algorithm": "sha256", "created": "<ISO 8601>", "sources": {<name>: {"kind": …}},
      "files": {"<source>/<rel>": [size, mtime_ns, mode, sha256] or [size, mtime_ns, mode, sha256, 1]},
      "links": {"<source>/<rel>": "<link target>"}, "dirs": ["<source>/<rel>", …],
-     "skipped": [{"file": …, "reason": …}]}
+     "skipped": [{"file": …, "reason": …}], "manifest_sha256": "<hex>"}
 
 A file row is a JSON array (compact for trees of millions of files); in Python it is a
 ``FileEntry`` with named fields. The trailing ``1`` marks a "racy" file, one modified while it was
 read: the next backup reads it again whatever its size and mtime say. ``Manifest.decode`` reads
 every manifest the format has ever written; ``Manifest.encode`` writes the same rows back.
+
+``manifest_sha256``, the last key, seals the manifest: it is the SHA-256 of the manifest's bytes
+without it (the JSON closed right before ``,"manifest_sha256"``). A manifest whose seal does not
+match, or that is no longer JSON, is ``ManifestDamaged``; manifests written before the seal
+existed carry none and are read as they are (readers of those ignore the extra key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,11 +31,24 @@ from typing import Any, Iterable, NamedTuple
 FORMAT = "airflow-mlops-backup/1"
 SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z(-\d+)?$")
 _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
+_SEAL_KEY = "manifest_sha256"
+_SEAL = re.compile(rb',"manifest_sha256":"([0-9a-f]{64})"\}\s*$')
 
 
 class BackupError(Exception):
     """A backup or restore that cannot go on: an unreadable source, an unknown snapshot, a
     manifest of another format, an unsafe path in a manifest."""
+
+
+class ManifestDamaged(BackupError):
+    """A snapshot's manifest that cannot be trusted: not JSON (a flipped byte), its seal does not
+    match its content, or its structure is broken. ``snapshot``: ``<set>/<id>``; ``reason``: what
+    is wrong, in a few words."""
+
+    def __init__(self, snapshot: str, reason: str):
+        super().__init__(f"the manifest of snapshot {snapshot} is damaged: {reason}")
+        self.snapshot = snapshot
+        self.reason = reason
 
 
 class RestoreError(BackupError):
@@ -99,28 +118,48 @@ class Manifest:
 
     @classmethod
     def decode(cls, raw: bytes | str, where: str = "manifest") -> Manifest:
-        """Parse a manifest's JSON. Raises BackupError for another format or a malformed row."""
-        data = json.loads(raw)
+        """Parse a manifest's bytes, checking its seal when it has one. Raises ManifestDamaged
+        (naming ``where``, ``<set>/<id>``) for bytes that are not JSON, a seal that does not match
+        or a broken structure, BackupError for another format."""
+        raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+        sealed = _SEAL.search(raw_bytes)
+        if sealed is not None:
+            body = raw_bytes[:sealed.start()] + b"}"
+            if hashlib.sha256(body).hexdigest() != sealed.group(1).decode():
+                raise ManifestDamaged(where, "its content does not match its manifest_sha256 seal")
+        try:
+            data = json.loads(raw_bytes)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ManifestDamaged(where, f"not valid JSON ({type(exc).__name__} at byte "
+                                         f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise BackupError(f"snapshot {where} has an unknown format {found!r}")
+        if sealed is None and _SEAL_KEY in data:
+            raise ManifestDamaged(where, "its manifest_sha256 seal is damaged")
         from_json = FileEntry.from_json
-        return cls(
-            set=data.get("set", ""), id=data.get("id", ""),
-            files={k: from_json(v) for k, v in data.get("files", {}).items()},
-            links=dict(data.get("links", {})), dirs=list(data.get("dirs", [])),  # absent in early snapshots
-            sources=dict(data.get("sources", {})), skipped=list(data.get("skipped", [])),
-            created=data.get("created", ""), algorithm=data.get("algorithm", "sha256"),
-        )
+        try:
+            return cls(
+                set=data.get("set", ""), id=data.get("id", ""),
+                files={k: from_json(v) for k, v in data.get("files", {}).items()},
+                links=dict(data.get("links", {})), dirs=list(data.get("dirs", [])),  # absent in early snapshots
+                sources=dict(data.get("sources", {})), skipped=list(data.get("skipped", [])),
+                created=data.get("created", ""), algorithm=data.get("algorithm", "sha256"),
+            )
+        except BackupError as exc:
+            raise ManifestDamaged(where, str(exc)) from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ManifestDamaged(where, f"broken structure ({exc})") from None
 
     def encode(self) -> bytes:
-        """Compact JSON, keys in the order the format has always used."""
-        return json.dumps({
+        """Compact JSON, keys in the order the format has always used, sealed by its SHA-256."""
+        body = json.dumps({
             "format": FORMAT, "set": self.set, "id": self.id, "algorithm": self.algorithm,
             "created": self.created, "sources": self.sources,
             "files": {k: e.to_json() for k, e in self.files.items()},
             "links": self.links, "dirs": self.dirs, "skipped": self.skipped,
         }, separators=(",", ":")).encode()
+        return body[:-1] + f',"{_SEAL_KEY}":"{hashlib.sha256(body).hexdigest()}"}}'.encode()
 
     def digests(self) -> set[str]:
         """The stored objects this snapshot needs."""

@@ -3,7 +3,9 @@
 Restore verifies the checksum of every file as it streams it, writes a file only when it matches,
 and raises ``RestoreError`` listing every corrupted or missing file (none of which is written).
 Paths in a manifest are checked before anything is written: none may leave the destination,
-and no folder on the way may be a symlink.
+and no folder on the way may be a symlink. A snapshot that cannot be read at all (its manifest
+damaged or missing, the target gone or unreachable) raises ``DependencyFailed`` naming the newest
+snapshot that is still good (``_faults``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.units import human_bytes
+from airflow_mlops.lifecycle.backup import _faults as faults
 from airflow_mlops.lifecycle.backup import _mlflow_store as mlflow_store
-from airflow_mlops.lifecycle.backup._manifest import BackupError, FileEntry, RestoreError, safe_rel
-from airflow_mlops.lifecycle.backup._targets import CHUNK, Target, open_target
+from airflow_mlops.lifecycle.backup._manifest import (
+    BackupError,
+    FileEntry,
+    Manifest,
+    ManifestDamaged,
+    RestoreError,
+    safe_rel,
+)
+from airflow_mlops.lifecycle.backup._targets import CHUNK, LocalTarget, Target, TargetIOError, on_target, open_target
 from airflow_mlops.lifecycle.paths import expand_path, within
 from airflow_mlops.lifecycle.specs import RestoreSpec
 
@@ -28,9 +39,16 @@ log = logging.getLogger(__name__)
 def _verify_stream(target: Target, digest: str, sink) -> bool:
     """Stream an object into ``sink`` (or nowhere) while hashing; True if it matches ``digest``."""
     h = hashlib.sha256()
-    with target.open_object(digest) as src:
+    try:
+        src = target.open_object(digest)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the target failed, in its filesystem's words
+        raise TargetIOError(exc, target.obj_path(digest)) from exc
+    with src:
         while True:
-            chunk = src.read(CHUNK)
+            with on_target(target.obj_path(digest)):
+                chunk = src.read(CHUNK)
             if not chunk:
                 break
             h.update(chunk)
@@ -42,10 +60,10 @@ def _verify_stream(target: Target, digest: str, sink) -> bool:
 def verify_snapshot(target: str, *, name: str = "default", snapshot: str | None = None, workers: int = 4, **kw: Any) -> dict[str, Any]:
     """Re-hash every stored file of a snapshot (the newest of set ``name`` unless ``snapshot`` is
     given) at ``target`` (a URI; ``kw`` as ``open_target``). Returns ``{snapshot, set, files,
-    verified}``; raises RestoreError listing corrupted/missing files, BackupError for no snapshot."""
+    verified}``; raises RestoreError listing corrupted/missing files, DependencyFailed for no such
+    snapshot, a damaged manifest or a target that cannot be read."""
     t = open_target(target, **kw)
-    snap = _pick_snapshot(t, name, snapshot)
-    manifest = t.read_manifest(name, snap)
+    snap, manifest = _open_snapshot(t, name, snapshot, "verify", log)
     entries = list(manifest.files.items())
 
     def check(item: tuple[str, FileEntry]) -> tuple[str, str]:
@@ -55,8 +73,11 @@ def verify_snapshot(target: str, *, name: str = "default", snapshot: str | None 
         except FileNotFoundError:
             return key, "missing"
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(check, entries))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(check, entries))
+    except TargetIOError as exc:
+        raise faults.report(faults.read_failed(exc, t, name, f"verify of snapshot {name}/{snap}"), log) from exc
     corrupted = sorted(k for k, s in results if s == "corrupted")
     missing = sorted(k for k, s in results if s == "missing")
     if corrupted or missing:
@@ -64,15 +85,38 @@ def verify_snapshot(target: str, *, name: str = "default", snapshot: str | None 
     return {"snapshot": snap, "set": name, "files": len(entries), "verified": len(entries)}
 
 
-def _pick_snapshot(t: Target, name: str, snapshot: str | None) -> str:
-    snaps = t.snapshots(name)
-    if not snaps:
-        raise BackupError(f"no snapshot of set '{name}' at {t.uri}")
-    if snapshot is None:
-        return snaps[-1]
-    if snapshot not in snaps:
-        raise BackupError(f"no snapshot '{snapshot}' of set '{name}' at {t.uri}; there are: {', '.join(snaps[-10:])}")
-    return snapshot
+def _open_snapshot(t: Target, name: str, snapshot: str | None, doing: str,
+                   logger: logging.Logger) -> tuple[str, Manifest]:
+    """(snapshot id, its manifest): the newest of set ``name`` unless ``snapshot`` is given.
+    Raises DependencyFailed (logged first) when the target is missing or unreachable, the set has
+    no snapshot, the snapshot's manifest is missing or damaged."""
+    during = f"{doing} of {'snapshot ' + name + '/' + snapshot if snapshot else 'the newest snapshot of set ' + repr(name)}"
+    snap = snapshot or "?"
+    try:
+        snaps = t.snapshots(name)
+        if not snaps or (snapshot is not None and snapshot not in snaps):
+            raise faults.report(faults.no_snapshot(t, name, snapshot, during, _exists(t)), logger)
+        snap = snaps[-1] if snapshot is None else snapshot
+        return snap, t.read_manifest(name, snap)
+    except ManifestDamaged as exc:
+        raise faults.report(faults.damaged_manifest(exc, t, name, snap, f"{doing} of snapshot {name}/{snap}"),
+                            logger) from exc
+    except FileNotFoundError as exc:  # listed, then gone before it was read
+        raise faults.report(faults.no_snapshot(t, name, snap, during, _exists(t)), logger) from exc
+    except (BackupError, DependencyFailed):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreachable target, in any filesystem's words
+        raise faults.report(faults.read_failed(exc, t, name, during), logger) from exc
+
+
+def _exists(t: Target) -> bool:
+    """Whether the target's root is there at all (unknown for remote stores: assumed so)."""
+    if isinstance(t, LocalTarget):
+        return os.path.isdir(t.root)
+    try:
+        return bool(t.fs.exists(t.root))
+    except Exception:  # noqa: BLE001
+        return True
 
 
 def _problems(name: str, snap: str, corrupted: list[str], missing: list[str]) -> str:
@@ -93,12 +137,12 @@ def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = Non
     Returns ``{snapshot, set, dest, restored, bytes, corrupted: [], missing: [], not_restored:
     [keys], relocated: {source: values changed}}`` (``relocated`` with relocate_mlflow_artifacts).
     Raises RestoreError for existing files without ``overwrite``, BackupError for an unknown
-    snapshot or source, or an unsafe path in the manifest."""
+    source or an unsafe path in the manifest, DependencyFailed (logged first) for a snapshot that
+    cannot be read: its manifest missing or damaged, the target missing or unreachable."""
     spec = spec if isinstance(spec, RestoreSpec) else RestoreSpec.model_validate(spec)
     logger = logger or log
     t = open_target(spec.target, conn_id=spec.conn_id, storage_options=spec.storage_options)
-    snap = _pick_snapshot(t, spec.name, spec.snapshot)
-    manifest = t.read_manifest(spec.name, snap)
+    snap, manifest = _open_snapshot(t, spec.name, spec.snapshot, "restore", logger)
     wanted = set(spec.sources) if spec.sources else None
     if wanted is not None:
         unknown = wanted - set(manifest.sources)
@@ -130,8 +174,13 @@ def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = Non
     for d in sorted(dirs):
         _make_dir(dest, d, made)
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda kv: (kv[0], _restore_file(t, dest, kv[0], kv[1], made)), sorted(files.items())))
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda kv: (kv[0], _restore_file(t, dest, kv[0], kv[1], made)),
+                                    sorted(files.items())))
+    except TargetIOError as exc:
+        raise faults.report(faults.read_failed(exc, t, spec.name, f"restore of snapshot {spec.name}/{snap}"),
+                            logger) from exc
     status: dict[str, list[str]] = {}
     for key, s in results:
         status.setdefault(s, []).append(key)

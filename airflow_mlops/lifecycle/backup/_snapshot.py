@@ -3,12 +3,15 @@ last, then apply snapshot retention and delete the objects no snapshot reference
 
 A snapshot exists once its manifest exists, and the manifest is written last, atomically. An
 interrupted backup therefore leaves no snapshot, only unreferenced objects that a later prune
-removes; the previous snapshots are untouched.
+removes; the previous snapshots are untouched. A backup whose target fails (full, read-only,
+unreachable) removes the objects it stored itself and raises ``DependencyFailed``
+(``_faults``): the target, how much the snapshot needed, the newest good snapshot.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,10 +20,17 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from airflow_mlops._core.units import human_bytes
-from airflow_mlops.lifecycle.backup._manifest import FileEntry, Manifest, new_snapshot_id, snapshot_time
+from airflow_mlops.lifecycle.backup import _faults as faults
+from airflow_mlops.lifecycle.backup._manifest import (
+    FileEntry,
+    Manifest,
+    ManifestDamaged,
+    new_snapshot_id,
+    snapshot_time,
+)
 from airflow_mlops.lifecycle.backup._sources import Collected, FileToCopy, collect_source
 from airflow_mlops.lifecycle.backup._store import store_fs, store_local
-from airflow_mlops.lifecycle.backup._targets import CHUNK, LocalTarget, Target, open_target
+from airflow_mlops.lifecycle.backup._targets import CHUNK, LocalTarget, Target, TargetIOError, on_target, open_target
 from airflow_mlops.lifecycle.specs import BackupSpec
 
 log = logging.getLogger(__name__)
@@ -37,29 +47,39 @@ def run_backup(spec: BackupSpec | dict, *, logger: logging.Logger | None = None,
     seconds are kept (another backup may be writing them). Returns a JSON-able summary: snapshot,
     set, target, files, bytes, links, copied_files, copied_bytes, unchanged_files, skipped (the
     first 200 ``{file, reason}``), skipped_count, pruned_snapshots, deleted_objects, seconds.
-    Raises BackupError for a source that cannot be read; unreadable or vanished files are skipped."""
+    Raises BackupError for a source that cannot be read; unreadable or vanished files are skipped.
+    Raises DependencyFailed when the target fails (full, read-only, unreachable): nothing is
+    published and the objects this run stored are removed (see ``_faults`` for the retry decision)."""
     spec = spec if isinstance(spec, BackupSpec) else BackupSpec.model_validate(spec)
     logger = logger or log
     started = time.time()
     start_ns = time.time_ns()
     target = open_target(spec.target, conn_id=spec.conn_id, storage_options=spec.storage_options, fsync=spec.fsync)
-    existing = target.snapshots(spec.name)
-    previous = target.read_manifest(spec.name, existing[-1]).files if existing else {}
+    existing, previous = _previous(target, spec.name, logger)
+    snap = new_snapshot_id(existing)
+    free = _free_bytes(target)
     staging = tempfile.mkdtemp(prefix="airflow-mlops-backup-")
+    collected = Collected(previous=previous)
     try:
-        collected = Collected(previous=previous)
         for source in spec.sources:
             collect_source(source, staging, collected)
         skipped = list(collected.skipped)
         copied_files, copied_bytes = _copy(target, collected, skipped, spec.workers, start_ns, _store_hook)
         files = collected.files
         manifest = Manifest(
-            set=spec.name, id=new_snapshot_id(existing), created=datetime.now(timezone.utc).isoformat(),
+            set=spec.name, id=snap, created=datetime.now(timezone.utc).isoformat(),
             sources=collected.described, files=files, links=dict(sorted(collected.links.items())),
             dirs=sorted(collected.dirs), skipped=skipped,
         )
         # Everything the manifest names is stored: publishing it makes the snapshot exist.
-        target.write_manifest(manifest)
+        with on_target(target.manifest_path(spec.name, snap)):
+            target.write_manifest(manifest)
+    except TargetIOError as exc:
+        removed = _remove_created(target)
+        raise faults.report(faults.backup_failed(
+            exc, target, spec.name, snapshot=snap, path=getattr(exc, "source", None) or exc.path,
+            needed_bytes=sum(max(f.size, 0) for f in collected.to_copy), needed_files=len(collected.to_copy),
+            free_bytes=free, removed=removed), logger) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     snap = manifest.id
@@ -97,6 +117,9 @@ def _copy(target: Target, collected: Collected, skipped: list[dict[str, str]], w
             hook(f)
         try:
             return f, store(target, f), None
+        except TargetIOError as exc:
+            exc.source = f.key  # the message names the file being stored, as the snapshot names it
+            raise
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             return f, None, exc
 
@@ -124,10 +147,15 @@ def _copy(target: Target, collected: Collected, skipped: list[dict[str, str]], w
     if parallel:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(work, f) for f in parallel]
-            for f in serial:
-                record(*work(f))
-            for fut in futures:
-                record(*fut.result())
+            try:
+                for f in serial:
+                    record(*work(f))
+                for fut in futures:
+                    record(*fut.result())
+            except BaseException:
+                for fut in futures:  # a failing target: don't start the files not begun yet
+                    fut.cancel()
+                raise
     else:
         for f in serial:
             record(*work(f))
@@ -163,7 +191,13 @@ def gc_objects(target: Target, *, gc_grace_s: float = GC_GRACE_S) -> int:
     referenced: set[str] = set()
     for s in target.sets():
         for snap in target.snapshots(s):
-            referenced |= target.read_manifest(s, snap).digests()
+            try:
+                referenced |= target.read_manifest(s, snap).digests()
+            except (ManifestDamaged, FileNotFoundError) as exc:
+                # What a damaged manifest references is unknown: deleting anything could destroy
+                # the only copy of a file it holds. Leave every object until it is dealt with.
+                log.warning("Not deleting any unreferenced object at %s: %s", target.uri, exc)
+                return 0
     cutoff = time.time() - gc_grace_s
     n = 0
     for name, path, mtime in list(target.list_objects()):
@@ -174,6 +208,66 @@ def gc_objects(target: Target, *, gc_grace_s: float = GC_GRACE_S) -> int:
         if mtime <= cutoff:
             target.delete(path)
     return n
+
+
+def _previous(target: Target, set_name: str, logger: logging.Logger) -> tuple[list[str], dict[str, FileEntry]]:
+    """(the set's snapshot ids, the newest readable one's files: the base of this incremental
+    backup). A damaged newest manifest means a full read (said in the log), never a failure."""
+    try:
+        existing = target.snapshots(set_name)
+        if not existing:
+            return existing, {}
+        try:
+            return existing, target.read_manifest(set_name, existing[-1]).files
+        except (ManifestDamaged, FileNotFoundError) as exc:
+            logger.warning("%s: every file is read again for this snapshot (no incremental base)", exc)
+            return existing, {}
+    except (ManifestDamaged, FileNotFoundError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreachable target, in any filesystem's words
+        during = f"backup of set '{set_name}' (listing its snapshots)"
+        raise faults.report(faults.read_failed(exc, target, set_name, during), logger) from exc
+
+
+def _free_bytes(target: Target) -> int | None:
+    """Free bytes where a local target lives (its nearest existing folder); None elsewhere."""
+    if not isinstance(target, LocalTarget):
+        return None
+    path = target.root
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or "/").free
+    except OSError:
+        return None
+
+
+def _remove_created(target: Target) -> str:
+    """Delete the objects this run stored that no published snapshot references; say what was done."""
+    created = set(target.created)
+    if not created:
+        return "This run stored no object."
+    referenced: set[str] = set()
+    try:
+        for s in target.sets():
+            for snap in target.snapshots(s):
+                try:
+                    referenced |= target.read_manifest(s, snap).digests()
+                except Exception:  # noqa: BLE001,S112 - a damaged manifest cannot reference new objects
+                    continue
+    except Exception:  # noqa: BLE001,S110 - unreachable: try the deletes anyway
+        pass
+    doomed = sorted(created - referenced)
+    failed = 0
+    for digest in doomed:
+        try:
+            target.delete(target.obj_path(digest))
+        except Exception:  # noqa: BLE001
+            failed += 1
+    if failed:
+        return (f"{failed} of the {len(doomed)} object(s) this run stored could not be removed; the next backup "
+                f"that prunes (gc_objects) reclaims them after {GC_GRACE_S:.0f} s.")
+    return f"The {len(doomed)} object(s) this run stored were removed."
 
 
 def list_snapshots(target: str, name: str = "default", **kw: Any) -> list[str]:

@@ -11,6 +11,7 @@ memory…); ``open_target`` picks one for a URI. Paths inside a repository::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import posixpath
@@ -25,12 +26,41 @@ from airflow_mlops.lifecycle.paths import expand_path
 CHUNK = 1 << 20  # bytes read and hashed at a time
 
 
+class TargetIOError(Exception):
+    """Writing to or reading from the backup target failed (as opposed to reading a source file).
+    ``error``: the filesystem's own exception (an OSError such as ENOSPC or EROFS, or a remote
+    store's error); ``path``: what was being written."""
+
+    def __init__(self, error: BaseException, path: str):
+        super().__init__(f"{path}: {type(error).__name__}: {error}")
+        self.error = error
+        self.path = path
+
+
+@contextlib.contextmanager
+def on_target(path: str) -> Iterator[None]:
+    """Errors raised inside become TargetIOError (the target failed, not the source)."""
+    try:
+        yield
+    except TargetIOError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - remote stores raise their own types
+        raise TargetIOError(exc, path) from exc
+
+
 class Target:
     """A backup repository on some filesystem. ``LocalTarget`` uses plain os calls; ``FsTarget``
     any fsspec filesystem (S3, GCS, memory…)."""
 
     root: str
     uri: str
+    # Objects this Target object put in place that were not there before: a failed backup
+    # removes them (``_snapshot.run_backup``). Guarded by ``_created_lock``.
+    created: set[str]
+
+    def _note_created(self, digest: str) -> None:
+        with self._created_lock:
+            self.created.add(digest)
 
     def obj_path(self, digest: str) -> str:
         return f"{self.root}/objects/{digest[:2]}/{digest}"
@@ -66,6 +96,8 @@ class LocalTarget(Target):
         self._lock = threading.Lock()
         self._prefix = uuid.uuid4().hex[:12]
         self._counter = itertools.count()
+        self.created = set()
+        self._created_lock = threading.Lock()
 
     def _mkdir(self, path: str) -> None:
         if path not in self._made:
@@ -96,7 +128,10 @@ class LocalTarget(Target):
         existing object is harmless (and heals a damaged one)."""
         dst = self.obj_path(digest)
         self._mkdir(os.path.dirname(dst))
+        new = not os.path.exists(dst)
         os.replace(tmp, dst)
+        if new:
+            self._note_created(digest)
 
     def write_object(self, dst: str, data: memoryview) -> None:
         """A small object in one write: a temp file beside it, then a rename."""
@@ -114,17 +149,25 @@ class LocalTarget(Target):
             os.unlink(tmp)
             raise
         os.close(out)
+        new = not os.path.exists(dst)
         os.replace(tmp, dst)
+        if new:
+            self._note_created(os.path.basename(dst))
 
     def publish(self, path: str, data: bytes) -> None:
         """Write then rename, so readers see the whole manifest or none."""
         self._mkdir(os.path.dirname(path))
         tmp = self.tmp_file()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.delete(tmp)  # a full or failing disk leaves no half-written manifest behind
+            raise
         fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -173,11 +216,13 @@ class FsTarget(Target):
         self.uri = uri
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         self.atomic_put = bool(set(protocols) & self._ATOMIC_PUT)
+        self.created = set()
+        self._created_lock = threading.Lock()
 
     def _list(self, path: str, dirs: bool = False) -> list[str]:
         try:
             entries = self.fs.ls(path, detail=True)
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:  # anything else (unreachable) is the target failing: raised
             return []
         want = "directory" if dirs else "file"
         return [posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == want]
@@ -198,6 +243,7 @@ class FsTarget(Target):
             return False
         self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
         self.fs.mv(tmp, dst)
+        self._note_created(digest)
         return True
 
     def publish(self, path: str, data: bytes) -> None:
@@ -207,8 +253,13 @@ class FsTarget(Target):
         else:
             tmp = self.tmp_file()
             self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)
+            try:
+                self.fs.pipe_file(tmp, data)
+                self.fs.mv(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.delete(tmp)
+                raise
 
     def open_object(self, digest: str):
         return self.fs.open(self.obj_path(digest), "rb")
@@ -250,8 +301,49 @@ class FsTarget(Target):
             yield name, self._mtime(info)
 
 
+TIMEOUT_ENV = "AIRFLOW_MLOPS_BACKUP_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def request_bound_s() -> float:
+    """``$AIRFLOW_MLOPS_BACKUP_TIMEOUT`` in seconds (default 60): the longest one request to a
+    remote target may take. Raises ValueError naming the variable for a value below 1 s."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = 0.0
+    if value < 1:
+        raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds >= 1, got {text!r}")
+    return value
+
+
+def bounded_options(target: str, storage_options: dict | None) -> dict:
+    """``storage_options`` with a request bound added where the filesystem would otherwise wait
+    minutes on a dead server (what the user set wins): http(s) gets an aiohttp total timeout;
+    s3 botocore connect/read timeouts and 3 attempts."""
+    options = dict(storage_options or {})
+    scheme = target.split("://", 1)[0].lower()
+    bound = request_bound_s()
+    if scheme in ("http", "https"):
+        import aiohttp
+
+        client = dict(options.get("client_kwargs") or {})
+        client.setdefault("timeout", aiohttp.ClientTimeout(total=bound))
+        options["client_kwargs"] = client
+    elif scheme in ("s3", "s3a"):
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", bound / 3)
+        config.setdefault("read_timeout", bound / 3)
+        config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        options["config_kwargs"] = config
+    return options
+
+
 def open_target(target: str, *, conn_id: str | None = None, storage_options: dict | None = None, fsync: bool = False) -> Target:
-    """A local path, ``file://``, or any fsspec URI; with ``conn_id``, through Airflow's ObjectStoragePath."""
+    """A local path, ``file://``, or any fsspec URI; with ``conn_id``, through Airflow's ObjectStoragePath.
+    Requests to a remote http(s) or s3 target end within ``$AIRFLOW_MLOPS_BACKUP_TIMEOUT``
+    (``bounded_options``)."""
     if conn_id:
         from airflow.sdk import ObjectStoragePath
 
@@ -262,7 +354,7 @@ def open_target(target: str, *, conn_id: str | None = None, storage_options: dic
     else:
         from fsspec.core import url_to_fs
 
-        fs, root = url_to_fs(target, **(storage_options or {}))
+        fs, root = url_to_fs(target, **bounded_options(target, storage_options))
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(fs, LocalFileSystem):

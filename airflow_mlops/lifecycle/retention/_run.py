@@ -5,6 +5,10 @@ A dry run is ``plan`` alone; a real run is ``plan`` then ``apply`` of that same 
 run lists exactly what the real run deletes. ``apply`` re-checks every item just before deleting
 it and skips (and reports) anything that vanished, changed since it was planned, or became
 protected in between: it never deletes an item the plan does not hold.
+
+An MLflow tracking server failing under ``run_retention`` ends it with ``DependencyFailed``
+(retryable unless it refused the credentials), saying what was deleted before: a rerun plans again
+from what is left, so it finishes the work.
 """
 
 from __future__ import annotations
@@ -69,15 +73,28 @@ def apply(p: Plan, *, tracking_uri: str | None = None) -> Plan:
 def run_retention(spec: RetentionSpec | dict, *, tracking_uri: str | None = None, logger: logging.Logger | None = None) -> dict[str, Any]:
     """Plan, apply unless ``dry_run``, log what happened and return ``Plan.summary()``.
     ``spec``: a RetentionSpec or its dict; ``tracking_uri`` overrides the spec's MLflow store."""
+    from airflow_mlops._core.mlflow_faults import tracking_server
+
     spec = spec if isinstance(spec, RetentionSpec) else RetentionSpec.model_validate(spec)
     logger = logger or log
-    p = plan(spec, tracking_uri=tracking_uri)
+    uri = _tracking_uri(spec, tracking_uri) if any(pol.kind != "files" for pol in spec.policies) else ""
+    with tracking_server(uri, "retention cleanup (planning)", logger=logger,
+                         kept=lambda: "nothing was deleted: the plan was not complete"):
+        p = plan(spec, tracking_uri=uri or tracking_uri)
     log_plan(p, spec.dry_run, logger)
     if not spec.dry_run:
-        apply(p, tracking_uri=tracking_uri)
+        with tracking_server(uri, "retention cleanup (deleting)", logger=logger, kept=lambda: _deleted_so_far(p)):
+            apply(p, tracking_uri=uri or tracking_uri)
     summary = p.summary()
     log_outcome(p, summary, logger)
     return summary
+
+
+def _deleted_so_far(p: Plan) -> str:
+    done = p.deleted
+    listed = ", ".join(i.id for i in done[:10]) + (" …" if len(done) > 10 else "")
+    return (f"{len(done)} item(s) deleted before the failure ({listed or 'none'}); everything else is untouched "
+            "and a rerun plans again from what is left")
 
 
 def _tracking_uri(spec: RetentionSpec, given: str | None) -> str:

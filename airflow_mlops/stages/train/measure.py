@@ -13,6 +13,12 @@ train stage's built-in fit, in this process; GpuTrainOperator's entrypoint, in a
 5. the GPU summary (``gpu/...``) and the cost (``cost/...`` metrics, ``airflow_mlops.cost.*``
    tags) are recorded on the run, failed tries included, and the version is tagged with the
    task's tags and ``airflow_mlops.gpu.available``.
+
+Order, so that nothing is half-made: the model is logged before its version is created (MLflow's
+``log_model``; a script's model is registered after it was logged), so no version exists without
+its model. A tracking server lost under a try ends it with a retryable ``DependencyFailed`` naming
+the run and the versions registered so far; the next try marks a version an unfinished earlier try
+registered (``airflow_mlops.incomplete_try``) and trains again.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from airflow_mlops.stages.train.job import (
 from airflow_mlops.telemetry.cost import COST_PREFIX, TaskResources, mlflow_tags, resources_from, task_cost
 from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
 
+INCOMPLETE_TAG = "airflow_mlops.incomplete_try"
+
 
 class TrainingRun:
     """One try of a training job. ``run()`` returns the XCom result; ``kill()`` stops the training.
@@ -53,6 +61,8 @@ class TrainingRun:
         self.job = job
         self.log = log or logging.getLogger("airflow_mlops.stages.train")
         self.on_run = on_run
+        self.run_id: str | None = None  # the MLflow run of this try, once created
+        self.version: str | None = None  # the model version this try registered, once registered
         if job.builtin is not None:
             from airflow_mlops.stages.train.builtin import BuiltinTrainer
 
@@ -68,12 +78,31 @@ class TrainingRun:
         ``checkpoint_dir``, ``gpu`` (see ``GpuAssignment.result``), ``cost`` (``Cost.as_dict()``,
         money in the price table's currency, hours, seconds), ``prices``, ``reused``, and what the
         trainer adds (the built-in one: ``target``, ``features``). Raises StageFailed when the
-        training refused its input or the GPUs asked for do not exist (no retry), and the
-        trainer's own errors otherwise."""
-        from airflow_mlops._core import mlflow as tracking
+        training refused its input or the GPUs asked for do not exist (no retry),
+        DependencyFailed when the tracking server fails under it (retryable unless it refused the
+        credentials), and the trainer's own errors otherwise."""
+        from airflow_mlops._core.mlflow_faults import tracking_server
 
         job = self.job
         extra = self.trainer.prepare()
+        during = f"training run '{job.run_name}' (task {job.tags.get(TASK_KEY_TAG) or 'outside Airflow'})"
+        with tracking_server(job.tracking_uri, during, logger=self.log, kept=self._kept):
+            return self._run(extra)
+
+    def _kept(self) -> str:
+        """What this try left in MLflow when the server failed under it."""
+        job = self.job
+        if self.run_id is None:
+            return "nothing was recorded: the MLflow run was not created yet"
+        version = (f"model version {self.version} of '{job.registered_model}' registered with its model (the "
+                   "next try marks it " + INCOMPLETE_TAG + ")" if self.version is not None
+                   else f"no version of '{job.registered_model}' registered by this try")
+        return f"MLflow run {self.run_id} (left unfinished; the next try starts a new run); {version}"
+
+    def _run(self, extra: dict[str, Any]) -> dict[str, Any]:
+        from airflow_mlops._core import mlflow as tracking
+
+        job = self.job
         # A client, never MLflow's process-wide URIs (mlflow.set_tracking_uri also exports them
         # to the environment, where the next task in this process would take them for the user's).
         client = tracking.client(job.target())
@@ -90,8 +119,10 @@ class TrainingRun:
                 self.on_run(run_id, url)
             return {**reused_result(client.get_run(run_id), job, version, url), **extra}
 
+        mark_incomplete_tries(client, experiment_id, job.tags.get(TASK_KEY_TAG), self.log)
         gpus = assign_gpus(job.gpus, job.gpu_ids, self.log, asked_by=job.gpus_asked_by)
         run_id = client.create_run(experiment_id, run_name=job.run_name, tags=self._run_tags(gpus)).info.run_id
+        self.run_id = run_id
         url = run_url(base, experiment_id, run_id)
         self.log.info("MLflow run %s: %s", run_id, url)
         if self.on_run:
@@ -101,6 +132,7 @@ class TrainingRun:
         held = resources_from(job.resources, gpus_held=len(gpus.ids) if gpus.available else 0)
         outcome, summary, cost = self._measured(client, run_id, gpus, held)
         version = outcome.get("model_version")
+        self.version = None if version is None else str(version)
         if version is not None:
             for key, value in {**job.tags, GPU_AVAILABLE_TAG: str(gpus.available).lower()}.items():
                 client.set_model_version_tag(job.registered_model, str(version), key, value)
@@ -151,6 +183,7 @@ class TrainingRun:
         status = "FAILED"
         cost = None
         summary: dict[str, Any] = {}
+        server_gone = False
         try:
             with export, sampler:
                 started = time.monotonic()
@@ -159,11 +192,18 @@ class TrainingRun:
                 finally:
                     wall = time.monotonic() - started
             status = "FINISHED"
+        except Exception as exc:
+            from airflow_mlops._core.mlflow_faults import failed
+
+            # The tracking server is gone: recording the cost would only wait for it once more.
+            server_gone = failed(exc, job.tracking_uri, "") is not None
+            raise
         finally:
             summary = sampler.summary()
             if wall is not None:
                 cost = task_cost(held, wall, job.prices)
-            self._record(client, run_id, summary, cost, held, status)
+            if not server_gone:
+                self._record(client, run_id, summary, cost, held, status)
         return outcome, summary, cost
 
     def _record(self, client: Any, run_id: str, summary: dict, cost: Any, held: TaskResources, status: str) -> None:
@@ -189,10 +229,14 @@ class TrainingRun:
             client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                              tags=[RunTag(k, v) for k, v in tags.items()])
             client.set_terminated(run_id, status)
-        except Exception:  # noqa: BLE001 - never hide the training's own outcome behind this
+        except Exception as exc:  # noqa: BLE001 - never hide the training's own outcome behind this
             if status == "FINISHED":
                 raise
-            self.log.warning("Could not record the cost of the failed try in MLflow", exc_info=True)
+            from airflow_mlops._core.mlflow_faults import classify
+
+            # A lost server is reported once, by the try's own error: no traceback ahead of it.
+            self.log.warning("Could not record the cost of the failed try in MLflow: %s",
+                             str(exc).splitlines()[0][:300], exc_info=classify(exc) is None)
 
     def kill(self) -> None:
         """Stop the training (the operator's ``on_kill``)."""
@@ -214,6 +258,27 @@ def registered_by_earlier_try(client: Any, experiment_id: str, task_key: str | N
             if version.name == registered_model:
                 return run.info.run_id, str(version.version)
     return None
+
+
+def mark_incomplete_tries(client: Any, experiment_id: str, task_key: str | None, log: logging.Logger) -> None:
+    """Earlier tries of the task instance ``task_key`` that did not finish (the tracking server
+    failed under them): their runs still RUNNING are marked FAILED, and the versions they
+    registered are tagged ``airflow_mlops.incomplete_try=true``, so that no one takes them for a
+    finished training; those keep their model (it was logged first)."""
+    if not task_key:
+        return
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TASK_KEY_TAG}` = '{task_key}' and attributes.status != 'FINISHED'")
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.info("Run %s of an earlier try did not finish (the tracking server failed under it): marked FAILED",
+                     run.info.run_id)
+        for version in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if (version.tags or {}).get(INCOMPLETE_TAG) != "true":
+                client.set_model_version_tag(version.name, str(version.version), INCOMPLETE_TAG, "true")
+                log.warning("Model '%s' version %s was registered by an earlier try that did not finish (run %s): "
+                            "tagged %s=true", version.name, version.version, run.info.run_id, INCOMPLETE_TAG)
 
 
 def model_metrics(logged: dict[str, float]) -> dict[str, float]:

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.errors import DependencyFailed, StageFailed
     from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files, result_line
 
     if args.command == "call":
@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     job = GpuTrainJob.model_validate_json(base64.b64decode(args.payload))
     try:
         result = TrainingRun(job).run()
+    except DependencyFailed as exc:  # the tracking server failed (already logged, first)
+        if exc.retryable:
+            return 1  # a crash to the launcher: Airflow may retry
+        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     except StageFailed as exc:
         print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
