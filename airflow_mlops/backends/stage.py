@@ -175,3 +175,18 @@ def stage_failed(message: str) -> Exception:
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(message)
+
+
+def dependency_failed(exc: Any, log: Any = None) -> Exception:
+    """What to raise for a ``_core.errors.DependencyFailed``: its message goes to the task log
+    first (``log.error``, before any traceback), then the exception itself when it is retryable
+    (Airflow's retries apply), else an AirflowFailException with the same message (no retry)."""
+    if log is not None:
+        log.error("%s", exc)
+    if exc.retryable:
+        return exc
+    from airflow.sdk.exceptions import AirflowFailException
+
+    failed = AirflowFailException(str(exc))
+    failed.__cause__ = exc
+    return failed

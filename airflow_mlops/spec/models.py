@@ -205,8 +205,12 @@ class KubernetesSettings(Strict):
         return v
     startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
+    api_timeout: Duration = Field(
+        timedelta(seconds=60),
+        description="How long the Kubernetes API server may fail every request in a row (unreachable, timing "
+                    "out, 5xx) before the task fails, as a retryable error; also each request's timeout.")
 
-    _durations = field_validator("startup_timeout", "schedule_timeout", mode="before")(
+    _durations = field_validator("startup_timeout", "schedule_timeout", "api_timeout", mode="before")(
         classmethod(lambda cls, v: _parse_duration(v))
     )
 
