@@ -134,6 +134,12 @@ class SparkSettings(Strict):
     conn_id: str | None = Field(None, description="Airflow Spark connection; unset: embedded session in the worker.")
     master: str = Field("local[*]", description="Master of the embedded session.")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
+    connect_timeout: Duration = Field(
+        timedelta(seconds=60),
+        description="How long a Spark master (spark://, sc://) may take to accept a connection, and a standalone "
+                    "master to accept spark-submit's application, before the task fails as a retryable error.")
+
+    _durations = field_validator("connect_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
 
 class Toleration(Strict):
