@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -87,7 +88,7 @@ class Standalone:
             try:
                 if ready():
                     return
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or its UI still starting (HTML, not JSON)
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"{what} not up within {timeout}s; see {self.workdir}")
@@ -96,8 +97,8 @@ class Standalone:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     cluster = Standalone(tmp_path_factory.mktemp("spark-standalone"))
-    cluster.start()
     try:
+        cluster.start()
         yield cluster
     finally:
         cluster.stop("worker", "master")
@@ -172,6 +173,17 @@ def test_spark_submit_with_the_master_stopped_fails_within_connect_timeout_then_
     assert "to do: start the Spark master" in message
     assert info.value.retryable and "retry: yes" in message
     assert list((tmp_path / "out").iterdir()) == []  # nothing written
+
+    # The master answers the check, then goes away before spark-submit's driver (a JVM that takes
+    # seconds to start) registers: Spark would retry it 3 x 20 s; the task ends 3 s after the first refusal.
+    standalone.start()
+    threading.Timer(1.0, standalone.stop).start()
+    started = time.monotonic()
+    with pytest.raises(DependencyFailed) as info:
+        op.run(context(tmp_path))
+    assert time.monotonic() - started < 40  # JVM start + connect_timeout, not Spark's 60 s loop
+    assert "spark-submit was stopped before the master took the application" in str(info.value)
+    assert "Failed to connect to master" in str(info.value) and info.value.retryable
 
     standalone.start()
     result = op.run(context(tmp_path))
