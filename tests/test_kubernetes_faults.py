@@ -160,15 +160,16 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
     from kubernetes import client
 
     starts = tmp_path / "starts.txt"
+    dag_id = namespace.replace("-", "_")
     write(dags_folder, "faults.yaml", f"""
-        id: {namespace.replace('-', '_')}
-        dag: {{retries: 1, retry_delay: 8s}}
+        id: {dag_id}
+        dag: {{retries: 1, retry_delay: 15s}}
         kubernetes:
           image: python:3.11
           namespace: {namespace}
           config_file: {cluster.kubeconfig}
           api_timeout: 4s
-          env: {{PYTHONPATH: {REPO}, TRAINER_STARTS: {starts}, TRAINER_SECONDS: "25"}}
+          env: {{PYTHONPATH: {REPO}, TRAINER_STARTS: {starts}, TRAINER_SECONDS: "40"}}
         stages:
           preprocess:
             input: {{sklearn_dataset: iris}}
@@ -181,7 +182,14 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
     core = client.CoreV1Api(cluster.api_client())
     events: dict[str, float] = {}
 
-    def break_it() -> None:  # stop the API server once the pod runs; start it again 10 s later
+    def train_state() -> str | None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            return session.query(TaskInstance.state).filter_by(dag_id=dag_id, task_id="train.run").scalar()
+
+    def break_it() -> None:  # stop the API server once the pod runs; start it once the first try failed
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             pods = core.list_namespaced_pod(namespace).items
@@ -191,7 +199,9 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
         time.sleep(1)
         cluster.stop_apiserver()
         events["stopped"] = time.monotonic()
-        time.sleep(10)
+        while time.monotonic() < deadline and train_state() != "up_for_retry":
+            time.sleep(0.5)
+        events["failed"] = time.monotonic()
         cluster.start_apiserver()
         events["started"] = time.monotonic()
 
@@ -201,10 +211,13 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
     dr = dag.test()
     breaker.join(60)
     log = capfd.readouterr().out
+    (tmp_path / "task.log").write_text(log)  # the whole run's task log, for a failure's reader
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}
-    assert {k: ti.state for k, ti in tis.items()} == {"preprocess.run": "success", "train.run": "success"}, log[-6000:]
+    assert {k: ti.state for k, ti in tis.items()} == {"preprocess.run": "success", "train.run": "success"}, \
+        f"see {tmp_path / 'task.log'}; {events}"
     assert tis["train.run"].try_number == 2
     assert "stopped" in events and "started" in events
+    assert events["failed"] - events["stopped"] < 4 + 15, events  # api_timeout + the provider's backoff + slack
     message = next(line for line in log.splitlines() if "Kubernetes API server (" in line)
     assert f"Kubernetes API server ({cluster.server}) was unreachable for " in message
     assert "(kubernetes.api_timeout: 4s" in message
