@@ -52,3 +52,15 @@ def model_that_notes_mlflow_credentials(train, test, target, features, params):
     mlflow.set_tag("seen.mlflow_password_sha256",
                    hashlib.sha256(password.encode()).hexdigest() if password is not None else "<unset>")
     return threshold_model(train, test, target, features, {"max_iter": 500})
+
+
+def slow_trainer(train, test, target, features, params):
+    """A trainer that notes each start in ``$TRAINER_STARTS`` (one line per process) and then takes
+    ``$TRAINER_SECONDS`` seconds: long enough to break a server under it."""
+    import os
+    import time
+
+    with open(os.environ["TRAINER_STARTS"], "a") as out:
+        out.write(f"{os.getpid()}\n")
+    time.sleep(float(os.environ.get("TRAINER_SECONDS", "20")))
+    return threshold_model(train, test, target, features, {"max_iter": 500})

@@ -172,9 +172,7 @@ class StageOperator(BaseOperator):
         except StageFailed as exc:
             raise stage_failed(str(exc)) from exc
         except DependencyFailed as exc:  # already logged, first, by the stage
-            if not exc.retryable:
-                raise stage_failed(str(exc)) from exc
-            raise  # transient (a server unreachable): Airflow's retries apply
+            raise dependency_failed(exc)  # transient: as it is (retries apply); permanent: no retry
         except StageSkipped as exc:
             raise AirflowSkipException(str(exc)) from exc
 
@@ -185,3 +183,18 @@ def stage_failed(message: str) -> Exception:
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(message)
+
+
+def dependency_failed(exc: Any, log: Any = None) -> Exception:
+    """What to raise for a ``_core.errors.DependencyFailed``: its message goes to the task log
+    first (``log.error``, before any traceback), then the exception itself when it is retryable
+    (Airflow's retries apply), else an AirflowFailException with the same message (no retry)."""
+    if log is not None:
+        log.error("%s", exc)
+    if exc.retryable:
+        return exc
+    from airflow.sdk.exceptions import AirflowFailException
+
+    failed = AirflowFailException(str(exc))
+    failed.__cause__ = exc
+    return failed

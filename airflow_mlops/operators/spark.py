@@ -22,6 +22,8 @@ class SparkFeatureOperator(SparkStageOperator):
     :param quality: data-quality gates (row_count, max_null_fraction, columns, unique).
     :param split: ``{"test_fraction": 0.2, "seed": 42}`` for a train/test split.
     :param conn_id: an Airflow Spark connection (spark-submit); default: embedded ``local[*]``.
+    :param connect_timeout: how long the Spark master may take to accept a connection (and
+        spark-submit's application) before the task fails, retryable: ``"60s"`` by default.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class SparkFeatureOperator(SparkStageOperator):
         conn_id: str | None = None,
         master: str = "local[*]",
         conf: dict[str, Any] | None = None,
+        connect_timeout: Any = None,
         **kwargs: Any,
     ) -> None:
         from airflow_mlops.lifecycle.specs import validated
@@ -51,7 +54,10 @@ class SparkFeatureOperator(SparkStageOperator):
             "sql": sql, "transform": transform, "format": format, "quality": dump(quality), "split": dump(split),
             "output": output,
         }, owner)
-        spark = validated(SparkSettings, {"conn_id": conn_id, "master": master, "conf": conf or {}}, owner)
+        settings = {"conn_id": conn_id, "master": master, "conf": conf or {}}
+        if connect_timeout is not None:
+            settings["connect_timeout"] = connect_timeout
+        spark = validated(SparkSettings, settings, owner)
         kwargs.setdefault("outlets", [_output_asset(output, owner)])
         super().__init__(stage=stage, stage_name=task_id, spark=spark, **kwargs)
 

@@ -134,6 +134,8 @@ class SparkSettings(Strict):
     conn_id: str | None = Field(None, description="Airflow Spark connection; unset: embedded session in the worker.")
     master: str = Field("local[*]", description="Master of the embedded session.")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
+    connect_timeout: Duration = Field(timedelta(seconds=60), description="How long a spark:// or sc:// master may not answer.")
+    _durations = field_validator("connect_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
 
 class Toleration(Strict):
@@ -205,8 +207,9 @@ class KubernetesSettings(Strict):
         return v
     startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
+    api_timeout: Duration = Field(timedelta(seconds=60), description="How long the API server may fail before the task does.")
 
-    _durations = field_validator("startup_timeout", "schedule_timeout", mode="before")(
+    _durations = field_validator("startup_timeout", "schedule_timeout", "api_timeout", mode="before")(
         classmethod(lambda cls, v: _parse_duration(v))
     )
 

@@ -29,6 +29,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -51,6 +52,18 @@ class KubeCluster:
     gpus: int
     workdir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
+    argv: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (etcd, the scheduler and the stand-in kubelet keep running, so
+        the cluster's state and running pods survive): the API server is unreachable."""
+        _stop(self.processes["kube-apiserver"])
+
+    def start_apiserver(self, timeout: float = 60) -> None:
+        """Start kube-apiserver again on the same port and wait until it is ready."""
+        self.processes["kube-apiserver"] = _spawn("kube-apiserver", self.argv["kube-apiserver"], self.workdir)
+        _wait_until(lambda: _http_ok(f"{self.server}/readyz", self.token), timeout, "kube-apiserver /readyz",
+                    self.processes, self.workdir)
 
     def api_client(self):
         """A ``kubernetes.client.ApiClient`` talking to this cluster as an admin."""
@@ -113,7 +126,7 @@ def start_cluster(workdir: Path, gpus: int = 2, bin_dir: Path = KUBE_BIN) -> Ite
         ], workdir)
         _wait_until(lambda: _http_ok(f"{etcd_url}/health"), 30, "etcd", procs, workdir)
 
-        procs["kube-apiserver"] = _spawn("kube-apiserver", [
+        cluster.argv["kube-apiserver"] = [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -131,7 +144,8 @@ def start_cluster(workdir: Path, gpus: int = 2, bin_dir: Path = KUBE_BIN) -> Ite
             "--endpoint-reconciler-type=none",
             # No --kubelet-certificate-authority: the apiserver then skips verifying the
             # kubelet's serving cert, so the stand-in kubelet's self-signed one is accepted.
-        ], workdir)
+        ]
+        procs["kube-apiserver"] = _spawn("kube-apiserver", cluster.argv["kube-apiserver"], workdir)
         _wait_until(lambda: _http_ok(f"{server}/readyz", token), 60, "kube-apiserver /readyz", procs, workdir)
 
         common = [f"--kubeconfig={kubeconfig}", "--secure-port=0", "--port=0", "--leader-elect=false"]
@@ -198,9 +212,13 @@ def _register_node(api, name: str, gpus: int, kubelet_port: int) -> None:
 
 
 def _spawn(name: str, argv: list[str], workdir: Path) -> subprocess.Popen:
-    with open(workdir / f"{name}.log", "wb") as log:
+    # PR_SET_PDEATHSIG fires when the starting *thread* ends: a process (re)started from another
+    # thread (a test breaking the API server under a running task) would die with that thread,
+    # so it goes without; the cluster's teardown stops it by PID like every other.
+    main = threading.current_thread() is threading.main_thread()
+    with open(workdir / f"{name}.log", "ab") as log:  # a restart appends
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=workdir, preexec_fn=_die_with_parent)
+                                cwd=workdir, preexec_fn=_die_with_parent if main else None)
 
 
 def _die_with_parent() -> None:

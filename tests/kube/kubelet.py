@@ -220,6 +220,7 @@ class Kubelet:
         return {**base, **env}, env
 
     def set_status(self, pod, phase: str, states: dict[str, dict], start_time: str | None = None) -> None:
+        import urllib3
         from kubernetes.client.exceptions import ApiException
 
         running = phase == "Running"
@@ -238,12 +239,22 @@ class Kubelet:
                   "conditions": conditions, "containerStatuses": statuses}
         if start_time:
             status["startTime"] = start_time
-        try:
-            self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status},
-                                                  _content_type=STRATEGIC)
-        except ApiException as exc:
-            if exc.status != 404:  # a pod deleted meanwhile has no status to report
-                raise
+        deadline = time.monotonic() + 300
+        while True:  # like a real kubelet, report the status again until the API server takes it
+            try:
+                self.core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace,
+                                                      {"status": status}, _content_type=STRATEGIC)
+                return
+            except ApiException as exc:
+                if exc.status != 404:  # a pod deleted meanwhile has no status to report
+                    raise
+                return
+            except urllib3.exceptions.HTTPError:  # the API server is down: try again
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("could not report %s for pod %s: the API server does not answer; retrying",
+                            phase, pod.metadata.name)
+                time.sleep(1)
 
     # -- stopping ---------------------------------------------------------------------------------
     def delete(self, pod) -> None:

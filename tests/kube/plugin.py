@@ -25,13 +25,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
-@pytest.fixture(scope="session")
-def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
+def ensure_binaries() -> None:
+    """Build the control plane's binaries unless cached (``scripts/build-kube.sh``); fail, never skip."""
     build = subprocess.run(["bash", str(REPO / "scripts" / "build-kube.sh")], capture_output=True, text=True)
     if build.returncode != 0:
         # Never skip: a test run that silently drops the Kubernetes tests would look green.
         pytest.fail(f"scripts/build-kube.sh failed with exit code {build.returncode}:\n"
                     f"{build.stdout[-8000:]}\n{build.stderr[-8000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory):
+    ensure_binaries()
     with start_cluster(tmp_path_factory.mktemp("kube")) as cluster:
         yield cluster
 

@@ -111,6 +111,13 @@ def kubernetes_hook(k: KubernetesSettings) -> Any:
                           in_cluster=False if k.config_file else None)
 
 
+def api_client(k: KubernetesSettings) -> Any:
+    """The ``kubernetes_hook(k)``'s ApiClient, bounded by ``k.api_timeout`` (``api.bound_api_client``)."""
+    from airflow_mlops.backends.kubernetes.api import bound_api_client
+
+    return bound_api_client(kubernetes_hook(k).api_client, k.api_timeout.total_seconds())
+
+
 def as_dict(obj: Any) -> Any:
     """A client model as the plain dict the API takes (camelCase keys, no None values)."""
     from kubernetes.client import ApiClient

@@ -66,7 +66,8 @@ def write_credentials_secret(api_client: Any, namespace: str, pipeline_id: str, 
 def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSettings) -> dict[str, SecretEnv]:
     """The MLflow connection's credentials, written to their Secret in ``k.namespace``, as
     references for a pod's environment; ``{}`` (and no cluster call) when the tracking URI does
-    not come from a connection or the connection has no login."""
+    not come from a connection or the connection has no login. The API server failing raises
+    ``DependencyFailed`` (``api.api_failure``; AirflowFailException when it is not retryable)."""
     conn_id = credentials_connection(mlflow)
     if not conn_id:
         return {}
@@ -75,6 +76,21 @@ def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSet
     values = connection_credentials(conn_id)
     if not values:
         return {}
-    from airflow_mlops.backends.kubernetes._podspec import kubernetes_hook
+    import logging
 
-    return write_credentials_secret(kubernetes_hook(k).api_client, k.namespace, pipeline_id, conn_id, values)
+    from airflow_mlops.backends.kubernetes._podspec import api_client
+    from airflow_mlops.backends.kubernetes.api import api_address, api_failure
+    from airflow_mlops.backends.stage import dependency_failed
+
+    client = None
+    try:
+        client = api_client(k)
+        return write_credentials_secret(client, k.namespace, pipeline_id, conn_id, values)
+    except Exception as exc:
+        failed = api_failure(
+            exc, address=api_address(client), api_timeout=k.api_timeout.total_seconds(),
+            during=f"writing the MLflow credentials Secret {k.namespace}/{credentials_secret_name(pipeline_id, conn_id)}",
+            kept="no pod was started; the Secret is written again (created or replaced) by the next try")
+        if failed is None:
+            raise
+        raise dependency_failed(failed, logging.getLogger(__name__)) from exc

@@ -9,13 +9,13 @@ client: the DAG processor re-parses every 30 s.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from airflow_mlops._core.result import RESULT_MARKER
 from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
-from airflow_mlops.backends.stage import StageOperator, stage_failed
+from airflow_mlops.backends.stage import StageOperator, dependency_failed, stage_failed
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 LOG_TAIL_LINES = 30
@@ -67,6 +67,7 @@ def stage_pod_operator(
         do_xcom_push=False,
         startup_timeout_seconds=int(k.startup_timeout.total_seconds()),
         schedule_timeout_seconds=int(k.schedule_timeout.total_seconds()),
+        api_timeout=k.api_timeout.total_seconds(),
     )
 
 
@@ -75,7 +76,9 @@ def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: 
     result protocol (``_core/result.py``).
 
     Raises AirflowFailException (the stage's own verdict: no retry), AirflowSkipException (the
-    stage skipped the rest of the run), or RuntimeError naming why the pod failed: the
+    stage skipped the rest of the run), ``DependencyFailed`` when the Kubernetes API server was
+    unreachable for ``kubernetes.api_timeout`` (retryable; AirflowFailException when it refused
+    the credentials, the namespace or a verb), or RuntimeError naming why the pod failed: the
     scheduler's reason for a pod never scheduled, else its error and last log lines."""
     try:
         pod_op.execute(context)
@@ -102,11 +105,34 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
             f"{pod_op.unschedulable} (resources asked: {resources}; check the node pool's capacity, "
             f"labels {kubernetes.gpu_node_selector} and taints)"
         )
+    failed = pod_api_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes)
+    if failed is not None:
+        return dependency_failed(failed, pod_op.log)
     if pod_op.log_tail:
         tail = "\n".join(pod_op.log_tail)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return RuntimeError(f"stage '{stage_name}' failed in pod {pod_op.name} ({first}); last log lines:\n{tail}")
     return exc
+
+
+def pod_api_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes: KubernetesSettings) -> Any:
+    """The ``DependencyFailed`` when ``exc`` is the API server's failure (else None), saying
+    which pod was left: the pod made by this try keeps its labels (dag_id, task_id, run_id), so a
+    retry of the task takes it over while it runs, or deletes it and starts a new one."""
+    from airflow_mlops.backends.kubernetes.api import api_address, api_failure
+
+    try:
+        address = api_address(pod_op.hook.api_client)
+    except Exception:  # no client could even be made: the message says so without the address
+        address = None
+    pod = getattr(pod_op, "pod", None)
+    where = f"{kubernetes.namespace}/{pod.metadata.name}" if pod is not None else None
+    kept = (f"pod {where} was left as it was (it could not be deleted); a retry of this task takes it over "
+            "while it runs (same dag_id/task_id/run_id labels), or deletes it and starts a new one"
+            if where else "no pod was created")
+    return api_failure(exc, address=address, api_timeout=kubernetes.api_timeout.total_seconds(),
+                       during=f"stage '{stage_name}'" + (f" (pod {where})" if where else f" (pod {pod_op.name}-*)"),
+                       kept=kept)
 
 
 class KubernetesBackedOperator(StageOperator):
@@ -178,13 +204,26 @@ def _pod_operator_class() -> type:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
     from airflow_mlops._core.result import FAILED_PREFIX, SKIPPED_PREFIX, find_result
+    from airflow_mlops.backends.kubernetes.api import bound_api_client
 
     class StagePodOperator(KubernetesPodOperator):
+        """KubernetesPodOperator whose API client is bounded by ``api_timeout`` seconds (api.py)."""
+
         stage_result: dict[str, Any] | None = None
         stage_failure: str | None = None
         stage_skipped: str | None = None
         unschedulable: str | None = None
         log_tail: list[str] = []
+
+        def __init__(self, *, api_timeout: float = 60.0, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.api_timeout = api_timeout
+
+        @cached_property
+        def hook(self) -> Any:
+            hook = KubernetesPodOperator.hook.func(self)
+            bound_api_client(hook.api_client, self.api_timeout)
+            return hook
 
         def post_complete_action(self, *, pod: Any, remote_pod: Any, **kwargs: Any) -> None:
             try:

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_mlops._core.names import object_name
-from airflow_mlops.backends.kubernetes._podspec import as_dict, build_pod, kubernetes_hook
+from airflow_mlops.backends.kubernetes._podspec import api_client, as_dict, build_pod
+from airflow_mlops.backends.kubernetes.api import api_address, api_failure
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
 from airflow_mlops.backends.kubernetes.pod import KubernetesBackedOperator
+from airflow_mlops.backends.stage import dependency_failed
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 SERVER_PORT = 8080
@@ -27,11 +29,28 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
         secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
         docs = render_model_server(ctx.pipeline_id, self.stage_name, model_uri, self.stage, self.kubernetes,
                                    self.stage_resources, ctx.mlflow.tracking_uri, secret_env=secret_env)
-        api_client = kubernetes_hook(self.kubernetes).api_client
-        for doc in docs:
-            action = apply(api_client, doc)
-            self.log.info("%s %s %s/%s", action, doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])
         name = docs[0]["metadata"]["name"]
+        client = None
+        applied: list[str] = []
+        try:
+            client = api_client(self.kubernetes)
+            for doc in docs:
+                action = apply(client, doc)
+                applied.append(f"{doc['kind']} {action}")
+                self.log.info("%s %s %s/%s", action, doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])
+        except Exception as exc:
+            failed = api_failure(
+                exc, address=api_address(client), api_timeout=self.kubernetes.api_timeout.total_seconds(),
+                during=f"applying the model server {self.kubernetes.namespace}/{name} of stage '{self.stage_name}' "
+                       f"({model_uri})",
+                kept=(f"applied before the failure: {', '.join(applied) or 'nothing'}; "
+                      + ("the Deployment was not changed: it still serves the version it served; "
+                         if not applied else "")
+                      + "model versions and aliases are unchanged; a rerun applies the Deployment, Service and "
+                        "HorizontalPodAutoscaler again under the same names (created or updated, never duplicated)"))
+            if failed is None:
+                raise
+            raise dependency_failed(failed, self.log) from exc
         return {"deployment": name, "namespace": self.kubernetes.namespace, **served,
                 "endpoint": f"http://{name}.{self.kubernetes.namespace}.svc/invocations"}
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from airflow_mlops._core.result import outcome_files
-from airflow_mlops.backends.stage import StageOperator, stage_failed
+from airflow_mlops.backends.stage import StageOperator, dependency_failed, stage_failed
 from airflow_mlops.spec.models import SparkSettings
 
 RESULT_FILE = "_airflow_mlops_result.json"
@@ -32,18 +32,28 @@ class SparkStageOperator(StageOperator):
     def spark_session_settings(self) -> dict[str, Any] | None:
         """An embedded session's settings; None under spark-submit, where the cluster's own
         configuration applies."""
-        return {"master": self.spark.master, "conf": self.spark.conf} if self.spark.conn_id is None else None
+        if self.spark.conn_id is not None:
+            return None
+        return {"master": self.spark.master, "conf": self.spark.conf,
+                "connect_timeout": self.spark.connect_timeout.total_seconds()}
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
-        if self.spark.conn_id is None:
-            self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
-            return super().run(ctx, context)
-        return self.submit(ctx)
+        from airflow_mlops._core.errors import DependencyFailed
+
+        try:
+            if self.spark.conn_id is None:
+                self.log.info("Running on an embedded Spark session (master %s)", self.spark.master)
+                return super().run(ctx, context)
+            return self.submit(ctx)
+        except DependencyFailed as exc:  # the Spark master: its message first, and the retry decision
+            raise dependency_failed(exc, self.log) from exc
 
     def submit(self, ctx: Any) -> dict[str, Any]:
         from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
         from airflow_mlops.backends import runtime
+        from airflow_mlops.backends.spark.submit import MasterWatch
+        from airflow_mlops.stages.spark_master import check_master, master_unreachable, unreachable
 
         result_file = ctx.output_dir(getattr(self.stage, "output", None)) / RESULT_FILE
         for stale in (result_file, *outcome_files(result_file)):
@@ -62,9 +72,18 @@ class SparkStageOperator(StageOperator):
                               "--result-file", str(result_file)],
             env_vars=python,
         )
-        self.log.info("Submitting stage '%s' through Spark connection '%s'", ctx.stage_name, self.spark.conn_id)
+        # The master as the hook resolved it from the connection (host, port, or a full URL).
+        master = (getattr(hook, "_connection", None) or {}).get("master") or ""
+        timeout = self.spark.connect_timeout.total_seconds()
+        during = f"spark-submit of stage '{ctx.stage_name}' (Spark connection '{self.spark.conn_id}')"
+        kept = (f"no application is left on the master; Spark publishes output in {result_file.parent} only when "
+                "its job commits: a rerun writes it whole")
+        check_master(master, timeout, during=during, kept=kept)
+        self.log.info("Submitting stage '%s' through Spark connection '%s' (master %s)", ctx.stage_name,
+                      self.spark.conn_id, master)
         try:
-            hook.submit(application=runtime.__file__)
+            with MasterWatch(hook, timeout) as watch:
+                hook.submit(application=runtime.__file__)
         except Exception as exc:
             failure, skipped = outcome_files(result_file)
             if failure.exists():
@@ -73,5 +92,11 @@ class SparkStageOperator(StageOperator):
                 from airflow.sdk.exceptions import AirflowSkipException
 
                 raise AirflowSkipException(skipped.read_text()) from exc
+            if watch.gave_up:
+                raise unreachable(master, timeout, RuntimeError(watch.last_line or "refused"), during=during,
+                                  kept=kept + "; spark-submit was stopped before the master took the application"
+                                  ) from exc
+            if master_unreachable(master):
+                raise unreachable(master, timeout, exc, during=during, kept=kept) from exc
             raise
         return json.loads(result_file.read_text())

@@ -1,0 +1,231 @@
+"""The Kubernetes API server failing under a task, on a real control plane (tests/kube): stopped
+(connection refused), hung (SIGSTOP: connections accepted, nothing answered), refusing the
+credentials, or without the namespace. Each ends within ``kubernetes.api_timeout`` with one
+DependencyFailed message and the right retry decision, and once the API server is back the same
+task succeeds and leaves nothing behind.
+
+The cluster is this module's own: the tests stop its kube-apiserver (etcd, the scheduler and the
+stand-in kubelet keep running, so state and running pods survive, as on a real cluster)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import write
+from tests.kube.cluster import start_cluster
+from tests.kube.plugin import ensure_binaries
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ensure_binaries()
+    with start_cluster(tmp_path_factory.mktemp("kube-faults"), gpus=1) as kube:
+        yield kube
+
+
+def apiserver_up(cluster) -> None:
+    proc = cluster.processes["kube-apiserver"]
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)  # harmless when it was not stopped
+    else:
+        cluster.start_apiserver()
+
+
+@pytest.fixture
+def namespace(cluster):
+    from kubernetes import client
+
+    name = f"faults-{uuid.uuid4().hex[:6]}"
+    with cluster.api_client() as api:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    cluster.wait_for_default_service_account(name)
+    yield name
+    apiserver_up(cluster)  # a failed test must not leave the next one without an API server
+    with cluster.api_client() as api:
+        client.CoreV1Api(api).delete_namespace(name)
+
+
+def serve_operator(tmp_path, cluster, namespace: str, *, api_timeout: str = "3s", kubeconfig=None):
+    from airflow_mlops.factory._build import build_dag
+    from airflow_mlops.spec.load import read_pipeline
+
+    path = write(tmp_path, "serve.yaml", f"""
+        id: faults
+        kubernetes: {{image: python:3.11, namespace: {namespace}, config_file: {kubeconfig or cluster.kubeconfig},
+                      api_timeout: {api_timeout}}}
+        stages:
+          serve: {{backend: kubernetes, mode: online, resources: {{cpu: 100m, memory: 64Mi}}}}
+        """)
+    return build_dag(read_pipeline(path)).get_task("serve.run")
+
+
+def serve_context(tmp_path):
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+
+    target = MlflowTarget(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="e", registered_model="m",
+                          artifact_location=str(tmp_path / "artifacts"))
+    upstream = [("validate", {"model_uri": "models:/m/1", "model_name": "m", "model_version": "1"})]
+    return StageContext(pipeline_id="faults", stage_name="serve", run_key="r1", data_dir=str(tmp_path / "data"),
+                        mlflow=target, upstream=upstream)
+
+
+def server_objects(cluster, namespace: str) -> list[str]:
+    from kubernetes import client
+
+    api = cluster.api_client()
+    found = [f"Deployment/{d.metadata.name}" for d in client.AppsV1Api(api).list_namespaced_deployment(namespace).items]
+    found += [f"Service/{s.metadata.name}" for s in client.CoreV1Api(api).list_namespaced_service(namespace).items]
+    found += [f"HorizontalPodAutoscaler/{h.metadata.name}"
+              for h in client.AutoscalingV1Api(api).list_namespaced_horizontal_pod_autoscaler(namespace).items]
+    return sorted(found)
+
+
+def test_model_server_with_the_api_server_stopped_fails_at_once_retryable_then_applies(cluster, namespace, tmp_path):
+    from airflow_mlops._core.errors import DependencyFailed
+
+    op = serve_operator(tmp_path, cluster, namespace)
+    cluster.stop_apiserver()
+    started = time.monotonic()
+    with pytest.raises(DependencyFailed) as info:
+        op.run(serve_context(tmp_path))
+    assert time.monotonic() - started < 5  # connection refused: no reason to wait
+    message = str(info.value)
+    assert message.startswith(f"Kubernetes API server ({cluster.server}) did not answer (MaxRetryError")
+    assert f"during applying the model server {namespace}/faults-serve of stage 'serve' (models:/m/1)" in message
+    assert "kept: applied before the failure: nothing; the Deployment was not changed" in message
+    assert "retry: yes" in message and info.value.retryable
+
+    cluster.start_apiserver()
+    result = op.run(serve_context(tmp_path))
+    assert result["deployment"] == "faults-serve"
+    assert server_objects(cluster, namespace) == [
+        "Deployment/faults-serve", "HorizontalPodAutoscaler/faults-serve", "Service/faults-serve"]
+
+
+def test_model_server_with_a_hung_api_server_ends_within_api_timeout(cluster, namespace, tmp_path):
+    """SIGSTOP: the kernel still accepts connections, nothing answers. Without a request timeout
+    the client waited forever here."""
+    from airflow_mlops._core.errors import DependencyFailed
+
+    op = serve_operator(tmp_path, cluster, namespace, api_timeout="3s")
+    os.kill(cluster.processes["kube-apiserver"].pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DependencyFailed) as info:
+            op.run(serve_context(tmp_path))
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(cluster.processes["kube-apiserver"].pid, signal.SIGCONT)
+    assert 3 <= elapsed < 8, elapsed
+    assert "did not answer (ReadTimeoutError" in str(info.value) and info.value.retryable
+    # Back again: the same operator applies everything, each object once.
+    op.run(serve_context(tmp_path))
+    assert server_objects(cluster, namespace) == [
+        "Deployment/faults-serve", "HorizontalPodAutoscaler/faults-serve", "Service/faults-serve"]
+
+
+def test_refused_credentials_and_a_missing_namespace_fail_without_retry(cluster, namespace, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    wrong = tmp_path / "wrong-kubeconfig"
+    wrong.write_text(cluster.kubeconfig.read_text().replace(cluster.token, "not-the-token"))
+    op = serve_operator(tmp_path, cluster, namespace, kubeconfig=wrong)
+    with pytest.raises(AirflowFailException) as info:
+        op.run(serve_context(tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"Kubernetes API server ({cluster.server}) refused the worker's credentials (401")
+    assert "to do: fix the Kubernetes connection" in message and "retry: no" in message
+
+    op = serve_operator(tmp_path, cluster, "no-such-namespace")
+    with pytest.raises(AirflowFailException, match=r'has no such namespace \(namespaces "no-such-namespace" not found\)'):
+        op.run(serve_context(tmp_path))
+    assert server_objects(cluster, namespace) == []
+
+
+def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
+    cluster, namespace, airflow_db, mlops_home, dags_folder, tmp_path, capfd
+):
+    """The API server stops under a running train pod: the task fails within api_timeout as a
+    retryable error naming the pod it left; the API server comes back, Airflow's retry finds that
+    pod by its labels and takes it over (the trainer started once), and no pod is left."""
+    from airflow.dag_processing.dagbag import DagBag
+    from kubernetes import client
+
+    starts = tmp_path / "starts.txt"
+    dag_id = namespace.replace("-", "_")
+    write(dags_folder, "faults.yaml", f"""
+        id: {dag_id}
+        dag: {{retries: 1, retry_delay: 15s}}
+        kubernetes:
+          image: python:3.11
+          namespace: {namespace}
+          config_file: {cluster.kubeconfig}
+          api_timeout: 4s
+          env: {{PYTHONPATH: {REPO}, TRAINER_STARTS: {starts}, TRAINER_SECONDS: "40"}}
+        stages:
+          preprocess:
+            input: {{sklearn_dataset: iris}}
+          train:
+            backend: kubernetes
+            resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
+            target: target
+            callable: tests.fixtures_code:slow_trainer
+        """)
+    core = client.CoreV1Api(cluster.api_client())
+    events: dict[str, float] = {}
+
+    def train_state() -> str | None:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            return session.query(TaskInstance.state).filter_by(dag_id=dag_id, task_id="train.run").scalar()
+
+    def break_it() -> None:  # stop the API server once the pod runs; start it once the first try failed
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pods = core.list_namespaced_pod(namespace).items
+            if pods and pods[0].status.phase == "Running":
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        cluster.stop_apiserver()
+        events["stopped"] = time.monotonic()
+        while time.monotonic() < deadline and train_state() != "up_for_retry":
+            time.sleep(0.5)
+        events["failed"] = time.monotonic()
+        cluster.start_apiserver()
+        events["started"] = time.monotonic()
+
+    breaker = threading.Thread(target=break_it, daemon=True)
+    breaker.start()
+    dag = next(d for d in DagBag(dag_folder=str(dags_folder)).dags.values() if d.dag_id != "invalid")
+    dr = dag.test()
+    breaker.join(60)
+    log = capfd.readouterr().out
+    (tmp_path / "task.log").write_text(log)  # the whole run's task log, for a failure's reader
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert {k: ti.state for k, ti in tis.items()} == {"preprocess.run": "success", "train.run": "success"}, \
+        f"see {tmp_path / 'task.log'}; {events}"
+    assert tis["train.run"].try_number == 2
+    assert "stopped" in events and "started" in events
+    assert events["failed"] - events["stopped"] < 4 + 15, events  # api_timeout + the provider's backoff + slack
+    message = next(line for line in log.splitlines() if "Kubernetes API server (" in line)
+    assert f"Kubernetes API server ({cluster.server}) was unreachable for " in message
+    assert "(kubernetes.api_timeout: 4s" in message
+    # The bound: api_timeout after the first failed request, plus one request's own retries.
+    assert 4 <= int(re.search(r"unreachable for (\d+)s", message).group(1)) <= 10, message
+    assert f"during stage 'train' (pod {namespace}/" in message
+    assert "kept: pod" in log and "a retry of this task takes it over while it runs" in log
+    assert "retry: yes, Airflow retries apply" in log
+    assert "Reusing existing pod" in log  # the retry took the first try's pod over ...
+    assert len(starts.read_text().split()) == 1  # ... so the trainer ran once
+    assert core.list_namespaced_pod(namespace).items == []  # and nothing is left
