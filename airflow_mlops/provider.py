@@ -15,6 +15,8 @@ def get_provider_info() -> dict:
         "extra-links": ["airflow_mlops.backends.links.MlflowRunLink"],
         "connection-types": [
             {"connection-type": "mlflow", "hook-class-name": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook"},
-            {"connection-type": "kafka", "hook-class-name": "airflow_mlops.hooks.kafka.KafkaConnectionHook"},
+            # Not "kafka": apache-airflow-providers-apache-kafka owns that type. Our operators read
+            # connections of either type (see airflow_mlops.hooks.kafka).
+            {"connection-type": "mlops_kafka", "hook-class-name": "airflow_mlops.hooks.kafka.KafkaConnectionHook"},
         ],
     }
