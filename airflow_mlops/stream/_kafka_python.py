@@ -29,9 +29,17 @@ def bounded_producer(timeout_s: float, linger_ms: int) -> dict[str, Any]:
     return {"max_block_ms": total, "request_timeout_ms": request, "delivery_timeout_ms": max(total, request + linger_ms)}
 
 
+def bounded_client(timeout_s: float) -> dict[str, Any]:
+    """Both clients: the first connection (bootstrap) within ``timeout_s``, reconnects tried often
+    enough to notice a broker that is back."""
+    total = max(1000, int(timeout_s * 1000))
+    return {"bootstrap_timeout_ms": total, "reconnect_backoff_max_ms": max(1000, min(30_000, total // 4))}
+
+
 def build_configs(spec: Any, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     consumer = {
         **CONSUMER_DEFAULTS,
+        **bounded_client(spec.broker_timeout),
         **for_client(kafka_config, "consumer"),
         "group_id": spec.group_id,
         "enable_auto_commit": False,
@@ -39,7 +47,7 @@ def build_configs(spec: Any, kafka_config: Mapping[str, Any]) -> tuple[dict[str,
         "max_poll_records": spec.batch_size,
         **for_client(spec.consumer_config, "consumer"),
     }
-    producer = {**PRODUCER_DEFAULTS, **for_client(kafka_config, "producer")}
+    producer = {**PRODUCER_DEFAULTS, **bounded_client(spec.broker_timeout), **for_client(kafka_config, "producer")}
     producer = {**producer, **bounded_producer(spec.broker_timeout, producer["linger_ms"]),
                 **for_client(spec.producer_config, "producer")}
     return consumer, producer
