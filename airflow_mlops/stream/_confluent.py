@@ -20,7 +20,7 @@ from airflow_mlops.stream.errors import DeliveryFailed, MissingTopic
 
 Record = namedtuple("Record", "topic partition offset key value headers")
 
-PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 5, "partitioner": "murmur2_random"}
+PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 0, "partitioner": "murmur2_random"}
 CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False}
 
 
