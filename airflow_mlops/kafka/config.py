@@ -102,9 +102,7 @@ _TO_LIBRDKAFKA.update({"fetch_max_wait_ms": "fetch.wait.max.ms", "max_partition_
 _KAFKA_PYTHON_ONLY = {"api_version", "api_version_auto_timeout_ms", "max_poll_records", "bootstrap_timeout_ms",
                       "key_serializer", "value_serializer", "key_deserializer", "value_deserializer",
                       "ssl_check_hostname", "consumer_timeout_ms", "max_block_ms", "selector", "sock_chunk_bytes",
-                      "sock_chunk_buffer_count", "metrics_enabled", "metric_group_prefix", "partitioner",
-                      "retry_backoff_ms", "reconnect_backoff_max_ms"}
-_RENAMED_FOR_LIBRDKAFKA = {"reconnect_backoff_max_ms": "reconnect.backoff.max.ms", "retry_backoff_ms": "retry.backoff.ms"}
+                      "sock_chunk_buffer_count", "metrics_enabled", "metric_group_prefix", "partitioner"}
 
 
 def librdkafka_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,8 +116,6 @@ def librdkafka_config(config: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif key in _TO_LIBRDKAFKA:
             out[_TO_LIBRDKAFKA[key]] = value
-        elif key in _RENAMED_FOR_LIBRDKAFKA:
-            out[_RENAMED_FOR_LIBRDKAFKA[key]] = value
         elif key == "ssl_check_hostname":
             out["ssl.endpoint.identification.algorithm"] = "https" if value else "none"
         elif key not in _KAFKA_PYTHON_ONLY:

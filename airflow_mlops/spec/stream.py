@@ -184,8 +184,9 @@ def _no_unsafe_overrides(consumer: dict[str, Any], producer: dict[str, Any]) -> 
     from airflow_mlops.kafka.config import normalize
 
     for name, given in (("consumer_config", consumer), ("producer_config", producer)):
-        for key, value in normalize(given).items():
-            rule = _UNSAFE[name].get(key.replace(".", "_"))
+        for dotted, value in normalize(given).items():
+            key = dotted.replace(".", "_")  # librdkafka's name of the same setting
+            rule = _UNSAFE[name].get(key)
             if rule and rule[0](value):
                 raise PydanticCustomError("unsafe_override", "{name}.{key}={value} is not allowed: {why}",
                                           {"name": name, "key": key, "value": repr(value), "why": rule[1]})
