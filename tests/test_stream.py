@@ -689,3 +689,16 @@ def test_one_name_per_concept_and_the_old_names_still_work(dags_folder):
 
     with pytest.raises(ValueError, match="batch_size: Input should be a valid integer"):
         validated_spec({**op.stream_args, "topics": "t", "batch_size": "lots"}, "s", rendered=True)
+
+
+def test_engine_and_broker_timeout_are_checked_at_their_lines_with_the_choices(tmp_path, capsys):
+    from airflow_mlops.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text("id: p\nstages:\n  serve:\n    mode: stream\n"
+                    "    stream: {topics: a, output_topic: b, engine: confluent-kafka, broker_timeout: 0}\n")
+    assert main(["validate", str(path)]) != 0
+    out = "".join(capsys.readouterr())
+    assert (f"{path}:5:50 stages.serve.stream.engine: unknown engine 'confluent-kafka' (did you mean 'confluent'?); "
+            "expected one of 'confluent', 'kafka-python'") in out
+    assert f"{path}:5:83 stages.serve.stream.broker_timeout: input should be greater than 0, got 0" in out
