@@ -145,3 +145,23 @@ def test_lag_sensor_with_the_broker_lost_fails_bounded_and_retryable(monkeypatch
     text = str(caught.value)
     assert text.startswith(f"Kafka broker (bootstrap servers {address}) did not answer within 3 s")
     assert "during measuring the lag of consumer group 'g' on ['t']" in text and "to do: start the broker" in text
+
+
+def test_the_operator_lets_airflow_retry_a_lost_broker(monkeypatch, tmp_path, caplog):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_mlops.operators.stream import StreamInferenceOperator
+    from airflow_mlops.stream import BrokerLost
+
+    broker = EmbeddedBroker().start()
+    address = broker.bootstrap_servers
+    broker.stop()
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DOWN", json.dumps({"conn_type": "kafka", "extra": {
+        "bootstrap.servers": address}}))
+    op = StreamInferenceOperator(task_id="score", kafka_conn_id="kafka_down", topics="t", output_topic="o",
+                                 model_uri="models:/m/1", broker_timeout=2,
+                                 mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    with pytest.raises(BrokerLost) as caught:  # not AirflowFailException: Airflow's retries apply
+        op.execute({})
+    assert not isinstance(caught.value, AirflowFailException) and caught.value.retryable
+    assert str(caught.value).startswith(f"Kafka broker (bootstrap servers {address}) did not answer within 2 s")

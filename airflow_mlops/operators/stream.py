@@ -170,6 +170,7 @@ class StreamInferenceOperator(BaseOperator):
         try:
             return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
         except StreamError as exc:
+            self.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
             if not exc.retryable:
                 # A poison record without a dead-letter topic, or a model that scores nothing:
                 # a retry would only repeat it.
