@@ -1,5 +1,6 @@
 """The small client interface the streaming loop runs on, one implementation per engine
-(``_kafka_python.py``, ``_confluent.py``). The loop (``loop.py``) is written once against it.
+(``_kafka_python.py``, ``_confluent.py``; ``loop.open_clients`` picks one). The loop
+(``loop.py``) is written once against it.
 
 A ``StreamClients`` holds one consumer (in the run's group, subscribed to the input topics) and
 one producer. Records it returns have ``topic``, ``partition``, ``offset``, ``key``, ``value``,
@@ -72,15 +73,3 @@ class StreamClients(Protocol):
 
     def close(self) -> None: ...
 
-
-def open_clients(engine: str, spec: Any, kafka_config: Any) -> StreamClients:
-    """The clients of ``engine`` (one of ``ENGINES``) for ``spec``."""
-    if engine == "confluent":
-        from airflow_mlops.stream._confluent import ConfluentClients
-
-        return ConfluentClients(spec, kafka_config)
-    if engine == "kafka-python":
-        from airflow_mlops.stream._kafka_python import KafkaPythonClients
-
-        return KafkaPythonClients(spec, kafka_config)
-    raise ValueError(f"unknown stream engine {engine!r}; one of {', '.join(ENGINES)}")

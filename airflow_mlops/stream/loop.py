@@ -13,7 +13,7 @@ import time
 from typing import Any, Mapping
 
 from airflow_mlops.spec.stream import StreamSpec
-from airflow_mlops.stream._clients import BrokerUnreachable, Rebalanced, StreamClients
+from airflow_mlops.stream._clients import ENGINES, BrokerUnreachable, Rebalanced, StreamClients
 from airflow_mlops.stream.errors import BrokerLost, RecordFailed, StreamError
 
 log = logging.getLogger("airflow_mlops.stream")
@@ -123,6 +123,19 @@ class _Run:
         )
 
 
+def open_clients(engine: str, spec: StreamSpec, kafka_config: Mapping[str, Any]) -> StreamClients:
+    """The clients of ``engine`` (``confluent`` or ``kafka-python``) for ``spec``."""
+    if engine == "confluent":
+        from airflow_mlops.stream._confluent import ConfluentClients
+
+        return ConfluentClients(spec, kafka_config)
+    if engine == "kafka-python":
+        from airflow_mlops.stream._kafka_python import KafkaPythonClients
+
+        return KafkaPythonClients(spec, kafka_config)
+    raise ValueError(f"unknown stream engine {engine!r}; one of {', '.join(ENGINES)}")
+
+
 def broker_lost(spec: StreamSpec, kafka_config: Mapping[str, Any], run: _Run | None, exc: BaseException) -> BrokerLost:
     """The one message of a broker lost under the run (retryable)."""
     servers = kafka_config.get("bootstrap_servers") or kafka_config.get("bootstrap.servers") or "?"
@@ -168,7 +181,6 @@ def run_stream(
         ``RecordFailed``/``BatchFailed``: bad records or model (not retryable).
     """
     from airflow_mlops._core.paths import import_string
-    from airflow_mlops.stream._clients import open_clients
     from airflow_mlops.stream._model import load_scoring_model
     from airflow_mlops.stream._preflight import missing_outputs
     from airflow_mlops.stream._scoring import BatchScorer
