@@ -9,12 +9,14 @@ connections created with type ``kafka`` through this package's older form keep w
 
 The connection: **host** = bootstrap servers (``broker1:9092,broker2:9092``; a **port** is added
 to hosts that have none), **login/password** = SASL username/password (``sasl_plain_username``
-/ ``sasl_plain_password``), **extra** = a JSON object passed through to kafka-python, e.g.
+/ ``sasl_plain_password``), **extra** = a JSON object of client settings, e.g.
 
     {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "ssl_cafile": "/etc/ssl/ca.pem"}
 
 Names in the librdkafka style of the apache-kafka provider's connections (``bootstrap.servers``,
-``security.protocol``, ``sasl.username``…) are translated, so such a connection works as it is.
+``security.protocol``, ``sasl.username``…) are translated to kafka-python's; other dotted names
+are kept for the confluent engine (``airflow_mlops.kafka.config.librdkafka_config`` turns the
+whole config into librdkafka's names), so such a connection works as it is with both engines.
 As an environment variable, JSON (several brokers)::
 
     AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "host": "broker1:9092,broker2:9092",
@@ -38,7 +40,8 @@ __all__ = ["KafkaConnectionHook", "kafka_config_from_connection", "redact"]
 
 
 def kafka_config_from_connection(conn_id: str) -> dict[str, Any]:
-    """The kafka-python config (shared by consumer, producer and admin) of an Airflow connection."""
+    """The client config (kafka-python names, plus librdkafka-only dotted settings; shared by
+    consumer, producer and admin) of an Airflow connection."""
     return kafka_config(BaseHook.get_connection(conn_id), conn_id)
 
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=_json_arg, help="StreamSpec as JSON or @file")
     parser.add_argument("--bootstrap-servers", help="overrides bootstrap_servers of the Kafka config")
     parser.add_argument("--kafka-config", type=_json_arg, default=None,
-                        help="kafka-python settings as JSON or @file (default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
+                        help="Kafka client settings (kafka-python or librdkafka names) as JSON or @file "
+                        "(default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
     parser.add_argument("--tracking-uri", default=None, type=tracking_uri_argument,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the SQLite store under "
                         "$AIRFLOW_MLOPS_HOME)")
