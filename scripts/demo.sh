@@ -41,7 +41,8 @@ trap 'kill $broker_pid 2>/dev/null || true' EXIT
 for _ in $(seq 60); do grep -q "^bootstrap servers:" .demo/broker.log && break; sleep 0.5; done
 bootstrap=$(sed -n 's/^bootstrap servers: \([^ ]*\).*/\1/p' .demo/broker.log)
 [ -n "$bootstrap" ] || { cat .demo/broker.log; echo "The broker did not start" >&2; exit 1; }
-export AIRFLOW_CONN_KAFKA_DEFAULT="{\"conn_type\": \"kafka\", \"host\": \"$bootstrap\"}"
+# A connection as Airflow's own Kafka provider makes it: librdkafka settings in the extra.
+export AIRFLOW_CONN_KAFKA_DEFAULT="{\"conn_type\": \"kafka\", \"extra\": {\"bootstrap.servers\": \"$bootstrap\"}}"
 .venv/bin/python scripts/demo_stream.py produce "$bootstrap"
 run_dag breast_cancer_stream "score the 'tumours' topic with the champion, into 'tumours.scored' (embedded broker)"
 .venv/bin/python scripts/demo_stream.py report "$bootstrap"

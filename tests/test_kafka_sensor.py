@@ -200,7 +200,8 @@ def test_connection_config_passes_settings_through_and_logs_no_secret(monkeypatc
         kafka_config_from_connection("kafka_empty")
 
 
-def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(broker, caplog):
+@pytest.mark.parametrize("engine, logged_key", [("confluent", "sasl.password"), ("kafka-python", "sasl_plain_password")])
+def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(broker, caplog, engine, logged_key):
     from airflow_mlops.kafka.config import for_client
     from airflow_mlops.stream import run_stream
     from airflow_mlops.stream._model import ScoringModel
@@ -216,11 +217,11 @@ def test_unknown_settings_are_named_and_the_stream_logs_only_redacted_config(bro
     with caplog.at_level(logging.INFO, logger="airflow_mlops.stream"):
         summary = run_stream(
             {"topics": topic, "output_topic": out, "group_id": unique("g"), "max_duration": 1,
-             "idle_timeout": None},
+             "idle_timeout": None, "engine": engine},
             {**config(broker), "sasl_plain_username": "u", "sasl_plain_password": secret, "sasl_mechanism": "PLAIN",
              "security_protocol": "PLAINTEXT"},
             model=model,
         )
     assert summary["stopped_by"] == "max_duration"
-    assert "'sasl_plain_password': '***'" in caplog.text
+    assert f"'{logged_key}': '***'" in caplog.text
     assert secret not in caplog.text

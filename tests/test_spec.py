@@ -110,7 +110,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\ndag:\n  shedule: '@daily'\nstages:\n  validate: {}\n",
             ["3:3 dag.shedule: unknown key 'shedule' (did you mean 'schedule'?); expected one of 'schedule', "
-             "'schedule_on_assets', 'start_date', 'timezone', 'catchup', 'description', 'tags', 'owner', 'retries', "
+             "'schedule_on_assets', 'trigger', 'start_date', 'timezone', 'catchup', 'description', 'tags', 'owner', 'retries', "
              "'retry_delay', 'execution_timeout', 'max_active_runs', 'on_success_callback', 'on_failure_callback', "
              "'default_args'"],
             id="unknown-nested-key",

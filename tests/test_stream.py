@@ -41,6 +41,15 @@ def broker():
     return shared_broker()
 
 
+ENGINES = ["confluent", "kafka-python"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each correctness test runs on both stream engines: the same guarantees on both."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A SQLite MLflow store with registered models (alias 'champion' on each)."""
@@ -80,7 +89,7 @@ def spec(t, **overrides):
     return data
 
 
-def test_exact_predictions_keys_and_model_version_header(broker, store):
+def test_exact_predictions_keys_and_model_version_header(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
 
@@ -88,7 +97,7 @@ def test_exact_predictions_keys_and_model_version_header(broker, store):
     rows = {f"k{i}": {"a": i, "b": i / 4} for i in range(200)}  # 'a' arrives as a JSON integer
     produce_json(broker, t.input, rows)
 
-    summary = run_stream(spec(t, output_fields=["a"]), config(broker), tracking_uri=store.uri)
+    summary = run_stream(spec(t, engine=engine, output_fields=["a"]), config(broker), tracking_uri=store.uri)
 
     assert summary["records_in"] == 200 and summary["predictions_out"] == 200 and summary["dead_letters"] == 0
     assert summary["stopped_by"] == "idle_timeout"
@@ -109,7 +118,7 @@ def test_exact_predictions_keys_and_model_version_header(broker, store):
     assert group_lag(config(broker), t.group, [t.input]).total == 0
 
 
-def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broker, store):
+def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(engine, broker, store):
     import pandas as pd
 
     from airflow_mlops.stream import run_stream
@@ -128,7 +137,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broke
         items.insert(7 * i + 3, (k.encode(), v))
     produce(broker, t.input, items)
 
-    summary = run_stream(spec(t, model_uri="models:/sk@champion"), config(broker), tracking_uri=store.uri)
+    summary = run_stream(spec(t, engine=engine, model_uri="models:/sk@champion"), config(broker), tracking_uri=store.uri)
     assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (45, 40, 5)
 
     out = keyed(read_all(broker, t.output))
@@ -159,13 +168,13 @@ def test_poison_records_go_to_the_dead_letter_topic_and_the_rest_is_scored(broke
         assert h["model_version"] == store.versions["sk"]
 
 
-def test_records_the_model_itself_rejects_are_isolated_from_their_batch(broker, store):
+def test_records_the_model_itself_rejects_are_isolated_from_their_batch(engine, broker, store):
     from airflow_mlops.stream import run_stream
 
     t = topics(broker)
     rows = {f"k{i}": {"a": -1.0 if i in (7, 31) else float(i), "b": 1.0} for i in range(40)}
     produce_json(broker, t.input, rows)
-    summary = run_stream(spec(t, model_uri="models:/picky@champion"), config(broker), tracking_uri=store.uri)
+    summary = run_stream(spec(t, engine=engine, model_uri="models:/picky@champion"), config(broker), tracking_uri=store.uri)
     assert (summary["predictions_out"], summary["dead_letters"]) == (38, 2)
     assert keyed(read_all(broker, t.output)) == {
         k: {"prediction": 2 * v["a"] + 1.0} for k, v in rows.items() if k not in ("k7", "k31")}
@@ -176,7 +185,7 @@ def test_records_the_model_itself_rejects_are_isolated_from_their_batch(broker, 
     assert [json.loads(r.value) for r in dead] == [rows["k7"], rows["k31"]]
 
 
-def test_a_poison_record_without_dead_letter_topic_fails_and_commits_nothing_of_its_batch(broker, store):
+def test_a_poison_record_without_dead_letter_topic_fails_and_commits_nothing_of_its_batch(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import RecordFailed, run_stream
 
@@ -186,13 +195,13 @@ def test_a_poison_record_without_dead_letter_topic_fails_and_commits_nothing_of_
     produce(broker, t.input, items)
 
     with pytest.raises(RecordFailed, match=r"failed to decode: DecodeError: not valid JSON.*not committed"):
-        run_stream(spec(t), config(broker), tracking_uri=store.uri)
+        run_stream(spec(t, engine=engine), config(broker), tracking_uri=store.uri)
     # The first batch was produced and committed; the failing one was neither.
     assert sorted(keyed(read_all(broker, t.output))) == sorted(f"k{i}" for i in range(50))
     assert group_lag(config(broker), t.group, [t.input]).total == 11
 
 
-def test_a_batch_where_every_record_fails_to_score_stops_the_run(broker, store):
+def test_a_batch_where_every_record_fails_to_score_stops_the_run(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import BatchFailed, run_stream
 
@@ -200,33 +209,33 @@ def test_a_batch_where_every_record_fails_to_score_stops_the_run(broker, store):
     produce_json(broker, t.input, {f"k{i}": {"a": "text", "b": "more text"} for i in range(20)})
     with pytest.raises(BatchFailed, match=r"every one of the 20 records of this batch failed \(the first to decode: "
                                           r"SchemaMismatch: .*Expected `float`, got `str`"):
-        run_stream(spec(t, halt_on_failed_batch=10), config(broker), tracking_uri=store.uri)
+        run_stream(spec(t, engine=engine, halt_on_failed_batch=10), config(broker), tracking_uri=store.uri)
     assert read_all(broker, t.dlq) == []
     assert group_lag(config(broker), t.group, [t.input]).total == 20
 
 
-def test_bounded_by_max_records_then_the_rest_until_idle(broker, store):
+def test_bounded_by_max_records_then_the_rest_until_idle(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
 
     t = topics(broker)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(300)})
 
-    first = run_stream(spec(t, max_records=120, idle_timeout=None), config(broker), tracking_uri=store.uri)
+    first = run_stream(spec(t, engine=engine, max_records=120, idle_timeout=None), config(broker), tracking_uri=store.uri)
     assert (first["records_in"], first["predictions_out"], first["stopped_by"]) == (120, 120, "max_records")
     assert first["batches"] >= 3  # batches of at most 50, and never more than max_records consumed
     assert group_lag(config(broker), t.group, [t.input]).total == 180
 
-    second = run_stream(spec(t), config(broker), tracking_uri=store.uri)
+    second = run_stream(spec(t, engine=engine), config(broker), tracking_uri=store.uri)
     assert (second["records_in"], second["stopped_by"], second["final_lag"]) == (180, "idle_timeout", 0)
     out = read_all(broker, t.output)
     assert sorted(r.key.decode() for r in out) == sorted(f"k{i}" for i in range(300))  # no duplicates, none lost
 
-    third = run_stream(spec(t, idle_timeout=None, max_duration=2), config(broker), tracking_uri=store.uri)
+    third = run_stream(spec(t, engine=engine, idle_timeout=None, max_duration=2), config(broker), tracking_uri=store.uri)
     assert (third["records_in"], third["stopped_by"]) == (0, "max_duration")
 
 
-def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_batch(broker, store, tmp_path):
+def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_batch(engine, broker, store, tmp_path):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
 
@@ -234,7 +243,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
     t = topics(broker, partitions=4)
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 0.5} for i in range(n)})
     # The slow model sleeps 50 ms per batch: 60 batches take seconds, time to interrupt them.
-    run_spec = spec(t, model_uri="models:/slow@champion", batch_size=batch, idle_timeout=3, progress_interval=1)
+    run_spec = spec(t, engine=engine, model_uri="models:/slow@champion", batch_size=batch, idle_timeout=3, progress_interval=1)
     log = tmp_path / "stream.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log, "w") as err:
@@ -262,7 +271,9 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
     produced_at_kill = len(read_all(broker, t.output))
     assert 6 * batch <= at_kill < n, "the kill must land mid-run"
 
-    rerun = run_stream(run_spec, config(broker), tracking_uri=store.uri)
+    # The killed member must expire from the group first (a session timeout), then the group
+    # re-forms: on a loaded machine that took longer than the 3 s + join allowance once.
+    rerun = run_stream({**run_spec, "idle_timeout": 10}, config(broker), tracking_uri=store.uri)
     assert rerun["records_in"] == n - at_kill  # resumes exactly at the last commit
     assert rerun["final_lag"] == 0
 
@@ -276,7 +287,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_duplicates_at_most_one_bat
 
 
 @pytest.mark.parametrize("second_joins", ["together", "mid_run"])
-def test_two_consumers_in_one_group_share_the_partitions(broker, store, second_joins):
+def test_two_consumers_in_one_group_share_the_partitions(engine, broker, store, second_joins):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
     from airflow_mlops.stream._model import load_scoring_model
@@ -296,7 +307,7 @@ def test_two_consumers_in_one_group_share_the_partitions(broker, store, second_j
                 deadline = time.monotonic() + 60
                 while n - group_lag(config(broker), t.group, [t.input]).total < 300 and time.monotonic() < deadline:
                     time.sleep(0.05)
-            results[name] = run_stream(spec(t, batch_size=batch, idle_timeout=4, output_headers={"worker": name}),
+            results[name] = run_stream(spec(t, engine=engine, batch_size=batch, idle_timeout=4, output_headers={"worker": name}),
                                        config(broker), model=model)
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -399,7 +410,7 @@ def test_serve_stage_stream_mode_scores_with_the_upstream_model_version(broker, 
 # -- topics that do not exist ----------------------------------------------------------------------
 
 
-def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(broker, store):
+def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(engine, broker, store):
     """Before: the consumer had the broker auto-create 'transaction', scored 0 records and succeeded."""
     from airflow_mlops.kafka.topics import topic_names
     from airflow_mlops.stream import MissingTopic, run_stream
@@ -410,7 +421,7 @@ def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(broker
     produce_json(broker, real, {"k": {"a": 1.0, "b": 2.0}})
     typo = real.replace("transactions", "transaction")
     with pytest.raises(MissingTopic) as info:
-        run_stream(spec(t, topics=typo), config(broker), tracking_uri=store.uri)
+        run_stream(spec(t, engine=engine, topics=typo), config(broker), tracking_uri=store.uri)
     assert str(info.value) == (
         f"input topic '{typo}' does not exist on the brokers (did you mean '{real}'?); create it or fix the name "
         "(a consumer never creates a topic: it would read nothing from it). Nothing was consumed.")
@@ -419,7 +430,7 @@ def test_a_mistyped_input_topic_fails_before_consuming_and_is_not_created(broker
     assert read_all(broker, t.output) == []
 
 
-def test_missing_output_and_dead_letter_topics_fail_unless_auto_creation_is_asked_for(broker, store):
+def test_missing_output_and_dead_letter_topics_fail_unless_auto_creation_is_asked_for(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.kafka.topics import topic_names
     from airflow_mlops.stream import MissingTopic, run_stream
@@ -428,7 +439,7 @@ def test_missing_output_and_dead_letter_topics_fail_unless_auto_creation_is_aske
     produce_json(broker, t.input, {f"k{i}": {"a": i, "b": 1.0} for i in range(10)})
     out, dlq = t.output + "-scored", t.dlq + "-x"
     with pytest.raises(MissingTopic) as info:
-        run_stream(spec(t, output_topic=out, dead_letter_topic=dlq), config(broker), tracking_uri=store.uri)
+        run_stream(spec(t, engine=engine, output_topic=out, dead_letter_topic=dlq), config(broker), tracking_uri=store.uri)
     message = str(info.value)
     assert message.startswith(f"output topic '{out}' does not exist on the brokers (did you mean '{t.output}'?); "
                                "create it, fix the name, or set auto_create_output_topics to let the broker create it; "
@@ -438,7 +449,7 @@ def test_missing_output_and_dead_letter_topics_fail_unless_auto_creation_is_aske
     assert not {out, dlq} & topic_names(config(broker))
 
     # Asked for: the broker (tansu auto-creates) makes them when the run starts, and the run scores into them.
-    summary = run_stream(spec(t, output_topic=out, dead_letter_topic=dlq, auto_create_output_topics=True),
+    summary = run_stream(spec(t, engine=engine, output_topic=out, dead_letter_topic=dlq, auto_create_output_topics=True),
                          config(broker), tracking_uri=store.uri)
     assert summary["predictions_out"] == 10
     assert {out, dlq} <= topic_names(config(broker))
@@ -680,3 +691,16 @@ def test_one_name_per_concept_and_the_old_names_still_work(dags_folder):
 
     with pytest.raises(ValueError, match="batch_size: Input should be a valid integer"):
         validated_spec({**op.stream_args, "topics": "t", "batch_size": "lots"}, "s", rendered=True)
+
+
+def test_engine_and_broker_timeout_are_checked_at_their_lines_with_the_choices(tmp_path, capsys):
+    from airflow_mlops.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text("id: p\nstages:\n  serve:\n    mode: stream\n"
+                    "    stream: {topics: a, output_topic: b, engine: confluent-kafka, broker_timeout: 0}\n")
+    assert main(["validate", str(path)]) != 0
+    out = "".join(capsys.readouterr())
+    assert (f"{path}:5:50 stages.serve.stream.engine: unknown engine 'confluent-kafka' (did you mean 'confluent'?); "
+            "expected one of 'confluent', 'kafka-python'") in out
+    assert f"{path}:5:83 stages.serve.stream.broker_timeout: input should be greater than 0, got 0" in out

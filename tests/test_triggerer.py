@@ -50,3 +50,45 @@ with DAG({dag_id!r}, schedule=None):
     triggerer = airflow_stack.output("triggerer")
     assert topic in triggerer, triggerer[-3000:]
     assert f"Kafka lag of group '{group}' on ['{topic}']" in log and "met at least 4 new record(s)" in log, log[-3000:]
+
+
+def test_a_message_on_the_topic_queues_a_run_of_a_pipeline_with_a_kafka_trigger(airflow_stack):
+    import json
+    import time
+
+    broker = shared_broker()
+    topic = unique("labels")
+    broker.create_topic(topic, 1)
+    # A connection made for Airflow's own Kafka provider: librdkafka settings in the extra.
+    airflow_stack.cli("connections", "add", "kafka_labels", "--conn-type", "kafka", "--conn-extra", json.dumps(
+        {"bootstrap.servers": broker.bootstrap_servers, "group.id": unique("watcher"),
+         "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}))
+    dag_id = "retrain_on_labels"
+    (airflow_stack.dags / "pipelines.py").write_text(
+        "# Airflow DAGs from the pipeline YAMLs in this folder\n"
+        "from airflow_mlops import load_pipelines\n\nload_pipelines(globals())\n")
+    (airflow_stack.dags / "labels.yaml").write_text(f"""
+id: {dag_id}
+dag:
+  trigger:
+    kafka:
+      topics: [{topic}]
+      connection: kafka_labels
+stages:
+  preprocess: {{input: {{path: a.csv}}}}
+""")
+    airflow_stack.wait_for_dag(dag_id)
+    airflow_stack.cli("dags", "unpause", dag_id)
+    assert airflow_stack.cli_json("dags", "list-runs", dag_id) == []
+    produce(broker, topic, [(b"batch-7", b'{"rows": 120}')])
+    deadline = time.monotonic() + 180
+    runs: list = []
+    while time.monotonic() < deadline and not runs:
+        time.sleep(3)
+        runs = airflow_stack.cli_json("dags", "list-runs", dag_id)
+    assert runs, "no run was queued\n" + airflow_stack.output_tail()
+    assert runs[0]["run_id"].startswith("asset_triggered__"), runs
+    triggerer = airflow_stack.output("triggerer")
+    # The watcher in the triggerer fired on this very message (the default filter's event).
+    assert "Trigger fired event" in triggerer, triggerer[-3000:]
+    assert f"'topic': '{topic}', 'partition': 0, 'offset': 0, 'key': 'batch-7'" in triggerer, triggerer[-3000:]

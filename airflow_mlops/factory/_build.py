@@ -118,6 +118,24 @@ class StageBuildError(Exception):
         super().__init__(f"stage '{stage}': {type(error).__name__}: {error}")
 
 
+def _schedule(p: Pipeline) -> Any:
+    """Cron/preset, the Assets named in ``schedule_on_assets``, or one Asset watched for Kafka
+    messages (``dag.trigger.kafka``: an AssetWatcher with the official provider's trigger)."""
+    if p.dag.trigger is not None:
+        from airflow.providers.apache.kafka.triggers.msg_queue import KafkaMessageQueueTrigger
+        from airflow.sdk import AssetWatcher
+
+        k = p.dag.trigger.kafka
+        trigger = KafkaMessageQueueTrigger(topics=k.topics, kafka_config_id=k.connection,
+                                           apply_function=k.apply_function, poll_interval=k.poll_interval)
+        asset = Asset(name=f"{p.id}.kafka_trigger", uri=f"airflow-mlops://{p.id}/kafka-trigger",
+                      watchers=[AssetWatcher(name=f"{p.id}.kafka_watcher", trigger=trigger)])
+        return [asset]
+    if p.dag.schedule_on_assets:
+        return [Asset.ref(name=n) for n in p.dag.schedule_on_assets]
+    return p.dag.schedule
+
+
 def build_dag(loaded: LoadedPipeline) -> DAG:
     p = loaded.pipeline
     plan = Plan(loaded)
@@ -135,7 +153,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     dag = DAG(
         dag_id=p.id,
         description=p.description or p.dag.description,
-        schedule=[Asset.ref(name=n) for n in p.dag.schedule_on_assets] if p.dag.schedule_on_assets else p.dag.schedule,
+        schedule=_schedule(p),
         start_date=_start(p.dag),
         catchup=p.dag.catchup,
         tags=[TAG, *p.dag.tags],

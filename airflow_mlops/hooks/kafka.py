@@ -1,13 +1,22 @@
-"""Kafka settings from an Airflow connection, for kafka-python clients.
+"""Kafka settings from an Airflow connection, for the stream engines (kafka-python, confluent-kafka).
+
+Any connection id works, whatever its type: a ``kafka`` connection made for Airflow's own
+``apache-airflow-providers-apache-kafka`` (librdkafka settings in the extra, e.g.
+``{"bootstrap.servers": "broker:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+"sasl.username": ..., "sasl.password": ...}``) is read as it is. This package registers its own
+connection form under the type ``mlops_kafka`` (never ``kafka``, which that provider owns);
+connections created with type ``kafka`` through this package's older form keep working.
 
 The connection: **host** = bootstrap servers (``broker1:9092,broker2:9092``; a **port** is added
 to hosts that have none), **login/password** = SASL username/password (``sasl_plain_username``
-/ ``sasl_plain_password``), **extra** = a JSON object passed through to kafka-python, e.g.
+/ ``sasl_plain_password``), **extra** = a JSON object of client settings, e.g.
 
     {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "ssl_cafile": "/etc/ssl/ca.pem"}
 
 Names in the librdkafka style of the apache-kafka provider's connections (``bootstrap.servers``,
-``security.protocol``, ``sasl.username``…) are translated, so such a connection works as it is.
+``security.protocol``, ``sasl.username``…) are translated to kafka-python's; other dotted names
+are kept for the confluent engine (``airflow_mlops.kafka.config.librdkafka_config`` turns the
+whole config into librdkafka's names), so such a connection works as it is with both engines.
 As an environment variable, JSON (several brokers)::
 
     AIRFLOW_CONN_KAFKA_DEFAULT='{"conn_type": "kafka", "host": "broker1:9092,broker2:9092",
@@ -31,7 +40,8 @@ __all__ = ["KafkaConnectionHook", "kafka_config_from_connection", "redact"]
 
 
 def kafka_config_from_connection(conn_id: str) -> dict[str, Any]:
-    """The kafka-python config (shared by consumer, producer and admin) of an Airflow connection."""
+    """The client config (kafka-python names, plus librdkafka-only dotted settings; shared by
+    consumer, producer and admin) of an Airflow connection."""
     return kafka_config(BaseHook.get_connection(conn_id), conn_id)
 
 
@@ -90,12 +100,13 @@ def _typed(key: str, value: Any) -> Any:
 
 
 class KafkaConnectionHook(BaseHook):
-    """The ``kafka`` connection form in the Airflow UI, and the config it holds."""
+    """The ``mlops_kafka`` connection form in the Airflow UI, and the config it holds. (The type
+    ``kafka`` belongs to apache-airflow-providers-apache-kafka; its connections are read too.)"""
 
     conn_name_attr = "kafka_conn_id"
     default_conn_name = "kafka_default"
-    conn_type = "kafka"
-    hook_name = "Kafka (kafka-python)"
+    conn_type = "mlops_kafka"
+    hook_name = "Kafka (airflow-mlops stream)"
 
     def __init__(self, kafka_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -106,7 +117,7 @@ class KafkaConnectionHook(BaseHook):
         return {
             "hidden_fields": ["schema"],
             "relabeling": {"host": "Bootstrap servers", "login": "SASL username", "password": "SASL password",
-                           "extra": "kafka-python settings (JSON)"},
+                           "extra": "Kafka settings (JSON): librdkafka or kafka-python names"},
             "placeholders": {
                 "host": "broker1:9092,broker2:9092",
                 "extra": json.dumps({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",

@@ -37,10 +37,32 @@ class GroupLag:
 def group_lag(
     kafka_config: Mapping[str, Any], group_id: str, topics: Sequence[str], *, timeout_s: float = 15.0
 ) -> GroupLag:
+    """The lag of ``group_id`` on ``topics``. Bounded: the brokers must answer a metadata request
+    within ``timeout_s`` seconds (and as much again for the answer), else ``DependencyFailed``
+    (retryable: "Kafka broker (...) did not answer ..."); highwater marks not read within
+    ``timeout_s`` are listed in ``unknown_partitions``."""
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
+    from airflow_mlops.kafka.topics import topic_names
+
     result = GroupLag(group_id=group_id)
+    try:
+        known = topic_names(kafka_config, timeout_s)
+    except Exception as exc:  # kafka-python's errors for unreachable brokers
+        from airflow_mlops._core.errors import DependencyFailed
+
+        servers = kafka_config.get("bootstrap_servers") or kafka_config.get("bootstrap.servers")
+        raise DependencyFailed(
+            "Kafka broker", address=f"bootstrap servers {servers}",
+            failure=f"did not answer within {timeout_s:g} s [{type(exc).__name__}: {exc}]",
+            during=f"measuring the lag of consumer group '{group_id}' on {list(topics)}",
+            action="start the broker (or restore the network path to it); the next try measures again",
+            retryable=True) from exc
+    result.missing_topics = [t for t in topics if t not in known]
+    if result.missing_topics:
+        result.known_topics = sorted(known)
+        return result
     consumer = KafkaConsumer(
         **for_client(kafka_config, "consumer"),
         group_id=group_id,  # only to read the group's committed offsets; never subscribes or commits
@@ -61,7 +83,7 @@ def group_lag(
                 continue
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
         if result.missing_topics:
-            result.known_topics = sorted(consumer.topics())
+            result.known_topics = sorted(known)
         if not partitions:
             return result
         consumer.assign(partitions)

@@ -64,9 +64,14 @@ class StreamInferenceOperator(BaseOperator):
         an alias is resolved to its version once, when the task starts.
     :param group_id: consumer group; default ``airflow-mlops.<dag_id>.<task_id>``.
     :param dead_letter_topic: where failing records go; without one, a failing record fails the task.
-    :param kafka_conn_id: Airflow connection: host = bootstrap servers, login/password = SASL
-        credentials, extra = kafka-python settings (``security_protocol``, ``sasl_mechanism``,
-        ``ssl_cafile``…). Logged redacted only.
+    :param kafka_conn_id: Airflow connection, e.g. one of type ``kafka`` made for Airflow's own Kafka
+        provider (extra = librdkafka settings: ``bootstrap.servers``, ``security.protocol``,
+        ``sasl.mechanism``, ``sasl.username``/``sasl.password``…) or of this package's type
+        ``mlops_kafka`` (host = bootstrap servers, login/password = SASL credentials); translated
+        for the engine. Logged redacted only.
+    :param engine: ``"confluent"`` (confluent-kafka, default) or ``"kafka-python"``: same guarantees.
+    :param broker_timeout: seconds the brokers may stay unreachable before the task fails with a
+        retryable "Kafka broker ... did not answer" error saying what was committed (default 30).
     :param mlflow: the MLflow store, as for every operator: ``{"conn_id": ...}`` (an ``mlflow`` connection)
         or ``{"tracking_uri": ...}``; default: resolved like the stages do. (``mlflow_conn_id=`` and
         ``tracking_uri=`` are its deprecated forms.)
@@ -77,6 +82,7 @@ class StreamInferenceOperator(BaseOperator):
     ``max_records``, ``max_duration``, ``idle_timeout``, ``decoder``, ``features``,
     ``output_key``, ``output_fields``, ``output_headers``, ``prediction_field``,
     ``auto_offset_reset``, ``auto_create_output_topics``, ``halt_on_failed_batch``, ``poll_timeout_ms``,
+    ``engine``, ``broker_timeout``,
     ``progress_interval``, ``consumer_config``, ``producer_config``. They are validated here, so
     a bad one fails when the DAG is parsed, and they can be Jinja templates.
     """
@@ -164,6 +170,7 @@ class StreamInferenceOperator(BaseOperator):
         try:
             return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
         except StreamError as exc:
+            self.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
             if not exc.retryable:
                 # A poison record without a dead-letter topic, or a model that scores nothing:
                 # a retry would only repeat it.

@@ -23,9 +23,12 @@ class KafkaLagSensor(BaseSensorOperator):
         ``"new_records"``: done when lag ≥ ``threshold`` (default 1: anything to consume) —
         put it in front of a ``StreamInferenceOperator`` so runs start only when there is work.
     :param threshold: N of the condition.
-    :param kafka_conn_id: Airflow connection (host = bootstrap servers, extra = kafka-python settings).
-    :param lag_timeout: longest wait in seconds for the partitions' highwater marks in one poke
-        (``lag_timeout_s`` is its deprecated name).
+    :param kafka_conn_id: Airflow connection: a ``kafka`` one of Airflow's Kafka provider (librdkafka
+        settings in the extra) or an ``mlops_kafka`` one (host = bootstrap servers).
+    :param lag_timeout: longest wait in seconds for the brokers' answer and for the partitions'
+        highwater marks in one poke (``lag_timeout_s`` is its deprecated name). Brokers that do not
+        answer within it fail the poke with a retryable ``DependencyFailed`` ("Kafka broker (...)
+        did not answer ..."), so Airflow's retries apply.
     :param deferrable: wait in the triggerer (``KafkaLagTrigger``), which measures every
         ``poke_interval`` without holding a worker slot; it reads the connection there.
 

@@ -71,6 +71,34 @@ def _timezone(v: Any) -> Any:
         "or 'UTC'", {"v": repr(v), "hint": did_you_mean(v, names)})
 
 
+class KafkaMessageTrigger(Strict):
+    """Start a run when a message arrives on a Kafka topic: Airflow's ``AssetWatcher`` with the
+    official Kafka provider's ``KafkaMessageQueueTrigger``, watched in the triggerer."""
+
+    topics: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]] = Field(
+        ..., min_length=1, description="Topics to watch (one message that passes 'filter' queues a run).")
+    connection: str = Field(
+        "kafka_default", min_length=1, description="Airflow connection of type 'kafka' (apache-airflow-providers-"
+        "apache-kafka): its extra holds librdkafka settings and must give 'bootstrap.servers' and 'group.id' "
+        "(the watcher's consumer group).")
+    filter: str = Field(
+        "airflow_mlops.kafka.watch:any_message", pattern=CALLBACK_PATH,
+        description="'package.module:function' taking a confluent-kafka Message and returning what to put in the "
+        "asset event (JSON-able), or None/False to skip the message. Default: every message starts a run.")
+    poll_interval: float = Field(5.0, gt=0, description="Seconds the watcher waits after a skipped message.")
+
+    @property
+    def apply_function(self) -> str:
+        """The filter as the dotted path the provider's trigger imports."""
+        return self.filter.replace(":", ".")
+
+
+class DagTrigger(Strict):
+    """What starts a run besides a person: a message on a Kafka topic."""
+
+    kafka: KafkaMessageTrigger
+
+
 class DagSettings(Strict):
     """How the DAG is scheduled and retried (Airflow's DAG arguments and default_args)."""
 
@@ -80,6 +108,9 @@ class DagSettings(Strict):
         description="Run when these Airflow Assets (by name) get an event, e.g. another pipeline's drift stage "
         "'<pipeline id>.<stage name>'. Replaces 'schedule'.",
     )
+    trigger: DagTrigger | None = Field(
+        None, description="Event-driven start: 'trigger: {kafka: {topics: [...], connection: kafka_default}}' runs "
+        "the DAG when a message arrives (an Asset with an AssetWatcher; needs the triggerer). Replaces 'schedule'.")
     start_date: datetime | date = Field(
         date(2025, 1, 1), description="First logical date: a date (midnight in the DAG's time zone) or a date-time; "
         "an explicit offset ('2025-03-01T06:00:00+01:00') is kept.")
@@ -110,8 +141,10 @@ class DagSettings(Strict):
 
     @model_validator(mode="after")
     def _one_schedule(self) -> "DagSettings":
-        if self.schedule and self.schedule_on_assets:
-            raise PydanticCustomError("one_schedule", "give 'schedule' or 'schedule_on_assets', not both")
+        given = [n for n in ("schedule", "schedule_on_assets", "trigger") if getattr(self, n)]
+        if len(given) > 1:
+            raise PydanticCustomError("one_schedule", "give one of 'schedule', 'schedule_on_assets' and 'trigger', "
+                                      "not {both}", {"both": " and ".join(f"'{n}'" for n in given)})
         return self
 
 
@@ -284,6 +317,8 @@ def check_dag(pipeline: Any, src: Source) -> Iterable[SpecIssue]:
     settings = pipeline.dag
     places = [(("dag", k), getattr(settings, k)) for k in DAG_CALLBACKS]
     places += [(("dag", "default_args", k), settings.default_args.get(k)) for k in TASK_CALLBACKS]
+    if settings.trigger is not None:  # the triggerer imports it only once the DAG is live: check it now
+        places.append((("dag", "trigger", "kafka", "filter"), settings.trigger.kafka.filter))
     for at, value in places:
         if value is None:
             continue
@@ -298,7 +333,7 @@ def check_dag(pipeline: Any, src: Source) -> Iterable[SpecIssue]:
             except Exception as exc:  # any import-time failure of user code is a spec error here
                 why = str(exc) if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {exc}"
                 yield SpecIssue(src.mark_of(loc), format_path(at), f"cannot resolve callback {path!r}: {why}")
-    if settings.schedule or settings.schedule_on_assets:
+    if settings.schedule or settings.schedule_on_assets or settings.trigger:
         for name, spec in pipeline.params.items():
             if "default" not in spec.model_fields_set:
                 yield SpecIssue(src.mark_of(("params", name), key=True), format_path(("params", name)),

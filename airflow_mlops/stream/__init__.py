@@ -7,8 +7,15 @@ loop; the Airflow operator (``airflow_mlops.operators.stream``) and the serve st
 from __future__ import annotations
 
 from airflow_mlops.spec.stream import StreamServeSettings, StreamSpec
-from airflow_mlops.stream.errors import BatchFailed, DeliveryFailed, MissingTopic, RecordFailed, StreamError
+from airflow_mlops.stream.errors import (
+    BatchFailed,
+    BrokerLost,
+    DeliveryFailed,
+    MissingTopic,
+    RecordFailed,
+    StreamError,
+)
 from airflow_mlops.stream.loop import run_stream
 
-__all__ = ["BatchFailed", "DeliveryFailed", "MissingTopic", "RecordFailed", "StreamError", "StreamServeSettings",
+__all__ = ["BatchFailed", "BrokerLost", "DeliveryFailed", "MissingTopic", "RecordFailed", "StreamError", "StreamServeSettings",
            "StreamSpec", "run_stream"]

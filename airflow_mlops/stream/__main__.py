@@ -8,6 +8,11 @@
 ``--spec`` and ``--kafka-config`` take JSON or ``@file.json``. Security settings belong in
 ``--kafka-config`` or ``$AIRFLOW_MLOPS_KAFKA_CONFIG`` (JSON), never in the spec. The summary is
 printed as one JSON line on stdout.
+
+Exit codes: 0 done; 1 a failure a rerun may fix (the Kafka broker lost: the message says what was
+committed; a rerun resumes from there); ``EXIT_FAILED`` (3, see ``airflow_mlops._core.result``) a
+failure no rerun fixes (a missing topic, a poison record without dead-letter topic, bad settings),
+its message after ``STAGE FAILED:`` on stderr.
 """
 
 from __future__ import annotations
@@ -34,13 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, type=_json_arg, help="StreamSpec as JSON or @file")
     parser.add_argument("--bootstrap-servers", help="overrides bootstrap_servers of the Kafka config")
     parser.add_argument("--kafka-config", type=_json_arg, default=None,
-                        help="kafka-python settings as JSON or @file (default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
+                        help="Kafka client settings (kafka-python or librdkafka names) as JSON or @file "
+                        "(default: $AIRFLOW_MLOPS_KAFKA_CONFIG)")
     parser.add_argument("--tracking-uri", default=None, type=tracking_uri_argument,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the SQLite store under "
                         "$AIRFLOW_MLOPS_HOME)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX
     from airflow_mlops.stream import StreamError, run_stream
 
     config = args.kafka_config
@@ -51,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_stream(args.spec, config, tracking_uri=args.tracking_uri)
     except (StreamError, ValueError) as exc:  # ValueError: e.g. a relative $MLFLOW_TRACKING_URI
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        # One message, no traceback. Exit EXIT_FAILED when a rerun cannot help (a missing topic,
+        # poison records without a dead-letter topic, bad settings); 1 when it may (a lost broker).
+        retryable = getattr(exc, "retryable", False)
+        print(f"{'error' if retryable else FAILED_PREFIX.rstrip(': ')}: {exc}", file=sys.stderr)
+        return 1 if retryable else EXIT_FAILED
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -11,27 +11,30 @@ broker must actually create it, or the run fails before consuming.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 from airflow_mlops.spec.stream import StreamSpec
-from airflow_mlops.stream.errors import MissingTopic, StreamError
-
-# How long the metadata lookup may take to reach a broker, and as much again for its answer.
-LOOKUP_TIMEOUT_S = 15.0
+from airflow_mlops.stream.errors import MissingTopic
 
 
-def missing_outputs(spec: StreamSpec, kafka_config: Mapping[str, Any], log: logging.Logger,
-                    timeout_s: float = LOOKUP_TIMEOUT_S) -> list[str]:
-    """Check the topics; return the output/dead-letter topics that are missing but may be
-    auto-created (``auto_create_output_topics``). Raises ``MissingTopic`` otherwise."""
-    from airflow_mlops.kafka.topics import missing_topic_message, topic_names
+def missing_outputs(spec: StreamSpec, topic_names: Callable[[float], set[str]], log: logging.Logger,
+                    timeout_s: float | None = None) -> list[str]:
+    """Check the topics (``topic_names(timeout_s)`` lists what the brokers have; default timeout:
+    ``spec.broker_timeout``); return the output/dead-letter topics that are missing but may be
+    auto-created (``auto_create_output_topics``). Raises ``MissingTopic`` otherwise, and the
+    engine's ``BrokerUnreachable`` when the brokers do not answer."""
+    from airflow_mlops.kafka.topics import missing_topic_message
+    from airflow_mlops.stream._clients import BrokerUnreachable
 
+    timeout_s = spec.broker_timeout if timeout_s is None else timeout_s
     try:
-        known = topic_names(kafka_config, timeout_s)
-    except Exception as exc:  # unreachable brokers, bad credentials: a retry may help
-        raise StreamError(f"could not list the brokers' topics within {timeout_s:.0f} s: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        known = topic_names(timeout_s)
+    except BrokerUnreachable:
+        raise
+    except Exception as exc:  # unreachable brokers (kafka-python's errors): a retry may help
+        raise BrokerUnreachable(f"could not list the brokers' topics within {timeout_s:.0f} s: "
+                                f"{type(exc).__name__}: {exc}") from exc
     problems = [missing_topic_message("input", t, known, "create it or fix the name (a consumer never creates "
                                       "a topic: it would read nothing from it)")
                 for t in spec.input_topics if t not in known]

@@ -3,6 +3,8 @@ consumes it again."""
 
 from __future__ import annotations
 
+from airflow_mlops._core.errors import DependencyFailed
+
 
 class StreamError(RuntimeError):
     """The stream cannot go on. ``retryable`` says whether running it again could help."""
@@ -32,3 +34,9 @@ class MissingTopic(StreamError):
     Running again cannot help until the topic is created or the name fixed."""
 
     retryable = False
+
+
+class BrokerLost(DependencyFailed, StreamError):
+    """The Kafka brokers did not answer within ``StreamSpec.broker_timeout`` (unreachable at the
+    start, or lost mid-stream). Retryable: a rerun resumes from the committed offsets. The message
+    (``DependencyFailed``'s shape) says what was consumed, produced and committed before the loss."""

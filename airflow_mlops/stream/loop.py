@@ -12,58 +12,34 @@ import threading
 import time
 from typing import Any, Mapping
 
-from airflow_mlops.kafka.config import for_client, redact
 from airflow_mlops.spec.stream import StreamSpec
-from airflow_mlops.stream._partition import partitions_for_keys
-from airflow_mlops.stream.errors import DeliveryFailed, RecordFailed, StreamError
+from airflow_mlops.stream._clients import ENGINES, BrokerUnreachable, Rebalanced, StreamClients
+from airflow_mlops.stream.errors import BrokerLost, RecordFailed, StreamError
 
 log = logging.getLogger("airflow_mlops.stream")
-
-# Producer settings that served throughput here (override through StreamSpec.producer_config):
-# a batch is flushed before its commit anyway, so a short linger only groups sends.
-PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger_ms": 5, "batch_size": 256 * 1024}
-# The consumer never creates a topic: a mistyped input topic would be created empty and read as such.
-CONSUMER_DEFAULTS: dict[str, Any] = {"allow_auto_create_topics": False}
-
-
-def _lag(consumer: Any) -> int | None:
-    """Records not yet consumed on this consumer's partitions: Σ highwater − position. (Not
-    ``end_offsets()``, which is wrong on some Kafka-compatible brokers, tansu among them.)"""
-    total, known = 0, False
-    for tp in consumer.assignment():
-        highwater = consumer.highwater(tp)
-        if highwater is None:
-            continue
-        total += max(0, highwater - consumer.position(tp))
-        known = True
-    return total if known else None
 
 
 class _Run:
     """The state of one run, batch to batch.
 
     Pipelined: batch N is produced, then batch N+1 is consumed and scored while the broker
-    acknowledges N; only then is N flushed (every future acknowledged) and committed, and N+1
+    acknowledges N; only then is N flushed (every record acknowledged) and committed, and N+1
     produced. At most one batch is ever produced but uncommitted — what a crash can duplicate.
 
-    If N's commit fails because the group rebalanced (kafka-python 3 rebalances on its own IO
-    thread, where a listener may not block to flush), N is left to whoever owns its partitions
-    now, N+1 is dropped unproduced, and the partitions still assigned here are rewound to their
-    committed offsets: one batch of duplicates per rebalance at most, nothing skipped.
+    If N's commit fails because the group rebalanced (kafka-python rebalances on its own IO
+    thread, where a listener may not block to flush; the confluent engine settles N before its
+    partitions are revoked), N is left to whoever owns its partitions now, N+1 is dropped
+    unproduced, and the partitions still assigned here are rewound to their committed offsets:
+    one batch of duplicates per rebalance at most, nothing skipped.
     """
 
-    def __init__(self, spec: StreamSpec, scorer: Any, model: Any, log_: logging.Logger, rebalance_errors: tuple,
-                 offset_and_metadata: Any, topic_partition: Any) -> None:
-        self.spec, self.scorer, self.model, self.log = spec, scorer, model, log_
-        self.rebalance_errors = rebalance_errors
-        self.OffsetAndMetadata, self.TopicPartition = offset_and_metadata, topic_partition
-        self.consumer: Any = None
-        self.producer: Any = None
-        self.hash_keys = True  # off when the producer has a partitioner of its own
+    def __init__(self, spec: StreamSpec, scorer: Any, model: Any, log_: logging.Logger, clients: StreamClients) -> None:
+        self.spec, self.scorer, self.model, self.log, self.clients = spec, scorer, model, log_, clients
         self.rebalancing = False  # a commit failed on a rebalance: the group is re-forming
-        self.pending: tuple[list[Any], dict[Any, int], int] | None = None  # futures, offsets, records
+        self.pending: tuple[dict[tuple[str, int], int], int] | None = None  # offsets, records
         self.records_in = self.predictions_out = self.dead_letters = self.batches = self.commit_failures = 0
         self.partitions_seen: set[str] = set()
+        self.committed: dict[tuple[str, int], int] = {}  # what this run committed, per partition
         self.started = time.monotonic()
         self.first_record_at: float | None = None
         self.last_commit_at = self.started
@@ -74,7 +50,7 @@ class _Run:
         if self.first_record_at is None:
             self.first_record_at = time.monotonic()
         self.records_in += len(records)
-        offsets: dict[Any, int] = {}
+        offsets: dict[tuple[str, int], int] = {}
         for r in records:
             offsets[(r.topic, r.partition)] = r.offset + 1  # records of a partition come in order
 
@@ -89,22 +65,15 @@ class _Run:
                 f"this batch was not committed)"
             )
         if not self.settle():
-            self.rewind(set(offsets))
+            self.clients.rewind(set(offsets), self.spec.auto_offset_reset)
             self.records_in -= len(records)  # dropped: consumed again after the rewind
             return
-        send, out_topic, headers = self.producer.send, self.spec.output_topic, self.scorer.headers
-        keys = [key for key, _ in outputs]
-        if self.hash_keys and outputs and None not in keys:
-            # The partitions the default partitioner would pick, hashed for the whole batch at once.
-            partitions = partitions_for_keys(keys, self.producer.partitions_for(out_topic))
-            futures = [send(out_topic, value=value, key=key, headers=headers, partition=partition)
-                       for (key, value), partition in zip(outputs, partitions)]
-        else:
-            futures = [send(out_topic, value=value, key=key, headers=headers) for key, value in outputs]
-        for letter in dead:
-            futures.append(send(dlq_topic, value=letter.record.value, key=letter.record.key,
-                                headers=letter.headers(self.model.version)))
-        self.pending = (futures, offsets, len(records))
+        self.clients.produce(self.spec.output_topic, outputs, self.scorer.headers)
+        if dead:
+            version = self.model.version
+            self.clients.produce(dlq_topic, [(d.record.key, d.record.value) for d in dead],
+                                 lambda i: dead[i].headers(version))
+        self.pending = (offsets, len(records))
         self.predictions_out += len(outputs)
         self.dead_letters += len(dead)
         self.batches += 1
@@ -119,49 +88,30 @@ class _Run:
         exactly its offsets. False if the commit failed because the group rebalanced."""
         if self.pending is None:
             return True
-        futures, offsets, count = self.pending
-        self.pending = None
-        self.producer.flush()
-        failed = [f for f in futures if f.failed()]
-        if failed:
-            raise DeliveryFailed(
-                f"{len(failed)} of {len(futures)} records of a batch were not acknowledged by the broker "
-                f"({failed[0].exception!r}); the batch was not committed and will be consumed again"
-            )
-        OffsetAndMetadata, TopicPartition = self.OffsetAndMetadata, self.TopicPartition
-        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        offsets, count = self.pending
+        self.pending = None  # settled once: a failed flush must never lead to its commit later
+        self.clients.flush()  # DeliveryFailed / BrokerUnreachable: nothing of the batch is committed
         try:
-            self.consumer.commit(commit)
-        except self.rebalance_errors as exc:
+            self.clients.commit(offsets)
+        except Rebalanced as exc:
             # The partitions moved to another consumer first; it consumes them again from the
             # last commit (the at-least-once duplicates).
             self.commit_failures += 1
             self.log.warning("Commit of %d records failed after a rebalance (%s); they will be consumed again",
-                             count, type(exc).__name__)
-            self.rewind(set(offsets))
+                             count, exc)
+            self.clients.rewind(set(offsets), self.spec.auto_offset_reset)
             self.rebalancing = True
             return False
+        self.committed.update(offsets)
         self.last_commit_at = time.monotonic()
         return True
 
-    def rewind(self, touched: set[tuple[str, int]]) -> None:
-        """Seek the partitions still assigned here back to the group's committed offsets."""
-        TopicPartition = self.TopicPartition
-        assigned = self.consumer.assignment()
-        for topic, partition in sorted(touched):
-            tp = TopicPartition(topic, partition)
-            if tp not in assigned:
-                continue
-            try:
-                committed = self.consumer.committed(tp)
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                elif self.spec.auto_offset_reset == "earliest":
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek_to_end(tp)
-            except Exception as exc:  # the partition moved on meanwhile: its new owner reads it
-                self.log.info("Could not rewind %s:%d after the rebalance (%r)", topic, partition, exc)
+    def kept(self) -> str:
+        """What a failure leaves behind, for its message."""
+        committed = ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(self.committed.items())) or \
+            "nothing committed by this run (the group's earlier commits stand)"
+        return (f"{self.records_in} records consumed, {self.predictions_out} predictions and {self.dead_letters} "
+                f"dead letters produced in {self.batches} batches; offsets committed up to {committed}")
 
     def progress(self, final: bool = False) -> None:
         window = (self.last_commit_at - self.first_record_at) if self.first_record_at else 0.0
@@ -169,22 +119,40 @@ class _Run:
         self.log.info(
             "%s: %d records in, %d predictions out, %d dead letters, %d batches, %.0f records/s, lag %s",
             "Done" if final else "Progress", self.records_in, self.predictions_out, self.dead_letters, self.batches,
-            rate, _lag(self.consumer),
+            rate, self.clients.lag(),
         )
 
 
-def build_clients(spec: StreamSpec, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    consumer = {
-        **CONSUMER_DEFAULTS,
-        **for_client(kafka_config, "consumer"),
-        "group_id": spec.group_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": spec.auto_offset_reset,
-        "max_poll_records": spec.batch_size,
-        **spec.consumer_config,
-    }
-    producer = {**PRODUCER_DEFAULTS, **for_client(kafka_config, "producer"), **spec.producer_config}
-    return consumer, producer
+def open_clients(engine: str, spec: StreamSpec, kafka_config: Mapping[str, Any]) -> StreamClients:
+    """The clients of ``engine`` (``confluent`` or ``kafka-python``) for ``spec``."""
+    if engine == "confluent":
+        from airflow_mlops.stream._confluent import ConfluentClients
+
+        return ConfluentClients(spec, kafka_config)
+    if engine == "kafka-python":
+        from airflow_mlops.stream._kafka_python import KafkaPythonClients
+
+        return KafkaPythonClients(spec, kafka_config)
+    raise ValueError(f"unknown stream engine {engine!r}; one of {', '.join(ENGINES)}")
+
+
+def broker_lost(spec: StreamSpec, kafka_config: Mapping[str, Any], run: _Run | None, exc: BaseException) -> BrokerLost:
+    """The one message of a broker lost under the run (retryable)."""
+    servers = kafka_config.get("bootstrap_servers") or kafka_config.get("bootstrap.servers") or "?"
+    if isinstance(servers, (list, tuple)):
+        servers = ",".join(servers)
+    if run is None:
+        during = f"the start of the stream {spec.input_topics} → {spec.output_topic} (nothing consumed)"
+        kept = None
+    else:
+        during = f"batch {run.batches + 1} of the stream {spec.input_topics} → {spec.output_topic}"
+        kept = run.kept()
+    return BrokerLost(
+        "Kafka broker", address=f"bootstrap servers {servers}",
+        failure=f"did not answer within {spec.broker_timeout:g} s (broker_timeout) [{exc}]", during=during,
+        kept=kept, action="start the broker (or restore the network path to it); a rerun resumes from the "
+        "committed offsets (the uncommitted batch is consumed again: at most one batch of duplicates)",
+        retryable=True)
 
 
 def run_stream(
@@ -199,28 +167,22 @@ def run_stream(
     """Run one bounded streaming-inference pass and return its summary.
 
     :param spec: a ``StreamSpec`` (or its dict); needs ``group_id`` and ``model_uri`` (unless
-        ``model`` is given).
-    :param kafka_config: kafka-python settings shared by consumer and producer:
-        ``bootstrap_servers`` and any security settings (``security_protocol``, ``sasl_*``,
-        ``ssl_*``). Logged redacted only.
+        ``model`` is given). ``spec.engine`` picks the client: ``confluent`` or ``kafka-python``.
+    :param kafka_config: settings shared by consumer and producer, in kafka-python's names
+        (``bootstrap_servers``, ``security_protocol``, ``sasl_*``, ``ssl_*``) or librdkafka's
+        (``bootstrap.servers``…); translated for the engine. Logged redacted only.
     :param tracking_uri: MLflow tracking/registry URI for ``models:/`` URIs; default:
         ``$MLFLOW_TRACKING_URI``, else the store under ``$AIRFLOW_MLOPS_HOME`` (never MLflow's own
         default, a database in the current directory). A relative local store is refused.
     :param model: an already loaded ``ScoringModel`` (benchmarks, tests).
     :param stop: an event that ends the run after the current batch.
+    :raises MissingTopic: a topic does not exist (not retryable); ``BrokerLost``: the brokers did
+        not answer within ``spec.broker_timeout`` seconds (retryable; a ``DependencyFailed``);
+        ``RecordFailed``/``BatchFailed``: bad records or model (not retryable).
     """
-    from kafka import KafkaConsumer, KafkaProducer
-    from kafka.errors import (
-        CommitFailedError,
-        IllegalGenerationError,
-        RebalanceInProgressError,
-        UnknownMemberIdError,
-    )
-    from kafka.structs import OffsetAndMetadata, TopicPartition
-
     from airflow_mlops._core.paths import import_string
     from airflow_mlops.stream._model import load_scoring_model
-    from airflow_mlops.stream._preflight import create_by_producing, missing_outputs
+    from airflow_mlops.stream._preflight import missing_outputs
     from airflow_mlops.stream._scoring import BatchScorer
 
     log_ = logger or log
@@ -233,39 +195,52 @@ def run_stream(
         from airflow_mlops.hooks.mlflow import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(tracking_uri)  # a relative local store fails here
-    # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
-    to_create = missing_outputs(spec, kafka_config, log_)
-    if model is None:
-        model = load_scoring_model(spec.model_uri, tracking_uri)
-    decoder = import_string(spec.decoder)
-    scorer = BatchScorer(spec, model, decoder)
-    consumer_cfg, producer_cfg = build_clients(spec, kafka_config)
-    rebalance_errors = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError)
-
-    log_.info(
-        "Streaming %s → %s (dead letters: %s) with %s (version %s), group %s, batches of %d; stops after %s",
-        spec.input_topics, spec.output_topic, spec.dead_letter_topic or "none, a bad record fails the run",
-        model.uri, model.version, spec.group_id, spec.batch_size,
-        ", ".join(f"{k}={v}" for k, v in (("max_records", spec.max_records), ("max_duration", spec.max_duration),
-                                          ("idle_timeout", spec.idle_timeout)) if v) or "nothing (no bound set)",
-    )
-    log_.info("Kafka consumer config: %s", redact(consumer_cfg))
-    log_.info("Kafka producer config: %s", redact(producer_cfg))
-
-    run = _Run(spec, scorer, model, log_, rebalance_errors, OffsetAndMetadata, TopicPartition)
-    run.hash_keys = "partitioner" not in producer_cfg
-    run.consumer = consumer = KafkaConsumer(**consumer_cfg)
     try:
-        run.producer = KafkaProducer(**producer_cfg)
-        create_by_producing(run.producer, to_create)
-    except BaseException:
-        if run.producer is not None:
-            run.producer.close(timeout=5)
-        consumer.close(autocommit=False)
-        raise
-    consumer.subscribe(spec.input_topics)
+        clients = open_clients(spec.engine, spec, kafka_config)
+    except BrokerUnreachable as exc:
+        raise broker_lost(spec, kafka_config, None, exc) from exc
+    run: _Run | None = None
+    try:
+        # Before the model is loaded: a mistyped topic fails in seconds, having consumed nothing.
+        to_create = missing_outputs(spec, clients.topic_names, log_)
+        clients.ensure_created(to_create)
+        if model is None:
+            model = load_scoring_model(spec.model_uri, tracking_uri)
+        scorer = BatchScorer(spec, model, import_string(spec.decoder))
+        log_.info(
+            "Streaming %s → %s (dead letters: %s) with %s (version %s), group %s, batches of %d, engine %s; "
+            "stops after %s; a broker silent for %g s ends the run", spec.input_topics, spec.output_topic,
+            spec.dead_letter_topic or "none, a bad record fails the run", model.uri, model.version, spec.group_id,
+            spec.batch_size, clients.engine,
+            ", ".join(f"{k}={v}" for k, v in (("max_records", spec.max_records), ("max_duration", spec.max_duration),
+                                              ("idle_timeout", spec.idle_timeout)) if v) or "nothing (no bound set)",
+            spec.broker_timeout,
+        )
+        consumer_log, producer_log = clients.configs_to_log()
+        log_.info("Kafka consumer config: %s", consumer_log)
+        log_.info("Kafka producer config: %s", producer_log)
+        run = _Run(spec, scorer, model, log_, clients)
+        summary = _loop(spec, run, clients, log_, stop)
+    except BrokerUnreachable as exc:
+        raise broker_lost(spec, kafka_config, run, exc) from exc
+    finally:
+        try:
+            clients.close()
+        except Exception as exc:  # closing against a lost broker: the run's own outcome matters more
+            log_.warning("Closing the Kafka clients: %r", exc)
+    summary.update({"model_uri": model.uri, "model_version": model.version, "group_id": spec.group_id,
+                    "input_topics": spec.input_topics, "output_topic": spec.output_topic,
+                    "dead_letter_topic": spec.dead_letter_topic, "engine": clients.engine})
+    log_.info("Stream summary: %s", summary)
+    return summary
+
+
+def _loop(spec: StreamSpec, run: _Run, clients: StreamClients, log_: logging.Logger,
+          stop: threading.Event | None) -> dict[str, Any]:
+    clients.on_revoke = run.settle
+    clients.subscribe(spec.input_topics)
     # Joining a group can take a session timeout for a dead member to expire, then the join itself.
-    join_allowance = 2 * consumer.config["session_timeout_ms"] / 1000.0
+    join_allowance = 2 * clients.session_timeout_s
 
     # The heap of an Airflow worker with MLflow, pandas and a model loaded is large; each full
     # collection the run's allocations trigger would walk all of it. Freeze what exists now (it
@@ -273,7 +248,8 @@ def run_stream(
     gc.collect()
     gc.freeze()
     started = run.started
-    last_activity = last_progress = started
+    last_activity = last_progress = last_probe = started
+    unreachable_since: float | None = None
     assignment: set[Any] = set()
     stopped_by = "running"
     try:
@@ -300,60 +276,57 @@ def run_stream(
             want = spec.batch_size
             if spec.max_records is not None:
                 want = min(want, spec.max_records - run.records_in)
-            timeout_ms = spec.poll_timeout_ms
+            timeout_s = spec.poll_timeout_ms / 1000.0
             if spec.max_duration is not None:
-                timeout_ms = max(1, min(timeout_ms, int((spec.max_duration - (now - started)) * 1000)))
-            polled = consumer.poll(timeout_ms=timeout_ms, max_records=want)
-            current = consumer.assignment()
+                timeout_s = max(0.001, min(timeout_s, spec.max_duration - (now - started)))
+            records = clients.poll(timeout_s, want)
+            current = clients.assignment()
             if current != assignment:
-                log_.info("Assigned partitions: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in current) or "none")
+                log_.info("Assigned partitions: %s", sorted(f"{t}:{p}" for t, p in current) or "none")
                 assignment = current
                 run.rebalancing = False
                 last_activity = time.monotonic()  # a fresh idle window after each (re)balance
-            if not polled:
+            if not records:
                 run.settle()  # nothing new: don't hold a produced batch uncommitted while idle
+                now = time.monotonic()
+                if now - last_probe >= 1.0:  # records flowing prove the broker; silence is checked
+                    last_probe = now
+                    if clients.reachable():
+                        unreachable_since = None
+                    else:
+                        unreachable_since = unreachable_since or now
+                        if now - unreachable_since >= spec.broker_timeout:
+                            raise BrokerUnreachable(f"no broker connection for {now - unreachable_since:.0f} s")
                 continue
-            records = [r for batch in polled.values() for r in batch]
+            unreachable_since = None
             run.process(records)
             if not run.rebalancing:
                 last_activity = time.monotonic()
         run.settle()
-        final_lag = _lag(consumer)
+        final_lag = clients.lag()
         run.progress(final=True)
-    except BaseException:
+    except BaseException as exc:
         # What was produced and acknowledged before the failure may still be committed; the
-        # failing batch itself was never sent.
-        try:
-            run.settle()
-        except Exception as exc:  # the original error matters more
-            log_.warning("Could not commit the last acknowledged batch: %r", exc)
+        # failing batch itself was never sent. Not when the broker is gone: that would only wait.
+        if not isinstance(exc, BrokerUnreachable):
+            try:
+                run.settle()
+            except Exception as settle_exc:  # the original error matters more
+                log_.warning("Could not commit the last acknowledged batch: %r", settle_exc)
         raise
     finally:
         gc.unfreeze()
-        try:
-            run.producer.close(timeout=30)
-        finally:
-            consumer.close(autocommit=False)
 
-    records_in, first_record_at, last_commit_at = run.records_in, run.first_record_at, run.last_commit_at
-    window = (last_commit_at - first_record_at) if first_record_at else 0.0
-    summary = {
-        "records_in": records_in,
+    window = (run.last_commit_at - run.first_record_at) if run.first_record_at else 0.0
+    return {
+        "records_in": run.records_in,
         "predictions_out": run.predictions_out,
         "dead_letters": run.dead_letters,
         "batches": run.batches,
         "elapsed_s": round(time.monotonic() - started, 3),
-        "rate_per_s": round(records_in / window, 1) if window > 0 else 0.0,
+        "rate_per_s": round(run.records_in / window, 1) if window > 0 else 0.0,
         "final_lag": final_lag,
         "stopped_by": stopped_by,
         "commit_failures": run.commit_failures,
         "partitions": sorted(run.partitions_seen),
-        "model_uri": model.uri,
-        "model_version": model.version,
-        "group_id": spec.group_id,
-        "input_topics": spec.input_topics,
-        "output_topic": spec.output_topic,
-        "dead_letter_topic": spec.dead_letter_topic,
     }
-    log_.info("Stream summary: %s", summary)
-    return summary

@@ -42,6 +42,7 @@ def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model
     try:
         return run_stream(spec, kafka_config, tracking_uri=ctx.mlflow.tracking_uri, logger=ctx.log)
     except StreamError as exc:
+        ctx.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
         if not exc.retryable:
             raise StageFailed(str(exc)) from exc
         raise

@@ -1,0 +1,222 @@
+"""The confluent-kafka (librdkafka) engine of the streaming loop (see ``_clients.py``).
+
+librdkafka does the per-record work in C: keys are hashed by its ``murmur2_random`` partitioner
+(the Java client's default, so predictions land where kafka-python's would), acknowledgements are
+counted by a delivery callback that fires for failures only (``delivery.report.only.error``).
+Offsets are committed with ``commit(offsets=..., asynchronous=False)`` after ``flush()``, and a
+rebalance first settles the pending batch (``on_revoke`` runs in the loop's own thread here).
+Every wait is bounded by ``spec.broker_timeout``: ``message.timeout.ms``, ``socket.timeout.ms``,
+``flush(timeout)``; a lost broker is noticed through ``error_cb`` (``_ALL_BROKERS_DOWN``).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any, Callable, Mapping, Sequence
+
+from airflow_mlops.kafka.config import librdkafka_config, normalize, redact
+from airflow_mlops.stream._clients import BrokerUnreachable, Rebalanced
+from airflow_mlops.stream.errors import DeliveryFailed, MissingTopic
+
+Record = namedtuple("Record", "topic partition offset key value headers")
+
+PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 0, "partitioner": "murmur2_random"}
+CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False}
+
+
+def build_configs(spec: Any, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    shared = librdkafka_config(normalize(kafka_config))
+    timeout_ms = max(1000, int(spec.broker_timeout * 1000))
+    consumer = {
+        **CONSUMER_DEFAULTS,
+        **shared,
+        "socket.timeout.ms": timeout_ms,
+        "group.id": spec.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": spec.auto_offset_reset,
+        **librdkafka_config(normalize(spec.consumer_config)),
+    }
+    producer = {
+        **PRODUCER_DEFAULTS,
+        **shared,
+        "socket.timeout.ms": timeout_ms,
+        "message.timeout.ms": timeout_ms,
+        "request.timeout.ms": min(30_000, timeout_ms),
+        # Room for a whole batch of predictions and its dead letters before a flush.
+        "queue.buffering.max.messages": max(100_000, 4 * spec.batch_size),
+        **librdkafka_config(normalize(spec.producer_config)),
+        "delivery.report.only.error": True,
+    }
+    return consumer, producer
+
+
+class ConfluentClients:
+    engine = "confluent"
+
+    def __init__(self, spec: Any, kafka_config: Mapping[str, Any]) -> None:
+        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+        self.spec, self.timeout_s = spec, spec.broker_timeout
+        self.KafkaError, self.KafkaException, self.TopicPartition = KafkaError, KafkaException, TopicPartition
+        self.rebalance_codes = {getattr(KafkaError, n) for n in ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION",
+                                                                 "UNKNOWN_MEMBER_ID", "_ASSIGNMENT_LOST", "_STATE",
+                                                                 "FENCED_INSTANCE_ID") if hasattr(KafkaError, n)}
+        self.unreachable_codes = {getattr(KafkaError, n) for n in (
+            "_ALL_BROKERS_DOWN", "_TRANSPORT", "_MSG_TIMED_OUT", "_TIMED_OUT", "REQUEST_TIMED_OUT",
+            "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "_WAIT_COORD", "_RESOLVE", "NETWORK_EXCEPTION")
+            if hasattr(KafkaError, n)}
+        self.consumer_cfg, self.producer_cfg = build_configs(spec, kafka_config)
+        self.on_revoke: Callable[[], None] | None = None
+        self.down = False  # error_cb saw every broker go down; cleared by a successful probe
+        self.failures: list[Any] = []  # delivery errors since the last flush
+        self.sent = 0
+        self.revoke_error: BaseException | None = None
+        self.session_timeout_s = float(self.consumer_cfg.get("session.timeout.ms", 45000)) / 1000.0
+        self.consumer = Consumer({**self.consumer_cfg, "error_cb": self._error})
+        self.producer = Producer({**self.producer_cfg, "error_cb": self._error, "on_delivery": self._delivered})
+
+    def _error(self, err: Any) -> None:
+        if err.code() in (self.KafkaError._ALL_BROKERS_DOWN, self.KafkaError._TRANSPORT):
+            self.down = True
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(err)
+
+    def configs_to_log(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return redact(self.consumer_cfg), redact(self.producer_cfg)
+
+    def topic_names(self, timeout_s: float) -> set[str]:
+        try:
+            return set(self.consumer.list_topics(timeout=timeout_s).topics)
+        except self.KafkaException as exc:
+            raise BrokerUnreachable(f"no metadata within {timeout_s:.0f} s: {exc}") from exc
+
+    def ensure_created(self, topics: Sequence[str]) -> None:
+        for topic in topics:
+            try:
+                meta = self.producer.list_topics(topic=topic, timeout=self.timeout_s).topics.get(topic)
+            except self.KafkaException as exc:
+                raise BrokerUnreachable(f"no metadata for '{topic}' within {self.timeout_s:.0f} s") from exc
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise MissingTopic(f"topic '{topic}' does not exist and the broker did not create it "
+                                   f"({meta.error if meta is not None else 'no metadata'}); create it. "
+                                   "Nothing was consumed.")
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        def revoked(consumer: Any, partitions: Any) -> None:
+            if self.on_revoke is not None:
+                try:
+                    self.on_revoke()  # flush and commit the pending batch while the partitions are ours
+                except BaseException as exc:  # raised from poll(), not inside librdkafka
+                    self.revoke_error = exc
+
+        self.consumer.subscribe(list(topics), on_revoke=revoked)
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Any]:
+        messages = self.consumer.consume(num_messages=max_records, timeout=timeout_s)
+        if self.revoke_error is not None:
+            error, self.revoke_error = self.revoke_error, None
+            raise error
+        out = []
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise self.KafkaException(err)
+                continue  # informational (partition EOF and the like)
+            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()))
+        return out
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def produce(self, topic: str, items: Sequence[tuple[bytes | None, bytes | None]], headers: Any) -> None:
+        produce, poll = self.producer.produce, self.producer.poll
+        per_item = callable(headers)
+        for i, (key, value) in enumerate(items):
+            h = headers(i) if per_item else headers
+            try:
+                produce(topic, value, key, headers=h)
+            except BufferError:  # the local queue is full: let librdkafka send some first
+                poll(0.05)
+                produce(topic, value, key, headers=h)
+        self.sent += len(items)
+
+    def flush(self) -> None:
+        if not self.sent:
+            return
+        sent, self.sent = self.sent, 0
+        left = self.producer.flush(self.timeout_s + 5)
+        failures, self.failures = self.failures, []
+        if left:
+            raise BrokerUnreachable(f"{left} of {sent} records not acknowledged within {self.timeout_s:.0f} s")
+        if not failures:
+            return
+        if all(f.code() in self.unreachable_codes for f in failures):
+            raise BrokerUnreachable(f"{len(failures)} of {sent} records not acknowledged ({failures[0].str()})")
+        raise DeliveryFailed(
+            f"{len(failures)} of {sent} records of a batch were not acknowledged by the broker "
+            f"({failures[0].str()}); the batch was not committed and will be consumed again")
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        TopicPartition = self.TopicPartition
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                 asynchronous=False)
+        except self.KafkaException as exc:
+            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+            if code in self.rebalance_codes:
+                raise Rebalanced(str(exc)) from exc
+            if code in self.unreachable_codes:
+                raise BrokerUnreachable(f"commit: {exc}") from exc
+            raise
+
+    def rewind(self, touched: set[tuple[str, int]], reset: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+        TopicPartition = self.TopicPartition
+        assigned = self.assignment()
+        for topic, partition in sorted(touched):
+            if (topic, partition) not in assigned:
+                continue
+            try:
+                committed = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout_s)[0]
+                offset = committed.offset if committed.offset >= 0 else (
+                    OFFSET_BEGINNING if reset == "earliest" else OFFSET_END)
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except self.KafkaException:  # the partition moved on meanwhile: its new owner reads it
+                pass
+
+    def lag(self) -> int | None:
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return None
+        total, known = 0, False
+        for tp in self.consumer.position(assigned):
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetches, not ListOffsets
+            if high < 0:
+                continue
+            total += max(0, high - max(tp.offset, low if tp.offset < 0 else tp.offset))
+            known = True
+        return total if known else None
+
+    def reachable(self) -> bool:
+        if not self.down:
+            return True
+        try:
+            self.consumer.list_topics(timeout=1.0)
+        except self.KafkaException:
+            return False
+        self.down = False
+        return True
+
+    def close(self) -> None:
+        # Settled batches left nothing behind; what is still queued belongs to a batch whose flush
+        # failed (never committed, consumed again by the next run): drop it rather than wait again.
+        try:
+            self.producer.purge()
+            self.producer.flush(0)
+        finally:
+            self.consumer.close()
