@@ -53,10 +53,14 @@ class TrainingRun:
         self.job = job
         self.log = log or logging.getLogger("airflow_mlops.stages.train")
         self.on_run = on_run
-        if job.builtin is not None:
+        if job.builtin is not None and job.builtin.engine == "spark":
+            from airflow_mlops.stages.train.spark_ml import SparkMlTrainer
+
+            self.trainer: Any = SparkMlTrainer(job, self.log)
+        elif job.builtin is not None:
             from airflow_mlops.stages.train.builtin import BuiltinTrainer
 
-            self.trainer: Any = BuiltinTrainer(job, self.log)
+            self.trainer = BuiltinTrainer(job, self.log)
         else:
             from airflow_mlops.stages.train.process import EntrypointProcess
 

@@ -1,0 +1,193 @@
+"""Training on Spark (the train stage on the spark backend, ``stages.train.spark``): a Spark ML
+estimator (``pyspark.ml....``, fitted with ``params``) or your callable, trained on the stage's
+Spark session or cluster. The datasets are read as Spark
+DataFrames and never collected to the driver; the metrics come from ``pyspark.ml.evaluation``; the
+model is logged with MLflow's Spark flavour (which carries a pyfunc flavour too) and registered
+like any other version, so the validate gate and serving treat it the same way.
+
+    trainer = SparkMlTrainer(job, log)
+    extra = trainer.prepare()                       # {"target", "features"}; reads the datasets
+    outcome = trainer.train(client, run_id, gpus)   # {"metrics", "model_version"}
+
+The estimator is wrapped in a ``Pipeline([VectorAssembler(features), estimator])`` with its
+``labelCol`` set to the target (unless ``params`` set them), so the registered model scores the
+raw feature columns. A ``callable`` gets ``train``/``test`` as Spark DataFrames (plus ``target``,
+``features``, ``params``, ``spark``) and returns ``(fitted Spark ML model, metrics)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow_mlops._core.errors import StageFailed
+from airflow_mlops._core.paths import import_string
+from airflow_mlops.stages.train.builtin import as_import_path, model_and_metrics
+from airflow_mlops.stages.train.gpus import GpuAssignment
+from airflow_mlops.stages.train.job import GpuTrainJob
+
+FEATURES_COLUMN = "_airflow_mlops_features"  # the assembled vector (never a user's column name)
+# metric -> (evaluator, Spark metric name for a binary label, for a multi-class one)
+CLASSIFICATION = {"accuracy": ("accuracy", "accuracy"), "f1": ("fMeasureByLabel", "weightedFMeasure"),
+                  "precision": ("precisionByLabel", "weightedPrecision"), "recall": ("recallByLabel", "weightedRecall"),
+                  "log_loss": ("logLoss", "logLoss")}
+REGRESSION = {"rmse": "rmse", "mae": "mae", "r2": "r2"}
+
+
+class SparkMlTrainer:
+    """What to train for a job whose ``builtin.engine`` is ``spark``."""
+
+    def __init__(self, job: GpuTrainJob, log: logging.Logger) -> None:
+        self.job, self.log = job, log
+        self.frames: tuple[Any, Any] | None = None
+        self.features: list[str] = []
+
+    def session(self) -> Any:
+        """The stage's Spark session (embedded with the job's settings, or spark-submit's)."""
+        from airflow_mlops.stages.spark_session import get_session
+
+        settings = self.job.builtin.spark if self.job.builtin else None
+        name = f"airflow-mlops {self.job.run_name}"
+        if settings is None:
+            return get_session(master=None, app_name=name)
+        return get_session(settings.get("master"), settings.get("conf"), name)
+
+    def prepare(self) -> dict[str, Any]:
+        """Open the datasets as Spark DataFrames (lazily: nothing is read to the driver). Raises
+        StageFailed when the target column is missing."""
+        from airflow_mlops.stages.spark_session import read
+
+        data = self.job.data
+        assert data is not None
+        spark = self.session()
+        train = read(spark, data.train_path, None)
+        test = read(spark, data.test_path, None) if data.test_path else train
+        if data.target not in train.columns:
+            raise StageFailed(f"target column '{data.target}' is not in the training data; columns: {train.columns}")
+        self.frames = train, test
+        self.features = data.features or [c for c in train.columns if c != data.target]
+        return {"target": data.target, "features": self.features}
+
+    def train(self, client: Any, run_id: str, gpus: GpuAssignment) -> dict[str, Any]:
+        """Fit on Spark, evaluate on Spark, log into run ``run_id`` and register. Returns
+        ``{"metrics": {name: float}, "model_version": str}``."""
+        import mlflow
+
+        from airflow_mlops._core.mlflow import use_store
+
+        del gpus  # Spark's executors hold their own resources
+        job, builtin, data = self.job, self.job.builtin, self.job.data
+        assert builtin is not None and data is not None and self.frames is not None
+        train, test = self.frames
+        use_store(job.target())
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
+        with mlflow.start_run(run_id=run_id):
+            if builtin.estimator:
+                self.log.info("Fitting %s on Spark (%d features)", builtin.estimator, len(self.features))
+                model = fit(builtin.estimator, job.hyperparams, self.features, data.target, train)
+                metrics = evaluate(model.transform(test), data.target, builtin.metrics)
+            else:
+                produced = import_string(str(builtin.callable))(
+                    train=train, test=test, target=data.target, features=self.features,
+                    params=dict(job.hyperparams), spark=self.session())
+                model, metrics = model_and_metrics(produced, f"train callable '{builtin.callable}'")
+            mlflow.log_params({"features": len(self.features), "engine": "spark"})
+            mlflow.log_metrics(metrics)
+            self.log.info("Metrics: %s", metrics)
+            info = log_spark_model(model, test.select(*self.features), job.registered_model)
+        return {"metrics": metrics, "model_version": str(info.registered_model_version)}
+
+    def kill(self) -> None:
+        """Cancel the session's running Spark jobs (the operator's ``on_kill``)."""
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.sparkContext.cancelAllJobs()
+
+
+def spark_ml_pipeline(estimator: str, params: dict[str, Any], features: list[str], target: str) -> Any:
+    """``Pipeline([VectorAssembler(features), estimator(**params)])``, the estimator's ``labelCol``
+    set to ``target`` and its ``featuresCol`` to the vector unless ``params`` set them. Raises
+    StageFailed for an import path that is not a Spark ML estimator."""
+    from pyspark.ml import Estimator, Pipeline
+    from pyspark.ml.feature import VectorAssembler
+
+    try:
+        cls = import_string(as_import_path(estimator))
+    except (ImportError, AttributeError) as exc:
+        raise StageFailed(f"cannot import the estimator '{estimator}': {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise StageFailed(f"'{estimator}' is not a Spark ML estimator class (pyspark.ml.Estimator)")
+    try:
+        model = cls(**params)
+    except TypeError as exc:
+        raise StageFailed(f"{estimator}: bad params {sorted(params)}: {exc}") from exc
+    for name, value in (("labelCol", target), ("featuresCol", FEATURES_COLUMN)):
+        if model.hasParam(name) and name not in params:
+            model.set(model.getParam(name), value)
+    if isinstance(model, Pipeline):
+        return model
+    assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_COLUMN, handleInvalid="error")
+    return Pipeline(stages=[assembler, model])
+
+
+def fit(estimator: str, params: dict[str, Any], features: list[str], target: str, train: Any) -> Any:
+    """The fitted ``PipelineModel`` of ``spark_ml_pipeline`` on the Spark DataFrame ``train``."""
+    return spark_ml_pipeline(estimator, params, features, target).fit(train)
+
+
+def evaluate(scored: Any, target: str, names: list[str]) -> dict[str, float]:
+    """The named metrics of a scored Spark DataFrame (``prediction``, and ``rawPrediction`` /
+    ``probability`` where the model gives them), computed by ``pyspark.ml.evaluation`` on Spark.
+    As in the pandas engine, f1/precision/recall are of label 1 for a binary label, else
+    weighted; roc_auc is binary only (Spark has no multi-class AUC: StageFailed)."""
+    from pyspark.ml.evaluation import (
+        BinaryClassificationEvaluator,
+        MulticlassClassificationEvaluator,
+        RegressionEvaluator,
+    )
+
+    scored = scored.withColumn(target, scored[target].cast("double"))
+    binary: bool | None = None
+    out: dict[str, float] = {}
+    for name in names:
+        if name in CLASSIFICATION or name == "roc_auc":
+            if binary is None:  # one small Spark job, only when a metric depends on it
+                binary = scored.select(target).distinct().limit(3).count() == 2
+        if name in CLASSIFICATION:
+            metric = CLASSIFICATION[name][0 if binary else 1]
+            evaluator = MulticlassClassificationEvaluator(labelCol=target, metricName=metric)
+            if binary and metric.endswith("ByLabel"):
+                evaluator.setMetricLabel(1.0)
+            out[name] = evaluator.evaluate(scored)
+        elif name == "roc_auc":
+            if not binary:
+                raise StageFailed("roc_auc on Spark is for a binary label: Spark ML has no multi-class AUC; "
+                                  "use accuracy, f1, precision, recall or log_loss")
+            out[name] = BinaryClassificationEvaluator(labelCol=target, metricName="areaUnderROC").evaluate(scored)
+        elif name in REGRESSION:
+            out[name] = RegressionEvaluator(labelCol=target, metricName=REGRESSION[name]).evaluate(scored)
+    return {k: float(v) for k, v in out.items()}
+
+
+def log_spark_model(model: Any, inputs: Any, registered_model: str) -> Any:
+    """Log a fitted Spark ML model into the active run with MLflow's Spark flavour (its pyfunc
+    flavour scores pandas frames) and register it as a new version of ``registered_model``.
+    The signature comes from 5 rows of ``inputs`` (a Spark DataFrame of the feature columns).
+    Returns MLflow's ModelInfo; StageFailed for a model that is not a Spark ML Transformer."""
+    import mlflow
+    import pyspark
+    from mlflow.models import infer_signature
+    from pyspark.ml import Transformer
+
+    if not isinstance(model, Transformer):
+        raise StageFailed(f"cannot log a {type(model).__name__} on Spark: return a fitted Spark ML model "
+                          "(a pyspark.ml Transformer, e.g. a PipelineModel)")
+    example = inputs.limit(5)
+    predictions = model.transform(example).select("prediction").toPandas()["prediction"]
+    signature = infer_signature(example.toPandas(), predictions)
+    # Requirements given, not inferred: inference loads the model again in a subprocess (seconds).
+    return mlflow.spark.log_model(model, artifact_path="model", registered_model_name=registered_model,
+                                  signature=signature, pip_requirements=[f"pyspark=={pyspark.__version__}"])
+
