@@ -100,6 +100,11 @@ class GpuTrainJob(BaseModel):
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
+    # A rank of a torchrun group (backends/kubernetes/distributed.py): global rank 0 (torchrun's
+    # RANK) records the run; the others only train (runner.follow). The cost is billed for
+    # ``pods`` times ``resources``: every pod of the group holds them.
+    distributed: bool = False
+    pods: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _one_thing_to_train(self) -> "GpuTrainJob":
