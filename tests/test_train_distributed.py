@@ -193,3 +193,39 @@ def test_a_retry_deletes_what_the_earlier_try_left_and_never_runs_two_groups(
     again = make().run()
     assert again["reused"] is True and again["model_version"] == first["model_version"] == "1"
     assert os.path.exists(tmp_path / "mlflow.db")
+
+
+def test_gpu_train_operator_runs_the_same_group_from_python(
+    two_gpu_nodes, kube_namespace, airflow_db, mlops_home, dags_folder, pod_path, capfd
+):
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    cluster = two_gpu_nodes
+    k = {"image": "python:3.11", "namespace": kube_namespace, "config_file": str(cluster.kubeconfig),
+         "schedule_timeout": "30s", "env": {"PYTHONPATH": str(REPO), "PATH": pod_path}}
+    write(dags_folder, "ddp_operator.py", f"""
+        from airflow.sdk import DAG
+
+        from airflow_mlops.operators.gpu_train import GpuTrainOperator
+
+        with DAG("ddp_operator", schedule=None):
+            GpuTrainOperator(task_id="train", entrypoint="tests.kube.rendezvous_train:entrypoint", backend="kubernetes",
+                             kubernetes={k!r}, resources={{"cpu": "1", "memory": "1Gi", "gpu": 1}},
+                             distributed={{"nodes": 2, "nproc_per_node": 2, "rendezvous": {{"port": {free_port()}}}}},
+                             mlflow={{"registered_model": "ddp_operator"}})
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dr = bag.dags["ddp_operator"].test()
+    log = capfd.readouterr().out
+    ti = dr.get_task_instances()[0]
+    assert ti.state == "success", log[-6000:]
+    result = ti.xcom_pull(task_ids="train")
+    assert result["distributed"]["world_size"] == 4 and result["metrics"] == {"world_size": 4}
+    assert "[node 1, ranks 2-3] rank 3: reached rank 0 with world size 4" in log
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    version = client.get_model_version("ddp_operator", result["model_version"])
+    assert version.tags["airflow.task_id"] == "train"
+    assert result["cost"]["gpu_hours"] == pytest.approx(2 * result["cost"]["wall_seconds"] / 3600)
+    assert group_objects(cluster, kube_namespace) == ([], [])
