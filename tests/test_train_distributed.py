@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from airflow_mlops.backends.kubernetes.distributed import GROUP_LABEL, DistributedTraining
-from airflow_mlops.spec.models import KubernetesSettings, Resources
+from airflow_mlops.spec.models import KubernetesSettings, Resources, TrainStage
 from airflow_mlops.spec.training import Distributed
 from airflow_mlops.stages.train.job import TASK_KEY_TAG, GpuTrainJob
 from tests.conftest import REPO
@@ -229,3 +229,17 @@ def test_gpu_train_operator_runs_the_same_group_from_python(
     assert version.tags["airflow.task_id"] == "train"
     assert result["cost"]["gpu_hours"] == pytest.approx(2 * result["cost"]["wall_seconds"] / 3600)
     assert group_objects(cluster, kube_namespace) == ([], [])
+
+
+@pytest.mark.parametrize("stage, backend, field, message", [
+    ({"callable": "m:f", "distributed": {"nodes": 2}}, "batch", "distributed", "give this stage 'backend: kubernetes'"),
+    ({"estimator": "sklearn.linear_model.LogisticRegression", "distributed": {"nodes": 2}}, "kubernetes",
+     "distributed", "give a 'callable'"),
+    ({"callable": "m:f", "spark": {"master": "local[2]"}}, "kubernetes", "spark", "'spark' settings are for the spark"),
+])
+def test_distributed_settings_that_cannot_run_are_refused_before_any_pod(stage, backend, field, message):
+    from airflow_mlops.stages import registry
+
+    spec = TrainStage(target="y", backend=backend, **stage)
+    problems = list(registry.problems(spec, backend))
+    assert [f for f, _ in problems] == [field] and message in problems[0][1], problems

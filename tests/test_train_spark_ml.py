@@ -229,3 +229,49 @@ def test_spark_ml_stage_on_a_standalone_cluster_with_two_workers(standalone_clus
     assert got["master"] == standalone_cluster and got["executors"] == 2
     assert got["stage"] == got["plain"]
     assert got["stage"]["accuracy"] > 0.6
+
+
+def test_yaml_pipeline_trains_gates_and_serves_with_spark_ml_through_airflow(spark, airflow_db, mlops_home,
+                                                                             dags_folder):
+    import mlflow
+    from airflow.dag_processing.dagbag import DagBag
+
+    write(dags_folder, "tumours.yaml", """
+        id: tumours_spark_ml
+        spark: {master: "local[2]"}
+        stages:
+          preprocess:
+            backend: spark
+            inputs:
+              tumours: {sklearn_dataset: breast_cancer}
+            sql: |
+              SELECT `mean radius` AS radius, `mean texture` AS texture, `mean smoothness` AS smoothness,
+                     `worst concavity` AS concavity, target FROM tumours
+            split: {test_fraction: 0.25, seed: 7}
+          train:
+            backend: spark
+            estimator: pyspark.ml.classification.LogisticRegression
+            params: {maxIter: 50, regParam: 0.01}
+            target: target
+            metrics: [accuracy, f1, roc_auc]
+          validate:
+            thresholds: {roc_auc: {min: 0.9}}
+            compare: {roc_auc: {}}
+          serve: {backend: spark}
+        """)
+    bag = DagBag(dag_folder=str(dags_folder))
+    assert bag.import_errors == {}
+    dag = bag.dags["tumours_spark_ml"]
+    assert type(dag.get_task("train.run")).__name__ == "SparkStageOperator"
+    dr = dag.test()
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert {k: ti.state for k, ti in tis.items()} == dict.fromkeys(tis, "success")
+    train = tis["train.run"].xcom_pull(task_ids="train.run")
+    serve = tis["serve.run"].xcom_pull(task_ids="serve.run")
+    assert train["metrics"]["roc_auc"] > 0.9 and serve["rows"] > 100
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlops_home / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias("tumours_spark_ml", "champion")
+    assert str(champion.version) == train["model_version"] == "1"
+    assert "spark" in mlflow.models.get_model_info(f"{champion.source}").flavors
+    predictions = read_dataset(serve["predictions_path"])
+    assert set(predictions["prediction"].unique()) <= {0.0, 1.0}
