@@ -111,6 +111,29 @@ def test_spark_ml_stage_equals_plain_pyspark_then_gated_and_served(spark, tmp_pa
     assert list(pyfunc.predict(head[FEATURES])) == predictions[:20]
 
 
+def pipeline_of(train, test, features, target, params, spark):
+    """A train callable returning an unfitted Spark ML Pipeline: the stage fits and scores it."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.ml.feature import VectorAssembler
+
+    del train, test, spark
+    return Pipeline(stages=[VectorAssembler(inputCols=features, outputCol="v"),
+                            LogisticRegression(featuresCol="v", labelCol=target, **params)])
+
+
+def test_a_callable_may_return_an_unfitted_pipeline(spark, tmp_path):
+    paths = make_data(tmp_path / "in")
+    params = {"maxIter": 10}
+    spec = TrainStage(callable="tests.test_train_spark_ml:pipeline_of", params=params, target="label",
+                      metrics=METRICS, backend="spark")
+    result = run_stage(spec, context(tmp_path, "train", [("prep", paths)], {"master": "local[2]", "conf": {}}))
+    assert result["metrics"] == plain_pyspark(spark, paths["train_path"], paths["test_path"], params)[0]
+    with pytest.raises(StageFailed, match="a Pipeline's stages are objects"):
+        run_stage(TrainStage(estimator="pyspark.ml.Pipeline", target="label", backend="spark"),
+                  context(tmp_path, "train2", [("prep", paths)], {"master": "local[2]", "conf": {}}))
+
+
 def _pyfunc(tmp_path: Path, uri: str):
     from airflow_mlops._core.mlflow import use_store
 

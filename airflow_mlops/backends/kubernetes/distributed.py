@@ -105,6 +105,7 @@ class DistributedTraining:
         self.selector = f"{GROUP_LABEL}={self.key}"
         self.nproc = distributed.processes(resources.gpu if resources else None)
         self.lines: dict[int, list[str]] = {}
+        self.over = threading.Event()  # the try is over: log followers stop waiting for pods to start
         self._core: Any = None
 
     @property
@@ -160,6 +161,7 @@ class DistributedTraining:
                 thread.start()
             self.wait_finished(nodes, followers)
         finally:
+            self.over.set()
             self.delete_group(wait=False, why="the try is over")
         result = None
         for rank in range(nodes):
@@ -213,6 +215,7 @@ class DistributedTraining:
             failed = [rank for rank, p in pods.items() if p.status.phase == "Failed"]
             if failed:
                 rank = failed[0]
+                self.over.set()  # followers of pods that never started stop; the others end with their log
                 self._drain(followers)
                 refused = [line[len(FAILED_PREFIX):] for line in self.lines.get(rank, []) if FAILED_PREFIX in line]
                 if refused:
@@ -235,15 +238,14 @@ class DistributedTraining:
         prefix = f"[rank {rank}]" if nproc == 1 else f"[node {rank}, ranks {rank * nproc}-{rank * nproc + nproc - 1}]"
         lines = self.lines.setdefault(rank, [])
         name = f"{self.name}-{rank}"
-        for _ in range(600):
+        while True:
             try:
                 response = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True,
                                                              _preload_content=False)
                 break
             except Exception:  # noqa: BLE001 - not started yet (400), or gone: try again shortly
-                time.sleep(self.poll)
-        else:
-            return
+                if self.over.wait(self.poll):
+                    return
         pending = b""
         for chunk in response.stream(4096):
             *complete, pending = (pending + chunk).split(b"\n")

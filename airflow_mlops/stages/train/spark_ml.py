@@ -12,7 +12,9 @@ like any other version, so the validate gate and serving treat it the same way.
 The estimator is wrapped in a ``Pipeline([VectorAssembler(features), estimator])`` with its
 ``labelCol`` set to the target (unless ``params`` set them), so the registered model scores the
 raw feature columns. A ``callable`` gets ``train``/``test`` as Spark DataFrames (plus ``target``,
-``features``, ``params``, ``spark``) and returns ``(fitted Spark ML model, metrics)``.
+``features``, ``params``, ``spark``) and returns either an unfitted Spark ML ``Pipeline`` (or any
+Estimator) scoring the raw columns, which is fitted and evaluated here like an ``estimator``, or
+``(fitted Spark ML model, metrics)``.
 """
 
 from __future__ import annotations
@@ -85,12 +87,19 @@ class SparkMlTrainer:
             if builtin.estimator:
                 self.log.info("Fitting %s on Spark (%d features)", builtin.estimator, len(self.features))
                 model = fit(builtin.estimator, job.hyperparams, self.features, data.target, train)
-                metrics = evaluate(model.transform(test), data.target, builtin.metrics)
+                metrics = evaluate(model.transform(test), data.target, builtin.metrics, classes_of(model))
             else:
+                from pyspark.ml import Estimator
+
                 produced = import_string(str(builtin.callable))(
                     train=train, test=test, target=data.target, features=self.features,
                     params=dict(job.hyperparams), spark=self.session())
-                model, metrics = model_and_metrics(produced, f"train callable '{builtin.callable}'")
+                if isinstance(produced, Estimator):  # an unfitted Pipeline: fitted and scored here
+                    self.log.info("Fitting the %s from %s on Spark", type(produced).__name__, builtin.callable)
+                    model = produced.fit(train)
+                    metrics = evaluate(model.transform(test), data.target, builtin.metrics, classes_of(model))
+                else:
+                    model, metrics = model_and_metrics(produced, f"train callable '{builtin.callable}'")
             mlflow.log_params({"features": len(self.features), "engine": "spark"})
             mlflow.log_metrics(metrics)
             self.log.info("Metrics: %s", metrics)
@@ -127,7 +136,8 @@ def spark_ml_pipeline(estimator: str, params: dict[str, Any], features: list[str
         if model.hasParam(name) and name not in params:
             model.set(model.getParam(name), value)
     if isinstance(model, Pipeline):
-        return model
+        raise StageFailed(f"'{estimator}': a Pipeline's stages are objects, which YAML params cannot hold: return "
+                          "the Pipeline from a 'callable' (it is then fitted and scored like an estimator)")
     assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_COLUMN, handleInvalid="error")
     return Pipeline(stages=[assembler, model])
 
@@ -137,11 +147,19 @@ def fit(estimator: str, params: dict[str, Any], features: list[str], target: str
     return spark_ml_pipeline(estimator, params, features, target).fit(train)
 
 
-def evaluate(scored: Any, target: str, names: list[str]) -> dict[str, float]:
+def classes_of(model: Any) -> int | None:
+    """How many classes a fitted classifier (the last stage of a PipelineModel) knows; None when
+    it does not say (a regressor, a model of your own)."""
+    last = model.stages[-1] if hasattr(model, "stages") and model.stages else model
+    return getattr(last, "numClasses", None)
+
+
+def evaluate(scored: Any, target: str, names: list[str], classes: int | None = None) -> dict[str, float]:
     """The named metrics of a scored Spark DataFrame (``prediction``, and ``rawPrediction`` /
     ``probability`` where the model gives them), computed by ``pyspark.ml.evaluation`` on Spark.
     As in the pandas engine, f1/precision/recall are of label 1 for a binary label, else
-    weighted; roc_auc is binary only (Spark has no multi-class AUC: StageFailed)."""
+    weighted; roc_auc is binary only (Spark has no multi-class AUC: StageFailed). ``classes``:
+    the model's number of classes, when it knows it (else counted on the label, one Spark job)."""
     from pyspark.ml.evaluation import (
         BinaryClassificationEvaluator,
         MulticlassClassificationEvaluator,
@@ -149,7 +167,7 @@ def evaluate(scored: Any, target: str, names: list[str]) -> dict[str, float]:
     )
 
     scored = scored.withColumn(target, scored[target].cast("double"))
-    binary: bool | None = None
+    binary: bool | None = None if classes is None else classes == 2
     out: dict[str, float] = {}
     for name in names:
         if name in CLASSIFICATION or name == "roc_auc":
@@ -174,19 +192,22 @@ def evaluate(scored: Any, target: str, names: list[str]) -> dict[str, float]:
 def log_spark_model(model: Any, inputs: Any, registered_model: str) -> Any:
     """Log a fitted Spark ML model into the active run with MLflow's Spark flavour (its pyfunc
     flavour scores pandas frames) and register it as a new version of ``registered_model``.
-    The signature comes from 5 rows of ``inputs`` (a Spark DataFrame of the feature columns).
+    The signature comes from the schema of ``inputs`` (a Spark DataFrame of the feature columns;
+    no Spark job runs for it) and a ``prediction`` of type double.
     Returns MLflow's ModelInfo; StageFailed for a model that is not a Spark ML Transformer."""
     import mlflow
     import pyspark
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
     from pyspark.ml import Transformer
 
     if not isinstance(model, Transformer):
         raise StageFailed(f"cannot log a {type(model).__name__} on Spark: return a fitted Spark ML model "
                           "(a pyspark.ml Transformer, e.g. a PipelineModel)")
-    example = inputs.limit(5)
-    predictions = model.transform(example).select("prediction").toPandas()["prediction"]
-    signature = infer_signature(example.toPandas(), predictions)
+    types = {"double": "double", "float": "float", "int": "integer", "bigint": "long", "smallint": "integer",
+             "tinyint": "integer", "boolean": "boolean", "string": "string"}
+    columns = [ColSpec(types.get(f.dataType.simpleString(), "double"), f.name) for f in inputs.schema.fields]
+    signature = ModelSignature(inputs=Schema(columns), outputs=Schema([ColSpec("double")]))
     # Requirements given, not inferred: inference loads the model again in a subprocess (seconds).
     return mlflow.spark.log_model(model, artifact_path="model", registered_model_name=registered_model,
                                   signature=signature, pip_requirements=[f"pyspark=={pyspark.__version__}"])
