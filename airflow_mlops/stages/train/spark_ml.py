@@ -34,6 +34,8 @@ CLASSIFICATION = {"accuracy": ("accuracy", "accuracy"), "f1": ("fMeasureByLabel"
                   "precision": ("precisionByLabel", "weightedPrecision"), "recall": ("recallByLabel", "weightedRecall"),
                   "log_loss": ("logLoss", "logLoss")}
 REGRESSION = {"rmse": "rmse", "mae": "mae", "r2": "r2"}
+ROC_AUC_BINARY = ("roc_auc on Spark is for a binary label: Spark ML has no multi-class AUC; use accuracy, f1, "
+                  "precision, recall or log_loss")
 
 
 class SparkMlTrainer:
@@ -84,10 +86,11 @@ class SparkMlTrainer:
         use_store(job.target())
         mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
         with mlflow.start_run(run_id=run_id):
+            mlflow.log_params({"features": len(self.features), "engine": "spark"})
+            metrics: dict[str, float] | None = None
             if builtin.estimator:
                 self.log.info("Fitting %s on Spark (%d features)", builtin.estimator, len(self.features))
                 model = fit(builtin.estimator, job.hyperparams, self.features, data.target, train)
-                metrics = evaluate(model.transform(test), data.target, builtin.metrics, classes_of(model))
             else:
                 from pyspark.ml import Estimator
 
@@ -97,14 +100,29 @@ class SparkMlTrainer:
                 if isinstance(produced, Estimator):  # an unfitted Pipeline: fitted and scored here
                     self.log.info("Fitting the %s from %s on Spark", type(produced).__name__, builtin.callable)
                     model = produced.fit(train)
-                    metrics = evaluate(model.transform(test), data.target, builtin.metrics, classes_of(model))
                 else:
                     model, metrics = model_and_metrics(produced, f"train callable '{builtin.callable}'")
-            mlflow.log_params({"features": len(self.features), "engine": "spark"})
+            if metrics is None:
+                metrics, info = self.score_and_log(model, test, data.target, builtin.metrics)
+            else:
+                info = log_spark_model(model, test.select(*self.features), job.registered_model)
             mlflow.log_metrics(metrics)
             self.log.info("Metrics: %s", metrics)
-            info = log_spark_model(model, test.select(*self.features), job.registered_model)
         return {"metrics": metrics, "model_version": str(info.registered_model_version)}
+
+    def score_and_log(self, model: Any, test: Any, target: str, names: list[str]) -> tuple[dict[str, float], Any]:
+        """The metrics of ``model`` on ``test`` and the logged, registered model: the evaluators'
+        Spark jobs run while the model is saved (both are short jobs whose latency adds up
+        otherwise). Metrics that cannot be computed are refused before anything is registered."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        classes = classes_of(model)
+        if "roc_auc" in names and classes is not None and classes != 2:
+            raise StageFailed(ROC_AUC_BINARY)
+        with ThreadPoolExecutor(1, thread_name_prefix="spark-ml-evaluate") as pool:
+            scoring = pool.submit(evaluate, model.transform(test), target, names, classes)
+            info = log_spark_model(model, test.select(*self.features), self.job.registered_model)
+            return scoring.result(), info
 
     def kill(self) -> None:
         """Cancel the session's running Spark jobs (the operator's ``on_kill``)."""
@@ -181,8 +199,7 @@ def evaluate(scored: Any, target: str, names: list[str], classes: int | None = N
             out[name] = evaluator.evaluate(scored)
         elif name == "roc_auc":
             if not binary:
-                raise StageFailed("roc_auc on Spark is for a binary label: Spark ML has no multi-class AUC; "
-                                  "use accuracy, f1, precision, recall or log_loss")
+                raise StageFailed(ROC_AUC_BINARY)
             out[name] = BinaryClassificationEvaluator(labelCol=target, metricName="areaUnderROC").evaluate(scored)
         elif name in REGRESSION:
             out[name] = RegressionEvaluator(labelCol=target, metricName=REGRESSION[name]).evaluate(scored)
