@@ -62,9 +62,7 @@ def test_the_stage_registry_covers_every_kind_and_mode_with_an_engine_for_each_b
 
 
 @pytest.mark.parametrize("kind, backend, expected", [
-    ("train", "spark", "the spark backend runs preprocess and serve stages, not train; give this stage "
-                       "'backend: batch' (or kubernetes)"),
-    ("drift", "spark", "the spark backend runs preprocess and serve stages, not drift; give this stage "
+    ("drift", "spark", "the spark backend runs preprocess, train and serve stages, not drift; give this stage "
                        "'backend: batch' (or kubernetes)"),
 ])
 def test_a_kind_on_a_backend_that_does_not_run_it_is_refused_naming_what_does(kind, backend, expected):

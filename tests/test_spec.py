@@ -231,9 +231,11 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         ),
         pytest.param(
             "id: a\nstages:\n  preprocess: {input: {path: a.csv}}\n  train: {backend: spark, estimator: x.Y, target: t}\n",
-            ["4:20 stages.train.backend: the spark backend runs preprocess and serve stages, not train; "
-             "give this stage 'backend: batch' (or kubernetes)"],
-            id="spark-train",
+            ["4:38 stages.train.estimator: on the spark backend the estimator trains on the cluster, so it must be a "
+             "Spark ML one ('pyspark.ml....', e.g. pyspark.ml.classification.LogisticRegression, "
+             "pyspark.ml.classification.RandomForestClassifier, pyspark.ml.regression.LinearRegression), got 'x.Y': "
+             "give a Spark ML estimator, a 'callable', or 'backend: batch' (or kubernetes) for a scikit-learn estimator"],
+            id="spark-train-sklearn",
         ),
         pytest.param(
             "id: a\nstages:\n  preprocess:\n    input: {path: a.csv}\n    sql: SELECT 1\n",

@@ -47,6 +47,10 @@ from tests.helpers import checkpoint_tries, extra_links, write
     ({"entrypoint": "a.b:c", "args": ["--x"]}, "args= are for script=/module="),
     ({"entrypoint": "a.b:c", "mlflow": {"tracking_uri": "sqlite:///rel.db"}}, "relative SQLite path"),
     ({"entrypoint": "a.b:c", "pushgateway_url": "pushgw:9091"}, "pushgateway_url must be an http"),
+    ({"entrypoint": "a.b:c", "distributed": {"nodes": 2}},
+     "distributed= runs a torchrun group of pods: it needs backend='kubernetes', got 'local'"),
+    ({"entrypoint": "a.b:c", "backend": "kubernetes", "kubernetes": {"image": "x"}, "distributed": {"nodes": 0}},
+     "nodes\n  Input should be greater than or equal to 1"),
 ])
 def test_operator_rejects_bad_arguments_when_the_dag_is_parsed(kwargs, message):
     from airflow_mlops.operators.gpu_train import GpuTrainOperator

@@ -21,6 +21,7 @@ from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.spec.training import Distributed
 from airflow_mlops.telemetry.devices import parse_gpu_ids
 
 BACKENDS = ("local", "kubernetes")
@@ -68,6 +69,10 @@ class GpuTrainOperator(BaseOperator):
     :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
         runs the same job through ``python -m airflow_mlops.stages.train.runner job``).
     :param kubernetes: pod settings for the kubernetes backend (``image`` required).
+    :param distributed: with the kubernetes backend, multi-node torchrun: ``Distributed`` or a dict
+        ``{nodes, nproc_per_node, launcher, rendezvous: {backend, port, timeout}}`` — ``nodes``
+        pods each holding ``resources``, a headless Service, all or nothing (the YAML train
+        stage's ``distributed:``; see ``backends/kubernetes/distributed.py``).
     :param env: extra environment variables for the training process.
     :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training.
     :param pushgateway_url: push them to a Prometheus Pushgateway (each flush and at the end).
@@ -111,6 +116,7 @@ class GpuTrainOperator(BaseOperator):
         sample_interval: float = 1.0,
         backend: str = "local",
         kubernetes: KubernetesSettings | dict[str, Any] | None = None,
+        distributed: Distributed | dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         prometheus_port: int | None = None,
         pushgateway_url: str | None = None,
@@ -171,6 +177,9 @@ class GpuTrainOperator(BaseOperator):
             "resources": (Resources, lambda: _resources(resources)),
             "kubernetes": (KubernetesSettings, lambda: KubernetesSettings.model_validate(kubernetes)
                            if kubernetes is not None else None),
+            "distributed": (Distributed, lambda: Distributed.model_validate(
+                distributed.model_dump() if isinstance(distributed, Distributed) else distributed)
+                if distributed is not None else None),
         }
         made = {}
         for argument, (model, make) in settings.items():
@@ -183,6 +192,10 @@ class GpuTrainOperator(BaseOperator):
                 raise bad(str(exc), argument) from exc
         self.mlflow, self.prices, self.kubernetes = made["mlflow"], made["prices"], made["kubernetes"]
         self.held_resources = made["resources"]  # not self.resources: BaseOperator's own
+        self.distributed = made["distributed"]
+        if self.distributed is not None and backend != "kubernetes":
+            raise bad(f"distributed= runs a torchrun group of pods: it needs backend='kubernetes', got {backend!r}",
+                      "distributed")
         lacking = _backend(backend).problems(self.kubernetes)
         if lacking:
             raise bad(lacking, "kubernetes")
@@ -307,8 +320,9 @@ class GpuTrainOperator(BaseOperator):
 
     def training(self, job: Any, context: Any) -> Any:
         """The backend's run of ``job`` (``backends.<backend>.training``): ``.run()``, ``.kill()``."""
+        group = {"distributed": self.distributed} if self.distributed is not None else {}
         return _backend(self.backend).training(
-            job, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url), task_id=self.task_id,
+            job, **group, log=self.log, on_run=lambda _run_id, url: self._push_url(context, url), task_id=self.task_id,
             kubernetes=self.kubernetes, held_resources=self.held_resources, mlflow=self.mlflow, context=context,
             pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train")
 
@@ -345,6 +359,7 @@ class _ArgumentModels(BaseModel):
     prices: PriceTable | None = None
     resources: Resources | str | None = None
     kubernetes: KubernetesSettings | None = None
+    distributed: Distributed | None = None
 
 
 def _resources(value: Any) -> Resources | None:

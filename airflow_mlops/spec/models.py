@@ -29,6 +29,7 @@ from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is
 )
 from airflow_mlops.spec.prices import GpuMetricsSettings, PriceTable
 from airflow_mlops.spec.stream import StreamServeSettings
+from airflow_mlops.spec.training import Distributed
 
 Backend = Literal["batch", "spark", "kubernetes"]
 AVAILABLE_BACKENDS: tuple[str, ...] = Backend.__args__  # what backends/ can build
@@ -245,11 +246,12 @@ class PreprocessStage(StageBase):
 
 
 class TrainStage(StageBase):
-    """Either ``estimator`` (a scikit-learn style class, fitted with ``params``) or ``callable``
-    (your function returning ``(model, metrics)``)."""
+    """Either ``estimator`` (a scikit-learn style class, or on the spark backend a Spark ML one,
+    fitted with ``params``) or ``callable`` (your function returning ``(model, metrics)``)."""
 
     kind: Literal["train"] = "train"
-    estimator: str | None = Field(None, description="Import path of an estimator class, e.g. 'sklearn.ensemble.RandomForestClassifier'.")
+    estimator: str | None = Field(None, description="Import path of an estimator class, e.g. 'sklearn.ensemble."
+                                  "RandomForestClassifier', or on the spark backend 'pyspark.ml.classification.LogisticRegression'.")
     callable: str | None = Field(None, pattern=IMPORT_PATH)
     params: dict[str, Any] = Field(default_factory=dict)
     target: str = Field(..., description="Label column.")
@@ -257,6 +259,8 @@ class TrainStage(StageBase):
     metrics: list[Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]] = Field(
         default_factory=lambda: ["accuracy"]
     )
+    spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings (spark backend).")
+    distributed: Distributed | None = Field(None, description="Multi-node torchrun on the kubernetes backend.")
 
     @model_validator(mode="after")
     def _estimator_or_callable(self) -> "TrainStage":
@@ -319,7 +323,6 @@ class ServeStage(StageBase):
     format: DataFormat = "parquet"
     output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
-
 
     @model_validator(mode="after")
     def _stream_settings(self) -> "ServeStage":

@@ -54,10 +54,37 @@ def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
         yield "sql", "'sql' runs on Spark: set 'backend: spark' on this stage, or use 'transform' with pandas"
 
 
+def _train_rules(stage: Any, backend: str) -> Iterator[Problem]:
+    """A Spark ML estimator trains on Spark, a scikit-learn style one in a process; torchrun groups
+    are pods (``spec.training``)."""
+    from airflow_mlops.spec.training import SPARK_ML_PREFIX, is_spark_ml
+
+    spark_ml = is_spark_ml(stage.estimator)
+    if backend == "spark" and stage.estimator and not spark_ml:
+        yield "estimator", (f"on the spark backend the estimator trains on the cluster, so it must be a Spark ML one "
+                            f"('{SPARK_ML_PREFIX}...', e.g. pyspark.ml.classification.LogisticRegression, "
+                            "pyspark.ml.classification.RandomForestClassifier, pyspark.ml.regression.LinearRegression), "
+                            f"got '{stage.estimator}': give a Spark ML estimator, a 'callable', or 'backend: batch' "
+                            "(or kubernetes) for a scikit-learn estimator")
+    elif backend != "spark" and spark_ml:
+        yield "estimator", (f"'{stage.estimator}' is a Spark ML estimator: it trains on Spark, so give this stage "
+                            f"'backend: spark'; on the {backend} backend use a scikit-learn style estimator "
+                            "(e.g. sklearn.linear_model.LogisticRegression) or a 'callable'")
+    if stage.distributed is not None:
+        if backend != "kubernetes":
+            yield "distributed", (f"'distributed' runs torchrun over several pods: give this stage 'backend: kubernetes' "
+                                  f"(not {backend}); Spark ML estimators spread over the Spark cluster without it")
+        elif stage.estimator:
+            yield "distributed", ("'distributed' launches your training function on every rank: give a 'callable' "
+                                  "(a function using torch.distributed), not an 'estimator'")
+    if stage.spark is not None and backend != "spark":
+        yield "spark", f"'spark' settings are for the spark backend; this stage runs on {backend}"
+
+
 ALL = ("batch", "spark", "kubernetes")
 KINDS: dict[str, Kind] = {
     "preprocess": Kind(backends=ALL, produces="dataset", rules=_preprocess_rules),
-    "train": Kind(backends=("batch", "kubernetes"), produces="model", needs=needs.train),
+    "train": Kind(backends=ALL, produces="model", rules=_train_rules, needs=needs.train),
     "validate": Kind(backends=("batch", "kubernetes"), needs=needs.validate),
     "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",), doing="serving", needs=needs.serve,
                   modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch",)},

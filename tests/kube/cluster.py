@@ -173,6 +173,32 @@ def start_cluster(workdir: Path, gpus: int = 2, bin_dir: Path = KUBE_BIN) -> Ite
             _stop(procs[name])
 
 
+@contextlib.contextmanager
+def extra_node(cluster: KubeCluster, name: str, gpus: int) -> Iterator[str]:
+    """Another GPU node (tainted like the first) with a stand-in kubelet of its own, so pods the
+    scheduler binds there run as local processes too; the node is deleted and its kubelet stopped
+    on exit. Start it from the main thread (see ``_die_with_parent``)."""
+    from kubernetes import client
+
+    (port,) = _free_ports(1)
+    procs = {f"kubelet-{name}": _spawn(f"kubelet-{name}", [
+        sys.executable, str(KUBELET_SCRIPT), f"--kubeconfig={cluster.kubeconfig}", f"--node={name}",
+        f"--port={port}", f"--cert={cluster.workdir / 'serving.crt'}", f"--key={cluster.workdir / 'serving.key'}",
+        f"--workdir={cluster.workdir / 'pods'}", f"--path-prefix={Path(sys.executable).parent}",
+    ], cluster.workdir)}
+    try:
+        _wait_until(lambda: _http_ok(f"https://127.0.0.1:{port}/healthz"), 30, f"stand-in kubelet of {name}", procs,
+                    cluster.workdir)
+        with cluster.api_client() as api:
+            _register_node(api, name, gpus, port)
+        yield name
+    finally:
+        with contextlib.suppress(Exception), cluster.api_client() as api:
+            client.CoreV1Api(api).delete_node(name)
+        for proc in procs.values():
+            _stop(proc)
+
+
 def _register_node(api, name: str, gpus: int, kubelet_port: int) -> None:
     """Create the fake GPU node, give it a Ready status, and leave only the GPU taint on it."""
     from kubernetes import client

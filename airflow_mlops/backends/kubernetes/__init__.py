@@ -31,8 +31,20 @@ def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) 
     )
 
 
-def training(job: Any, **kwargs: Any) -> Any:
-    """GpuTrainOperator's job in a GPU pod (``training.PodTraining``): ``.run()``, ``.kill()``."""
+def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
+    """GpuTrainOperator's job in a GPU pod (``training.PodTraining``), or with ``distributed``
+    as a torchrun group of pods (``distributed.DistributedTraining``): ``.run()``, ``.kill()``."""
+    if distributed is not None:
+        from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
+        from airflow_mlops.backends.kubernetes.distributed import DistributedTraining
+        from airflow_mlops.backends.kubernetes.training import pod_resources_of
+
+        k = kwargs["kubernetes"]
+        return DistributedTraining(
+            job, distributed=distributed, kubernetes=k, resources=pod_resources_of(job, kwargs.get("held_resources")),
+            pipeline_id=kwargs["pipeline_id"], stage_name=kwargs["task_id"], log=kwargs["log"],
+            env={"PYTHONPATH": ":".join(job.python_path)} if job.python_path else None,
+            secret_env=mlflow_secret_env(k, kwargs["pipeline_id"], kwargs["mlflow"]))
     from airflow_mlops.backends.kubernetes.training import PodTraining
 
     return PodTraining(job, **kwargs)

@@ -162,21 +162,27 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         """``<pipeline>-<stage>`` as a DNS name (KubernetesPodOperator appends a random suffix)."""
         return pod_name(pipeline_id or self.pipeline_id or "stage", self.stage_name)
 
-    def pod_operator(self, arguments: list[str], pipeline_id: str | None = None,
-                     secret_env: Mapping[str, SecretEnv] | None = None) -> Any:
-        """The KubernetesPodOperator that runs this stage (see ``stage_pod_operator``)."""
+    def code_env(self) -> dict[str, str]:
+        """Plain env for the pod: ``PYTHONPATH`` = the code the DAG sees (a PYTHONPATH in
+        kubernetes.env wins), and the worker's MLflow request bound, so the pod bounds its MLflow
+        requests as the worker does (its stage code exports the rest)."""
         import os
 
         from airflow_mlops._core.mlflow_faults import TIMEOUT_ENV
 
-        # The pod bounds its MLflow requests as the worker does (its stage code exports the rest).
         env = {TIMEOUT_ENV: os.environ[TIMEOUT_ENV]} if os.environ.get(TIMEOUT_ENV) else {}
-        if self.has_dag():  # the pod imports the code the DAG sees (a PYTHONPATH in kubernetes.env wins)
+        if self.has_dag():
             from airflow_mlops._core.paths import code_paths, dags_folder
 
             paths = code_paths(self.dag.fileloc, dags_folder())
             if paths:
                 env["PYTHONPATH"] = ":".join(paths)
+        return env
+
+    def pod_operator(self, arguments: list[str], pipeline_id: str | None = None,
+                     secret_env: Mapping[str, SecretEnv] | None = None) -> Any:
+        """The KubernetesPodOperator that runs this stage (see ``stage_pod_operator``)."""
+        env = self.code_env()
         return stage_pod_operator(
             task_id=self.task_id, kubernetes=self.kubernetes, resources=self.stage_resources,
             pipeline_id=pipeline_id or self.pipeline_id or "", stage_name=self.stage_name, arguments=arguments,
@@ -186,6 +192,8 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         from airflow_mlops.backends import runtime
 
         secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
+        if getattr(self.stage, "distributed", None) is not None:  # a train stage's torchrun group
+            return self.run_group(ctx, secret_env)
         arguments = ["-m", "airflow_mlops.runtime", "--payload", runtime.encode_payload(self.stage, ctx)]
         pod_op = self._pod_op = self.pod_operator(arguments, ctx.pipeline_id, secret_env)
         self.log.info("Running stage '%s' in pod %s/%s (image %s, resources %s%s)", ctx.stage_name,
@@ -193,9 +201,25 @@ class KubernetesStageOperator(KubernetesBackedOperator):
                       f"; MLflow credentials from Secret {next(iter(secret_env.values())).secret}" if secret_env else "")
         return run_pod_operator(pod_op, context, stage_name=self.stage_name, kubernetes=self.kubernetes)
 
+    def run_group(self, ctx: Any, secret_env: Mapping[str, SecretEnv]) -> dict[str, Any]:
+        """The train stage's job as a torchrun group of pods (``distributed.DistributedTraining``)."""
+        from airflow_mlops.backends.kubernetes.distributed import DistributedTraining
+        from airflow_mlops.stages import StageFailed
+        from airflow_mlops.stages.train.job import job_for_stage
+
+        group = self._pod_op = DistributedTraining(
+            job_for_stage(self.stage, ctx), distributed=self.stage.distributed, kubernetes=self.kubernetes,
+            resources=self.stage_resources, pipeline_id=ctx.pipeline_id, stage_name=self.stage_name, log=self.log,
+            env=self.code_env(), secret_env=secret_env)
+        try:
+            return group.run()
+        except StageFailed as exc:
+            raise stage_failed(str(exc)) from exc
+
     def on_kill(self) -> None:
         if self._pod_op is not None:
-            self._pod_op.on_kill()
+            stop = getattr(self._pod_op, "on_kill", None) or self._pod_op.kill  # a pod operator, or a group
+            stop()
 
 
 @lru_cache(maxsize=1)

@@ -35,13 +35,7 @@ class PodTraining:
         from airflow_mlops.stages.train.runner import encode_job
 
         job = self.job
-        gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
-        held = self.held_resources
-        pod_resources = Resources(
-            cpu=held.cpu if held else None,
-            memory=held.memory if held else None,
-            gpu=(held.gpu if held and held.gpu is not None else gpus) or None,
-        )
+        pod_resources = pod_resources_of(job, self.held_resources)
         job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
                                      "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
         return stage_pod_operator(
@@ -62,3 +56,11 @@ class PodTraining:
     def kill(self) -> None:
         if self.pod_op is not None:
             self.pod_op.on_kill()
+
+
+def pod_resources_of(job: Any, held: Resources | None) -> Resources:
+    """What a training pod holds: the operator's ``resources`` (cpu, memory, gpu); the GPU count
+    falls back to the job's (``gpus``, or how many ``gpu_ids``)."""
+    gpus = len(job.gpu_ids) if job.gpu_ids is not None else job.gpus
+    return Resources(cpu=held.cpu if held else None, memory=held.memory if held else None,
+                     gpu=(held.gpu if held and held.gpu is not None else gpus) or None)

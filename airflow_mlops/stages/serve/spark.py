@@ -1,4 +1,5 @@
-"""serve on Spark: score a dataset with the validated model version through mlflow.pyfunc.spark_udf."""
+"""serve on Spark: score a dataset with the validated model version through mlflow.pyfunc.spark_udf,
+or, for a Spark ML model (logged with the Spark flavour), with its own transform on the executors."""
 
 from __future__ import annotations
 
@@ -29,9 +30,15 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise StageFailed(f"the data to score lacks the model's input columns {missing}")
-    # env_manager="local": the executors use this environment, which already has the model's libraries.
-    predict = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type=result_type(signature))
-    scored = df.withColumn("prediction", predict(F.struct(*[F.col(c) for c in columns])))
+    if "spark" in (mlflow.models.get_model_info(model_uri).flavors or {}):
+        # A Spark ML model (the spark train stage's): its own transform runs on the executors, the
+        # JVM way; its pyfunc flavour would start a Spark session inside every Python worker.
+        model = mlflow.spark.load_model(model_uri)
+        scored = model.transform(df).select(*df.columns, F.col("prediction"))
+    else:
+        # env_manager="local": the executors use this environment, which already has the model's libraries.
+        predict = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type=result_type(signature))
+        scored = df.withColumn("prediction", predict(F.struct(*[F.col(c) for c in columns])))
     out = ctx.output_dir(spec.output)
     path = write(scored, str(out / f"predictions.{spec.format}"), spec.format)
     rows = read(spark, path, spec.format).count()  # from the written files: the model runs once

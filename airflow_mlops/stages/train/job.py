@@ -13,7 +13,7 @@ JSON-able, so it travels to a pod as the runner's payload (``stages.train.runner
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -59,6 +59,10 @@ class BuiltinTraining(BaseModel):
     estimator: str | None = None
     callable: str | None = None
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
+    # "spark": a Spark ML fit on the stage's Spark session (``stages.train.spark``); ``spark`` then
+    # holds the embedded session's {master, conf}, or None under spark-submit (the cluster's own).
+    engine: Literal["pandas", "spark"] = "pandas"
+    spark: dict[str, Any] | None = None
 
 
 class GpuTrainJob(BaseModel):
@@ -96,6 +100,11 @@ class GpuTrainJob(BaseModel):
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
+    # A rank of a torchrun group (backends/kubernetes/distributed.py): global rank 0 (torchrun's
+    # RANK) records the run; the others only train (runner.follow). The cost is billed for
+    # ``pods`` times ``resources``: every pod of the group holds them.
+    distributed: bool = False
+    pods: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _one_thing_to_train(self) -> "GpuTrainJob":
@@ -135,7 +144,8 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
     if resources is not None and not isinstance(resources, dict):
         resources = resources.model_dump(exclude_none=True, exclude={"profile"})
     return GpuTrainJob(
-        builtin=BuiltinTraining(estimator=spec.estimator, callable=spec.callable, metrics=list(spec.metrics)),
+        builtin=BuiltinTraining(estimator=spec.estimator, callable=spec.callable, metrics=list(spec.metrics),
+                                engine="spark" if ctx.backend == "spark" else "pandas", spark=ctx.spark),
         hyperparams=dict(spec.params),
         gpus=None if resources is None else resources_from(resources, gpus_held=0).gpu,
         gpus_asked_by="resources.gpu",

@@ -63,10 +63,14 @@ class TrainingRun:
         self.on_run = on_run
         self.run_id: str | None = None  # the MLflow run of this try, once created
         self.version: str | None = None  # the model version this try registered, once registered
-        if job.builtin is not None:
+        if job.builtin is not None and job.builtin.engine == "spark":
+            from airflow_mlops.stages.train.spark_ml import SparkMlTrainer
+
+            self.trainer: Any = SparkMlTrainer(job, self.log)
+        elif job.builtin is not None:
             from airflow_mlops.stages.train.builtin import BuiltinTrainer
 
-            self.trainer: Any = BuiltinTrainer(job, self.log)
+            self.trainer = BuiltinTrainer(job, self.log)
         else:
             from airflow_mlops.stages.train.process import EntrypointProcess
 
@@ -103,21 +107,14 @@ class TrainingRun:
         from airflow_mlops._core import mlflow as tracking
 
         job = self.job
+        reused = self.earlier()
+        if reused is not None:
+            return {**reused, **extra}
         # A client, never MLflow's process-wide URIs (mlflow.set_tracking_uri also exports them
         # to the environment, where the next task in this process would take them for the user's).
         client = tracking.client(job.target())
         experiment_id = tracking.experiment_id(client, job.target())
         base = ui_base(job.tracking_uri, job.ui_url)
-
-        earlier = registered_by_earlier_try(client, experiment_id, job.tags.get(TASK_KEY_TAG), job.registered_model)
-        if earlier:
-            run_id, version = earlier
-            self.log.info("An earlier try of this task already registered '%s' version %s (run %s): reusing it, "
-                          "not registering a duplicate", job.registered_model, version, run_id)
-            url = run_url(base, experiment_id, run_id)
-            if self.on_run:
-                self.on_run(run_id, url)
-            return {**reused_result(client.get_run(run_id), job, version, url), **extra}
 
         mark_incomplete_tries(client, experiment_id, job.tags.get(TASK_KEY_TAG), self.log)
         gpus = assign_gpus(job.gpus, job.gpu_ids, self.log, asked_by=job.gpus_asked_by)
@@ -130,6 +127,9 @@ class TrainingRun:
         log_params(client, run_id, {**{k: param(v) for k, v in job.hyperparams.items()}, "gpus": str(len(gpus.ids))})
 
         held = resources_from(job.resources, gpus_held=len(gpus.ids) if gpus.available else 0)
+        if job.pods > 1:  # a torchrun group: every pod holds the same, for as long as rank 0 runs
+            held = TaskResources(gpu=held.gpu * job.pods, cpu=held.cpu * job.pods,
+                                 memory_gib=held.memory_gib * job.pods)
         outcome, summary, cost = self._measured(client, run_id, gpus, held)
         version = outcome.get("model_version")
         self.version = None if version is None else str(version)
@@ -147,6 +147,26 @@ class TrainingRun:
             "reused": False,
             **extra,
         }
+
+    def earlier(self) -> dict[str, Any] | None:
+        """The result of an earlier try of this task instance that registered a version (the
+        ``airflow_mlops.task_key`` tag), reused as it was recorded; None when there is none.
+        A torchrun group's launcher asks before it starts any pod."""
+        from airflow_mlops._core import mlflow as tracking
+
+        job = self.job
+        client = tracking.client(job.target())
+        experiment_id = tracking.experiment_id(client, job.target())
+        earlier = registered_by_earlier_try(client, experiment_id, job.tags.get(TASK_KEY_TAG), job.registered_model)
+        if not earlier:
+            return None
+        run_id, version = earlier
+        self.log.info("An earlier try of this task already registered '%s' version %s (run %s): reusing it, "
+                      "not registering a duplicate", job.registered_model, version, run_id)
+        url = run_url(ui_base(job.tracking_uri, job.ui_url), experiment_id, run_id)
+        if self.on_run:
+            self.on_run(run_id, url)
+        return reused_result(client.get_run(run_id), job, version, url)
 
     def _run_tags(self, gpus: GpuAssignment) -> dict[str, str]:
         job = self.job

@@ -12,6 +12,8 @@
 ``job --payload B64 [--result-file PATH]``
     A whole job (``airflow_mlops.stages.train.job``, run by ``measure.TrainingRun``) inside a pod: the result is printed on the runtime's
     marker line for the launcher to read back; a refusal prints ``STAGE FAILED:`` and exits 3.
+    In a torchrun group (``job.distributed``) only global rank 0 does so; the other ranks run
+    the same training code and record nothing (``follow``).
 """
 
 from __future__ import annotations
@@ -66,18 +68,10 @@ def call(spec: dict[str, Any]) -> dict[str, Any]:
         raise StageFailed(f"cannot import the entrypoint '{spec['entrypoint']}': {type(exc).__name__}: {exc} "
                           f"(PYTHONPATH={os.environ.get('PYTHONPATH', '')!r})") from exc
     available: dict[str, Any] = {"params": dict(spec.get("hyperparams") or {}), "checkpoint_dir": spec["checkpoint_dir"]}
-    data = spec.get("data")
+    available.update(datasets(spec.get("data")))
     test_x = None
-    if data:
-        from airflow_mlops.stages.data import read_dataset
-
-        train = read_dataset(data["train_path"])
-        test = read_dataset(data["test_path"]) if data.get("test_path") else None
-        if data["target"] not in train.columns:
-            raise StageFailed(f"target column '{data['target']}' is not in the training data; columns: {list(train.columns)}")
-        features = data.get("features") or [c for c in train.columns if c != data["target"]]
-        available.update(train=train, test=test, target=data["target"], features=features)
-        test_x = (test if test is not None else train)[features]
+    if "train" in available:
+        test_x = (available["test"] if available["test"] is not None else available["train"])[available["features"]]
     with mlflow.start_run(run_id=spec["run_id"]):
         produced = fn(**_kwargs_for(fn, available))
         model, metrics, example = _unpack(produced, spec["entrypoint"])
@@ -94,6 +88,49 @@ def call(spec: dict[str, Any]) -> dict[str, Any]:
         info = log_model(model, example, spec["registered_model"])
     return {"metrics": {k: float(v) for k, v in metrics.items()},
             "model_version": str(info.registered_model_version) if info.registered_model_version else None}
+
+
+def datasets(data: dict[str, Any] | None) -> dict[str, Any]:
+    """``train``, ``test`` (DataFrames; test None without a test split), ``target`` and ``features``
+    from a job's ``data``; {} without one. StageFailed when the target column is missing."""
+    if not data:
+        return {}
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.stages.data import read_dataset
+
+    train = read_dataset(data["train_path"])
+    test = read_dataset(data["test_path"]) if data.get("test_path") else None
+    if data["target"] not in train.columns:
+        raise StageFailed(f"target column '{data['target']}' is not in the training data; columns: {list(train.columns)}")
+    features = data.get("features") or [c for c in train.columns if c != data["target"]]
+    return {"train": train, "test": test, "target": data["target"], "features": features}
+
+
+def follow(job: Any) -> int:
+    """A rank other than 0 of a torchrun group (``job.distributed``): the same training code as
+    rank 0 — the callable or entrypoint with the same arguments, or the script/module — recording
+    nothing: rank 0 records the run, the metrics and the model. Returns the exit code."""
+    import subprocess
+
+    from airflow_mlops._core.paths import import_string
+    from airflow_mlops.stages.train.job import CHECKPOINT_ENV, PARAMS_ENV
+
+    log.info("Rank %s of %s: training; rank 0 records the MLflow run and the model", os.environ.get("RANK"),
+             os.environ.get("WORLD_SIZE"))
+    if job.script or job.module:
+        env = {**os.environ, **job.env, PARAMS_ENV: json.dumps(job.hyperparams, default=str),
+               CHECKPOINT_ENV: str(job.checkpoint_dir)}
+        if job.python_path:
+            env["PYTHONPATH"] = os.pathsep.join([*job.python_path, *filter(None, [env.get("PYTHONPATH")])])
+        argv = [job.script, *job.args] if job.script else ["-m", str(job.module), *job.args]
+        return subprocess.call([sys.executable, "-u", *argv], env=env)
+    sys.path[:0] = [p for p in job.python_path if p not in sys.path]
+    name = job.entrypoint or (job.builtin.callable if job.builtin else None)
+    fn = import_string(str(name))
+    available = {"params": dict(job.hyperparams), "checkpoint_dir": job.checkpoint_dir,
+                 **datasets(job.data.model_dump() if job.data else None)}
+    fn(**_kwargs_for(fn, available))
+    return 0
 
 
 def _frame(example: Any) -> Any:
@@ -138,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
 
     job = GpuTrainJob.model_validate_json(base64.b64decode(args.payload))
     try:
+        if job.distributed and os.environ.get("RANK", "0") != "0":  # torchrun's rank of this process
+            return follow(job)
         result = TrainingRun(job).run()
     except DependencyFailed as exc:  # the tracking server failed (already logged, first)
         if exc.retryable:
