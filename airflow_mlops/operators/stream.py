@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops.spec.stream import StreamSpec
 
 
@@ -118,6 +119,7 @@ class StreamInferenceOperator(BaseOperator):
                   **{k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}}
         _near_misses(kwargs, kwargs.get("task_id"))
         super().__init__(**kwargs)
+        require("apache-kafka", f"{type(self).__name__}(task_id={self.task_id!r})")
         base = spec.model_dump(exclude_unset=True) if isinstance(spec, StreamSpec) else dict(spec or {})
         data = {**base, **fields}
         if not data.get("group_id"):

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.units import parse_bytes
 from airflow_mlops.sensors import seconds
 from airflow_mlops.telemetry.availability import check_gpus, gib_text
@@ -47,6 +48,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        require("gpu", f"{type(self).__name__}(task_id={self.task_id!r})")
         owner = f"GpuAvailableSensor(task_id={self.task_id!r})"
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ArgumentsError.one(owner, "count", f"count must be a whole number ≥ 1, got {count!r}")

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops.kafka.lag import Condition, check_lag
 from airflow_mlops.sensors import seconds
 
@@ -59,6 +60,7 @@ class KafkaLagSensor(BaseSensorOperator):
 
         lag_timeout = pop_renamed("KafkaLagSensor", kwargs).get("lag_timeout", lag_timeout)
         super().__init__(**kwargs)
+        require("apache-kafka", f"{type(self).__name__}(task_id={self.task_id!r})")
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):
             raise ArgumentsError.one(owner, "condition",

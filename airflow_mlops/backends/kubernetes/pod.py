@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.result import RESULT_MARKER
 from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
@@ -119,6 +120,7 @@ class KubernetesBackedOperator(StageOperator):
 
     def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
+        require("cncf-kubernetes", f"{type(self).__name__}(task_id={self.task_id!r})")
         self.kubernetes = KubernetesSettings.model_validate(kubernetes)
         if not self.kubernetes.image:
             raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")
