@@ -55,7 +55,7 @@ BATCH = "id: plain\nstages:\n  preprocess:\n    input: {sklearn_dataset: iris}\n
 
 def test_every_extra_is_installed_here_and_reported_so():
     assert extras.state() == {name: True for name in extras.EXTRAS}
-    assert extras.describe().startswith("extras installed: apache-spark, cncf-kubernetes, apache-kafka, gpu; "
+    assert extras.describe().startswith("Extras installed: apache-spark, cncf-kubernetes, apache-kafka, gpu; "
                                         "not installed: none")
 
 

@@ -100,5 +100,5 @@ def describe() -> str:
     found = state()
     have = [n for n, ok in found.items() if ok]
     lack = [n for n, ok in found.items() if not ok]
-    return (f"extras installed: {', '.join(have) or 'none'}; not installed: {', '.join(lack) or 'none'}"
+    return (f"Extras installed: {', '.join(have) or 'none'}; not installed: {', '.join(lack) or 'none'}"
             + (f" ({install_command(','.join(lack))})" if lack else ""))
