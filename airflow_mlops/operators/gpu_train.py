@@ -254,7 +254,7 @@ class GpuTrainOperator(BaseOperator):
         if self.upstream_task:
             upstream = ti.xcom_pull(task_ids=self.upstream_task) or {}
             if "train_path" not in upstream:
-                from airflow.sdk.exceptions import AirflowFailException
+                from airflow_mlops._core.compat import AirflowFailException
 
                 raise AirflowFailException(
                     f"upstream task '{self.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")

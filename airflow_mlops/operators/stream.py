@@ -148,8 +148,7 @@ class StreamInferenceOperator(BaseOperator):
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
         from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream

@@ -97,7 +97,7 @@ class KafkaLagSensor(BaseSensorOperator):
         check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
                           self.condition, self.threshold, self.lag_timeout, self.wait_for_missing_topics)
         if check.missing:
-            from airflow.sdk.exceptions import AirflowFailException
+            from airflow_mlops._core.compat import AirflowFailException
 
             raise AirflowFailException(check.missing)
         self._last = check.measured
@@ -106,7 +106,7 @@ class KafkaLagSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=check.done, xcom_value=check.lag)
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowSensorTimeout
 
         if self.deferrable:
             from airflow_mlops.sensors.triggers import KafkaLagTrigger
@@ -122,7 +122,7 @@ class KafkaLagSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(f"{self._timeout_message(self._last)} ({exc})") from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 
         event = event or {}
         if event.get("status") == "missing":

@@ -168,8 +168,9 @@ SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@mo
 
 def schedule_problem(value: str) -> str | None:
     """Why Airflow would refuse ``value`` as a DAG's schedule (None if it would not)."""
-    from airflow.sdk import CronTriggerTimetable
+    from airflow_mlops._core.compat import cron_trigger_timetable
 
+    CronTriggerTimetable = cron_trigger_timetable()
     try:  # Airflow's own check (croniter), on the timetable a plain schedule string becomes
         CronTriggerTimetable(value, timezone="UTC").validate()
         return None

@@ -93,7 +93,7 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
     if pod_op.stage_failure:
         return stage_failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
     if pod_op.stage_skipped:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow_mlops._core.compat import AirflowSkipException
 
         return AirflowSkipException(pod_op.stage_skipped)
     if pod_op.unschedulable:

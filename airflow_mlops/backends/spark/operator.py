@@ -71,7 +71,7 @@ class SparkStageOperator(StageOperator):
             if failure.exists():
                 raise stage_failed(failure.read_text()) from exc
             if skipped.exists():
-                from airflow.sdk.exceptions import AirflowSkipException
+                from airflow_mlops._core.compat import AirflowSkipException
 
                 raise AirflowSkipException(skipped.read_text()) from exc
             raise
