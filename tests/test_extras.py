@@ -59,6 +59,15 @@ def test_every_extra_is_installed_here_and_reported_so():
                                         "not installed: none")
 
 
+def test_the_info_command_lists_each_extra_and_how_to_install_a_missing_one(absent, capsys):
+    absent("pynvml")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("airflow-mlops 0.1.0 on Apache Airflow 3.")
+    assert "  [apache-spark] installed: the spark backend and SparkFeatureOperator" in out
+    assert any(line.startswith("  [gpu] not installed (pip install 'airflow-mlops[gpu]'): GPU requests") for line in out)
+
+
 def test_a_spark_pipeline_without_the_spark_extra_is_invalid_at_its_backend_line_the_others_load(tmp_path, absent, capsys):
     absent("pyspark")
     write(tmp_path, "features.yaml", SPARK)
