@@ -28,9 +28,13 @@ _real_find_spec = importlib.util.find_spec
 
 @pytest.fixture
 def absent(monkeypatch):
-    """``absent("pyspark", ...)``: find_spec answers None for these modules (and their submodules)."""
+    """``absent("pyspark", ...)``: find_spec answers None for these modules (and their submodules),
+    and those an earlier test imported are None in sys.modules, so importing them fails too."""
 
     def make(*modules: str) -> None:
+        for name in [n for n in sys.modules if any(n == m or n.startswith(m + ".") for m in modules)] + list(modules):
+            monkeypatch.setitem(sys.modules, name, None)
+
         def find_spec(name, package=None):
             if any(name == m or name.startswith(m + ".") for m in modules):
                 return None

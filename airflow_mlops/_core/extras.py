@@ -14,6 +14,7 @@ so the check stays cheap at every DAG parse (a dotted name imports its parent pa
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass
 
 DISTRIBUTION = "airflow-mlops"
@@ -57,6 +58,8 @@ class MissingExtra(ImportError):
 
 
 def _found(module: str) -> bool:
+    if sys.modules.get(module) is not None:  # imported already (or a stand-in put there: a test's fake NVML)
+        return True
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package missing, or a module without a spec
