@@ -106,8 +106,9 @@ GPU_EXTRA = "gpu"
 
 def extra_problems(stage: Any, backend: str, pipeline: Any) -> Iterator[Problem]:
     """What the stage needs from an extra that is not installed here, at the setting that needs
-    it (None: the backend). A custom stage's operator says what it needs itself
-    (``needs_extra``, checked in ``spec.operator_args``)."""
+    it (None: the backend; a tuple: a pipeline-wide setting, reported once). A custom stage's
+    operator checks its own extra when constructed (``_core.extras.require``: MissingExtra, which
+    ``spec.operator_args`` and the DAG build report at the stage's ``operator`` line)."""
     if stage.kind == "custom":
         return
     extra = BACKEND_EXTRAS.get(backend)
