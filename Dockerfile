@@ -30,6 +30,6 @@ COPY --chown=airflow:0 airflow_mlops ./airflow_mlops
 
 # Pin apache-airflow to the image's own version so installing the package never up- or
 # downgrades Airflow itself (the official image's documented way to add packages).
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" .
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[all]"
 
 WORKDIR /opt/airflow

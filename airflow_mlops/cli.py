@@ -90,6 +90,20 @@ def _on_sys_path(folders: list[str]) -> Iterator[None]:
                 sys.path.remove(folder)
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """The package's and Airflow's versions, and each extra: installed or what to run."""
+    from importlib.metadata import version
+
+    from airflow_mlops._core import extras
+
+    print(f"airflow-mlops {version('airflow-mlops')} on Apache Airflow {version('apache-airflow')}")
+    for name, extra in extras.EXTRAS.items():
+        missing = extras.missing_modules(name)
+        state = "installed" if not missing else f"not installed ({extras.install_command(name)})"
+        print(f"  [{name}] {state}: {extra.for_}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from airflow_mlops.spec.models import Pipeline
 
@@ -269,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="warnings are errors: e.g. schedule_on_assets naming an asset no pipeline given produces")
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("info", help="the versions, and which extras are installed (and how to add the others)")
+    p.set_defaults(func=cmd_info)
     p = sub.add_parser("schema", help="print the pipeline JSON Schema (for editor completion)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_schema)

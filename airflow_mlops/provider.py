@@ -3,6 +3,11 @@
 Connection forms are declared here (``ui-field-behaviour``, what Airflow 3's connection editor
 reads without importing flask-appbuilder or wtforms), from each hook's ``get_ui_field_behaviour()``:
 the hook stays the one place a form is written, and Airflow 3 no longer calls it itself.
+
+The description ends with which extras are installed here and which are not, so
+``airflow providers list`` / ``airflow providers get airflow-mlops`` show it; ``extras`` holds the
+same as data (Airflow prints it with ``providers get --full``). Checking costs one
+``importlib.util.find_spec`` per module: nothing is imported.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from importlib import import_module
 from typing import Any
 
 from airflow_mlops import __version__
+from airflow_mlops._core import extras
 
 CONNECTION_TYPES = {
     "mlflow": "airflow_mlops.hooks.mlflow_conn.MlflowConnectionHook",
@@ -44,8 +50,10 @@ def get_provider_info() -> dict:
         "package-name": "airflow-mlops",
         "name": "MLOps",
         "description": "YAML-driven MLOps pipelines (preprocess → train → validate → serve) on batch, "
-        "Spark or Kubernetes backends, tracked in MLflow.",
+        f"Spark or Kubernetes backends, tracked in MLflow. {extras.describe()}.",
         "versions": [__version__],
+        "extras": {name: {"installed": ok, "for": extras.EXTRAS[name].for_, "install": extras.install_command(name)}
+                   for name, ok in extras.state().items()},
         "extra-links": ["airflow_mlops.backends.links.MlflowRunLink"],
         "connection-types": [connection_type(t, hook) for t, hook in CONNECTION_TYPES.items()],
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (when missing) and install airflow-mlops with its test tools, pinned by
+# Create .venv (when missing) and install airflow-mlops with every extra and its test tools, pinned by
 # constraints.txt (the set the tests pass with). Re-running is cheap: pip runs only when
 # pyproject.toml or constraints.txt changed since the last install.
 set -euo pipefail
@@ -13,7 +13,7 @@ stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.airflow-mlops-installed 2>/dev/null)" != "$stamp" ]; then
   echo "==> installing airflow-mlops and its dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,test]"
   echo "$stamp" > .venv/.airflow-mlops-installed
 fi
 # The UI tests render the Airflow pages in headless Chromium (tests/test_ui_plugin.py; under CI=true

@@ -162,8 +162,7 @@ class StageOperator(BaseOperator):
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         """Run the stage in this process. Backends that run it elsewhere override this."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
+        from airflow_mlops._core.compat import AirflowSkipException
         from airflow_mlops._core.errors import DependencyFailed
         from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
@@ -180,7 +179,7 @@ class StageOperator(BaseOperator):
 def stage_failed(message: str) -> Exception:
     """Deterministic failures (a metric under its threshold, a missing column): retrying would
     only repeat them, so the task fails without using up its retries."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_mlops._core.compat import AirflowFailException
 
     return AirflowFailException(message)
 
@@ -193,7 +192,7 @@ def dependency_failed(exc: Any, log: Any = None) -> Exception:
         log.error("%s", exc)
     if exc.retryable:
         return exc
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_mlops._core.compat import AirflowFailException
 
     failed = AirflowFailException(str(exc))
     failed.__cause__ = exc

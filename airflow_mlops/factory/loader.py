@@ -107,7 +107,7 @@ def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:
 
 
 def _fail(message: str) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_mlops._core.compat import AirflowFailException
 
     raise AirflowFailException(f"This pipeline's YAML is invalid:\n{message}")
 

@@ -22,6 +22,7 @@ from airflow.sdk import DAG
 
 from airflow_mlops import backends
 from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path
+from airflow_mlops._core.extras import MissingExtra
 from airflow_mlops.factory._build import StageBuildError, build_dag
 from airflow_mlops.spec import load
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
@@ -41,8 +42,9 @@ class Verdict:
     warnings: list[SpecIssue] = field(default_factory=list)
 
 
-# What the stage registry and the backends know of a stage on its backend, checked with the spec.
-STAGE_CHECKS = (registry.problems, backends.problems)
+# What the stage registry and the backends know of a stage on its backend, and the extras it
+# needs installed, checked with the spec.
+STAGE_CHECKS = (registry.problems, backends.problems, registry.extra_problems)
 INPUT_CHECKS = (registry.input_problems,)
 
 
@@ -123,6 +125,9 @@ def checked_dag(loaded: LoadedPipeline) -> DAG:
         dag = build_dag(loaded)
     except StageBuildError as exc:
         at = ("stages", exc.stage)
+        if isinstance(exc.error, MissingExtra):  # an operator whose extra is not installed
+            custom = loaded.pipeline.stages[exc.stage].kind == "custom"
+            raise _error(loaded, at + (("operator",) if custom else ()), str(exc.error)) from None
         if isinstance(exc.error, ArgumentsError) and loaded.source is not None:
             raise PipelineSpecError(translate_arguments(exc.error, loaded.source, at + ("args",))) from None
         raise _error(loaded, at, f"Airflow refused this stage: {type(exc.error).__name__}: {exc.error}") from None

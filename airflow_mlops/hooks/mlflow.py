@@ -12,8 +12,7 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from airflow.sdk.exceptions import AirflowFailException
-
+from airflow_mlops._core.compat import AirflowFailException
 from airflow_mlops._core.context import MlflowTarget
 from airflow_mlops._core.paths import expand_env, mlops_home, needs_expanding
 from airflow_mlops._core.tracking_uri import store_problem

@@ -97,8 +97,7 @@ class RestoreOperator(SpecArgsOperator):
         self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.lifecycle.backup import RestoreError, run_restore
 
         try:

@@ -17,6 +17,7 @@ from airflow.sdk import BaseOperator
 from pydantic import BaseModel, ValidationError
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
@@ -154,6 +155,8 @@ class GpuTrainOperator(BaseOperator):
                       "sample_interval")
         if backend not in BACKENDS:
             raise bad(f"backend must be one of {BACKENDS}, got {backend!r}", "backend")
+        # NVML picks and measures the GPUs where the job runs: the worker here, else the pod's image.
+        require("gpu" if backend == "local" else "cncf-kubernetes", f"{owner} on the {backend} backend")
         data_given = any(v is not None for v in (train_path, test_path, upstream_task))
         if data_given and not entrypoint:
             raise bad("train_path/test_path/upstream_task hand datasets to a callable entrypoint; scripts read their own")
@@ -264,7 +267,7 @@ class GpuTrainOperator(BaseOperator):
         if self.upstream_task:
             upstream = ti.xcom_pull(task_ids=self.upstream_task) or {}
             if "train_path" not in upstream:
-                from airflow.sdk.exceptions import AirflowFailException
+                from airflow_mlops._core.compat import AirflowFailException
 
                 raise AirflowFailException(
                     f"upstream task '{self.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_mlops._core.extras import require
 from airflow_mlops.backends.spark.operator import SparkStageOperator
 from airflow_mlops.spec.models import PreprocessStage, QualityGates, SparkSettings, Split
 
@@ -46,6 +47,7 @@ class SparkFeatureOperator(SparkStageOperator):
 
         task_id = kwargs.get("task_id", "?")
         owner = f"SparkFeatureOperator '{task_id}'"
+        require("apache-spark", f"SparkFeatureOperator(task_id={task_id!r})")  # before its arguments' checks
         def dump(v: Any) -> Any:
             return v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v
 

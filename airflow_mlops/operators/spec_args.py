@@ -42,8 +42,7 @@ class SpecArgsOperator(BaseOperator):
 
     def rendered_spec(self) -> Any:
         """The spec from the rendered arguments, validated again (call in ``execute``)."""
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.lifecycle.specs import validated
         from airflow_mlops.spec.templating import RENDERED
 

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops.spec.stream import StreamSpec
 
 
@@ -124,6 +125,7 @@ class StreamInferenceOperator(BaseOperator):
                   **{k: kwargs.pop(k) for k in list(kwargs) if k in StreamSpec.model_fields}}
         _near_misses(kwargs, kwargs.get("task_id"))
         super().__init__(**kwargs)
+        require("apache-kafka", f"{type(self).__name__}(task_id={self.task_id!r})")
         base = spec.model_dump(exclude_unset=True) if isinstance(spec, StreamSpec) else dict(spec or {})
         data = {**base, **fields}
         if not data.get("group_id"):
@@ -152,8 +154,7 @@ class StreamInferenceOperator(BaseOperator):
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
         from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream

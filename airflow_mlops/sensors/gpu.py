@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.units import parse_bytes
 from airflow_mlops.sensors import seconds
 from airflow_mlops.telemetry.availability import check_gpus, gib_text
@@ -47,6 +48,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        require("gpu", f"{type(self).__name__}(task_id={self.task_id!r})")
         owner = f"GpuAvailableSensor(task_id={self.task_id!r})"
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ArgumentsError.one(owner, "count", f"count must be a whole number ≥ 1, got {count!r}")
@@ -82,7 +84,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         self._last = check.message
         if check.error is not None:
             if self.fail_without_nvml:
-                from airflow.sdk.exceptions import AirflowFailException
+                from airflow_mlops._core.compat import AirflowFailException
 
                 raise AirflowFailException(f"{check.message}. (fail_without_nvml=False keeps waiting instead)")
             self.log.warning("%s; poking again in %s s", check.message, self.poke_interval)
@@ -91,7 +93,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=check.done, xcom_value=check.chosen if check.done else None)
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowSensorTimeout
 
         if self.deferrable:
             from airflow_mlops.sensors.triggers import GpuAvailableTrigger
@@ -111,7 +113,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         return f"timed out after {seconds(self.timeout):.0f} s waiting for {self.goal()}; at the last poke: {last}"
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowException, AirflowSensorTimeout
 
         event = event or {}
         status = event.get("status")

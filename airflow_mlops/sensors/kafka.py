@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops._core.errors import ArgumentsError
+from airflow_mlops._core.extras import require
 from airflow_mlops.kafka.lag import Condition, check_lag
 from airflow_mlops.sensors import seconds
 
@@ -62,6 +63,7 @@ class KafkaLagSensor(BaseSensorOperator):
 
         lag_timeout = pop_renamed("KafkaLagSensor", kwargs).get("lag_timeout", lag_timeout)
         super().__init__(**kwargs)
+        require("apache-kafka", f"{type(self).__name__}(task_id={self.task_id!r})")
         owner = f"{type(self).__name__} '{self.task_id}'"
         if condition not in ("lag_below", "new_records"):
             raise ArgumentsError.one(owner, "condition",
@@ -98,7 +100,7 @@ class KafkaLagSensor(BaseSensorOperator):
         check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
                           self.condition, self.threshold, self.lag_timeout, self.wait_for_missing_topics)
         if check.missing:
-            from airflow.sdk.exceptions import AirflowFailException
+            from airflow_mlops._core.compat import AirflowFailException
 
             raise AirflowFailException(check.missing)
         self._last = check.measured
@@ -107,7 +109,7 @@ class KafkaLagSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=check.done, xcom_value=check.lag)
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowSensorTimeout
 
         if self.deferrable:
             from airflow_mlops.sensors.triggers import KafkaLagTrigger
@@ -123,7 +125,7 @@ class KafkaLagSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(f"{self._timeout_message(self._last)} ({exc})") from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 
         event = event or {}
         if event.get("status") == "missing":

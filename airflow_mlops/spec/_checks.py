@@ -14,7 +14,8 @@ from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import AVAILABLE_BACKENDS, BUILTIN_PROFILES, Pipeline
 
 # (stage, backend, pipeline) -> (field or None, message) for each problem
-StageCheck = Callable[[Any, str, Pipeline], Iterator[tuple["str | None", str]]]
+# (a tuple for a field: a place in the whole pipeline, e.g. ('gpu_metrics', 'prometheus_port'))
+StageCheck = Callable[[Any, str, Pipeline], Iterator[tuple["str | tuple | None", str]]]
 # (pipeline, {stage: upstream stages, nearest first}) -> (stage name, message) for each problem
 InputCheck = Callable[[Pipeline, dict[str, list[str]]], Iterator[tuple[str, str]]]
 
@@ -33,7 +34,8 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
     """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data.
 
     ``stage_checks``: what the layers above know of a stage on its backend (``stages.registry.problems``,
-    ``backends.problems``), each yielding ``(field or None for the backend, message)``; ``input_checks``:
+    ``backends.problems``, ``stages.registry.extra_problems``), each yielding ``(field or None for the
+    backend or a tuple for a place in the pipeline, message)``; ``input_checks``:
     what each stage needs from the stages before it (``stages.registry.input_problems``), given
     ``{stage: its upstream stages, nearest first}`` and yielding ``(stage name, message)``."""
     names = list(pipeline.stages)
@@ -62,7 +64,7 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
             )
         for check in stage_checks:
             for field, message in check(stage, backend, pipeline):
-                loc = backend_loc if field is None else at + (field,)
+                loc = backend_loc if field is None else field if isinstance(field, tuple) else at + (field,)
                 yield SpecIssue(src.mark_of(loc), format_path(loc), message)
         yield from _check_imports(stage, at, src, construct_operators)
     cycles = list(_check_cycles(deps, src))
@@ -166,8 +168,9 @@ SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@mo
 
 def schedule_problem(value: str) -> str | None:
     """Why Airflow would refuse ``value`` as a DAG's schedule (None if it would not)."""
-    from airflow.sdk import CronTriggerTimetable
+    from airflow_mlops._core.compat import cron_trigger_timetable
 
+    CronTriggerTimetable = cron_trigger_timetable()
     try:  # Airflow's own check (croniter), on the timetable a plain schedule string becomes
         CronTriggerTimetable(value, timezone="UTC").validate()
         return None

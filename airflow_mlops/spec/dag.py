@@ -318,6 +318,12 @@ def check_dag(pipeline: Any, src: Source) -> Iterable[SpecIssue]:
     places = [(("dag", k), getattr(settings, k)) for k in DAG_CALLBACKS]
     places += [(("dag", "default_args", k), settings.default_args.get(k)) for k in TASK_CALLBACKS]
     if settings.trigger is not None:  # the triggerer imports it only once the DAG is live: check it now
+        from airflow_mlops._core import extras
+
+        if not extras.installed("apache-kafka"):  # the watcher is the Kafka provider's trigger
+            at = ("dag", "trigger", "kafka")
+            yield SpecIssue(src.mark_of(at), format_path(at),
+                            extras.missing_message("apache-kafka", "a pipeline started by Kafka messages"))
         places.append((("dag", "trigger", "kafka", "filter"), settings.trigger.kafka.filter))
     for at, value in places:
         if value is None:

@@ -53,15 +53,15 @@ def discover(target: str | os.PathLike) -> list[Path]:
 
 def _airflow_walk(root: Path) -> list[str]:
     """Files under ``root`` that Airflow's ``.airflowignore`` rules keep, by Airflow's own function."""
+    from airflow_mlops._core.compat import find_path_from_directory
+
     try:
-        from airflow._shared.module_loading.file_discovery import find_path_from_directory
         from airflow.configuration import conf
-    except ImportError:  # an Airflow without core (a task-SDK-only worker): the SDK's copies
-        from airflow.sdk._shared.module_loading.file_discovery import find_path_from_directory
+    except ImportError:  # an Airflow without core (a task-SDK-only worker): the SDK's copy
         from airflow.sdk.configuration import conf
 
     syntax = conf.get("core", "dag_ignore_file_syntax", fallback="glob")
-    return list(find_path_from_directory(root, IGNORE_FILE, syntax))
+    return list(find_path_from_directory()(root, IGNORE_FILE, syntax))
 
 
 # Defaults files are shared by many pipelines and re-read on every parse: cache by mtime.

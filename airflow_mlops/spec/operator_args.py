@@ -17,6 +17,7 @@ import inspect
 from typing import Any, Iterable
 
 from airflow_mlops._core.errors import ArgumentsError, did_you_mean, format_path, one_of
+from airflow_mlops._core.extras import MissingExtra
 from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.errors import SpecIssue
 
@@ -100,6 +101,8 @@ def check_custom_stage(stage: Any, at: tuple, src: Source, construct: bool = Tru
         cls(task_id=RESULT_TASK, **stage.args, **task_args)
     except ArgumentsError as exc:
         yield from translate_arguments(exc, src, args_loc)
+    except MissingExtra as exc:  # the operator's extra is not installed: the operator line needs it
+        yield SpecIssue(src.mark_of(operator_loc), format_path(operator_loc), str(exc))
     except Exception as exc:
         where = args_loc if stage.args else operator_loc
         yield SpecIssue(src.mark_of(where), format_path(where),

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal, Mapping
 
+from airflow_mlops._core import extras
 from airflow_mlops.stages import needs
 
-Problem = tuple[str | None, str]  # (the stage's field at fault, None for its backend; the message)
+# (the stage's field at fault, None for its backend, or a tuple: a place in the pipeline; the message)
+Problem = tuple[str | tuple | None, str]
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,39 @@ def problems(stage: Any, backend: str, pipeline: Any = None) -> Iterator[Problem
             yield "mode", f"{mode} {doing} does not run on the {backend} backend: {why}"
     if kind.rules is not None:
         yield from kind.rules(stage, backend)
+
+
+# What needs an extra (``_core.extras``): a backend, a mode, GPUs in the worker.
+BACKEND_EXTRAS = {"spark": "apache-spark", "kubernetes": "cncf-kubernetes"}
+MODE_EXTRAS = {"stream": "apache-kafka"}
+GPU_EXTRA = "gpu"
+
+
+def extra_problems(stage: Any, backend: str, pipeline: Any) -> Iterator[Problem]:
+    """What the stage needs from an extra that is not installed here, at the setting that needs
+    it (None: the backend; a tuple: a pipeline-wide setting, reported once). A custom stage's
+    operator checks its own extra when constructed (``_core.extras.require``: MissingExtra, which
+    ``spec.operator_args`` and the DAG build report at the stage's ``operator`` line)."""
+    if stage.kind == "custom":
+        return
+    extra = BACKEND_EXTRAS.get(backend)
+    if extra and not extras.installed(extra):
+        yield None, extras.missing_message(extra, f"the {backend} backend")
+    mode = getattr(stage, "mode", None)
+    if mode in MODE_EXTRAS and not extras.installed(MODE_EXTRAS[mode]):
+        yield "mode", extras.missing_message(MODE_EXTRAS[mode], f"{stage.kind} mode '{mode}'")
+    if stage.kind == "train" and backend == "batch" and not extras.installed(GPU_EXTRA):
+        from airflow_mlops.spec.load import resolve_resources
+
+        held = resolve_resources(pipeline, stage.resources)
+        if held is not None and held.gpu:
+            yield "resources", extras.missing_message(
+                GPU_EXTRA, f"training on {held.gpu} GPU(s) in the worker (NVML picks and measures them)")
+        metrics = pipeline.gpu_metrics
+        first = next(s for s in pipeline.stages.values() if s.kind == "train")
+        if stage is first and (metrics.prometheus_port or metrics.pushgateway_url):  # once per pipeline
+            setting = "prometheus_port" if metrics.prometheus_port else "pushgateway_url"
+            yield ("gpu_metrics", setting), extras.missing_message(GPU_EXTRA, f"gpu_metrics.{setting}")
 
 
 def input_problems(pipeline: Any, upstream: dict[str, list[str]]) -> Iterator[tuple[str, str]]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from functools import cached_property, lru_cache
 from typing import Any
 
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.result import RESULT_MARKER
 from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
@@ -95,7 +96,7 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
     if pod_op.stage_failure:
         return stage_failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
     if pod_op.stage_skipped:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from airflow_mlops._core.compat import AirflowSkipException
 
         return AirflowSkipException(pod_op.stage_skipped)
     if pod_op.unschedulable:
@@ -147,6 +148,7 @@ class KubernetesBackedOperator(StageOperator):
 
     def __init__(self, *, kubernetes: KubernetesSettings | dict[str, Any], **kwargs: Any):
         super().__init__(**kwargs)
+        require("cncf-kubernetes", f"{type(self).__name__}(task_id={self.task_id!r})")
         self.kubernetes = KubernetesSettings.model_validate(kubernetes)
         if not self.kubernetes.image:
             raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")

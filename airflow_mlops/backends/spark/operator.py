@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from airflow_mlops._core.extras import require
 from airflow_mlops._core.result import outcome_files
 from airflow_mlops.backends.stage import StageOperator, dependency_failed, stage_failed
 from airflow_mlops.spec.models import SparkSettings
@@ -27,6 +28,7 @@ class SparkStageOperator(StageOperator):
 
     def __init__(self, *, spark: SparkSettings | dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        require("apache-spark", f"{type(self).__name__}(task_id={self.task_id!r})")
         self.spark = SparkSettings.model_validate(spark or {})
 
     def spark_session_settings(self) -> dict[str, Any] | None:
@@ -89,7 +91,7 @@ class SparkStageOperator(StageOperator):
             if failure.exists():
                 raise stage_failed(failure.read_text()) from exc
             if skipped.exists():
-                from airflow.sdk.exceptions import AirflowSkipException
+                from airflow_mlops._core.compat import AirflowSkipException
 
                 raise AirflowSkipException(skipped.read_text()) from exc
             if watch.gave_up:
