@@ -9,4 +9,7 @@ bash scripts/build-kube.sh
 # import-linter contracts in pyproject.toml (layers point one way, no cycles, private stays private).
 .venv/bin/ruff check airflow_mlops tests benchmarks scripts dags
 .venv/bin/lint-imports
+# The older end of the tested Airflow range, each in its own virtualenv (scripts/test-airflow-range.sh;
+# the newest release is this .venv, which runs tests/range with the rest below).
+bash scripts/test-airflow-range.sh
 exec .venv/bin/python -m pytest "$@"
