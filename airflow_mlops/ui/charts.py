@@ -5,7 +5,7 @@ version with the champion marked, and lines over runs for a drift trend. Each re
 from __future__ import annotations
 
 from html import escape
-from typing import Sequence
+from typing import Callable, Sequence
 
 WIDTH, HEIGHT = 560, 220
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 40, 40
@@ -37,14 +37,8 @@ def bars(title: str, items: Sequence[tuple[str, float | None, str]], unit: str =
     def y(v: float) -> float:
         return TOP + plot_h * (top - v) / (top - low)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{WIDTH}" height="{HEIGHT}" '
-             f'viewBox="0 0 {WIDTH} {HEIGHT}" aria-label="{escape(title)}">',
-             f'<title>{escape(title)}</title>',
-             f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{LEFT}" y1="{y(low):.1f}" x2="{WIDTH - RIGHT}" y2="{y(low):.1f}" stroke="#999"/>']
+    parts = _frame(title, y, low, top, WIDTH - RIGHT)
     for tick in (low, (low + top) / 2, top):
-        parts.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" font-size="10" text-anchor="end">'
-                     f'{escape(_fmt(tick))}</text>')
         parts.append(f'<line x1="{LEFT}" y1="{y(tick):.1f}" x2="{WIDTH - RIGHT}" y2="{y(tick):.1f}" '
                      f'stroke="#eee"/>')
     colours = {"champion": CHAMPION, "previous-champion": PREVIOUS, "rejected": REJECTED}
@@ -83,14 +77,7 @@ def lines(title: str, x_labels: Sequence[str], series: dict[str, Sequence[float 
     def y(v: float) -> float:
         return TOP + plot_h * (top - v) / (top - low)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{WIDTH}" height="{HEIGHT}" '
-             f'viewBox="0 0 {WIDTH} {HEIGHT}" aria-label="{escape(title)}">',
-             f'<title>{escape(title)}</title>',
-             f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-             f'<line x1="{LEFT}" y1="{y(low):.1f}" x2="{LEFT + plot_w}" y2="{y(low):.1f}" stroke="#999"/>']
-    for tick in (low, (low + top) / 2, top):
-        parts.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" font-size="10" text-anchor="end">'
-                     f'{escape(_fmt(tick))}</text>')
+    parts = _frame(title, y, low, top, LEFT + plot_w)
     for i, label in enumerate(x_labels):
         if n <= 8 or i in (0, n - 1):
             parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - BOTTOM + 14}" font-size="10" text-anchor="middle">'
@@ -112,3 +99,17 @@ def lines(title: str, x_labels: Sequence[str], series: dict[str, Sequence[float 
                      f'■ {escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _frame(title: str, y: Callable[[float], float], low: float, top: float, x_end: float) -> list[str]:
+    """The opening of a chart: the <svg> element, its title, the x axis (to ``x_end``) and three
+    y-axis tick labels (``low``, the middle, ``top``)."""
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{WIDTH}" height="{HEIGHT}" '
+             f'viewBox="0 0 {WIDTH} {HEIGHT}" aria-label="{escape(title)}">',
+             f'<title>{escape(title)}</title>',
+             f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
+             f'<line x1="{LEFT}" y1="{y(low):.1f}" x2="{x_end}" y2="{y(low):.1f}" stroke="#999"/>']
+    for tick in (low, (low + top) / 2, top):
+        parts.append(f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" font-size="10" text-anchor="end">'
+                     f'{escape(_fmt(tick))}</text>')
+    return parts
