@@ -5,10 +5,11 @@ records that fail set aside as dead letters. No Kafka here: records are anything
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Callable, Sequence
 
 from airflow_mlops.spec.stream import StreamSpec
-from airflow_mlops.stream._codecs import encode_json
+from airflow_mlops.stream._codecs import encode_json, encode_numbers
 from airflow_mlops.stream._model import ScoringModel
 from airflow_mlops.stream.errors import BatchFailed
 
@@ -152,9 +153,10 @@ class BatchScorer:
             values = list(map(self.get_features, rows))
             if len(features) == 1:
                 values = [(v,) for v in values]
-            if self.all_double:
-                return pd.DataFrame(np.array(values, dtype=np.float64).reshape(len(rows), len(features)),
-                                    columns=features, copy=False)
+            if self.all_double:  # one flat pass over the floats: no nested-sequence discovery
+                n = len(rows) * len(features)
+                flat = np.fromiter(chain.from_iterable(values), dtype=np.float64, count=n)
+                return pd.DataFrame(flat.reshape(len(rows), len(features)), columns=features, copy=False)
             columns = list(zip(*values)) if values else [() for _ in features]
             frame = pd.DataFrame({f: (np.array(col, dtype=d) if d and f not in self.optional else list(col))
                                   for f, col, d in zip(features, columns, self.dtypes)})
@@ -212,6 +214,12 @@ class BatchScorer:
         predictions = self.predict_isolating(rows) if rows else []
         pf = self.spec.prediction_field
         simple = self.key_mode == "input" and not self.spec.output_fields
+        if simple and predictions and not dead:
+            # Numbers (every prediction succeeded): one encode for the batch, each record's value
+            # cut from it; the same bytes as encoding {pf: prediction} one record at a time.
+            values = encode_numbers(pf, predictions)
+            if values is not None:
+                return list(zip([r.key for r in good], values)), dead
         for record, row, prediction in zip(good, rows, predictions):
             if prediction.__class__ is _Failed:
                 dead.append(DeadLetter(record, "predict", prediction.error))
