@@ -507,6 +507,16 @@ def test_the_consumer_may_not_be_told_to_create_topics():
         StreamSpec(topics="a", output_topic="b", consumer_config={"allow.auto.create.topics": True})
 
 
+def test_predictions_encoded_once_per_batch_are_the_bytes_of_one_encode_per_record():
+    from airflow_mlops.stream._codecs import encode_json, encode_numbers
+
+    values = [0, -3, 2**70, 0.0, -0.0, 1.5e-7, 1e16, 2 * 7 + 7 / 4, 123456789.123456789, float("nan"), float("inf")]
+    assert encode_numbers('pré"d', values) == [encode_json({'pré"d': v}) for v in values]
+    # Anything but plain numbers goes the per-record way.
+    for other in ([1.0, True], [1.0, None], [1.0, "x"], [[1.0, 2.0]], [{"a": 1}]):
+        assert encode_numbers("p", other) is None
+
+
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
     from airflow.dag_processing.dagbag import DagBag
 
