@@ -507,6 +507,37 @@ def test_the_consumer_may_not_be_told_to_create_topics():
         StreamSpec(topics="a", output_topic="b", consumer_config={"allow.auto.create.topics": True})
 
 
+def test_predictions_encoded_once_per_batch_are_the_bytes_of_one_encode_per_record():
+    from airflow_mlops.stream._codecs import encode_json, encode_numbers
+
+    values = [0, -3, 2**70, 0.0, -0.0, 1.5e-7, 1e16, 2 * 7 + 7 / 4, 123456789.123456789, float("nan"), float("inf")]
+    assert encode_numbers('pré"d', values) == [encode_json({'pré"d': v}) for v in values]
+    # Anything but plain numbers goes the per-record way.
+    for other in ([1.0, True], [1.0, None], [1.0, "x"], [[1.0, 2.0]], [{"a": 1}]):
+        assert encode_numbers("p", other) is None
+
+
+@pytest.mark.parametrize("output_fields", [[], ["id"]])  # rows of exactly the features (copied by astuple), more
+def test_a_batch_frame_has_each_feature_in_its_column(output_fields):
+    import numpy as np
+
+    from airflow_mlops.spec.stream import StreamSpec
+    from airflow_mlops.stream._codecs import json_decoder
+    from airflow_mlops.stream._scoring import BatchScorer
+
+    feats = [f"z{i}" for i in range(7)][::-1]  # not in the order the records write them
+    model = SimpleNamespace(features=feats, required=feats, float_features=feats, version="1",
+                            feature_types={f: "double" for f in feats}, unchecked_predict=None)
+    scorer = BatchScorer(StreamSpec(topics="a", output_topic="b", output_fields=output_fields), model, json_decoder)
+    rows = [{"id": i, **{f: i * 10.0 + int(f[1:]) for f in sorted(feats)}} for i in range(20)]
+    records = [SimpleNamespace(value=json.dumps(r).encode(), key=None, headers=None) for r in rows]
+    _, decoded, dead = scorer.decode(records)
+    frame = scorer.frame(decoded)
+    assert not dead and list(frame.columns) == feats
+    assert bool(scorer._astuple) is not bool(output_fields)  # both ways of copying the rows out are tested
+    assert np.array_equal(frame.to_numpy(), np.array([[r[f] for f in feats] for r in rows]))
+
+
 def test_bad_operator_arguments_fail_when_the_dag_is_parsed(dags_folder):
     from airflow.dag_processing.dagbag import DagBag
 

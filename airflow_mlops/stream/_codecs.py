@@ -90,3 +90,18 @@ json_decoder = JsonDecoder()
 def encode_json(obj: Any) -> bytes:
     """Compact JSON (numpy scalars and arrays are converted by the caller)."""
     return _encode(obj)
+
+
+_NUMBERS = frozenset((int, float))
+
+
+def encode_numbers(name: str, values: list[Any]) -> list[bytes] | None:
+    """``[encode_json({name: v}) for v in values]`` for a list of plain ints and floats, from one
+    encode of the whole list; None if any value is something else (bool, None, str, list…)."""
+    if not set(map(type, values)) <= _NUMBERS:
+        return None
+    parts = _encode(values)[1:-1].split(b",")  # a number's JSON has no comma
+    if len(parts) != len(values):  # pragma: no cover - defensive
+        return None
+    head = _encode({name: None})[:-len(b"null}")]
+    return [head + p + b"}" for p in parts]

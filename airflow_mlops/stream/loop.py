@@ -50,9 +50,8 @@ class _Run:
         if self.first_record_at is None:
             self.first_record_at = time.monotonic()
         self.records_in += len(records)
-        offsets: dict[tuple[str, int], int] = {}
-        for r in records:
-            offsets[(r.topic, r.partition)] = r.offset + 1  # records of a partition come in order
+        # records of a partition come in order: the last one's offset wins
+        offsets: dict[tuple[str, int], int] = {(r.topic, r.partition): r.offset + 1 for r in records}
 
         outputs, dead = self.scorer.score(records)
         dlq_topic = self.spec.dead_letter_topic
