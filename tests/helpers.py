@@ -49,3 +49,18 @@ def checkpoint_tries(checkpoint_dir) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (Path(checkpoint_dir) / "tries.jsonl").read_text().splitlines()]
+
+
+def release_asset_names(prefix: str) -> None:
+    """Deactivate the assets whose name starts with ``prefix`` in the session's metadata DB.
+
+    An earlier test's pipeline of the same id (under another AIRFLOW_MLOPS_HOME, so other URIs)
+    leaves its same-named assets active; Airflow then keeps the new ones inactive and refuses the
+    tasks that produce them (AirflowInactiveAssetInInletOrOutletException). In a deployment the
+    scheduler's orphanage pass settles this; tests run no scheduler."""
+    from airflow.models.asset import AssetActive
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetActive).where(AssetActive.name.startswith(prefix)))

@@ -34,6 +34,22 @@ def test_names_moved_off_the_root_still_import_with_a_warning(name, home):
     assert any(home in str(w.message) for w in caught)
 
 
+def test_no_package_defines_a_name_that_one_of_its_submodules_would_replace():
+    """Importing ``pkg.name`` sets ``pkg.name`` to that module: a function ``name`` defined in
+    ``pkg/__init__.py`` beside a ``pkg/name.py`` is silently replaced by the module once anything
+    imports it, and the next caller of ``pkg.name(...)`` gets "'module' object is not callable"."""
+    import pkgutil
+
+    shadowed = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        package = ".".join(init.parent.relative_to(PACKAGE.parent).parts)
+        names = {m.name for m in pkgutil.iter_modules([str(init.parent)])}
+        defined = {line.split("(")[0].split()[-1] for line in init.read_text().splitlines()
+                   if line.startswith(("def ", "class "))}
+        shadowed += [f"{package}.{name}" for name in sorted(names & defined)]
+    assert not shadowed, f"a submodule replaces these names once imported: {shadowed}"
+
+
 def test_no_module_over_400_lines_without_a_reason_at_its_top():
     """A long module says why at its top (``Long module: <reason>``) or is split."""
     too_long = []

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import write
+from tests.helpers import release_asset_names, write
 from tests.ui_stack import ApiServer, chromium, chromium_binary, http
 
 COMPARE = """    compare:
@@ -62,6 +62,7 @@ def ui_store(airflow_db, tmp_path_factory):
         mp.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
             "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(dags)}}]))
+        release_asset_names("breast_cancer.")  # the demo test's pipeline of the same id left its own
         for n in (1, 2):
             dr = DagBag(dag_folder=str(dags)).dags["breast_cancer"].test()
             states[f"breast_cancer#{n}"] = {ti.task_id: ti.state for ti in dr.get_task_instances()}

@@ -86,7 +86,8 @@ def test_connection_forms_come_from_provider_info(caplog):
                        "login": "Username (basic auth)", "password": "Password (basic auth)"},
         "placeholders": {"host": "http://mlflow:5000, mlflow.example.com/tracking or sqlite:////srv/mlflow/mlflow.db",
                          "schema": "https"}}
-    assert forms["kafka"]["ui-field-behaviour"]["relabeling"]["host"] == "Bootstrap servers"
+    assert forms["mlops_kafka"]["ui-field-behaviour"]["relabeling"]["host"] == "Bootstrap servers"
+    assert "kafka" not in forms  # the official Kafka provider owns that type
 
     with caplog.at_level(logging.INFO):
         manager = ProvidersManager()

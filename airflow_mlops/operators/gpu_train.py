@@ -336,7 +336,7 @@ class GpuTrainOperator(BaseOperator):
     def pod_operator(self, job: Any, secret_env: dict[str, Any] | None = None) -> Any:
         """The KubernetesPodOperator the kubernetes backend would run ``job`` in (what the tests
         inspect through ``build_pod_request_obj(dry_run=True)``)."""
-        from airflow_mlops.backends.kubernetes.training import PodTraining
+        from airflow_mlops.backends.kubernetes.pod_training import PodTraining
 
         return PodTraining(job, task_id=self.task_id, kubernetes=self.kubernetes, held_resources=self.held_resources,
                            pipeline_id=self.pipeline_id or job.tags.get("airflow.dag_id") or "gpu-train",

@@ -37,7 +37,7 @@ def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
     if distributed is not None:
         from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
         from airflow_mlops.backends.kubernetes.distributed import DistributedTraining
-        from airflow_mlops.backends.kubernetes.training import pod_resources_of
+        from airflow_mlops.backends.kubernetes.pod_training import pod_resources_of
 
         k = kwargs["kubernetes"]
         return DistributedTraining(
@@ -45,7 +45,7 @@ def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
             pipeline_id=kwargs["pipeline_id"], stage_name=kwargs["task_id"], log=kwargs["log"],
             env={"PYTHONPATH": ":".join(job.python_path)} if job.python_path else None,
             secret_env=mlflow_secret_env(k, kwargs["pipeline_id"], kwargs["mlflow"]))
-    from airflow_mlops.backends.kubernetes.training import PodTraining
+    from airflow_mlops.backends.kubernetes.pod_training import PodTraining
 
     return PodTraining(job, **kwargs)
 

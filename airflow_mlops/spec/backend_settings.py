@@ -1,0 +1,103 @@
+"""Where a stage runs, as the pipeline YAML says it: ``spark:`` (an embedded session or a cluster
+through an Airflow Spark connection) and ``kubernetes:`` (namespace, image, GPU nodes, volumes,
+secrets by reference, and the timeouts that bound pods and API calls). ``spec.models`` re-exports
+them (a documented import path)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from airflow_mlops._core.units import Duration, memory_problem
+from airflow_mlops._core.units import parse_duration as _parse_duration
+from airflow_mlops.spec.base import Strict
+
+
+class SparkSettings(Strict):
+    """Where Spark stages run: an embedded session in the worker (default), or a cluster through an
+    Airflow Spark connection, with spark-submit running the package's own runtime."""
+
+    conn_id: str | None = Field(None, description="Airflow Spark connection; unset: embedded session in the worker.")
+    master: str = Field("local[*]", description="Master of the embedded session.")
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
+    connect_timeout: Duration = Field(timedelta(seconds=60), description="How long a spark:// or sc:// master may not answer.")
+    _durations = field_validator("connect_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
+
+
+class Toleration(Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class VolumeMount(Strict):
+    """A PersistentVolumeClaim mounted into the stage's pod (training data, model output)."""
+
+    claim: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="PVC name.")
+    mount_path: str = Field(..., pattern=r"^/", description="Absolute path in the container.")
+    read_only: bool = False
+    size: str = Field("10Gi", description="Size requested when `airflow-mlops manifests` renders the PVC.")
+    storage_class: str | None = None
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if memory_problem(v, "size"):
+            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v, "size")})
+        return v
+
+
+class SecretEnv(Strict):
+    """An environment variable taken from a Kubernetes Secret: the value never appears in the
+    spec, the rendered pod template or the logs."""
+
+    secret: str = Field(..., description="Secret name.")
+    key: str = Field(..., description="Key in the Secret.")
+
+
+class KubernetesSettings(Strict):
+    """How a stage's pod is made. Set once for the pipeline; a stage's own ``kubernetes:`` overrides
+    the fields it sets."""
+
+    image: str | None = Field(None, description="Container image with airflow-mlops installed.")
+    namespace: str = "default"
+    conn_id: str | None = Field(None, description="Airflow Kubernetes connection (default: kubernetes_default).")
+    config_file: str | None = Field(None, description="A kubeconfig file, instead of a connection.")
+    service_account: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets (docker-registry type) the image is pulled with, by name.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}, description="Added when the stage asks for GPUs."
+    )
+    gpu_tolerations: list[Toleration] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        description="Added when the stage asks for GPUs.",
+    )
+    volumes: list[VolumeMount] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, SecretEnv] = Field(default_factory=dict, description="ENV_NAME → {secret, key}.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        from airflow_mlops._core.names import label_problem
+
+        for key, value in v.items():  # the API server would refuse the pod at run time
+            if label_problem(key, value):
+                raise PydanticCustomError("labels", "{problem}", {"problem": label_problem(key, value)})
+        return v
+    startup_timeout: Duration = Field(timedelta(minutes=2), description="How long a started pod may take to run.")
+    schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
+    api_timeout: Duration = Field(timedelta(seconds=60), description="How long the API server may fail before the task does.")
+
+    _durations = field_validator("startup_timeout", "schedule_timeout", "api_timeout", mode="before")(
+        classmethod(lambda cls, v: _parse_duration(v))
+    )
