@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
@@ -64,3 +65,10 @@ def release_asset_names(prefix: str) -> None:
 
     with create_session() as session:
         session.execute(delete(AssetActive).where(AssetActive.name.startswith(prefix)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

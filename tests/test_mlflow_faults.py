@@ -25,14 +25,9 @@ import pytest
 
 from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.mlflow_faults import TIMEOUT_ENV, http_env
+from tests.helpers import free_port
 
 SLACK_S = 15.0  # a busy 2-core machine: generous, the bound itself is what is asserted on
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TrackingServer:

@@ -6,18 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import urllib.request
 
 import pytest
 
-from tests.helpers import write
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, write
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -23,18 +22,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.helpers import write
+from tests.helpers import free_port, write
 
 SQL = "SELECT segment, COUNT(*) AS n FROM customers GROUP BY segment"
 CUSTOMERS = "id,segment\n1,retail\n2,retail\n3,business\n"
 CONF = {"spark.executor.memory": "512m", "spark.cores.max": "1", "spark.sql.shuffle.partitions": "2",
         "spark.ui.enabled": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Standalone:

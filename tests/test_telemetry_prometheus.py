@@ -26,7 +26,7 @@ import pytest
 
 from airflow_mlops.telemetry.sampler import NvmlSampler
 from tests.fake_nvml import FakeGpu, FakeNvml, GiB, install, two_gpus
-from tests.helpers import write
+from tests.helpers import free_port, write
 
 RUN_ID = 'manual__2026-01-01T00:00:00+00:00 "quoted" \\ back\nslash'  # every character the format escapes
 
@@ -51,12 +51,6 @@ def only_value(family) -> float:
 def scrape(port: int) -> tuple[str, str]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         return response.headers["Content-Type"], response.read().decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cost_of_half_an_hour() -> dict:
