@@ -112,13 +112,10 @@ def retry_decision() -> Iterator[None]:
     """A failing backup target (``DependencyFailed``, already logged): a permanent fault (full,
     read-only, damaged manifest, missing snapshot) ends the task without retries; a transient
     one (unreachable) is raised as it is, so Airflow's retries apply."""
-    from airflow.sdk.exceptions import AirflowFailException
-
     from airflow_mlops._core.errors import DependencyFailed
+    from airflow_mlops.backends.stage import dependency_failed
 
     try:
         yield
     except DependencyFailed as exc:
-        if not exc.retryable:
-            raise AirflowFailException(str(exc)) from exc
-        raise
+        raise dependency_failed(exc)

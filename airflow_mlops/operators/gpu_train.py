@@ -313,11 +313,9 @@ class GpuTrainOperator(BaseOperator):
 
             raise stage_failed(str(exc)) from exc
         except DependencyFailed as exc:  # the tracking server failed (logged first by the run)
-            if not exc.retryable:
-                from airflow_mlops.backends.stage import stage_failed
+            from airflow_mlops.backends.stage import dependency_failed
 
-                raise stage_failed(str(exc)) from exc
-            raise
+            raise dependency_failed(exc)
         self._push_url(context, result["mlflow_run_url"])
         return result
 

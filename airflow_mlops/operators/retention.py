@@ -47,13 +47,10 @@ class RetentionCleanupOperator(SpecArgsOperator):
         if conf.get("dry_run") is True and not spec.dry_run:
             self.log.info("dry_run requested in the DAG run's conf: nothing will be deleted")
             spec = spec.model_copy(update={"dry_run": True})
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_mlops._core.errors import DependencyFailed
+        from airflow_mlops.backends.stage import dependency_failed
 
         try:
             return run_retention(spec, logger=self.log)
         except DependencyFailed as exc:  # logged first already; permanent ones end without retries
-            if not exc.retryable:
-                raise AirflowFailException(str(exc)) from exc
-            raise
+            raise dependency_failed(exc)
