@@ -24,7 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{target}: no such file or folder", file=sys.stderr)
     present = [target for target in args.paths if target not in missing]
     with _on_sys_path(import_roots(present)):
-        verdict = load_dags(present)
+        verdict = load_dags(present, serialize=True)
     warned: dict[str, list[SpecIssue]] = {}
     for warning in verdict.warnings:
         warned.setdefault(warning.mark.file if warning.mark else "", []).append(warning)

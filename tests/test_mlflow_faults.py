@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -353,3 +354,109 @@ def test_a_version_left_by_a_try_the_server_failed_under_is_marked_and_its_run_c
     assert client.get_run(lost).info.status == "FAILED"
     assert client.get_model_version("left", "1").tags.get(INCOMPLETE_TAG) == "true"
     assert INCOMPLETE_TAG not in client.get_model_version("left", "2").tags
+
+
+class FailingOneCall(http.server.BaseHTTPRequestHandler):
+    """A proxy in front of the real tracking server that forwards every request but one call: the
+    first request whose path starts with one of ``fail_paths`` and the client's own retries of it
+    get ``status`` (a 5xx, a 403) or, with status 0, no answer until the client gives up (a hung
+    call). Once the client moves on to another request, everything is forwarded again."""
+
+    upstream = ""
+    fail_paths: tuple[str, ...] = ()
+    status = 503
+    failed: list[str] = []
+    state: dict = {}
+
+    def _answer(self):
+        failing = self.state.get("path")
+        if not self.state.get("done") and (self.path == failing or (
+                failing is None and self.path.startswith(self.fail_paths))):
+            self.state["path"] = self.path
+            self.failed.append(self.path)
+            if self.status == 0:
+                time.sleep(30)
+                return
+            body = b"<html>denied</html>" if self.status < 500 else b"<html>unavailable</html>"
+            self.send_response(self.status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if failing is not None:
+            self.state["done"] = True
+        length = int(self.headers.get("Content-Length") or 0)
+        request = urllib.request.Request(self.upstream + self.path, data=self.rfile.read(length) if length else None,
+                                         method=self.command, headers={k: v for k, v in self.headers.items()
+                                                                       if k.lower() not in ("host", "connection")})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, headers, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, body = exc.code, exc.headers, exc.read()
+        self.send_response(status)
+        self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_champion_read_never_promotes_the_candidate_unchecked(server, tmp_path, monkeypatch):
+    """The registry read that finds the champion fails (503, 403, hung) on a real tracking server:
+    the validate stage fails with one DependencyFailed (retryable but for 403), and nothing moves —
+    the champion keeps its alias, no 'previous-champion', no decision on the candidate. With the
+    call answered again, the same stage compares the candidate with the champion as it should."""
+    import mlflow
+
+    from airflow_mlops.spec.models import TrainStage, ValidateStage
+    from airflow_mlops.stages import run_stage
+
+    monkeypatch.setenv(TIMEOUT_ENV, "4")
+    ctx, prep = prepared(tmp_path, server.uri, "guarded")
+    train = TrainStage(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 300}, target="target")
+    validate = ValidateStage(thresholds={"accuracy": {"min": 0.5}}, compare={"accuracy": {"min_improvement": 0.5}})
+    first = run_stage(train, ctx("train", [("preprocess", prep)]))
+    run_stage(validate, ctx("validate", [("train", first), ("preprocess", prep)]))  # v1: the champion
+    second = run_stage(train, ctx("retrain", [("preprocess", prep)]))  # another task: a new version
+    assert (first["model_version"], second["model_version"]) == ("1", "2")
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+
+    from airflow_mlops._core.errors import StageFailed
+
+    # The champion's alias is read through the registered model (GetRegisteredModel: what the stage
+    # does) or through MLflow's alias endpoint (GetModelVersionByAlias): whichever the stage
+    # asks, that call fails, and the stage either stops or, never having asked, judges correctly.
+    for status in (503, 403, 0):
+        for call in ("/api/2.0/mlflow/registered-models/get", "/api/2.0/mlflow/registered-models/alias"):
+            handler = type("Handler", (FailingOneCall,), {
+                "upstream": server.uri, "status": status, "failed": [], "state": {}, "fail_paths": (call,)})
+            httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            try:
+                proxied = contexts(tmp_path, f"http://127.0.0.1:{httpd.server_address[1]}", "guarded")
+                with pytest.raises((DependencyFailed, StageFailed)) as err:
+                    run_stage(validate, proxied("validate", [("train", second), ("preprocess", prep)]))
+            finally:
+                httpd.shutdown()
+            model = client.get_registered_model("guarded")
+            assert model.aliases == {"champion": "1"}, (status, call)  # nothing promoted, no previous-champion
+            if handler.failed:  # the stage asked: it stopped, with the server's fault, nothing decided
+                assert isinstance(err.value, DependencyFailed), (status, call, err.value)
+                assert err.value.retryable is (status != 403), (status, call)
+                assert "during stage 'validate' (validate) of pipeline 'p'" in first_line(err.value)
+                assert "airflow_mlops.decision" not in client.get_model_version("guarded", "2").tags
+            else:  # never asked that way: the comparison happened (v2 cannot gain 50% on the same data)
+                assert not isinstance(err.value, DependencyFailed) and "vs champion 1" in str(err.value), err.value
+                client.delete_model_version_tag("guarded", "2", "airflow_mlops.decision")
+
+    # Answered again: v2 is compared with v1 (the same data cannot gain 50%): rejected, v1 defends.
+    with pytest.raises(StageFailed, match="vs champion 1"):
+        run_stage(validate, ctx("validate", [("train", second), ("preprocess", prep)]))
+    assert client.get_registered_model("guarded").aliases == {"champion": "1"}
+    assert client.get_model_version("guarded", "2").tags["airflow_mlops.decision"] == "rejected"

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow_mlops._core.context import MlflowTarget
 from airflow_mlops._core.errors import StageFailed, did_you_mean
-from airflow_mlops._core.mlflow_faults import bound_http_requests
+from airflow_mlops._core.mlflow_faults import bound_http_requests, is_not_found
 
 SERVING_ALIAS = "champion"
 # Registered-model tag naming the aliases pipelines serve through; retention never deletes the
@@ -92,11 +92,22 @@ def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
     try:
         return mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if not is_not_found(exc):
             raise
         known = [m.name for m in mlflow_client.search_registered_models(max_results=1000)]
         raise StageFailed(f"there is no registered model named '{name}'{did_you_mean(name, known)} in the MLflow "
                           f"registry at {tracking_uri}") from exc
+
+
+def alias_version(mlflow_client: Any, name: str, alias: str) -> str | None:
+    """The version behind ``alias`` of the registered model ``name``, None when the model has no
+    such alias. Read from the model's own alias table, so "no alias" is the registry's answer:
+    MLflow's ``get_model_version_by_alias`` reports a missing alias as INVALID_PARAMETER_VALUE,
+    indistinguishable from a bad request. Raises MlflowException when the model does not exist
+    (RESOURCE_DOES_NOT_EXIST, see ``mlflow_faults.is_not_found``) and whatever the tracking server
+    raised when it failed (5xx, time-out, 401/403): never taken for "no alias"."""
+    version = (mlflow_client.get_registered_model(name).aliases or {}).get(alias)
+    return None if version is None else str(version)
 
 
 def client(target: MlflowTarget) -> Any:

@@ -8,6 +8,11 @@ request may take, its retries and their back-off included. ``bound_http_requests
 into this process (MLflow reads them on every request), so the stage processes it starts inherit
 them; ``_core.mlflow.client_for`` and ``use_store`` call it.
 
+Absent or broken (``is_not_found``): only MLflow's own "does not exist" code means the thing asked
+for is absent (no such model, version, alias, run). Every other error while reading it is the
+tracking server's fault (``classify``), never an answer: a reader that takes a 503 or a 403 for
+"no champion" promotes a model unchecked.
+
 Retry decision (``classify``): the server unreachable, timing out or answering 5xx may pass on
 retry; refused credentials (401/403) will not. Only tracking servers (http/https URIs) are judged;
 errors of a local store are left as they are.
@@ -31,6 +36,16 @@ _WEB = ("http", "https")
 _UNREACHABLE = re.compile(r"API request to \S+ failed with exception")
 _TIMED_OUT = re.compile(r"failed with timeout exception|Read timed out|ReadTimeout|ConnectTimeout")
 _TOO_MANY_5XX = re.compile(r"too many (5\d\d) error responses")
+# MLflow's error codes that answer "there is no such thing" (a registered model, version, alias,
+# run, experiment): the only errors that mean absent. MLflow's stores raise them and its REST
+# server sends them in the error body (HTTP 404), which the client turns back into the same code.
+NOT_FOUND_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST"})
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLflow saying the thing asked for does not exist (``NOT_FOUND_CODES``).
+    False for everything else: a tracking server that failed, refused or timed out, a bug."""
+    return getattr(exc, "error_code", None) in NOT_FOUND_CODES
 
 
 def request_bound_s() -> float:

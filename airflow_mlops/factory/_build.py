@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, TaskGroup
 
+from airflow_mlops._core.locations import asset_name_part, asset_uri
 from airflow_mlops._core.paths import import_string, mlops_home, needs_expanding
 from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
 from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
@@ -97,15 +98,19 @@ def _docs(loaded: LoadedPipeline) -> str:
 
 def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     """Stage outputs as Airflow Assets (what the stage registry says the kind produces): datasets by
-    folder, models by registered name, drift reports by pipeline and stage."""
+    folder (the folder's URI, percent-encoded: ``_core.locations``), drift reports by pipeline and
+    stage, and models by registered name *and* producer: ``mlflow-model://<model>/<pipeline>/<stage>``.
+    Several pipelines may train into one registered model (trainers competing for one champion);
+    each one's train stage is then its own Asset, so Airflow keeps them all active."""
     produces = registry.produces(stage.kind)
+    pid = plan.pipeline.id
     if produces == "dataset":
-        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"file://{plan.asset_root}/{name}")]
+        return [Asset(name=f"{pid}.{name}", uri=asset_uri(f"{plan.asset_root.rstrip('/')}/{name}"))]
     if produces == "drift":
-        return [Asset(name=f"{plan.pipeline.id}.{name}", uri=f"airflow-mlops://{plan.pipeline.id}/{name}/drift")]
+        return [Asset(name=f"{pid}.{name}", uri=f"airflow-mlops://{pid}/{name}/drift")]
     if produces == "model":
-        model = plan.pipeline.mlflow.registered_model or plan.pipeline.id
-        return [Asset(name=f"{plan.pipeline.id}.{name}.model", uri=f"mlflow-model://{model}")]
+        model = asset_name_part(plan.pipeline.mlflow.registered_model or pid)
+        return [Asset(name=f"{pid}.{name}.model", uri=f"mlflow-model://{model}/{pid}/{name}")]
     return []
 
 

@@ -16,7 +16,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from airflow.sdk import DAG
 
@@ -57,11 +57,20 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
                               construct_operators=construct_operators)
 
 
-def load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
+def load_dags(targets: Iterable[str | os.PathLike], *, serialize: bool = False) -> Verdict:
     """Every pipeline file under ``targets`` (folders or files) → its DAG, or its errors. Never
-    raises for a bad file: a file only loses itself. Pipeline ids must be unique across files."""
+    raises for a bad file: a file only loses itself. Pipeline ids must be unique across files, and
+    no two pipelines may write one dataset Asset (``shared_assets``).
+
+    ``serialize``: also serialize each DAG as the DAG processor does before storing it
+    (``airflow-mlops validate`` does; the loader leaves it to the DAG processor, which serializes
+    each DAG on its own and records a failure against that DAG only: doing it twice would cost
+    about half again the parse time)."""
     with one_scan(), _collector_paused():
-        return _load_dags(targets)
+        verdict = _load_dags(targets)
+    if serialize:
+        _serialized(verdict)
+    return verdict
 
 
 @contextmanager
@@ -107,15 +116,91 @@ def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
                 used = f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}"
                 raise PipelineSpecError([SpecIssue(loaded.mark_of(("id",)), "id", used)])
             ids[loaded.pipeline.id] = loaded
-            verdict.good.append((loaded, checked_dag(loaded)))
+            dag = checked_dag(loaded)
+            stored_assets(loaded, dag)
+            verdict.good.append((loaded, dag))
         except PipelineSpecError as exc:
             verdict.bad[path] = exc
         except Exception as exc:  # a bug of ours must not take the other pipelines down either
             log.exception("Pipeline %s could not be loaded", path)
             verdict.bad[path] = PipelineSpecError(
                 [SpecIssue(Mark(str(path), 1, 1), "", f"could not load the pipeline: {type(exc).__name__}: {exc}")])
+    for path, error in shared_assets(verdict.good).items():
+        verdict.bad[path] = error
+    verdict.good = [(loaded, dag) for loaded, dag in verdict.good if loaded.file not in verdict.bad]
     verdict.warnings = check_assets(verdict.good)
     return verdict
+
+
+def _outlets(dag: DAG) -> Iterator[tuple[str, Any]]:
+    """``(stage, Asset)`` for every Asset a task of ``dag`` produces (stage: its task group)."""
+    for task in dag.tasks:
+        for outlet in task.outlets:
+            if getattr(outlet, "uri", None) is not None:
+                yield task.task_id.split(".")[0], outlet
+
+
+def stored_assets(loaded: LoadedPipeline, dag: DAG) -> None:
+    """Each Asset of the DAG as the DAG processor stores it (Airflow's own ``AssetModel``: an ASCII
+    URI, no reserved scheme). Airflow stores a file's DAGs together, so one Asset it refuses there
+    would lose every pipeline of the loader file, with no import error: refused here instead, at
+    the stage that produces it."""
+    from airflow.models.asset import AssetModel
+
+    for stage, asset in _outlets(dag):
+        try:
+            AssetModel(name=asset.name, uri=asset.uri)
+        except Exception as exc:  # noqa: BLE001 - Airflow's own words, at the stage's line
+            loc = ("stages", stage) if stage in loaded.pipeline.stages else ("dag",)
+            raise _error(loaded, loc, f"Airflow cannot store the Asset {asset.uri!r} ({asset.name}) this stage "
+                                      f"produces: {exc}") from None
+
+
+def shared_assets(good: list[tuple[LoadedPipeline, DAG]]) -> dict[Path, PipelineSpecError]:
+    """Pipelines whose stages would write one Asset (two pipelines with one ``data_dir`` and a
+    stage name in common write into one folder, and Airflow keeps only one of two Assets with one
+    URI: the other pipeline's task then fails on every run). Each such file gets an error at its
+    own stage, naming the other file's."""
+    from airflow_mlops.factory._build import Plan
+
+    writers: dict[str, list[tuple[LoadedPipeline, str]]] = {}
+    for loaded, dag in good:
+        for stage, asset in _outlets(dag):
+            writers.setdefault(asset.uri, []).append((loaded, stage))
+    issues: dict[Path, list[SpecIssue]] = {}
+    for uri, found in writers.items():
+        if len({loaded.file for loaded, _ in found}) < 2:
+            continue
+        for loaded, stage in found:
+            others = "; ".join(f"stage '{s}' of pipeline '{o.pipeline.id}' ({o.mark_of(('stages', s), key=True)})"
+                               for o, s in found if o is not loaded)
+            data_dir = Plan(loaded).data_dir
+            loc = ("data_dir",) if loaded.pipeline.data_dir else ("stages", stage)
+            issues.setdefault(loaded.file, []).append(SpecIssue(
+                loaded.mark_of(loc, key=True), format_path(loc),
+                f"stage '{stage}' writes {uri} (data_dir {data_dir}), as {others} does: two pipelines would "
+                "overwrite each other's data and Airflow keeps only one of two Assets with one URI; give each "
+                "pipeline its own data_dir"))
+    return {path: PipelineSpecError(found) for path, found in issues.items()}
+
+
+def _serialized(verdict: Verdict) -> None:
+    """Serialize each good DAG as the DAG processor does; a DAG it refuses becomes a bad file."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    kept = []
+    for loaded, dag in verdict.good:
+        try:
+            DagSerialization.to_dict(dag)
+        except RecursionError:
+            verdict.bad[loaded.file] = _error(loaded, ("dag",), "Airflow cannot serialize this DAG: a value is nested "
+                                                                "too deeply (RecursionError)")
+        except Exception as exc:  # noqa: BLE001
+            verdict.bad[loaded.file] = _error(loaded, ("dag",), f"Airflow cannot serialize this DAG: "
+                                                                f"{type(exc).__name__}: {exc}")
+        else:
+            kept.append((loaded, dag))
+    verdict.good = kept
 
 
 def checked_dag(loaded: LoadedPipeline) -> DAG:

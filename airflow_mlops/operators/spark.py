@@ -71,10 +71,11 @@ def _output_asset(output: str, owner: str) -> Any:
     from airflow.sdk import Asset
 
     from airflow_mlops._core.errors import ArgumentsError
+    from airflow_mlops._core.locations import asset_uri
 
     if "://" in output:
         static = output.split("{{")[0].split("{%")[0]
-        return Asset(uri=static.rstrip("/") or output)
+        return Asset(uri=asset_uri(static.rstrip("/") or output))
     if not output.startswith(("/", "~", "$", "{{")):
         raise ArgumentsError.one(owner, "output", f"output must be an absolute path or a URI (it may use ~, $VARS or "
                                  f"templates), got {output!r}: a relative path depends on the worker's folder")
@@ -86,4 +87,4 @@ def _output_asset(output: str, owner: str) -> Any:
     static = "/".join(parts).rstrip("/")
     if not static:
         return Asset(name=f"airflow-mlops-features:{output}")
-    return Asset(uri=f"file://{static}")
+    return Asset(uri=asset_uri(static))

@@ -43,6 +43,7 @@ def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, 
     while the local store does not exist yet (no pipeline has run). StoreUnreadable with the one
     DependencyFailed message if the store cannot be resolved or read; 404 for an unknown model."""
     from airflow_mlops._core.mlflow import StoreNotFound
+    from airflow_mlops._core.mlflow_faults import is_not_found
     from airflow_mlops.hooks.mlflow import redacted
     from airflow_mlops.stages.train.job import ui_base
     from airflow_mlops.ui import data
@@ -58,7 +59,7 @@ def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, 
     try:
         return fn(client, ui_base(uri)), redacted(uri)
     except Exception as exc:  # noqa: BLE001
-        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        if is_not_found(exc):
             raise HTTPException(404, str(exc).splitlines()[0]) from None
         raise StoreUnreadable(data.unreachable(uri, exc, during)) from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from airflow_mlops._core.mlflow_faults import is_not_found
 from airflow_mlops.lifecycle.retention._model import Item, PolicyPlan
 from airflow_mlops.lifecycle.retention._registry import PAGE, guarded_aliases, open_client, pages
 
@@ -24,8 +25,10 @@ def _protected_runs_now(client: Any, pol: Any) -> dict[str, str]:
             if alias in aliases:
                 try:
                     v = client.get_model_version(model.name, str(version))
-                except Exception:  # noqa: BLE001 - vanished: nothing to protect
-                    continue
+                except Exception as exc:
+                    if is_not_found(exc):  # vanished: nothing to protect
+                        continue
+                    raise  # a tracking-server fault: never guess that a protected run is free
                 if v.run_id:
                     out[v.run_id] = f"now backs models:/{model.name}/{version} (alias {alias})"
     return out
@@ -52,7 +55,7 @@ def apply_mlflow(policies: list[tuple[PolicyPlan, Any]], tracking_uri: str) -> N
                         continue
                     client.delete_model_version(name, version)
                 except MlflowException as exc:
-                    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                    if is_not_found(exc):
                         pp.skipped.append({"item": item.id, "reason": "vanished before deletion"})
                         continue
                     raise
@@ -87,7 +90,7 @@ def _apply_runs(pp: PolicyPlan, pol: Any, client: Any, tracking_uri: str) -> Non
                     continue
                 client.delete_logged_model(model_id)
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            if is_not_found(exc):
                 pp.skipped.append({"item": item.id, "reason": "vanished before deletion"})
                 continue
             raise

@@ -6,7 +6,8 @@ from typing import Any
 
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.errors import StageFailed
-from airflow_mlops._core.mlflow import SERVING_ALIAS, client, record_serving_aliases, registered_model
+from airflow_mlops._core.mlflow import SERVING_ALIAS, alias_version, client, record_serving_aliases, registered_model
+from airflow_mlops._core.mlflow_faults import is_not_found
 
 
 def serving_model(model: str | None, ctx: StageContext) -> dict[str, Any]:
@@ -38,18 +39,26 @@ def serving_model(model: str | None, ctx: StageContext) -> dict[str, Any]:
     import mlflow
 
     mlflow_client = client(ctx.mlflow)
+    missing = None
     try:
         if alias:
-            version = str(mlflow_client.get_model_version_by_alias(name, alias).version)
-            record_serving_aliases(mlflow_client, name, alias)
+            found = alias_version(mlflow_client, name, alias)
+            if found is None:
+                missing = f"model '{name}' has no alias {alias!r}"
+            else:
+                version = found
+                record_serving_aliases(mlflow_client, name, alias)
         else:
             mlflow_client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
+        if not is_not_found(exc):
+            raise  # the tracking server failed: the stage's guard reports it (never "has no alias")
         try:
             registered_model(mlflow_client, name, ctx.mlflow.tracking_uri)
-        except StageFailed as missing:
-            raise StageFailed(f"cannot serve {model}: {missing}") from exc
-        why = f"model '{name}' has no {'alias ' + repr(alias) if alias else 'version ' + version}"
-        raise StageFailed(f"cannot serve {model}: {why} in the MLflow registry at {ctx.mlflow.tracking_uri}") from exc
+        except StageFailed as absent:
+            raise StageFailed(f"cannot serve {model}: {absent}") from exc
+        missing = f"model '{name}' has no version {version}"
+    if missing:
+        raise StageFailed(f"cannot serve {model}: {missing} in the MLflow registry at {ctx.mlflow.tracking_uri}")
     ctx.log.info("Serving %s: version %s of '%s'", model, version, name)
     return {"model_uri": f"models:/{name}/{version}", "model_name": name, "model_version": version, "model_ref": model}

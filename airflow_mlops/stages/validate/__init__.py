@@ -8,40 +8,44 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.errors import StageFailed, StageSkipped
+from airflow_mlops._core.mlflow import alias_version, record_serving_aliases
 from airflow_mlops._core.mlflow import client as mlflow_client
-from airflow_mlops._core.mlflow import record_serving_aliases
 
 if TYPE_CHECKING:
     from airflow_mlops.spec.models import ValidateStage
 
 DECISION_TAG = "airflow_mlops.decision"
 DETAIL_TAG = "airflow_mlops.decision_detail"
+MAX_REJUDGE = 5
 
 
 def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
     name, version = ctx.find("model_name"), str(ctx.find("model_version"))
     client = mlflow_client(ctx.mlflow)
     metrics = _metrics(client, name, version)
+    # Read before anything is tagged or moved: a tracking server that fails here fails the stage
+    # (retryable for 5xx and time-outs, not for 401/403) with nothing changed in the registry.
+    champion = _current(client, name, spec.alias)
 
     failures = threshold_failures(spec, metrics, ctx)
     client.set_model_version_tag(name, version, "airflow_mlops.validation", "failed" if failures else "passed")
     if failures:
         raise StageFailed(f"model '{name}' version {version} failed validation: " + "; ".join(failures))
 
-    champion = _current(client, name, spec.alias)
-    if spec.compare and champion is not None and champion != version:
-        wins, lines = compare(spec, metrics, _metrics(client, name, champion))
-        detail = f"version {version} vs champion {champion}: " + "; ".join(lines)
-        if not wins:
-            client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
-            client.set_model_version_tag(name, version, DETAIL_TAG, detail)
-            client.set_model_version_tag(name, champion, DECISION_TAG, "defended")
-            client.set_model_version_tag(name, champion, DETAIL_TAG, detail)
-            message = f"model '{name}' {detail}; '{spec.alias}' stays on version {champion}"
-            raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
-        ctx.log.info("Challenger wins: %s", detail)
+    # Several pipelines may train into one registered model and compete for its champion: the
+    # champion is read again just before the alias moves, and a candidate judged against a
+    # champion that another pipeline's validate replaced meanwhile is judged again.
+    for _ in range(MAX_REJUDGE):
+        detail = _judge(spec, client, name, version, metrics, champion, ctx)
+        now = _current(client, name, spec.alias)
+        if now == champion:
+            break
+        ctx.log.warning("The '%s' alias moved from version %s to %s while version %s was judged (another run "
+                        "promoted it): judging again", spec.alias, champion, now, version)
+        champion = now
     else:
-        detail = "first version to pass" if champion is None else "passed the thresholds"
+        raise StageFailed(f"model '{name}': the '{spec.alias}' alias kept moving while version {version} was "
+                          f"judged ({MAX_REJUDGE} times): nothing promoted")
     promote(client, name, version, champion, spec.alias, spec.previous_alias, detail)
     ctx.log.info("Model '%s' version %s passed; alias '%s' now points at it", name, version, spec.alias)
     return {
@@ -52,6 +56,25 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
         # Pinned to the version, not the alias: the alias may move before serving runs.
         "model_uri": f"models:/{name}/{version}",
     }
+
+
+def _judge(spec: "ValidateStage", client: Any, name: str, version: str, metrics: dict[str, float],
+           champion: str | None, ctx: StageContext) -> str:
+    """The decision's detail when ``version`` may take the alias from ``champion``; a lost
+    comparison tags both versions and raises StageSkipped or StageFailed (``on_reject``)."""
+    if not (spec.compare and champion is not None and champion != version):
+        return "first version to pass" if champion is None else "passed the thresholds"
+    wins, lines = compare(spec, metrics, _metrics(client, name, champion))
+    detail = f"version {version} vs champion {champion}: " + "; ".join(lines)
+    if not wins:
+        client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
+        client.set_model_version_tag(name, version, DETAIL_TAG, detail)
+        client.set_model_version_tag(name, champion, DECISION_TAG, "defended")
+        client.set_model_version_tag(name, champion, DETAIL_TAG, detail)
+        message = f"model '{name}' {detail}; '{spec.alias}' stays on version {champion}"
+        raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
+    ctx.log.info("Challenger wins: %s", detail)
+    return detail
 
 
 def threshold_failures(spec: "ValidateStage", metrics: dict[str, float], ctx: StageContext) -> list[str]:
@@ -115,12 +138,11 @@ def rollback(client: Any, name: str, alias: str = "champion", previous_alias: st
 
 
 def _current(client: Any, name: str, alias: str) -> str | None:
-    import mlflow
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+    """The version behind ``alias`` of the registered model ``name``; None only when the registry
+    answers that the model has no such alias (``_core.mlflow.alias_version``). Any error reading it — a 5xx, a time-out, a 401/403 — is raised
+    as it is: the stage's tracking-server guard turns it into one DependencyFailed, and nothing
+    is promoted on a guess."""
+    return alias_version(client, name, alias)
 
 
 def _metrics(client: Any, name: str, version: str) -> dict[str, float]:
