@@ -122,3 +122,13 @@ def example_dags_folder(dags_folder: Path) -> Path:
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One S3-protocol server (moto's) for the test run; tests make their own buckets."""
+    from tests.s3_helpers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()

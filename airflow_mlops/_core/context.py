@@ -28,7 +28,7 @@ class StageContext:
     pipeline_id: str
     stage_name: str
     run_key: str  # the Airflow run id, made safe for paths
-    data_dir: str  # absolute root for this pipeline's data
+    data_dir: str  # absolute root for this pipeline's data: a local path or an object-storage URI
     mlflow: MlflowTarget
     # Results of the stages this one (transitively) depends on, nearest first.
     upstream: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -42,16 +42,38 @@ class StageContext:
     resources: dict[str, Any] | None = None
     prices: dict[str, float] | None = None
     gpu_metrics: dict[str, Any] | None = None  # sample interval, Prometheus port / Pushgateway
+    # The Airflow connection for object-storage URIs of data_dir, inputs and outputs (None: the
+    # scheme's default connection; see _core.storage).
+    data_conn_id: str | None = None
 
     @property
     def log(self) -> logging.Logger:
         return logging.getLogger(f"airflow_mlops.stages.{self.stage_name}")
 
-    def output_dir(self, override: str | None = None) -> Path:
-        """``override`` if the spec names an output, else ``<data_dir>/<stage>/<run key>``."""
-        path = Path(override) if override else Path(self.data_dir) / self.stage_name / self.run_key
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def output_location(self, override: str | None = None) -> str:
+        """Where the stage writes: ``override`` if the spec names an output, else
+        ``<data_dir>/<stage>/<run key>``, as a location (a local path, created; or a URI: object
+        stores have no folders to create). This is what goes downstream and to Spark."""
+        from airflow_mlops._core.storage import is_remote, join, local_path
+
+        location = override or join(self.data_dir, self.stage_name, self.run_key)
+        if not is_remote(location):
+            location = local_path(location)
+            Path(location).mkdir(parents=True, exist_ok=True)
+        return location
+
+    def output_dir(self, override: str | None = None) -> Any:
+        """``output_location`` as a path object: ``pathlib.Path`` for a local folder,
+        ``ObjectStoragePath`` for a URI (through ``data_conn_id``). Both take ``/`` and ``open()``;
+        ``_core.storage.location_of`` gives back the location to hand downstream."""
+        return self.open(self.output_location(override))
+
+    def open(self, location: str) -> Any:
+        """``location`` (a path, or a URI an upstream stage wrote) as a path object, through this
+        task's data connection (see ``output_dir``)."""
+        from airflow_mlops._core.storage import open_location
+
+        return open_location(location, self.data_conn_id)
 
     def find(self, key: str, *, required: bool = True) -> Any:
         """The nearest upstream stage's value for ``key`` (e.g. ``model_uri``, ``test_path``)."""

@@ -23,6 +23,7 @@ def stage_operator_args(stage: Any, stage_name: str, plan: Any) -> dict[str, Any
         "pipeline_id": plan.pipeline.id,
         "mlflow": plan.pipeline.mlflow,
         "data_dir": plan.data_dir,
+        "data_conn_id": plan.pipeline.data_conn_id,
         "upstream_tasks": plan.upstream_tasks(stage_name),
         "stage_resources": resolve_resources(plan.pipeline, stage.resources),
         "prices": plan.pipeline.prices,

@@ -20,7 +20,8 @@ class StageOperator(BaseOperator):
     :param pipeline_id: the pipeline id, used for MLflow names and data paths (default: the DAG id).
     :param stage_name: the stage's name in the pipeline.
     :param mlflow: MLflow settings; resolved to a tracking URI when the task runs.
-    :param data_dir: root folder for the stage's outputs.
+    :param data_dir: root folder for the stage's outputs: an absolute path or an object-storage URI.
+    :param data_conn_id: the Airflow connection for object-storage URIs (default: the scheme's own).
     :param upstream_tasks: ``(stage_name, task_id)`` of the stages this one depends on, nearest
         first; their XCom results (references, never data) reach the stage.
     :param stage_resources: what the stage holds (cpu / memory / whole GPUs): a pod's requests
@@ -53,6 +54,7 @@ class StageOperator(BaseOperator):
         stage_name: str,
         mlflow: MlflowSettings | None = None,
         data_dir: str | None = None,
+        data_conn_id: str | None = None,
         upstream_tasks: Sequence[tuple[str, str]] = (),
         stage_resources: Resources | dict[str, Any] | None = None,
         prices: PriceTable | dict[str, float] | None = None,
@@ -69,6 +71,7 @@ class StageOperator(BaseOperator):
         self.stage_name = stage_name
         self.mlflow = mlflow or MlflowSettings()
         self.data_dir = data_dir
+        self.data_conn_id = data_conn_id
         self.upstream_tasks = list(upstream_tasks)
         self.stage_resources = None if stage_resources is None else Resources.model_validate(stage_resources)
         # Bad settings fail when the DAG is parsed, not when the task runs.
@@ -87,11 +90,10 @@ class StageOperator(BaseOperator):
 
     def expanded_settings(self, pipeline_id: str) -> tuple[str, MlflowSettings]:
         """``data_dir`` and the MLflow locations with ``~`` and ``$VAR`` expanded here, in the worker."""
-        import os
-
         from pydantic import ValidationError
 
         from airflow_mlops._core.paths import expand_env, mlops_home, needs_expanding
+        from airflow_mlops._core.storage import location_problem
 
         def expanded(field: str, value: str) -> str:
             try:
@@ -100,9 +102,10 @@ class StageOperator(BaseOperator):
                 raise stage_failed(f"stage '{self.stage_name}': {field}: {exc}") from None
 
         data_dir = expanded("data_dir", self.data_dir) if self.data_dir else str(mlops_home() / "data" / pipeline_id)
-        if not os.path.isabs(data_dir) and "://" not in data_dir:
-            raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} is not an absolute path once "
-                               f"rendered and expanded ({data_dir!r})")
+        problem = location_problem(data_dir) if not data_dir.startswith(("~", "$", "{")) else "it is not expanded"
+        if problem:
+            raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} once rendered and expanded is "
+                               f"{data_dir!r}: {problem}")
         mlflow = self.mlflow
         changed = {k: expanded(f"mlflow.{k}", v) for k in ("tracking_uri", "artifact_location")
                    if needs_expanding(v := getattr(mlflow, k))}
@@ -140,6 +143,7 @@ class StageOperator(BaseOperator):
             resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
             prices=self.prices.model_dump(),
             gpu_metrics=self.gpu_metrics.model_dump(),
+            data_conn_id=self.data_conn_id,
             tags={
                 "airflow.dag_id": ti.dag_id,
                 "airflow.run_id": context["run_id"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,22 +41,26 @@ class Plan:
 
     @cached_property
     def data_dir(self) -> str:
-        """A relative ``data_dir`` is taken from the YAML file's folder. ``~``, ``$VAR`` and
-        templates are left for the worker, which expands and renders them when the task runs."""
+        """Where the stages write: the pipeline's ``data_dir`` (an absolute path, kept as written:
+        a folder reached through a symlink keeps its name when the link moves; or an object-storage
+        URI), else ``$AIRFLOW_MLOPS_HOME/data/<id>``. ``~``, ``$VAR`` and templates are left for the
+        worker, which expands and renders them when the task runs. A relative ``data_dir`` never
+        gets here: the spec refuses it (it would land inside a dags folder git-sync replaces)."""
+        from airflow_mlops._core.storage import local_path, scheme_of
+
         raw = self.pipeline.data_dir
         if not raw:
             return str(scanned(("mlops_home",), mlops_home) / "data" / self.pipeline.id)
         if needs_expanding(raw) or is_template(raw):
-            relative = not raw.startswith(("/", "~", "$", "{")) and "://" not in raw
-            return str(self.loaded.file.parent.resolve() / raw) if relative else raw
-        return str((self.loaded.file.parent / raw).resolve())
+            return raw
+        if scheme_of(raw) not in (None, "file"):
+            return raw.rstrip("/")
+        return os.path.normpath(local_path(raw))
 
     @cached_property
     def asset_root(self) -> str:
         """``data_dir`` for the Assets' URIs, which are fixed when the DAG is parsed: ``~`` and set
         variables expanded here, templates and unset variables shown as written."""
-        import os
-
         return os.path.expandvars(os.path.expanduser(self.data_dir))
 
     def upstream_tasks(self, stage_name: str) -> list[tuple[str, str]]:

@@ -3,30 +3,84 @@ data-quality gates, and the metric thresholds a model is judged by (part of the 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from airflow_mlops._core.storage import location_problem, scheme_of
 from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 
 DataFormat = Literal["csv", "parquet"]
 
 
+def _writable(value: str) -> str:
+    problem = location_problem(value)
+    if problem:
+        raise PydanticCustomError("location", "{problem}", {"problem": problem})
+    return value
+
+
+def _readable(value: str) -> str:
+    problem = location_problem(value, relative_ok=True)
+    if problem:
+        raise PydanticCustomError("location", "{problem}", {"problem": problem})
+    return value
+
+
+# Where stage data is written (data_dir, an output): an absolute path or an object-storage URI
+# (_core.storage); a relative path is refused, since it would land in whichever folder a worker
+# runs in, or inside a dags folder that git-sync replaces.
+WritableLocation = Annotated[str, AfterValidator(_writable)]
+# What a stage reads: the same, or a path relative to the pipeline's file (data shipped with it).
+ReadableLocation = Annotated[str, AfterValidator(_readable)]
+
+
 class DataInput(Strict):
     """A dataset to read: a path/URI, or a scikit-learn bundled dataset (demos and tutorials)."""
 
-    path: str | None = None
+    path: ReadableLocation | None = Field(
+        None, description="An absolute path, a path relative to the pipeline's file, or an object-storage URI "
+        "(s3://, gs://, abfs://).")
     format: DataFormat | None = Field(None, description="Inferred from the extension when omitted.")
     sklearn_dataset: str | None = Field(None, description="e.g. 'breast_cancer', 'iris', 'wine'.")
+    conn_id: str | None = Field(None, description="The Airflow connection for a URI path (default: the pipeline's "
+                                "data_conn_id, else the scheme's default connection).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataInput":
         if (self.path is None) == (self.sklearn_dataset is None):
             raise PydanticCustomError("one_source", "give exactly one of 'path' or 'sklearn_dataset'")
         return self
+
+
+def _relative(path: str | None) -> bool:
+    return bool(path) and not path.startswith(("/", "~", "$", "{")) and scheme_of(path) is None
+
+
+def anchored_inputs(stages: dict[str, Any], folder: str) -> dict[str, Any] | None:
+    """The stages with every relative input ``path`` joined to ``folder`` (the pipeline file's
+    folder as written: through a git-sync symlink, never its target, so the path stays valid
+    after the next sync); None when no input is relative."""
+    changed = False
+
+    def anchored(value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, DataInput) and _relative(value.path):
+            changed = True
+            return value.model_copy(update={"path": os.path.join(folder, value.path)})
+        if isinstance(value, dict):
+            return {k: anchored(v) for k, v in value.items()}
+        return value
+
+    out = {}
+    for name, stage in stages.items():
+        update = {f: new for f in type(stage).model_fields if (new := anchored(old := getattr(stage, f))) is not old}
+        out[name] = stage.model_copy(update=update) if update else stage
+    return out if changed else None
 
 
 class Split(Strict):

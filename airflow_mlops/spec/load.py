@@ -23,6 +23,7 @@ from airflow_mlops.spec._checks import (
 from airflow_mlops.spec._source import Source, load_source, merge_sources
 from airflow_mlops.spec._translate import translate
 from airflow_mlops.spec.dag import lift_default_args
+from airflow_mlops.spec.data import anchored_inputs
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources
@@ -110,6 +111,9 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
     issues += check_pipeline(pipeline, merged, stage_checks, input_checks, construct_operators)
     if issues:
         raise PipelineSpecError(_in_order(issues, display))
+    stages = anchored_inputs(pipeline.stages, os.path.abspath(path.parent))
+    if stages is not None:
+        pipeline = pipeline.model_copy(update={"stages": stages})
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)
 
 

@@ -31,6 +31,7 @@ from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is
     Split,
     Step,
     Threshold,
+    WritableLocation,
     canonical_type,
 )
 from airflow_mlops.spec.prices import GpuMetricsSettings, PriceTable
@@ -151,7 +152,7 @@ class PreprocessStage(StageBase):
     quality: QualityGates | None = None
     split: Split | None = Field(default_factory=Split)
     format: DataFormat = "parquet"
-    output: str | None = Field(None, description="Write here instead of <data_dir>/<stage>/<run id>.")
+    output: WritableLocation | None = Field(None, description="Write here instead of <data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
     @model_validator(mode="after")
@@ -240,7 +241,8 @@ class ServeStage(StageBase):
     target_cpu_percent: int = Field(70, ge=1, le=100, description="online on kubernetes: the autoscaler's CPU target.")
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
     format: DataFormat = "parquet"
-    output: str | None = Field(None, description="Write predictions here instead of <data_dir>/<stage>/<run id>.")
+    output: WritableLocation | None = Field(None, description="Write predictions here instead of "
+                                            "<data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
     @model_validator(mode="after")
@@ -289,7 +291,12 @@ class PipelineDefaults(Strict):
     dag: DagSettings = Field(default_factory=DagSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     resource_profiles: dict[str, Resources] = Field(default_factory=dict)
-    data_dir: str | None = Field(None, description="Where stages write data; default $AIRFLOW_MLOPS_HOME/data/<id>.")
+    data_dir: WritableLocation | None = Field(
+        None, description="Where stages write data: an absolute path or an object-storage URI (s3://, gs://, abfs://); "
+        "default $AIRFLOW_MLOPS_HOME/data/<id>.")
+    data_conn_id: str | None = Field(
+        None, description="The Airflow connection for a data_dir, input or output URI (default: the scheme's own, "
+        "e.g. aws_default).")
     spark: SparkSettings = Field(default_factory=SparkSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     prices: PriceTable = Field(

@@ -138,6 +138,7 @@ def extra_problems(stage: Any, backend: str, pipeline: Any) -> Iterator[Problem]
     ``spec.operator_args`` and the DAG build report at the stage's ``operator`` line)."""
     if stage.kind == "custom":
         return
+    yield from _storage_extra_problems(stage, pipeline)
     extra = BACKEND_EXTRAS.get(backend)
     if extra and not extras.installed(extra):
         yield None, extras.missing_message(extra, f"the {backend} backend")
@@ -156,6 +157,27 @@ def extra_problems(stage: Any, backend: str, pipeline: Any) -> Iterator[Problem]
         if stage is first and (metrics.prometheus_port or metrics.pushgateway_url):  # once per pipeline
             setting = "prometheus_port" if metrics.prometheus_port else "pushgateway_url"
             yield ("gpu_metrics", setting), extras.missing_message(GPU_EXTRA, f"gpu_metrics.{setting}")
+
+
+def _storage_extra_problems(stage: Any, pipeline: Any) -> Iterator[Problem]:
+    """Object-storage locations whose scheme's extra is not installed (``_core.storage.EXTRA_OF``):
+    the stage's output and inputs, and (with the first stage, once) the pipeline's data_dir."""
+    from airflow_mlops._core.storage import extra_needed
+
+    found: list[tuple[Any, str]] = []
+    if stage is next(iter(pipeline.stages.values())) and pipeline.data_dir:
+        found.append((("data_dir",), pipeline.data_dir))
+    if getattr(stage, "output", None):
+        found.append(("output", stage.output))
+    for name in type(stage).model_fields:
+        value = getattr(stage, name)
+        for item in (value.values() if isinstance(value, dict) else [value]):
+            if getattr(item, "path", None) and hasattr(item, "sklearn_dataset"):  # a DataInput
+                found.append((name, item.path))
+    for at, location in found:
+        extra = extra_needed(location)
+        if extra and not extras.installed(extra):
+            yield at, extras.missing_message(extra, location.split("://")[0] + ":// data")
 
 
 def input_problems(pipeline: Any, upstream: dict[str, list[str]]) -> Iterator[tuple[str, str]]:

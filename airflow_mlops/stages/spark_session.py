@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any
 
+from airflow_mlops._core.errors import StageFailed
+
 
 def get_session(master: str | None = "local[*]", conf: dict[str, Any] | None = None, app_name: str = "airflow-mlops",
                 connect_timeout: float = 60.0) -> Any:
@@ -58,18 +60,61 @@ def session_for(ctx: Any) -> Any:
 
 
 def read(spark: Any, path: str, fmt: str | None) -> Any:
+    """``path`` (a local path or a URI; ``s3://`` is read as Spark's ``s3a://``) as a DataFrame."""
     from airflow_mlops.stages.data import infer_format
 
     fmt = infer_format(path, fmt)
+    path = readable_by(spark, path)
     if fmt == "csv":
         return spark.read.option("header", True).option("inferSchema", True).csv(path)
     return spark.read.parquet(path)
 
 
 def write(df: Any, path: str, fmt: str) -> str:
+    """Write ``df`` to ``path`` (a folder of part files; ``s3://`` written as ``s3a://``); returns
+    ``path`` as given, the location downstream stages read."""
     writer = df.write.mode("overwrite")
+    target = readable_by(df.sparkSession, path)
     if fmt == "csv":
-        writer.option("header", True).csv(path)
+        writer.option("header", True).csv(target)
     else:
-        writer.parquet(path)
+        writer.parquet(target)
     return path
+
+
+def readable_by(spark: Any, location: str) -> str:
+    """``location`` as Spark names it (``_core.storage.spark_uri``), once the session is known to
+    have a Hadoop filesystem for its scheme. Raises StageFailed before any job runs when it has
+    none, naming what to add (the Hadoop connector's package and its credentials)."""
+    from airflow_mlops._core.storage import scheme_of, spark_uri
+
+    uri = spark_uri(location)
+    scheme = scheme_of(uri)
+    if scheme in (None, "file") or scheme in _CHECKED:
+        return uri
+    try:  # a Spark Connect session has no JVM here: the server reports a missing filesystem itself
+        jvm, hadoop = spark.sparkContext._jvm, spark.sparkContext._jsc.hadoopConfiguration()
+    except Exception:  # noqa: BLE001
+        return uri
+    try:
+        jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(scheme, hadoop)
+    except Exception as exc:  # Py4J: UnsupportedFileSystemException, ClassNotFoundException
+        first = str(exc).strip().splitlines()
+        why = next((line for line in first if "Exception" in line), first[0] if first else type(exc).__name__)
+        package = _CONNECTORS.get(scheme, "the Hadoop connector for this scheme")
+        raise StageFailed(
+            f"this Spark session cannot read or write {location} ({scheme}://: {why.strip()[:300]}): add {package} "
+            f"and its credentials (spark.hadoop.fs.{scheme}.* settings) to the stage's spark.conf or the cluster's "
+            "configuration, e.g. spark.jars.packages") from None
+    _CHECKED.add(scheme)
+    return uri
+
+
+# What Spark needs for each object store (README "Running on your deployment").
+_CONNECTORS = {
+    "s3a": "org.apache.hadoop:hadoop-aws (the version of Spark's Hadoop, 3.4.x for Spark 4)",
+    "gs": "com.google.cloud.bigdataoss:gcs-connector",
+    "abfs": "org.apache.hadoop:hadoop-azure",
+    "abfss": "org.apache.hadoop:hadoop-azure",
+}
+_CHECKED: set[str] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -51,13 +52,20 @@ class SparkStageOperator(StageOperator):
             raise dependency_failed(exc, self.log) from exc
 
     def submit(self, ctx: Any) -> dict[str, Any]:
+        from pathlib import Path
+
         from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+        from airflow_mlops._core.storage import is_remote
         from airflow_mlops.backends import runtime
         from airflow_mlops.backends.spark.submit import MasterWatch
         from airflow_mlops.stages.spark_master import check_master, master_unreachable, unreachable
 
-        result_file = ctx.output_dir(getattr(self.stage, "output", None)) / RESULT_FILE
+        location = ctx.output_location(getattr(self.stage, "output", None))
+        # The result protocol's file is local to this worker (spark-submit runs the driver here, in
+        # client mode); data on object storage gets a temporary folder for it.
+        folder = Path(tempfile.mkdtemp(prefix="airflow-mlops-result-")) if is_remote(location) else Path(location)
+        result_file = folder / RESULT_FILE
         for stale in (result_file, *outcome_files(result_file)):
             stale.unlink(missing_ok=True)  # never read an earlier try's result
         # spark-submit ships with pyspark next to this interpreter; the hook looks it up on PATH.

@@ -28,8 +28,8 @@ DRIFTED_TAG = "airflow_mlops.drift.drifted"
 def run(spec: "DriftStage", ctx: StageContext) -> dict[str, Any]:
     import mlflow
 
-    reference = read_input(spec.reference) if spec.reference else read_dataset(ctx.find("train_path"))
-    current = read_input(spec.current)
+    reference = read_input(spec.reference, ctx.data_conn_id) if spec.reference else read_dataset(ctx.find("train_path"), conn_id=ctx.data_conn_id)
+    current = read_input(spec.current, ctx.data_conn_id)
     features = spec.features or [c for c in reference.columns if c in current.columns and c not in spec.exclude]
     missing = [c for c in features if c not in reference.columns or c not in current.columns]
     if missing:

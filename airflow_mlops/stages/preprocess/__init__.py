@@ -31,7 +31,7 @@ def run(spec: "PreprocessStage", ctx: StageContext) -> dict[str, Any]:
             )
         df = produced
     else:
-        frames = {name: read_input(source) for name, source in named_inputs(spec).items()}
+        frames = {name: read_input(source, ctx.data_conn_id) for name, source in named_inputs(spec).items()}
         df = import_string(spec.transform)(**frames) if spec.transform else next(iter(frames.values()))
     ctx.log.info("Read %d rows × %d columns", len(df), df.shape[1])
     for step in spec.steps:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.errors import StageFailed
 from airflow_mlops._core.paths import import_string
+from airflow_mlops._core.storage import join
 from airflow_mlops.stages import quality
 from airflow_mlops.stages.preprocess import named_inputs
 from airflow_mlops.stages.spark_session import read, session_for, write
@@ -22,7 +23,7 @@ def run(spec: "PreprocessStage", ctx: StageContext) -> dict[str, Any]:
         if source.sklearn_dataset:
             from airflow_mlops.stages.data import read_input
 
-            frames[name] = spark.createDataFrame(read_input(source))
+            frames[name] = spark.createDataFrame(read_input(source, ctx.data_conn_id))
         else:
             frames[name] = read(spark, source.path, source.format)
     df = features(spark, frames, spec)
@@ -32,14 +33,14 @@ def run(spec: "PreprocessStage", ctx: StageContext) -> dict[str, Any]:
         result["quality"] = quality.enforce(measured, spec.quality, ctx.log)
         result["rows"] = measured["rows"]
 
-    out = ctx.output_dir(spec.output)
+    out = ctx.output_location(spec.output)
     ext = spec.format
     if spec.split is None:
-        result["data_path"] = write(df, str(out / f"data.{ext}"), ext)
+        result["data_path"] = write(df, join(out, f"data.{ext}"), ext)
     else:
         train, test = df.randomSplit([1 - spec.split.test_fraction, spec.split.test_fraction], seed=spec.split.seed)
-        result["train_path"] = write(train, str(out / f"train.{ext}"), ext)
-        result["test_path"] = write(test, str(out / f"test.{ext}"), ext)
+        result["train_path"] = write(train, join(out, f"train.{ext}"), ext)
+        result["test_path"] = write(test, join(out, f"test.{ext}"), ext)
     ctx.log.info("Wrote %s", {k: v for k, v in result.items() if k.endswith("_path")})
     return result
 

@@ -27,7 +27,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
 
     served = serving_model(spec.model, ctx)
     model_uri = served["model_uri"]
-    df = read_input(spec.input) if spec.input else read_dataset(ctx.find("test_path"))
+    df = read_input(spec.input, ctx.data_conn_id) if spec.input else read_dataset(ctx.find("test_path"), conn_id=ctx.data_conn_id)
     use_store(ctx.mlflow)
     model = mlflow.pyfunc.load_model(model_uri)
     schema = model.metadata.get_input_schema()

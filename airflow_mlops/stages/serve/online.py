@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.errors import StageFailed
+from airflow_mlops._core.paths import mlops_home
+from airflow_mlops._core.storage import is_remote
 from airflow_mlops.stages.data import read_dataset, read_input
 
 if TYPE_CHECKING:
@@ -30,7 +32,10 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
 
     served = serving_model(spec.model, ctx)
     model_uri = served["model_uri"]
-    state = Path(ctx.data_dir) / ctx.stage_name / "online.json"  # per pipeline, not per run
+    # Per pipeline, not per run; the server runs on this worker, so its state is on this worker's
+    # disk (under AIRFLOW_MLOPS_HOME when data_dir is object storage).
+    root = Path(mlops_home()) / "serving" / ctx.pipeline_id if is_remote(ctx.data_dir) else Path(ctx.data_dir)
+    state = root / ctx.stage_name / "online.json"
     stop_previous(state, ctx)
     env = {**os.environ, "MLFLOW_TRACKING_URI": ctx.mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": ctx.mlflow.tracking_uri,
            # MLflow starts `uvicorn` from PATH: put this interpreter's scripts first, since a worker
@@ -48,7 +53,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     ctx.log.info("Started the MLflow model server for %s at %s (pid %d, log %s)", model_uri, endpoint, server.pid, log_path)
     wait_ready(endpoint, server, log_path)
 
-    sample = read_input(spec.input) if spec.input else read_dataset(ctx.find("test_path"))
+    sample = read_input(spec.input, ctx.data_conn_id) if spec.input else read_dataset(ctx.find("test_path"), conn_id=ctx.data_conn_id)
     answer = predict(endpoint, sample.head(5), ctx.find("features", required=False))
     ctx.log.info("The server answered a prediction for 5 rows: %s", answer)
     return {"endpoint": f"{endpoint}/invocations", "pid": server.pid, **served, "sample_predictions": answer}

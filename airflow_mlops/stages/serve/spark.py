@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_mlops._core.context import StageContext
 from airflow_mlops._core.errors import StageFailed
 from airflow_mlops._core.mlflow import use_store
+from airflow_mlops._core.storage import join
 from airflow_mlops.stages.serve.model import serving_model
 from airflow_mlops.stages.spark_session import read, session_for, write
 
@@ -39,8 +40,7 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
         # env_manager="local": the executors use this environment, which already has the model's libraries.
         predict = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type=result_type(signature))
         scored = df.withColumn("prediction", predict(F.struct(*[F.col(c) for c in columns])))
-    out = ctx.output_dir(spec.output)
-    path = write(scored, str(out / f"predictions.{spec.format}"), spec.format)
+    path = write(scored, join(ctx.output_location(spec.output), f"predictions.{spec.format}"), spec.format)
     rows = read(spark, path, spec.format).count()  # from the written files: the model runs once
     ctx.log.info("Scored %s rows with %s into %s", rows, model_uri, path)
     return {"predictions_path": path, "rows": rows, **served}

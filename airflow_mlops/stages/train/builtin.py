@@ -34,8 +34,8 @@ class BuiltinTrainer:
 
         data = self.job.data
         assert data is not None
-        train_df = read_dataset(data.train_path)
-        test_df = read_dataset(data.test_path) if data.test_path else train_df
+        train_df = read_dataset(data.train_path, conn_id=data.conn_id)
+        test_df = read_dataset(data.test_path, conn_id=data.conn_id) if data.test_path else train_df
         if data.target not in train_df.columns:
             raise StageFailed(f"target column '{data.target}' is not in the training data; columns: {list(train_df.columns)}")
         self.frames = train_df, test_df

@@ -48,6 +48,7 @@ class TrainData(BaseModel):
     test_path: str | None = None
     target: str
     features: list[str] | None = None
+    conn_id: str | None = None  # the Airflow connection for object-storage paths (_core.storage)
 
 
 class BuiltinTraining(BaseModel):
@@ -156,7 +157,7 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
         sample_interval_s=settings.get("sample_interval") or 1.0,
         prometheus_port=settings.get("prometheus_port"), pushgateway_url=settings.get("pushgateway_url"),
         data=TrainData(train_path=ctx.find("train_path"), test_path=ctx.find("test_path"), target=spec.target,
-                       features=spec.features),
+                       features=spec.features, conn_id=ctx.data_conn_id),
     )
 
 

@@ -98,8 +98,8 @@ def datasets(data: dict[str, Any] | None) -> dict[str, Any]:
     from airflow_mlops._core.errors import StageFailed
     from airflow_mlops.stages.data import read_dataset
 
-    train = read_dataset(data["train_path"])
-    test = read_dataset(data["test_path"]) if data.get("test_path") else None
+    train = read_dataset(data["train_path"], conn_id=data.get("conn_id"))
+    test = read_dataset(data["test_path"], conn_id=data.get("conn_id")) if data.get("test_path") else None
     if data["target"] not in train.columns:
         raise StageFailed(f"target column '{data['target']}' is not in the training data; columns: {list(train.columns)}")
     features = data.get("features") or [c for c in train.columns if c != data["target"]]
