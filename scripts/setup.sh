@@ -27,3 +27,20 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "==> chromium is not installed: the browser tests (tests/test_ui_plugin.py) will be skipped" >&2
   fi
 fi
+# The S3-protocol server the object-storage and deployment tests run against: moto's standalone
+# server, in its own virtualenv (moto pins libraries Airflow needs at other versions).
+if [ ! -x .venv-moto/bin/moto_server ]; then
+  echo "==> installing moto[server] into .venv-moto (the tests' S3-protocol server)"
+  "$PYTHON" -m venv .venv-moto
+  .venv-moto/bin/python -m pip install --quiet "moto[server]==5.2.6"
+fi
+# The deployment tests (tests/deployment) run Airflow on Postgres with Celery over Redis, as
+# production Airflows do: Debian's servers, installed when missing and apt-get can be used.
+if ! [ -x /usr/lib/postgresql/15/bin/initdb ] || ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "==> installing postgresql and redis-server (apt-get) for the deployment tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
+  else
+    echo "==> postgresql or redis-server is not installed: the deployment tests will be skipped" >&2
+  fi
+fi
