@@ -104,7 +104,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nshedule: daily\nstages:\n  validate: {}\n",
             ["2:1 shedule: unknown key 'shedule'; expected one of 'backend', 'dag', 'mlflow', 'resource_profiles', "
-             "'data_dir', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'params', 'id', 'description', 'stages'"],
+             "'data_dir', 'data_conn_id', 'spark', 'kubernetes', 'prices', 'gpu_metrics', 'params', 'id', 'description', 'stages'"],
             id="unknown-top-key",
         ),
         pytest.param(

@@ -125,6 +125,9 @@ class StageBase(Strict):
     retries: int | None = Field(None, ge=0)
     execution_timeout: Duration | None = None
     doc: str | None = Field(None, description="Shown in the Airflow UI on the stage's tasks.")
+    queue: str | None = Field(None, description="The executor queue of the stage's tasks (Celery: the workers that "
+                              "listen on it, e.g. GPU machines); default Airflow's [operators] default_queue.")
+    pool: str | None = Field(None, description="The Airflow pool the stage's tasks take a slot of.")
     kubernetes: KubernetesSettings | None = Field(None, description="Overrides the pipeline's kubernetes settings.")
 
     _durations = field_validator("execution_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))

@@ -31,6 +31,9 @@ def stage_task_args(stage: Any) -> dict[str, Any]:
         task_args["retries"] = stage.retries
     if stage.execution_timeout is not None:
         task_args["execution_timeout"] = stage.execution_timeout
+    for name in ("queue", "pool"):
+        if getattr(stage, name, None) is not None:
+            task_args[name] = getattr(stage, name)
     return task_args
 
 

@@ -1,0 +1,106 @@
+"""The package on a production-shaped deployment (``tests/deployment/stack.py``): Postgres, Redis,
+CeleryExecutor with two workers that share no disk, an MLflow server on Postgres with artifacts in
+a bucket, stage data in the bucket. Runs are triggered through the REST API, as the UI does.
+
+One deployment for the module (it takes a few minutes to start here); the tests run in file order
+and build on each other's runs where said.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from tests.deployment import stack
+
+pytestmark = pytest.mark.skipif(stack.available() is not None and not os.environ.get("CI"),
+                                reason=stack.available() or "")
+
+LOADER = "# Airflow DAGs from the pipeline YAMLs in this folder\nfrom airflow_mlops import load_pipelines\n\n" \
+         "load_pipelines(globals())\n"
+
+
+def batch_pipeline(pid: str, bucket: str, queues: dict[str, str] | None = None) -> str:
+    """The demo's batch pipeline (example_configs/breast_cancer.yaml) with its data in the bucket,
+    MLflow through the deployment's connection, and each stage on the queue given."""
+    q = queues or {}
+
+    def on(stage: str) -> str:
+        return f"\n    queue: {q[stage]}" if stage in q else ""
+    return f"""
+id: {pid}
+dag: {{schedule: null, retries: 1, retry_delay: 5s}}
+data_dir: s3://{bucket}/pipelines/{pid}
+data_conn_id: stage_data
+mlflow: {{conn_id: mlflow_server, registered_model: {pid}_model}}
+stages:
+  preprocess:
+    input: {{sklearn_dataset: breast_cancer}}
+    split: {{test_fraction: 0.25, stratify: target, seed: 7}}{on("preprocess")}
+  train:
+    estimator: sklearn.ensemble.RandomForestClassifier
+    params: {{n_estimators: 20, max_depth: 6, random_state: 7}}
+    target: target{on("train")}
+  validate:
+    thresholds: {{accuracy: {{min: 0.9}}}}{on("validate")}
+  serve:
+    mode: batch{on("serve")}
+"""
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    why = stack.available()
+    if why:
+        pytest.fail(f"the deployment tests need {why}")
+    started = time.monotonic()
+    d = stack.Deployment(tmp_path_factory.mktemp("deployment"))
+    try:
+        d.start()
+    except BaseException:
+        print(d.output_tail())
+        d.stop()
+        raise
+    print(f"deployment up in {time.monotonic() - started:.0f} s")
+    yield d
+    d.stop()
+
+
+def mlflow_client(d: stack.Deployment):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=d.mlflow_uri, registry_uri=d.mlflow_uri)
+
+
+def test_stages_forced_onto_two_workers_pass_their_data_through_the_bucket(deployment):
+    d = deployment
+    queues = {"preprocess": "a", "train": "b", "validate": "a", "serve": "b"}
+    d.publish({"pipelines.py": LOADER, "spread.yaml": batch_pipeline("spread", d.bucket, queues)})
+    d.wait_for_dags(["spread"])
+    started = time.monotonic()
+    run_id = d.trigger("spread")
+    states = d.wait_for_run("spread", run_id)
+    took = time.monotonic() - started
+    assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "success",
+                      "serve.run": "success"}, d.output_tail()
+    # Each task's log is where it ran: every stage on the worker of its queue.
+    ran_on = {task: w for w in stack.WORKERS for task in d.worker_logs(w, "spread", run_id)}
+    assert ran_on == {"preprocess.run": "a", "train.run": "b", "validate.run": "a", "serve.run": "b"}
+    # The data is in the bucket, nowhere on a worker's disk.
+    keys = d.s3.keys(d.bucket, "pipelines/spread/")
+    assert [re.sub(r"/[^/]+/([^/]+)$", r"/<run>/\1", k) for k in keys] == [
+        "pipelines/spread/preprocess/<run>/test.parquet", "pipelines/spread/preprocess/<run>/train.parquet",
+        "pipelines/spread/serve/<run>/predictions.parquet"]
+    for w in stack.WORKERS:
+        assert not list((d.worker_home(w) / "mlops").rglob("*.parquet")), w
+        assert not list(d.worker_home(w).rglob("s3:*")), w
+    client = mlflow_client(d)
+    versions = client.search_model_versions("name = 'spread_model'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert {k: str(v) for k, v in client.get_registered_model("spread_model").aliases.items()} == {"champion": "1"}
+    # The model's artifacts went through the server into the bucket.
+    assert any(k.startswith("mlflow/") for k in d.s3.keys(d.bucket, "mlflow/"))
+    print(f"one batch run across two workers: {took:.0f} s")
