@@ -124,7 +124,7 @@ class Deployment:
         sql = self.postgres.url("airflow", "postgresql+psycopg2")
         env.update(
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
-            AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+            AIRFLOW__CORE__EXECUTOR="airflow.providers.celery.executors.celery_executor.CeleryExecutor",
             AIRFLOW__CORE__PARALLELISM="8",
             AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="600",
             AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sql,
