@@ -142,6 +142,9 @@ class Deployment:
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
             AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC="2",
             AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="1200",
+            # A worker killed under a task: its task is failed (and retried) 30 s after its last heartbeat.
+            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="30",
+            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL="5",
             PYTHONUNBUFFERED="1",
         )
         return env
@@ -197,16 +200,20 @@ class Deployment:
             args = [str(BIN / "airflow"), name] + (["--port", str(self.port)] if name == "api-server" else [])
             self._spawn(name, args, self.control_env(), self.home / "control")
         for name in WORKERS:
-            home = self.worker_home(name)
-            for folder in ("airflow", "dags", "mlops", "cwd"):
-                (home / folder).mkdir(parents=True, exist_ok=True)
-            self._spawn(f"worker-{name}", [str(BIN / "airflow"), "celery", "worker", "-q", f"default,{name}",
-                                           "--celery-hostname", f"worker_{name}@%h", "--concurrency", "2"],
-                        self.worker_env(name), home / "cwd")
+            self.start_worker(name)
         _wait(lambda: urllib.request.urlopen(f"{self.mlflow_uri}/health", timeout=3).status == 200,
               "mlflow server", timeout, self._check_alive)
         self.wait_healthy(timeout)
         return self
+
+    def start_worker(self, name: str) -> None:
+        """Start (or start again, after ``kill``) Celery worker ``name`` on queues default and ``name``."""
+        home = self.worker_home(name)
+        for folder in ("airflow", "dags", "mlops", "cwd"):
+            (home / folder).mkdir(parents=True, exist_ok=True)
+        self._spawn(f"worker-{name}", [str(BIN / "airflow"), "celery", "worker", "-q", f"default,{name}",
+                                       "--celery-hostname", f"worker_{name}@%h", "--concurrency", "2"],
+                    self.worker_env(name), home / "cwd")
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
         out = open(self.home / f"{name}.out", "ab")  # noqa: SIM115 - kept open for the process's life

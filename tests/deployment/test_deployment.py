@@ -104,3 +104,60 @@ def test_stages_forced_onto_two_workers_pass_their_data_through_the_bucket(deplo
     # The model's artifacts went through the server into the bucket.
     assert any(k.startswith("mlflow/") for k in d.s3.keys(d.bucket, "mlflow/"))
     print(f"one batch run across two workers: {took:.0f} s")
+
+
+SLOW_TRAIN = """
+import time
+
+
+def fit_slowly(train, test, target, features, params):
+    \"\"\"Fits, then takes its time: long enough for the test to kill the worker under it.\"\"\"
+    from sklearn.ensemble import RandomForestClassifier
+
+    model = RandomForestClassifier(n_estimators=10, random_state=0).fit(train[features], train[target])
+    time.sleep(float(params.get("sleep", 0)))
+    return model, {"accuracy": float(model.score(test[features], test[target]))}
+"""
+
+
+def test_a_worker_killed_under_training_costs_no_duplicate_work(deployment):
+    """SIGKILL the Celery worker (and its task processes) while it trains: the task is retried on
+    the other worker, the run ends green with one registered version, and the bucket holds only
+    whole datasets."""
+    d = deployment
+    text = batch_pipeline("lost", d.bucket).replace(
+        "    estimator: sklearn.ensemble.RandomForestClassifier\n"
+        "    params: {n_estimators: 20, max_depth: 6, random_state: 7}\n",
+        "    callable: slow_train:fit_slowly\n    params: {sleep: 20}\n")
+    assert "slow_train:fit_slowly" in text
+    d.publish({"slow_train.py": SLOW_TRAIN, "lost.yaml": text})
+    d.wait_for_dags(["lost"])
+    run_id = d.trigger("lost")
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline:
+        for w in stack.WORKERS:
+            logs = d.worker_logs(w, "lost", run_id).get("train.run", [])
+            if any("MLflow run" in p.read_text(errors="replace") for p in logs):
+                victim = w
+        time.sleep(1)
+    assert victim is not None, d.output_tail()
+    d.kill(f"worker-{victim}")
+    killed_at = time.monotonic()
+    try:
+        states = d.wait_for_run("lost", run_id)
+    finally:
+        d.start_worker(victim)
+    survivor = next(w for w in stack.WORKERS if w != victim)
+    assert states == {"preprocess.run": "success", "train.run": "success", "validate.run": "success",
+                      "serve.run": "success"}, d.output_tail()
+    ti = d.task_instance("lost", run_id, "train.run")
+    assert ti["try_number"] == 2
+    assert "train.run" in d.worker_logs(survivor, "lost", run_id)
+    client = mlflow_client(d)
+    assert [str(v.version) for v in client.search_model_versions("name = 'lost_model'")] == ["1"]
+    runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # the lost try's run, closed by the retry
+    keys = d.s3.keys(d.bucket, "pipelines/lost/")
+    assert all(k.endswith((".parquet",)) for k in keys) and len(keys) == 3, keys
+    print(f"worker {victim} killed under training; the run ended green {time.monotonic() - killed_at:.0f} s later")
