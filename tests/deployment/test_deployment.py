@@ -161,3 +161,67 @@ def test_a_worker_killed_under_training_costs_no_duplicate_work(deployment):
     keys = d.s3.keys(d.bucket, "pipelines/lost/")
     assert all(k.endswith((".parquet",)) for k in keys) and len(keys) == 3, keys
     print(f"worker {victim} killed under training; the run ended green {time.monotonic() - killed_at:.0f} s later")
+
+
+def _group_rss_mib(pgid: int) -> float:
+    """Resident memory of every process in process group ``pgid`` (a worker and its task
+    processes), MiB, from /proc."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5 of stat: the process group
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 2**20
+
+
+def test_twenty_runs_of_five_pipelines_at_once_all_end_green_with_nothing_missing(deployment):
+    import threading
+
+    d = deployment
+    pipelines = [f"load_{i}" for i in range(5)]
+    d.publish({f"{pid}.yaml": batch_pipeline(pid, d.bucket) for pid in pipelines})
+    d.wait_for_dags(pipelines)
+    peak = {w: 0.0 for w in stack.WORKERS}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for w in stack.WORKERS:
+                peak[w] = max(peak[w], _group_rss_mib(d.processes[f"worker-{w}"].pid))
+            stop.wait(1)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    runs = [(pid, d.trigger(pid)) for _ in range(4) for pid in pipelines]  # 20 runs, triggered at once
+    try:
+        states = {(pid, run): d.wait_for_run(pid, run, timeout=2400) for pid, run in runs}
+    finally:
+        stop.set()
+        sampler.join()
+    took = time.monotonic() - started
+    failed = {key: s for key, s in states.items() if set(s.values()) != {"success"}}
+    assert not failed, failed
+    client = mlflow_client(d)
+    from airflow_mlops._core.names import safe_run_key
+
+    for pid in pipelines:
+        versions = client.search_model_versions(f"name = '{pid}_model'")
+        by_run = sorted(client.get_run(v.run_id).data.tags["airflow.run_id"] for v in versions)
+        assert by_run == sorted(run for p, run in runs if p == pid), pid  # one version per run, none twice
+        keys = d.s3.keys(d.bucket, f"pipelines/{pid}/")
+        for p, run in runs:
+            if p == pid:
+                key = safe_run_key(run)
+                assert {f"pipelines/{pid}/preprocess/{key}/train.parquet", f"pipelines/{pid}/preprocess/{key}/test.parquet",
+                        f"pipelines/{pid}/serve/{key}/predictions.parquet"} <= set(keys), (pid, run)
+    ran = {w: sum(len(d.worker_logs(w, p, run)) for p, run in runs) for w in stack.WORKERS}
+    assert all(ran.values()), ran  # both workers took part
+    print(f"20 runs of 5 pipelines (80 tasks): all green in {took:.0f} s; tasks per worker {ran}; "
+          f"peak resident memory per worker (its task processes included): "
+          + ", ".join(f"{w} {peak[w]:.0f} MiB" for w in stack.WORKERS))
