@@ -235,10 +235,15 @@ class MlflowStoreSource(Strict):
     kind: Literal["mlflow"] = "mlflow"
     name: str = Field("mlflow", pattern=NAME)
     tracking_uri: str | None = Field(None, description="sqlite:////abs/mlflow.db; default: resolved like the stages do.")
+    backend_store_uri: str | None = Field(
+        None, description="A tracking server's database on Postgres (postgresql://user:password@host:port/db, its "
+        "--backend-store-uri): dumped consistently with pg_dump instead of reading tracking_uri.")
     artifacts: str | None = Field(
-        None, description="The tracking server's artifact folder (its --artifacts-destination, where mlflow-artifacts:/ "
-        "URIs point); default: mlartifacts/ beside the database.",
+        None, description="The tracking server's artifact folder or bucket (its --artifacts-destination, where "
+        "mlflow-artifacts:/ URIs point: /srv/mlartifacts or s3://bucket/prefix); default: mlartifacts/ beside the "
+        "database.",
     )
+    artifacts_conn_id: str | None = Field(None, description="The Airflow connection for an artifacts URI.")
     include_artifacts: bool = True
     on_uncopyable_artifacts: Literal["fail", "skip"] = Field(
         "fail", description="A referenced artifact location that cannot be copied from here (remote URI, relative "
@@ -317,6 +322,13 @@ class RestoreSpec(_Target):
         True, description="Point a restored MLflow store at the restored artifact folders (dest/<source>/…), so its "
         "models load from there; false keeps the original paths in the database.",
     )
+    mlflow_backend_store_uri: str | None = Field(
+        None, description="For an MLflow source backed up from Postgres: the empty Postgres database to restore its "
+        "dump into (postgresql://…).")
+    mlflow_artifacts: str | None = Field(
+        None, description="For an MLflow source whose artifacts were in a bucket: the bucket URI to upload them into "
+        "(the restored tracking server's --artifacts-destination).")
+    mlflow_artifacts_conn_id: str | None = Field(None, description="The Airflow connection for mlflow_artifacts.")
 
     _dest = field_validator("dest", mode="before")(classmethod(lambda cls, v: _local_path(v)))
 

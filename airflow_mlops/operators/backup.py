@@ -68,6 +68,11 @@ class RestoreOperator(SpecArgsOperator):
     :param target, name, conn_id, storage_options: as for ``BackupOperator``.
     :param dest: folder to restore into. :param snapshot: snapshot id (default: the newest).
     :param sources: restore only these sources. :param overwrite: replace existing files.
+    :param relocate_mlflow_artifacts: point a restored SQLite/file MLflow store at the restored
+        artifact folders (default True).
+    :param mlflow_backend_store_uri / mlflow_artifacts / mlflow_artifacts_conn_id: for an MLflow
+        source backed up from Postgres and a bucket: the empty database its dump is restored into
+        and the bucket its artifacts are uploaded to (through that connection).
 
     A corrupted or missing file is never written; the task then fails (without retrying) with
     the list of every such file. A damaged or missing manifest fails it too, naming the newest
@@ -89,11 +94,18 @@ class RestoreOperator(SpecArgsOperator):
         name: str = "default",
         conn_id: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        relocate_mlflow_artifacts: bool = True,
+        mlflow_backend_store_uri: str | None = None,
+        mlflow_artifacts: str | None = None,
+        mlflow_artifacts_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         data = {"target": target, "dest": dest, "snapshot": snapshot, "sources": list(sources) if sources else None,
-                "overwrite": overwrite, "name": name, "conn_id": conn_id, "storage_options": storage_options or {}}
+                "overwrite": overwrite, "name": name, "conn_id": conn_id, "storage_options": storage_options or {},
+                "relocate_mlflow_artifacts": relocate_mlflow_artifacts,
+                "mlflow_backend_store_uri": mlflow_backend_store_uri, "mlflow_artifacts": mlflow_artifacts,
+                "mlflow_artifacts_conn_id": mlflow_artifacts_conn_id}
         self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port
+from tests.helpers import free_port  # noqa: F401 (re-exported for the tests)
 from tests.s3_helpers import S3Server
 
 BIN = Path(sys.executable).parent

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -225,3 +226,83 @@ def test_twenty_runs_of_five_pipelines_at_once_all_end_green_with_nothing_missin
     print(f"20 runs of 5 pipelines (80 tasks): all green in {took:.0f} s; tasks per worker {ran}; "
           f"peak resident memory per worker (its task processes included): "
           + ", ".join(f"{w} {peak[w]:.0f} MiB" for w in stack.WORKERS))
+
+
+BACKUP_DAG = """
+# Airflow DAG: back up the deployment's MLflow (Postgres + bucket), restore it elsewhere
+from airflow.sdk import DAG
+from airflow_mlops.operators.backup import BackupOperator, RestoreOperator
+
+with DAG("mlflow_backup", schedule=None):
+    backup = BackupOperator(
+        task_id="backup", target="s3://{bucket}/backups", conn_id="stage_data", name="mlflow", queue="a",
+        sources=[{{"kind": "mlflow", "backend_store_uri": "{db}", "artifacts": "s3://{bucket}/mlflow",
+                   "artifacts_conn_id": "stage_data"}}])
+    restore = RestoreOperator(
+        task_id="restore", target="s3://{bucket}/backups", conn_id="stage_data", name="mlflow", queue="b",
+        dest="{dest}", mlflow_backend_store_uri="{restored_db}", mlflow_artifacts="s3://{restored}/mlflow",
+        mlflow_artifacts_conn_id="stage_data")
+    backup >> restore
+"""
+
+
+def _registry(client) -> dict:
+    """What a restore must give back, read through the MLflow client."""
+    out: dict = {"experiments": {}, "models": {}}
+    for e in client.search_experiments():
+        runs = client.search_runs([e.experiment_id])
+        out["experiments"][e.name] = sorted((r.info.run_id, r.info.status, tuple(sorted(r.data.metrics.items())))
+                                            for r in runs)
+    for m in client.search_registered_models():
+        versions = client.search_model_versions(f"name = '{m.name}'")
+        out["models"][m.name] = {"versions": sorted((str(v.version), v.run_id) for v in versions),
+                                 "aliases": {k: str(v) for k, v in (m.aliases or {}).items()}}
+    return out
+
+
+def test_the_mlflow_store_on_postgres_and_its_bucket_are_backed_up_and_restored_elsewhere(deployment, tmp_path):
+    """A BackupOperator on worker a dumps the tracking server's Postgres database and copies its
+    artifact bucket into a snapshot in the bucket; a RestoreOperator on worker b restores it into
+    an empty database and an empty bucket. A second tracking server on those serves the same
+    experiments, runs, versions and aliases, and the same model artifacts."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    d = deployment
+    restored_bucket = d.s3.bucket("restored")
+    restored_db = d.postgres.create("mlflow_restored")
+    d.publish({"mlflow_backup.py": BACKUP_DAG.format(
+        bucket=d.bucket, db=d.postgres.url("mlflow"), dest=tmp_path / "restore", restored_db=restored_db,
+        restored=restored_bucket)})
+    d.wait_for_dags(["mlflow_backup"])
+    before = _registry(mlflow_client(d))
+    assert before["models"], "the earlier tests registered models to back up"
+    run_id = d.trigger("mlflow_backup")
+    states = d.wait_for_run("mlflow_backup", run_id)
+    assert states == {"backup": "success", "restore": "success"}, d.output_tail()
+    assert d.s3.keys(d.bucket, "backups/")
+    port = stack.free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", restored_db, "--artifacts-destination",
+         f"s3://{restored_bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}, **d.s3.env},
+        stdout=open(tmp_path / "restored-mlflow.out", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        stack._wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3).status == 200,
+                    "restored mlflow server", 300)
+        import mlflow
+
+        restored = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
+        assert _registry(restored) == before
+        # The artifacts came back too: a champion's model files download from the restored server.
+        name, model = next(iter(before["models"].items()))
+        version = restored.get_model_version(name, model["aliases"]["champion"])
+        mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
+        mlflow.set_registry_uri(f"http://127.0.0.1:{port}")
+        files = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
+                                                    dst_path=str(tmp_path / "model"))
+        assert list(Path(files).rglob("MLmodel")), files
+    finally:
+        os.killpg(server.pid, 9)
+        server.wait(30)

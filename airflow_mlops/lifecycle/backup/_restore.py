@@ -199,7 +199,35 @@ def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = Non
         raise RestoreError(_problems(spec.name, snap, corrupted, missing), corrupted, missing)
     if spec.relocate_mlflow_artifacts:
         summary["relocated"] = mlflow_store.relocate(manifest.sources, wanted, dest, logger)
+    servers = {n: d for n, d in manifest.sources.items() if d.get("backend") == "postgresql"
+               and (wanted is None or n in wanted)}
+    if servers:
+        summary["mlflow_servers"] = _restore_server_stores(spec, servers, dest, logger)
     return summary
+
+
+def _restore_server_stores(spec: RestoreSpec, servers: dict[str, Any], dest: str, logger: logging.Logger) -> dict:
+    """A Postgres-backed MLflow source: its dump into ``mlflow_backend_store_uri`` and its bucket's
+    objects into ``mlflow_artifacts``, when the spec names them (else the files stay in ``dest``)."""
+    from airflow_mlops.lifecycle.backup import _mlflow_server_store as server_store
+
+    done: dict[str, Any] = {}
+    for name, described in servers.items():
+        entry: dict[str, Any] = {"dump": os.path.join(dest, name, server_store.DUMP)}
+        if spec.mlflow_backend_store_uri:
+            server_store.restore(entry["dump"], spec.mlflow_backend_store_uri)
+            entry["database"] = server_store.shown(spec.mlflow_backend_store_uri)
+            logger.info("MLflow store '%s': database restored into %s", name, entry["database"])
+        bucket = os.path.join(dest, name, server_store.BUCKET_PREFIX)
+        if spec.mlflow_artifacts and os.path.isdir(bucket):
+            entry["artifacts"] = server_store.upload(bucket, spec.mlflow_artifacts, spec.mlflow_artifacts_conn_id)
+            logger.info("MLflow store '%s': %d artifact object(s) uploaded to %s", name, entry["artifacts"],
+                        spec.mlflow_artifacts)
+            old = described.get("artifacts_uri")
+            if old and spec.mlflow_backend_store_uri:
+                entry["relocated"] = server_store.relocate(spec.mlflow_backend_store_uri, old, spec.mlflow_artifacts)
+        done[name] = entry
+    return done
 
 
 def _restore_file(t: Target, dest: str, key: str, entry: FileEntry, made: set[str]) -> str:

@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_mlops.lifecycle.backup import _mlflow_server_store as mlflow_server_store
 from airflow_mlops.lifecycle.backup import _mlflow_store as mlflow_store
 from airflow_mlops.lifecycle.backup._manifest import BackupError, FileEntry, safe_rel
 from airflow_mlops.lifecycle.paths import Matcher, ScanReport, expand_path, walk_dirs
@@ -148,6 +149,9 @@ def collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> N
     it references (see ``mlflow_store``). A referenced location that cannot be copied (a remote
     URI, a relative path) is named in the summary, and fails the backup unless the source says
     ``on_uncopyable_artifacts: skip``."""
+    if mlflow_server_store.is_postgres(source.backend_store_uri):
+        _collect_server_store(source, staging, out)
+        return
     uri = source.tracking_uri
     artifacts = source.artifacts
     if uri is None:
@@ -205,3 +209,26 @@ def collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> N
         if default_root:
             described["artifacts"] = default_root
     out.described[source.name] = described
+
+
+def _collect_server_store(source: MlflowStoreSource, staging: str, out: Collected) -> None:
+    """A tracking server's store: a pg_dump of its Postgres database (always copied) and, with
+    ``include_artifacts``, every object of its artifact destination when that is a bucket (staged
+    on local disk first), or the folder when it is local."""
+    stage_dir = os.path.join(staging, "mlflow-" + source.name)
+    os.makedirs(stage_dir)
+    dump = mlflow_server_store.dump(source.backend_store_uri, stage_dir)
+    out.to_copy.append(FileToCopy(f"{source.name}/{mlflow_server_store.DUMP}", dump, os.path.getsize(dump), -1, 0o644))
+    out.described[source.name] = mlflow_server_store.describe(source)
+    artifacts = source.artifacts
+    if not (source.include_artifacts and artifacts):
+        return
+    if "://" in artifacts and not artifacts.startswith("file://"):
+        folder = os.path.join(staging, "mlflow-" + source.name + "-bucket")
+        os.makedirs(folder)
+        mlflow_server_store.download(artifacts, source.artifacts_conn_id, folder)
+        collect_tree(source.name, mlflow_server_store.BUCKET_PREFIX, folder, Matcher(["*"]), out)
+    else:
+        root = os.path.realpath(expand_path(artifacts))
+        collect_tree(source.name, mlflow_store.DEFAULT_PREFIX, root, Matcher(["*"]), out)
+        out.described[source.name]["artifact_roots"] = {mlflow_store.DEFAULT_PREFIX: root}
