@@ -228,6 +228,75 @@ def test_twenty_runs_of_five_pipelines_at_once_all_end_green_with_nothing_missin
           + ", ".join(f"{w} {peak[w]:.0f} MiB" for w in stack.WORKERS))
 
 
+def test_a_stream_run_and_a_run_started_by_a_kafka_message_on_the_deployment(deployment):
+    """The stream pipeline scores records with the champion an earlier run promoted (through the
+    MLflow server), on a worker, with the Kafka connection stored in Postgres; a pipeline with
+    ``dag.trigger.kafka`` is started by one message (the triggerer watches the topic) and runs green
+    with its data in the bucket."""
+    import json
+
+    from sklearn.datasets import load_breast_cancer
+
+    from tests.kafka_helpers import produce, read_all, shared_broker, unique
+
+    d = deployment
+    broker = shared_broker()
+    records, scored, dead, labels = unique("tumours"), unique("scored"), unique("dlq"), unique("labels")
+    for topic in (records, scored, dead, labels):
+        broker.create_topic(topic, 1)
+    kafka = {"bootstrap.servers": broker.bootstrap_servers, "auto.offset.reset": "earliest",
+             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+    d.cli("connections", "add", "kafka_deploy", "--conn-type", "kafka", "--conn-extra",
+          json.dumps({**kafka, "group.id": unique("scoring")}))
+    d.cli("connections", "add", "kafka_watch", "--conn-type", "kafka", "--conn-extra",
+          json.dumps({**kafka, "group.id": unique("watcher")}))
+    d.publish({"scoring.yaml": f"""
+id: scoring
+dag: {{schedule: null}}
+mlflow: {{conn_id: mlflow_server, registered_model: spread_model}}
+stages:
+  serve:
+    mode: stream
+    queue: b
+    stream:
+      kafka_conn_id: kafka_deploy
+      topics: {records}
+      output_topic: {scored}
+      dead_letter_topic: {dead}
+      model_uri: models:/spread_model@champion
+      output_fields: [id]
+      batch_size: 50
+      idle_timeout: 5
+      max_duration: 300
+""", "on_labels.yaml": batch_pipeline("on_labels", d.bucket).replace(
+        "dag: {schedule: null, retries: 1, retry_delay: 5s}",
+        f"dag:\n  retries: 1\n  trigger: {{kafka: {{topics: [{labels}], connection: kafka_watch}}}}")})
+    d.wait_for_dags(["scoring", "on_labels"])
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(100)
+    rows = [(f"t-{i}".encode(), json.dumps({"id": f"t-{i}", **row}).encode())
+            for i, row in enumerate(frame.to_dict(orient="records"))]
+    produce(broker, records, rows + [(b"t-garbled", b"{not json")])
+    run_id = d.trigger("scoring")
+    assert d.wait_for_run("scoring", run_id) == {"serve.run": "success"}, d.output_tail()
+    predictions = {json.loads(r.value)["id"] for r in read_all(broker, scored)}
+    assert predictions == {f"t-{i}" for i in range(100)}
+    assert [r.key for r in read_all(broker, dead)] == [b"t-garbled"]
+    assert "serve.run" in d.worker_logs("b", "scoring", run_id)
+
+    d.api("PATCH", "/dags/on_labels", {"is_paused": False})
+    produce(broker, labels, [(b"labels-1", b'{"rows": 569}')])
+    runs: list = []
+    deadline = time.monotonic() + 300
+    while not runs and time.monotonic() < deadline:
+        time.sleep(3)
+        runs = d.api("GET", "/dags/on_labels/dagRuns")["dag_runs"]
+    assert runs, "no run was queued by the message\n" + d.output_tail()
+    assert runs[0]["run_type"] == "asset_triggered", runs
+    states = d.wait_for_run("on_labels", runs[0]["dag_run_id"])
+    assert set(states.values()) == {"success"}, states
+    assert d.s3.keys(d.bucket, "pipelines/on_labels/preprocess/")
+
+
 BACKUP_DAG = """
 # Airflow DAG: back up the deployment's MLflow (Postgres + bucket), restore it elsewhere
 from airflow.sdk import DAG
