@@ -375,3 +375,32 @@ def test_the_mlflow_store_on_postgres_and_its_bucket_are_backed_up_and_restored_
     finally:
         os.killpg(server.pid, 9)
         server.wait(30)
+
+
+RETENTION_DAG = """
+# Airflow DAG: keep the newest version of each load_* model (and every version behind an alias)
+from airflow.sdk import DAG
+from airflow_mlops.operators.retention import RetentionCleanupOperator
+
+with DAG("mlflow_retention", schedule=None):
+    RetentionCleanupOperator(
+        task_id="cleanup", mlflow={"conn_id": "mlflow_server"},
+        policies=[{"kind": "mlflow_model_versions", "models": ["load_*"], "keep_last": 1}])
+"""
+
+
+def test_a_retention_run_through_the_tracking_server_keeps_the_newest_and_every_aliased_version(deployment):
+    d = deployment
+    client = mlflow_client(d)
+    before = {m.name: ({str(v.version) for v in client.search_model_versions(f"name = '{m.name}'")},
+                       {str(v) for v in (m.aliases or {}).values()})
+              for m in client.search_registered_models() if m.name.startswith("load_")}
+    assert before and all(len(versions) == 4 for versions, _ in before.values()), before
+    d.publish({"mlflow_retention.py": RETENTION_DAG})
+    d.wait_for_dags(["mlflow_retention"])
+    run_id = d.trigger("mlflow_retention")
+    assert d.wait_for_run("mlflow_retention", run_id) == {"cleanup": "success"}, d.output_tail()
+    for name, (versions, aliased) in before.items():
+        newest = max(versions, key=int)
+        kept = {str(v.version) for v in client.search_model_versions(f"name = '{name}'")}
+        assert kept == aliased | {newest}, (name, kept, aliased)
