@@ -327,3 +327,34 @@ def test_a_connection_with_a_path_port_and_login_reaches_a_real_tracking_server(
     experiment_id = client.create_experiment("through-the-connection")
     assert client.get_experiment_by_name("through-the-connection").experiment_id == experiment_id
     assert seen and all(line.endswith("auth=ok") and " /tracking/api/" in line for line in seen)
+
+
+def test_a_changed_artifact_location_of_an_existing_experiment_is_said_at_run_time(tmp_path, caplog):
+    """MLflow fixes an experiment's artifact location at creation: a pipeline that later names
+    another one gets a warning in the task log naming both and what to do (before: not a word)."""
+    import logging
+
+    import mlflow
+
+    from airflow_mlops._core.context import MlflowTarget
+    from airflow_mlops._core.mlflow import experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    first = MlflowTarget(tracking_uri=uri, experiment="churn", registered_model="churn",
+                         artifact_location=str(tmp_path / "old"))
+    created = experiment_id(client, first)
+    moved = MlflowTarget(tracking_uri=uri, experiment="churn", registered_model="churn",
+                         artifact_location=str(tmp_path / "new"))
+    def said():
+        return [r for r in caplog.records if r.name == "airflow_mlops.mlflow"]
+    with caplog.at_level(logging.WARNING, logger="airflow_mlops.mlflow"):
+        assert experiment_id(client, first) == created
+        assert not said()  # the same location: nothing to say
+        assert experiment_id(client, moved) == created
+    (record,) = said()
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith(
+        f"mlflow.artifact_location is {tmp_path / 'new'}, but the experiment 'churn' already exists with its artifacts "
+        f"at {tmp_path / 'old'}: MLflow fixes an experiment's location when it is created")
+    assert "name a new experiment (mlflow.experiment)" in record.getMessage()

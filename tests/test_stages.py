@@ -81,3 +81,29 @@ def test_train_and_serve_fail_clearly_on_wrong_columns(make_ctx, tmp_path):
 def test_stage_without_upstream_reference_names_what_is_missing(make_ctx):
     with pytest.raises(StageFailed, match="stage 'train' needs 'train_path' from an upstream stage, but upstream stages gave: nothing"):
         run_stage(TrainStage(estimator="sklearn.dummy.DummyClassifier", target="y"), make_ctx("train"))
+
+
+def return_the_rows(**_):
+    """A preprocess callable that returns the data itself (a dict of rows), not references."""
+    return {"rows": [{"id": i, "text": "x" * 100} for i in range(2000)], "data_path": "/tmp/never-written"}
+
+
+def test_a_stage_that_returns_its_data_is_refused_before_xcom_and_the_log(tmp_path, caplog):
+    """Before: a callable returning a 37 MB dict had it pushed to XCom and logged as one line."""
+    from airflow_mlops._core.compat import AirflowFailException
+    from airflow_mlops._core.context import MlflowTarget, StageContext
+    from airflow_mlops.backends.stage import StageOperator
+    from airflow_mlops.spec.models import PreprocessStage
+
+    op = StageOperator(task_id="prep", stage=PreprocessStage(callable="tests.test_stages:return_the_rows"),
+                       stage_name="prep")
+    ctx = StageContext(pipeline_id="p", stage_name="prep", run_key="r", data_dir=str(tmp_path),
+                       mlflow=MlflowTarget(tracking_uri=f"sqlite:///{tmp_path}/m.db", experiment="p", registered_model="p"))
+    op.stage_context = lambda context: ctx
+    with pytest.raises(AirflowFailException) as err:
+        op.execute({"run_id": "r"})
+    message = str(err.value)
+    assert message.startswith("stage 'prep' returned 2")
+    assert "for XCom ('rows' " in message and "over the 64 KiB a stage result may hold" in message
+    assert "Return a pandas DataFrame (the stage writes it), or write the data yourself and return its paths" in message
+    assert not any(len(r.getMessage()) > 5000 for r in caplog.records)  # nothing logged whole

@@ -399,3 +399,20 @@ def test_a_custom_operator_is_constructed_once_per_parse_and_its_value_errors_st
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop("counting_ops", None)
+
+
+def test_a_value_nested_deeper_than_airflow_can_serialize_is_refused_at_its_line(dags_folder, capsys):
+    """Before: a param default nested 250 levels passed validate, then Airflow's serializer hit
+    RecursionError and the DAG was missing, its import error a raw traceback under the loader."""
+    from airflow_mlops.cli import main
+    from airflow_mlops.factory.loader import INVALID_TAG, load_pipelines
+
+    deep = "[" * 250 + "1" + "]" * 250
+    write(dags_folder, "deep.yaml", f"id: deep\nparams:\n  layers: {{default: {deep}}}\nstages:\n  validate: {{}}\n")
+    write(dags_folder, "fine.yaml", "id: fine\nstages:\n  validate: {}\n")
+    assert main(["validate", str(dags_folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"{dags_folder / 'deep.yaml'}:3:" in out
+    assert "params.layers.default.0.0.0" in out and "nested more than 64 levels deep: Airflow serializes" in out
+    dags = load_pipelines(folder=dags_folder)
+    assert INVALID_TAG in dags["deep"].tags and INVALID_TAG not in dags["fine"].tags

@@ -4,6 +4,7 @@ imported inside the functions (cheap at DAG parse)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -46,6 +47,7 @@ def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
 
     experiment = mlflow_client.get_experiment_by_name(target.experiment)
     if experiment is not None:
+        moved_artifact_location(experiment, target)
         return experiment.experiment_id
     try:
         return mlflow_client.create_experiment(target.experiment, artifact_location=target.artifact_location)
@@ -55,6 +57,26 @@ def experiment_id(mlflow_client: Any, target: MlflowTarget) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def _same_location(a: str, b: str) -> bool:
+    strip = lambda v: (v[len("file://"):] if v.startswith("file://") else v).rstrip("/")  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def moved_artifact_location(experiment: Any, target: MlflowTarget) -> str | None:
+    """When the pipeline names an ``artifact_location`` other than the one the existing experiment
+    was created with, MLflow keeps using the experiment's (it is fixed at creation): say so, with
+    what to do, in the task log (a WARNING). Returns the message, or None when they agree."""
+    wanted, actual = target.artifact_location, getattr(experiment, "artifact_location", None)
+    if not wanted or not actual or _same_location(wanted, actual):
+        return None
+    message = (f"mlflow.artifact_location is {wanted}, but the experiment '{target.experiment}' already exists with "
+               f"its artifacts at {actual}: MLflow fixes an experiment's location when it is created, so this run's "
+               f"artifacts go to {actual}. To use the new location, name a new experiment (mlflow.experiment), or "
+               "move the old one's artifacts and keep its location")
+    logging.getLogger("airflow_mlops.mlflow").warning("%s", message)
+    return message
 
 
 class StoreNotFound(StageFailed):

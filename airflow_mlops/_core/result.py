@@ -21,6 +21,37 @@ FAILED_PREFIX = "STAGE FAILED: "
 SKIPPED_PREFIX = "STAGE SKIPPED: "
 
 
+# A stage's result goes to XCom (the metadata DB) and to the task log: references (paths, URIs,
+# run ids, versions, a few numbers), never the data. Anything larger is refused.
+MAX_RESULT_BYTES = 64 * 1024
+MAX_LOGGED_CHARS = 2000
+
+
+def result_problem(result: Any, stage: str) -> str | None:
+    """Why ``result`` (a stage's return value) cannot go to XCom, or None: over
+    ``MAX_RESULT_BYTES`` as JSON, naming its largest keys."""
+    size = len(json.dumps(result, default=str).encode())
+    if size <= MAX_RESULT_BYTES:
+        return None
+    parts = sorted(((len(json.dumps(v, default=str).encode()), k) for k, v in result.items()), reverse=True) \
+        if isinstance(result, dict) else []
+    biggest = ", ".join(f"'{k}' {_size(n)}" for n, k in parts[:3])
+    return (f"stage '{stage}' returned {_size(size)} for XCom{' (' + biggest + ')' if biggest else ''}, over the "
+            f"{_size(MAX_RESULT_BYTES)} a stage result may hold: a result is references, never the data (it would "
+            "go into Airflow's metadata database and the task log). Return a pandas DataFrame (the stage writes it), "
+            "or write the data yourself and return its paths or URIs")
+
+
+def shown(result: Any) -> str:
+    """``result`` for the task log, at most ``MAX_LOGGED_CHARS`` characters."""
+    text = repr(result)
+    return text if len(text) <= MAX_LOGGED_CHARS else text[:MAX_LOGGED_CHARS] + f"… ({len(text)} characters)"
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
+
+
 def result_line(result: Any) -> str:
     """The line a run prints to hand back ``result``."""
     return RESULT_MARKER + json.dumps(result)

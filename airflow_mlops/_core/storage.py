@@ -145,26 +145,10 @@ def location_of(path: Any) -> str:
     return str(path)
 
 
-_FOUND: set[str] = set()
-
-
 def _existing(conn_id: str | None, scheme: str) -> str | None:
-    """``conn_id`` once Airflow has it. A connection named but missing is an error naming it: the
-    providers would otherwise carry on anonymously or with whatever credentials the worker has."""
-    if not conn_id or conn_id in _FOUND:
-        return conn_id
-    from airflow.sdk import Connection
+    """``conn_id`` once Airflow has it (``_core.connections``): a connection named but missing is
+    an error naming it, since the providers would otherwise carry on anonymously or with whatever
+    credentials the worker has."""
+    from airflow_mlops._core.connections import check
 
-    try:
-        Connection.get(conn_id)
-    except Exception as exc:
-        if type(exc).__name__ != "AirflowNotFoundException":  # the SDK's or (Airflow 3.1) core's
-            raise
-        from airflow_mlops._core.errors import StageFailed
-
-        raise StageFailed(f"the Airflow connection '{conn_id}' (data_conn_id, for {scheme}:// data) does not exist: "
-                          f"Airflow looked in its secrets backends, AIRFLOW_CONN_{conn_id.upper()} and the metadata "
-                          f"database ({exc}); create it, or leave data_conn_id out to use "
-                          f"'{DEFAULT_CONN_IDS.get(scheme, 'the default')}'") from None
-    _FOUND.add(conn_id)
-    return conn_id
+    return check(conn_id, f"data_conn_id, for {scheme}:// data", instead=f"'{DEFAULT_CONN_IDS.get(scheme, 'the default')}'")

@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from airflow_mlops._core.errors import DependencyFailed
+    from airflow_mlops._core.result import result_problem
     from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
 
     spec, ctx = decode_payload(args.payload)
     try:
         result = run_stage(spec, ctx)
+        problem = result_problem(result, ctx.stage_name)
+        if problem:  # never printed into the pod's log nor handed to XCom
+            raise StageFailed(problem)
     except DependencyFailed as exc:
         if exc.retryable:  # a crash for the launcher: Airflow may retry (the message was logged first)
             print(str(exc), file=sys.stderr)

@@ -42,7 +42,9 @@ __all__ = ["KafkaConnectionHook", "kafka_config_from_connection", "redact"]
 def kafka_config_from_connection(conn_id: str) -> dict[str, Any]:
     """The client config (kafka-python names, plus librdkafka-only dotted settings; shared by
     consumer, producer and admin) of an Airflow connection."""
-    return kafka_config(BaseHook.get_connection(conn_id), conn_id)
+    from airflow_mlops._core.connections import connection
+
+    return kafka_config(connection(conn_id, "the Kafka connection (kafka_conn_id)"), conn_id)
 
 
 async def async_kafka_config_from_connection(conn_id: str) -> dict[str, Any]:

@@ -121,9 +121,10 @@ def tracking_uri_from_connection(conn_id: str) -> str:
     """The tracking URI of an Airflow connection (see ``connection_tracking_uri``); its
     credentials go to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in this process,
     which MLflow sends as basic auth (pods get them from a Secret: see backends/kubernetes)."""
-    from airflow.sdk import BaseHook
+    from airflow_mlops._core.connections import connection
 
-    uri, login, password = connection_tracking_uri(BaseHook.get_connection(conn_id))
+    uri, login, password = connection_tracking_uri(connection(conn_id, "mlflow.conn_id",
+                                                              instead="$MLFLOW_TRACKING_URI or the local store"))
     os.environ.update(credential_env(login, password))
     return uri
 

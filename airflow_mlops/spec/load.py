@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
+from airflow_mlops._core.errors import format_path
 from airflow_mlops.spec._checks import (
     InputCheck,
     StageCheck,
@@ -99,6 +100,12 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
         raise PipelineSpecError(
             [SpecIssue(src.mark_of(()) or Mark(display, 1, 1), "", f"a pipeline file must be a mapping (id, stages, ...), got {got}")]
         )
+    too_deep = _too_deep(src.data)
+    if too_deep is not None:
+        raise PipelineSpecError([SpecIssue(src.mark_of(too_deep) or Mark(display, 1, 1), format_path(too_deep),
+                                           f"nested more than {MAX_NESTING} levels deep: Airflow serializes a DAG's "
+                                           "values recursively and would fail on it (RecursionError), and no setting "
+                                           "needs that; flatten it, or pass it as a JSON string")])
     merged = lift_default_args(src)  # before merging: the nearest file wins, whichever way it wrote a setting
     resolved = path.resolve()
     for defaults in reversed(folder_defaults_chain(resolved.parent)):
@@ -115,6 +122,24 @@ def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None
     if stages is not None:
         pipeline = pipeline.model_copy(update={"stages": stages})
     return LoadedPipeline(pipeline=pipeline, file=path, text=text, source=merged, resolved=resolved)
+
+
+MAX_NESTING = 64
+
+
+def _too_deep(data: Any) -> tuple | None:
+    """The path of the first value nested deeper than ``MAX_NESTING`` mappings/lists, else None
+    (walked without recursion: the value may be deeper than Python's own limit)."""
+    stack: list[tuple[Any, tuple]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_NESTING:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, path + (k,)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, path + (i,)) for i, v in enumerate(value))
+    return None
 
 
 def _in_order(issues: list[SpecIssue], file: str) -> list[SpecIssue]:

@@ -107,6 +107,9 @@ def kubernetes_hook(k: KubernetesSettings) -> Any:
     cluster KubernetesPodOperator uses too."""
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
+    from airflow_mlops._core.connections import check
+
+    check(k.conn_id, "kubernetes.conn_id", instead="kubernetes_default or the in-cluster configuration")
     return KubernetesHook(conn_id=k.conn_id or "kubernetes_default", config_file=k.config_file,
                           in_cluster=False if k.config_file else None)
 

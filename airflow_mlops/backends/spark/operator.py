@@ -56,6 +56,10 @@ class SparkStageOperator(StageOperator):
 
         from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+        from airflow_mlops._core.connections import check
+
+        # The Spark hook would log "defaulting to yarn" for a connection it cannot find, and submit there.
+        check(self.spark.conn_id, "spark.conn_id", instead="the embedded session (spark.master)")
         from airflow_mlops._core.storage import is_remote
         from airflow_mlops.backends import runtime
         from airflow_mlops.backends.spark.submit import MasterWatch
