@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from airflow_mlops._core.names import LABEL_VALUE, label_value, object_name
@@ -125,3 +126,29 @@ def test_the_api_server_accepts_every_object_made_for_a_long_pipeline_id(kube_cl
     assert created[LONG_ID]["deployment"] != created[TWIN_ID]["deployment"]
     assert len(k8s.AppsV1Api(api).list_namespaced_deployment(kube_namespace).items) == 2
     assert len(core.list_namespaced_resource_quota(kube_namespace).items) == 2  # one per pipeline, no clash
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("namespace: ML_Churn", "3:14 kubernetes.namespace: 'ML_Churn' is not a valid namespace name for Kubernetes: at "
+                            "most 63 characters of lower-case letters, digits and '-', alphanumeric at both ends "
+                            "(e.g. 'ml-churn')"),
+    ("service_account: Churn_Runner", "3:20 kubernetes.service_account: 'Churn_Runner' is not a valid ServiceAccount "
+                                      "name for Kubernetes"),
+    ("image_pull_secrets: [Registry_Creds]", "3:24 kubernetes.image_pull_secrets.0: 'Registry_Creds' is not a valid "
+                                             "Secret name for Kubernetes"),
+    ("secret_env: {DB_URL: {secret: Churn_DB, key: url}}", "3:33 kubernetes.secret_env.DB_URL.secret: 'Churn_DB' is "
+                                                           "not a valid Secret name for Kubernetes"),
+    ("node_selector: {pool: gpu a100}", "3:18 kubernetes.node_selector: node selector value 'gpu a100' of 'pool' is "
+                                        "not valid"),
+])
+def test_names_the_api_server_refuses_are_refused_at_their_line(tmp_path, capsys, setting, expected):
+    """Before: each of these passed validate and `airflow-mlops manifests`; the API server refused
+    the pod or the manifest at run time."""
+    from airflow_mlops.cli import main
+    from tests.helpers import write
+
+    path = write(tmp_path, "k.yaml", f"id: k\nkubernetes:\n  {setting}\n  image: img\n"
+                                     "stages:\n  preprocess: {backend: kubernetes, input: {sklearn_dataset: iris}}\n")
+    assert main(["validate", str(path)]) == 1
+    assert f"{path}:{expected}" in capsys.readouterr().out
+    assert main(["manifests", str(path), "-o", str(tmp_path / "out")]) != 0

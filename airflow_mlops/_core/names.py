@@ -84,6 +84,26 @@ def label_problem(key: str, value: str) -> str | None:
     return None
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def name_problem(value: str, what: str, *, label: bool = False) -> str | None:
+    """Why the API server would refuse ``value`` as the name of ``what`` (a namespace: a DNS-1123
+    label, ``label=True``; a Secret, ServiceAccount...: a DNS-1123 subdomain), or None. The
+    suggestion is the value lower-cased with other characters as ``-``."""
+    value = str(value)
+    if label:
+        if len(value) <= 63 and _DNS_LABEL.match(value):
+            return None
+        rule = "at most 63 characters of lower-case letters, digits and '-', alphanumeric at both ends"
+    else:
+        if len(value) <= 253 and _DNS_SUBDOMAIN.match(value):
+            return None
+        rule = "at most 253 characters of lower-case letters, digits, '-' and '.', alphanumeric at both ends"
+    fixed = re.sub(r"[^a-z0-9.-]+" if not label else r"[^a-z0-9-]+", "-", value.lower()).strip("-.")
+    return f"{value!r} is not a valid {what} name for Kubernetes: {rule}" + (f" (e.g. {fixed!r})" if fixed else "")
+
+
 def safe_run_key(run_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("_") or "run"
 

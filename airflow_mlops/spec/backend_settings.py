@@ -6,9 +6,9 @@ them (a documented import path)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.units import Duration, memory_problem
@@ -51,11 +51,41 @@ class VolumeMount(Strict):
         return v
 
 
+def _named(what: str, *, label: bool = False) -> Any:
+    """A string the API server takes as the name of ``what`` (``_core.names.name_problem``)."""
+    def check(value: str) -> str:
+        from airflow_mlops._core.names import name_problem
+
+        if not isinstance(value, str) or "{{" in value:  # a template: checked by the API server once rendered
+            return value
+        problem = name_problem(value, what, label=label)
+        if problem:
+            raise PydanticCustomError("k8s_name", "{problem}", {"problem": problem})
+        return value
+    return AfterValidator(check)
+
+
+def _selector(v: dict[str, str]) -> dict[str, str]:
+    from airflow_mlops._core.names import label_problem
+
+    for key, value in v.items():
+        problem = label_problem(key, value)
+        if problem:
+            raise PydanticCustomError("node_selector", "{problem}", {"problem": problem.replace("label", "node selector", 1)})
+    return v
+
+
+NamespaceName = Annotated[str, _named("namespace", label=True)]
+SecretName = Annotated[str, _named("Secret")]
+ServiceAccountName = Annotated[str, _named("ServiceAccount")]
+NodeSelector = Annotated[dict[str, str], AfterValidator(_selector)]
+
+
 class SecretEnv(Strict):
     """An environment variable taken from a Kubernetes Secret: the value never appears in the
     spec, the rendered pod template or the logs."""
 
-    secret: str = Field(..., description="Secret name.")
+    secret: SecretName = Field(..., description="Secret name.")
     key: str = Field(..., description="Key in the Secret.")
 
 
@@ -64,16 +94,16 @@ class KubernetesSettings(Strict):
     the fields it sets."""
 
     image: str | None = Field(None, description="Container image with airflow-mlops installed.")
-    namespace: str = "default"
+    namespace: NamespaceName = "default"
     conn_id: str | None = Field(None, description="Airflow Kubernetes connection (default: kubernetes_default).")
     config_file: str | None = Field(None, description="A kubeconfig file, instead of a connection.")
-    service_account: str | None = None
+    service_account: ServiceAccountName | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    image_pull_secrets: list[str] = Field(
+    image_pull_secrets: list[SecretName] = Field(
         default_factory=list, description="Secrets (docker-registry type) the image is pulled with, by name.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: NodeSelector = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
-    gpu_node_selector: dict[str, str] = Field(
+    gpu_node_selector: NodeSelector = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}, description="Added when the stage asks for GPUs."
     )
     gpu_tolerations: list[Toleration] = Field(
