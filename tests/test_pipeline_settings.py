@@ -287,3 +287,55 @@ def test_the_json_schema_says_where_templates_and_params_go():
     schema = json.dumps(Pipeline.model_json_schema())
     assert '"pattern": "\\\\{\\\\{|\\\\{%"' in schema
     assert '"ParamSpec"' in schema and '"timezone"' in schema
+
+
+def test_every_dag_level_setting_is_set_under_dag_and_refused_with_its_place_under_default_args(tmp_path, capsys):
+    """Before: dagrun_timeout, max_active_tasks, render_template_as_native_obj and end_date under
+    default_args were dropped without a word; the first two could not be set under dag: either
+    (dagrun_timeout got the did-you-mean execution_timeout), and an unquoted end_date there was a
+    raw AttributeError at 2:1."""
+    from datetime import timedelta
+
+    from airflow_mlops.cli import main
+    from airflow_mlops.factory.pipelines import load_dags
+    from tests.helpers import write
+
+    good = write(tmp_path / "good", "p.yaml", """
+        id: settings
+        dag:
+          dagrun_timeout: 6h
+          max_active_tasks: 3
+          render_template_as_native_obj: true
+          end_date: 2030-01-10
+          max_consecutive_failed_dag_runs: 4
+        stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+        """)
+    ((_, dag),) = load_dags([good]).good
+    assert dag.dagrun_timeout == timedelta(hours=6) and dag.max_active_tasks == 3
+    assert dag.render_template_as_native_obj is True and dag.max_consecutive_failed_dag_runs == 4
+    assert dag.end_date.isoformat().startswith("2030-01-10T00:00:00")
+    bad = write(tmp_path / "bad", "p.yaml", """
+        id: settings
+        dag:
+          default_args:
+            end_date: 2025-01-10
+            dagrun_timeout: 6h
+            max_active_tasks: 3
+            render_template_as_native_obj: true
+            user_defined_macros: {x: 1}
+        stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+        """)
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:4] == [
+        f"{bad}:4:5 dag.default_args.end_date: 'end_date' is a DAG setting, not a task default: write it as dag.end_date",
+        f"{bad}:5:5 dag.default_args.dagrun_timeout: 'dagrun_timeout' is a DAG setting, not a task default: write it "
+        "as dag.dagrun_timeout",
+        f"{bad}:6:5 dag.default_args.max_active_tasks: 'max_active_tasks' is a DAG setting, not a task default: "
+        "write it as dag.max_active_tasks",
+        f"{bad}:7:5 dag.default_args.render_template_as_native_obj: 'render_template_as_native_obj' is a DAG setting, "
+        "not a task default: write it as dag.render_template_as_native_obj"]
+    assert out[4].startswith(f"{bad}:8:5 dag.default_args.user_defined_macros: 'user_defined_macros' is an argument "
+                             "of the DAG, not a task default")

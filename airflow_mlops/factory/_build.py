@@ -91,6 +91,19 @@ def _start(settings: DagSettings) -> datetime:
     return pendulum.instance(value).in_timezone(zone) if zone else pendulum.instance(value)
 
 
+def _dag_level(settings: DagSettings) -> dict[str, Any]:
+    """The DAG-level settings the YAML set (left out otherwise: Airflow's own defaults apply)."""
+    out: dict[str, Any] = {k: v for k in ("max_active_tasks", "dagrun_timeout", "max_consecutive_failed_dag_runs",
+                                          "is_paused_upon_creation", "dag_display_name")
+                           if (v := getattr(settings, k)) is not None}
+    for flag in ("render_template_as_native_obj", "fail_fast"):
+        if getattr(settings, flag):
+            out[flag] = True
+    if settings.end_date is not None:
+        out["end_date"] = _start(settings.model_copy(update={"start_date": settings.end_date}))
+    return out
+
+
 def _docs(loaded: LoadedPipeline) -> str:
     p = loaded.pipeline
     lines = [f"# {p.id}", "", p.description or "", "", "| stage | kind | backend | depends on |", "|---|---|---|---|"]
@@ -169,6 +182,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
         tags=[TAG, *p.dag.tags],
         default_args=default_args,
         max_active_runs=p.dag.max_active_runs or 16,
+        **_dag_level(p.dag),
         doc_md=_docs(loaded),
         params={name: spec.to_param() for name, spec in p.params.items()},
         **callbacks,

@@ -32,6 +32,9 @@ LIFTED = ("owner", "retries", "retry_delay", "execution_timeout", "start_date")
 TASK_CALLBACKS = ("on_execute_callback", "on_failure_callback", "on_success_callback", "on_retry_callback",
                   "on_skipped_callback")
 DAG_CALLBACKS = ("on_success_callback", "on_failure_callback")
+# DAG arguments of Airflow that a pipeline does not set: under default_args Airflow would ignore them.
+DAG_ONLY = ("template_searchpath", "user_defined_macros", "user_defined_filters", "access_control",
+            "jinja_environment_kwargs", "owner_links", "auto_register", "doc_md", "params", "dag_id")
 REMOVED = {
     "sla": "Airflow 3 has no SLAs (removed in 3.0); use a deadline alert in a Python DAG, or execution_timeout",
     "sla_miss_callback": "Airflow 3 has no SLAs and no sla_miss_callback (removed in 3.0); use on_failure_callback "
@@ -125,6 +128,20 @@ class DagSettings(Strict):
     retry_delay: Duration = timedelta(minutes=5)
     execution_timeout: Duration | None = None
     max_active_runs: int | None = Field(None, ge=1)
+    max_active_tasks: int | None = Field(None, ge=1, description="Task instances of this DAG running at once "
+                                         "(Airflow's default: [core] max_active_tasks_per_dag).")
+    dagrun_timeout: Duration | None = Field(None, description="How long a run may take before Airflow fails it "
+                                            "('6h'; execution_timeout bounds each task instead).")
+    end_date: datetime | date | None = Field(None, description="No runs are scheduled after it.")
+    max_consecutive_failed_dag_runs: int | None = Field(
+        None, ge=1, description="Pause the DAG after this many failed runs in a row.")
+    render_template_as_native_obj: bool = Field(
+        False, description="Templates render to Python objects (lists, numbers) instead of strings.")
+    fail_fast: bool = Field(False, description="The first failed task fails the rest of the run.")
+    is_paused_upon_creation: bool | None = Field(
+        None, description="Whether the DAG starts paused when Airflow first sees it (default: "
+        "[core] dags_are_paused_at_creation).")
+    dag_display_name: str | None = Field(None, description="The DAG's name in the UI (the id stays as it is).")
     on_success_callback: Callbacks | None = Field(
         None, description="DAG callback(s) when a run succeeds: 'package.module:function' (or dotted), or a list.")
     on_failure_callback: Callbacks | None = Field(
@@ -133,10 +150,10 @@ class DagSettings(Strict):
         default_factory=dict, description="Any other Airflow default_args; task callbacks (on_failure_callback, "
         "on_success_callback, on_retry_callback, on_execute_callback, on_skipped_callback) are import paths.")
 
-    _durations = field_validator("retry_delay", "execution_timeout", mode="before")(
+    _durations = field_validator("retry_delay", "execution_timeout", "dagrun_timeout", mode="before")(
         classmethod(lambda cls, v: parse_duration(v))
     )
-    _start = field_validator("start_date", mode="before")(classmethod(lambda cls, v: _start_date(v)))
+    _start = field_validator("start_date", "end_date", mode="before")(classmethod(lambda cls, v: _start_date(v)))
     _tz = field_validator("timezone", mode="before")(classmethod(lambda cls, v: _timezone(v)))
 
     @model_validator(mode="after")
@@ -251,6 +268,10 @@ def lift_default_args(src: Source) -> Source:
         elif key in dag_level:
             issues.append(SpecIssue(src.mark_of(at, key=True), format_path(at),
                                     f"'{key}' is a DAG setting, not a task default: write it as dag.{key}"))
+        elif key in DAG_ONLY:
+            issues.append(SpecIssue(src.mark_of(at, key=True), format_path(at),
+                                    f"'{key}' is an argument of the DAG, not a task default: Airflow would ignore it "
+                                    "here, and pipelines do not set it (params: and doc: are the pipeline's own)"))
         elif key in REMOVED:
             issues.append(SpecIssue(src.mark_of(at, key=True), format_path(at), REMOVED[key]))
     if issues:
