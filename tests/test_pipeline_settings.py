@@ -339,3 +339,28 @@ def test_every_dag_level_setting_is_set_under_dag_and_refused_with_its_place_und
         "not a task default: write it as dag.render_template_as_native_obj"]
     assert out[4].startswith(f"{bad}:8:5 dag.default_args.user_defined_macros: 'user_defined_macros' is an argument "
                              "of the DAG, not a task default")
+
+
+def test_without_a_start_date_a_run_for_a_past_day_runs_every_stage(airflow_db, mlops_home, dags_folder):
+    """Before: the package's default start_date 2025-01-01 made a run for 2024-01-01 (reprocessing
+    a past day with {{ ds }}) schedule no task at all, and the run ended green."""
+    from datetime import datetime, timezone
+
+    from airflow.utils.state import DagRunState
+
+    from airflow_mlops.factory.loader import load_pipelines
+    from tests.helpers import write
+
+    write(dags_folder, "past.yaml", """
+        id: reprocess
+        dag: {schedule: "0 6 * * *", timezone: Europe/Berlin}
+        stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+        """)
+    dag = load_pipelines(folder=dags_folder)["reprocess"]
+    assert dag.start_date is None
+    assert str(dag.timetable.timezone.name if hasattr(dag.timetable.timezone, "name") else dag.timetable.timezone) \
+        == "Europe/Berlin"
+    dr = dag.test(logical_date=datetime(2024, 1, 1, 5, tzinfo=timezone.utc))
+    assert dr.state == DagRunState.SUCCESS
+    assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {"preprocess.run": "success"}

@@ -75,7 +75,7 @@ class Plan:
         return [(name, f"{name}.{RESULT_TASK}") for name in order]
 
 
-def _start(settings: DagSettings) -> datetime:
+def _start(settings: DagSettings) -> datetime | None:
     """The first logical date, in the DAG's time zone (which Airflow takes from it): ``dag.timezone``
     when given (an explicit offset is the same instant, shown there), else the date-time's own
     offset, else Airflow's ``[core] default_timezone``."""
@@ -83,6 +83,8 @@ def _start(settings: DagSettings) -> datetime:
     from airflow.settings import TIMEZONE
 
     value = settings.start_date
+    if value is None:
+        return None
     if not isinstance(value, datetime):
         value = datetime(value.year, value.month, value.day)
     zone = pendulum.timezone(settings.timezone) if settings.timezone else None
@@ -156,7 +158,14 @@ def _schedule(p: Pipeline) -> Any:
         return [asset]
     if p.dag.schedule_on_assets:
         return [Asset.ref(name=n) for n in p.dag.schedule_on_assets]
-    return p.dag.schedule
+    schedule = p.dag.schedule
+    if schedule and p.dag.timezone and p.dag.start_date is None and schedule not in ("@once", "@continuous"):
+        # Airflow takes a DAG's time zone from its start_date; without one, the cron is given its
+        # zone itself (the timetable Airflow 3 makes of a cron string by default).
+        from airflow_mlops._core.compat import cron_trigger_timetable
+
+        return cron_trigger_timetable()(schedule, timezone=p.dag.timezone)
+    return schedule
 
 
 def build_dag(loaded: LoadedPipeline) -> DAG:

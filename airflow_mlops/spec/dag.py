@@ -114,9 +114,10 @@ class DagSettings(Strict):
     trigger: DagTrigger | None = Field(
         None, description="Event-driven start: 'trigger: {kafka: {topics: [...], connection: kafka_default}}' runs "
         "the DAG when a message arrives (an Asset with an AssetWatcher; needs the triggerer). Replaces 'schedule'.")
-    start_date: datetime | date = Field(
-        date(2025, 1, 1), description="First logical date: a date (midnight in the DAG's time zone) or a date-time; "
-        "an explicit offset ('2025-03-01T06:00:00+01:00') is kept.")
+    start_date: datetime | date | None = Field(
+        None, description="First logical date: a date (midnight in the DAG's time zone) or a date-time; an explicit "
+        "offset ('2025-03-01T06:00:00+01:00') is kept. Default: none (a schedule then starts from when the DAG is "
+        "first seen, and a run for any date, e.g. reprocessing a past day, runs every stage).")
     timezone: str | None = Field(
         None, description="IANA time zone the schedule runs in, e.g. 'Europe/Berlin': '0 6 * * *' stays at 06:00 local "
         "time across daylight-saving changes. Default: the start_date's offset, else Airflow's [core] default_timezone.")
