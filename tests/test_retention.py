@@ -323,8 +323,14 @@ def test_dry_run_lists_exactly_what_the_real_run_deletes(tmp_path):
     assert (root / "b" / "z.pt").exists() and (root / "b" / "z.txt").exists()
 
 
-def test_missing_root_is_reported_not_an_error(tmp_path):
-    summary = run_retention(files_spec(tmp_path / "nope", max_age="1d"))
+def test_a_missing_root_fails_naming_it_unless_the_policy_allows_it(tmp_path):
+    """Before: a typo'd root left the task green with an info line, having deleted nothing."""
+    from airflow_mlops._core.errors import StageFailed
+
+    with pytest.raises(StageFailed, match=r"the root .*/nope does not exist, so nothing was planned and nothing was "
+                                          r"deleted by any policy; correct the root, or set missing_ok: true"):
+        run_retention(files_spec(tmp_path / "nope", max_age="1d"))
+    summary = run_retention(files_spec(tmp_path / "nope", max_age="1d", missing_ok=True))
     assert summary["items"] == 0
     assert "does not exist" in summary["policies"][0]["notes"][0]
 

@@ -83,6 +83,8 @@ class FilesPolicy(_Rules):
     kind: Literal["files"] = "files"
     name: str | None = Field(None, description="Shown in the summary; defaults to the root.")
     root: LocalPath
+    missing_ok: bool = Field(False, description="A root that does not exist is a note in the summary (a folder that "
+                             "appears later), not an error.")
     include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     exclude: list[str] = Field(default_factory=list)
     unit: Literal["file", "directory"] = Field(

@@ -23,6 +23,13 @@ def _resolve_root(policy: FilesPolicy, pp: PolicyPlan) -> str | None:
     root = os.path.realpath(expand_path(policy.root))
     pp.root = root
     if not os.path.isdir(root):
+        if not policy.missing_ok:  # a typo'd root would otherwise delete nothing, and nobody would know
+            from airflow_mlops._core.errors import StageFailed
+
+            what = "is not a folder" if os.path.lexists(root) else "does not exist"
+            raise StageFailed(f"retention policy '{pp.name}': the root {root} {what}, so nothing was planned and "
+                              "nothing was deleted by any policy; correct the root, or set missing_ok: true for a "
+                              "folder that may appear later")
         pp.notes.append(f"root {root} does not exist or is not a folder: nothing to do")
         return None
     return root
