@@ -408,11 +408,32 @@ def test_a_value_nested_deeper_than_airflow_can_serialize_is_refused_at_its_line
     from airflow_mlops.factory.loader import INVALID_TAG, load_pipelines
 
     deep = "[" * 250 + "1" + "]" * 250
-    write(dags_folder, "deep.yaml", f"id: deep\nparams:\n  layers: {{default: {deep}}}\nstages:\n  validate: {{}}\n")
-    write(dags_folder, "fine.yaml", "id: fine\nstages:\n  validate: {}\n")
+    stages = "stages:\n  preprocess: {input: {sklearn_dataset: iris}}\n"
+    write(dags_folder, "deep.yaml", f"id: deep\nparams:\n  layers: {{default: {deep}}}\n{stages}")
+    write(dags_folder, "fine.yaml", f"id: fine\n{stages}")
     assert main(["validate", str(dags_folder)]) == 1
     out = capsys.readouterr().out
     assert f"{dags_folder / 'deep.yaml'}:3:" in out
     assert "params.layers.default.0.0.0" in out and "nested more than 64 levels deep: Airflow serializes" in out
     dags = load_pipelines(folder=dags_folder)
     assert INVALID_TAG in dags["deep"].tags and INVALID_TAG not in dags["fine"].tags
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("id: a\nstages:\n  train:\n    <<: *train_defaults\n    target: t\n",
+     "4:9 YAML syntax error: found undefined alias 'train_defaults' (no anchor &train_defaults is defined before it)"),
+    ("id: a\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n  train:\n    estimator: yes\n    target: t\n",
+     "5:16 stages.train.estimator: expected a string, got yes (YAML reads it unquoted as a boolean, True): quote it, "
+     "'yes', for the text"),
+    ("id: a\ndag:\n  schedule: '@continuous'\n  max_active_runs: 4\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n",
+     "4:3 dag.max_active_runs: Airflow refused the DAG: ValueError: Invalid max_active_runs: ContinuousTimetable "
+     "requires max_active_runs <= 1"),
+])
+def test_wording_names_what_was_written_and_points_at_its_line(tmp_path, capsys, text, expected):
+    """Before: the alias's name was dropped, an unquoted yes showed as True with no hint, and the
+    @continuous refusal pointed at dag:, not at max_active_runs."""
+    from airflow_mlops.cli import main
+
+    path = write(tmp_path, "p.yaml", text)
+    assert main(["validate", str(path)]) == 1
+    assert f"{path}:{expected}" in capsys.readouterr().out

@@ -217,7 +217,8 @@ def checked_dag(loaded: LoadedPipeline) -> DAG:
             raise PipelineSpecError(translate_arguments(exc.error, loaded.source, at + ("args",))) from None
         raise _error(loaded, at, f"Airflow refused this stage: {type(exc.error).__name__}: {exc.error}") from None
     except Exception as exc:
-        raise _error(loaded, ("dag",), f"Airflow refused the DAG: {type(exc).__name__}: {exc}") from None
+        raise _error(loaded, _named_setting(loaded, exc), f"Airflow refused the DAG: {type(exc).__name__}: {exc}") \
+            from None
     try:
         dag.timetable.validate()
     except Exception as exc:
@@ -228,6 +229,19 @@ def checked_dag(loaded: LoadedPipeline) -> DAG:
     except Exception as exc:
         raise _error(loaded, ("dag",), f"Airflow refused the DAG: {type(exc).__name__}: {exc}") from None
     return dag
+
+
+def _named_setting(loaded: LoadedPipeline, exc: Exception) -> tuple:
+    """Where Airflow's refusal points: the ``dag:`` setting its message names that the YAML wrote
+    (``max_active_runs`` for "ContinuousTimetable requires max_active_runs <= 1"), else ``dag``."""
+    import re
+
+    text = str(exc)
+    written = loaded.pipeline.dag.model_fields_set
+    for name in sorted(written, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(name)}\b", text):
+            return ("dag", name)
+    return ("dag",)
 
 
 def _error(loaded: LoadedPipeline, loc: tuple, message: str) -> PipelineSpecError:

@@ -74,6 +74,13 @@ def load_source(file: str, text: str) -> Source:
         mark = exc.problem_mark or exc.context_mark
         where = Mark(file, mark.line + 1, mark.column + 1) if mark else Mark(file, 1, 1)
         problem = exc.problem or "invalid YAML"
+        if problem == "found undefined alias" and mark is not None:  # PyYAML drops the name: it is in the text
+            import re
+
+            line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+            name = re.match(r"\*([^\s,\[\]{}]+)", line[mark.column:])
+            if name:
+                problem = f"found undefined alias '{name.group(1)}' (no anchor &{name.group(1)} is defined before it)"
         if exc.context and exc.context_mark:
             problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
         raise PipelineSpecError([SpecIssue(where, "", f"YAML syntax error: {problem}")]) from None

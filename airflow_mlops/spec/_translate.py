@@ -57,7 +57,8 @@ def translate(
         if type_errs and not other and not deeper:
             # A union (e.g. a profile name or an inline mapping) where no member matched.
             wanted = " or ".join(sorted({_TYPE_NAMES[e["type"]] for e in type_errs}))
-            issues.append(SpecIssue(src.mark_of(path), format_path(path), f"expected {wanted}, got {type_errs[0]['input']!r}"))
+            issues.append(SpecIssue(src.mark_of(path), format_path(path),
+                                    f"expected {wanted}, got {_got(type_errs[0]['input'], src, path, wanted)}"))
         for err in other:
             issues.append(SpecIssue(src.mark_of(path), format_path(path), _message(err, path)))
     return sorted(issues, key=lambda i: (i.mark.line, i.mark.column) if i.mark else (0, 0))
@@ -120,6 +121,28 @@ def _allowed_keys(loc: tuple, root: type[BaseModel] = Pipeline) -> list[str]:
             return []
     models = [t for t in members(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
     return list(models[0].model_fields) if len(models) == 1 else []
+
+
+def _got(value: Any, src: Any, path: tuple, wanted: str) -> str:
+    """What was written, as written: YAML reads an unquoted ``true``, ``no``, ``1.10`` or
+    ``2025-01-10`` as a boolean, number or date, which is not what a user who wanted text sees."""
+    if "a string" not in wanted or isinstance(value, (str, dict, list)) or value is None:
+        return repr(value)
+    mark = src.mark_of(path)
+    lines = (getattr(src, "text", "") or "").splitlines()
+    raw = ""
+    if mark and 0 < mark.line <= len(lines):
+        raw = re.split(r"[\s,}\]#]", lines[mark.line - 1][mark.column - 1:], maxsplit=1)[0]
+    try:  # the text at that position is this value (a merged defaults file has its own text)
+        import yaml
+
+        if not raw or yaml.safe_load(raw) != value:
+            raw = ""
+    except yaml.YAMLError:
+        raw = ""
+    shown = raw or repr(value)
+    kind = {bool: "a boolean", int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
+    return f"{shown} (YAML reads it unquoted as {kind}, {value!r}): quote it, '{shown}', for the text"
 
 
 def _message(err: dict, path: tuple) -> str:
