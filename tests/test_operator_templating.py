@@ -84,3 +84,17 @@ def test_templated_arguments_are_checked_at_parse_where_they_hold_none_and_again
     assert states == {"backup": "failed"}
     ti = dr.get_task_instances()[0]
     assert ti.try_number == 1  # a rendered value the model refuses is not retried
+
+
+def test_the_dead_letter_topic_is_templated_like_the_other_topics():
+    """Before: a template in dead_letter_topic was refused at parse with the raw pattern message,
+    while the input and output topics could be templated."""
+    from airflow_mlops.operators.stream import StreamInferenceOperator, validated_spec
+
+    op = StreamInferenceOperator(task_id="score", topics="events", output_topic="scored.{{ ds_nodash }}",
+                                 dead_letter_topic="dlq.{{ ds_nodash }}", model_uri="models:/m@champion")
+    assert op.stream_args["dead_letter_topic"] == "dlq.{{ ds_nodash }}" and "stream_args" in op.template_fields
+    rendered = {**op.stream_args, "dead_letter_topic": "dlq.20260101", "output_topic": "scored.20260101"}
+    assert validated_spec(rendered, "score", rendered=True).dead_letter_topic == "dlq.20260101"
+    with pytest.raises(ValueError, match="dead_letter_topic"):  # rendered to a name Kafka refuses: the task fails
+        validated_spec({**rendered, "dead_letter_topic": "dlq 20260101"}, "score", rendered=True)

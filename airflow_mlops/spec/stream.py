@@ -49,7 +49,7 @@ class StreamSpec(BaseModel):
         None, min_length=1, description="MLflow model URI, e.g. 'models:/churn@champion' or 'models:/churn/3'. "
         "An alias is resolved to its version once, at start, so the whole run uses one version."
     )
-    dead_letter_topic: str | None = Field(
+    dead_letter_topic: Annotated[str | None, *TEMPLATABLE_VALUE] = Field(
         None, pattern=TOPIC, description="Where records that fail to decode or score go, with the error in headers. "
         "Without one, such a record fails the run (its batch is not committed)."
     )
