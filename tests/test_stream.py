@@ -735,3 +735,30 @@ def test_engine_and_broker_timeout_are_checked_at_their_lines_with_the_choices(t
     assert (f"{path}:5:50 stages.serve.stream.engine: unknown engine 'confluent-kafka' (did you mean 'confluent'?); "
             "expected one of 'confluent', 'kafka-python'") in out
     assert f"{path}:5:83 stages.serve.stream.broker_timeout: input should be greater than 0, got 0" in out
+
+
+def test_a_poison_record_larger_than_the_producer_may_send_still_reaches_the_dead_letter_topic(engine, broker, store):
+    """Before: a 1.2 MB garbled record the broker accepted failed every run with MSG_SIZE_TOO_LARGE
+    (raw traceback, retried); nothing was committed and the partition never moved on. Now its dead
+    letter is cut to the producer's limit, with its original size and source in the headers."""
+    from confluent_kafka import Producer
+
+    from airflow_mlops.stream import run_stream
+
+    t = topics(broker)
+    big = b"{garbled " + b"x" * 1_200_000
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "message.max.bytes": 4_000_000})
+    for key, value in ((b"before", json.dumps({"a": 1.0, "b": 2.0}).encode()), (b"huge", big),
+                       (b"after", json.dumps({"a": 3.0, "b": 4.0}).encode())):
+        producer.produce(t.input, key=key, value=value)
+    assert producer.flush(30) == 0
+
+    summary = run_stream(spec(t, engine=engine), config(broker), tracking_uri=store.uri)
+    assert (summary["records_in"], summary["predictions_out"], summary["dead_letters"]) == (3, 2, 1)
+    assert summary["final_lag"] == 0  # the partition moved past it
+    (dead,) = read_all(broker, t.dlq)
+    h = headers(dead)
+    assert dead.key == b"huge" and h["truncated"] == "true" and int(h["original_size"]) == len(big)
+    assert len(dead.value) < 1_048_576 and big.startswith(dead.value)  # within either engine's producer limit
+    assert (h["source_topic"], int(h["source_offset"])) == (t.input, 1)
+    assert sorted(keyed(read_all(broker, t.output))) == ["after", "before"]

@@ -67,6 +67,7 @@ class ConfluentClients:
             "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "_WAIT_COORD", "_RESOLVE", "NETWORK_EXCEPTION")
             if hasattr(KafkaError, n)}
         self.consumer_cfg, self.producer_cfg = build_configs(spec, kafka_config)
+        self.max_message_bytes = int(self.producer_cfg.get("message.max.bytes", 1_000_000))
         self.on_revoke: Callable[[], None] | None = None
         self.down = False  # error_cb saw every broker go down; cleared by a successful probe
         self.failures: list[Any] = []  # delivery errors since the last flush

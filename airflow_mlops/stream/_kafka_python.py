@@ -73,6 +73,7 @@ class KafkaPythonClients:
 
         self.spec, self.kafka_config = spec, kafka_config
         self.timeout_s = spec.broker_timeout
+        self.max_message_bytes = int(kafka_config.get("max_request_size", 1_048_576))
         self.rebalance_errors = (CommitFailedError, RebalanceInProgressError, IllegalGenerationError,
                                  UnknownMemberIdError)
         self.unreachable_errors = (KafkaTimeoutError, NodeNotReadyError,

@@ -14,6 +14,9 @@ from airflow_mlops.stream._model import ScoringModel
 from airflow_mlops.stream.errors import BatchFailed
 
 MAX_ERROR_CHARS = 2000
+# What a produced message costs beyond its key, value and headers (the record batch's framing),
+# kept free when a dead letter is cut to the producer's limit.
+DEAD_LETTER_OVERHEAD = 1024
 
 
 class MissingFeatures(ValueError):
@@ -25,6 +28,21 @@ class DeadLetter:
     record: Any
     stage: str  # decode | predict | encode
     error: BaseException
+
+    def payload(self, model_version: str, limit: int) -> tuple[Any, Any, list[tuple[str, bytes]]]:
+        """``(key, value, headers)`` of the dead letter, at most ``limit`` bytes in all (the
+        producer's largest message): a record the broker took can be larger than what this
+        producer may send, and a dead letter that cannot be produced would block its partition
+        for good. Its value is then cut to fit, with ``original_size`` (bytes) and ``truncated``
+        headers; topic, partition and offset are always in the headers, so the whole record can
+        still be read from the source topic."""
+        headers = self.headers(model_version)
+        key, value = self.record.key, self.record.value
+        overhead = DEAD_LETTER_OVERHEAD + len(key or b"") + sum(len(k) + len(v) for k, v in headers)
+        if value is not None and overhead + len(value) > limit:
+            headers += [("original_size", str(len(value)).encode()), ("truncated", b"true")]
+            value = value[:max(0, limit - overhead - 64)]
+        return key, value, headers
 
     def headers(self, model_version: str) -> list[tuple[str, bytes]]:
         """The record's own headers, then where it came from and why it failed."""

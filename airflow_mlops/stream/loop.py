@@ -69,9 +69,9 @@ class _Run:
             return
         self.clients.produce(self.spec.output_topic, outputs, self.scorer.headers)
         if dead:
-            version = self.model.version
-            self.clients.produce(dlq_topic, [(d.record.key, d.record.value) for d in dead],
-                                 lambda i: dead[i].headers(version))
+            version, limit = self.model.version, getattr(self.clients, "max_message_bytes", 1_000_000)
+            letters = [d.payload(version, limit) for d in dead]
+            self.clients.produce(dlq_topic, [(k, v) for k, v, _ in letters], lambda i: letters[i][2])
         self.pending = (offsets, len(records))
         self.predictions_out += len(outputs)
         self.dead_letters += len(dead)
