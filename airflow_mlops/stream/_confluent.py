@@ -210,15 +210,23 @@ class ConfluentClients:
                 pass
 
     def lag(self) -> int | None:
+        """Σ highwater − the group's committed offset over the assigned partitions: the backlog the
+        group really has (positions are this consumer's alone and are reset by a rebalance). The
+        highwater is the one fetch responses carried (ListOffsets is not trusted: some brokers
+        answer it wrong); a partition this run never fetched is left out, not counted whole."""
         assigned = self.consumer.assignment()
         if not assigned:
             return None
+        try:
+            committed = self.consumer.committed(assigned, timeout=self.timeout_s)
+        except self.KafkaException:
+            return None
         total, known = 0, False
-        for tp in self.consumer.position(assigned):
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True)  # from fetches, not ListOffsets
+        for tp in committed:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high < 0:
                 continue
-            total += max(0, high - max(tp.offset, low if tp.offset < 0 else tp.offset))
+            total += max(0, high - (tp.offset if tp.offset >= 0 else low))
             known = True
         return total if known else None
 

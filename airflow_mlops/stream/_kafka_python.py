@@ -186,12 +186,18 @@ class KafkaPythonClients:
                 pass
 
     def lag(self) -> int | None:
+        """Σ highwater − the group's committed offset over the assigned partitions (see the
+        confluent engine's): the group's real backlog, not this consumer's positions."""
         total, known = 0, False
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
             if highwater is None:
                 continue
-            total += max(0, highwater - self.consumer.position(tp))
+            try:
+                done = self.consumer.committed(tp)
+            except Exception:  # noqa: BLE001 - the coordinator is not answering: the position instead
+                done = None
+            total += max(0, highwater - (done if done is not None else self.consumer.position(tp)))
             known = True
         return total if known else None
 
