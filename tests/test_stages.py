@@ -107,3 +107,41 @@ def test_a_stage_that_returns_its_data_is_refused_before_xcom_and_the_log(tmp_pa
     assert "for XCom ('rows' " in message and "over the 64 KiB a stage result may hold" in message
     assert "Return a pandas DataFrame (the stage writes it), or write the data yourself and return its paths" in message
     assert not any(len(r.getMessage()) > 5000 for r in caplog.records)  # nothing logged whole
+
+
+def test_rows_that_do_not_fit_the_signature_fail_with_one_message_or_are_set_aside(tmp_path, caplog):
+    """Before: an integer column with one missing value gave a raw MLflow traceback that dumped the
+    whole frame, named neither stage nor file, and was retried."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.integers(20, 80, 200), "income": rng.normal(50, 10, 200)})
+    frame["target"] = (frame["age"] > 50).astype(int)
+    frame.to_parquet(tmp_path / "people.parquet")
+    ctx = lambda stage, upstream=(): StageContext(  # noqa: E731
+        pipeline_id="p", stage_name=stage, run_key="r1", data_dir=str(tmp_path / "data"),
+        mlflow=MlflowTarget(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="p", registered_model="p",
+                            artifact_location=str(tmp_path / "artifacts")), upstream=list(upstream),
+        tags={"airflow_mlops.task_key": f"p/r1/{stage}", "airflow.try_number": "1"})
+    prep = run_stage(PreprocessStage(input=DataInput(path=str(tmp_path / "people.parquet"))), ctx("preprocess"))
+    train = run_stage(TrainStage(estimator="sklearn.linear_model.LogisticRegression", target="target"),
+                      ctx("train", [("preprocess", prep)]))
+    incoming = frame.drop(columns=["target"]).head(10).astype({"age": "float64"})
+    incoming.loc[[2, 5], "age"] = np.nan
+    incoming.to_parquet(tmp_path / "incoming.parquet")
+    serve = ServeStage(input=DataInput(path=str(tmp_path / "incoming.parquet")), model=train["model_uri"])
+    with pytest.raises(StageFailed) as err:
+        run_stage(serve, ctx("serve"))
+    message = str(err.value)
+    assert message == (f"stage 'serve': 2 of 10 rows of {tmp_path / 'incoming.parquet'} do not fit the signature of "
+                       f"{train['model_uri']}: column 'age' is long in the signature and holds no value (2 rows). Set "
+                       "on_bad_rows: set_aside to score the others and keep these in rejected.parquet")
+    assert "income" not in message  # no data in the message
+
+    result = run_stage(serve.model_copy(update={"on_bad_rows": "set_aside"}), ctx("serve"))
+    assert result["rows"] == 8 and result["rejected_rows"] == 2
+    rejected = pd.read_parquet(result["rejected_path"])
+    assert list(rejected["income"]) == list(incoming.loc[[2, 5], "income"]) and rejected["age"].isna().all()
+    assert set(rejected["rejected_reason"]) == {"column 'age' is long in the signature and holds no value"}
+    assert len(pd.read_parquet(result["predictions_path"])) == 8

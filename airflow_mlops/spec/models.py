@@ -244,6 +244,9 @@ class ServeStage(StageBase):
     target_cpu_percent: int = Field(70, ge=1, le=100, description="online on kubernetes: the autoscaler's CPU target.")
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
     format: DataFormat = "parquet"
+    on_bad_rows: Literal["fail", "set_aside"] = Field(
+        "fail", description="batch: rows that do not fit the model's signature (a missing value in an integer "
+        "column...) fail the stage, or are set aside in rejected.<format> beside the predictions, with the reason.")
     output: WritableLocation | None = Field(None, description="Write predictions here instead of "
                                             "<data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
