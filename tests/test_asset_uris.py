@@ -161,3 +161,24 @@ def test_pipelines_training_into_one_registered_model_both_run_and_compete_for_o
     assert second.tags["airflow_mlops.decision_detail"].startswith("version 2 vs champion 1: accuracy")
     aliases = {alias: str(version) for alias, version in client.get_registered_model("churn_shared").aliases.items()}
     assert aliases == {"champion": "2", "previous-champion": "1"}
+
+
+def test_a_stages_asset_event_says_which_run_wrote_what(airflow_db, mlops_home, dags_folder):
+    """Before: the Assets a stage published carried no event extra, so a DAG scheduled on them
+    could not tell which run's folder (or which day's partition) was written."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from airflow_mlops.factory.loader import load_pipelines
+
+    write(dags_folder, "evented.yaml", "id: evented\nstages:\n  preprocess: {input: {sklearn_dataset: iris}}\n")
+    release_asset_names("evented")
+    dr = load_pipelines(folder=dags_folder)["evented"].test()
+    with create_session() as session:
+        (extra,) = session.scalars(select(AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                   .where(AssetModel.name == "evented.preprocess",
+                                          AssetEvent.source_run_id == dr.run_id)).all()
+    assert extra["run_id"] == dr.run_id and extra["dag_id"] == "evented" and extra["stage"] == "preprocess"
+    assert extra["train_path"].endswith("/train.parquet") and extra["test_path"].endswith("/test.parquet")
+    assert extra["rows"] == 150

@@ -176,7 +176,28 @@ class StageOperator(BaseOperator):
             raise stage_failed(problem)
         self.mlflow_run_url = result.get("mlflow_run_url")  # train stages: for MlflowRunLink
         self.log.info("Stage '%s' result: %s", self.stage_name, shown(result))
+        self.describe_asset_events(context, result)
         return result
+
+    def describe_asset_events(self, context: Any, result: dict[str, Any]) -> None:
+        """Each Asset this task publishes gets an event extra saying what this run wrote: the run,
+        the stage's output locations (``*_path``: a run's folder, a day's partition) and the model
+        version, so a DAG scheduled on it knows what to read."""
+        if not self.outlets:
+            return
+        try:
+            events = context["outlet_events"]
+        except (KeyError, TypeError):  # called outside a task (tests, the Python API)
+            return
+        extra = {"dag_id": getattr(context.get("ti"), "dag_id", None), "run_id": context.get("run_id"),
+                 "stage": self.stage_name,
+                 **{k: v for k, v in result.items() if k.endswith("_path") or k in ("model_uri", "model_version",
+                                                                                  "model_name", "rows")}}
+        for asset in self.outlets:
+            try:
+                events[asset].extra = {**events[asset].extra, **{k: v for k, v in extra.items() if v is not None}}
+            except Exception as exc:  # noqa: BLE001 - an outlet Airflow does not track (no event to describe)
+                self.log.debug("No event extra for outlet %r: %s", asset, exc)
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         """Run the stage in this process. Backends that run it elsewhere override this."""
