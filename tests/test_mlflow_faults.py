@@ -236,6 +236,14 @@ def test_retention_against_a_hung_server_is_retried_and_a_rerun_deletes_what_it_
     assert len(client.search_runs([experiment])) == 1
 
 
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Answering(http.server.BaseHTTPRequestHandler):
     """Answers every request with the server's ``status`` (a tracking server behind a proxy that
     refuses the credentials, or one that is failing)."""
@@ -246,10 +254,7 @@ class Answering(http.server.BaseHTTPRequestHandler):
     def _answer(self):
         self.seen.append(self.path)
         body = b"<html>denied</html>" if self.status < 500 else b"<html>unavailable</html>"
-        self.send_response(self.status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, self.status, "text/html", body)
 
     do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
@@ -377,12 +382,8 @@ class FailingOneCall(http.server.BaseHTTPRequestHandler):
             if self.status == 0:
                 time.sleep(30)
                 return
-            body = b"<html>denied</html>" if self.status < 500 else b"<html>unavailable</html>"
-            self.send_response(self.status)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send(self, self.status, "text/html", b"<html>denied</html>" if self.status < 500 else
+                 b"<html>unavailable</html>")
             return
         if failing is not None:
             self.state["done"] = True
@@ -395,11 +396,7 @@ class FailingOneCall(http.server.BaseHTTPRequestHandler):
                 status, headers, body = response.status, response.headers, response.read()
         except urllib.error.HTTPError as exc:
             status, headers, body = exc.code, exc.headers, exc.read()
-        self.send_response(status)
-        self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, status, headers.get("Content-Type", "application/json"), body)
 
     do_GET = do_POST = do_PATCH = do_DELETE = _answer
 

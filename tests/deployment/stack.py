@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port  # noqa: F401 (re-exported for the tests)
+from tests.helpers import free_port, stop_process_groups  # noqa: F401 (free_port: re-exported for the tests)
 from tests.s3_helpers import S3Server
 
 BIN = Path(sys.executable).parent
@@ -228,15 +228,7 @@ class Deployment:
             process.wait(60)
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.processes.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_process_groups(self.processes.values())
         self.s3.stop()
         self.postgres.stop()
 
