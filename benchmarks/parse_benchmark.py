@@ -129,7 +129,6 @@ with DAG(
     dag_id=PIPELINE_ID,
     description={description!r},
     schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     tags=["airflow-mlops", "classification"],  # a pipeline's tags replace those of _defaults.yaml
     default_args={{"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)}},
@@ -221,7 +220,6 @@ with DAG(
     dag_id=PIPELINE_ID,
     description={description!r},
     schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     tags=["airflow-mlops", "classification"],
     default_args={{"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)}},
@@ -290,7 +288,6 @@ with DAG(
     dag_id=PIPELINE_ID,
     description={description!r},
     schedule=None,
-    start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     tags=["airflow-mlops", "classification"],
     default_args={{"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)}},
@@ -537,7 +534,7 @@ def generate(n: int, root: Path, data_root: Path) -> dict[str, Path]:
         ])
         values = dict(
             id=pid, data_dir=str(data_root / "data" / pid), experiment=f"bench-{i}", model=f"{pid}_classifier",
-            model_uri=f"mlflow-model://{pid}_classifier", description=description, doc=doc,
+            model_uri=f"x-mlflow-model://{pid}_classifier/{pid}/train", description=description, doc=doc,
         )
         (folders["stageop"] / f"{pid}.py").write_text(HAND_PY.format(**values))
         runner = RUN_STAGE_PY.format()  # its doubled braces undone once

@@ -150,8 +150,8 @@ def test_pipelines_training_into_one_registered_model_both_run_and_compete_for_o
         release_asset_names(pid)
     dags = load_pipelines(folder=dags_folder)
     uris = {pid: dags[pid].get_task("train.run").outlets[0].uri for pid in ("trainer_a", "trainer_b")}
-    assert uris == {"trainer_a": "mlflow-model://churn_shared/trainer_a/train",
-                    "trainer_b": "mlflow-model://churn_shared/trainer_b/train"}
+    assert uris == {"trainer_a": "x-mlflow-model://churn_shared/trainer_a/train",
+                    "trainer_b": "x-mlflow-model://churn_shared/trainer_b/train"}
     states = {pid: dags[pid].test().state for pid in ("trainer_a", "trainer_b")}
     assert states == {"trainer_a": DagRunState.SUCCESS, "trainer_b": DagRunState.SUCCESS}
     uri = f"sqlite:///{mlops_home / 'mlflow.db'}"

@@ -43,7 +43,7 @@ def test_repo_dags_folder_parses_into_the_example_pipelines():
     assert "estimator: sklearn.ensemble.RandomForestClassifier" in dag.doc_md
     outlets = {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks}
     assert outlets["preprocess.run"][0].endswith("/data/breast_cancer/preprocess")
-    assert outlets["train.run"] == ["mlflow-model://breast_cancer_classifier/breast_cancer/train"]
+    assert outlets["train.run"] == ["x-mlflow-model://breast_cancer_classifier/breast_cancer/train"]
 
 
 def test_broken_pipeline_is_visible_and_loses_only_itself(dags_folder):

@@ -119,7 +119,7 @@ def _docs(loaded: LoadedPipeline) -> str:
 def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     """Stage outputs as Airflow Assets (what the stage registry says the kind produces): datasets by
     folder (the folder's URI, percent-encoded: ``_core.locations``), drift reports by pipeline and
-    stage, and models by registered name *and* producer: ``mlflow-model://<model>/<pipeline>/<stage>``.
+    stage, and models by registered name *and* producer: ``x-mlflow-model://<model>/<pipeline>/<stage>``.
     Several pipelines may train into one registered model (trainers competing for one champion);
     each one's train stage is then its own Asset, so Airflow keeps them all active."""
     produces = registry.produces(stage.kind)
@@ -127,10 +127,10 @@ def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
     if produces == "dataset":
         return [Asset(name=f"{pid}.{name}", uri=asset_uri(f"{plan.asset_root.rstrip('/')}/{name}"))]
     if produces == "drift":
-        return [Asset(name=f"{pid}.{name}", uri=f"airflow-mlops://{pid}/{name}/drift")]
+        return [Asset(name=f"{pid}.{name}", uri=f"x-airflow-mlops://{pid}/{name}/drift")]
     if produces == "model":
         model = asset_name_part(plan.pipeline.mlflow.registered_model or pid)
-        return [Asset(name=f"{pid}.{name}.model", uri=f"mlflow-model://{model}/{pid}/{name}")]
+        return [Asset(name=f"{pid}.{name}.model", uri=f"x-mlflow-model://{model}/{pid}/{name}")]
     return []
 
 
@@ -153,7 +153,7 @@ def _schedule(p: Pipeline) -> Any:
         k = p.dag.trigger.kafka
         trigger = KafkaMessageQueueTrigger(topics=k.topics, kafka_config_id=k.connection,
                                            apply_function=k.apply_function, poll_interval=k.poll_interval)
-        asset = Asset(name=f"{p.id}.kafka_trigger", uri=f"airflow-mlops://{p.id}/kafka-trigger",
+        asset = Asset(name=f"{p.id}.kafka_trigger", uri=f"x-airflow-mlops://{p.id}/kafka-trigger",
                       watchers=[AssetWatcher(name=f"{p.id}.kafka_watcher", trigger=trigger)])
         return [asset]
     if p.dag.schedule_on_assets:
