@@ -98,3 +98,26 @@ def test_the_dead_letter_topic_is_templated_like_the_other_topics():
     assert validated_spec(rendered, "score", rendered=True).dead_letter_topic == "dlq.20260101"
     with pytest.raises(ValueError, match="dead_letter_topic"):  # rendered to a name Kafka refuses: the task fails
         validated_spec({**rendered, "dead_letter_topic": "dlq 20260101"}, "score", rendered=True)
+
+
+def test_dynamic_task_mapping_works_over_the_stream_operators_documented_arguments(tmp_path):
+    """Before: StreamInferenceOperator.partial(topics=..., batch_size=..., idle_timeout=...) failed
+    at import ('unexpected keyword arguments'): only spec= could be mapped, and nothing said so."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "mapped.py").write_text(
+        "# Airflow DAG\nfrom airflow.sdk import DAG\nfrom airflow_mlops import StreamInferenceOperator\n\n"
+        "with DAG('mapped_stream', schedule=None):\n"
+        "    StreamInferenceOperator.partial(task_id='score', topics='events', batch_size=100, idle_timeout=5,\n"
+        "                                    model_uri='models:/m@champion').expand(\n"
+        "        output_topic=['scored.eu', 'scored.us'], max_records=[1000, 2000])\n")
+    bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.import_errors == {}
+    task = bag.dags["mapped_stream"].get_task("score")
+    assert task.partial_kwargs["batch_size"] == 100 and set(task.expand_input.value) == {"output_topic", "max_records"}
+    (tmp_path / "mapped.py").write_text(
+        "# Airflow DAG\nfrom airflow.sdk import DAG\nfrom airflow_mlops import StreamInferenceOperator\n\n"
+        "with DAG('mapped_stream', schedule=None):\n"
+        "    StreamInferenceOperator.partial(task_id='score', topics='events').expand(batch_sise=[1, 2])\n")
+    errors = DagBag(dag_folder=str(tmp_path)).import_errors
+    assert "batch_sise" in next(iter(errors.values()))

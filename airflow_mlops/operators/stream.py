@@ -145,6 +145,15 @@ class StreamInferenceOperator(BaseOperator):
         self.kafka_conn_id = kafka_conn_id
         self.mlflow = mlflow
 
+    # Every StreamSpec field is a documented argument, so Airflow's partial()/expand() (dynamic task
+    # mapping) must know them: they join the signature Airflow reads when the class is made.
+    __init__.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        *[p for p in inspect.signature(__init__).parameters.values() if p.kind != p.VAR_KEYWORD],
+        *[inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+          for name in StreamSpec.model_fields if name not in ("spec",)],
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ])
+
     def resolve_tracking_uri(self) -> str:
         from airflow_mlops.hooks.mlflow import resolve_target
         from airflow_mlops.spec.models import MlflowSettings
