@@ -121,3 +121,36 @@ def test_dynamic_task_mapping_works_over_the_stream_operators_documented_argumen
         "    StreamInferenceOperator.partial(task_id='score', topics='events').expand(batch_sise=[1, 2])\n")
     errors = DagBag(dag_folder=str(tmp_path)).import_errors
     assert "batch_sise" in next(iter(errors.values()))
+
+
+def test_old_argument_names_warn_at_the_line_of_the_dag_file_that_uses_them(tmp_path):
+    """Before: mlflow_conn_id=, tracking_uri= and prices.memory_gb_hour warned nothing under
+    Airflow (a DeprecationWarning Python hides), and the warnings that did appear pointed at the
+    package's own files. Airflow records them now as the DAG file's import warnings, at its lines."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file = tmp_path / "old_names.py"
+    dag_file.write_text(
+        "# Airflow DAG with old argument names\nfrom airflow.sdk import DAG\n"
+        "from airflow_mlops import GpuTrainOperator, StreamInferenceOperator\n\n"
+        "with DAG('old_names', schedule=None):\n"
+        "    StreamInferenceOperator(task_id='score', topics='events', output_topic='scored',\n"
+        "                            model_uri='models:/m@champion', tracking_uri='http://mlflow:5000')\n"
+        "    GpuTrainOperator(task_id='train', entrypoint='tests.gpu_entrypoints:train_forest', sample_interval_s=2,\n"
+        "                     prices={'memory_gb_hour': 0.1})\n")
+    import warnings
+
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
+
+    with warnings.catch_warnings():  # as Python's default filters: this suite's pyproject hides "is deprecated"
+        warnings.simplefilter("default", MlopsDeprecationWarning)
+        bag = DagBag(dag_folder=str(tmp_path))
+    assert bag.import_errors == {}
+    warned = bag.captured_warnings[str(dag_file)]
+    assert warned == (
+        f"{dag_file}:6: airflow_mlops.spec.renamed.MlopsDeprecationWarning: StreamInferenceOperator: mlflow_conn_id= "
+        "and tracking_uri= are deprecated, use mlflow={'tracking_uri': 'http://mlflow:5000'}",
+        f"{dag_file}:8: airflow_mlops.spec.renamed.MlopsDeprecationWarning: GpuTrainOperator: sample_interval_s is "
+        "deprecated, use sample_interval",
+        f"{dag_file}:8: airflow_mlops.spec.renamed.MlopsDeprecationWarning: prices.memory_gb_hour is deprecated, use "
+        "memory_gib_hour (memory is billed per GiB)")

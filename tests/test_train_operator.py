@@ -387,13 +387,12 @@ def test_training_code_beside_the_dag_file_imports_in_the_training_process(airfl
 
 def test_sample_interval_has_one_name_and_the_old_one_still_works():
     """Issue 19, item 7: the YAML's gpu_metrics.sample_interval and the operator's argument are one
-    word now; sample_interval_s still works, with Airflow's provider deprecation warning."""
-    from airflow.exceptions import AirflowProviderDeprecationWarning
-
+    word now; sample_interval_s still works, with the package's deprecation warning."""
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
 
     assert GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest",
                             sample_interval=0.5).sample_interval == 0.5
-    with pytest.warns(AirflowProviderDeprecationWarning, match="sample_interval_s is deprecated, use sample_interval"):
+    with pytest.warns(MlopsDeprecationWarning, match="sample_interval_s is deprecated, use sample_interval"):
         op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", sample_interval_s=2)
     assert op.sample_interval == 2.0

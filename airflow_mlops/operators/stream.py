@@ -111,12 +111,10 @@ class StreamInferenceOperator(BaseOperator):
         moved = {new: kwargs.pop(old) for old, new in (("mlflow_conn_id", "conn_id"), ("tracking_uri", "tracking_uri"))
                  if old in kwargs}
         if moved:
-            import warnings
+            from airflow_mlops.spec.renamed import warn_deprecated
 
-            from airflow.exceptions import AirflowProviderDeprecationWarning
-
-            warnings.warn(f"StreamInferenceOperator: mlflow_conn_id= and tracking_uri= are deprecated, use "
-                          f"mlflow={moved!r}", AirflowProviderDeprecationWarning, stacklevel=3)
+            warn_deprecated(f"StreamInferenceOperator: mlflow_conn_id= and tracking_uri= are deprecated, use "
+                            f"mlflow={moved!r}")
         mlflow = {**(mlflow.model_dump(exclude_none=True) if hasattr(mlflow, "model_dump") else dict(mlflow or {})),
                   **moved}
         tracking_uri = mlflow.get("tracking_uri")

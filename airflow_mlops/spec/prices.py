@@ -23,10 +23,9 @@ class PriceTable(BaseModel):
     def _old_names(cls, data: Any) -> Any:
         """``memory_gb_hour`` (before 0.2) was always billed per GiB: still read, with a warning."""
         if isinstance(data, dict) and "memory_gb_hour" in data:
-            import warnings
+            from airflow_mlops.spec.renamed import warn_deprecated
 
-            warnings.warn("prices.memory_gb_hour is now memory_gib_hour (memory is billed per GiB)",
-                          DeprecationWarning, stacklevel=2)
+            warn_deprecated("prices.memory_gb_hour is deprecated, use memory_gib_hour (memory is billed per GiB)")
             data = dict(data)
             old = data.pop("memory_gb_hour")
             data.setdefault("memory_gib_hour", old)

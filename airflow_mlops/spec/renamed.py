@@ -1,6 +1,6 @@
 """Names that changed, so that one concept has one word across the YAML and the operators. An old
-name keeps working with a deprecation warning (Airflow's ``AirflowProviderDeprecationWarning``
-when Airflow is installed, else ``DeprecationWarning``) until the next major version."""
+name keeps working with a deprecation warning (``MlopsDeprecationWarning``) until the next major
+version, pointing at the line of the user's DAG file that used it."""
 
 from __future__ import annotations
 
@@ -19,13 +19,44 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 
 
-def _warning_class() -> type[Warning]:
-    try:
-        from airflow.exceptions import AirflowProviderDeprecationWarning
+class MlopsDeprecationWarning(FutureWarning):
+    """An old name of this package's, still read. A ``FutureWarning`` (Python's category for
+    deprecations meant for the people who write the code, shown by default) rather than a
+    ``DeprecationWarning``, which Python's default filters hide: Airflow's DAG processor records
+    the warnings a DAG file raises as that file's import warnings only when they are shown."""
 
-        return AirflowProviderDeprecationWarning
-    except ImportError:  # a pod or a spark-submit driver without Airflow
-        return DeprecationWarning
+
+def _warning_class() -> type[Warning]:
+    return MlopsDeprecationWarning
+
+
+def warn_deprecated(message: str) -> None:
+    """Warn (``AirflowProviderDeprecationWarning`` where Airflow is installed) at the first frame
+    outside this package and Airflow: the user's DAG file and line, whatever wrappers (Airflow's
+    operator metaclass, pydantic validators) stand between. Airflow records it as an import
+    warning of that file."""
+    import os
+    import sys
+
+    skip = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),)  # airflow_mlops/
+    try:
+        import airflow
+
+        skip += (os.path.dirname(os.path.abspath(airflow.__file__)),)
+    except ImportError:
+        pass
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(skip) and "/pydantic" not in filename and not filename.startswith("<frozen"):
+            break
+        frame = frame.f_back
+    if frame is None:
+        warnings.warn(message, _warning_class(), stacklevel=2)
+        return
+    warnings.warn_explicit(message, _warning_class(), frame.f_code.co_filename, frame.f_lineno,
+                           module=frame.f_globals.get("__name__"), registry=frame.f_globals.setdefault(
+                               "__warningregistry__", {}))
 
 
 def take_renamed(owner: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -40,7 +71,7 @@ def take_renamed(owner: str, given: dict[str, Any]) -> dict[str, Any]:
             continue
         if new in out:
             raise TypeError(f"{owner}: give {new}= only ({old}= is its old name)")
-        warnings.warn(f"{owner}: {old} is deprecated, use {new}", _warning_class(), stacklevel=3)
+        warn_deprecated(f"{owner}: {old} is deprecated, use {new}")
         out[new] = out.pop(old)
     return out
 
