@@ -159,3 +159,38 @@ def test_a_git_sync_flip_moves_no_location_and_no_asset_uri(tmp_path, capsys):
     write(root / ".worktrees" / "c2", "pipelines/relative.yaml", "id: rel\ndata_dir: out\nstages:\n  validate: {}\n")
     assert main(["validate", str(root / "repo" / "pipelines" / "relative.yaml")]) == 1
     assert "data_dir: 'out' is a relative path" in capsys.readouterr().out
+
+
+def test_retention_keeps_the_newest_run_folders_of_a_prefix_in_a_bucket(s3_server, monkeypatch):
+    """A files policy whose root is a bucket prefix: run folders (unit: directory) beyond the
+    newest two are deleted object by object; nothing outside the prefix is touched; a dry run
+    lists exactly what the real run deletes; a prefix with nothing under it fails, naming it."""
+    import time
+
+    import boto3
+
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops.lifecycle.retention import run_retention
+    from tests.s3_helpers import s3_environment
+
+    s3_environment(s3_server, monkeypatch)
+    bucket = s3_server.bucket("retained")
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    for run in range(4):  # one second apart: S3 keeps modification times in whole seconds
+        for name in ("train.parquet", "test.parquet"):
+            client.put_object(Bucket=bucket, Key=f"data/p/preprocess/run-{run}/{name}", Body=b"x" * 100)
+        time.sleep(1.1)
+    client.put_object(Bucket=bucket, Key="elsewhere/keep.txt", Body=b"x")
+    policy = {"kind": "files", "root": f"s3://{bucket}/data/p/preprocess", "unit": "directory", "depth": 1,
+              "keep_last": 2}
+    dry = run_retention({"policies": [policy], "dry_run": True})
+    runs = f"s3://{bucket}/data/p/preprocess"
+    assert dry["items"] == 2 and dry["bytes"] == 400 and dry["deleted"] == [f"{runs}/run-0", f"{runs}/run-1"]
+    assert len(s3_server.keys(bucket)) == 9  # a dry run deletes nothing
+    summary = run_retention({"policies": [policy]})
+    assert summary["items"] == 2 and summary["dry_run"] is False and summary["deleted"] == dry["deleted"]
+    assert s3_server.keys(bucket) == [
+        "data/p/preprocess/run-2/test.parquet", "data/p/preprocess/run-2/train.parquet",
+        "data/p/preprocess/run-3/test.parquet", "data/p/preprocess/run-3/train.parquet", "elsewhere/keep.txt"]
+    with pytest.raises(StageFailed, match=r"nothing exists under the root s3://.*/data/typo"):
+        run_retention({"policies": [{**policy, "root": f"s3://{bucket}/data/typo"}]})

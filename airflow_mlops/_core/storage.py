@@ -116,7 +116,7 @@ def spark_uri(location: str) -> str:
     return location
 
 
-def open_location(location: str, conn_id: str | None = None) -> Any:
+def open_location(location: str, conn_id: str | None = None, setting: str = "data_conn_id") -> Any:
     """A path object for ``location``: ``pathlib.Path`` for a local path (or ``file://``), else
     Airflow's ``ObjectStoragePath`` with ``conn_id`` (default: the scheme's ``DEFAULT_CONN_IDS``;
     the provider falls back to the environment's credentials when that connection does not exist).
@@ -133,7 +133,7 @@ def open_location(location: str, conn_id: str | None = None) -> Any:
         require(extra, f"stage data at {scheme}://")
     from airflow.sdk import ObjectStoragePath
 
-    return ObjectStoragePath(location, conn_id=_existing(conn_id, scheme) or DEFAULT_CONN_IDS.get(scheme))
+    return ObjectStoragePath(location, conn_id=_existing(conn_id, scheme, setting) or DEFAULT_CONN_IDS.get(scheme))
 
 
 def location_of(path: Any) -> str:
@@ -145,10 +145,10 @@ def location_of(path: Any) -> str:
     return str(path)
 
 
-def _existing(conn_id: str | None, scheme: str) -> str | None:
+def _existing(conn_id: str | None, scheme: str, setting: str = "data_conn_id") -> str | None:
     """``conn_id`` once Airflow has it (``_core.connections``): a connection named but missing is
     an error naming it, since the providers would otherwise carry on anonymously or with whatever
     credentials the worker has."""
     from airflow_mlops._core.connections import check
 
-    return check(conn_id, f"data_conn_id, for {scheme}:// data", instead=f"'{DEFAULT_CONN_IDS.get(scheme, 'the default')}'")
+    return check(conn_id, f"{setting}, for {scheme}:// data", instead=f"'{DEFAULT_CONN_IDS.get(scheme, 'the default')}'")

@@ -51,6 +51,19 @@ def _local_path(v: Any) -> Any:
     return v
 
 
+def _root_location(v: Any) -> Any:
+    """A retention root: an object-storage URI (``_core.storage`` rules: a bucket, a known
+    scheme), else an absolute local path (``_local_path``)."""
+    from airflow_mlops._core.storage import is_remote, location_problem
+
+    if isinstance(v, str) and is_remote(v.strip()):
+        problem = location_problem(v.strip())
+        if problem:
+            raise PydanticCustomError("root", "{problem}", {"problem": problem})
+        return v.strip()
+    return _local_path(v)
+
+
 LocalPath = Annotated[str, Field(description="Absolute path; '~' and ${ENV_VARS} are expanded in the worker.")]
 
 
@@ -82,7 +95,9 @@ class FilesPolicy(_Rules):
 
     kind: Literal["files"] = "files"
     name: str | None = Field(None, description="Shown in the summary; defaults to the root.")
-    root: LocalPath
+    root: str = Field(..., description="An absolute path (~ and ${VARS} expanded in the worker) or an "
+                      "object-storage URI (s3://bucket/prefix): the objects under that prefix.")
+    conn_id: str | None = Field(None, description="The Airflow connection for a URI root (default: the scheme's own).")
     missing_ok: bool = Field(False, description="A root that does not exist is a note in the summary (a folder that "
                              "appears later), not an error.")
     include: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
@@ -99,7 +114,7 @@ class FilesPolicy(_Rules):
         None, description="Size budget ('50GiB', '500MB', bytes): the oldest items go until the rest fits.",
     )
 
-    _root = field_validator("root", mode="before")(classmethod(lambda cls, v: _local_path(v)))
+    _root = field_validator("root", mode="before")(classmethod(lambda cls, v: _root_location(v)))
 
     @model_validator(mode="after")
     def _some_rule(self) -> "FilesPolicy":

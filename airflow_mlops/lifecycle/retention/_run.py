@@ -17,10 +17,12 @@ import logging
 import time
 from typing import Any
 
+from airflow_mlops._core.storage import is_remote
 from airflow_mlops.lifecycle.retention._files import apply_files, plan_files
 from airflow_mlops.lifecycle.retention._mlflow_apply import apply_mlflow
 from airflow_mlops.lifecycle.retention._mlflow_plan import plan_mlflow
 from airflow_mlops.lifecycle.retention._model import Plan, PolicyPlan
+from airflow_mlops.lifecycle.retention._objects import apply_objects, plan_objects
 from airflow_mlops.lifecycle.retention.report import log_outcome, log_plan
 from airflow_mlops.lifecycle.specs import RetentionSpec
 
@@ -47,7 +49,7 @@ def plan(spec: RetentionSpec | dict, *, now: float | None = None, tracking_uri: 
     mlflow_ones = [(pp, pol) for pp, pol in zip(plans, spec.policies) if pol.kind != "files"]
     for pp, pol in zip(plans, spec.policies):
         if pol.kind == "files":
-            plan_files(pol, pp, now)
+            (plan_objects if is_remote(pol.root) else plan_files)(pol, pp, now)
     if mlflow_ones:
         plan_mlflow(mlflow_ones, _tracking_uri(spec, tracking_uri), now)
     return Plan(spec, plans, now)
@@ -61,7 +63,7 @@ def apply(p: Plan, *, tracking_uri: str | None = None) -> Plan:
     mlflow_ones = []
     for pp, pol in zip(p.policies, p.spec.policies):
         if pol.kind == "files":
-            apply_files(pp)
+            apply_objects(pp, pol) if is_remote(pol.root) else apply_files(pp)
         else:
             mlflow_ones.append((pp, pol))
     if mlflow_ones:
