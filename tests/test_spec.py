@@ -111,14 +111,17 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             "id: a\ndag:\n  shedule: '@daily'\nstages:\n  validate: {}\n",
             ["3:3 dag.shedule: unknown key 'shedule' (did you mean 'schedule'?); expected one of 'schedule', "
              "'schedule_on_assets', 'trigger', 'start_date', 'timezone', 'catchup', 'description', 'tags', 'owner', 'retries', "
-             "'retry_delay', 'execution_timeout', 'max_active_runs', 'on_success_callback', 'on_failure_callback', "
+             "'retry_delay', 'execution_timeout', 'max_active_runs', 'max_active_tasks', 'dagrun_timeout', 'end_date', "
+             "'max_consecutive_failed_dag_runs', 'render_template_as_native_obj', 'fail_fast', 'is_paused_upon_creation', "
+             "'dag_display_name', 'on_success_callback', 'on_failure_callback', "
              "'default_args'"],
             id="unknown-nested-key",
         ),
         pytest.param(
             "id: a\nstages:\n  validate:\n    treshold: {}\n",
             ["4:5 stages.validate.treshold: unknown key 'treshold' (did you mean 'thresholds'?); expected one of "
-             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'kubernetes', 'kind', 'thresholds', "
+             "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'queue', 'pool', 'kubernetes', "
+             "'kind', 'thresholds', "
              "'compare', 'alias', 'previous_alias', 'on_reject'"],
             id="unknown-stage-key",
         ),

@@ -126,7 +126,7 @@ def _allowed_keys(loc: tuple, root: type[BaseModel] = Pipeline) -> list[str]:
 def _got(value: Any, src: Any, path: tuple, wanted: str) -> str:
     """What was written, as written: YAML reads an unquoted ``true``, ``no``, ``1.10`` or
     ``2025-01-10`` as a boolean, number or date, which is not what a user who wanted text sees."""
-    if "a string" not in wanted or isinstance(value, (str, dict, list)) or value is None:
+    if wanted != "a string" or isinstance(value, (str, dict, list)) or value is None:
         return repr(value)
     mark = src.mark_of(path)
     lines = (getattr(src, "text", "") or "").splitlines()
