@@ -302,10 +302,11 @@ def test_memory_is_billed_per_gib_and_the_old_price_name_still_reads():
     (memory_gib_hour, memory_gib_hours); the old price key still works, with a warning."""
     from airflow_mlops._core.units import memory_gib
     from airflow_mlops.spec.prices import PriceTable
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
     from airflow_mlops.telemetry.cost import TaskResources, task_cost
 
     assert memory_gib("16Gi") == 16 and memory_gib("1G") == pytest.approx(10**9 / 2**30)
-    with pytest.warns(DeprecationWarning, match="memory_gb_hour is deprecated, use memory_gib_hour"):
+    with pytest.warns(MlopsDeprecationWarning, match="memory_gb_hour is deprecated, use memory_gib_hour"):
         prices = PriceTable.model_validate({"memory_gb_hour": 0.2})
     assert prices.memory_gib_hour == 0.2
     c = task_cost(TaskResources(gpu=0, cpu=1, memory_gib=16), 3600, prices)

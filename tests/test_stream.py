@@ -704,15 +704,14 @@ def test_one_name_per_concept_and_the_old_names_still_work(dags_folder):
     `idle_timeout`, `progress_interval`, the sensor's `lag_timeout`), the MLflow store is `mlflow=`
     as on every operator; old spellings warn and still work. Templates may stand for topics and
     numbers at parse (`batch_size="{{ params.bs }}"`), checked once rendered."""
-    from airflow.exceptions import AirflowProviderDeprecationWarning
-
     from airflow_mlops import KafkaLagSensor, StreamInferenceOperator
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
 
     op = StreamInferenceOperator(task_id="s", topics="{{ params.topic }}", output_topic="out",
                                  model_uri="models:/m@champion", batch_size="{{ params.bs }}",
                                  mlflow={"tracking_uri": "sqlite:////tmp/m.db"})
     assert op.stream_args["topics"] == "{{ params.topic }}" and op.stream_args["batch_size"] == "{{ params.bs }}"
-    with pytest.warns(AirflowProviderDeprecationWarning) as caught:
+    with pytest.warns(MlopsDeprecationWarning) as caught:
         old = StreamInferenceOperator(task_id="o", input_topic="in", output_topic="out", model_uri="models:/m/1",
                                       max_seconds=5, idle_timeout_s=2, progress_interval_s=1,
                                       tracking_uri="sqlite:////tmp/m.db")
