@@ -10,6 +10,12 @@ import socket
 import time
 
 
+def say(line: str) -> None:
+    """One line in one write: two ranks of a pod share its stdout, and print() writes the text and
+    its newline separately, so lines printed at the same moment could interleave mid-line."""
+    os.write(1, (line + "\n").encode())
+
+
 def gather(timeout: float = 120) -> dict[int, int]:
     """On rank 0: {rank: the world size it reported}, for every rank; on the others: {}."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -31,7 +37,7 @@ def gather(timeout: float = 120) -> dict[int, int]:
             with socket.create_connection((host, port), timeout=5) as conn:
                 conn.sendall(f"{rank} {world}\n".encode())
                 assert conn.makefile().readline().strip() == "ok"
-                print(f"rank {rank}: reached rank 0 with world size {world}", flush=True)
+                say(f"rank {rank}: reached rank 0 with world size {world}")
                 return {}
         except OSError:
             if time.monotonic() > deadline:
@@ -49,7 +55,7 @@ def train(train, test, target, features, params):
         return None
     assert sorted(seen) == list(range(world)), seen
     assert set(seen.values()) == {world}, seen
-    print(f"rank 0: ranks {sorted(seen)} all reached rank 0 with world size {world}", flush=True)
+    say(f"rank 0: ranks {sorted(seen)} all reached rank 0 with world size {world}")
     model = LogisticRegression(max_iter=300).fit(train[features], train[target])
     return model, {"accuracy": float(model.score(test[features], test[target])), "world_size": world,
                    "ranks_reached": len(seen)}
@@ -65,7 +71,7 @@ def entrypoint(params, checkpoint_dir):
         return None
     world = int(os.environ["WORLD_SIZE"])
     assert sorted(seen) == list(range(world)) and set(seen.values()) == {world}, seen
-    print(f"rank 0: ranks {sorted(seen)} all reached rank 0 with world size {world}", flush=True)
+    say(f"rank 0: ranks {sorted(seen)} all reached rank 0 with world size {world}")
     example = pd.DataFrame({"x": [0.0, 1.0]})
     return {"model": DummyClassifier().fit(example, [0, 1]), "metrics": {"world_size": world},
             "input_example": example}
