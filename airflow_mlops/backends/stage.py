@@ -156,20 +156,15 @@ class StageOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
-        from airflow_mlops._core.connections import ConnectionNotFound
         from airflow_mlops._core.errors import StageFailed
+        from airflow_mlops._core.result import result_problem, shown
 
         self.stage = self.rendered_stage()
         try:
             ctx = self.stage_context(context)
-        except ConnectionNotFound as exc:  # a named connection that does not exist: no retry creates it
-            raise stage_failed(str(exc)) from None
-        self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
-        from airflow_mlops._core.result import result_problem, shown
-
-        try:
+            self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
             result = self.run(ctx, context)
-        except StageFailed as exc:  # what a backend's own launch refused (a missing connection...): no retry
+        except StageFailed as exc:  # refused before or at launch (a named connection missing...): no retry
             raise stage_failed(str(exc)) from exc
         problem = result_problem(result, self.stage_name)
         if problem:  # never pushed to XCom, never logged whole

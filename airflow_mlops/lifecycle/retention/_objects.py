@@ -17,14 +17,13 @@ from airflow_mlops.lifecycle.retention._selection import select
 from airflow_mlops.lifecycle.specs import FilesPolicy
 
 
-def _listing(policy: FilesPolicy, pp: PolicyPlan) -> tuple[Any, str, dict[str, dict[str, Any]]] | None:
-    """``(filesystem, root path, {relative key: {"size", "mtime"}})``, or None for a root with
-    no object (an error unless ``missing_ok``)."""
+def _objects(policy: FilesPolicy) -> tuple[Any, str, dict[str, dict[str, Any]]]:
+    """``(filesystem, root path, {relative key: {"size", "mtime"}})`` of every object under the
+    policy's root."""
     from airflow_mlops._core.storage import open_location
 
     root = open_location(policy.root.rstrip("/"), policy.conn_id, "the retention policy's conn_id")
     fs, base = root.fs, str(root.path).rstrip("/")
-    pp.root = policy.root.rstrip("/")
     found = fs.find(base, detail=True) if fs.exists(base) else {}
     objects = {}
     for key, info in found.items():
@@ -33,6 +32,13 @@ def _listing(policy: FilesPolicy, pp: PolicyPlan) -> tuple[Any, str, dict[str, d
         modified = info.get("LastModified") or info.get("last_modified") or info.get("mtime")
         mtime = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0)
         objects[key[len(base):].lstrip("/")] = {"size": int(info.get("size") or 0), "mtime": mtime}
+    return fs, base, objects
+
+
+def _listing(policy: FilesPolicy, pp: PolicyPlan) -> tuple[Any, str, dict[str, dict[str, Any]]] | None:
+    """``_objects`` for planning, or None for a root with no object (an error unless ``missing_ok``)."""
+    pp.root = policy.root.rstrip("/")
+    fs, base, objects = _objects(policy)
     if not objects:
         if not policy.missing_ok:
             from airflow_mlops._core.errors import StageFailed
@@ -87,8 +93,8 @@ def apply_objects(pp: PolicyPlan, policy: FilesPolicy) -> None:
     time it was planned with."""
     if not pp.items:
         return
-    listed = _listing(policy, PolicyPlan(pp.index, pp.name, pp.kind))
-    fs, base, objects = listed if listed is not None else (None, "", {})
+    # Listed again as it is now: objects gone since planning are skipped as vanished, never an error.
+    fs, base, objects = _objects(policy)
     for item in pp.items:
         if item.kind == "directory":
             _prefix, planned = item.check
