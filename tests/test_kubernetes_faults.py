@@ -150,6 +150,29 @@ def test_refused_credentials_and_a_missing_namespace_fail_without_retry(cluster,
     assert server_objects(cluster, namespace) == []
 
 
+def slow_train_pipeline(dag_id: str, cluster, namespace: str, starts, *, seconds: int, extra: str = "",
+                        kubernetes_extra: str = "") -> str:
+    """A pipeline whose train stage runs tests.fixtures_code:slow_trainer in a pod for ``seconds``,
+    noting each start in ``starts``."""
+    return f"""
+id: {dag_id}
+{extra}kubernetes:
+  image: python:3.11
+  namespace: {namespace}
+  config_file: {cluster.kubeconfig}
+  env: {{PYTHONPATH: {REPO}, TRAINER_STARTS: {starts}, TRAINER_SECONDS: "{seconds}"}}
+  {kubernetes_extra}
+stages:
+  preprocess:
+    input: {{sklearn_dataset: iris}}
+  train:
+    backend: kubernetes
+    resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
+    target: target
+    callable: tests.fixtures_code:slow_trainer
+"""
+
+
 def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
     cluster, namespace, airflow_db, mlops_home, dags_folder, tmp_path, capfd
 ):
@@ -161,24 +184,9 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
 
     starts = tmp_path / "starts.txt"
     dag_id = namespace.replace("-", "_")
-    write(dags_folder, "faults.yaml", f"""
-        id: {dag_id}
-        dag: {{retries: 1, retry_delay: 15s}}
-        kubernetes:
-          image: python:3.11
-          namespace: {namespace}
-          config_file: {cluster.kubeconfig}
-          api_timeout: 4s
-          env: {{PYTHONPATH: {REPO}, TRAINER_STARTS: {starts}, TRAINER_SECONDS: "40"}}
-        stages:
-          preprocess:
-            input: {{sklearn_dataset: iris}}
-          train:
-            backend: kubernetes
-            resources: {{cpu: 1, memory: 1Gi, gpu: 1}}
-            target: target
-            callable: tests.fixtures_code:slow_trainer
-        """)
+    write(dags_folder, "faults.yaml", slow_train_pipeline(dag_id, cluster, namespace, starts, seconds=40,
+                                                          extra="dag: {retries: 1, retry_delay: 15s}\n",
+                                                          kubernetes_extra="api_timeout: 4s"))
     core = client.CoreV1Api(cluster.api_client())
     events: dict[str, float] = {}
 
@@ -227,5 +235,63 @@ def test_stage_pod_outlives_a_stopped_api_server_and_the_retry_takes_it_over(
     assert "kept: pod" in log and "a retry of this task takes it over while it runs" in log
     assert "retry: yes, Airflow retries apply" in log
     assert "Reusing existing pod" in log  # the retry took the first try's pod over ...
+    assert len(starts.read_text().split()) == 1  # ... so the trainer ran once
+    assert core.list_namespaced_pod(namespace).items == []  # and nothing is left
+
+
+RUN_ONE = """
+import datetime, sys
+from airflow.dag_processing.dagbag import DagBag
+
+dag = DagBag(dag_folder=sys.argv[1]).dags[sys.argv[2]]
+when = datetime.datetime.fromisoformat(sys.argv[3])
+dag.test(run_after=when, logical_date=when)  # the run id is made from run_after
+"""
+
+
+def test_a_worker_killed_under_its_stage_pod_leaves_the_pod_to_the_next_try(
+    cluster, namespace, airflow_db, mlops_home, dags_folder, tmp_path, capfd
+):
+    """The process running a kubernetes train stage is SIGKILLed while its pod trains (no clean-up
+    of any kind runs, as when a Celery worker dies): the pod keeps running, and the next try of
+    the same task (same dag_id, task_id, run_id) in a new process takes it over instead of
+    starting a second one; the trainer starts once and no pod is left. (Airflow's retry after the
+    heartbeat timeout is that next try; the retry itself is tested above.)"""
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    from airflow.dag_processing.dagbag import DagBag
+    from kubernetes import client
+
+    starts = tmp_path / "starts.txt"
+    dag_id = namespace.replace("-", "_")
+    write(dags_folder, "killed.yaml", slow_train_pipeline(dag_id, cluster, namespace, starts, seconds=20))
+    core = client.CoreV1Api(cluster.api_client())
+    logical_date = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first_log = tmp_path / "first_try.log"
+    with first_log.open("wb") as out:
+        worker = subprocess.Popen([sys.executable, "-c", RUN_ONE, str(dags_folder), dag_id, logical_date.isoformat()],
+                                  start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not (starts.exists() and starts.read_text().strip()) and time.monotonic() < deadline:
+            assert worker.poll() is None, f"the first try ended before its trainer started: see {first_log}"
+            time.sleep(0.2)
+        assert starts.exists(), f"the trainer never started in the pod: see {first_log}"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its task process, no clean-up
+        worker.wait(30)
+    pods = core.list_namespaced_pod(namespace).items
+    assert [p.status.phase for p in pods] == ["Running"]  # the pod outlived its worker
+    first_pod = pods[0].metadata.name
+
+    dag = DagBag(dag_folder=str(dags_folder)).dags[dag_id]
+    dr = dag.test(run_after=logical_date, logical_date=logical_date)  # the same run id: the same tasks' next try
+    log = capfd.readouterr().out
+    (tmp_path / "task.log").write_text(log)
+    states = {ti.task_id: ti.state for ti in dr.get_task_instances()}
+    assert states == {"preprocess.run": "success", "train.run": "success"}, f"see {tmp_path / 'task.log'}"
+    assert "Reusing existing pod" in log and first_pod in log  # that pod, taken over ...
     assert len(starts.read_text().split()) == 1  # ... so the trainer ran once
     assert core.list_namespaced_pod(namespace).items == []  # and nothing is left

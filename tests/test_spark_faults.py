@@ -242,3 +242,57 @@ def test_spark_settings_bound_has_a_default_and_reads_durations():
     assert SparkSettings(connect_timeout="5s").connect_timeout.total_seconds() == 5
     assert KubernetesSettings().api_timeout.total_seconds() == 60
     assert KubernetesSettings(api_timeout="2m").api_timeout.total_seconds() == 120
+
+
+def test_a_worker_killed_under_a_spark_submit_leaves_no_application_and_the_retry_submits_again(
+    standalone, inputs, tmp_path, monkeypatch
+):
+    """What a lost worker costs on a Spark cluster: SIGKILL the process running a stage's
+    spark-submit (and its driver: PySpark applications run their driver on the submitting worker;
+    Spark's standalone cluster deploy mode, which the provider can re-attach to, does not take
+    Python applications) once the master runs the application. The master ends the application,
+    nothing is written, and the retry submits again and writes the output whole."""
+    import signal
+
+    from airflow_mlops.operators.spark import SparkFeatureOperator
+    from airflow_mlops.stages.data import read_dataset
+
+    conn = json.dumps({"conn_type": "spark", "host": standalone.url})
+    monkeypatch.setenv("AIRFLOW_CONN_SPARK_STANDALONE", conn)
+    out = tmp_path / "out"
+    script = write(tmp_path, "submit.py", f"""
+        from tests.test_spark_faults import context
+        from airflow_mlops.operators.spark import SparkFeatureOperator
+        from pathlib import Path
+
+        op = SparkFeatureOperator(task_id="features", inputs={inputs!r}, sql={SQL!r}, output={str(out)!r},
+                                  conn_id="spark_standalone", conf={CONF!r}, connect_timeout="30s")
+        op.run(context(Path({str(tmp_path)!r})))
+        """)
+    before = len(standalone.state()["completedapps"])
+    with open(tmp_path / "first_try.log", "wb") as log:
+        worker = subprocess.Popen([sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        while not standalone.state()["activeapps"] and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "first_try.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert standalone.state()["activeapps"], "the application never ran on the master"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker, spark-submit and the driver: no clean-up
+        worker.wait(30)
+    deadline = time.monotonic() + 60
+    while standalone.state()["activeapps"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    state = standalone.state()
+    assert state["activeapps"] == []  # the master ended the application with its driver
+    assert len(state["completedapps"]) == before + 1
+    assert not list(out.rglob("*.parquet"))  # nothing half written
+
+    op = SparkFeatureOperator(task_id="features", inputs=inputs, sql=SQL, output=str(out),
+                              conn_id="spark_standalone", conf=CONF, connect_timeout="30s")
+    result = op.run(context(tmp_path))  # the retry: submitted again
+    got = read_dataset(result["data_path"]).sort_values("segment")
+    assert got.to_dict("list") == {"segment": ["business", "retail"], "n": [1, 2]}
+    assert len(standalone.state()["completedapps"]) == before + 2

@@ -195,6 +195,80 @@ def test_a_retry_deletes_what_the_earlier_try_left_and_never_runs_two_groups(
     assert os.path.exists(tmp_path / "mlflow.db")
 
 
+GROUP_TRY = """
+import logging, os, sys
+from pathlib import Path
+from airflow_mlops.backends.kubernetes.distributed import DistributedTraining
+from airflow_mlops.spec.models import KubernetesSettings, Resources
+from airflow_mlops.spec.training import Distributed
+from tests.test_train_distributed import job
+
+logging.basicConfig(level=logging.INFO)
+tmp, kubeconfig, namespace, pod_path, port = sys.argv[1:6]
+k = KubernetesSettings(image="python:3.11", namespace=namespace, config_file=kubeconfig,
+                       env={"PYTHONPATH": os.environ["PYTHONPATH"], "PATH": pod_path})
+DistributedTraining(job(Path(tmp), "ddp/run-1/lost").model_copy(update={"params": {"sleep": 8}}),
+                    distributed=Distributed(nodes=2, rendezvous={"port": int(port)}), kubernetes=k,
+                    resources=Resources(cpu="1", gpu=1), pipeline_id="ddp", stage_name="train",
+                    log=logging.getLogger("first-try")).run()
+"""
+
+
+def test_a_group_whose_worker_was_killed_is_taken_over_by_the_next_try(
+    two_gpu_nodes, kube_namespace, tmp_path, pod_path, caplog
+):
+    """SIGKILL the process running a group's try once its pods run (no clean-up runs, as when a
+    Celery worker dies): the group keeps running, and the next try follows those same pods to
+    their end instead of deleting them and starting the training again."""
+    import signal
+    import subprocess
+
+    cluster, port = two_gpu_nodes, free_port()
+    with open(tmp_path / "first_try.log", "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", GROUP_TRY, str(tmp_path), str(cluster.kubeconfig), kube_namespace, pod_path,
+             str(port)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pods = group_objects(cluster, kube_namespace)[0]
+            if len(pods) == 2 and all(p.status.phase == "Running" for p in pods):
+                break
+            assert worker.poll() is None, (tmp_path / "first_try.log").read_text()[-3000:]
+            time.sleep(0.2)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    running = sorted(p.metadata.uid for p in group_objects(cluster, kube_namespace)[0])
+    assert len(running) == 2, "the group was not running when its worker was killed"
+
+    seen: list[list[str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(sorted(p.metadata.uid for p in group_objects(cluster, kube_namespace)[0]))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    caplog.set_level(logging.INFO, logger="test")
+    try:
+        result = DistributedTraining(
+            job(tmp_path, "ddp/run-1/lost").model_copy(update={"params": {"sleep": 8}}),
+            distributed=Distributed(nodes=2, rendezvous={"port": port}),
+            kubernetes=settings(cluster, kube_namespace, pod_path), resources=Resources(cpu="1", gpu=1),
+            pipeline_id="ddp", stage_name="train", log=logging.getLogger("test")).run()
+    finally:
+        stop.set()
+        watcher.join()
+    assert result["metrics"] == {"world_size": 2} and result["reused"] is False
+    assert "Taking over training group" in caplog.text
+    assert all(uids in ([], running) for uids in seen), seen  # only ever the first try's pods
+    assert group_objects(cluster, kube_namespace) == ([], [])
+
+
 def test_gpu_train_operator_runs_the_same_group_from_python(
     two_gpu_nodes, kube_namespace, airflow_db, mlops_home, dags_folder, pod_path, capfd
 ):

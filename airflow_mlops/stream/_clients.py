@@ -30,8 +30,9 @@ class BrokerUnreachable(Exception):
 class StreamClients(Protocol):
     engine: str
     session_timeout_s: float
-    # The loop sets this: called (in the loop's own thread) before partitions are taken away,
-    # where the engine can (confluent); kafka-python rebalances on its IO thread and cannot.
+    # The loop sets this: called in the loop's own thread to settle the pending batch around a
+    # rebalance: before the partitions are taken away (confluent), or from the first poll after
+    # it (kafka-python rebalances on its IO thread; its commit keeps the partitions still held).
     on_revoke: Callable[[], None] | None
 
     def configs_to_log(self) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -83,6 +83,7 @@ class KafkaPythonClients:
         self.consumer_cfg, self.producer_cfg = build_configs(spec, kafka_config)
         self.hash_keys = "partitioner" not in self.producer_cfg
         self.on_revoke: Callable[[], None] | None = None
+        self.rebalances = self.rebalances_settled = 0  # counted on the IO loop, acted on in poll()
         self.futures: list[Any] = []
         self.consumer = self.producer = None
         try:
@@ -110,10 +111,40 @@ class KafkaPythonClients:
         create_by_producing(self.producer, list(topics))
 
     def subscribe(self, topics: Sequence[str]) -> None:
-        self.consumer.subscribe(list(topics))
+        from kafka import ConsumerRebalanceListener
+
+        clients = self
+
+        class CountRebalances(ConsumerRebalanceListener):
+            """Runs on the client's IO loop, where nothing may block: it only counts, and
+            ``poll`` acts on the count in the loop's thread. Registering a listener at all
+            matters: kafka-python (3.0) stops fetching the partitions being revoked, from the
+            revocation until the new assignment, only when one is registered."""
+
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                clients.rebalances += 1
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                clients.rebalances += 1
+
+        self.consumer.subscribe(list(topics), listener=CountRebalances())
 
     def poll(self, timeout_s: float, max_records: int) -> list[Any]:
+        """Records, or none after a rebalance: then the pending batch is settled (``on_revoke``;
+        ``commit`` keeps only the partitions still assigned here) and every assigned partition
+        is sought back to the group's committed offset before anything more is read.
+
+        The seek matters: kafka-python keeps a partition's old position when the member never
+        saw the assignment in between (its sync was superseded while another member read and
+        committed that partition), and would read it all again from there. Found under load
+        with two members: hundreds of records scored twice, no commit failed."""
         polled = self.consumer.poll(timeout_ms=max(1, int(timeout_s * 1000)), max_records=max_records)
+        if self.rebalances != self.rebalances_settled:
+            self.rebalances_settled = self.rebalances
+            if self.on_revoke is not None:
+                self.on_revoke()
+            self.rewind(self.assignment(), self.spec.auto_offset_reset)
+            return []  # not scored: consumed again from the committed offsets
         return [r for batch in polled.values() for r in batch]
 
     def assignment(self) -> set[tuple[str, int]]:
@@ -160,13 +191,21 @@ class KafkaPythonClients:
         )
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        commit = {self.TopicPartition(t, p): self.OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        """Commits the offsets of the partitions still assigned here; ``Rebalanced`` if some
+        moved away (a broker takes any member's commit for any partition: a stale one would
+        move the new owner's offset back)."""
+        assigned = self.consumer.assignment()
+        commit = {tp: self.OffsetAndMetadata(o, "", -1) for tp, o in
+                  ((self.TopicPartition(t, p), o) for (t, p), o in offsets.items()) if tp in assigned}
         try:
-            self.consumer.commit(commit, timeout_ms=int(self.timeout_s * 1000))
+            if commit:
+                self.consumer.commit(commit, timeout_ms=int(self.timeout_s * 1000))
         except self.rebalance_errors as exc:
             raise Rebalanced(type(exc).__name__) from exc
         except self.unreachable_errors as exc:
             raise BrokerUnreachable(f"commit: {type(exc).__name__}: {exc}") from exc
+        if len(commit) < len(offsets):
+            raise Rebalanced(f"{len(offsets) - len(commit)} of {len(offsets)} partitions moved to another member")
 
     def rewind(self, touched: set[tuple[str, int]], reset: str) -> None:
         assigned = self.consumer.assignment()

@@ -27,7 +27,8 @@ class _Run:
     produced. At most one batch is ever produced but uncommitted — what a crash can duplicate.
 
     If N's commit fails because the group rebalanced (kafka-python rebalances on its own IO
-    thread, where a listener may not block to flush; the confluent engine settles N before its
+    thread, where a listener may not block to flush, so N is settled at the first poll after it
+    and only its partitions still held are committed; the confluent engine settles N before its
     partitions are revoked), N is left to whoever owns its partitions now, N+1 is dropped
     unproduced, and the partitions still assigned here are rewound to their committed offsets:
     one batch of duplicates per rebalance at most, nothing skipped.

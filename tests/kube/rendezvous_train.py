@@ -62,10 +62,12 @@ def train(train, test, target, features, params):
 
 
 def entrypoint(params, checkpoint_dir):
-    """GpuTrainOperator's entrypoint: the rendezvous check, then a constant model."""
+    """GpuTrainOperator's entrypoint: the rendezvous check, then a constant model; first
+    ``params["sleep"]`` seconds (default 0) on every rank, for a test that kills the worker."""
     import pandas as pd
     from sklearn.dummy import DummyClassifier
 
+    time.sleep(float((params or {}).get("sleep", 0)))
     seen = gather()
     if int(os.environ["RANK"]) != 0:
         return None

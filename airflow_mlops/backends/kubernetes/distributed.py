@@ -14,8 +14,10 @@ Service (Kubernetes 1.20 has no Indexed Jobs), for the train stage's ``distribut
 - all or nothing: when the whole group is not scheduled within ``schedule_timeout``, the try
   fails with the scheduler's reason (the PodScheduled condition, e.g. ``Insufficient
   nvidia.com/gpu``) and every pod and the Service are deleted. They are deleted when the try
-  ends however it ends, and before a try starts: names and the group label come from the task
-  instance (dag/run/task, not the try), so a retry first removes what an earlier try left.
+  ends however it ends. Names and the group label come from the task instance (dag/run/task, not
+  the try), so a retry finds what an earlier try left: a whole group still running (its worker
+  died under it) is taken over, its logs followed from their start, as KubernetesPodOperator
+  re-attaches to a pod; anything else (part of a group, a failed pod) is deleted first.
 
 Each pod's log is streamed into the task log, every line prefixed with its rank.
 """
@@ -142,18 +144,24 @@ class DistributedTraining:
 
         service, pods = self.render()
         nodes = len(pods)
-        self.delete_group(wait=True, why="left by an earlier try")
-        reused = TrainingRun(self.job, log=self.log).earlier()  # no group at all for a version registered already
-        if reused is not None:
-            return {**reused, "distributed": self.summary(pods)}
         ns = self.k.namespace
+        left = self.left_running(nodes)
+        if left:
+            self.log.info("Taking over training group %s, left running by an earlier try whose worker was lost "
+                          "(pods %s); following its logs from their start", self.name, ", ".join(left))
+        else:
+            self.delete_group(wait=True, why="left by an earlier try")
+            reused = TrainingRun(self.job, log=self.log).earlier()  # no group at all for a version registered already
+            if reused is not None:
+                return {**reused, "distributed": self.summary(pods)}
         try:
-            self.core.create_namespaced_service(ns, service)
-            for pod in pods:
-                self.core.create_namespaced_pod(ns, pod)
-            self.log.info("Started training group %s: %d pod(s) holding %s, %d process(es) each, rendezvous %s:%d",
-                          self.name, nodes, _asked(self.resources), self.nproc, f"{self.name}-0.{self.name}.{ns}.svc",
-                          self.distributed.rendezvous.port)
+            if not left:
+                self.core.create_namespaced_service(ns, service)
+                for pod in pods:
+                    self.core.create_namespaced_pod(ns, pod)
+                self.log.info("Started training group %s: %d pod(s) holding %s, %d process(es) each, rendezvous "
+                              "%s:%d", self.name, nodes, _asked(self.resources), self.nproc,
+                              f"{self.name}-0.{self.name}.{ns}.svc", self.distributed.rendezvous.port)
             self.wait_scheduled(nodes)
             followers = [threading.Thread(target=self.follow_log, args=(rank,), daemon=True, name=f"rank-{rank}")
                          for rank in range(nodes)]
@@ -174,6 +182,17 @@ class DistributedTraining:
         """The result's ``distributed``: nodes, nproc_per_node, world_size, pods, service."""
         return {"nodes": len(pods), "nproc_per_node": self.nproc, "world_size": len(pods) * self.nproc,
                 "pods": [p["metadata"]["name"] for p in pods], "service": self.name}
+
+    def left_running(self, nodes: int) -> list[str]:
+        """The pod names of a whole group of this task instance that an earlier try left and
+        that can still finish (every rank's pod and the Service there, none failed or being
+        deleted); [] otherwise."""
+        pods = self.pods()
+        ranks = {p.metadata.labels.get(NODE_RANK_LABEL) for p in pods}
+        whole = (len(pods) == nodes and ranks == {str(r) for r in range(nodes)}
+                 and all(p.metadata.deletion_timestamp is None and p.status.phase != "Failed" for p in pods)
+                 and self.core.list_namespaced_service(self.k.namespace, label_selector=self.selector).items)
+        return sorted(p.metadata.name for p in pods) if whole else []
 
     def pods(self) -> list[Any]:
         return self.core.list_namespaced_pod(self.k.namespace, label_selector=self.selector).items
