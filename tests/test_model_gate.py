@@ -19,7 +19,7 @@ GATE = """
         target: target
         metrics: [accuracy, log_loss]
       validate:
-        thresholds: {{accuracy: {{min: 0.5}}}}
+        thresholds: {{accuracy: {{min: {min_accuracy}}}}}
         compare:
           accuracy: {{direction: higher, min_improvement: 0.01}}
           log_loss: {{direction: lower, min_improvement: 0.05, relative: true}}
@@ -30,10 +30,10 @@ WEAK = "sklearn.dummy.DummyClassifier"
 STRONG = "sklearn.linear_model.LogisticRegression"
 
 
-def run_gate(dags_folder, estimator: str, on_reject: str = "fail"):
+def run_gate(dags_folder, estimator: str, on_reject: str = "fail", min_accuracy: float = 0.5):
     from airflow.dag_processing.dagbag import DagBag
 
-    write(dags_folder, "gate.yaml", GATE.format(estimator=estimator, on_reject=on_reject))
+    write(dags_folder, "gate.yaml", GATE.format(estimator=estimator, on_reject=on_reject, min_accuracy=min_accuracy))
     dr = DagBag(dag_folder=str(dags_folder)).dags["gate"].test()
     return {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
@@ -97,6 +97,17 @@ def test_first_better_worse_and_rollback(airflow_db, mlops_home, dags_folder, re
     # 4. With on_reject: skip, a losing challenger skips serving instead of failing the run.
     states = run_gate(dags_folder, WEAK, on_reject="skip")
     assert (states["validate.run"], states["serve.run"]) == ("skipped", "skipped")
+    assert aliases(client) == {"champion": "2", "previous-champion": "1"}
+    # The reason is in the open log at INFO, not only in Airflow's collapsed groups.
+    assert "[info     ] Challenger rejected: model 'gate' version 4 vs champion 2: " in capfd.readouterr().out
+
+    # A version below its thresholds is recorded as rejected, with the failing thresholds.
+    states = run_gate(dags_folder, WEAK, min_accuracy=0.99)
+    assert states["validate.run"] == "failed"
+    v5 = client.get_model_version("gate", "5")
+    assert (v5.tags["airflow_mlops.validation"], v5.tags["airflow_mlops.decision"]) == ("failed", "rejected")
+    assert v5.tags["airflow_mlops.decision_detail"].startswith("failed its thresholds: accuracy = 0.6")
+    assert "is below the minimum 0.99" in v5.tags["airflow_mlops.decision_detail"]
     assert aliases(client) == {"champion": "2", "previous-champion": "1"}
 
     # 5. Rollback: champion goes back to version 1; a second rollback would undo it.

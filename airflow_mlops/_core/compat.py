@@ -52,3 +52,20 @@ def find_path_from_directory() -> Callable[..., Any]:
         except ImportError:  # Airflow 3.1
             from airflow.utils.file import find_path_from_directory as walk
     return walk
+
+
+def import_skops_io() -> Any:
+    """``skops.io`` (what MLflow saves and loads scikit-learn models with), imported with
+    Airflow's deprecated-import warnings silenced for that import only: at import time skops
+    looks up every SciPy ufunc name in every loaded module (pickle's ``whichmodule``), and each
+    lookup in one of Airflow's deprecated-module shims warns, about 1,160 log lines per task.
+    Call it before MLflow saves or loads a scikit-learn model; later imports reuse the module."""
+    import sys
+    import warnings
+
+    module = sys.modules.get("skops.io")
+    if module is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r"The `airflow\.")
+            import skops.io as module
+    return module

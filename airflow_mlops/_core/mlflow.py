@@ -158,3 +158,31 @@ def record_serving_aliases(mlflow_client: Any, name: str, *aliases: str) -> None
     current = {a for a in recorded.split(",") if a}
     if not set(aliases) <= current:
         mlflow_client.set_registered_model_tag(name, SERVING_ALIASES_TAG, ",".join(sorted(current | set(aliases))))
+
+
+class RegistryNotices:
+    """A context manager that turns what MLflow prints to stderr while it registers a model
+    ("Successfully registered model …", "Registered model … already exists. Creating a new
+    version …", "Created version …") into INFO lines of ``log``: Airflow's task log shows a
+    task's stderr as ERROR. Everything else written to stderr meanwhile is logged as WARNING."""
+
+    NOTICES = ("Successfully registered model", "Registered model", "Created version")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+
+    def __enter__(self) -> RegistryNotices:
+        import contextlib
+        import io
+
+        self.buffer = io.StringIO()
+        self._redirect = contextlib.redirect_stderr(self.buffer)
+        self._redirect.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._redirect.__exit__(*exc)
+        for line in self.buffer.getvalue().splitlines():
+            if line.strip():
+                level = logging.INFO if line.startswith(self.NOTICES) else logging.WARNING
+                self.log.log(level, "MLflow: %s", line.strip())

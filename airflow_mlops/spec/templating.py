@@ -187,7 +187,7 @@ def render_stage(stage: Any, rendered: dict[str, Any] | None, stage_name: str) -
     expand = any(needs_expanding(v) for path in PATHS.get(kind, ()) for _, v in _walk(stage, path))
     if not rendered and not expand:
         return stage
-    data = stage.model_dump(exclude_unset=True)
+    data = stage.model_dump(exclude_unset=True, warnings=False)  # templates stand where numbers go
     data.setdefault("kind", kind)
     if rendered:
         _merge(data, rendered, stage_overrides(stage), False)

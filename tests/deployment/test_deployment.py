@@ -8,6 +8,7 @@ and build on each other's runs where said.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -90,6 +91,17 @@ def test_stages_forced_onto_two_workers_pass_their_data_through_the_bucket(deplo
     # Each task's log is where it ran: every stage on the worker of its queue.
     ran_on = {task: w for w in stack.WORKERS for task in d.worker_logs(w, "spread", run_id)}
     assert ran_on == {"preprocess.run": "a", "train.run": "b", "validate.run": "a", "serve.run": "b"}
+    # The logs a data scientist reads: short, no library noise, MLflow's registry notices not as errors.
+    for task, worker in (("train.run", "b"), ("serve.run", "b")):
+        lines = [json.loads(line) for p in d.worker_logs(worker, "spread", run_id)[task]
+                 for line in p.read_text(errors="replace").splitlines() if line.startswith("{")]
+        assert 10 < len(lines) < 100, (task, len(lines))
+        assert not [x for x in lines if "DeprecatedImportWarning" in json.dumps(x)], task
+        assert not [x["event"] for x in lines if x.get("level") == "error"], task
+    train = [json.loads(line)["event"] for p in d.worker_logs("b", "spread", run_id)["train.run"]
+             for line in p.read_text(errors="replace").splitlines() if line.startswith("{")]
+    assert any(e.startswith("Hyperparameters: {'n_estimators': 20") for e in train), train
+    assert any(e.startswith("MLflow: Created version '1'") for e in train), train
     # The data is in the bucket, nowhere on a worker's disk.
     keys = d.s3.keys(d.bucket, "pipelines/spread/")
     assert [re.sub(r"/[^/]+/([^/]+)$", r"/<run>/\1", k) for k in keys] == [

@@ -29,6 +29,8 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
     model_uri = served["model_uri"]
     df = read_input(spec.input, ctx.data_conn_id) if spec.input else read_dataset(ctx.find("test_path"), conn_id=ctx.data_conn_id)
     use_store(ctx.mlflow)
+    from airflow_mlops._core.compat import import_skops_io
+    import_skops_io()  # before MLflow loads a scikit-learn model: see there
     model = mlflow.pyfunc.load_model(model_uri)
     schema = model.metadata.get_input_schema()
     columns = schema.input_names() if schema else [c for c in df.columns]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Any
 
 from airflow_mlops._core.errors import StageFailed
@@ -103,24 +104,73 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
     import mlflow
     from mlflow.models import infer_signature
 
+    from airflow_mlops._core.mlflow import RegistryNotices
+
     signature = infer_signature(example, model.predict(example))
     if isinstance(model, mlflow.pyfunc.PythonModel):
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=model, signature=signature, registered_model_name=registered_model
-        )
+        with RegistryNotices(logging.getLogger("airflow_mlops.stages.train")):
+            return mlflow.pyfunc.log_model(
+                name="model", python_model=model, signature=signature, registered_model_name=registered_model
+            )
     if type(model).__module__.split(".")[0] != "sklearn" and not hasattr(model, "get_params"):
         raise StageFailed(
             f"cannot log a {type(model).__name__}: return a scikit-learn estimator or an mlflow.pyfunc.PythonModel"
         )
-    import skops.io
+    from airflow_mlops._core.compat import import_skops_io
 
+    skops_io = import_skops_io()
     # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for (tree
     # nodes, for one). This model was fitted in this very process, so its own types are trusted.
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(
-        model, name="model", signature=signature, registered_model_name=registered_model,
-        input_example=example.head(2), skops_trusted_types=trusted,
-    )
+    trusted = skops_io.get_untrusted_types(data=skops_io.dumps(model))
+    with RegistryNotices(logging.getLogger("airflow_mlops.stages.train")):
+        return mlflow.sklearn.log_model(
+            model, name="model", signature=signature, registered_model_name=registered_model,
+            input_example=example.head(2), skops_trusted_types=trusted,
+            pip_requirements=sklearn_requirements(estimator_packages(model)),
+        )
+
+
+def estimator_packages(model: Any) -> frozenset[str]:
+    """The top-level packages of ``model``'s class and of every estimator inside it (a Pipeline's
+    steps, a search's estimator...): what loading it imports besides scikit-learn."""
+    found, todo, seen = set(), [model], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        found.add(type(obj).__module__.split(".")[0])
+        params = obj.get_params(deep=False) if hasattr(obj, "get_params") else {}
+        for value in params.values():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for item in items:
+                item = item[-1] if isinstance(item, tuple) and item else item  # (name, estimator) steps
+                if hasattr(item, "get_params") and not isinstance(item, type):
+                    todo.append(item)
+    return frozenset(found - {"builtins"})
+
+
+@lru_cache(maxsize=32)
+def sklearn_requirements(packages: frozenset[str]) -> list[str]:
+    """The pinned requirements of a scikit-learn model, from this environment's installed versions:
+    what MLflow's skops flavour needs (scikit-learn, skops), numpy, scipy and pandas, and the
+    distribution of every other package in ``packages`` (xgboost, lightgbm...); a package that
+    is no installed distribution (code in the dags folder) adds nothing. Given to MLflow instead
+    of its requirement inference, which loads the model again in a subprocess (7-15 s per train
+    task, against well under a second)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    import mlflow.sklearn
+
+    pins = list(mlflow.sklearn.get_default_pip_requirements(include_skops=True))
+    distributions = packages_distributions()
+    names = {"numpy", "scipy", "pandas"} | {d for p in packages - {"sklearn", "skops"} for d in distributions.get(p, [])}
+    for name in sorted(names):
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def evaluate(model: Any, x: Any, y: Any, names: list[str]) -> dict[str, float]:

@@ -125,6 +125,7 @@ class TrainingRun:
         if self.on_run:
             self.on_run(run_id, url)
         log_params(client, run_id, {**{k: param(v) for k, v in job.hyperparams.items()}, "gpus": str(len(gpus.ids))})
+        self.log.info("Hyperparameters: %s", job.hyperparams or "none given (the estimator's defaults)")
 
         held = resources_from(job.resources, gpus_held=len(gpus.ids) if gpus.available else 0)
         if job.pods > 1:  # a torchrun group: every pod holds the same, for as long as rank 0 runs

@@ -226,6 +226,9 @@ def log_spark_model(model: Any, inputs: Any, registered_model: str) -> Any:
     columns = [ColSpec(types.get(f.dataType.simpleString(), "double"), f.name) for f in inputs.schema.fields]
     signature = ModelSignature(inputs=Schema(columns), outputs=Schema([ColSpec("double")]))
     # Requirements given, not inferred: inference loads the model again in a subprocess (seconds).
-    return mlflow.spark.log_model(model, artifact_path="model", registered_model_name=registered_model,
-                                  signature=signature, pip_requirements=[f"pyspark=={pyspark.__version__}"])
+    from airflow_mlops._core.mlflow import RegistryNotices
+
+    with RegistryNotices(logging.getLogger("airflow_mlops.stages.train")):
+        return mlflow.spark.log_model(model, artifact_path="model", registered_model_name=registered_model,
+                                      signature=signature, pip_requirements=[f"pyspark=={pyspark.__version__}"])
 

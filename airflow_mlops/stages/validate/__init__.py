@@ -30,6 +30,10 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
     failures = threshold_failures(spec, metrics, ctx)
     client.set_model_version_tag(name, version, "airflow_mlops.validation", "failed" if failures else "passed")
     if failures:
+        # Recorded as a decision, like a lost comparison: the version pages show why it was refused.
+        detail = "failed its thresholds: " + "; ".join(failures)
+        client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
+        client.set_model_version_tag(name, version, DETAIL_TAG, detail)
         raise StageFailed(f"model '{name}' version {version} failed validation: " + "; ".join(failures))
 
     # Several pipelines may train into one registered model and compete for its champion: the
@@ -72,6 +76,7 @@ def _judge(spec: "ValidateStage", client: Any, name: str, version: str, metrics:
         client.set_model_version_tag(name, champion, DECISION_TAG, "defended")
         client.set_model_version_tag(name, champion, DETAIL_TAG, detail)
         message = f"model '{name}' {detail}; '{spec.alias}' stays on version {champion}"
+        ctx.log.info("Challenger rejected: %s", message)  # in the open log, before Airflow's own groups
         raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
     ctx.log.info("Challenger wins: %s", detail)
     return detail
