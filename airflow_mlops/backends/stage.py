@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 
+from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops.backends.links import MlflowRunLink
 from airflow_mlops.spec.models import GpuMetricsSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
@@ -155,6 +156,7 @@ class StageOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
         from airflow_mlops._core.errors import StageFailed
         from airflow_mlops._core.result import result_problem, shown

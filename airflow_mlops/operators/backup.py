@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
+from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec
 from airflow_mlops.operators.spec_args import SpecArgsOperator
 
@@ -56,6 +57,7 @@ class BackupOperator(SpecArgsOperator):
         self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops.lifecycle.backup import run_backup
 
         with retry_decision():
@@ -109,6 +111,7 @@ class RestoreOperator(SpecArgsOperator):
         self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.lifecycle.backup import RestoreError, run_restore
 

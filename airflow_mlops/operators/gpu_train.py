@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from airflow_mlops._core.errors import ArgumentsError
 from airflow_mlops._core.extras import require
+from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
 from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
@@ -298,6 +299,7 @@ class GpuTrainOperator(BaseOperator):
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops._core.errors import DependencyFailed, StageFailed
 
         job = self.build_job(context)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops.lifecycle.specs import RetentionSpec
 from airflow_mlops.operators.spec_args import SpecArgsOperator
 
@@ -40,6 +41,7 @@ class RetentionCleanupOperator(SpecArgsOperator):
         self._set_spec(data)
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops.lifecycle.retention import run_retention
 
         spec = self.rendered_spec()

@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_mlops._core.errors import ArgumentsError
 from airflow_mlops._core.extras import require
+from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops.spec.stream import StreamSpec
 
 
@@ -161,6 +162,7 @@ class StreamInferenceOperator(BaseOperator):
         return resolve_target(settings, self.dag_id).tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
+        end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops._core.compat import AirflowFailException
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
         from airflow_mlops.hooks.mlflow import redacted

@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--result-file", help="also write the result JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from airflow_mlops._core.orphan import end_with_parent
+
+    end_with_parent(what="training")  # its task's process died: it does not go on training alone
 
     from airflow_mlops._core.errors import DependencyFailed, StageFailed
     from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files, result_line
