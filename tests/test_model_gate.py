@@ -4,6 +4,8 @@ the CLI rolls champion back."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.helpers import write
@@ -90,6 +92,7 @@ def test_first_better_worse_and_rollback(airflow_db, mlops_home, dags_folder, re
     detail = v3.tags["airflow_mlops.decision_detail"]
     assert detail.startswith("version 3 vs champion 2: accuracy ")
     assert "not enough" in detail and "log_loss" in detail
+    sys.stdout.flush()
     task_log = capfd.readouterr().out  # dag.test() prints the task logs
     assert "failed validation" not in task_log  # it passed the thresholds; it lost the comparison
     assert "'champion' stays on version 2" in task_log
@@ -99,6 +102,7 @@ def test_first_better_worse_and_rollback(airflow_db, mlops_home, dags_folder, re
     assert (states["validate.run"], states["serve.run"]) == ("skipped", "skipped")
     assert aliases(client) == {"champion": "2", "previous-champion": "1"}
     # The reason is in the open log at INFO, not only in Airflow's collapsed groups.
+    sys.stdout.flush()  # the task log is printed through a buffer: all of it before reading
     assert "[info     ] Challenger rejected: model 'gate' version 4 vs champion 2: " in capfd.readouterr().out
 
     # A version below its thresholds is recorded as rejected, with the failing thresholds.

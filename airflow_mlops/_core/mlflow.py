@@ -181,8 +181,16 @@ class RegistryNotices:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import re
+
         self._redirect.__exit__(*exc)
         for line in self.buffer.getvalue().splitlines():
-            if line.strip():
+            if not line.strip():
+                continue
+            # MLflow's own log records ("2026/12/07 02:23:16 INFO mlflow....: ...") keep their level.
+            record = re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)", line)
+            if record:
+                self.log.log(getattr(logging, record.group(1)), "MLflow: %s", record.group(2))
+            else:
                 level = logging.INFO if line.startswith(self.NOTICES) else logging.WARNING
                 self.log.log(level, "MLflow: %s", line.strip())

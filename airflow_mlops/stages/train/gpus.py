@@ -114,16 +114,17 @@ def assign_gpus(gpus: int | None, gpu_ids: list[int] | None, log: logging.Logger
 
 
 def _what_the_process_sees(log: logging.Logger) -> GpuAssignment:
-    """No count, no ids: the GPUs this process sees (in a pod: the pod's), CUDA_VISIBLE_DEVICES untouched."""
+    """No count, no ids: the GPUs this process sees (in a pod: the pod's), CUDA_VISIBLE_DEVICES untouched.
+    Nothing asked for a GPU, so finding none is logged at INFO (a CPU-only pipeline is no fault)."""
     try:
         devices = list_devices()
     except NvmlUnavailable as exc:
-        log.warning("%s (%s)", NO_GPU_MESSAGE, exc)
+        log.info("%s (%s)", NO_GPU_MESSAGE, exc)
         return GpuAssignment(visible=None, sampled=[], available=False, reason=str(exc))
     among = visible_in_worker()
     seen = [d for d in devices if among is None or d.index in among]
     if not seen:
-        log.warning("%s (NVML sees no GPU this process may use)", NO_GPU_MESSAGE)
+        log.info("%s (NVML sees no GPU this process may use)", NO_GPU_MESSAGE)
         return GpuAssignment(visible=None, sampled=[], available=False, reason="NVML sees no GPU")
     log.info("Training on the %d GPU(s) this process sees: %s", len(seen), ", ".join(f"GPU{d.index}" for d in seen))
     return GpuAssignment(visible=None, sampled=[d.index for d in seen], available=True, names=[d.name for d in seen])
