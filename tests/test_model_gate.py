@@ -4,6 +4,7 @@ the CLI rolls champion back."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -98,12 +99,23 @@ def test_first_better_worse_and_rollback(airflow_db, mlops_home, dags_folder, re
     assert "'champion' stays on version 2" in task_log
 
     # 4. With on_reject: skip, a losing challenger skips serving instead of failing the run.
-    states = run_gate(dags_folder, WEAK, on_reject="skip")
+    validate_log = logging.getLogger("airflow_mlops.stages.validate")  # the stage's ctx.log
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = seen.append
+    level = validate_log.level
+    validate_log.addHandler(handler)
+    validate_log.setLevel(logging.INFO)
+    try:
+        states = run_gate(dags_folder, WEAK, on_reject="skip")
+    finally:
+        validate_log.removeHandler(handler)
+        validate_log.setLevel(level)
     assert (states["validate.run"], states["serve.run"]) == ("skipped", "skipped")
     assert aliases(client) == {"champion": "2", "previous-champion": "1"}
     # The reason is in the open log at INFO, not only in Airflow's collapsed groups.
-    sys.stdout.flush()  # the task log is printed through a buffer: all of it before reading
-    assert "[info     ] Challenger rejected: model 'gate' version 4 vs champion 2: " in capfd.readouterr().out
+    assert [r.levelname for r in seen
+            if r.getMessage().startswith("Challenger rejected: model 'gate' version 4 vs champion 2: ")] == ["INFO"]
 
     # A version below its thresholds is recorded as rejected, with the failing thresholds.
     states = run_gate(dags_folder, WEAK, min_accuracy=0.99)
