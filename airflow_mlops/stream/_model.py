@@ -63,12 +63,12 @@ def load_scoring_model(model_uri: str, tracking_uri: str | None = None) -> Scori
 
     import mlflow
 
+    from airflow_mlops._core.compat import import_skops_io
     from airflow_mlops._core.mlflow import client_for
 
     client = client_for(tracking_uri)
     resolved, name, version = resolve_model_uri(model_uri, client)
     log.info("Loading model %s (from %s)", resolved, model_uri)
-    from airflow_mlops._core.compat import import_skops_io
     import_skops_io()  # before MLflow loads a scikit-learn model: see there
     files = None
     if tracking_uri:

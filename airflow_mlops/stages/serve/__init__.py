@@ -25,11 +25,12 @@ def run(spec: "ServeStage", ctx: StageContext) -> dict[str, Any]:
         return run_serve_stream(spec.stream, ctx, spec.model)
     import mlflow
 
+    from airflow_mlops._core.compat import import_skops_io
+
     served = serving_model(spec.model, ctx)
     model_uri = served["model_uri"]
     df = read_input(spec.input, ctx.data_conn_id) if spec.input else read_dataset(ctx.find("test_path"), conn_id=ctx.data_conn_id)
     use_store(ctx.mlflow)
-    from airflow_mlops._core.compat import import_skops_io
     import_skops_io()  # before MLflow loads a scikit-learn model: see there
     model = mlflow.pyfunc.load_model(model_uri)
     schema = model.metadata.get_input_schema()

@@ -19,6 +19,8 @@ from airflow_mlops._core.paths import environ_kept, import_string
 from airflow_mlops.stages.train.gpus import GpuAssignment
 from airflow_mlops.stages.train.job import GpuTrainJob
 
+log = logging.getLogger("airflow_mlops.stages.train")
+
 
 class BuiltinTrainer:
     """What to train for a job with ``builtin`` set (see ``stages.train.measure.TrainingRun``)."""
@@ -108,7 +110,7 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
 
     signature = infer_signature(example, model.predict(example))
     if isinstance(model, mlflow.pyfunc.PythonModel):
-        with RegistryNotices(logging.getLogger("airflow_mlops.stages.train")):
+        with RegistryNotices(log):
             return mlflow.pyfunc.log_model(
                 name="model", python_model=model, signature=signature, registered_model_name=registered_model
             )
@@ -122,11 +124,11 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
     # MLflow saves scikit-learn models with skops, which refuses types it cannot vouch for (tree
     # nodes, for one). This model was fitted in this very process, so its own types are trusted.
     trusted = skops_io.get_untrusted_types(data=skops_io.dumps(model))
-    with RegistryNotices(logging.getLogger("airflow_mlops.stages.train")):
+    with RegistryNotices(log):
         return mlflow.sklearn.log_model(
             model, name="model", signature=signature, registered_model_name=registered_model,
             input_example=example.head(2), skops_trusted_types=trusted,
-            pip_requirements=sklearn_requirements(estimator_packages(model)),
+            pip_requirements=list(sklearn_requirements(estimator_packages(model))),
         )
 
 
@@ -151,7 +153,7 @@ def estimator_packages(model: Any) -> frozenset[str]:
 
 
 @lru_cache(maxsize=32)
-def sklearn_requirements(packages: frozenset[str]) -> list[str]:
+def sklearn_requirements(packages: frozenset[str]) -> tuple[str, ...]:
     """The pinned requirements of a scikit-learn model, from this environment's installed versions:
     what MLflow's skops flavour needs (scikit-learn, skops), numpy, scipy and pandas, and the
     distribution of every other package in ``packages`` (xgboost, lightgbm...); a package that
@@ -170,7 +172,7 @@ def sklearn_requirements(packages: frozenset[str]) -> list[str]:
             pins.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
             continue
-    return pins
+    return tuple(pins)  # cached: never handed out as a list to change
 
 
 def evaluate(model: Any, x: Any, y: Any, names: list[str]) -> dict[str, float]:
