@@ -364,3 +364,50 @@ def test_without_a_start_date_a_run_for_a_past_day_runs_every_stage(airflow_db, 
     dr = dag.test(logical_date=datetime(2024, 1, 1, 5, tzinfo=timezone.utc))
     assert dr.state == DagRunState.SUCCESS
     assert {ti.task_id: ti.state for ti in dr.get_task_instances()} == {"preprocess.run": "success"}
+
+
+def test_a_run_before_the_start_date_fails_with_a_note_instead_of_ending_green(airflow_db, mlops_home, dags_folder):
+    """Before: with an explicit start_date, a run for an earlier logical date scheduled no task
+    (Airflow creates no task instance before a task's start date) and ended green. The package's
+    listener (loaded by its plugin) fails such a run and its note says why; a run on a later date
+    is untouched, and so is a hand-written DAG without the pipeline tag."""
+    from datetime import datetime, timezone
+
+    from airflow.utils.state import DagRunState
+
+    from airflow_mlops.factory.loader import load_pipelines
+    from airflow_mlops.listeners import empty_run_reason
+    from tests.helpers import write
+
+    write(dags_folder, "dated.yaml", """
+        id: dated
+        dag: {schedule: "0 6 * * *", start_date: 2025-03-01}
+        stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+        """)
+    dag = load_pipelines(folder=dags_folder)["dated"]
+    early = dag.test(logical_date=datetime(2024, 1, 1, 6, tzinfo=timezone.utc))
+    from airflow.models import DagRun
+    from airflow.utils.session import create_session
+
+    def stored(run):  # state and note as the database holds them
+        with create_session() as session:
+            row = session.query(DagRun).filter_by(dag_id="dated", run_id=run.run_id).one()
+            return row.state, row.note
+
+    state, note = stored(early)
+    assert early.state == state == DagRunState.FAILED
+    assert early.get_task_instances() == []
+    assert note.startswith("No stage ran: the logical date 2024-01-01T06:00:00+00:00 is before the "
+                                 "pipeline's start_date 2025-03-01T00:00:00+00:00")
+    later = dag.test(logical_date=datetime(2025, 3, 2, 6, tzinfo=timezone.utc))
+    assert later.state == DagRunState.SUCCESS and stored(later) == (DagRunState.SUCCESS, None)
+    assert {ti.task_id: ti.state for ti in later.get_task_instances()} == {"preprocess.run": "success"}
+
+    class _Task:
+        start_date, end_date = datetime(2025, 3, 1, tzinfo=timezone.utc), None
+
+    class _HandWritten:
+        tags, tasks = ["team"], [_Task()]
+
+    assert empty_run_reason(_HandWritten(), datetime(2024, 1, 1, tzinfo=timezone.utc)) is None

@@ -9,6 +9,10 @@ import pytest
 from tests.airflow_stack import AirflowStack
 from tests.kafka_helpers import produce, shared_broker, unique
 
+# The loader file (Airflow's safe-mode discovery reads only files that say "airflow" and "dag").
+LOADER = ("# Airflow DAGs from the pipeline YAMLs in this folder\n"
+          "from airflow_mlops import load_pipelines\n\nload_pipelines(globals())\n")
+
 
 @pytest.fixture(scope="session")
 def airflow_stack(tmp_path_factory):
@@ -64,9 +68,7 @@ def test_a_message_on_the_topic_queues_a_run_of_a_pipeline_with_a_kafka_trigger(
         {"bootstrap.servers": broker.bootstrap_servers, "group.id": unique("watcher"),
          "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}))
     dag_id = "retrain_on_labels"
-    (airflow_stack.dags / "pipelines.py").write_text(
-        "# Airflow DAGs from the pipeline YAMLs in this folder\n"
-        "from airflow_mlops import load_pipelines\n\nload_pipelines(globals())\n")
+    (airflow_stack.dags / "pipelines.py").write_text(LOADER)
     (airflow_stack.dags / "labels.yaml").write_text(f"""
 id: {dag_id}
 dag:
@@ -92,3 +94,32 @@ stages:
     # The watcher in the triggerer fired on this very message (the default filter's event).
     assert "Trigger fired event" in triggerer, triggerer[-3000:]
     assert f"'topic': '{topic}', 'partition': 0, 'offset': 0, 'key': 'batch-7'" in triggerer, triggerer[-3000:]
+
+
+def test_the_scheduler_fails_a_pipeline_run_before_its_start_date_with_a_note(airflow_stack):
+    """A run triggered for a logical date before the pipeline's start_date (Airflow creates no task
+    instance for it): the scheduler, through the package's listener, fails it as it starts, with a
+    note that says why, instead of a green run with no work done."""
+    import time
+
+    dag_id = "dated_stack"
+    (airflow_stack.dags / f"{dag_id}.yaml").write_text(f"""
+id: {dag_id}
+dag: {{schedule: "0 6 * * *", start_date: 2025-03-01}}
+stages:
+  preprocess: {{input: {{sklearn_dataset: iris}}}}
+""")
+    (airflow_stack.dags / "pipelines.py").write_text(LOADER)
+    airflow_stack.wait_for_dag(dag_id)
+    airflow_stack.cli("dags", "unpause", dag_id)
+    run_id = "past_day"
+    airflow_stack.cli("dags", "trigger", dag_id, "--run-id", run_id, "--logical-date", "2024-01-01T06:00:00+00:00")
+    deadline, run = time.monotonic() + 180, {}
+    while time.monotonic() < deadline:
+        run = next((r for r in airflow_stack.cli_json("dags", "list-runs", dag_id) if r["run_id"] == run_id), {})
+        if run.get("state") in ("success", "failed"):
+            break
+        time.sleep(3)
+    assert run.get("state") == "failed", f"{run}\n{airflow_stack.output_tail()}"
+    assert "No stage ran: the logical date 2024-01-01T06:00:00+00:00 is before the pipeline's start_date" \
+        in airflow_stack.output("scheduler"), airflow_stack.output_tail()

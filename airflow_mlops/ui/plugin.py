@@ -13,6 +13,8 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_mlops import listeners
+
 MOUNT = "/mlops"  # ui.app.MOUNT (not imported here: that module imports FastAPI)
 
 
@@ -25,6 +27,7 @@ def _app() -> Any:
 
 class MlopsUiPlugin(AirflowPlugin):
     name = "airflow_mlops"
+    listeners = [listeners]
     external_views = [
         {"name": "Models", "href": f"{MOUNT}/models", "destination": "nav", "category": "browse",
          "url_route": "mlops-models"},
