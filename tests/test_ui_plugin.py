@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -129,8 +131,12 @@ def test_models_api_reports_versions_aliases_decisions_and_cost(ui_server):
         # cpu-train holds 2 CPUs and 4 GiB, no GPU; billed 0.1 per CPU-h and 0.05 per GiB-h (_defaults.yaml)
         assert cost["gpu_hours"] == 0 and cost["memory_gib_hours"] == pytest.approx(2 * cost["cpu_hours"])
         assert cost["total"] == pytest.approx(cost["cpu_hours"] * 0.1 + cost["memory_gib_hours"] * 0.05)
-        assert v["prices"] == {"gpu_hour": 2.5, "cpu_hour": 0.1, "memory_gib_hour": 0.05}
+        assert v["prices"] == {"currency": "USD", "gpu_hour": 2.5, "cpu_hour": 0.1, "memory_gib_hour": 0.05}
+        assert v["params"]["n_estimators"] == "100"  # the fitted hyperparameters, as MLflow stores them
         assert v["gpu"]["available"] is False and "GPU" in v["gpu"]["reason"]
+    # what the gate judged on, recorded with the version (the pages chart these metrics first)
+    assert v2["gate"] == {"compare": {"roc_auc": "higher"},
+                          "thresholds": {"accuracy": {"min": 0.9, "max": None}, "roc_auc": {"min": 0.95, "max": None}}}
     assert http(f"{ui_server.url}/mlops/api/models/no_such_model")[0] == 404
 
 
@@ -159,10 +165,15 @@ def test_plugin_registers_nav_entries_and_dag_tab(ui_server):
     status, body = http(f"{ui_server.url}/api/v2/plugins")
     assert status == 200, body
     (plugin,) = [p for p in json.loads(body)["plugins"] if p["name"] == "airflow_mlops"]
-    views = {v["name"]: (v["href"], v["destination"]) for v in plugin["external_views"]}
-    assert views == {"Models": ("/mlops/models", "nav"), "Drift": ("/mlops/drift", "nav"),
-                     "MLOps": ("/mlops/dags/{DAG_ID}", "dag")}
+    apps = {a["name"]: (a["bundle_url"], a["destination"], a["url_route"]) for a in plugin["react_apps"]}
+    assert apps == {"Models": ("mlops/static/mlops-view.js?view=models", "nav", "mlops-models"),
+                    "Drift": ("mlops/static/mlops-view.js?view=drift", "nav", "mlops-drift"),
+                    "MLOps": ("mlops/static/mlops-view.js?view=dag", "dag", "mlops")}
+    assert plugin["external_views"] == []  # an iframe's sandbox let no link leave it
+    assert plugin["listeners"] == ["airflow_mlops.listeners"]
     assert "/mlops" in [a["url_prefix"] for a in plugin["fastapi_apps"]]
+    status, script = http(f"{ui_server.url}/mlops/static/mlops-view.js")
+    assert status == 200 and "globalThis.AirflowPlugin = MlopsView" in script
     assert "Failed to" not in ui_server.output() and "Traceback" not in ui_server.output()
 
 
@@ -225,13 +236,16 @@ def browser():
 
 @pytest.mark.parametrize("page, expected", [
     ("/mlops/models", ["breast_cancer_classifier", "★ champion", "v1", "v2", "rejected", "defended",
-                       "roc_auc per version", "training cost per version", "no GPU", "GPU-h", "MLflow run"]),
+                       "roc_auc per version (the gate compares it: higher is better)", "training cost per version (USD)",
+                       "no GPU", "GPU-h", "MLflow run", "hyperparameters", "n_estimators = 100",
+                       'Models</a>', "mlflow ui"]),
     ("/mlops/drift", ["tumour_drift", "radius", "texture", "clinic", "drift", "1 of 3 features drifted",
-                      "PSI per feature"]),
+                      "PSI per feature", "(log scale)", "PSI limit", "threshold 0.2"]),
     ("/mlops/dags/breast_cancer", ["breast_cancer_classifier", "champion", "v2", "rejected", "not enough",
-                                   "training cost", "DAG run"]),
+                                   "training cost", "DAG run", "roc_auc per version"]),
 ])
 def test_pages_render_in_chromium(ui_server, browser, page, expected, tmp_path_factory):
+    """Each page standing alone (opened at /mlops/...), rendered by Chromium."""
     folder = tmp_path_factory.mktemp("screenshots")
     shot = folder / (page.strip("/").replace("/", "_") + ".png")
     dom = chromium(browser, ui_server.url + page, folder / "profile", screenshot=shot)
@@ -242,21 +256,110 @@ def test_pages_render_in_chromium(ui_server, browser, page, expected, tmp_path_f
     if page == "/mlops/models":
         assert 'class="bar champion"' in dom and 'class="bar rejected"' in dom
         v1 = json.loads(http(f"{ui_server.url}/mlops/api/models/breast_cancer_classifier")[1])["versions"][1]
-        assert f'{v1["cost"]["total"]:.4f}' in dom  # the cost figure as the page shows it
-        # links into Airflow open in the whole window (the page sits in Airflow's frame)
-        assert f'<a href="{v1["dag_run_url"]}" target="_top">breast_cancer / {v1["dag_run_id"]}</a>' in dom
-        assert f'href="{v1["mlflow_run_url"]}" target="_blank"' in dom
+        assert f'{v1["cost"]["total"]:,.6f} USD' in dom  # one number format, with the currency
+        assert "e-0" not in dom.split('<table class="versions">')[1]
+        # links into Airflow stay in the window; MLflow's open a new tab
+        assert f'<a href="{v1["dag_run_url"]}">breast_cancer / {v1["dag_run_id"]}</a>' in dom
+        assert f'href="{v1["mlflow_run_url"]}" target="_blank" rel="noopener noreferrer"' in dom
+        # the gate's metric on an axis that shows the difference: it does not start at 0
+        roc = dom.split('aria-label="roc_auc per version')[1].split("</svg>")[0]
+        assert "axis starts at" in roc and "champion v1" in roc
 
 
-@pytest.mark.parametrize("page, frame", [
-    ("/plugin/mlops-models", "/mlops/models"),
-    ("/plugin/mlops-drift", "/mlops/drift"),
-    ("/dags/breast_cancer/plugin/mlops", "/mlops/dags/breast_cancer"),
-])
-def test_pages_open_inside_the_airflow_ui(ui_server, browser, page, frame, tmp_path_factory):
-    """The nav entries and the DAG tab: Airflow's own page holding the plugin's page in a frame."""
+def test_a_value_axis_shows_the_difference_that_decided_a_gate():
+    """roc_auc 0.9952 against 0.9954 (a gap that rejected a version) on bars from 0 looked the
+    same; the axis now starts just below the values, and says so."""
+    from airflow_mlops.ui import charts
+
+    low, top = charts.value_range([0.9952, 0.9954])
+    assert 0.99 < low < 0.9952 and 0.9954 < top < 1.0
+    svg = charts.bars("roc_auc per version", [("v1", 0.9954, "champion"), ("v2", 0.9952, "rejected")],
+                      lines=[("champion v1", 0.9954), ("threshold min", 0.95)])
+    heights = [float(part.split('"')[0]) for part in svg.split('height="')[2:]]
+    assert heights[0] > heights[1] * 1.5, heights  # the bars differ visibly
+    assert "axis starts at" in svg and 'class="ref-line"' in svg
+    # the threshold far below the values is named, not drawn at a scale that flattens the bars
+    assert "threshold min 0.95 ↓ below the axis" in svg
+    assert charts.value_range([0.0001, 0.3]) == (0.0, pytest.approx(0.3 * 1.08))  # costs: from 0
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(ui_server, browser, tmp_path_factory):
+    """Airflow's own UI in headless Chromium (driven over CDP), its user's choices set as Airflow
+    stores them: dark theme, and Asia/Tokyo as the time zone."""
+    from tests.cdp import Chromium
+
+    chrome = Chromium(browser, tmp_path_factory.mktemp("cdp") / "profile")
+    tab = chrome.page()
+    tab.go(f"{ui_server.url}/")
+    tab.eval("localStorage.setItem('theme', 'dark'); localStorage.setItem('timezone', JSON.stringify('Asia/Tokyo'))")
+    yield chrome, tab
+    chrome.close()
+
+
+def test_the_mlops_pages_are_part_of_airflows_ui_and_every_link_works(ui_server, airflow_ui, tmp_path_factory):
+    """By clicking, in Airflow's UI: the Models page is in Airflow's page (no iframe), dark with
+    the user's dark theme, times in the user's time zone; a DAG run link lands on that run in the
+    same window; an MLflow link opens a new tab; the DAG tab shows the gate's metric first."""
+    chrome, tab = airflow_ui
     folder = tmp_path_factory.mktemp("screenshots-airflow")
-    shot = folder / ("airflow_" + page.strip("/").replace("/", "_") + ".png")
-    dom = chromium(browser, ui_server.url + page, folder / "profile", screenshot=shot)
-    print(f"screenshot of {page}: {shot}")
-    assert f'src="{frame}"' in dom or f'src="{ui_server.url}{frame}"' in dom, dom[-3000:]
+    v1 = json.loads(http(f"{ui_server.url}/mlops/api/models/breast_cancer_classifier")[1])["versions"][1]
+
+    tab.go(f"{ui_server.url}/plugin/mlops-models")
+    tab.wait_for("!!document.querySelector('.mlops-view .mlops tr.version')")
+    tab.screenshot(folder / "airflow_models_dark.png")
+    print(f"screenshots: {folder}")
+    assert tab.eval("document.querySelectorAll('iframe').length") == 0
+    assert tab.eval("document.documentElement.classList.contains('dark')")
+    # Airflow's dark theme reaches the page: light text on Airflow's dark background.
+    text = tab.eval("getComputedStyle(document.querySelector('.mlops')).color")
+    assert _luminance(text) > 0.6, text
+    background = tab.eval("getComputedStyle(document.body).backgroundColor")
+    assert _luminance(background) < 0.3, background
+    # Times in the user's zone (Tokyo is UTC+9 all year).
+    shown = tab.eval("document.querySelector('tr.version[data-version=\"1\"] time').textContent")
+    created = v1["created"]  # 'YYYY-MM-DD HH:MM:SS UTC'
+    tokyo = datetime.strptime(created, "%Y-%m-%d %H:%M:%S UTC") + timedelta(hours=9)
+    assert shown.startswith(tokyo.strftime("%Y-%m-%d %H:%M:%S")), (shown, created)
+
+    # An MLflow link: a new tab, this one stays.
+    before = {p["targetId"] for p in chrome.pages()}
+    tab.click('tr.version[data-version="1"] a[target="_blank"]')
+    deadline = time.monotonic() + 30
+    opened: list[dict] = []
+    while not opened and time.monotonic() < deadline:
+        opened = [p for p in chrome.pages() if p["targetId"] not in before]
+    assert opened and opened[0]["url"].startswith(v1["mlflow_run_url"].split("#")[0]), opened
+    assert tab.eval("location.pathname") == "/plugin/mlops-models"
+
+    # A DAG run link: Airflow's page of that run, in the same window, through Airflow's router.
+    tab.eval("window.__same_document = true")
+    tab.click(f'tr.version[data-version="1"] a[href="{v1["dag_run_url"]}"]')
+    tab.wait_for(f"location.pathname === {json.dumps(v1['dag_run_url'])}")
+    assert tab.eval("window.__same_document") is True  # no page reload: Airflow's router moved
+    tab.screenshot(folder / "airflow_dag_run_after_click.png")
+
+    # The DAG tab: the gate's metric charted first, its axis not from 0; "all versions" leads to Models.
+    tab.go(f"{ui_server.url}/dags/breast_cancer/plugin/mlops")
+    tab.wait_for("!!document.querySelector('.mlops-view svg.chart')")
+    tab.screenshot(folder / "airflow_dag_tab_dark.png")
+    first = tab.eval("document.querySelector('.mlops-view svg.chart').getAttribute('aria-label')")
+    assert first.startswith("roc_auc per version"), first
+    tab.click('.mlops-view a[href$="/plugin/mlops-models#model-breast_cancer_classifier"]')
+    tab.wait_for("location.pathname === '/plugin/mlops-models' && !!document.querySelector('.mlops-view tr.version')")
+    tab.go(f"{ui_server.url}/plugin/mlops-drift")
+    tab.wait_for("!!document.querySelector('.mlops-view svg.chart line.threshold')")
+    tab.screenshot(folder / "airflow_drift_dark.png")
+
+
+def _luminance(css: str) -> float:
+    """0 (black) to 1 (white) for ``rgb(...)`` / ``rgba(...)`` / ``color(srgb ...)`` / ``oklch(...)``
+    (Airflow's theme colours; its lightness is the first figure)."""
+    import re
+
+    numbers = [float(n) for n in re.findall(r"[\d.]+", css)[:3]]
+    if css.startswith("oklch("):
+        return numbers[0] / 100 if "%" in css.split()[0] else numbers[0]
+    scale = 1.0 if css.startswith("color(") else 255.0
+    r, g, b = (n / scale for n in numbers)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b

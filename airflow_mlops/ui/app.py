@@ -3,6 +3,10 @@
     GET /mlops/models                    HTML: every pipeline's registered models (nav entry "Models")
     GET /mlops/drift                     HTML: every drift monitor (nav entry "Drift")
     GET /mlops/dags/{dag_id}             HTML: the DAG's model and latest decision (the DAG's "MLOps" tab)
+    GET /mlops/static/mlops-view.js      the React view Airflow's UI loads for those places (react_apps)
+
+The HTML routes answer ``?fragment=1`` with the page's content only, for the React view to put
+into Airflow's page.
     GET /mlops/api/models                JSON: [ui.data.model(...)]
     GET /mlops/api/models/{name}         JSON: ui.data.model(...); 404 for an unknown name
     GET /mlops/api/drift                 JSON: [ui.data.drift_monitors(...)]
@@ -17,13 +21,15 @@ not read that DAG 403. When MLflow cannot be read the JSON routes answer
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 MOUNT = "/mlops"
+VIEW_SCRIPT = Path(__file__).parent / "static" / "mlops-view.js"
 
 
 class StoreUnreadable(Exception):
@@ -38,14 +44,29 @@ def _airflow_base(request: Request) -> str:
     return root[: -len(MOUNT)] if root.endswith(MOUNT) else ""
 
 
-def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, str]:
-    """Run ``fn(client, mlflow_ui_base)`` against the UI's store. Returns (result, store); ``empty``
-    while the local store does not exist yet (no pipeline has run). StoreUnreadable with the one
-    DependencyFailed message if the store cannot be resolved or read; 404 for an unknown model."""
+def mlflow_ui(uri: str) -> dict[str, Any]:
+    """Where the pages' "MLflow run" links point: ``{base, configured}``. ``[mlops] mlflow_ui_url``
+    (``AIRFLOW__MLOPS__MLFLOW_UI_URL``), else ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else the tracking
+    URI when it is a server; else ``mlflow ui``'s default address, a guess the pages say so."""
+    import os
+
+    from airflow.configuration import conf
+
+    from airflow_mlops.stages.train.job import UI_URL_ENV, ui_base
+
+    configured = conf.get("mlops", "mlflow_ui_url", fallback=None) or None
+    known = bool(configured or os.environ.get(UI_URL_ENV) or uri.startswith(("http://", "https://")))
+    return {"base": ui_base(uri, configured), "configured": known}
+
+
+def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, str, dict[str, Any]]:
+    """Run ``fn(client, mlflow_ui_base)`` against the UI's store. Returns (result, store,
+    :func:`mlflow_ui`); ``empty`` while the local store does not exist yet (no pipeline has run).
+    StoreUnreadable with the one DependencyFailed message if the store cannot be resolved or read;
+    404 for an unknown model."""
     from airflow_mlops._core.mlflow import StoreNotFound
     from airflow_mlops._core.mlflow_faults import is_not_found
     from airflow_mlops.hooks.mlflow import redacted
-    from airflow_mlops.stages.train.job import ui_base
     from airflow_mlops.ui import data
 
     uri = "(not resolved)"
@@ -53,11 +74,12 @@ def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, 
         uri = data.tracking_uri()
         client = data.reader(uri)
     except StoreNotFound:
-        return empty, f"{redacted(uri)} (not created yet: no pipeline has run)"
+        return empty, f"{redacted(uri)} (not created yet: no pipeline has run)", mlflow_ui(uri)
     except Exception as exc:  # noqa: BLE001 - any failure of the store becomes the page's message
         raise StoreUnreadable(data.unreachable(uri, exc, during)) from None
+    ui = mlflow_ui(uri)
     try:
-        return fn(client, ui_base(uri)), redacted(uri)
+        return fn(client, ui["base"]), redacted(uri), ui
     except Exception as exc:  # noqa: BLE001
         if is_not_found(exc):
             raise HTTPException(404, str(exc).splitlines()[0]) from None
@@ -87,7 +109,9 @@ def create_app() -> FastAPI:
     async def _unreadable(request: Request, exc: StoreUnreadable):
         if "/api/" in request.url.path:
             return JSONResponse({"detail": exc.message}, status_code=503)
-        return HTMLResponse(pages.error("MLflow unreachable", exc.message, _airflow_base(request)), status_code=503)
+        fragment = request.query_params.get("fragment") in ("1", "true")
+        return HTMLResponse(pages.error("MLflow unreachable", exc.message, _airflow_base(request), fragment),
+                            status_code=503)
 
     @app.get("/api/models")
     def api_models() -> list[dict]:
@@ -110,19 +134,25 @@ def create_app() -> FastAPI:
                      {"dag_id": dag_id, "models": [], "drift": []})[0]
 
     @app.get("/models", response_class=HTMLResponse)
-    def models_page(request: Request) -> str:
-        found, store = _read("listing the registered models", lambda c, ui: data.models(c, ui), [])
-        return pages.models_page(found, store, _airflow_base(request))
+    def models_page(request: Request, fragment: bool = False) -> str:
+        found, store, ui = _read("listing the registered models", lambda c, ui: data.models(c, ui), [])
+        return pages.models_page(found, store, _airflow_base(request), fragment, ui)
 
     @app.get("/drift", response_class=HTMLResponse)
-    def drift_page(request: Request) -> str:
-        found, store = _read("reading the drift reports", lambda c, ui: data.drift_monitors(c), [])
-        return pages.drift_page(found, store, _airflow_base(request))
+    def drift_page(request: Request, fragment: bool = False) -> str:
+        found, store, _ui = _read("reading the drift reports", lambda c, ui: data.drift_monitors(c), [])
+        return pages.drift_page(found, store, _airflow_base(request), fragment)
 
     @app.get("/dags/{dag_id}", response_class=HTMLResponse)
-    def dag_page(request: Request, dag_id: str) -> str:
-        summary, _store = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui),
-                                {"dag_id": dag_id, "models": [], "drift": []})
-        return pages.dag_page(summary, _airflow_base(request))
+    def dag_page(request: Request, dag_id: str, fragment: bool = False) -> str:
+        summary, _store, ui = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui),
+                                    {"dag_id": dag_id, "models": [], "drift": []})
+        return pages.dag_page(summary, _airflow_base(request), fragment, ui)
+
+    @app.get("/static/mlops-view.js")
+    def view_script() -> Response:
+        """The React view (a plain ES module: React comes from Airflow's page, nothing to build)."""
+        return Response(VIEW_SCRIPT.read_text(encoding="utf-8"), media_type="text/javascript",
+                        headers={"Cache-Control": "no-cache"})
 
     return app

@@ -24,9 +24,9 @@ from typing import Any
 
 from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.mlflow import SERVING_ALIAS, read_only_client
-from airflow_mlops.stages.drift import DRIFTED_TAG, KIND_TAG
+from airflow_mlops.stages.drift import DRIFTED_TAG, KIND_TAG, LIMITS_TAG
 from airflow_mlops.stages.train.job import GPU_AVAILABLE_TAG, GPU_NAMES_TAG, GPU_REASON_TAG, run_url
-from airflow_mlops.stages.validate import DECISION_TAG, DETAIL_TAG
+from airflow_mlops.stages.validate import DECISION_TAG, DETAIL_TAG, GATE_TAG
 from airflow_mlops.telemetry.cost import COST_PREFIX, PRICES_TAG
 from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
 
@@ -79,6 +79,13 @@ def _iso(ms: Any) -> str | None:
     return None if not ms else datetime.fromtimestamp(int(ms) / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _json(text: str | None) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
 def _float(value: Any) -> float | None:
     try:
         return float(value)
@@ -120,10 +127,13 @@ def model(client: Any, name: str, mlflow_ui: str, registered: Any = None) -> dic
 
 def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[str, Any]:
     """One version: ``{version, created, aliases, decision, decision_detail, dag_id, dag_run_id,
-    task_id, dag_run_url (Airflow UI path), run_id, mlflow_run_url, metrics {name: value}, cost
+    task_id, dag_run_url (Airflow UI path), run_id, mlflow_run_url, metrics {name: value}, params
+    {name: value} (the run's logged hyperparameters, as MLflow stores them: strings), cost
     {gpu_hours, cpu_hours, memory_gib_hours, gpu, cpu, memory, total} or None, prices {gpu_hour,
     cpu_hour, memory_gib_hour} or None, gpu {available, reason, names, utilization_mean (%),
-    memory_peak_gib, energy_kwh, temperature_max_c}}``."""
+    memory_peak_gib, energy_kwh, temperature_max_c}, gate {compare: {metric: direction}, thresholds:
+    {metric: {min, max}}} or None (not validated)}``; ``prices`` carries ``currency`` (ISO 4217)
+    since it was recorded with one."""
     from urllib.parse import quote
 
     tags = dict(mv.tags or {})
@@ -133,10 +143,7 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
     dag_id, dag_run = tags.get("airflow.dag_id") or run_tags.get("airflow.dag_id"), \
         tags.get("airflow.run_id") or run_tags.get("airflow.run_id")
     cost = {k: metrics[f"{COST_PREFIX}/{k}"] for k in COST_FIELDS if f"{COST_PREFIX}/{k}" in metrics} or None
-    try:
-        prices = json.loads(run_tags[PRICES_TAG]) if PRICES_TAG in run_tags else None
-    except ValueError:
-        prices = None
+    prices = _json(run_tags.get(PRICES_TAG))
     available = (tags.get(GPU_AVAILABLE_TAG) or run_tags.get(GPU_AVAILABLE_TAG)) == "true"
     energy = metrics.get("gpu/energy_j")
     peak = metrics.get("gpu/memory_peak_bytes")
@@ -156,6 +163,7 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
         "aliases": sorted(aliases),
         "decision": tags.get(DECISION_TAG),
         "decision_detail": tags.get(DETAIL_TAG),
+        "gate": _json(tags.get(GATE_TAG)),
         "dag_id": dag_id,
         "dag_run_id": dag_run,
         "task_id": tags.get("airflow.task_id") or run_tags.get("airflow.task_id"),
@@ -163,6 +171,7 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
         "run_id": mv.run_id,
         "mlflow_run_url": run_url(mlflow_ui, experiment, mv.run_id) if experiment else None,
         "metrics": {k: v for k, v in sorted(metrics.items()) if k.split("/", 1)[0] not in NOT_MODEL_METRICS},
+        "params": dict(sorted(run.data.params.items())) if run else {},
         "cost": cost,
         "prices": prices,
         "gpu": gpu,
@@ -171,7 +180,8 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
 
 def drift_monitors(client: Any, dag_id: str | None = None) -> list[dict[str, Any]]:
     """Each drift monitor (DAG and task that ran a drift stage), latest first within its trend:
-    ``{dag_id, task_id, latest: {run_id, dag_run_id, time, drifted_count, features: {feature:
+    ``{dag_id, task_id, latest: {run_id, dag_run_id, time, limits {psi, ks, features: {feature:
+    {psi, ks}}} or None, drifted_count, features: {feature:
     {psi, ks, drifted}}}, trend: [{time, run_id, drifted_count, psi: {feature: value}}] oldest
     first}``."""
     experiments = [e.experiment_id for e in client.search_experiments(max_results=1000)]
@@ -216,6 +226,7 @@ def _drift_point(run: Any) -> dict[str, Any]:
         scores.setdefault("ks", None)
         scores["drifted"] = (name in drifted) if known else None
     return {"run_id": run.info.run_id, "dag_run_id": tags.get("airflow.run_id"), "time": _iso(run.info.start_time),
+            "limits": _json(tags.get(LIMITS_TAG)),
             "drifted_count": _float(metrics.get("drift/features_drifted")),
             "features": dict(sorted(features.items()))}
 

@@ -1,6 +1,8 @@
 """The Airflow plugin (entry point ``airflow.plugins``: installed with the package, nothing to
 copy into a plugins folder): the read-only app under ``/mlops`` and its places in the Airflow UI —
-"Models" and "Drift" in the Browse menu, an "MLOps" tab on every DAG's page.
+"Models" and "Drift" in the Browse menu, an "MLOps" tab on every DAG's page (React apps, see
+``react_apps``) — and the listener that fails a pipeline run which would run no stage
+(``airflow_mlops.listeners``).
 
 Cheap to import (Airflow loads plugins in every component): the FastAPI app is built only when the
 api-server asks for ``fastapi_apps``.
@@ -28,12 +30,17 @@ def _app() -> Any:
 class MlopsUiPlugin(AirflowPlugin):
     name = "airflow_mlops"
     listeners = [listeners]
-    external_views = [
-        {"name": "Models", "href": f"{MOUNT}/models", "destination": "nav", "category": "browse",
-         "url_route": "mlops-models"},
-        {"name": "Drift", "href": f"{MOUNT}/drift", "destination": "nav", "category": "browse",
-         "url_route": "mlops-drift"},
-        {"name": "MLOps", "href": f"{MOUNT}/dags/{{DAG_ID}}", "destination": "dag", "url_route": "mlops"},
+    # React apps, not external views: Airflow shows an external view in a sandboxed iframe, where
+    # no link can leave the frame or open a tab, and the page keeps its own look (no dark mode, no
+    # user time zone). A React app is part of Airflow's own page; see ui/static/mlops-view.js.
+    # The bundle URL is relative to Airflow's base URL; each place loads the view with its page.
+    react_apps = [
+        {"name": "Models", "bundle_url": f"{MOUNT.lstrip('/')}/static/mlops-view.js?view=models",
+         "destination": "nav", "category": "browse", "url_route": "mlops-models"},
+        {"name": "Drift", "bundle_url": f"{MOUNT.lstrip('/')}/static/mlops-view.js?view=drift",
+         "destination": "nav", "category": "browse", "url_route": "mlops-drift"},
+        {"name": "MLOps", "bundle_url": f"{MOUNT.lstrip('/')}/static/mlops-view.js?view=dag",
+         "destination": "dag", "url_route": "mlops"},
     ]
 
     @property

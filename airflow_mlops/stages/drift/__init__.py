@@ -23,6 +23,9 @@ KIND_TAG = "airflow_mlops.kind"  # "drift" on every drift report run
 # The verdict per feature (a JSON list of the features over their thresholds), beside the
 # drift/psi/<feature> and drift/ks/<feature> metrics: the Airflow UI's Drift page reads it.
 DRIFTED_TAG = "airflow_mlops.drift.drifted"
+# The limits the verdict used, as JSON: {"psi": x|null, "ks": y|null, "features": {feature:
+# {"psi", "ks"}}} (the stage's thresholds, and per_feature's where they differ).
+LIMITS_TAG = "airflow_mlops.drift.limits"
 
 
 def run(spec: "DriftStage", ctx: StageContext) -> dict[str, Any]:
@@ -47,7 +50,8 @@ def run(spec: "DriftStage", ctx: StageContext) -> dict[str, Any]:
 
     experiment_id = use_experiment(ctx.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{ctx.pipeline_id}.{ctx.stage_name}",
-                          tags={**ctx.tags, KIND_TAG: "drift", DRIFTED_TAG: json.dumps(drifted)}) as run:
+                          tags={**ctx.tags, KIND_TAG: "drift", DRIFTED_TAG: json.dumps(drifted),
+                                LIMITS_TAG: limits_json(spec, features)}) as run:
         mlflow.log_metrics({f"drift/psi/{_metric_name(n)}": s["psi"] for n, s in report.items()})
         mlflow.log_metrics({f"drift/ks/{_metric_name(n)}": s["ks"] for n, s in report.items() if s["ks"] is not None})
         mlflow.log_metric("drift/features_drifted", len(drifted))
@@ -92,6 +96,16 @@ def psi(expected: Any, actual: Any) -> float:
         e, a = max(float(e), EPSILON), max(float(a), EPSILON)
         total += (a - e) * math.log(a / e)
     return total
+
+
+def limits_json(spec: "DriftStage", features: list[str]) -> str:
+    """The value of ``LIMITS_TAG``: within MLflow's 5,000 characters of a tag value (the
+    per-feature part is left out of a longer one)."""
+    default = {"psi": spec.thresholds.psi, "ks": spec.thresholds.ks}
+    own = {n: {"psi": lim.psi, "ks": lim.ks} for n in features
+           if (lim := spec.per_feature.get(n)) is not None and {"psi": lim.psi, "ks": lim.ks} != default}
+    text = json.dumps({**default, "features": own})
+    return text if len(text) <= 5000 else json.dumps({**default, "features": {}})
 
 
 def plot(report: dict[str, dict[str, Any]], threshold: float | None) -> Any:

@@ -4,6 +4,7 @@ alias, and the decision is tagged on both versions."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from airflow_mlops._core.context import StageContext
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
 
 DECISION_TAG = "airflow_mlops.decision"
 DETAIL_TAG = "airflow_mlops.decision_detail"
+# What the gate judged the version on, as JSON: {"compare": {metric: "higher"|"lower"},
+# "thresholds": {metric: {"min": x|null, "max": y|null}}}. The Airflow UI charts these metrics
+# first and draws the thresholds.
+GATE_TAG = "airflow_mlops.gate"
 MAX_REJUDGE = 5
 
 
@@ -28,6 +33,7 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
     champion = _current(client, name, spec.alias)
 
     failures = threshold_failures(spec, metrics, ctx)
+    client.set_model_version_tag(name, version, GATE_TAG, gate_json(spec))
     client.set_model_version_tag(name, version, "airflow_mlops.validation", "failed" if failures else "passed")
     if failures:
         # Recorded as a decision, like a lost comparison: the version pages show why it was refused.
@@ -80,6 +86,12 @@ def _judge(spec: "ValidateStage", client: Any, name: str, version: str, metrics:
         raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
     ctx.log.info("Challenger wins: %s", detail)
     return detail
+
+
+def gate_json(spec: "ValidateStage") -> str:
+    """The value of ``GATE_TAG`` for ``spec``."""
+    return json.dumps({"compare": {m: rule.direction for m, rule in spec.compare.items()},
+                       "thresholds": {m: {"min": b.min, "max": b.max} for m, b in spec.thresholds.items()}})
 
 
 def threshold_failures(spec: "ValidateStage", metrics: dict[str, float], ctx: StageContext) -> list[str]:
