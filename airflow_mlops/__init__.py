@@ -17,6 +17,7 @@ _PUBLIC = {
     "BackupOperator": "airflow_mlops.operators.backup",
     "RestoreOperator": "airflow_mlops.operators.backup",
     "GpuTrainOperator": "airflow_mlops.operators.gpu_train",
+    "PromotionApprovalOperator": "airflow_mlops.operators.approval",
     "GpuAvailableSensor": "airflow_mlops.sensors.gpu",
     "PriceTable": "airflow_mlops.spec.prices",
     "StreamInferenceOperator": "airflow_mlops.operators.stream",
@@ -33,7 +34,7 @@ _MOVED = {
 
 __all__ = [  # noqa: PLE0604 (the names of _PUBLIC, written out for readers and linters)
     "load_pipelines", "SparkFeatureOperator", "RetentionCleanupOperator", "BackupOperator", "RestoreOperator",
-    "GpuTrainOperator", "GpuAvailableSensor", "PriceTable", "StreamInferenceOperator", "KafkaLagSensor",
+    "GpuTrainOperator", "PromotionApprovalOperator", "GpuAvailableSensor", "PriceTable", "StreamInferenceOperator", "KafkaLagSensor",
     "read_pipeline", "PipelineSpecError", "__version__",
 ]
 

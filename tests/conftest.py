@@ -132,3 +132,16 @@ def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(tmp_path_factory):
+    """One real deployment (api-server, scheduler with LocalExecutor, dag-processor, triggerer as
+    separate processes; tests/airflow_stack.py) shared by every test that needs one."""
+    from tests.airflow_stack import AirflowStack
+
+    stack = AirflowStack(tmp_path_factory.mktemp("airflow-stack"))
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()

@@ -4,23 +4,8 @@ the metadata DB (``airflow connections add``), the broker the embedded Kafka-pro
 
 from __future__ import annotations
 
-import pytest
-
-from tests.airflow_stack import AirflowStack
+from tests.airflow_stack import LOADER
 from tests.kafka_helpers import produce, shared_broker, unique
-
-# The loader file (Airflow's safe-mode discovery reads only files that say "airflow" and "dag").
-LOADER = ("# Airflow DAGs from the pipeline YAMLs in this folder\n"
-          "from airflow_mlops import load_pipelines\n\nload_pipelines(globals())\n")
-
-
-@pytest.fixture(scope="session")
-def airflow_stack(tmp_path_factory):
-    stack = AirflowStack(tmp_path_factory.mktemp("airflow-stack"))
-    try:
-        yield stack.start()
-    finally:
-        stack.stop()
 
 
 def test_deferred_kafka_sensor_finds_a_db_connection_in_the_real_triggerer(airflow_stack):

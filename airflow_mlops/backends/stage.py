@@ -198,12 +198,20 @@ class StageOperator(BaseOperator):
 
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         """Run the stage in this process. Backends that run it elsewhere override this."""
+        from airflow_mlops.stages import run_stage
+
+        return self.outcome(run_stage, self.stage, ctx)
+
+    @staticmethod
+    def outcome(fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, a stage's errors turned into Airflow's outcomes: StageFailed fails the task
+        (no retry), DependencyFailed as it says, StageSkipped skips it."""
         from airflow_mlops._core.compat import AirflowSkipException
         from airflow_mlops._core.errors import DependencyFailed
-        from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
+        from airflow_mlops.stages import StageFailed, StageSkipped
 
         try:
-            return run_stage(self.stage, ctx)
+            return fn(*args)
         except StageFailed as exc:
             raise stage_failed(str(exc)) from exc
         except DependencyFailed as exc:  # already logged, first, by the stage

@@ -212,10 +212,22 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
                     if stage.kind == "custom":
                         import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
                     else:
+                        # With approval, what the stage publishes (the promoted model) is published
+                        # by the approval task, which moves the alias.
+                        approval = getattr(stage, "approval", None)
+                        outlets = _outlets(plan, name, stage)
                         build_stage_tasks(
                             backend, stage=stage, stage_name=name, plan=plan,
-                            task_args={**task_args, "outlets": _outlets(plan, name, stage)},
+                            task_args={**task_args, "outlets": [] if approval else outlets},
                         )
+                        if approval:
+                            from airflow_mlops.backends import approval as human
+
+                            leaves = list(group.get_leaves())
+                            gate = human.build(stage=stage, stage_name=name, plan=plan,
+                                               task_args={**task_args, "outlets": outlets})
+                            for leaf in leaves:
+                                leaf >> gate
             except Exception as exc:
                 raise StageBuildError(name, exc) from exc
             groups[name] = group

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.storage import location_problem, scheme_of
+from airflow_mlops._core.units import Duration, parse_duration
 from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 
@@ -173,6 +175,29 @@ class Comparison(Strict):
     direction: Literal["higher", "lower"] = Field("higher", description="Which way is better.")
     min_improvement: float = Field(0.0, ge=0, description="Required gain over the champion (0: at least as good).")
     relative: bool = Field(False, description="min_improvement is a fraction of the champion's value.")
+
+
+class Approval(Strict):
+    """A person approves the new champion before the alias moves (validate ``approval:``): Airflow's
+    human-in-the-loop form shows the gate's comparison, with Approve and Reject."""
+
+    timeout: Duration = Field(
+        timedelta(hours=24), description="How long to wait for an answer (e.g. '24h', '90m', seconds); "
+        "no answer in time rejects the version (default 24h).")
+    assigned_users: list[str] = Field(
+        default_factory=list, description="Airflow user ids or names who may answer (default: anyone who may "
+        "edit the DAG's task instances).")
+    subject: str | None = Field(None, description="The form's title (default: 'Promote <model> version <v> to "
+                                "<alias>?').")
+
+    _timeout = field_validator("timeout", mode="before")(classmethod(lambda cls, v: parse_duration(v)))
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v.total_seconds() <= 0:
+            raise ValueError("the approval timeout must be longer than 0")
+        return v
 
 
 class DriftThresholds(Strict):

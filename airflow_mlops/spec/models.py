@@ -22,6 +22,7 @@ from airflow_mlops.spec.base import Strict, kind_from_name_schema
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
 from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     COLUMN_TYPES,
+    Approval,
     Bounds,
     Comparison,
     DataFormat,
@@ -208,8 +209,12 @@ class ValidateStage(StageBase):
         "previous-champion", pattern=ALIAS, description="Moved to the replaced champion, for rollback."
     )
     on_reject: Literal["fail", "skip"] = Field(
-        "fail", description="When the champion wins: fail the task, or skip it and serving after it."
+        "fail", description="When the champion wins (or the approver rejects): fail the task, or skip it and "
+        "serving after it."
     )
+    approval: Approval | None = Field(
+        None, description="A person approves the promotion in Airflow's UI before the alias moves (Airflow's "
+        "human-in-the-loop, 3.1+): the validate group gets an 'approval' task after 'run'.")
 
     @field_validator("alias", "previous_alias")
     @classmethod

@@ -26,7 +26,7 @@ from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.mlflow import SERVING_ALIAS, read_only_client
 from airflow_mlops.stages.drift import DRIFTED_TAG, KIND_TAG, LIMITS_TAG
 from airflow_mlops.stages.train.job import GPU_AVAILABLE_TAG, GPU_NAMES_TAG, GPU_REASON_TAG, run_url
-from airflow_mlops.stages.validate import DECISION_TAG, DETAIL_TAG, GATE_TAG
+from airflow_mlops.stages.validate import APPROVAL_TAG, DECISION_TAG, DETAIL_TAG, GATE_TAG
 from airflow_mlops.telemetry.cost import COST_PREFIX, PRICES_TAG
 from airflow_mlops.telemetry.sampler import PREFIX as GPU_PREFIX
 
@@ -132,7 +132,8 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
     {gpu_hours, cpu_hours, memory_gib_hours, gpu, cpu, memory, total} or None, prices {gpu_hour,
     cpu_hour, memory_gib_hour} or None, gpu {available, reason, names, utilization_mean (%),
     memory_peak_gib, energy_kwh, temperature_max_c}, gate {compare: {metric: direction}, thresholds:
-    {metric: {min, max}}} or None (not validated)}``; ``prices`` carries ``currency`` (ISO 4217)
+    {metric: {min, max}}} or None (not validated), approval {decision: approved|rejected, by (the
+    Airflow user, None when the timeout answered), at (UTC), timed_out} or None}``; ``prices`` carries ``currency`` (ISO 4217)
     since it was recorded with one."""
     from urllib.parse import quote
 
@@ -164,6 +165,7 @@ def version(client: Any, mv: Any, aliases: list[str], mlflow_ui: str) -> dict[st
         "decision": tags.get(DECISION_TAG),
         "decision_detail": tags.get(DETAIL_TAG),
         "gate": _json(tags.get(GATE_TAG)),
+        "approval": _json(tags.get(APPROVAL_TAG)),
         "dag_id": dag_id,
         "dag_run_id": dag_run,
         "task_id": tags.get("airflow.task_id") or run_tags.get("airflow.task_id"),

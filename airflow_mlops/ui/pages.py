@@ -35,7 +35,7 @@ padding:4px 8px;vertical-align:top;text-align:left}.mlops th{background:var(--ml
 .mlops .champion{background:#2e7d32}.mlops .previous-champion{background:#8d6e63}.mlops .alias{background:#1976d2}
 .mlops .d-promoted,.mlops .d-restored{color:#2e7d32;font-weight:600}.mlops .d-rejected{color:#c62828;font-weight:600}
 .mlops .d-defended,.mlops .d-replaced,.mlops .d-rolled-back{color:var(--mlops-muted);font-weight:600}
-.mlops .drifted{color:#c62828;font-weight:600}.mlops .ok{color:#2e7d32}.mlops .muted{color:var(--mlops-muted)}
+.mlops .d-awaiting-approval{color:#ef6c00;font-weight:600}.mlops .drifted{color:#c62828;font-weight:600}.mlops .ok{color:#2e7d32}.mlops .muted{color:var(--mlops-muted)}
 .mlops .charts{display:flex;flex-wrap:wrap;gap:16px}.mlops svg.chart{color:var(--mlops-fg);max-width:100%;height:auto}
 .mlops .error{border:1px solid #c62828;background:var(--mlops-error-bg);padding:12px;white-space:pre-wrap;
 font-family:monospace}.mlops .note{border-left:3px solid var(--mlops-link);padding:4px 10px;margin:8px 0}
@@ -204,7 +204,13 @@ def _params(params: dict | None) -> str:
 def _decision(v: dict) -> str:
     if not v["decision"]:
         return '<span class="muted">not validated</span>'
-    return f'<span class="d-{escape(v["decision"])}">{escape(v["decision"])}</span>'
+    shown = f'<span class="d-{escape(v["decision"])}">{escape(v["decision"])}</span>'
+    approval = v.get("approval")
+    if approval:
+        who = (f'by {escape(approval.get("by") or "")} at {escape(approval.get("at") or "")} UTC'
+               if approval.get("by") else "(no answer before the timeout)")
+        shown += f'<div class="approval">{escape(approval.get("decision") or "")} {who}</div>'
+    return shown
 
 
 def versions_table(model: dict, airflow: str) -> str:

@@ -21,6 +21,9 @@ DETAIL_TAG = "airflow_mlops.decision_detail"
 # "thresholds": {metric: {"min": x|null, "max": y|null}}}. The Airflow UI charts these metrics
 # first and draws the thresholds.
 GATE_TAG = "airflow_mlops.gate"
+APPROVAL_TAG = "airflow_mlops.approval"  # JSON {decision: approved|rejected, by, at, timed_out}
+AWAITING = "awaiting-approval"  # the decision while a person has not answered
+APPROVE, REJECT = "Approve", "Reject"  # the options of the approval form
 MAX_REJUDGE = 5
 
 
@@ -42,6 +45,22 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
         client.set_model_version_tag(name, version, DETAIL_TAG, detail)
         raise StageFailed(f"model '{name}' version {version} failed validation: " + "; ".join(failures))
 
+    if spec.approval is not None:
+        # A person decides (the group's 'approval' task, which moves the alias on Approve).
+        detail = _judge(spec, client, name, version, metrics, champion, ctx)
+        client.set_model_version_tag(name, version, DECISION_TAG, AWAITING)
+        client.set_model_version_tag(name, version, DETAIL_TAG, detail)
+        ctx.log.info("Model '%s' version %s passed the gate (%s); waiting for approval before '%s' moves",
+                     name, version, detail, spec.alias)
+        return {"model_name": name, "model_version": version, "alias": spec.alias, "champion": champion,
+                "gate_detail": detail, "model_uri": f"models:/{name}/{version}"}
+    return _promote_judged(spec, client, name, version, metrics, champion, ctx)
+
+
+def _promote_judged(spec: "ValidateStage", client: Any, name: str, version: str, metrics: dict[str, float],
+                    champion: str | None, ctx: StageContext, approved: str = "") -> dict[str, Any]:
+    """Judge ``version`` against the champion and move the alias to it (StageSkipped/StageFailed
+    when it loses); ``approved`` is added to the recorded detail."""
     # Several pipelines may train into one registered model and compete for its champion: the
     # champion is read again just before the alias moves, and a candidate judged against a
     # champion that another pipeline's validate replaced meanwhile is judged again.
@@ -56,7 +75,7 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
     else:
         raise StageFailed(f"model '{name}': the '{spec.alias}' alias kept moving while version {version} was "
                           f"judged ({MAX_REJUDGE} times): nothing promoted")
-    promote(client, name, version, champion, spec.alias, spec.previous_alias, detail)
+    promote(client, name, version, champion, spec.alias, spec.previous_alias, detail + approved)
     ctx.log.info("Model '%s' version %s passed; alias '%s' now points at it", name, version, spec.alias)
     return {
         "model_name": name,
@@ -66,6 +85,35 @@ def run(spec: "ValidateStage", ctx: StageContext) -> dict[str, Any]:
         # Pinned to the version, not the alias: the alias may move before serving runs.
         "model_uri": f"models:/{name}/{version}",
     }
+
+
+def conclude(spec: "ValidateStage", ctx: StageContext, judged: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """After the approval form: ``judged`` is the group's 'run' result, ``answer`` the human-in-the-loop
+    response (``{chosen_options, responded_by_user: {id, name} | None, responded_at}``; no user:
+    the timeout's default). Approve: judged again against the champion of now (it may have moved
+    while the form waited), then promoted, "approved by <user> at <time>" in the recorded detail.
+    Reject or no answer: recorded as rejected, StageSkipped/StageFailed (``on_reject``)."""
+    name, version = judged["model_name"], str(judged["model_version"])
+    client = mlflow_client(ctx.mlflow)
+    user = answer.get("responded_by_user") or {}
+    who = user.get("name") or user.get("id")
+    when = str(answer.get("responded_at") or "")[:19].replace("T", " ")
+    chosen = (answer.get("chosen_options") or [REJECT])[0]
+    record = {"decision": "approved" if chosen == APPROVE else "rejected", "by": who, "at": when,
+              "timed_out": who is None}
+    client.set_model_version_tag(name, version, APPROVAL_TAG, json.dumps(record))
+    if chosen != APPROVE:
+        why = (f"rejected by {who} at {when} UTC" if who else
+               f"no answer within {spec.approval.timeout if spec.approval else '?'}: rejected (the default)")
+        client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
+        client.set_model_version_tag(name, version, DETAIL_TAG, f"{judged.get('gate_detail', '')}; {why}")
+        message = f"model '{name}' version {version} {why}; '{spec.alias}' stays on version {judged.get('champion')}"
+        ctx.log.info("Promotion rejected: %s", message)
+        raise (StageSkipped if spec.on_reject == "skip" else StageFailed)(message)
+    ctx.log.info("Promotion approved by %s at %s UTC", who, when)
+    metrics = _metrics(client, name, version)
+    return _promote_judged(spec, client, name, version, metrics, _current(client, name, spec.alias), ctx,
+                           approved=f"; approved by {who} at {when} UTC")
 
 
 def _judge(spec: "ValidateStage", client: Any, name: str, version: str, metrics: dict[str, float],
