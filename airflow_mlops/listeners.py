@@ -1,6 +1,11 @@
 """An Airflow listener (registered by the package's plugin, so every Airflow that has the package
-installed loads it): a pipeline run that would schedule none of its stages fails, with a note that
-says why, instead of ending green with no work done.
+installed loads it), for the package's pipeline DAGs:
+
+- a run that would schedule none of its stages fails, with a note that says why, instead of
+  ending green with no work done;
+- a stage that skipped (a challenger that lost with ``on_reject: skip``, a rejected approval) has
+  its reason as the task instance's note, and the run's note lists them: a green run says what it
+  did not do, on its own page, without opening a log.
 
 Airflow creates no task instance for a logical date before a task's ``start_date`` (or after its
 ``end_date``). A pipeline with an explicit ``dag.start_date`` that is triggered for an earlier day
@@ -22,6 +27,7 @@ from airflow.listeners import hookimpl
 log = logging.getLogger(__name__)
 
 PIPELINE_TAG = "airflow-mlops"  # factory._build.TAG (not imported: keeps this module cheap)
+SKIP_REASON_KEY = "airflow_mlops.skip_reason"  # backends.stage.SKIP_REASON_KEY
 
 
 def _out_of_range(task: Any, logical_date: datetime) -> bool:
@@ -74,6 +80,59 @@ def _fail_empty_run(dag_run: Any) -> None:
     dag_run.note = reason
 
 
+def note_skips(dag_run: Any) -> list[str]:
+    """Each skipped stage's reason (the XCom it left) as its task instance's note, and all of them
+    as the run's note (kept when the run already has one); the ``task_id: reason`` lines."""
+    from airflow import settings
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+    from sqlalchemy.orm import object_session
+
+    # The session the caller (the scheduler, dags test) works in: the run's own, else Airflow's
+    # thread-local one, which is the caller's too. Never a second session: it would wait on the
+    # caller's row locks (a deadlock with itself). The caller commits.
+    session = object_session(dag_run) or settings.Session()
+    rows = session.scalars(select(XComModel).where(
+        XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id,
+        XComModel.key == SKIP_REASON_KEY)).all()
+    reasons = {(x.task_id, x.map_index): XComModel.deserialize_value(x) for x in rows}
+    if not reasons:
+        return []
+    lines = []
+    skipped = session.scalars(select(TaskInstance).where(
+        TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id,
+        TaskInstance.state == TaskInstanceState.SKIPPED)).all()
+    for ti in skipped:
+        reason = reasons.get((ti.task_id, ti.map_index))
+        if reason:
+            ti.note = f"Skipped: {reason}"[:1000]
+            lines.append(f"{ti.task_id}: {reason}")
+    run = dag_run if object_session(dag_run) is session else session.get(type(dag_run), dag_run.id)
+    if lines and run is not None and not run.note:
+        run.note = ("Skipped: " + "; ".join(lines))[:1000]
+    return lines
+
+
+def _pipeline(dag_run: Any) -> Any:
+    try:
+        dag = dag_run.get_dag()
+    except Exception:  # a run whose DAG cannot be read is not this listener's to judge
+        log.debug("No DAG for %s; not checked", dag_run, exc_info=True)
+        return None
+    return dag if PIPELINE_TAG in set(getattr(dag, "tags", None) or ()) else None
+
+
+def _finished(dag_run: Any) -> None:
+    if _pipeline(dag_run) is None:
+        return
+    try:
+        note_skips(dag_run)
+    except Exception:  # noqa: BLE001 - a note is a courtesy: never let it disturb the scheduler
+        log.warning("Could not note the skipped stages of %s", dag_run.run_id, exc_info=True)
+
+
 @hookimpl
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
     """A scheduled or triggered run, as the scheduler starts it."""
@@ -83,5 +142,11 @@ def on_dag_run_running(dag_run: Any, msg: str) -> None:
 @hookimpl
 def on_dag_run_success(dag_run: Any, msg: str) -> None:
     """A run that reached ``success`` with nothing scheduled (``airflow dags test`` starts its run
-    as running, so only this event sees it)."""
+    as running, so only this event sees it); else its skipped stages noted."""
     _fail_empty_run(dag_run)
+    _finished(dag_run)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    _finished(dag_run)

@@ -61,7 +61,16 @@ def _wait(stack, run_id: str, done, what: str, timeout: float = 300) -> dict[str
 
 
 def _answer_in_the_ui(stack, tab, run_id: str, button: str) -> str:
-    """Open the approval task's "Required Actions" in Airflow's UI, click ``button``; the form's text."""
+    """Open the approval task's "Required Actions" in Airflow's UI, click ``button``; the form's text.
+
+    Not before the scheduler has taken in the end of the workload that parked the task: Airflow
+    3.3 fails a resumed task when the parking workload's late "success" event arrives while the
+    answer's workload runs (seen here when the answer came within 5 s on a loaded machine)."""
+    parked = (f"Received executor event with state success for task instance TaskInstanceKey(dag_id='approve_stack', "
+              f"task_id='validate.approval', run_id='{run_id}'")
+    deadline = time.monotonic() + 120
+    while parked not in stack.output("scheduler") and time.monotonic() < deadline:
+        time.sleep(1)
     tab.go(f"{stack_url(stack)}/dags/approve_stack/runs/{run_id}/tasks/validate.approval/required_actions")
     find = (f"[...document.querySelectorAll('button')].find(b => b.textContent.trim() === {json.dumps(button)})")
     tab.wait_for(f"!!{find}")
@@ -121,5 +130,11 @@ def test_a_person_approves_or_rejects_the_promotion_in_the_airflow_ui(airflow_st
         assert v2["airflow_mlops.decision"] == "rejected"
         assert f"rejected by {approval['by']}" in v2["airflow_mlops.decision_detail"]
         assert json.loads(v2["airflow_mlops.approval"])["decision"] == "rejected"
+        # The run's page says why it skipped: the task's note and the run's (the package's listener).
+        api = "/api/v2/dags/approve_stack/dagRuns/approve_2"
+        ti = tab.eval(f"fetch('{api}/taskInstances/validate.approval').then(r => r.json())")
+        run = tab.eval(f"fetch('{api}').then(r => r.json())")
+        assert ti["note"].startswith("Skipped: model 'approve_stack' version 2 rejected by "), ti
+        assert run["note"].startswith("Skipped: validate.approval: model 'approve_stack' version 2 rejected by "), run
     finally:
         chrome.close()

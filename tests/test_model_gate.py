@@ -33,11 +33,20 @@ WEAK = "sklearn.dummy.DummyClassifier"
 STRONG = "sklearn.linear_model.LogisticRegression"
 
 
+LAST_RUN: dict = {}  # run_gate's last run: {"run_id", "note", "ti_notes": {task_id: note}}, as the DB holds them
+
+
 def run_gate(dags_folder, estimator: str, on_reject: str = "fail", min_accuracy: float = 0.5):
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.models import DagRun, TaskInstance
+    from airflow.utils.session import create_session
 
     write(dags_folder, "gate.yaml", GATE.format(estimator=estimator, on_reject=on_reject, min_accuracy=min_accuracy))
     dr = DagBag(dag_folder=str(dags_folder)).dags["gate"].test()
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="gate", run_id=dr.run_id).one()
+        tis = session.query(TaskInstance).filter_by(dag_id="gate", run_id=dr.run_id).all()
+        LAST_RUN.update(run_id=dr.run_id, note=run.note, ti_notes={ti.task_id: ti.note for ti in tis})
     return {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
 
@@ -116,6 +125,10 @@ def test_first_better_worse_and_rollback(airflow_db, mlops_home, dags_folder, re
     # The reason is in the open log at INFO, not only in Airflow's collapsed groups.
     assert [r.levelname for r in seen
             if r.getMessage().startswith("Challenger rejected: model 'gate' version 4 vs champion 2: ")] == ["INFO"]
+    # ... and on the run's page: the skipped task's note and the run's note say why (the listener).
+    assert LAST_RUN["ti_notes"]["validate.run"].startswith("Skipped: model 'gate' version 4 vs champion 2: ")
+    assert LAST_RUN["ti_notes"]["serve.run"] is None  # skipped because validate was: no reason of its own
+    assert LAST_RUN["note"].startswith("Skipped: validate.run: model 'gate' version 4 vs champion 2: ")
 
     # A version below its thresholds is recorded as rejected, with the failing thresholds.
     states = run_gate(dags_folder, WEAK, min_accuracy=0.99)

@@ -13,6 +13,8 @@ from airflow_mlops.spec.prices import PriceTable
 from airflow_mlops.spec.templating import stage_overrides
 from airflow_mlops.telemetry.cost import as_prices
 
+SKIP_REASON_KEY = "airflow_mlops.skip_reason"  # listeners.SKIP_REASON_KEY (the XCom a skipped stage leaves)
+
 
 class StageOperator(BaseOperator):
     """Run a built-in stage (preprocess, train, validate, serve) in the worker.
@@ -158,6 +160,7 @@ class StageOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
         # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
+        from airflow_mlops._core.compat import AirflowSkipException
         from airflow_mlops._core.errors import StageFailed
         from airflow_mlops._core.result import result_problem, shown
 
@@ -168,6 +171,14 @@ class StageOperator(BaseOperator):
             result = self.run(ctx, context)
         except StageFailed as exc:  # refused before or at launch (a named connection missing...): no retry
             raise stage_failed(str(exc)) from exc
+        except AirflowSkipException as exc:
+            # Why, for the run's page: the package's listener makes it the task's and the run's note.
+            self.log.info("Skipped: %s", exc)
+            try:
+                context["ti"].xcom_push(key=SKIP_REASON_KEY, value=str(exc))
+            except Exception as push_error:  # noqa: BLE001 - the skip itself must still happen
+                self.log.debug("skip reason not stored: %s", push_error)
+            raise
         problem = result_problem(result, self.stage_name)
         if problem:  # never pushed to XCom, never logged whole
             raise stage_failed(problem)

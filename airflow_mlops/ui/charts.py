@@ -14,8 +14,8 @@ import math
 from html import escape
 from typing import Callable, Sequence
 
-WIDTH, HEIGHT = 560, 236
-LEFT, RIGHT, TOP, BOTTOM = 64, 16, 46, 44
+WIDTH, HEIGHT = 560, 250
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 46, 58
 CHAMPION, PREVIOUS, OTHER, REJECTED = "#2e7d32", "#8d6e63", "#1976d2", "#c62828"
 PALETTE = ("#1976d2", "#ef6c00", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d4037", "#455a64")
 GRID, AXIS = "var(--mlops-grid, #e0e0e0)", "var(--mlops-axis, #999)"
@@ -90,19 +90,22 @@ def bars(title: str, items: Sequence[tuple[str, float | None, str]], unit: str =
             mark = "★ " if role == "champion" else ""
             parts.append(f'<text x="{cx:.1f}" y="{y0 - 4:.1f}" font-size="10" text-anchor="middle" '
                          f'fill="currentColor">{mark}{escape(fmt(value))}</text>')
-    for k, (label, value) in enumerate(lines):
+    legend = []
+    for label, value in lines:
         colour = CHAMPION if label.startswith("champion") else REJECTED
         parts.append(f'<line class="ref-line" x1="{LEFT}" y1="{y(value):.1f}" x2="{WIDTH - RIGHT}" '
-                     f'y2="{y(value):.1f}" stroke="{colour}" stroke-dasharray="5 3"/>'
-                     f'<text class="ref-label" x="{WIDTH - RIGHT - 2}" y="{y(value) - 3 - 11 * k:.1f}" font-size="10" '
-                     f'text-anchor="end" fill="{colour}">{escape(label)} {escape(fmt(value))}</text>')
-    for k, (label, value) in enumerate(far):
-        edge, arrow = (TOP + plot_h - 4, "↓ below") if value < low else (TOP + 10, "↑ above")
-        parts.append(f'<text class="ref-label far" x="{WIDTH - RIGHT}" y="{edge - 12 * k:.1f}" font-size="10" '
-                     f'text-anchor="end" fill="{REJECTED}">{escape(label)} {escape(fmt(value))} {arrow} the axis</text>')
-    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" font-size="10" fill="currentColor" opacity="0.8">'
+                     f'y2="{y(value):.1f}" stroke="{colour}" stroke-dasharray="5 3">'
+                     f'<title>{escape(label)} {escape(fmt(value))}</title></line>')
+        legend.append(f'<tspan fill="{colour}">- -</tspan> {escape(label)} {escape(fmt(value))}')
+    for label, value in far:
+        legend.append(f'<tspan class="far" fill="{REJECTED}">{escape(label)} {escape(fmt(value))} '
+                      f'{"↓ below" if value < low else "↑ above"} the axis</tspan>')
+    parts.append(f'<text x="{LEFT}" y="{HEIGHT - 22}" font-size="10" fill="currentColor" opacity="0.8">'
                  f'<tspan fill="{CHAMPION}">■</tspan> champion  <tspan fill="{PREVIOUS}">■</tspan> previous champion  '
                  f'<tspan fill="{REJECTED}">■</tspan> rejected  <tspan fill="{OTHER}">■</tspan> other</text>')
+    if legend:
+        parts.append(f'<text class="ref-legend" x="{LEFT}" y="{HEIGHT - 6}" font-size="10" fill="currentColor">'
+                     + "   ".join(legend) + "</text>")
     parts.append("</svg>")
     return "".join(parts)
 

@@ -194,11 +194,11 @@ def model_charts(model: dict, metrics: int = 3) -> str:
     return f'{shown}<div class="charts">{"".join(svgs)}</div>'
 
 
-def _params(params: dict | None) -> str:
+def _params(params: dict | None, inline: bool = False) -> str:
     if not params:
         return '<span class="muted">—</span>'
-    return '<div class="params">' + "<br>".join(f"{escape(k)} = {escape(str(v))}" for k, v in sorted(params.items())) \
-        + "</div>"
+    sep = ", " if inline else "<br>"
+    return f'<span class="params">{sep.join(f"{escape(k)} = {escape(str(v))}" for k, v in sorted(params.items()))}</span>'
 
 
 def _decision(v: dict) -> str:
@@ -300,7 +300,7 @@ def dag_page(summary: dict, airflow: str = "", fragment: bool = False, mlflow_ui
             f'<p>champion: <b class="champion-version">{"v" + escape(m["champion"]) if m["champion"] else "none"}</b>'
             f' · latest version v{escape(v["version"])} {_badges(v["aliases"])} ({when(v["created"])}): '
             f'{_decision(v)}</p><p class="detail">{escape(v["decision_detail"] or "")}</p>'
-            f'<p>hyperparameters: {_params(v.get("params"))}</p>'
+            f'<p>hyperparameters (run params): {_params(v.get("params"), inline=True)}</p>'
             f'<p>training cost: {cost_text(v["cost"], v["prices"])}</p><p>GPU: {gpu_text(v["gpu"])}</p>'
             f'{model_charts(m, metrics=2)}'
             f'<p>{_link(airflow + v["dag_run_url"] if v["dag_run_url"] else None, "DAG run")} · '
