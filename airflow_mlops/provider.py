@@ -27,12 +27,15 @@ CONNECTION_TYPES = {
 
 
 def connection_type(conn_type: str, hook_class: str) -> dict[str, Any]:
-    """One ``connection-types`` entry: the hook, its name and its form (``hidden-fields``,
-    ``relabeling``, ``placeholders``, the kebab-case keys provider info uses)."""
+    """One ``connection-types`` entry: the hook, its name and its form (``conn-fields``: extra
+    fields; ``hidden-fields``, ``relabeling``, ``placeholders``: the kebab-case keys provider info
+    uses)."""
     module, _, name = hook_class.rpartition(".")
     hook = getattr(import_module(module), name)
     entry: dict[str, Any] = {"connection-type": conn_type, "hook-class-name": hook_class,
                              "hook-name": getattr(hook, "hook_name", conn_type)}
+    if getattr(hook, "conn_fields", None):
+        entry["conn-fields"] = dict(hook.conn_fields)  # extra fields of the form (Airflow 3's editor)
     behaviour = hook.get_ui_field_behaviour() if hasattr(hook, "get_ui_field_behaviour") else None
     if behaviour:
         entry["ui-field-behaviour"] = {"hidden-fields": list(behaviour.get("hidden_fields", [])),

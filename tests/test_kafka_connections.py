@@ -67,3 +67,18 @@ def test_one_official_kafka_connection_serves_both_hooks_and_no_secret_is_logged
         KafkaConnectionHook(conn_id).get_config()
     logged = caplog.text + "".join(capfd.readouterr())
     assert "s3cret-never-logged" not in logged and "***" in logged
+
+
+def test_the_form_s_security_fields_reach_the_client_config():
+    """What the connection form stores (the fields by name, or prefixed as older forms did; an
+    empty field means not set) becomes the client's settings."""
+    from airflow.models import Connection
+
+    from airflow_mlops.hooks.kafka import kafka_config
+
+    conn = Connection(conn_id="k", conn_type="mlops_kafka", host="b1:9092", login="svc", password="pw",
+                      extra=json.dumps({"security_protocol": "SASL_SSL", "extra__mlops_kafka__sasl_mechanism":
+                                        "SCRAM-SHA-512", "ssl_cafile": ""}))
+    config = kafka_config(conn, "k")
+    assert (config["security_protocol"], config["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert "ssl_cafile" not in config and config["sasl_plain_username"] == "svc"

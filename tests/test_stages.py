@@ -145,3 +145,12 @@ def test_rows_that_do_not_fit_the_signature_fail_with_one_message_or_are_set_asi
     assert list(rejected["income"]) == list(incoming.loc[[2, 5], "income"]) and rejected["age"].isna().all()
     assert set(rejected["rejected_reason"]) == {"column 'age' is long in the signature and holds no value"}
     assert len(pd.read_parquet(result["predictions_path"])) == 8
+
+
+def test_a_stage_result_in_the_log_ends_each_url_with_its_line():
+    """The log viewer linkifies URLs up to the next space: inside a dict's repr the link took the
+    closing "'," along. Each key now has its own line."""
+    from airflow_mlops._core.result import shown
+
+    text = shown({"mlflow_run_url": "http://mlflow:5000/#/experiments/1/runs/abc", "rows": 150})
+    assert text.splitlines() == ["", "  mlflow_run_url: http://mlflow:5000/#/experiments/1/runs/abc", "  rows: 150"]

@@ -190,6 +190,19 @@ def test_connection_editor_gets_the_mlflow_form(ui_server):
     assert "MlflowConnectionHook' is not fully initialized" not in ui_server.output()
 
 
+def test_kafka_connection_form_has_the_security_fields(ui_server):
+    """The mlops_kafka form asks for the security protocol, the SASL mechanism (choices) and the CA
+    file, besides the bootstrap servers and the SASL username and password."""
+    status, body = http(f"{ui_server.url}/ui/connections/hook_meta")
+    assert status == 200, body
+    (meta,) = [m for m in json.loads(body) if m["connection_type"] == "mlops_kafka"]
+    fields = meta["extra_fields"]
+    assert fields["security_protocol"]["schema"]["enum"][:4] == ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+    assert "SCRAM-SHA-512" in fields["sasl_mechanism"]["schema"]["enum"]
+    assert fields["ssl_cafile"]["schema"]["title"] == "CA certificate file"
+    assert meta["standard_fields"]["login"]["title"] == "SASL username"
+
+
 def test_anonymous_refused_when_login_is_required(locked_server):
     for path in ("/mlops/api/models", "/mlops/models", "/mlops/drift", "/mlops/dags/breast_cancer",
                  "/mlops/api/dags/breast_cancer"):

@@ -43,8 +43,13 @@ def result_problem(result: Any, stage: str) -> str | None:
 
 
 def shown(result: Any) -> str:
-    """``result`` for the task log, at most ``MAX_LOGGED_CHARS`` characters."""
-    text = repr(result)
+    """``result`` for the task log, at most ``MAX_LOGGED_CHARS`` characters: a dict as one
+    ``key: value`` line per key, strings unquoted, so that a URL ends the line and the log viewer's
+    link ends with it (inside a repr it took the closing ``',`` along)."""
+    if isinstance(result, dict):
+        text = "".join(f"\n  {k}: {v if isinstance(v, str) else repr(v)}" for k, v in result.items())
+    else:
+        text = repr(result)
     return text if len(text) <= MAX_LOGGED_CHARS else text[:MAX_LOGGED_CHARS] + f"… ({len(text)} characters)"
 
 

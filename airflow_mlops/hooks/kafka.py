@@ -57,6 +57,10 @@ def kafka_config(conn: Any, conn_id: str) -> dict[str, Any]:
     extra = conn.extra_dejson if conn.extra else {}
     if not isinstance(extra, dict):
         raise ValueError(f"the extra of Kafka connection '{conn_id}' must be a JSON object")
+    # The connection form's own fields (CONN_FIELDS) may be stored prefixed, as older Airflow
+    # forms did: extra__mlops_kafka__security_protocol. An empty form field means "not set".
+    extra = {k.removeprefix(f"extra__{KafkaConnectionHook.conn_type}__"): v for k, v in extra.items()
+             if v not in ("", None)}
     # extra_dejson of a URI-defined connection holds strings: numbers and booleans come back typed.
     config = normalize({k: _typed(k, v) for k, v in extra.items()})
     servers = config.pop("bootstrap_servers", None)
@@ -113,6 +117,27 @@ class KafkaConnectionHook(BaseHook):
     def __init__(self, kafka_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kafka_conn_id = kafka_conn_id
+
+    # The security settings as fields of Airflow's connection form (provider info "conn-fields",
+    # stored in the extra under these names); anything else still goes into the extra's JSON.
+    conn_fields: dict[str, Any] = {
+        "security_protocol": {
+            "label": "Security protocol",
+            "description": "How clients talk to the brokers (Kafka's security.protocol).",
+            "schema": {"type": ["string", "null"], "enum": ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", None]},
+        },
+        "sasl_mechanism": {
+            "label": "SASL mechanism",
+            "description": "With SASL_PLAINTEXT or SASL_SSL: how the username and password are checked.",
+            "schema": {"type": ["string", "null"],
+                       "enum": ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI", None]},
+        },
+        "ssl_cafile": {
+            "label": "CA certificate file",
+            "description": "With SSL or SASL_SSL: the CA bundle on the workers that signs the brokers' certificates.",
+            "schema": {"type": ["string", "null"]},
+        },
+    }
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
