@@ -104,7 +104,8 @@ def conclude(spec: "ValidateStage", ctx: StageContext, judged: dict[str, Any], a
     client.set_model_version_tag(name, version, APPROVAL_TAG, json.dumps(record))
     if chosen != APPROVE:
         why = (f"rejected by {who} at {when} UTC" if who else
-               f"no answer within {spec.approval.timeout if spec.approval else '?'}: rejected (the default)")
+               f"no answer within {spec.approval.timeout.total_seconds() / 3600:g} h: rejected (the default)"
+               if spec.approval else "no answer: rejected (the default)")
         client.set_model_version_tag(name, version, DECISION_TAG, "rejected")
         client.set_model_version_tag(name, version, DETAIL_TAG, f"{judged.get('gate_detail', '')}; {why}")
         message = f"model '{name}' version {version} {why}; '{spec.alias}' stays on version {judged.get('champion')}"
