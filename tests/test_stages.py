@@ -154,3 +154,21 @@ def test_a_stage_result_in_the_log_ends_each_url_with_its_line():
 
     text = shown({"mlflow_run_url": "http://mlflow:5000/#/experiments/1/runs/abc", "rows": 150})
     assert text.splitlines() == ["", "  mlflow_run_url: http://mlflow:5000/#/experiments/1/runs/abc", "  rows: 150"]
+
+
+def test_every_mlflow_link_follows_one_setting(monkeypatch):
+    """The train task's "MLflow run" link and the UI plugin's pages both take [mlops]
+    mlflow_ui_url (here through Airflow's environment variable); a pipeline's own mlflow.ui_url
+    still wins for its tasks; without any, a server tracking URI, else mlflow ui's address."""
+    from airflow_mlops.stages.train.job import ui_base
+    from airflow_mlops.ui.app import mlflow_ui
+
+    monkeypatch.delenv("AIRFLOW_MLOPS_MLFLOW_UI_URL", raising=False)
+    monkeypatch.delenv("AIRFLOW__MLOPS__MLFLOW_UI_URL", raising=False)
+    assert ui_base("sqlite:////srv/mlflow.db") == "http://localhost:5000"
+    assert mlflow_ui("sqlite:////srv/mlflow.db") == {"base": "http://localhost:5000", "configured": False}
+    assert ui_base("http://mlflow:5000/") == "http://mlflow:5000"
+    monkeypatch.setenv("AIRFLOW__MLOPS__MLFLOW_UI_URL", "https://mlflow.example.com/")
+    assert ui_base("sqlite:////srv/mlflow.db") == "https://mlflow.example.com"
+    assert mlflow_ui("sqlite:////srv/mlflow.db") == {"base": "https://mlflow.example.com", "configured": True}
+    assert ui_base("sqlite:////srv/mlflow.db", "https://team.example.com") == "https://team.example.com"

@@ -50,13 +50,10 @@ def mlflow_ui(uri: str) -> dict[str, Any]:
     URI when it is a server; else ``mlflow ui``'s default address, a guess the pages say so."""
     import os
 
-    from airflow.configuration import conf
+    from airflow_mlops.stages.train.job import UI_URL_ENV, configured_ui_url, ui_base
 
-    from airflow_mlops.stages.train.job import UI_URL_ENV, ui_base
-
-    configured = conf.get("mlops", "mlflow_ui_url", fallback=None) or None
-    known = bool(configured or os.environ.get(UI_URL_ENV) or uri.startswith(("http://", "https://")))
-    return {"base": ui_base(uri, configured), "configured": known}
+    known = bool(configured_ui_url() or os.environ.get(UI_URL_ENV) or uri.startswith(("http://", "https://")))
+    return {"base": ui_base(uri), "configured": known}
 
 
 def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, str, dict[str, Any]]:

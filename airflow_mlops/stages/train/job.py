@@ -162,12 +162,27 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
 
 
 def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:
-    """Where people open MLflow: ``ui_url``, else ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else the
-    tracking URI when it is a server (http/https), else ``mlflow ui``'s default address."""
-    base = ui_url or os.environ.get(UI_URL_ENV)
+    """Where people open MLflow: ``ui_url`` (a pipeline's ``mlflow.ui_url``), else Airflow's
+    ``[mlops] mlflow_ui_url`` (``$AIRFLOW__MLOPS__MLFLOW_UI_URL``; the UI plugin's pages use it
+    too), else ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else the tracking URI when it is a server
+    (http/https), else ``mlflow ui``'s default address."""
+    base = ui_url or configured_ui_url() or os.environ.get(UI_URL_ENV)
     if not base:
         base = tracking_uri if tracking_uri.startswith(("http://", "https://")) else "http://localhost:5000"
     return base.rstrip("/")
+
+
+def configured_ui_url() -> str | None:
+    """Airflow's ``[mlops] mlflow_ui_url``, when Airflow's configuration can be read here."""
+    value = os.environ.get("AIRFLOW__MLOPS__MLFLOW_UI_URL")
+    if value:
+        return value
+    try:
+        from airflow.configuration import conf
+
+        return conf.get("mlops", "mlflow_ui_url", fallback=None) or None
+    except Exception:  # noqa: BLE001 - a pod or a script without Airflow's configuration
+        return None
 
 
 def run_url(base: str, experiment_id: str, run_id: str) -> str:
