@@ -67,19 +67,26 @@ class BackupOperator(SpecArgsOperator):
 class RestoreOperator(SpecArgsOperator):
     """Restore a snapshot into ``dest/<source name>/…``, verifying every file's checksum.
 
-    :param target, name, conn_id, storage_options: as for ``BackupOperator``.
-    :param dest: folder to restore into. :param snapshot: snapshot id (default: the newest).
-    :param sources: restore only these sources. :param overwrite: replace existing files.
+    :param target: as for ``BackupOperator``.
+    :param name: as for ``BackupOperator``.
+    :param conn_id: as for ``BackupOperator``.
+    :param storage_options: as for ``BackupOperator``.
+    :param dest: folder to restore into.
+    :param snapshot: snapshot id (default: the newest).
+    :param sources: restore only these sources.
+    :param overwrite: replace existing files.
     :param relocate_mlflow_artifacts: point a restored SQLite/file MLflow store at the restored
         artifact folders (default True).
-    :param mlflow_backend_store_uri / mlflow_artifacts / mlflow_artifacts_conn_id: for an MLflow
-        source backed up from Postgres and a bucket: the empty database its dump is restored into
-        and the bucket its artifacts are uploaded to (through that connection).
+    :param mlflow_backend_store_uri: for an MLflow source backed up from Postgres: the empty
+        database its dump is restored into.
+    :param mlflow_artifacts: for an MLflow source whose artifacts were in a bucket: the bucket they
+        are uploaded to.
+    :param mlflow_artifacts_conn_id: the connection for that bucket.
 
     A corrupted or missing file is never written; the task then fails (without retrying) with
     the list of every such file. A damaged or missing manifest fails it too, naming the newest
-    snapshot that is still good; an unreachable target fails it so that Airflow retries. Every argument is a template field, e.g.
-    ``snapshot="{{ ti.xcom_pull('backup')['snapshot'] }}"``.
+    snapshot that is still good; an unreachable target fails it so that Airflow retries. Every
+    argument is a template field, e.g. ``snapshot="{{ ti.xcom_pull('backup')['snapshot'] }}"``.
     """
 
     ui_color = "#e8f6ef"

@@ -61,8 +61,12 @@ class GpuTrainOperator(BaseOperator):
         instance, so an Airflow retry resumes instead of starting over.
     :param mlflow: ``MlflowSettings`` or a dict (``experiment``, ``registered_model``, ``conn_id``,
         ``tracking_uri``); experiment and model default to ``pipeline_id`` (default: the DAG id).
-    :param train_path / test_path / target / features / upstream_task: datasets for a callable:
-        paths, or the task id of a preprocess stage whose XCom holds ``train_path``/``test_path``.
+    :param train_path: the training dataset for a callable (a path).
+    :param test_path: the test dataset (a path).
+    :param target: the label column.
+    :param features: the feature columns (default: every other column).
+    :param upstream_task: instead of the paths, the task id of a preprocess stage whose XCom holds
+        ``train_path``/``test_path``.
     :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
         the pod; default: the GPUs given, 1 CPU, 1Gi.
     :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gib_hour`` 0.05.

@@ -60,19 +60,26 @@ class StreamInferenceOperator(BaseOperator):
     exist before anything is consumed: a missing one (a typo) fails the task without retries,
     with a did-you-mean (see ``airflow_mlops.stream._preflight``).
 
-    :param topics: topic or list of topics to consume.
-    :param output_topic: topic for the predictions.
-    :param model_uri: MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/…``);
+    :type topics: str or list[str]
+    :keyword topics: topic or list of topics to consume.
+    :type output_topic: str
+    :keyword output_topic: topic for the predictions.
+    :type model_uri: str
+    :keyword model_uri: MLflow model URI (``models:/name@alias``, ``models:/name/3``, ``runs:/…``);
         an alias is resolved to its version once, when the task starts.
-    :param group_id: consumer group; default ``airflow-mlops.<dag_id>.<task_id>``.
-    :param dead_letter_topic: where failing records go; without one, a failing record fails the task.
+    :type group_id: str
+    :keyword group_id: consumer group; default ``airflow-mlops.<dag_id>.<task_id>``.
+    :type dead_letter_topic: str
+    :keyword dead_letter_topic: where failing records go; without one, a failing record fails the task.
     :param kafka_conn_id: Airflow connection, e.g. one of type ``kafka`` made for Airflow's own Kafka
         provider (extra = librdkafka settings: ``bootstrap.servers``, ``security.protocol``,
         ``sasl.mechanism``, ``sasl.username``/``sasl.password``…) or of this package's type
         ``mlops_kafka`` (host = bootstrap servers, login/password = SASL credentials); translated
         for the engine. Logged redacted only.
-    :param engine: ``"confluent"`` (confluent-kafka, default) or ``"kafka-python"``: same guarantees.
-    :param broker_timeout: seconds the brokers may stay unreachable before the task fails with a
+    :type engine: str
+    :keyword engine: ``"confluent"`` (confluent-kafka, default) or ``"kafka-python"``: same guarantees.
+    :type broker_timeout: float
+    :keyword broker_timeout: seconds the brokers may stay unreachable before the task fails with a
         retryable "Kafka broker ... did not answer" error saying what was committed (default 30).
     :param mlflow: the MLflow store, as for every operator: ``{"conn_id": ...}`` (an ``mlflow`` connection)
         or ``{"tracking_uri": ...}``; default: resolved like the stages do. (``mlflow_conn_id=`` and
