@@ -102,7 +102,7 @@ def pipeline_yaml() -> str:
             + "Every field a pipeline file may hold, from the models `airflow-mlops validate` and the dags-folder "
               "loader check it with. A field the models do not know is refused, with the valid choices. "
               "The JSON Schema editors use is `pipeline.schema.json` (`airflow-mlops schema`).\n\n"
-            + f"{undescribed} field(s) below have no description yet (—).\n\n")
+            + (f"{undescribed} field(s) below have no description yet (—).\n\n" if undescribed else ""))
     return head + "\n\n".join(sections) + "\n"
 
 

@@ -122,7 +122,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             ["4:5 stages.validate.treshold: unknown key 'treshold' (did you mean 'thresholds'?); expected one of "
              "'backend', 'depends_on', 'resources', 'retries', 'execution_timeout', 'doc', 'queue', 'pool', 'kubernetes', "
              "'kind', 'thresholds', "
-             "'compare', 'alias', 'previous_alias', 'on_reject'"],
+             "'compare', 'alias', 'previous_alias', 'on_reject', 'approval'"],
             id="unknown-stage-key",
         ),
         pytest.param(
@@ -270,7 +270,7 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
         pytest.param(
             "id: a\nprices: {gpu_hours: 3, cpu_hour: -1}\nstages:\n  validate: {}\n",
             ["2:10 prices.gpu_hours: unknown key 'gpu_hours' (did you mean 'gpu_hour'?); expected one of 'gpu_hour', "
-             "'cpu_hour', 'memory_gib_hour'",
+             "'cpu_hour', 'memory_gib_hour', 'currency'",
              "2:34 prices.cpu_hour: input should be greater than or equal to 0, got -1"],
             id="bad-prices",
         ),

@@ -28,10 +28,11 @@ class SparkSettings(Strict):
 
 
 class Toleration(Strict):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    key: str | None = Field(None, description="The taint's key (none: every taint).")
+    operator: Literal["Exists", "Equal"] = Field("Exists", description="Exists: any value; Equal: the value below.")
+    value: str | None = Field(None, description="The taint's value, with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect tolerated (none: every effect).")
 
 
 class VolumeMount(Strict):
@@ -39,9 +40,10 @@ class VolumeMount(Strict):
 
     claim: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="PVC name.")
     mount_path: str = Field(..., pattern=r"^/", description="Absolute path in the container.")
-    read_only: bool = False
+    read_only: bool = Field(False, description="Mount it read-only.")
     size: str = Field("10Gi", description="Size requested when `airflow-mlops manifests` renders the PVC.")
-    storage_class: str | None = None
+    storage_class: str | None = Field(None, description="The PVC's storage class when `airflow-mlops manifests` "
+                                      "renders it (default: the cluster's).")
 
     @field_validator("size", mode="before")
     @classmethod
@@ -94,15 +96,17 @@ class KubernetesSettings(Strict):
     the fields it sets."""
 
     image: str | None = Field(None, description="Container image with airflow-mlops installed.")
-    namespace: NamespaceName = "default"
+    namespace: NamespaceName = Field("default", description="The namespace the stage's pods run in.")
     conn_id: str | None = Field(None, description="Airflow Kubernetes connection (default: kubernetes_default).")
     config_file: str | None = Field(None, description="A kubeconfig file, instead of a connection.")
-    service_account: ServiceAccountName | None = None
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    service_account: ServiceAccountName | None = Field(None, description="The pods' service account (default: the "
+                                                       "namespace's).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="When the kubelet pulls the image (default: Kubernetes' own rule).")
     image_pull_secrets: list[SecretName] = Field(
         default_factory=list, description="Secrets (docker-registry type) the image is pulled with, by name.")
-    node_selector: NodeSelector = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    node_selector: NodeSelector = Field(default_factory=dict, description="Node labels every stage pod must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints every stage pod tolerates.")
     gpu_node_selector: NodeSelector = Field(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"}, description="Added when the stage asks for GPUs."
     )
@@ -110,10 +114,12 @@ class KubernetesSettings(Strict):
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
         description="Added when the stage asks for GPUs.",
     )
-    volumes: list[VolumeMount] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    volumes: list[VolumeMount] = Field(default_factory=list, description="PersistentVolumeClaims mounted into "
+                                       "the pods.")
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables of the pods.")
     secret_env: dict[str, SecretEnv] = Field(default_factory=dict, description="ENV_NAME → {secret, key}.")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to the pods (and the "
+                                   "Deployments of online serving).")
 
     @field_validator("labels")
     @classmethod

@@ -99,7 +99,8 @@ class KafkaMessageTrigger(Strict):
 class DagTrigger(Strict):
     """What starts a run besides a person: a message on a Kafka topic."""
 
-    kafka: KafkaMessageTrigger
+    kafka: KafkaMessageTrigger = Field(..., description="Start a run for a message on these Kafka topics "
+                                       "(Airflow's Kafka provider's message queue trigger).")
 
 
 class DagSettings(Strict):
@@ -121,14 +122,16 @@ class DagSettings(Strict):
     timezone: str | None = Field(
         None, description="IANA time zone the schedule runs in, e.g. 'Europe/Berlin': '0 6 * * *' stays at 06:00 local "
         "time across daylight-saving changes. Default: the start_date's offset, else Airflow's [core] default_timezone.")
-    catchup: bool = False
-    description: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    owner: str = "airflow"
-    retries: int = Field(0, ge=0)
-    retry_delay: Duration = timedelta(minutes=5)
-    execution_timeout: Duration | None = None
-    max_active_runs: int | None = Field(None, ge=1)
+    catchup: bool = Field(False, description="Run the schedule's missed intervals since start_date.")
+    description: str | None = Field(None, description="The DAG's description (default: the pipeline's).")
+    tags: list[str] = Field(default_factory=list, description="The DAG's tags ('airflow-mlops' is always added).")
+    owner: str = Field("airflow", description="The tasks' owner shown in the UI.")
+    retries: int = Field(0, ge=0, description="Retries of every task (a stage's retries win).")
+    retry_delay: Duration = Field(timedelta(minutes=5), description="Wait between tries ('90s', '5m', seconds, ISO "
+                                  "8601).")
+    execution_timeout: Duration | None = Field(None, description="How long one try of a task may run (a stage's "
+                                               "own wins).")
+    max_active_runs: int | None = Field(None, ge=1, description="Runs of this DAG at once.")
     max_active_tasks: int | None = Field(None, ge=1, description="Task instances of this DAG running at once "
                                          "(Airflow's default: [core] max_active_tasks_per_dag).")
     dagrun_timeout: Duration | None = Field(None, description="How long a run may take before Airflow fails it "
@@ -189,11 +192,11 @@ class ParamSpec(Strict):
 
     type: ParamType | list[ParamType] | None = Field(None, description="JSON Schema type(s); add 'null' to allow none.")
     default: Any = Field(None, description="Value when a run does not set it; without one, manual runs must set it.")
-    description: str | None = None
+    description: str | None = Field(None, description="Help text in the trigger form.")
     title: str | None = Field(None, description="Label in the trigger form (default: the name).")
     enum: list[Any] | None = Field(None, description="The allowed values (a drop-down in the trigger form).")
-    minimum: int | float | None = None
-    maximum: int | float | None = None
+    minimum: int | float | None = Field(None, description="The smallest number allowed.")
+    maximum: int | float | None = Field(None, description="The largest number allowed.")
     format: Literal["date", "date-time", "time", "multiline"] | None = Field(
         None, description="How the trigger form edits a string: a date or time picker, or a text box.")
 

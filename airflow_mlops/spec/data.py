@@ -86,8 +86,8 @@ def anchored_inputs(stages: dict[str, Any], folder: str) -> dict[str, Any] | Non
 
 
 class Split(Strict):
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="The share of rows held out for testing.")
+    seed: int = Field(42, description="The random seed of the split (the same seed, the same split).")
     stratify: str | None = Field(None, description="Column to stratify the split by.")
 
 
@@ -96,8 +96,8 @@ class Step(Strict):
 
     dropna: list[str] | bool | None = Field(None, description="Drop rows with nulls (in these columns).")
     drop: list[str] | None = Field(None, description="Drop these columns.")
-    rename: dict[str, str] | None = None
-    fillna: dict[str, Any] | None = None
+    rename: dict[str, str] | None = Field(None, description="Rename columns: {old: new}.")
+    fillna: dict[str, Any] | None = Field(None, description="Fill nulls per column: {column: value}.")
     query: str | None = Field(None, description="Keep rows matching a pandas query expression.")
 
     @model_validator(mode="after")
@@ -115,8 +115,8 @@ class Step(Strict):
 
 
 class Bounds(Strict):
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=0)
+    min: int | None = Field(None, ge=0, description="At least this many.")
+    max: int | None = Field(None, ge=0, description="At most this many.")
 
 
 # Column types as Spark prints them (simpleString), with the aliases people write.
@@ -165,8 +165,10 @@ class QualityGates(Strict):
 
 
 class Threshold(Strict):
-    min: Annotated[float | None, *TEMPLATABLE_VALUE] = None
-    max: Annotated[float | None, *TEMPLATABLE_VALUE] = None
+    min: Annotated[float | None, *TEMPLATABLE_VALUE] = Field(None, description="The metric must be at least this "
+                                                             "(a template allowed).")
+    max: Annotated[float | None, *TEMPLATABLE_VALUE] = Field(None, description="The metric must be at most this "
+                                                             "(a template allowed).")
 
 
 class Comparison(Strict):

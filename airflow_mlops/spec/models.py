@@ -95,8 +95,10 @@ class MlflowSettings(Strict):
     connection whose host is the URI) > ``MLFLOW_TRACKING_URI`` > a SQLite store under
     ``$AIRFLOW_MLOPS_HOME`` (default ``$AIRFLOW_HOME/mlops``)."""
 
-    tracking_uri: str | None = None
-    conn_id: str | None = None
+    tracking_uri: str | None = Field(None, description="The MLflow tracking URI (http(s)://, sqlite:///, "
+                                     "databricks...); default $MLFLOW_TRACKING_URI, else $AIRFLOW_MLOPS_HOME/mlflow.db.")
+    conn_id: str | None = Field(None, description="An Airflow connection of type mlflow to take the tracking URI "
+                                "(and credentials) from, instead of tracking_uri.")
     experiment: str | None = Field(None, description="Defaults to the pipeline id.")
     registered_model: str | None = Field(None, description="Defaults to the pipeline id.")
     artifact_location: str | None = Field(None, description="Only used when the experiment is created.")
@@ -119,12 +121,16 @@ class MlflowSettings(Strict):
 
 # --- data references ---------------------------------------------------------------------------
 
+KIND = "What the stage does; taken from the stage's name when the name is a kind."
+
+
 class StageBase(Strict):
     backend: Backend | None = Field(None, description="Where the stage runs; defaults to the pipeline's backend.")
     depends_on: list[str] | None = Field(None, description="Stages this one waits for; default: the stage before it.")
     resources: str | Resources | None = Field(None, description="A profile name or inline cpu/memory/gpu.")
-    retries: int | None = Field(None, ge=0)
-    execution_timeout: Duration | None = None
+    retries: int | None = Field(None, ge=0, description="Retries of the stage's tasks; default: dag.retries.")
+    execution_timeout: Duration | None = Field(None, description="How long one try of the stage's task may run "
+                                               "('2h', seconds or ISO 8601); default: dag.execution_timeout.")
     doc: str | None = Field(None, description="Shown in the Airflow UI on the stage's tasks.")
     queue: str | None = Field(None, description="The executor queue of the stage's tasks (Celery: the workers that "
                               "listen on it, e.g. GPU machines); default Airflow's [operators] default_queue.")
@@ -143,19 +149,22 @@ class PreprocessStage(StageBase):
     """Read (``input``, named ``inputs`` or your ``callable``) → transform (``sql`` on Spark, a
     ``transform`` function, or built-in ``steps``) → ``quality`` gates → ``split`` → write."""
 
-    kind: Literal["preprocess"] = "preprocess"
+    kind: Literal["preprocess"] = Field("preprocess", description=KIND)
     callable: str | None = Field(None, pattern=IMPORT_PATH, description="'package.module:function'.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the callable.")
-    input: DataInput | None = None
+    input: DataInput | None = Field(None, description="The one dataset to read: a path or URI, a table, or a "
+                                    "scikit-learn dataset.")
     inputs: dict[str, DataInput] | None = Field(None, description="Named inputs, for 'sql' (as tables) or 'transform'.")
     sql: str | None = Field(None, description="Spark SQL over the named inputs (spark backend).")
     transform: str | None = Field(
         None, pattern=IMPORT_PATH, description="'package.module:function' called with the inputs as DataFrames, by name."
     )
-    steps: list[Step] = Field(default_factory=list)
-    quality: QualityGates | None = None
-    split: Split | None = Field(default_factory=Split)
-    format: DataFormat = "parquet"
+    steps: list[Step] = Field(default_factory=list, description="Built-in transformations, in order (dropna, "
+                              "rename, fillna ...).")
+    quality: QualityGates | None = Field(None, description="Checks the data must pass before it is split; a failed "
+                                         "check fails the stage, naming it.")
+    split: Split | None = Field(default_factory=Split, description="The train/test split; null writes one dataset.")
+    format: DataFormat = Field("parquet", description="The format the stage writes.")
     output: WritableLocation | None = Field(None, description="Write here instead of <data_dir>/<stage>/<run id>.")
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings.")
 
@@ -173,15 +182,17 @@ class TrainStage(StageBase):
     """Either ``estimator`` (a scikit-learn style class, or on the spark backend a Spark ML one,
     fitted with ``params``) or ``callable`` (your function returning ``(model, metrics)``)."""
 
-    kind: Literal["train"] = "train"
+    kind: Literal["train"] = Field("train", description=KIND)
     estimator: str | None = Field(None, description="Import path of an estimator class, e.g. 'sklearn.ensemble."
                                   "RandomForestClassifier', or on the spark backend 'pyspark.ml.classification.LogisticRegression'.")
-    callable: str | None = Field(None, pattern=IMPORT_PATH)
-    params: dict[str, Any] = Field(default_factory=dict)
+    callable: str | None = Field(None, pattern=IMPORT_PATH, description="'package.module:function' called with "
+                                 "train, test, target, features, params; returns (model, metrics).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The estimator's hyperparameters (or the "
+                                   "callable's params); templates allowed ('{{ params.depth }}').")
     target: str = Field(..., description="Label column.")
     features: list[str] | None = Field(None, description="Feature columns; default: all but the target.")
     metrics: list[Literal["accuracy", "f1", "precision", "recall", "roc_auc", "log_loss", "rmse", "mae", "r2"]] = Field(
-        default_factory=lambda: ["accuracy"]
+        default_factory=lambda: ["accuracy"], description="Metrics computed on the test split and logged to MLflow."
     )
     spark: SparkSettings | None = Field(None, description="Overrides the pipeline's spark settings (spark backend).")
     distributed: Distributed | None = Field(None, description="Multi-node torchrun on the kubernetes backend.")
@@ -199,7 +210,7 @@ ALIAS = r"^[A-Za-z_][\w-]*$"
 class ValidateStage(StageBase):
     """Thresholds on the candidate, then (with ``compare``) champion vs challenger."""
 
-    kind: Literal["validate"] = "validate"
+    kind: Literal["validate"] = Field("validate", description=KIND)
     thresholds: dict[str, Threshold] = Field(default_factory=dict, description="metric → {min, max}.")
     compare: dict[str, Comparison] = Field(
         default_factory=dict, description="metric → how the candidate must beat the current champion."
@@ -232,8 +243,9 @@ class ServeStage(StageBase):
     """batch: score a dataset; online: run an MLflow model server for the validated version;
     stream: score a Kafka topic into another (bounded, at least once)."""
 
-    kind: Literal["serve"] = "serve"
-    mode: Literal["batch", "online", "stream"] = "batch"
+    kind: Literal["serve"] = Field("serve", description=KIND)
+    mode: Literal["batch", "online", "stream"] = Field(
+        "batch", description="batch: score a dataset; online: run a model server; stream: score a Kafka topic.")
     model: str | None = Field(
         None, pattern=r"^models:/[^/@]+(@[A-Za-z_][\w-]*|/\d+)$",
         description="The registered model to serve, 'models:/<name>@<alias>' or 'models:/<name>/<version>'; an alias "
@@ -248,7 +260,7 @@ class ServeStage(StageBase):
     max_replicas: int = Field(3, ge=1, description="online on kubernetes: the autoscaler's maximum.")
     target_cpu_percent: int = Field(70, ge=1, le=100, description="online on kubernetes: the autoscaler's CPU target.")
     input: DataInput | None = Field(None, description="Data to score; default: the preprocess stage's test split.")
-    format: DataFormat = "parquet"
+    format: DataFormat = Field("parquet", description="batch: the format the predictions are written in.")
     on_bad_rows: Literal["fail", "set_aside"] = Field(
         "fail", description="batch: rows that do not fit the model's signature (a missing value in an integer "
         "column...) fail the stage, or are set aside in rejected.<format> beside the predictions, with the reason.")
@@ -269,13 +281,14 @@ class DriftStage(StageBase):
     """Compare a new dataset with the training reference, per feature: PSI over binned numeric or
     categorical values, and the Kolmogorov–Smirnov statistic for numeric ones."""
 
-    kind: Literal["drift"] = "drift"
+    kind: Literal["drift"] = Field("drift", description=KIND)
     current: DataInput = Field(..., description="The new data.")
     reference: DataInput | None = Field(None, description="Default: the train split of an upstream preprocess stage.")
     features: list[str] | None = Field(None, description="Default: every column both datasets have, minus 'exclude'.")
     exclude: list[str] = Field(default_factory=list, description="Columns never compared (labels, ids).")
     bins: int = Field(10, ge=2, le=100, description="Quantile bins of the reference, for numeric PSI.")
-    thresholds: DriftThresholds = Field(default_factory=lambda: DriftThresholds(psi=0.2, ks=0.2))
+    thresholds: DriftThresholds = Field(default_factory=lambda: DriftThresholds(psi=0.2, ks=0.2),
+                                        description="The limits above which a feature drifted (per_feature overrides).")
     per_feature: dict[str, DriftThresholds] = Field(default_factory=dict, description="Overrides per column.")
     on_drift: Literal["trigger", "fail", "report"] = Field(
         "trigger",
@@ -285,7 +298,7 @@ class DriftStage(StageBase):
 
 
 class CustomStage(StageBase):
-    kind: Literal["custom"] = "custom"
+    kind: Literal["custom"] = Field("custom", description=KIND)
     operator: str = Field(..., pattern=IMPORT_PATH, description="'package.module:OperatorClass'.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the operator.")
 
@@ -298,22 +311,29 @@ Stage = Annotated[
 class PipelineDefaults(Strict):
     """What a ``_defaults.yaml`` up the folder tree may set for every pipeline below it."""
 
-    backend: Backend = "batch"
-    dag: DagSettings = Field(default_factory=DagSettings)
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
-    resource_profiles: dict[str, Resources] = Field(default_factory=dict)
+    backend: Backend = Field("batch", description="Where stages run unless a stage says otherwise: batch (the "
+                             "Airflow worker), spark or kubernetes.")
+    dag: DagSettings = Field(default_factory=DagSettings, description="The Airflow DAG's settings: schedule, dates, "
+                             "retries, callbacks, default_args.")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="Where runs and models are tracked "
+                                   "and registered.")
+    resource_profiles: dict[str, Resources] = Field(default_factory=dict, description="Named cpu/memory/gpu sets "
+                                                    "that stages refer to by name (resources: gpu-large).")
     data_dir: WritableLocation | None = Field(
         None, description="Where stages write data: an absolute path or an object-storage URI (s3://, gs://, abfs://); "
         "default $AIRFLOW_MLOPS_HOME/data/<id>.")
     data_conn_id: str | None = Field(
         None, description="The Airflow connection for a data_dir, input or output URI (default: the scheme's own, "
         "e.g. aws_default).")
-    spark: SparkSettings = Field(default_factory=SparkSettings)
-    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings, description="The spark backend's master and "
+                                 "configuration.")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, description="The kubernetes "
+                                           "backend's namespace, image and pod settings.")
     prices: PriceTable = Field(
         default_factory=PriceTable,
         description="Prices per hour for the cost that training tasks record: resources held x wall-clock hours.")
-    gpu_metrics: GpuMetricsSettings = Field(default_factory=GpuMetricsSettings)
+    gpu_metrics: GpuMetricsSettings = Field(default_factory=GpuMetricsSettings, description="How training tasks "
+                                            "sample and export NVML telemetry.")
     params: ParamsField = Field(
         default_factory=dict, description="The DAG's Params, by name: the Airflow trigger form shows them and "
         "templates read them as {{ params.<name> }}; 'name: value' is short for 'name: {default: value}'.")
@@ -325,8 +345,9 @@ class Pipeline(PipelineDefaults):
     """A pipeline YAML: one Airflow DAG whose stages run in order on their backends."""
 
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="The DAG id.")
-    description: str | None = None
-    stages: dict[str, Stage] = Field(..., min_length=1, json_schema_extra=lambda s: kind_from_name_schema(s, STAGE_KINDS))
+    description: str | None = Field(None, description="The DAG's description in the Airflow UI.")
+    stages: dict[str, Stage] = Field(..., min_length=1, description="The stages, by name, in order; a name that is "
+                                     "a kind (train) sets the kind.", json_schema_extra=lambda s: kind_from_name_schema(s, STAGE_KINDS))
 
     @field_validator("stages", mode="before")
     @classmethod

@@ -14,11 +14,11 @@ class PriceTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    currency: str = Field("USD", pattern=r"^[A-Z]{3}$",
-                          description="ISO 4217 code of the currency the prices are in; shown with every cost.")
     gpu_hour: float = Field(2.5, ge=0, description="Price of one GPU for one hour.")
     cpu_hour: float = Field(0.1, ge=0, description="Price of one CPU (core) for one hour.")
     memory_gib_hour: float = Field(0.05, ge=0, description="Price of one GiB (2^30 bytes) of memory for one hour.")
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$",
+                          description="ISO 4217 code of the currency the prices are in; shown with every cost.")
 
     @model_validator(mode="before")
     @classmethod

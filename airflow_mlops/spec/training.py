@@ -41,7 +41,8 @@ class Distributed(Strict):
         None, ge=1, le=64, description="Processes per pod; default: the GPUs per pod (resources.gpu), else 1.")
     launcher: Literal["torchrun", "python"] = Field(
         "torchrun", description="torchrun, or 'python' for `python -m torch.distributed.run` (the same launcher).")
-    rendezvous: Rendezvous = Field(default_factory=Rendezvous)
+    rendezvous: Rendezvous = Field(default_factory=Rendezvous, description="How the pods find each other "
+                                   "(torchrun's c10d rendezvous).")
 
     def processes(self, gpus_per_node: int | None) -> int:
         """Processes per pod: ``nproc_per_node``, else the GPUs each pod holds, else 1."""
