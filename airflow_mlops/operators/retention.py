@@ -21,8 +21,9 @@ class RetentionCleanupOperator(SpecArgsOperator):
         with the same precedence as the pipeline stages.
 
     Never deletes outside a files policy's root (symlinks are not followed), a model version behind
-    a protected alias (``champion`` by default) or the run behind it, or anything no policy
-    covers. Returns (XCom) a summary: items and bytes deleted (or that would be), per policy, the
+    a serving alias (``champion``, ``previous-champion`` and every alias a pipeline's validate
+    stage sets; a policy's ``protected_aliases`` adds more, only ``allow_deleting_aliases`` lifts
+    one) or the run behind it, or anything no policy covers. Returns (XCom) a summary: items and bytes deleted (or that would be), per policy, the
     first deleted ids, what was protected and what was skipped (vanished, permission denied…).
     The arguments are validated here, so a bad policy fails when the DAG is parsed. Every argument
     is a template field (a policy's ``root="/data/{{ ds }}"``, ``dry_run="{{ params.dry_run }}"``),
