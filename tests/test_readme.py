@@ -1,5 +1,8 @@
-"""The README is executable: every fenced code block of README.md is run here, or marked as not
-runnable. The fence's info string says which; GitHub shows its first word as the language.
+"""The README is executable: every fenced code block of README.md, and of the docs site's pages
+(docs/**/*.md but the generated reference), is run here, or marked as not runnable (on a docs
+page, by a ``<!-- fragment -->`` line right above the fence). A docs block
+whose body is one snippet line (``--8<-- "example_configs/x.yaml"``) is checked as the file it
+shows. The fence's info string says which; GitHub shows its first word as the language.
 
     ```yaml              a complete pipeline: `airflow-mlops validate --strict` passes on it alone
                          in an empty folder (no _defaults.yaml). One call checks every such block.
@@ -53,6 +56,12 @@ class Block:
     line: int  # of the opening fence, 1-based
     info: str
     body: str
+    source: str = "README.md"  # the page, relative to the repository
+
+    @property
+    def key(self) -> str:
+        """Unique among every page's blocks, usable in a file name."""
+        return f"{re.sub(r'[^0-9A-Za-z]+', '_', self.source)}_{self.line}"
 
     @property
     def words(self) -> list[str]:
@@ -74,30 +83,42 @@ class Block:
         return self.lang == lang and not self.fragment
 
 
-def read_blocks(text: str) -> list[Block]:
-    """Every fenced block, also those indented in a list (the fence's indent is removed from the body)."""
+def read_blocks(text: str, source: str = "README.md") -> list[Block]:
+    """Every fenced block, also those indented in a list (the fence's indent is removed from the
+    body); a body that is one snippet line is replaced by the file it includes."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         opening = re.match(r"^(\s*)```(.*)$", lines[i])
         if not opening:
             i += 1
             continue
+        # On a docs page (mkdocs' fences take no extra words) "not run" is a comment above the fence.
+        marked = i > 0 and lines[i - 1].strip() == "<!-- fragment -->"
         start, indent, body = i + 1, opening.group(1), []
         i += 1
         while not re.match(r"^\s*```\s*$", lines[i]):
             body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
-        blocks.append(Block(start, opening.group(2).strip(), "\n".join(body) + "\n"))
+        text_body = "\n".join(body) + "\n"
+        snippet = re.fullmatch(r'--8<-- "([^"]+)"\n', text_body)
+        if snippet:
+            text_body = (REPO / snippet.group(1)).read_text()
+        info = opening.group(2).strip() + (" fragment" if marked else "")
+        blocks.append(Block(start, info, text_body, source))
         i += 1
     return blocks
 
 
-BLOCKS = read_blocks(README.read_text())
+GENERATED_PAGES = {"docs/reference/pipeline-yaml.md", "docs/reference/configuration.md", "docs/reference/cli.md"}
+DOCS_PAGES = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md")
+                    if str(p.relative_to(REPO)) not in GENERATED_PAGES)
+README_BLOCKS = read_blocks(README.read_text())
+BLOCKS = README_BLOCKS + [b for page in DOCS_PAGES for b in read_blocks((REPO / page).read_text(), page)]
 FILES = [b for b in BLOCKS if b.file and not b.fragment]
 
 
 def block_id(block: Block) -> str:
-    return f"README.md:{block.line}"
+    return f"{block.source}:{block.line}"
 
 
 def substitute(text: str, root: Path) -> str:
@@ -127,25 +148,25 @@ def write_companions(root: Path, base: Path) -> Path:
 
 
 def test_every_block_says_how_it_is_checked():
-    unmarked = [f"line {b.line}: ```{b.info}" for b in BLOCKS if b.lang not in LANGUAGES]
+    unmarked = [f"{block_id(b)}: ```{b.info}" for b in BLOCKS if b.lang not in LANGUAGES]
     assert not unmarked, (f"README blocks need a language among {sorted(LANGUAGES)} "
                           f"(and 'fragment' if CI cannot run them): {unmarked}")
     for b in BLOCKS:
         extra = [w for w in b.words[1:] if w != "fragment" and not w.startswith("file=")]
-        assert not extra, f"line {b.line}: unknown fence words {extra}"
+        assert not extra, f"{block_id(b)}: unknown fence words {extra}"
         if b.file:
-            assert b.lang in ("yaml", "python") and not b.fragment, f"line {b.line}: file= is for yaml/python files"
-            assert b.file.startswith("dags/") and ".." not in b.file, f"line {b.line}: file= names a path under dags/"
+            assert b.lang in ("yaml", "python") and not b.fragment, f"{block_id(b)}: file= is for yaml/python files"
+            assert b.file.startswith("dags/") and ".." not in b.file, f"{block_id(b)}: file= names a path under dags/"
         if b.lang == "text":
-            assert not b.fragment, f"line {b.line}: text is never run; 'fragment' says nothing there"
+            assert not b.fragment, f"{block_id(b)}: text is never run; 'fragment' says nothing there"
     assert len({b.file for b in FILES}) == len(FILES), "two blocks are the same file"
     for b in BLOCKS:  # what is run must at least parse
         if b.runs("yaml"):
             yaml.safe_load(b.body)
         if b.runs("python"):
             compile(b.body, block_id(b), "exec")
-    runnable = [b for b in BLOCKS if b.lang != "text" and not b.fragment]
-    assert len(runnable) >= len(BLOCKS) // 2, "most of the README should run"
+    runnable = [b for b in README_BLOCKS if b.lang != "text" and not b.fragment]
+    assert len(runnable) >= len(README_BLOCKS) // 2, "most of the README should run"
 
 
 # -- yaml: each pipeline validates on its own -----------------------------------------------------
@@ -159,7 +180,7 @@ def test_yaml_blocks_validate_each_alone(tmp_path):
     paths = []
     for b in BLOCKS:
         if b.runs("yaml"):
-            path = tmp_path / f"block_{b.line}" / "pipeline.yaml"
+            path = tmp_path / f"block_{b.key}" / "pipeline.yaml"
             path.parent.mkdir()
             path.write_text(b.body)
             paths.append((b, path))
@@ -204,10 +225,10 @@ def test_readme_copies_of_example_configs_say_what_the_files_say():
             pipeline_id = yaml.safe_load(b.body)["id"]
             for config in (REPO / "example_configs").glob("[!_]*.yaml"):
                 if yaml.safe_load(config.read_text())["id"] == pipeline_id:
-                    copies[b.line] = (yaml.safe_load(b.body), yaml.safe_load(config.read_text()))
+                    copies[block_id(b)] = (yaml.safe_load(b.body), yaml.safe_load(config.read_text()))
     assert len(copies) >= 2  # iris_spark and mlops_maintenance
-    for line, (shown, shipped) in copies.items():
-        assert _within(shown, shipped) == [], f"README.md:{line}"
+    for where, (shown, shipped) in copies.items():
+        assert _within(shown, shipped) == [], where
 
 
 # -- text: validate transcripts -------------------------------------------------------------------
@@ -511,8 +532,8 @@ def test_python_block_runs(block, world, monkeypatch, request):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils.state import DagRunState
 
-    dags = write_companions(world.root, world.root / f"block_{block.line}")
-    (dags / f"readme_{block.line}.py").write_text(substitute(block.body, world.root))
+    dags = write_companions(world.root, world.root / f"block_{block.key}")
+    (dags / f"readme_{block.key}.py").write_text(substitute(block.body, world.root))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))  # dag.test() syncs the DAGs from there
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
         "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
