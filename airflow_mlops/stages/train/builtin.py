@@ -99,6 +99,9 @@ def model_and_metrics(produced: Any, what: str) -> tuple[Any, dict[str, float]]:
     raise StageFailed(f"{what} must return (model, metrics) or {{'model': ..., 'metrics': ...}}")
 
 
+SIGNATURE_ROWS = 1000  # rows of the test set a model's signature is inferred from
+
+
 def log_model(model: Any, example: Any, registered_model: str) -> Any:
     """Log ``model`` (a scikit-learn estimator or an ``mlflow.pyfunc.PythonModel``) into the
     active run with its signature from ``example`` (a DataFrame of inputs) and register it as a
@@ -108,7 +111,10 @@ def log_model(model: Any, example: Any, registered_model: str) -> Any:
 
     from airflow_mlops._core.mlflow import RegistryNotices
 
-    signature = infer_signature(example, model.predict(example))
+    # The schema from a sample: MLflow checks every value of the frame in Python (about 1 s per
+    # million values here), and the columns and their types are the same in any thousand rows.
+    sample = example.head(SIGNATURE_ROWS) if hasattr(example, "head") else example
+    signature = infer_signature(sample, model.predict(sample))
     if isinstance(model, mlflow.pyfunc.PythonModel):
         with RegistryNotices(log):
             return mlflow.pyfunc.log_model(
