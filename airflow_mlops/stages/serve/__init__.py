@@ -77,31 +77,43 @@ _NUMBER = ("double", "float", "long", "integer")
 
 def signature_problems(df: Any, schema: Any) -> Any:
     """Per row, why it does not fit the model's input ``schema`` (a pandas Series of str, None
-    where it fits); None without a column signature. Checks what MLflow's enforcement refuses with
-    a traceback holding the whole frame: a missing value in an integer or boolean column, and
-    values that are not numbers in a numeric one."""
+    where it fits); None without a column signature, or when every row fits. Checks what MLflow's
+    enforcement refuses with a traceback holding the whole frame: a missing value in an integer or
+    boolean column, and values that are not numbers in a numeric one. A column whose dtype
+    already rules a fault out is not scanned (a float column holds no text; an integer one no
+    fraction), so a clean frame of numbers costs next to nothing."""
     import pandas as pd
 
     if schema is None or not getattr(schema, "has_input_names", lambda: False)():
         return None
-    reasons = pd.Series([None] * len(df), index=df.index, dtype=object)
+    reasons = None
+
+    def mark(bad: Any, why: str) -> None:
+        nonlocal reasons
+        if not bad.any():
+            return
+        if reasons is None:
+            reasons = pd.Series([None] * len(df), index=df.index, dtype=object)
+        reasons[bad & reasons.isna()] = why
+
     for col in schema.inputs:
         name, kind = col.name, getattr(col.type, "name", str(col.type))
         if name not in df.columns:
             continue
         values = df[name]
-        missing = values.isna()
-        numbers = pd.to_numeric(values, errors="coerce")
-        if kind in _INTEGER or kind == "boolean":
-            bad = missing & (not getattr(col, "optional", False))
-            why = f"column '{name}' is {kind} in the signature and holds no value"
-            reasons[bad & reasons.isna()] = why
-        if kind in _NUMBER:
-            bad = numbers.isna() & ~missing
-            reasons[bad & reasons.isna()] = f"column '{name}' is {kind} in the signature and holds a value that is not a number"
-        if kind in _INTEGER:
-            bad = numbers.notna() & (numbers % 1 != 0)
-            reasons[bad & reasons.isna()] = f"column '{name}' is {kind} in the signature and holds a fraction"
+        numeric = values.dtype.kind in "biuf"
+        # numpy ints and bools hold no missing value; pandas' nullable ones (Int64, boolean) can.
+        can_miss = values.dtype.kind not in "biu" or pd.api.types.is_extension_array_dtype(values.dtype)
+        if (kind in _INTEGER or kind == "boolean") and not getattr(col, "optional", False) and can_miss:
+            mark(values.isna(), f"column '{name}' is {kind} in the signature and holds no value")
+        if kind in _NUMBER and not numeric:
+            numbers = pd.to_numeric(values, errors="coerce")
+            mark(numbers.isna() & values.notna(),
+                 f"column '{name}' is {kind} in the signature and holds a value that is not a number")
+        if kind in _INTEGER and values.dtype.kind not in "biu":
+            numbers = values if numeric else pd.to_numeric(values, errors="coerce")
+            mark(numbers.notna() & (numbers % 1 != 0),
+                 f"column '{name}' is {kind} in the signature and holds a fraction")
     return reasons
 
 
