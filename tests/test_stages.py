@@ -188,16 +188,16 @@ def test_rows_that_do_not_fit_the_signature_are_found_in_every_dtype():
     schema = Schema([ColSpec("long", "a"), ColSpec("double", "b"), ColSpec("boolean", "c")])
     mixed = pd.DataFrame({"a": pd.array([1, None, 3], dtype="Int64"), "b": ["1.5", "2", "x"],
                           "c": [True, False, None]})
-    assert signature_products(signature_problems(mixed, schema)) == [
+    assert _listed(signature_problems(mixed, schema)) == [
         None, "column 'a' is long in the signature and holds no value",
         "column 'b' is double in the signature and holds a value that is not a number"]
     floats = pd.DataFrame({"a": [1.0, 2.5, np.nan], "b": [1.0, 2.0, 3.0], "c": [True, False, True]})
-    assert signature_products(signature_problems(floats, schema)) == [
+    assert _listed(signature_problems(floats, schema)) == [
         None, "column 'a' is long in the signature and holds a fraction",
         "column 'a' is long in the signature and holds no value"]
     clean = pd.DataFrame({"a": [1, 2], "b": [1.0, np.nan], "c": [True, False]})
     assert signature_problems(clean, schema) is None
 
 
-def signature_products(reasons):
+def _listed(reasons):
     return None if reasons is None else reasons.tolist()
