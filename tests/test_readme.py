@@ -1,6 +1,7 @@
 """The README is executable: every fenced code block of README.md, and of the docs site's pages
 (docs/**/*.md but the generated reference), is run here, or marked as not runnable (on a docs
-page, by a ``<!-- fragment -->`` line right above the fence). A docs block
+page, by a ``<!-- fragment -->`` line right above the fence; ``<!-- file=dags/x.py -->`` there
+names a companion file). A docs block
 whose body is one snippet line (``--8<-- "example_configs/x.yaml"``) is checked as the file it
 shows. The fence's info string says which; GitHub shows its first word as the language.
 
@@ -92,8 +93,11 @@ def read_blocks(text: str, source: str = "README.md") -> list[Block]:
         if not opening:
             i += 1
             continue
-        # On a docs page (mkdocs' fences take no extra words) "not run" is a comment above the fence.
-        marked = i > 0 and lines[i - 1].strip() == "<!-- fragment -->"
+        # On a docs page (mkdocs' fences take no extra words) the words "fragment" and "file=..."
+        # are a comment right above the fence: <!-- fragment -->, <!-- file=dags/x.py -->.
+        comment = re.fullmatch(r"\s*<!--\s*(.*?)\s*-->\s*", lines[i - 1]) if i > 0 else None
+        marks = comment.group(1).split() if comment else []
+        marked = " ".join(marks) if marks and all(w == "fragment" or w.startswith("file=") for w in marks) else ""
         start, indent, body = i + 1, opening.group(1), []
         i += 1
         while not re.match(r"^\s*```\s*$", lines[i]):
@@ -103,7 +107,7 @@ def read_blocks(text: str, source: str = "README.md") -> list[Block]:
         snippet = re.fullmatch(r'--8<-- "([^"]+)"\n', text_body)
         if snippet:
             text_body = (REPO / snippet.group(1)).read_text()
-        info = opening.group(2).strip() + (" fragment" if marked else "")
+        info = " ".join(filter(None, [opening.group(2).strip(), marked]))
         blocks.append(Block(start, info, text_body, source))
         i += 1
     return blocks
