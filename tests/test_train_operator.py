@@ -205,7 +205,8 @@ def test_gpu_train_operator_end_to_end_on_cpu(gpu_dag_run):
     assert cost["memory_gib_hours"] == pytest.approx(4 * hours)
     assert cost["total"] == pytest.approx(2 * hours * 0.5 + 4 * hours * 0.25)
     assert {k: m[f"cost/{k}"] for k in cost} == pytest.approx(cost)
-    assert json.loads(tags["airflow_mlops.cost.prices"]) == {"gpu_hour": 2.5, "cpu_hour": 0.5, "memory_gib_hour": 0.25}
+    assert json.loads(tags["airflow_mlops.cost.prices"]) == {"gpu_hour": 2.5, "cpu_hour": 0.5, "memory_gib_hour": 0.25,
+                                                               "currency": "USD"}
     # the environment the training process got
     checkpoint = home / "checkpoints" / "gpu_cpu" / safe_run_key(dr.run_id) / "forest"
     assert result["checkpoint_dir"] == tags["airflow_mlops.checkpoint_dir"] == str(checkpoint)

@@ -173,15 +173,19 @@ def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:
 
 
 def configured_ui_url() -> str | None:
-    """Airflow's ``[mlops] mlflow_ui_url``, when Airflow's configuration can be read here."""
+    """Airflow's ``[mlops] mlflow_ui_url``: its environment variable anywhere, the configuration
+    file only where Airflow is already loaded (the worker, the api-server). A training process or
+    a pod never imports Airflow for it: that would set up Airflow's logging there."""
+    import sys
+
     value = os.environ.get("AIRFLOW__MLOPS__MLFLOW_UI_URL")
-    if value:
-        return value
+    if value or "airflow.configuration" not in sys.modules:
+        return value or None
     try:
         from airflow.configuration import conf
 
         return conf.get("mlops", "mlflow_ui_url", fallback=None) or None
-    except Exception:  # noqa: BLE001 - a pod or a script without Airflow's configuration
+    except Exception:  # noqa: BLE001 - a configuration that cannot be read names no address
         return None
 
 
