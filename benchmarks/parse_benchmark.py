@@ -435,7 +435,7 @@ STEPS = (
 GC_STEP = "garbage collection (all generations)"
 
 
-def install_timers() -> dict[str, list[float]]:
+def install_timers() -> dict[str, list[float]]:  # noqa: C901
     import functools
     import gc
     import importlib
@@ -552,7 +552,7 @@ def parse(folder: Path, mode: str, env: dict[str, str], freeze: bool = True) -> 
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def check_equivalent(yaml_dump: dict, other: dict, n: int, label: str) -> None:
+def check_equivalent(yaml_dump: dict, other: dict, n: int, label: str) -> None:  # noqa: C901
     if set(yaml_dump) != set(other) or len(yaml_dump) != n:
         sys.exit(f"MISMATCH: dag ids differ (YAML {len(yaml_dump)}, {label} {len(other)}, expected {n}): "
                  f"{sorted(set(yaml_dump) ^ set(other))[:10]}")

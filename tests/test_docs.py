@@ -70,3 +70,27 @@ def test_the_docs_site_builds_strictly_from_the_code(tmp_path):
     # The example pipeline is included from example_configs/, not copied: the page holds the file.
     started = (site / "getting-started" / "index.html").read_text()
     assert "breast_cancer_classifier" in started and "load_pipelines" in started
+    # A list right after a paragraph line is a list on the site too (Python-Markdown needs the
+    # blank line that GitHub does not): the deployment page's list of what it runs.
+    deployment = (site / "how-to" / "deployment" / "index.html").read_text()
+    assert "<li>Postgres 15 holding the Airflow and MLflow databases;</li>" in deployment
+
+
+def _slug(heading: str) -> str:
+    """A heading's anchor as GitHub and mkdocs' toc make it (for the headings used here)."""
+    return re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", heading.strip().lower()))
+
+
+def test_the_readme_is_a_front_page_whose_links_resolve():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 160, "the README is the front page: details go to docs/"
+    links = re.findall(r"\]\(([^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    assert len(links) >= 20
+    for target, anchor in links:
+        if target.startswith("http"):
+            continue
+        path = REPO / target
+        assert path.exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#+\s+(.*)$", path.read_text(), flags=re.M)
+            assert anchor in {_slug(h) for h in headings}, f"README links to {target}#{anchor}: no such heading"

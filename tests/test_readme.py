@@ -446,6 +446,26 @@ def checkpoints_and_a_store(world, monkeypatch, request):
     client(world).search_experiments()  # creates the store if no DAG before made it
 
 
+def customers_and_orders(world, monkeypatch, request):
+    """400 customers whose churn follows their tenure, fee and orders (with noise), and their orders."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 400
+    tenure, fee = rng.integers(1, 72, n), rng.uniform(10, 120, n)
+    n_orders = rng.poisson(3, n)
+    risk = 0.04 * fee - 0.06 * tenure - 0.5 * n_orders + rng.normal(0, 1, n)
+    customers = pd.DataFrame({"customer_id": range(n), "tenure_months": tenure, "monthly_fee": fee.round(2),
+                              "churned": (risk > np.median(risk)).astype(int)})
+    orders = pd.DataFrame({"customer_id": np.repeat(np.arange(n), n_orders)})
+    orders["amount"] = rng.uniform(5, 200, len(orders)).round(2)
+    folder = world.root / "data" / "churn"
+    folder.mkdir(parents=True, exist_ok=True)
+    customers.to_csv(folder / "customers.csv", index=False)
+    orders.to_parquet(folder / "orders.parquet")
+
+
 def watch_the_log(world, monkeypatch, request):
     world.capfd = request.getfixturevalue("capfd")  # dag.test() prints the task logs
 
@@ -455,6 +475,7 @@ PREPARE = {
     "score_transactions": transactions_on_a_topic,
     "train_on_gpus": watch_the_log,
     "housekeeping": checkpoints_and_a_store,
+    "churn_own": customers_and_orders,
 }
 
 
@@ -516,6 +537,18 @@ def backed_up_then_cleaned(world, dag, dr):
     assert all(f"epoch-{n}.ckpt" in files for n in range(1, 6)) and "mlflow.db" in files  # before the cleaning
 
 
+def own_code_trained_and_scored(world, dag, dr):
+    from airflow_mlops.stages.data import read_dataset
+
+    version = client(world).get_model_version_by_alias("churn_own", "champion")
+    run = client(world).get_run(version.run_id)
+    assert run.data.params["C"] == "0.5" and run.data.metrics["roc_auc"] >= 0.75
+    pre = dr.get_task_instance("preprocess.run").xcom_pull(task_ids="preprocess.run")
+    assert pre["columns"] == ["tenure_months", "monthly_fee", "churned", "n_orders", "spend"]  # the transform's
+    served = dr.get_task_instance("serve.run").xcom_pull(task_ids="serve.run")
+    assert len(read_dataset(served["predictions_path"])) == pre["test_rows"] == 100
+
+
 def hand_written_champion(world, dag, dr):
     assert version_of(world, "hand_written", "champion") == "1"
 
@@ -527,6 +560,7 @@ CHECKS = {
     "train_on_gpus": trained_on_a_gpu_or_said_why_not,
     "housekeeping": backed_up_then_cleaned,
     "hand_written": hand_written_champion,
+    "churn_own": own_code_trained_and_scored,
 }
 PYTHON = [b for b in BLOCKS if b.runs("python") and not b.file]
 
@@ -539,6 +573,7 @@ def test_python_block_runs(block, world, monkeypatch, request):
     dags = write_companions(world.root, world.root / f"block_{block.key}")
     (dags / f"readme_{block.key}.py").write_text(substitute(block.body, world.root))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags))  # dag.test() syncs the DAGs from there
+    monkeypatch.syspath_prepend(str(dags))  # as Airflow puts the dags folder (the bundle) on sys.path
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
         "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
         "kwargs": {"path": str(dags)}}]))

@@ -227,6 +227,12 @@ def test_resource_profiles_builtin_named_and_inline_override(tmp_path):
             id="callable-not-found",
         ),
         pytest.param(
+            "id: a\nstages:\n  preprocess:\n    input: {path: a.csv}\n    transform: no_such_features:join\n",
+            ["5:16 stages.preprocess.transform: module 'no_such_features' of transform 'no_such_features:join' "
+             "is not importable"],
+            id="transform-not-found",
+        ),
+        pytest.param(
             "id: a\nmlflow: {tracking_uri: 'sqlite:///mlflow.db'}\nstages:\n  validate: {}\n",
             ["2:24 mlflow.tracking_uri: a relative SQLite path depends on each worker's current directory; use an "
              "absolute one, e.g. 'sqlite:////srv/mlflow/mlflow.db' (four slashes), got 'sqlite:///mlflow.db'"],

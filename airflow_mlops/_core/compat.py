@@ -1,4 +1,4 @@
-"""Airflow names that moved between the supported releases (3.1 … 3.3, README "Installing"):
+"""Airflow names that moved between the supported releases (3.1 … 3.3, docs: "Installing"):
 imported from here, so each move is handled once.
 
 - the task exceptions live in ``airflow.sdk.exceptions`` from 3.2; 3.1 has them in

@@ -23,7 +23,7 @@ DISTRIBUTION = "airflow-mlops"
 @dataclass(frozen=True)
 class Extra:
     """One extra: ``modules`` must all be importable; ``brings`` and ``for_`` are for people
-    (README, ``airflow-mlops info``)."""
+    (the Installing page, ``airflow-mlops info``)."""
 
     name: str
     modules: tuple[str, ...]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 _NAMED = {"databricks", "databricks-uc", "uc"}
 
 
-def store_problem(uri: str | None, parse_time: bool = False) -> str | None:
+def store_problem(uri: str | None, parse_time: bool = False) -> str | None:  # noqa: C901
     """Why ``uri`` cannot be used (a sentence ending with ``got '<uri>'``), or None if it can.
     Remote stores (http, https, postgresql, databricks…) are not judged. With ``parse_time``, a
     Jinja template or a path starting with ``~`` or holding ``$VAR`` is left to be checked once

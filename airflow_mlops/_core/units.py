@@ -162,3 +162,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def gib(n: float | None, digits: int = 1) -> str:
+    """``n`` bytes in GiB for people: ``gib(3 * 2**29)`` is ``1.5 GiB``; ``n/a`` for None."""
+    return "n/a" if n is None else f"{n / 2**30:.{digits}f} GiB"

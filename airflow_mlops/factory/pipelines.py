@@ -89,7 +89,7 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:
+def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:  # noqa: C901
     verdict = Verdict()
     seen_files: set[Path] = set()
     for target in targets:

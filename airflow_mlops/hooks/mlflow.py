@@ -45,7 +45,7 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
-def connection_tracking_uri(conn: Any) -> tuple[str, str | None, str | None]:
+def connection_tracking_uri(conn: Any) -> tuple[str, str | None, str | None]:  # noqa: C901
     """(tracking URI, username, password) of an Airflow connection, however its form was filled:
 
     - host = a whole URI: ``http://mlflow:5000``, ``https://mlflow.example.com/tracking``,

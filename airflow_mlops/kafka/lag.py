@@ -34,7 +34,7 @@ class GroupLag:
                 "missing_topics": self.missing_topics, "unknown_partitions": self.unknown_partitions}
 
 
-def group_lag(
+def group_lag(  # noqa: C901
     kafka_config: Mapping[str, Any], group_id: str, topics: Sequence[str], *, timeout_s: float = 15.0
 ) -> GroupLag:
     """The lag of ``group_id`` on ``topics``. Bounded: the brokers must answer a metadata request

@@ -80,7 +80,7 @@ class ScanReport:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def walk_dirs(root: str, matcher: Matcher, report: ScanReport, *, max_depth: int | None = None,
+def walk_dirs(root: str, matcher: Matcher, report: ScanReport, *, max_depth: int | None = None,  # noqa: C901
               on_dir: Callable[[str, int], bool] | None = None) -> Iterator[tuple[str, str, list[os.DirEntry]]]:
     """Yield ``(rel_dir, abs_dir, non-directory entries)`` for every folder under ``root``,
     top-down, never entering a symlinked folder. Folders an exclude pattern matches are pruned.

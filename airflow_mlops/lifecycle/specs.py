@@ -18,8 +18,8 @@ from pydantic import BaseModel, ByteSize, Field, field_validator, model_validato
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.units import parse_duration
-from airflow_mlops.spec.base import Strict
-from airflow_mlops.spec.models import IMPORT_PATH, MlflowSettings
+from airflow_mlops.spec.base import IMPORT_PATH, Strict
+from airflow_mlops.spec.models import MlflowSettings
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, is_template
 
 NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"

@@ -21,7 +21,8 @@ from airflow_mlops._core.extras import require
 from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
-from airflow_mlops.spec.models import BUILTIN_PROFILES, IMPORT_PATH, KubernetesSettings, MlflowSettings, Resources
+from airflow_mlops.spec.base import IMPORT_PATH
+from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
 from airflow_mlops.spec.training import Distributed
 from airflow_mlops.telemetry.devices import parse_gpu_ids
@@ -99,7 +100,7 @@ class GpuTrainOperator(BaseOperator):
     ui_color = "#d9f2b4"
     accepted_kwargs = ("sample_interval_s",)  # the deprecated name of sample_interval
 
-    def __init__(
+    def __init__(  # noqa: C901
         self,
         *,
         entrypoint: str | None = None,

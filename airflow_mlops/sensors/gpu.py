@@ -13,9 +13,9 @@ from airflow.sdk.bases.sensor import BaseSensorOperator
 
 from airflow_mlops._core.errors import ArgumentsError
 from airflow_mlops._core.extras import require
-from airflow_mlops._core.units import parse_bytes
+from airflow_mlops._core.units import gib, parse_bytes
 from airflow_mlops.sensors import seconds
-from airflow_mlops.telemetry.availability import check_gpus, gib_text
+from airflow_mlops.telemetry.availability import check_gpus
 
 
 class GpuAvailableSensor(BaseSensorOperator):
@@ -75,7 +75,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         return parse_gpu_ids(self.gpu_ids, ValueError)
 
     def goal(self) -> str:
-        return f"{self.count} GPU(s) with ≥ {gib_text(self.min_free_bytes)} free"
+        return f"{self.count} GPU(s) with ≥ {gib(self.min_free_bytes)} free"
 
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue

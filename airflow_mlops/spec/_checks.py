@@ -29,7 +29,7 @@ def stage_dependencies(pipeline: Pipeline) -> dict[str, list[str]]:
     }
 
 
-def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = (),
+def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[StageCheck] = (),  # noqa: C901
                    input_checks: Iterable[InputCheck] = (), construct_operators: bool = True) -> Iterable[SpecIssue]:
     """What the models alone cannot see; ``check_names_and_schedule`` runs besides, on the raw data.
 
@@ -88,16 +88,18 @@ def _check_imports(stage: Any, at: tuple, src: Source, construct: bool = True) -
 
         yield from check_custom_stage(stage, at, src, construct)
         return
-    target = getattr(stage, "callable", None)
-    if target:
+    for field in ("callable", "transform"):  # a train/preprocess callable, a preprocess transform
+        target = getattr(stage, field, None)
+        if not target:
+            continue
         module = target.partition(":")[0]
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
-            yield SpecIssue(src.mark_of(at + ("callable",)), format_path(at + ("callable",)),
-                            f"module '{module}' of callable '{target}' is not importable")
+            yield SpecIssue(src.mark_of(at + (field,)), format_path(at + (field,)),
+                            f"module '{module}' of {field} '{target}' is not importable")
 
 
 def _check_cycles(deps: dict[str, list[str]], src: Source) -> Iterable[SpecIssue]:

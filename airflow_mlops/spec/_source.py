@@ -59,7 +59,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float"))
 
 
-def load_source(file: str, text: str) -> Source:
+def load_source(file: str, text: str) -> Source:  # noqa: C901
     """Parse ``text`` (read from ``file``) into a :class:`Source`; raise on syntax or duplicate keys.
 
     YAML merge keys follow the spec: keys written in a mapping win over merged ones, and of
@@ -170,7 +170,7 @@ def load_source(file: str, text: str) -> Source:
     return src
 
 
-def _check_alias_expansion(file: str, text: str) -> None:
+def _check_alias_expansion(file: str, text: str) -> None:  # noqa: C901
     """Refuse, at the alias that crosses it, a document whose aliases stand for more than
     ``MAX_ALIAS_VALUES`` values ("billion laughs"): sizes are added up over the parser's events,
     without building anything."""

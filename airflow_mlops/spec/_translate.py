@@ -90,7 +90,7 @@ def _data_path(loc: tuple, data: Any, allow_missing: bool = False) -> tuple:
     return tuple(path)
 
 
-def _allowed_keys(loc: tuple, root: type[BaseModel] = Pipeline) -> list[str]:
+def _allowed_keys(loc: tuple, root: type[BaseModel] = Pipeline) -> list[str]:  # noqa: C901
     """The keys the mapping holding ``loc[-1]`` accepts, found by walking the models along ``loc``
     (which also carries union tags: a stage kind or a model's class name)."""
     def members(tp: Any) -> list[Any]:

@@ -6,6 +6,9 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict
 
+# An import path written 'package.module:name' (a callable, a transform, a decoder, an operator).
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
 
 class Strict(BaseModel):
     """Unknown keys are errors (reported with a did-you-mean by ``spec.load.translate``)."""

@@ -250,7 +250,7 @@ ParamsField = dict[str, Annotated[ParamSpec, _OrJustTheDefault()]]
 # --- one setting written two ways ------------------------------------------------------------------
 
 
-def lift_default_args(src: Source) -> Source:
+def lift_default_args(src: Source) -> Source:  # noqa: C901
     """``dag.default_args.<setting>`` moved to ``dag.<setting>`` (with its positions) for each
     setting DagSettings has a field for; DAG-level settings under default_args, removed ones, and
     the same setting written both ways in this file are refused at their line."""
@@ -337,7 +337,7 @@ def resolve_callbacks(value: Any) -> list[Any]:
     return [import_callable(p) for p in paths]
 
 
-def check_dag(pipeline: Any, src: Source) -> Iterable[SpecIssue]:
+def check_dag(pipeline: Any, src: Source) -> Iterable[SpecIssue]:  # noqa: C901
     """Every callback resolves; a scheduled DAG's params all have defaults (Airflow refuses it otherwise)."""
     settings = pipeline.dag
     places = [(("dag", k), getattr(settings, k)) for k in DAG_CALLBACKS]

@@ -18,7 +18,7 @@ from airflow_mlops.spec.backend_settings import (  # noqa: F401 (re-exported: sp
     Toleration,
     VolumeMount,
 )
-from airflow_mlops.spec.base import Strict, kind_from_name_schema
+from airflow_mlops.spec.base import IMPORT_PATH, Strict, kind_from_name_schema
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
 from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     COLUMN_TYPES,
@@ -42,7 +42,6 @@ from airflow_mlops.spec.training import Distributed
 Backend = Literal["batch", "spark", "kubernetes"]
 AVAILABLE_BACKENDS: tuple[str, ...] = Backend.__args__  # what backends/ can build
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
-IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
 # --- resources ---------------------------------------------------------------------------------

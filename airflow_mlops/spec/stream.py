@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.secrets import is_secret
+from airflow_mlops.spec.base import IMPORT_PATH
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, allows_template
 
-IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 DEFAULT_DECODER = "airflow_mlops.stream._codecs:json_decoder"
 # Topic names Kafka accepts: 1-249 of [a-zA-Z0-9._-].
 TOPIC = r"^[A-Za-z0-9._-]{1,249}$"

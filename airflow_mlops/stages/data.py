@@ -49,7 +49,7 @@ def read_dataset(path: str, fmt: str | None = None, conn_id: str | None = None) 
         raise StageFailed(
             f"no file at {path} on this worker ({socket.gethostname()}). If another task wrote it, it is on that "
             "worker's disk: workers that share no disk need data_dir on object storage (s3://bucket/prefix) or on "
-            "a volume every worker mounts (README \"Running on your deployment\")") from None
+            "a volume every worker mounts (docs: \"Running on your deployment\")") from None
 
 
 def _read(where: Any, fmt: str) -> "pd.DataFrame":

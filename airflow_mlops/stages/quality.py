@@ -61,7 +61,7 @@ def measure_spark(df: Any, gates: "QualityGates") -> dict[str, Any]:
     }
 
 
-def judge(measured: dict[str, Any], gates: "QualityGates") -> list[str]:
+def judge(measured: dict[str, Any], gates: "QualityGates") -> list[str]:  # noqa: C901
     """Every failed gate, each with the measured number and the bound."""
     failures = []
     rows, types = measured["rows"], measured["types"]

@@ -110,7 +110,7 @@ def readable_by(spark: Any, location: str) -> str:
     return uri
 
 
-# What Spark needs for each object store (README "Running on your deployment").
+# What Spark needs for each object store (docs: "Running on your deployment").
 _CONNECTORS = {
     "s3a": "org.apache.hadoop:hadoop-aws (the version of Spark's Hadoop, 3.4.x for Spark 4)",
     "gs": "com.google.cloud.bigdataoss:gcs-connector",

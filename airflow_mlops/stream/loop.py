@@ -235,7 +235,7 @@ def run_stream(
     return summary
 
 
-def _loop(spec: StreamSpec, run: _Run, clients: StreamClients, log_: logging.Logger,
+def _loop(spec: StreamSpec, run: _Run, clients: StreamClients, log_: logging.Logger,  # noqa: C901
           stop: threading.Event | None) -> dict[str, Any]:
     clients.on_revoke = run.settle
     clients.subscribe(spec.input_topics)

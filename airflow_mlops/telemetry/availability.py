@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from airflow_mlops._core.units import gib
+
 
 @dataclass
 class GpuCheck:
@@ -17,16 +19,12 @@ class GpuCheck:
     message: str = ""
 
 
-def gib_text(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
 def check_gpus(count: int, min_free_bytes: int, gpu_ids: Sequence[int] | None = None) -> GpuCheck:
     """One NVML measurement: are there ``count`` GPUs (among ``gpu_ids``) with ≥ ``min_free_bytes`` free?"""
     from airflow_mlops.telemetry.devices import list_devices
     from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NvmlUnavailable
 
-    want = f"{count} GPU(s) with ≥ {gib_text(min_free_bytes)} free"
+    want = f"{count} GPU(s) with ≥ {gib(min_free_bytes)} free"
     try:
         devices = list_devices()
     except NvmlUnavailable as exc:
@@ -35,9 +33,9 @@ def check_gpus(count: int, min_free_bytes: int, gpu_ids: Sequence[int] | None = 
     pool = [d for d in devices if gpu_ids is None or d.index in gpu_ids]
     free = {d.index: (d.memory_free_bytes, d.memory_total_bytes) for d in pool}
     good = sorted((d for d in pool if d.memory_free_bytes >= min_free_bytes), key=lambda d: (-d.memory_free_bytes, d.index))
-    seen = ", ".join(f"GPU{d.index} {gib_text(d.memory_free_bytes)} of {gib_text(d.memory_total_bytes)} free" for d in pool)
+    seen = ", ".join(f"GPU{d.index} {gib(d.memory_free_bytes)} of {gib(d.memory_total_bytes)} free" for d in pool)
     among = "" if gpu_ids is None else f" among GPU(s) {list(gpu_ids)}"
-    message = (f"{len(good)} of {len(pool)} GPU(s){among} had ≥ {gib_text(min_free_bytes)} free, wanted {count}"
+    message = (f"{len(good)} of {len(pool)} GPU(s){among} had ≥ {gib(min_free_bytes)} free, wanted {count}"
                f" ({seen or 'no GPU'})")
     done = len(good) >= count
     return GpuCheck(done=done, chosen=sorted(d.index for d in good[:count]) if done else [], free=free, message=message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from airflow_mlops._core.units import gib
 from airflow_mlops.telemetry.nvml import NotEnoughGpus, as_text, load_nvml, shutdown_nvml
 
 
@@ -46,7 +47,7 @@ def choose_devices(count: int, devices: list[DeviceInfo], among: Sequence[int] |
     restricted to ``among`` (e.g. the worker's own CUDA_VISIBLE_DEVICES) when given."""
     pool = [d for d in devices if among is None or d.index in among]
     if count > len(pool):
-        seen = ", ".join(f"GPU{d.index} {d.memory_free_bytes / 2**30:.1f} GiB free" for d in pool) or "none"
+        seen = ", ".join(f"GPU{d.index} {gib(d.memory_free_bytes)} free" for d in pool) or "none"
         raise NotEnoughGpus(f"asked for {count} GPU(s) but only {len(pool)} can be used here ({seen})")
     pool.sort(key=lambda d: (-d.memory_free_bytes, d.index))
     return sorted(d.index for d in pool[:count])

@@ -235,7 +235,7 @@ class NvmlSampler:
         except self._nvml.NVMLError:
             return None
 
-    def sample(self) -> None:
+    def sample(self) -> None:  # noqa: C901
         """Take one sample of every device now (the thread does this every interval)."""
         nvml = self._nvml
         step = self.samples

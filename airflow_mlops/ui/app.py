@@ -83,7 +83,7 @@ def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, 
         raise StoreUnreadable(data.unreachable(uri, exc, during)) from None
 
 
-def create_app() -> FastAPI:
+def create_app() -> FastAPI:  # noqa: C901
     """The app Airflow mounts (``fastapi_apps`` of ``ui.plugin.MlopsUiPlugin``)."""
     from airflow.api_fastapi.core_api.security import requires_access_dag
 

@@ -40,7 +40,7 @@ def value_range(values: Sequence[float], from_zero: bool = False) -> tuple[float
     return lo - pad, hi + pad
 
 
-def bars(title: str, items: Sequence[tuple[str, float | None, str]], unit: str = "",
+def bars(title: str, items: Sequence[tuple[str, float | None, str]], unit: str = "",  # noqa: C901
          lines: Sequence[tuple[str, float]] = (), from_zero: bool = False,
          fmt: Callable[[float], str] | None = None) -> str:
     """A bar per ``(label, value, role)``; role ``champion`` / ``previous-champion`` / ``rejected``
@@ -110,7 +110,7 @@ def bars(title: str, items: Sequence[tuple[str, float | None, str]], unit: str =
     return "".join(parts)
 
 
-def lines(title: str, x_labels: Sequence[tuple[str, str | None]], series: dict[str, Sequence[float | None]],
+def lines(title: str, x_labels: Sequence[tuple[str, str | None]], series: dict[str, Sequence[float | None]],  # noqa: C901
           threshold: float | None = None, log: bool = False) -> str:
     """One line per series over ``x_labels`` (``(text, ISO time or None)``, oldest first), a
     dashed line at ``threshold``. ``log``: a logarithmic value axis (values under

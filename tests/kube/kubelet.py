@@ -166,7 +166,7 @@ class Kubelet:
                     reported = True
                 time.sleep(1)
 
-    def environment(self, pod, container, run: Run) -> tuple[dict[str, str], dict[str, str]]:
+    def environment(self, pod, container, run: Run) -> tuple[dict[str, str], dict[str, str]]:  # noqa: C901
         """The process's environment, and the variables the pod defines ($(VAR) expands only those)."""
         from kubernetes.client.exceptions import ApiException
 
@@ -292,7 +292,7 @@ class Kubelet:
                 _signal_group(run.process, signal.SIGKILL)
 
     # -- logs -------------------------------------------------------------------------------------
-    def stream_logs(self, run: Run, container: str, query: dict[str, str], write) -> None:
+    def stream_logs(self, run: Run, container: str, query: dict[str, str], write) -> None:  # noqa: C901
         if container != run.containers[0]:
             return  # containers other than the first are not run: their log is empty
         follow = query.get("follow") == "true"

@@ -266,19 +266,31 @@ class DistributedTraining:
                 if self.over.wait(self.poll):
                     return
         pending = b""
-        for chunk in response.stream(4096):
-            *complete, pending = (pending + chunk).split(b"\n")
-            for raw in complete:
-                line = raw.decode("utf-8", "replace")
-                lines.append(line)
-                self.log.info("%s %s", prefix, line)
+        try:
+            for chunk in response.stream(4096):
+                *complete, pending = (pending + chunk).split(b"\n")
+                for raw in complete:
+                    line = raw.decode("utf-8", "replace")
+                    lines.append(line)
+                    self.log.info("%s %s", prefix, line)
+        except Exception as exc:  # noqa: BLE001 - the connection broke: say so rather than end quietly
+            self.log.warning("%s the log stream of pod %s broke after %d line(s) (%s: %s): later lines of this "
+                             "rank are not in this task log; the pod's own log has them until it is deleted",
+                             prefix, name, len(lines), type(exc).__name__, exc)
         if pending:
             lines.append(pending.decode("utf-8", "replace"))
             self.log.info("%s %s", prefix, lines[-1])
 
     def _drain(self, followers: list[threading.Thread]) -> None:
+        """Wait for every follower to reach the end of its pod's log (a finished container's log
+        ends by itself), so no rank's last lines are lost: at most the API timeout per follower,
+        then a warning naming the rank whose log is still streaming."""
+        bound = max(30.0, self.k.api_timeout.total_seconds())
         for thread in followers:
-            thread.join(timeout=30)
+            thread.join(timeout=bound)
+            if thread.is_alive():
+                self.log.warning("the log of %s has not ended %.0fs after its pod finished: its last lines may be "
+                                 "missing from this task log", thread.name, bound)
 
     def delete_group(self, wait: bool, why: str) -> None:
         """Delete every pod and Service of the group (by its label); with ``wait``, until they are gone."""

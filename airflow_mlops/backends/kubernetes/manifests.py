@@ -30,7 +30,7 @@ _SERVING_RULES = [
 ]
 
 
-def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airflow-worker")) -> list[dict[str, Any]]:
+def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airflow-worker")) -> list[dict[str, Any]]:  # noqa: C901
     """The manifests, as dicts. ``launcher`` is (namespace, service account) of Airflow's worker."""
     p = loaded.pipeline
     label = pod_labels(p.id)  # what the stage pods carry: the NetworkPolicy selects them by it

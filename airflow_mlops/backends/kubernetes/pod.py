@@ -225,7 +225,7 @@ class KubernetesStageOperator(KubernetesBackedOperator):
 
 
 @lru_cache(maxsize=1)
-def _pod_operator_class() -> type:
+def _pod_operator_class() -> type:  # noqa: C901
     """KubernetesPodOperator, reading the pod's log and status before its clean-up deletes it."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 

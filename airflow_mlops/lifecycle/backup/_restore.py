@@ -129,7 +129,7 @@ def _problems(name: str, snap: str, corrupted: list[str], missing: list[str]) ->
     return "\n".join(lines)
 
 
-def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = None) -> dict[str, Any]:
+def run_restore(spec: RestoreSpec | dict, *, logger: logging.Logger | None = None) -> dict[str, Any]:  # noqa: C901
     """Restore a snapshot into ``dest/<source>/…``, verifying every file's checksum as it is
     written. Matching files are restored (with their mode and mtime), then links and folders; if
     any file is corrupted or missing, nothing is written for it and RestoreError lists them all.

@@ -103,7 +103,7 @@ def run_backup(spec: BackupSpec | dict, *, logger: logging.Logger | None = None,
     return summary
 
 
-def _copy(target: Target, collected: Collected, skipped: list[dict[str, str]], workers: int, start_ns: int,
+def _copy(target: Target, collected: Collected, skipped: list[dict[str, str]], workers: int, start_ns: int,  # noqa: C901
           hook: Callable[[FileToCopy], None] | None) -> tuple[int, int]:
     """Store every file of ``collected.to_copy`` and add its entry to ``collected.files``; a file
     that vanished or cannot be read goes to ``skipped``. Returns (files copied, bytes copied)."""

@@ -45,7 +45,7 @@ class Collected:
     described: dict[str, dict[str, Any]] = field(default_factory=dict)  # source name → manifest "sources" entry
 
 
-def collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Collected) -> None:
+def collect_tree(name: str, prefix: str, root: str, matcher: Matcher, out: Collected) -> None:  # noqa: C901
     """Walk ``root`` (never following symlinks) and add its files, links and folders under
     ``name/prefix``."""
     report = ScanReport()
@@ -144,7 +144,7 @@ def collect_source(source: Any, staging: str, out: Collected) -> None:
         collect_tree(source.name, "", folder, Matcher(["*"]), out)
 
 
-def collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> None:
+def collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> None:  # noqa: C901
     """The store itself (a consistent SQLite copy, or a file store's tree) and every artifact folder
     it references (see ``mlflow_store``). A referenced location that cannot be copied (a remote
     URI, a relative path) is named in the summary, and fails the backup unless the source says

@@ -144,7 +144,7 @@ def _measure_dir(root: str, rel: str, report: ScanReport) -> tuple[int, int, int
     return size, st.st_mtime_ns if newest is None else newest, st.st_ino, st.st_mtime_ns
 
 
-def apply_files(pp: PolicyPlan) -> None:
+def apply_files(pp: PolicyPlan) -> None:  # noqa: C901
     if not pp.items or pp.root is None:
         return
     if os.path.realpath(pp.root) != pp.root:

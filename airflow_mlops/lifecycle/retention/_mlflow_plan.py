@@ -64,7 +64,7 @@ def _plan_versions(pp: PolicyPlan, pol: Any, registry: Registry, now: float) -> 
     pp.kept = pp.scanned - len(pp.items)
 
 
-def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed: set, now: float) -> None:
+def _plan_runs(pp: PolicyPlan, pol: Any, client: Any, registry: Registry, doomed: set, now: float) -> None:  # noqa: C901
     from mlflow.entities import ViewType
 
     backing: dict[str, str] = {}  # run id → why it must stay

@@ -9,7 +9,7 @@ from typing import Any
 from airflow_mlops.lifecycle.retention._model import Candidate
 
 
-def select_rows(rows: list[tuple], policy: Any, cutoff: float | None, budget: int | None = None) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+def select_rows(rows: list[tuple], policy: Any, cutoff: float | None, budget: int | None = None) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:  # noqa: C901
     """Apply a policy's rules to ``rows`` of ``(mtime, id, size, group, protected)``; ``cutoff`` is
     ``now - max_age`` in the rows' time unit. Returns ``(selected, protected-but-would-have-been-
     selected)``, each a list of ``(row index, reason)``.

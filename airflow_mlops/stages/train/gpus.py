@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from airflow_mlops._core.errors import StageFailed
+from airflow_mlops._core.units import gib
 from airflow_mlops.telemetry.devices import choose_devices, list_devices
 from airflow_mlops.telemetry.nvml import NO_GPU_MESSAGE, NotEnoughGpus, NvmlUnavailable
 
@@ -109,7 +110,7 @@ def assign_gpus(gpus: int | None, gpu_ids: list[int] | None, log: logging.Logger
     log.info("Training on %d GPU(s): %s", len(chosen), ", ".join(f"GPU{i}" for i in chosen) or "none")
     for i in chosen:
         d = by_index[i]
-        log.info("GPU%d: %s, %.1f of %.1f GiB free", i, d.name, d.memory_free_bytes / 2**30, d.memory_total_bytes / 2**30)
+        log.info("GPU%d: %s, %s of %s free", i, d.name, gib(d.memory_free_bytes), gib(d.memory_total_bytes))
     return GpuAssignment(visible=chosen, sampled=chosen, available=True, names=[by_index[i].name for i in chosen])
 
 

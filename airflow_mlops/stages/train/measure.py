@@ -28,6 +28,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from airflow_mlops._core.units import gib
 from airflow_mlops.stages.train.gpus import GpuAssignment, assign_gpus
 from airflow_mlops.stages.train.job import (
     CHECKPOINT_TAG,
@@ -245,7 +246,7 @@ class TrainingRun:
         if summary.get("available"):
             self.log.info("GPU summary: %d GPU(s), utilization mean %s%% max %s%%, peak memory %s, energy %s J, %.4f GPU-h",
                           summary["count"], _fmt(summary["utilization_mean"]), _fmt(summary["utilization_max"]),
-                          _gib(summary["memory_peak_bytes"]), _fmt(summary["energy_j"]), summary["gpu_hours"])
+                          gib(summary["memory_peak_bytes"], 2), _fmt(summary["energy_j"]), summary["gpu_hours"])
         try:
             client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                              tags=[RunTag(k, v) for k, v in tags.items()])
@@ -357,5 +358,3 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def _gib(value: Any) -> str:
-    return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
