@@ -89,3 +89,43 @@ def test_a_kind_on_a_backend_that_does_not_run_it_is_refused_naming_what_does(ki
 
     Stage.kind = kind
     assert list(registry.problems(Stage(), backend)) == [(None, expected)]
+
+
+def test_only_the_outcome_table_raises_airflows_task_exceptions():
+    """"Fail, skip or retry?" has one answer, ``_core/outcome.py``: no other module constructs
+    AirflowFailException, AirflowSkipException or AirflowSensorTimeout (catching them is fine)."""
+    import re
+
+    made = re.compile(r"\b(AirflowFailException|AirflowSkipException|AirflowSensorTimeout)\(")
+    allowed = {PACKAGE / "_core" / "outcome.py", PACKAGE / "_core" / "compat.py"}
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
+                 for path in sorted(PACKAGE.rglob("*.py")) if path not in allowed
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if made.search(line)]
+    assert not offenders, "raise _core.outcome's failed()/skipped()/timed_out() instead:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("error, airflow, code", [
+    ("StageFailed('below threshold')", "AirflowFailException", 3),
+    ("StageSkipped('the challenger lost')", "AirflowSkipException", 4),
+    ("DependencyFailed('MLflow', failure='refused', during='x', action='y', retryable=False)", "AirflowFailException", 3),
+    ("DependencyFailed('MLflow', failure='timed out', during='x', action='y')", "DependencyFailed", 1),
+    ("TrackingUriError('relative')", "AirflowFailException", 3),
+    ("MissingTopic('no topic')", "AirflowFailException", 3),
+    ("BrokerLost('Kafka broker', failure='lost', during='x', action='y')", "BrokerLost", 1),
+    ("RestoreError('corrupted')", "AirflowFailException", 3),
+    ("RuntimeError('a crash')", "RuntimeError", 1),
+])
+def test_each_error_has_one_outcome_in_a_task_and_one_exit_code(error, airflow, code):
+    from airflow_mlops._core.errors import DependencyFailed, StageFailed, StageSkipped  # noqa: F401
+    from airflow_mlops._core.outcome import airflow_outcome, exit_code
+    from airflow_mlops.hooks.mlflow import TrackingUriError  # noqa: F401
+    from airflow_mlops.lifecycle.backup import RestoreError  # noqa: F401
+    from airflow_mlops.stream.errors import BrokerLost, MissingTopic  # noqa: F401
+
+    exc = eval(error)
+    assert exit_code(exc) == code
+    with pytest.raises(BaseException) as raised:
+        with airflow_outcome():
+            raise exc
+    assert type(raised.value).__name__ == airflow
+    assert str(exc) in str(raised.value)

@@ -308,7 +308,8 @@ def test_refused_credentials_fail_without_retry_and_5xx_is_retried_within_the_bo
 def test_in_a_pod_the_runtime_exits_as_a_failed_stage_or_a_crash(answering, tmp_path):
     """What a pod or spark-submit runs: a refused credential is a failed stage (no retry), a failing
     server a crash (Airflow retries); the message is in stderr either way."""
-    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files
+    from airflow_mlops._core.outcome import EXIT_FAILED
+    from airflow_mlops._core.result import FAILED_PREFIX, outcome_files
     from airflow_mlops.backends.runtime import encode_payload
     from airflow_mlops.spec.models import ValidateStage
 

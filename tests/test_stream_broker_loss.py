@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from airflow_mlops._core.result import EXIT_FAILED
+from airflow_mlops._core.outcome import EXIT_FAILED
 from airflow_mlops.kafka.broker import EmbeddedBroker
 from tests.conftest import REPO
 from tests.kafka_helpers import FAST_GROUP, SLOW_LINEAR, produce_json, register_pyfunc, unique

@@ -40,7 +40,8 @@ def test_a_job_in_a_pod_that_refuses_prints_stage_failed_and_exits_3_with_its_co
     has its cost."""
     import mlflow
 
-    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX
+    from airflow_mlops._core.outcome import EXIT_FAILED
+    from airflow_mlops._core.result import FAILED_PREFIX
     from airflow_mlops.stages.train.runner import encode_job
 
     job = train_job(tmp_path, entrypoint="tests.gpu_entrypoints:refuses", gpus=0, resources={"cpu": 2})

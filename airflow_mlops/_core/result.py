@@ -2,10 +2,9 @@
 
 The run prints its result (references only, JSON) on one line starting with ``RESULT_MARKER`` and,
 when it was given a result file, writes the same JSON there. It ends with exit code 0 on success,
-``EXIT_FAILED`` when the stage judged its input and refused it (no retry can fix it: the task
-fails without retrying) and ``EXIT_SKIPPED`` when the stage decided the rest of the run should not
-happen; the message then goes to ``<result file>.failed`` / ``.skipped`` and to stderr after
-``FAILED_PREFIX`` / ``SKIPPED_PREFIX``. Any other exit code is a crash, which Airflow may retry.
+else with the code ``_core.outcome`` gives its error (a refusal, a skip or a crash); a refusal's
+or a skip's message goes to ``<result file>.failed`` / ``.skipped`` and to stderr after
+``FAILED_PREFIX`` / ``SKIPPED_PREFIX`` (``_core.outcome.report_exit``).
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 RESULT_MARKER = "AIRFLOW_MLOPS_RESULT "
-EXIT_FAILED = 3
-EXIT_SKIPPED = 4
 FAILED_PREFIX = "STAGE FAILED: "
 SKIPPED_PREFIX = "STAGE SKIPPED: "
 

@@ -16,15 +16,7 @@ import logging
 import sys
 from typing import Any
 
-from airflow_mlops._core.result import (
-    EXIT_FAILED,
-    EXIT_SKIPPED,
-    FAILED_PREFIX,
-    RESULT_MARKER,
-    SKIPPED_PREFIX,
-    outcome_files,
-    result_line,
-)
+from airflow_mlops._core.result import RESULT_MARKER, result_line
 
 
 def encode_payload(spec: Any, context: Any) -> str:
@@ -49,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from airflow_mlops._core.errors import DependencyFailed
+    from airflow_mlops._core.errors import MlopsError
+    from airflow_mlops._core.outcome import report_exit
     from airflow_mlops._core.result import result_problem
-    from airflow_mlops.stages import StageFailed, StageSkipped, run_stage
+    from airflow_mlops.stages import StageFailed, run_stage
 
     spec, ctx = decode_payload(args.payload)
     try:
@@ -59,24 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = result_problem(result, ctx.stage_name)
         if problem:  # never printed into the pod's log nor handed to XCom
             raise StageFailed(problem)
-    except DependencyFailed as exc:
-        if exc.retryable:  # a crash for the launcher: Airflow may retry (the message was logged first)
-            print(str(exc), file=sys.stderr)
-            return 1
-        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr)
-        if args.result_file:
-            outcome_files(args.result_file)[0].write_text(str(exc))
-        return EXIT_FAILED
-    except StageFailed as exc:
-        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr)
-        if args.result_file:  # the launcher reads this to fail the task with the stage's message
-            outcome_files(args.result_file)[0].write_text(str(exc))
-        return EXIT_FAILED  # distinct from crashes (1): the stage judged its input and refused it
-    except StageSkipped as exc:
-        print(f"{SKIPPED_PREFIX}{exc}", file=sys.stderr)
-        if args.result_file:
-            outcome_files(args.result_file)[1].write_text(str(exc))
-        return EXIT_SKIPPED
+    except MlopsError as exc:  # a refusal, a skip or a transient fault: the exit code says which (_core.outcome)
+        return report_exit(exc, args.result_file)
     line = result_line(result)
     if args.result_file:
         from pathlib import Path

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 
 from airflow_mlops._core.orphan import end_with_parent
+from airflow_mlops._core.outcome import airflow_outcome, failed
 from airflow_mlops.backends.links import MlflowRunLink
 from airflow_mlops.spec.models import GpuMetricsSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
@@ -89,7 +90,7 @@ class StageOperator(BaseOperator):
         try:
             return render_stage(self.stage, self.stage_overrides, self.stage_name)
         except StageRenderError as exc:
-            raise stage_failed(str(exc)) from None
+            raise failed(str(exc)) from None
 
     def expanded_settings(self, pipeline_id: str) -> tuple[str, MlflowSettings]:
         """``data_dir`` and the MLflow locations with ``~`` and ``$VAR`` expanded here, in the worker."""
@@ -102,12 +103,12 @@ class StageOperator(BaseOperator):
             try:
                 return expand_env(value)
             except ValueError as exc:
-                raise stage_failed(f"stage '{self.stage_name}': {field}: {exc}") from None
+                raise failed(f"stage '{self.stage_name}': {field}: {exc}") from None
 
         data_dir = expanded("data_dir", self.data_dir) if self.data_dir else str(mlops_home() / "data" / pipeline_id)
         problem = location_problem(data_dir) if not data_dir.startswith(("~", "$", "{")) else "it is not expanded"
         if problem:
-            raise stage_failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} once rendered and expanded is "
+            raise failed(f"stage '{self.stage_name}': data_dir {self.data_dir!r} once rendered and expanded is "
                                f"{data_dir!r}: {problem}")
         mlflow = self.mlflow
         changed = {k: expanded(f"mlflow.{k}", v) for k in ("tracking_uri", "artifact_location")
@@ -117,7 +118,7 @@ class StageOperator(BaseOperator):
                 mlflow = MlflowSettings.model_validate({**mlflow.model_dump(exclude_unset=True), **changed})
             except ValidationError as exc:
                 problems = "; ".join(f"mlflow.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise stage_failed(f"stage '{self.stage_name}': once expanded, {problems}") from None
+                raise failed(f"stage '{self.stage_name}': once expanded, {problems}") from None
         return data_dir, mlflow
 
     def spark_session_settings(self) -> dict[str, Any] | None:
@@ -161,16 +162,16 @@ class StageOperator(BaseOperator):
         end_with_parent()  # a worker lost under this task must not leave its work running twice
         # Rendered by now: every backend (run() here, in a pod, under spark-submit) gets this stage.
         from airflow_mlops._core.compat import AirflowSkipException
-        from airflow_mlops._core.errors import StageFailed
         from airflow_mlops._core.result import result_problem, shown
 
         self.stage = self.rendered_stage()
         try:
-            ctx = self.stage_context(context)
-            self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
-            result = self.run(ctx, context)
-        except StageFailed as exc:  # refused before or at launch (a named connection missing...): no retry
-            raise stage_failed(str(exc)) from exc
+            # Refused before or at launch (a named connection missing, a relative tracking URI...):
+            # as _core.outcome says, no retry.
+            with airflow_outcome():
+                ctx = self.stage_context(context)
+                self.log.info("Stage '%s' (%s) of pipeline '%s'", self.stage_name, self.stage.kind, ctx.pipeline_id)
+                result = self.run(ctx, context)
         except AirflowSkipException as exc:
             # Why, for the run's page: the package's listener makes it the task's and the run's note.
             self.log.info("Skipped: %s", exc)
@@ -181,7 +182,7 @@ class StageOperator(BaseOperator):
             raise
         problem = result_problem(result, self.stage_name)
         if problem:  # never pushed to XCom, never logged whole
-            raise stage_failed(problem)
+            raise failed(problem)
         self.mlflow_run_url = result.get("mlflow_run_url")  # train stages: for MlflowRunLink
         self.log.info("Stage '%s' result: %s", self.stage_name, shown(result))
         self.describe_asset_events(context, result)
@@ -215,40 +216,8 @@ class StageOperator(BaseOperator):
 
     @staticmethod
     def outcome(fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, a stage's errors turned into Airflow's outcomes: StageFailed fails the task
-        (no retry), DependencyFailed as it says, StageSkipped skips it."""
-        from airflow_mlops._core.compat import AirflowSkipException
-        from airflow_mlops._core.errors import DependencyFailed
-        from airflow_mlops.stages import StageFailed, StageSkipped
-
-        try:
+        """``fn(*args)``, a stage's errors turned into Airflow's outcomes by ``_core.outcome``:
+        StageFailed fails the task (no retry), DependencyFailed as it says (already logged, first,
+        by the stage), StageSkipped skips it."""
+        with airflow_outcome():
             return fn(*args)
-        except StageFailed as exc:
-            raise stage_failed(str(exc)) from exc
-        except DependencyFailed as exc:  # already logged, first, by the stage
-            raise dependency_failed(exc)  # transient: as it is (retries apply); permanent: no retry
-        except StageSkipped as exc:
-            raise AirflowSkipException(str(exc)) from exc
-
-
-def stage_failed(message: str) -> Exception:
-    """Deterministic failures (a metric under its threshold, a missing column): retrying would
-    only repeat them, so the task fails without using up its retries."""
-    from airflow_mlops._core.compat import AirflowFailException
-
-    return AirflowFailException(message)
-
-
-def dependency_failed(exc: Any, log: Any = None) -> Exception:
-    """What to raise for a ``_core.errors.DependencyFailed``: its message goes to the task log
-    first (``log.error``, before any traceback), then the exception itself when it is retryable
-    (Airflow's retries apply), else an AirflowFailException with the same message (no retry)."""
-    if log is not None:
-        log.error("%s", exc)
-    if exc.retryable:
-        return exc
-    from airflow_mlops._core.compat import AirflowFailException
-
-    failed = AirflowFailException(str(exc))
-    failed.__cause__ = exc
-    return failed

@@ -111,7 +111,7 @@ def _docs(loaded: LoadedPipeline) -> str:
     lines = [f"# {p.id}", "", p.description or "", "", "| stage | kind | backend | depends on |", "|---|---|---|---|"]
     deps = stage_dependencies(p)
     for name, stage in p.stages.items():
-        lines.append(f"| {name} | {stage.kind} | {stage.backend or p.backend} | {', '.join(deps[name]) or '—'} |")
+        lines.append(f"| {name} | {stage.kind} | {p.backend_of(stage)} | {', '.join(deps[name]) or '—'} |")
     lines += ["", f"Defined in `{loaded.file}`:", "", "```yaml", loaded.text.rstrip(), "```"]
     return "\n".join(lines)
 
@@ -205,7 +205,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     groups: dict[str, TaskGroup] = {}
     with dag:
         for name, stage in p.stages.items():
-            backend = stage.backend or p.backend
+            backend = p.backend_of(stage)
             task_args = stage_task_args(stage)
             try:
                 with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:

@@ -107,9 +107,9 @@ def placeholder_id(path: Path, folder: Path | None, taken: Any) -> str:
 
 
 def _fail(message: str) -> None:
-    from airflow_mlops._core.compat import AirflowFailException
+    from airflow_mlops._core.outcome import failed
 
-    raise AirflowFailException(f"This pipeline's YAML is invalid:\n{message}")
+    raise failed(f"This pipeline's YAML is invalid:\n{message}")
 
 
 def _declared_id(path: Path) -> str | None:

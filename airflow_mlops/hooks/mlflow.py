@@ -12,8 +12,8 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from airflow_mlops._core.compat import AirflowFailException
 from airflow_mlops._core.context import MlflowTarget
+from airflow_mlops._core.errors import MlopsError
 from airflow_mlops._core.paths import expand_env, mlops_home, needs_expanding
 from airflow_mlops._core.tracking_uri import store_problem
 from airflow_mlops.spec.models import MlflowSettings
@@ -22,9 +22,11 @@ CONN_TYPE = "mlflow"
 _WEB = ("http", "https")
 
 
-class TrackingUriError(AirflowFailException, ValueError):
+class TrackingUriError(MlopsError, ValueError):
     """A tracking URI that would write somewhere nobody reads (a relative SQLite path…): fails a
-    task without retries, and is a ValueError for plain-Python callers."""
+    task without retries (``_core.outcome``), and is a ValueError for plain-Python callers."""
+
+    retryable = False
 
 
 def checked_tracking_uri(uri: str, source: str) -> str:

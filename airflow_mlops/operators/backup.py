@@ -119,25 +119,19 @@ class RestoreOperator(SpecArgsOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
-        from airflow_mlops._core.compat import AirflowFailException
-        from airflow_mlops.lifecycle.backup import RestoreError, run_restore
+        from airflow_mlops.lifecycle.backup import run_restore
 
-        try:
-            with retry_decision():
-                return run_restore(self.rendered_spec(), logger=self.log)
-        except RestoreError as exc:
-            raise AirflowFailException(str(exc)) from exc
+        with retry_decision():  # a RestoreError (corrupted or missing files) fails without retries
+            return run_restore(self.rendered_spec(), logger=self.log)
 
 
 @contextmanager
 def retry_decision() -> Iterator[None]:
-    """A failing backup target (``DependencyFailed``, already logged): a permanent fault (full,
-    read-only, damaged manifest, missing snapshot) ends the task without retries; a transient
+    """The package's errors as ``_core.outcome`` says: a failing backup target
+    (``DependencyFailed``, already logged) with a permanent fault (full, read-only, damaged
+    manifest, missing snapshot) or a ``RestoreError`` ends the task without retries; a transient
     one (unreachable) is raised as it is, so Airflow's retries apply."""
-    from airflow_mlops._core.errors import DependencyFailed
-    from airflow_mlops.backends.stage import dependency_failed
+    from airflow_mlops._core.outcome import airflow_outcome
 
-    try:
+    with airflow_outcome():
         yield
-    except DependencyFailed as exc:
-        raise dependency_failed(exc)

@@ -273,9 +273,9 @@ class GpuTrainOperator(BaseOperator):
         if self.upstream_task:
             upstream = ti.xcom_pull(task_ids=self.upstream_task) or {}
             if "train_path" not in upstream:
-                from airflow_mlops._core.compat import AirflowFailException
+                from airflow_mlops._core.outcome import failed
 
-                raise AirflowFailException(
+                raise failed(
                     f"upstream task '{self.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")
             data = TrainData(train_path=upstream["train_path"], test_path=upstream.get("test_path"),
                              target=self.target, features=self.features)
@@ -305,24 +305,19 @@ class GpuTrainOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
-        from airflow_mlops._core.errors import DependencyFailed, StageFailed
+        from airflow_mlops._core.outcome import airflow_outcome
 
-        job = self.build_job(context)
+        with airflow_outcome():  # a relative tracking URI in a connection: no retry (_core.outcome)
+            job = self.build_job(context)
         self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
                       "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
                       f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,
                       job.checkpoint_dir, job.tracking_uri, job.experiment, job.registered_model)
         self._run = self.training(job, context)
-        try:
+        # StageFailed: no retry; DependencyFailed (the tracking server, logged first by the run): as
+        # it says (_core.outcome).
+        with airflow_outcome():
             result = self._run.run()
-        except StageFailed as exc:
-            from airflow_mlops.backends.stage import stage_failed
-
-            raise stage_failed(str(exc)) from exc
-        except DependencyFailed as exc:  # the tracking server failed (logged first by the run)
-            from airflow_mlops.backends.stage import dependency_failed
-
-            raise dependency_failed(exc)
         self._push_url(context, result["mlflow_run_url"])
         return result
 

@@ -50,12 +50,9 @@ class RetentionCleanupOperator(SpecArgsOperator):
         if conf.get("dry_run") is True and not spec.dry_run:
             self.log.info("dry_run requested in the DAG run's conf: nothing will be deleted")
             spec = spec.model_copy(update={"dry_run": True})
-        from airflow_mlops._core.errors import DependencyFailed, StageFailed
-        from airflow_mlops.backends.stage import dependency_failed, stage_failed
+        from airflow_mlops._core.outcome import airflow_outcome
 
-        try:
+        # A DependencyFailed (logged first already): permanent ones end without retries; a policy
+        # that cannot apply (StageFailed: its root missing): no retry fixes it (_core.outcome).
+        with airflow_outcome():
             return run_retention(spec, logger=self.log)
-        except DependencyFailed as exc:  # logged first already; permanent ones end without retries
-            raise dependency_failed(exc)
-        except StageFailed as exc:  # a policy that cannot apply (its root missing): no retry fixes it
-            raise stage_failed(str(exc)) from exc

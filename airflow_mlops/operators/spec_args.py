@@ -42,7 +42,7 @@ class SpecArgsOperator(BaseOperator):
 
     def rendered_spec(self) -> Any:
         """The spec from the rendered arguments, validated again (call in ``execute``)."""
-        from airflow_mlops._core.compat import AirflowFailException
+        from airflow_mlops._core.outcome import failed
         from airflow_mlops.lifecycle.specs import validated
         from airflow_mlops.spec.templating import RENDERED
 
@@ -50,4 +50,4 @@ class SpecArgsOperator(BaseOperator):
             return validated(self.spec_model, self.spec_args, self._owner() + " (after rendering its templates)",
                              context={RENDERED: True})
         except ValueError as exc:  # the rendered values are wrong: a retry renders the same
-            raise AirflowFailException(str(exc)) from None
+            raise failed(str(exc)) from None

@@ -170,7 +170,7 @@ class StreamInferenceOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
-        from airflow_mlops._core.compat import AirflowFailException
+        from airflow_mlops._core.outcome import airflow_outcome, failed
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
         from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream
@@ -180,16 +180,15 @@ class StreamInferenceOperator(BaseOperator):
             spec = validated_spec(self.stream_args, f"{type(self).__name__} '{self.task_id}' (after rendering)",
                                   rendered=True)
         except ValueError as exc:  # the rendered values are wrong: a retry renders the same
-            raise AirflowFailException(str(exc)) from None
-        kafka_config = kafka_config_from_connection(self.kafka_conn_id)
-        tracking_uri = self.resolve_tracking_uri()
-        self.log.info("MLflow tracking URI: %s", redacted(tracking_uri))
-        try:
-            return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
-        except StreamError as exc:
-            self.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
-            if not exc.retryable:
-                # A poison record without a dead-letter topic, or a model that scores nothing:
-                # a retry would only repeat it.
-                raise AirflowFailException(str(exc)) from exc
-            raise
+            raise failed(str(exc)) from None
+        # A poison record without a dead-letter topic, a model that scores nothing, a relative
+        # tracking URI: a retry would only repeat them (_core.outcome); a lost broker is retried.
+        with airflow_outcome():
+            kafka_config = kafka_config_from_connection(self.kafka_conn_id)
+            tracking_uri = self.resolve_tracking_uri()
+            self.log.info("MLflow tracking URI: %s", redacted(tracking_uri))
+            try:
+                return run_stream(spec, kafka_config, tracking_uri=tracking_uri, logger=self.log)
+            except StreamError as exc:
+                self.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
+                raise

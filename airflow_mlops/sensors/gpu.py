@@ -84,9 +84,9 @@ class GpuAvailableSensor(BaseSensorOperator):
         self._last = check.message
         if check.error is not None:
             if self.fail_without_nvml:
-                from airflow_mlops._core.compat import AirflowFailException
+                from airflow_mlops._core.outcome import failed
 
-                raise AirflowFailException(f"{check.message}. (fail_without_nvml=False keeps waiting instead)")
+                raise failed(f"{check.message}. (fail_without_nvml=False keeps waiting instead)")
             self.log.warning("%s; poking again in %s s", check.message, self.poke_interval)
             return False
         self.log.info("%s: %s", "GPUs available" if check.done else "Waiting for GPUs", check.message)
@@ -94,6 +94,7 @@ class GpuAvailableSensor(BaseSensorOperator):
 
     def execute(self, context: Any) -> Any:
         from airflow_mlops._core.compat import AirflowSensorTimeout
+        from airflow_mlops._core.outcome import timed_out
 
         if self.deferrable:
             from airflow_mlops.sensors.triggers import GpuAvailableTrigger
@@ -107,13 +108,14 @@ class GpuAvailableSensor(BaseSensorOperator):
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
-            raise AirflowSensorTimeout(self._timeout_message(self._last)) from exc
+            raise timed_out(self._timeout_message(self._last)) from exc
 
     def _timeout_message(self, last: str) -> str:
         return f"timed out after {seconds(self.timeout):.0f} s waiting for {self.goal()}; at the last poke: {last}"
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow_mlops._core.compat import AirflowException, AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowException
+        from airflow_mlops._core.outcome import timed_out
 
         event = event or {}
         status = event.get("status")
@@ -121,5 +123,5 @@ class GpuAvailableSensor(BaseSensorOperator):
             self.log.info("GPUs available: %s", event.get("message"))
             return event.get("gpu_ids")
         if status == "timeout":
-            raise AirflowSensorTimeout(self._timeout_message(event.get("message", "")))
+            raise timed_out(self._timeout_message(event.get("message", "")))
         raise AirflowException(f"waiting for {self.goal()} failed in the triggerer: {event.get('message', event)}")

@@ -100,9 +100,9 @@ class KafkaLagSensor(BaseSensorOperator):
         check = check_lag(kafka_config_from_connection(self.kafka_conn_id), self.group_id, self.topics,
                           self.condition, self.threshold, self.lag_timeout, self.wait_for_missing_topics)
         if check.missing:
-            from airflow_mlops._core.compat import AirflowFailException
+            from airflow_mlops._core.outcome import failed
 
-            raise AirflowFailException(check.missing)
+            raise failed(check.missing)
         self._last = check.measured
         self.log.info("Kafka lag of group '%s' on %s: %s; %s %s", self.group_id, self.topics, check.measured,
                       "met" if check.done else "waiting for", self.describe_goal())
@@ -110,6 +110,7 @@ class KafkaLagSensor(BaseSensorOperator):
 
     def execute(self, context: Any) -> Any:
         from airflow_mlops._core.compat import AirflowSensorTimeout
+        from airflow_mlops._core.outcome import timed_out
 
         if self.deferrable:
             from airflow_mlops.sensors.triggers import KafkaLagTrigger
@@ -122,20 +123,21 @@ class KafkaLagSensor(BaseSensorOperator):
         try:
             return super().execute(context)
         except AirflowSensorTimeout as exc:
-            raise AirflowSensorTimeout(f"{self._timeout_message(self._last)} ({exc})") from exc
+            raise timed_out(f"{self._timeout_message(self._last)} ({exc})") from exc
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow_mlops._core.compat import AirflowException, AirflowFailException, AirflowSensorTimeout
+        from airflow_mlops._core.compat import AirflowException
+        from airflow_mlops._core.outcome import failed, timed_out
 
         event = event or {}
         if event.get("status") == "missing":
-            raise AirflowFailException(event.get("message", "a topic does not exist"))
+            raise failed(event.get("message", "a topic does not exist"))
         if event.get("status") == "success":
             self.log.info("Kafka lag of group '%s' on %s: %s; met %s", self.group_id, self.topics,
                           event.get("measured"), self.describe_goal())
             return event.get("lag")
         if event.get("status") == "timeout":
-            raise AirflowSensorTimeout(self._timeout_message(event.get("measured", "")))
+            raise timed_out(self._timeout_message(event.get("measured", "")))
         raise AirflowException(f"waiting for the Kafka lag of group '{self.group_id}' failed in the triggerer: "
                                f"{event.get('message', event)}")
 

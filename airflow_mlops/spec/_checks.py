@@ -55,7 +55,7 @@ def check_pipeline(pipeline: Pipeline, src: Source, stage_checks: Iterable[Stage
                 src.mark_of(loc), format_path(loc),
                 f"unknown resource profile '{profile}'{did_you_mean(profile, profiles)}; known: {one_of(profiles)}",
             )
-        backend = stage.backend or pipeline.backend
+        backend = pipeline.backend_of(stage)
         backend_loc = at + ("backend",) if stage.backend else ("backend",)
         if stage.kind != "custom" and backend not in AVAILABLE_BACKENDS:
             yield SpecIssue(

@@ -348,6 +348,11 @@ class Pipeline(PipelineDefaults):
     stages: dict[str, Stage] = Field(..., min_length=1, description="The stages, by name, in order; a name that is "
                                      "a kind (train) sets the kind.", json_schema_extra=lambda s: kind_from_name_schema(s, STAGE_KINDS))
 
+    def backend_of(self, stage: Any) -> str:
+        """Where ``stage`` runs: its own ``backend``, else the pipeline's. The one place this is
+        decided; a custom stage's operator runs wherever Airflow runs it, whatever this says."""
+        return stage.backend or self.backend
+
     @field_validator("stages", mode="before")
     @classmethod
     def _kind_from_name(cls, v: Any) -> Any:

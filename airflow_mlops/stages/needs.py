@@ -53,7 +53,7 @@ def serve(stage: Any, up: Upstream, pipeline: Any) -> Iterator[str]:
         yield ("serves a model, and no stage before it trains or validates one: add a train or validate stage "
                "before it, set 'model: models:/<name>@<alias>' on it, or set mlflow.registered_model to serve "
                "that model's 'champion'")
-    in_worker = (stage.backend or pipeline.backend) != "kubernetes"  # online on kubernetes: the server's own
+    in_worker = pipeline.backend_of(stage) != "kubernetes"  # online on kubernetes: the server's own
     reads = stage.mode == "batch" or (stage.mode == "online" and in_worker)
     if reads and stage.input is None and not up.split:
         what = "scores" if stage.mode == "batch" else "sends a sample to the model server from"

@@ -10,7 +10,7 @@
 printed as one JSON line on stdout.
 
 Exit codes: 0 done; 1 a failure a rerun may fix (the Kafka broker lost: the message says what was
-committed; a rerun resumes from there); ``EXIT_FAILED`` (3, see ``airflow_mlops._core.result``) a
+committed; a rerun resumes from there); ``EXIT_FAILED`` (3, see ``airflow_mlops._core.outcome``) a
 failure no rerun fixes (a missing topic, a poison record without dead-letter topic, bad settings),
 its message after ``STAGE FAILED:`` on stderr.
 """
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX
-    from airflow_mlops.stream import StreamError, run_stream
+    from airflow_mlops._core.errors import MlopsError, StageFailed
+    from airflow_mlops._core.outcome import report_exit
+    from airflow_mlops.stream import run_stream
 
     config = args.kafka_config
     if config is None:
@@ -57,12 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         config["bootstrap_servers"] = args.bootstrap_servers
     try:
         summary = run_stream(args.spec, config, tracking_uri=args.tracking_uri)
-    except (StreamError, ValueError) as exc:  # ValueError: e.g. a relative $MLFLOW_TRACKING_URI
+    except (MlopsError, ValueError) as exc:  # a StreamError, a relative $MLFLOW_TRACKING_URI, bad settings
         # One message, no traceback. Exit EXIT_FAILED when a rerun cannot help (a missing topic,
         # poison records without a dead-letter topic, bad settings); 1 when it may (a lost broker).
-        retryable = getattr(exc, "retryable", False)
-        print(f"{'error' if retryable else FAILED_PREFIX.rstrip(': ')}: {exc}", file=sys.stderr)
-        return 1 if retryable else EXIT_FAILED
+        return report_exit(exc if isinstance(exc, MlopsError) else StageFailed(str(exc)))
     print(json.dumps(summary), flush=True)
     return 0
 

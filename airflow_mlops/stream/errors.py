@@ -3,13 +3,12 @@ consumes it again."""
 
 from __future__ import annotations
 
-from airflow_mlops._core.errors import DependencyFailed
+from airflow_mlops._core.errors import DependencyFailed, MlopsError
 
 
-class StreamError(RuntimeError):
-    """The stream cannot go on. ``retryable`` says whether running it again could help."""
-
-    retryable = True
+class StreamError(MlopsError, RuntimeError):
+    """The stream cannot go on. ``retryable`` says whether running it again could help (what that
+    means for a task and an exit code: ``_core.outcome``)."""
 
 
 class RecordFailed(StreamError):

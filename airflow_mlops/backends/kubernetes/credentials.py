@@ -78,9 +78,9 @@ def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSet
         return {}
     import logging
 
+    from airflow_mlops._core.outcome import for_airflow
     from airflow_mlops.backends.kubernetes._podspec import api_client
     from airflow_mlops.backends.kubernetes.api import api_address, api_failure
-    from airflow_mlops.backends.stage import dependency_failed
 
     client = None
     try:
@@ -93,4 +93,4 @@ def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSet
             kept="no pod was started; the Secret is written again (created or replaced) by the next try")
         if failed is None:
             raise
-        raise dependency_failed(failed, logging.getLogger(__name__)) from exc
+        raise for_airflow(failed, logging.getLogger(__name__)) from exc

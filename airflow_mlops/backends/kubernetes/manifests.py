@@ -37,7 +37,7 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
     by_namespace: dict[str, list] = defaultdict(list)
     serving: set[str] = set()  # namespaces with a model server: the worker applies its objects there
     for stage in p.stages.values():
-        if (stage.backend or p.backend) == "kubernetes" and stage.kind != "custom":
+        if p.backend_of(stage) == "kubernetes" and stage.kind != "custom":
             settings = effective_kubernetes(p, stage)
             by_namespace[settings.namespace].append((settings, resolve_resources(p, stage.resources)))
             if registry.runs_as_server(stage):

@@ -13,10 +13,11 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from airflow_mlops._core.extras import require
+from airflow_mlops._core.outcome import failed, for_airflow, skipped
 from airflow_mlops._core.result import RESULT_MARKER
 from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
-from airflow_mlops.backends.stage import StageOperator, dependency_failed, stage_failed
+from airflow_mlops.backends.stage import StageOperator
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 LOG_TAIL_LINES = 30
@@ -94,11 +95,9 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
     """A failure message people can act on: the stage's own verdict, the scheduler's reason
     for a pod that never started, or the pod's exit code and last log lines."""
     if pod_op.stage_failure:
-        return stage_failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
+        return failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
     if pod_op.stage_skipped:
-        from airflow_mlops._core.compat import AirflowSkipException
-
-        return AirflowSkipException(pod_op.stage_skipped)
+        return skipped(pod_op.stage_skipped)
     if pod_op.unschedulable:
         resources = pod_op.container_resources.requests if pod_op.container_resources else "none"
         return RuntimeError(
@@ -106,9 +105,9 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
             f"{pod_op.unschedulable} (resources asked: {resources}; check the node pool's capacity, "
             f"labels {kubernetes.gpu_node_selector} and taints)"
         )
-    failed = pod_api_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes)
-    if failed is not None:
-        return dependency_failed(failed, pod_op.log)
+    api_failed = pod_api_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes)
+    if api_failed is not None:
+        return for_airflow(api_failed, pod_op.log)
     if pod_op.log_tail:
         tail = "\n".join(pod_op.log_tail)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -216,7 +215,7 @@ class KubernetesStageOperator(KubernetesBackedOperator):
         try:
             return group.run()
         except StageFailed as exc:
-            raise stage_failed(str(exc)) from exc
+            raise failed(str(exc)) from exc
 
     def on_kill(self) -> None:
         if self._pod_op is not None:

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_mlops._core.names import object_name
+from airflow_mlops._core.outcome import for_airflow
 from airflow_mlops.backends.kubernetes._podspec import api_client, as_dict, build_pod
 from airflow_mlops.backends.kubernetes.api import api_address, api_failure
 from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
 from airflow_mlops.backends.kubernetes.pod import KubernetesBackedOperator
-from airflow_mlops.backends.stage import dependency_failed
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
 
 SERVER_PORT = 8080
@@ -50,7 +50,7 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
                         "HorizontalPodAutoscaler again under the same names (created or updated, never duplicated)"))
             if failed is None:
                 raise
-            raise dependency_failed(failed, self.log) from exc
+            raise for_airflow(failed, self.log) from exc
         return {"deployment": name, "namespace": self.kubernetes.namespace, **served,
                 "endpoint": f"http://{name}.{self.kubernetes.namespace}.svc/invocations"}
 

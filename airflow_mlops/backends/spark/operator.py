@@ -11,8 +11,9 @@ from dataclasses import replace
 from typing import Any
 
 from airflow_mlops._core.extras import require
+from airflow_mlops._core.outcome import failed, for_airflow, skipped
 from airflow_mlops._core.result import outcome_files
-from airflow_mlops.backends.stage import StageOperator, dependency_failed, stage_failed
+from airflow_mlops.backends.stage import StageOperator
 from airflow_mlops.spec.models import SparkSettings
 
 RESULT_FILE = "_airflow_mlops_result.json"
@@ -49,7 +50,7 @@ class SparkStageOperator(StageOperator):
                 return super().run(ctx, context)
             return self.submit(ctx)
         except DependencyFailed as exc:  # the Spark master: its message first, and the retry decision
-            raise dependency_failed(exc, self.log) from exc
+            raise for_airflow(exc, self.log) from exc
 
     def submit(self, ctx: Any) -> dict[str, Any]:
         from pathlib import Path
@@ -99,13 +100,11 @@ class SparkStageOperator(StageOperator):
             with MasterWatch(hook, timeout) as watch:
                 hook.submit(application=runtime.__file__)
         except Exception as exc:
-            failure, skipped = outcome_files(result_file)
+            failure, skip_file = outcome_files(result_file)
             if failure.exists():
-                raise stage_failed(failure.read_text()) from exc
-            if skipped.exists():
-                from airflow_mlops._core.compat import AirflowSkipException
-
-                raise AirflowSkipException(skipped.read_text()) from exc
+                raise failed(failure.read_text()) from exc
+            if skip_file.exists():
+                raise skipped(skip_file.read_text()) from exc
             if watch.gave_up:
                 raise unreachable(master, timeout, RuntimeError(watch.last_line or "refused"), during=during,
                                   kept=kept + "; spark-submit was stopped before the master took the application"

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, NamedTuple
 
+from airflow_mlops._core.errors import MlopsError
+
 FORMAT = "airflow-mlops-backup/1"
 SNAPSHOT_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z(-\d+)?$")
 _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
@@ -51,10 +53,13 @@ class ManifestDamaged(BackupError):
         self.reason = reason
 
 
-class RestoreError(BackupError):
+class RestoreError(BackupError, MlopsError):
     """Some files of a snapshot could not be restored: their content does not match the manifest's
     checksum (``corrupted``) or their stored object is gone (``missing``). None of them was written.
-    ``conflicts``: files that already exist where the restore would write (``overwrite`` not set)."""
+    ``conflicts``: files that already exist where the restore would write (``overwrite`` not set).
+    A retry would find the same files: not retryable (``_core.outcome``)."""
+
+    retryable = False
 
     def __init__(self, message: str, corrupted: Iterable[str] = (), missing: Iterable[str] = (),
                  conflicts: Iterable[str] = ()):

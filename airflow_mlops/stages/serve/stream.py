@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model: str | None = None) -> dict[str, Any]:
     """Score ``settings.topics`` with ``settings.model_uri``, else the serve stage's ``model``
     (resolved like batch serving: ``stages.tracking.serving_model``)."""
-    from airflow_mlops._core.errors import StageFailed
     from airflow_mlops.hooks.kafka import kafka_config_from_connection
     from airflow_mlops.spec.stream import StreamSpec
     from airflow_mlops.stream.errors import StreamError
@@ -41,8 +40,6 @@ def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model
     kafka_config = kafka_config_from_connection(settings.kafka_conn_id)
     try:
         return run_stream(spec, kafka_config, tracking_uri=ctx.mlflow.tracking_uri, logger=ctx.log)
-    except StreamError as exc:
+    except StreamError as exc:  # retried or not as its ``retryable`` says (_core.outcome)
         ctx.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
-        if not exc.retryable:
-            raise StageFailed(str(exc)) from exc
         raise

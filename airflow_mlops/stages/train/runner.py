@@ -158,18 +158,17 @@ def main(argv: list[str] | None = None) -> int:
 
     end_with_parent(what="training")  # its task's process died: it does not go on training alone
 
-    from airflow_mlops._core.errors import DependencyFailed, StageFailed
-    from airflow_mlops._core.result import EXIT_FAILED, FAILED_PREFIX, outcome_files, result_line
+    from airflow_mlops._core.errors import MlopsError
+    from airflow_mlops._core.outcome import report_exit
+    from airflow_mlops._core.result import result_line
 
     if args.command == "call":
         spec = json.loads(Path(args.spec).read_text())
         result_file = Path(spec["result_file"])
         try:
             result = call(spec)
-        except StageFailed as exc:
-            print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
-            outcome_files(result_file)[0].write_text(str(exc))
-            return EXIT_FAILED
+        except MlopsError as exc:  # the exit code says refused, skipped or transient (_core.outcome)
+            return report_exit(exc, result_file)
         result_file.write_text(json.dumps(result))
         return 0
 
@@ -181,14 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if job.distributed and os.environ.get("RANK", "0") != "0":  # torchrun's rank of this process
             return follow(job)
         result = TrainingRun(job).run()
-    except DependencyFailed as exc:  # the tracking server failed (already logged, first)
-        if exc.retryable:
-            return 1  # a crash to the launcher: Airflow may retry
-        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    except StageFailed as exc:
-        print(f"{FAILED_PREFIX}{exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+    except MlopsError as exc:  # a refusal, or the tracking server failed (_core.outcome: exit 3 or 1)
+        return report_exit(exc)
     line = result_line(json.loads(json.dumps(result, default=str)))
     if args.result_file:
         Path(args.result_file).parent.mkdir(parents=True, exist_ok=True)
