@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,53 +24,9 @@ import pytest
 
 from airflow_mlops._core.errors import DependencyFailed
 from airflow_mlops._core.mlflow_faults import TIMEOUT_ENV, http_env
-from tests.helpers import free_port
+from tests.servers import TrackingServer
 
 SLACK_S = 15.0  # a busy 2-core machine: generous, the bound itself is what is asserted on
-
-
-class TrackingServer:
-    """``mlflow server`` on a free port, in its own process group (uvicorn runs as a child)."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.port = folder, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
-        self.process = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the uvicorn child gone too: the port is free
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.2)
-
-    def pause(self) -> None:
-        os.killpg(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        os.killpg(self.process.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")

@@ -246,22 +246,14 @@ def mlflow_behind_a_path(tmp_path):
     in front of a tracking server does)."""
     import base64
     import http.server
-    import socket
     import threading
-    import time
     import urllib.error
     import urllib.request
 
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from tests.servers import TrackingServer
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = TrackingServer(tmp_path).start()
+    port = server.port
     seen: list[str] = []
     expected = "Basic " + base64.b64encode(b"ml:s3cret").decode()
 
@@ -296,20 +288,10 @@ def mlflow_behind_a_path(tmp_path):
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("mlflow server did not start")
-                time.sleep(0.5)
         yield proxy.server_address[1], seen
     finally:
         proxy.shutdown()
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 def test_a_connection_with_a_path_port_and_login_reaches_a_real_tracking_server(mlflow_behind_a_path, monkeypatch):

@@ -16,13 +16,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
 from tests.helpers import free_port, write
+from tests.servers import SparkStandalone
 
 SQL = "SELECT segment, COUNT(*) AS n FROM customers GROUP BY segment"
 CUSTOMERS = "id,segment\n1,retail\n2,retail\n3,business\n"
@@ -30,71 +29,14 @@ CONF = {"spark.executor.memory": "512m", "spark.cores.max": "1", "spark.sql.shuf
         "spark.ui.enabled": "false"}
 
 
-class Standalone:
-    """A standalone Spark Master and one Worker, each stopped and started by PID."""
-
-    def __init__(self, workdir: Path):
-        import pyspark
-
-        self.spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
-        self.workdir, self.port, self.webui = workdir, free_port(), free_port()
-        self.url = f"spark://127.0.0.1:{self.port}"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-                    "SPARK_LOG_DIR": str(workdir), "SPARK_WORKER_DIR": str(workdir / "work")}
-
-    def _spawn(self, name: str, *args: str) -> None:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([self.spark_class, *args], stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
-
-    def start(self) -> None:
-        """Start the master, and the worker unless it runs (it registers again by itself)."""
-        self._spawn("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--webui-port", str(self.webui))
-        self._wait(lambda: self.state().get("status") == "ALIVE", "the master")
-        if "worker" not in self.procs:
-            self._spawn("worker", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
-                        "--cores", "2", "--memory", "2g", "--webui-port", str(free_port()))
-        self._wait(lambda: self.state().get("aliveworkers", 0) >= 1, "a worker registered")
-
-    def stop(self, *names: str) -> None:
-        """Stop ``names`` (default: the master only; the worker waits for it to come back)."""
-        for name in names or ("master",):
-            proc = self.procs.pop(name, None)
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-    def state(self) -> dict:
-        """The master's own view (its web UI's /json): status, workers, active/completed apps."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.webui}/json/", timeout=2) as response:
-            return json.loads(response.read())
-
-    def _wait(self, ready, what: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except (OSError, ValueError):  # not listening yet, or its UI still starting (HTML, not JSON)
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"{what} not up within {timeout}s; see {self.workdir}")
-
-
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
-    cluster = Standalone(tmp_path_factory.mktemp("spark-standalone"))
+    cluster = SparkStandalone(tmp_path_factory.mktemp("spark-standalone"))
     try:
         cluster.start()
         yield cluster
     finally:
-        cluster.stop("worker", "master")
+        cluster.stop_all()
 
 
 @pytest.fixture

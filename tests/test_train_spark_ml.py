@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -168,12 +166,6 @@ def test_estimator_and_backend_mismatches_are_yaml_errors_at_their_line(tmp_path
         assert f"{path}:7:" in out, out  # the estimator's line
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 STANDALONE_SCRIPT = """
 import json, sys
 sys.path.insert(0, {repo!r})
@@ -198,46 +190,14 @@ print("RESULT " + json.dumps({{"stage": result["metrics"], "plain": expected, "e
 
 @pytest.fixture
 def standalone_cluster(tmp_path):
-    """A Spark standalone master and two workers (1 core, 512 MiB each) on 127.0.0.1, from the pyspark install."""
-    bin_dir = Path(sys.executable).parent
-    port = _free_port()
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOG_DIR": str(tmp_path / "logs"), "SPARK_WORKER_DIR": str(tmp_path / "work")}
-    procs = []
-    logs = []
+    """A Spark standalone master and two workers (1 core, 768 MiB each) on 127.0.0.1, from the pyspark install."""
+    from tests.servers import SparkStandalone
 
-    def start(name: str, *args: str) -> None:
-        log = open(tmp_path / f"{name}.log", "wb")
-        logs.append(log)
-        procs.append(subprocess.Popen([str(bin_dir / "spark-class"), *args], stdout=log, stderr=subprocess.STDOUT,
-                                      env=env, start_new_session=True))
-
-    master = f"spark://127.0.0.1:{port}"
-    start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-          "--webui-port", str(_free_port()))
+    cluster = SparkStandalone(tmp_path, workers=2, cores=1, memory="768m")
     try:
-        deadline = time.monotonic() + 90
-        while b"I have been elected leader" not in (tmp_path / "master.log").read_bytes():
-            assert time.monotonic() < deadline, (tmp_path / "master.log").read_text()
-            time.sleep(0.5)
-        for i in range(2):
-            start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1",
-                  "--cores", "1", "--memory", "768m", "--webui-port", str(_free_port()),
-                  "--work-dir", str(tmp_path / f"work{i}"))
-        while (tmp_path / "master.log").read_bytes().count(b"Registering worker") < 2:
-            assert time.monotonic() < deadline, (tmp_path / "master.log").read_text()
-            time.sleep(0.5)
-        yield master
+        yield cluster.start().url
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for log in logs:
-            log.close()
+        cluster.stop_all()
 
 
 def test_spark_ml_stage_on_a_standalone_cluster_with_two_workers(standalone_cluster, tmp_path):

@@ -17,7 +17,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 CPU = re.compile(r"^\d+(\.\d+)?m?$")
 MEMORY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)$")
@@ -152,7 +152,8 @@ def parse_duration(v: Any) -> Any:
     return v
 
 
-Duration = Annotated[timedelta, Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
+# A duration as people write it (parse_duration), for every pydantic field: no model wires its own.
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), Field(json_schema_extra={"examples": ["5m", 300, "PT5M"]})]
 
 
 def human_bytes(n: float) -> str:

@@ -12,7 +12,6 @@ from pydantic import AfterValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.units import Duration, memory_problem
-from airflow_mlops._core.units import parse_duration as _parse_duration
 from airflow_mlops.spec.base import Strict
 
 
@@ -24,7 +23,6 @@ class SparkSettings(Strict):
     master: str = Field("local[*]", description="Master of the embedded session.")
     conf: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Spark configuration.")
     connect_timeout: Duration = Field(timedelta(seconds=60), description="How long a spark:// or sc:// master may not answer.")
-    _durations = field_validator("connect_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
 
 class Toleration(Strict):
@@ -134,6 +132,3 @@ class KubernetesSettings(Strict):
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
     api_timeout: Duration = Field(timedelta(seconds=60), description="How long the API server may fail before the task does.")
 
-    _durations = field_validator("startup_timeout", "schedule_timeout", "api_timeout", mode="before")(
-        classmethod(lambda cls, v: _parse_duration(v))
-    )

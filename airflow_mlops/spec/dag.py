@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.errors import did_you_mean, format_path
-from airflow_mlops._core.units import Duration, parse_duration
+from airflow_mlops._core.units import Duration
 from airflow_mlops.spec._source import Source
 from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.errors import PipelineSpecError, SpecIssue
@@ -154,9 +154,6 @@ class DagSettings(Strict):
         default_factory=dict, description="Any other Airflow default_args; task callbacks (on_failure_callback, "
         "on_success_callback, on_retry_callback, on_execute_callback, on_skipped_callback) are import paths.")
 
-    _durations = field_validator("retry_delay", "execution_timeout", "dagrun_timeout", mode="before")(
-        classmethod(lambda cls, v: parse_duration(v))
-    )
     _start = field_validator("start_date", "end_date", mode="before")(classmethod(lambda cls, v: _start_date(v)))
     _tz = field_validator("timezone", mode="before")(classmethod(lambda cls, v: _timezone(v)))
 

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.storage import location_problem, scheme_of
-from airflow_mlops._core.units import Duration, parse_duration
+from airflow_mlops._core.units import Duration
 from airflow_mlops.spec.base import Strict
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE
 
@@ -192,7 +192,6 @@ class Approval(Strict):
     subject: str | None = Field(None, description="The form's title (default: 'Promote <model> version <v> to "
                                 "<alias>?').")
 
-    _timeout = field_validator("timeout", mode="before")(classmethod(lambda cls, v: parse_duration(v)))
 
     @field_validator("timeout")
     @classmethod

@@ -10,7 +10,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from airflow_mlops._core.units import Duration, cpu_problem, memory_problem
-from airflow_mlops._core.units import parse_duration as _parse_duration
 from airflow_mlops.spec.backend_settings import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     KubernetesSettings,
     SecretEnv,
@@ -136,7 +135,6 @@ class StageBase(Strict):
     pool: str | None = Field(None, description="The Airflow pool the stage's tasks take a slot of.")
     kubernetes: KubernetesSettings | None = Field(None, description="Overrides the pipeline's kubernetes settings.")
 
-    _durations = field_validator("execution_timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
     @field_validator("depends_on", mode="before")
     @classmethod

@@ -7,10 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from airflow_mlops._core.units import Duration
-from airflow_mlops._core.units import parse_duration as _parse_duration
 from airflow_mlops.spec.base import Strict
 
 SPARK_ML_PREFIX = "pyspark.ml."  # an estimator whose import path starts so trains on Spark
@@ -29,7 +28,6 @@ class Rendezvous(Strict):
     port: int = Field(29500, ge=1, le=65535, description="Port of the rendezvous on pod 0 (MASTER_PORT).")
     timeout: Duration = Field(timedelta(minutes=15), description="How long the ranks may take to join.")
 
-    _durations = field_validator("timeout", mode="before")(classmethod(lambda cls, v: _parse_duration(v)))
 
 
 class Distributed(Strict):
