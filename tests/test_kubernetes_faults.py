@@ -295,3 +295,69 @@ def test_a_worker_killed_under_its_stage_pod_leaves_the_pod_to_the_next_try(
     assert "Reusing existing pod" in log and first_pod in log  # that pod, taken over ...
     assert len(starts.read_text().split()) == 1  # ... so the trainer ran once
     assert core.list_namespaced_pod(namespace).items == []  # and nothing is left
+
+
+# -- pods that Kubernetes ended: OOMKilled, evicted -------------------------------------------------
+# The stand-in kubelet runs the pod's process but has no memory cgroup or eviction manager, so the
+# test reports those states as a kubelet does: it writes the pod's status through the real API
+# server (status subresource) while the pod trains, and the operator reads it back from there.
+
+OOM_KILLED = {"status": {"phase": "Failed", "containerStatuses": [{
+    "name": "base", "ready": False, "restartCount": 0, "image": "python:3.11", "imageID": "",
+    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
+EVICTED = {"status": {"phase": "Failed", "reason": "Evicted",
+                      "message": "The node was low on resource: memory. Threshold quantity: 100Mi."}}
+
+
+def end_the_first_pod_as(cluster, namespace: str, status: dict) -> threading.Thread:
+    """Once the first train pod runs, report ``status`` for it, as its kubelet would."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cluster.api_client())
+
+    def report() -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            pods = [p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]
+            if pods:
+                time.sleep(1)
+                core.patch_namespaced_pod_status(pods[0].metadata.name, namespace, status)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("ending", ["oom", "evicted"])
+def test_a_pod_that_kubernetes_ended_says_why_first_and_retries_only_when_a_retry_can_pass(
+    ending, cluster, namespace, airflow_db, mlops_home, dags_folder, tmp_path, capfd
+):
+    """OOMKilled: the task fails at once, without its retry, naming the memory limit to raise.
+    Evicted: not the stage's fault: the retry runs a new pod, which trains, and the run is green."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    starts = tmp_path / "starts.txt"
+    dag_id = namespace.replace("-", "_")
+    write(dags_folder, "ended.yaml", slow_train_pipeline(dag_id, cluster, namespace, starts, seconds=15,
+                                                         extra="dag: {retries: 1, retry_delay: 2s}\n"))
+    reporter = end_the_first_pod_as(cluster, namespace, OOM_KILLED if ending == "oom" else EVICTED)
+    dag = next(d for d in DagBag(dag_folder=str(dags_folder)).dags.values() if d.dag_id != "invalid")
+    dr = dag.test()
+    reporter.join(10)
+    log = capfd.readouterr().out
+    (tmp_path / "task.log").write_text(log)
+    train = next(ti for ti in dr.get_task_instances() if ti.task_id == "train.run")
+    if ending == "oom":
+        assert (train.state, train.try_number) == ("failed", 1), f"see {tmp_path / 'task.log'}"
+        assert f"stage 'train' ran out of memory: Kubernetes killed pod {namespace}/" in log
+        assert "(OOMKilled: exit code 137) at its memory limit of 1Gi. A retry with the same limit would be " \
+               "killed again: raise the stage's resources.memory" in log
+        assert len(starts.read_text().split()) == 1  # no blind retry
+    else:
+        assert (train.state, train.try_number) == ("success", 2), f"see {tmp_path / 'task.log'}"
+        assert f"stage 'train': pod {namespace}/" in log
+        assert ("was evicted by Kubernetes (Evicted: The node was low on resource: memory. Threshold quantity: "
+                "100Mi.), not by the stage: Airflow's retries apply, each in a new pod") in log
+        assert len(starts.read_text().split()) == 2  # the evicted pod's start, and the retry's

@@ -223,6 +223,8 @@ class DistributedTraining:
         """Until every pod succeeded; a failed pod (or one not started within
         ``startup_timeout``) fails the try, naming its rank and last log lines."""
         from airflow_mlops._core.errors import StageFailed
+        from airflow_mlops.backends.kubernetes._podspec import quantities
+        from airflow_mlops.backends.kubernetes.termination import termination_error, termination_of
 
         started = time.monotonic()
         startup = self.k.startup_timeout.total_seconds()
@@ -240,6 +242,12 @@ class DistributedTraining:
                 if refused:
                     raise StageFailed(f"training group {self.name}, rank {rank}: {refused[-1]}")
                 tail = "\n".join(self.lines.get(rank, [])[-TAIL_LINES:])
+                ended = termination_of(pods[rank])  # OOMKilled: no retry; evicted, preempted...: retried
+                if ended is not None:
+                    memory = quantities(self.resources).get("memory") if self.resources else None
+                    raise termination_error(ended, stage_name=self.stage_name,
+                                            pod=f"{self.k.namespace}/{self.name}-{rank}", memory=memory,
+                                            log_tail=self.lines.get(rank, [])[-TAIL_LINES:])
                 raise RuntimeError(f"training group {self.name}: the pod of rank {rank} failed "
                                    f"({_exit(pods[rank])}); its last log lines:\n{tail}")
             if all(p.status.phase == "Succeeded" for p in pods.values()):

@@ -80,8 +80,10 @@ def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: 
     Raises AirflowFailException (the stage's own verdict: no retry), AirflowSkipException (the
     stage skipped the rest of the run), ``DependencyFailed`` when the Kubernetes API server was
     unreachable for ``kubernetes.api_timeout`` (retryable; AirflowFailException when it refused
-    the credentials, the namespace or a verb), or RuntimeError naming why the pod failed: the
-    scheduler's reason for a pod never scheduled, else its error and last log lines."""
+    the credentials, the namespace or a verb), AirflowFailException for a container killed for
+    memory (OOMKilled: the limit is named), or RuntimeError naming why the pod failed: evicted,
+    preempted or lost with its node (retried), the scheduler's reason for a pod never scheduled,
+    else its error and last log lines."""
     try:
         pod_op.execute(context)
     except Exception as exc:
@@ -98,6 +100,13 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
         return failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
     if pod_op.stage_skipped:
         return skipped(pod_op.stage_skipped)
+    if pod_op.termination is not None:  # Kubernetes ended it: OOMKilled (no retry), evicted... (retried)
+        from airflow_mlops.backends.kubernetes.termination import termination_error
+
+        limits = pod_op.container_resources.limits if pod_op.container_resources else None
+        return termination_error(pod_op.termination, stage_name=stage_name,
+                                 pod=f"{kubernetes.namespace}/{pod_op.pod_name_seen or pod_op.name}",
+                                 memory=(limits or {}).get("memory"), log_tail=pod_op.log_tail)
     if pod_op.unschedulable:
         resources = pod_op.container_resources.requests if pod_op.container_resources else "none"
         return RuntimeError(
@@ -238,6 +247,8 @@ def _pod_operator_class() -> type:  # noqa: C901
         stage_failure: str | None = None
         stage_skipped: str | None = None
         unschedulable: str | None = None
+        termination: Any = None  # termination.Termination: Kubernetes ended the pod (OOMKilled, evicted...)
+        pod_name_seen: str | None = None
         log_tail: list[str] = []
 
         def __init__(self, *, api_timeout: float = 60.0, **kwargs: Any) -> None:
@@ -260,6 +271,10 @@ def _pod_operator_class() -> type:  # noqa: C901
         def _collect(self, pod: Any, remote_pod: Any) -> None:
             if pod is None or remote_pod is None:
                 return
+            from airflow_mlops.backends.kubernetes.termination import termination_of
+
+            self.pod_name_seen = remote_pod.metadata.name
+            self.termination = termination_of(remote_pod)
             status = remote_pod.status
             for condition in (status.conditions or []) if status else []:
                 if condition.type == "PodScheduled" and condition.status == "False":
