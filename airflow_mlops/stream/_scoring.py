@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream._codecs import encode_json, encode_numbers
 from airflow_mlops.stream._model import ScoringModel
+from airflow_mlops.stream._phases import Phases, clock
 from airflow_mlops.stream.errors import BatchFailed
 
 MAX_ERROR_CHARS = 2000
@@ -92,10 +93,12 @@ def predictions_as_list(out: Any, n: int) -> list[Any]:
 class BatchScorer:
     """Scores micro-batches for one spec and one loaded model."""
 
-    def __init__(self, spec: StreamSpec, model: ScoringModel, decoder: Callable[[bytes], Any]) -> None:
+    def __init__(self, spec: StreamSpec, model: ScoringModel, decoder: Callable[[bytes], Any],
+                 phases: Phases | None = None) -> None:
         import operator
 
         self.spec = spec
+        self.phases = phases or Phases()
         self.model = model
         self.decoder = decoder
         self.features = spec.features or model.features
@@ -203,13 +206,18 @@ class BatchScorer:
         return get if len(self.features or ()) > 1 else lambda r: (get(r),)
 
     def predict(self, rows: list[Any]) -> list[Any]:
+        t = clock()
         frame = self.frame(rows)
-        unchecked = self.unchecked_predict
-        if unchecked is not None and [str(d) for d in frame.dtypes] == self.dtypes:
-            out = unchecked(frame)
-        else:
-            out = self.model.predict(frame)
-        return predictions_as_list(out, len(rows))
+        t = self.phases.lap("frame", t)
+        try:
+            unchecked = self.unchecked_predict
+            if unchecked is not None and [str(d) for d in frame.dtypes] == self.dtypes:
+                out = unchecked(frame)
+            else:
+                out = self.model.predict(frame)
+            return predictions_as_list(out, len(rows))
+        finally:
+            self.phases.lap("predict", t)
 
     def predict_isolating(self, rows: list[Any]) -> list[Any]:
         """One predict for the whole batch; if it raises, split the batch in halves and retry each,
@@ -242,9 +250,19 @@ class BatchScorer:
 
     def score(self, records: Sequence[Any]) -> tuple[list[tuple[bytes | None, bytes]], list[DeadLetter]]:
         """→ (``(key, value)`` of each prediction in input order, dead letters)."""
+        t = clock()
         good, rows, dead = self.decode(records)
-        outputs: list[tuple[bytes | None, bytes]] = []
+        self.phases.lap("decode", t)
         predictions = self.predict_isolating(rows) if rows else []
+        t = clock()
+        try:
+            return self.encode_all(records, good, rows, predictions, dead)
+        finally:
+            self.phases.lap("encode", t)
+
+    def encode_all(self, records: Sequence[Any], good: list[Any], rows: list[Any], predictions: list[Any],
+                   dead: list[DeadLetter]) -> tuple[list[tuple[bytes | None, bytes]], list[DeadLetter]]:
+        outputs: list[tuple[bytes | None, bytes]] = []
         pf = self.spec.prediction_field
         simple = self.key_mode == "input" and not self.spec.output_fields
         if simple and predictions and not dead:
