@@ -61,6 +61,15 @@ class DeadLetter:
         ]
 
 
+def _column(records: Sequence[Any], name: str) -> list[Any]:
+    """Every record's ``name`` (``key``, ``value``): read in one pass where the batch offers it
+    (``value_list()``: the confluent engine's messages), else record by record."""
+    read = getattr(records, f"{name}_list", None)
+    if read is not None:
+        return read()
+    return [getattr(r, name) for r in records]
+
+
 class _Failed:
     __slots__ = ("error",)
 
@@ -116,6 +125,7 @@ class BatchScorer:
         # Typed decoding: with the decoder's help, records are checked against the model's input
         # types while parsed and come out as objects with one attribute per field.
         self.typed = False
+        self.decode_many: Callable[[list[bytes]], list[Any]] | None = None
         self.types = {f: (model.feature_types or {}).get(f) for f in self.features or ()}
         typed = getattr(decoder, "typed", None)
         if self.features and callable(typed):
@@ -126,6 +136,8 @@ class BatchScorer:
             if made:
                 self.decoder, attrs = made
                 self.typed = True
+                # values → rows for a whole batch, raising if any one fails (see decode)
+                self.decode_many = getattr(self.decoder, "many", None)
                 self.attrs = attrs
                 self.get_features = operator.attrgetter(*(attrs[f] for f in self.features))
         # A frame of float64 (double) / int64 (long) columns, built without per-column Python
@@ -134,6 +146,7 @@ class BatchScorer:
         self.dtypes = [numeric.get(self.types.get(f) or "") for f in self.features or ()]
         self.all_double = bool(self.features) and not self.optional and all(d == "float64" for d in self.dtypes)
         self.unchecked_predict = model.unchecked_predict if self.features == model.features else None
+        self.columns: Any = None  # the all-double frame's column index, made once (see frame)
         self._astuple: Any = None  # see row_values
 
     def field(self, row: Any, name: str) -> Any:
@@ -143,7 +156,15 @@ class BatchScorer:
 
     # -- decode ------------------------------------------------------------------------------
 
-    def decode(self, records: Sequence[Any]) -> tuple[list[Any], list[Any], list[DeadLetter]]:
+    def decode(self, records: Sequence[Any]) -> tuple[Sequence[Any], list[Any], list[DeadLetter]]:
+        many = self.decode_many
+        if many is not None:
+            # The whole batch in one call: no Python frame per record. A bad record anywhere
+            # makes it raise; then the loop below finds which, one record at a time.
+            try:
+                return records, many(_column(records, "value")), []
+            except Exception:
+                pass
         decoder = self.decoder
         required = None if self.typed else self.required  # typed decoders check fields themselves
         good: list[Any] = []
@@ -175,7 +196,9 @@ class BatchScorer:
             if self.all_double:  # one flat pass over the floats: no nested-sequence discovery
                 n = len(rows) * len(features)
                 flat = np.fromiter(chain.from_iterable(map(self.row_values(rows[0]), rows)), dtype=np.float64, count=n)
-                return pd.DataFrame(flat.reshape(len(rows), len(features)), columns=features, copy=False)
+                if self.columns is None:
+                    self.columns = pd.Index(features)
+                return pd.DataFrame(flat.reshape(len(rows), len(features)), columns=self.columns, copy=False)
             values = list(map(self.get_features, rows))
             if len(features) == 1:
                 values = [(v,) for v in values]
@@ -211,7 +234,9 @@ class BatchScorer:
         t = self.phases.lap("frame", t)
         try:
             unchecked = self.unchecked_predict
-            if unchecked is not None and [str(d) for d in frame.dtypes] == self.dtypes:
+            # an all-double typed frame is float64 by construction (see frame): no need to look
+            if unchecked is not None and (self.typed and self.all_double
+                                          or [str(d) for d in frame.dtypes] == self.dtypes):
                 out = unchecked(frame)
             else:
                 out = self.model.predict(frame)
@@ -260,7 +285,7 @@ class BatchScorer:
         finally:
             self.phases.lap("encode", t)
 
-    def encode_all(self, records: Sequence[Any], good: list[Any], rows: list[Any], predictions: list[Any],
+    def encode_all(self, records: Sequence[Any], good: Sequence[Any], rows: list[Any], predictions: list[Any],
                    dead: list[DeadLetter]) -> tuple[list[tuple[bytes | None, bytes]], list[DeadLetter]]:
         outputs: list[tuple[bytes | None, bytes]] = []
         pf = self.spec.prediction_field
@@ -270,7 +295,7 @@ class BatchScorer:
             # cut from it; the same bytes as encoding {pf: prediction} one record at a time.
             values = encode_numbers(pf, predictions)
             if values is not None:
-                return list(zip([r.key for r in good], values)), dead
+                return list(zip(_column(good, "key"), values)), dead
         for record, row, prediction in zip(good, rows, predictions):
             if prediction.__class__ is _Failed:
                 dead.append(DeadLetter(record, "predict", prediction.error))
