@@ -53,8 +53,10 @@ class _Run:
         if self.first_record_at is None:
             self.first_record_at = time.monotonic()
         self.records_in += len(records)
+        next_offsets = getattr(records, "next_offsets", None)  # a batch that reads them in one pass
         # records of a partition come in order: the last one's offset wins
-        offsets: dict[tuple[str, int], int] = {(r.topic, r.partition): r.offset + 1 for r in records}
+        offsets: dict[tuple[str, int], int] = next_offsets() if next_offsets is not None else \
+            {(r.topic, r.partition): r.offset + 1 for r in records}
 
         outputs, dead = self.scorer.score(records)
         dlq_topic = self.spec.dead_letter_topic
