@@ -8,7 +8,8 @@ For each engine (confluent-kafka, kafka-python), consume → produce loops read 
 topic, each in its own consumer group and writing its own output topic:
 
   raw     the engine's client, consume → produce a constant (18 bytes, keyed like the input, no
-          header) → flush → commit: no decoding, no model: the limit of that client
+          header) → flush → commit: no decoding, no model: the limit of that client (with the
+          operator's consumer and producer defaults for that engine)
   stream  the operator's loop (``run_stream``, ``engine=...``) with a trivial pyfunc (a constant)
   naive   what people write by hand with that client: for each record json.loads → one-row
           DataFrame → scikit-learn ``predict`` → produce (auto-commit). Measured on the first
@@ -38,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from airflow_mlops.kafka.broker import EmbeddedBroker  # noqa: E402
+from airflow_mlops.stream._confluent import CONSUMER_DEFAULTS as CONFLUENT_CONSUMER  # noqa: E402
 from airflow_mlops.stream._confluent import PRODUCER_DEFAULTS as CONFLUENT_PRODUCER  # noqa: E402
 from airflow_mlops.stream._kafka_python import PRODUCER_DEFAULTS  # noqa: E402
 
@@ -187,8 +189,8 @@ def raw_loop_confluent(bootstrap: str, topic: str, out: str, group: str, n: int,
     """consume → produce a constant per record → flush → commit, with confluent-kafka."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", **FAST_GROUP_RDK})
+    consumer = Consumer({**CONFLUENT_CONSUMER, "bootstrap.servers": bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **FAST_GROUP_RDK})
     consumer.subscribe([topic])
     producer = Producer({"bootstrap.servers": bootstrap, **CONFLUENT_PRODUCER, "delivery.report.only.error": True})
     value = b'{"prediction":0.0}'

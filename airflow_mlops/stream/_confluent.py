@@ -68,8 +68,16 @@ def _record(m: Any) -> Record:
     return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
 
 
-PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 0, "partitioner": "murmur2_random"}
-CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False}
+# linger.ms 5 (librdkafka's own default): with 0 each produce() of a batch wakes the sender and
+# the batch leaves as many small requests. Stream benchmark, 100k records, one run each:
+# raw pipe 94k → 210k msg/s, the operator 52k → 122k msg/s.
+PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 5, "partitioner": "murmur2_random"}
+# librdkafka stops fetching a partition whose prefetch queue is over its thresholds and, by
+# default, waits a whole second (fetch.queue.backoff.ms 1000) before it looks again: a loop that
+# scores for a few milliseconds between polls then finds the queue empty and waits. Measured
+# with the raw pipe of the stream benchmark and a 3 ms pause per 1000 records: 76k msg/s with
+# the default, 149k with 10 ms (244k → 266k without the pause).
+CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False, "fetch.queue.backoff.ms": 10}
 
 
 def build_configs(spec: Any, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
