@@ -92,6 +92,7 @@ def spec(t, **overrides):
 def test_exact_predictions_keys_and_model_version_header(engine, broker, store):
     from airflow_mlops.kafka.lag import group_lag
     from airflow_mlops.stream import run_stream
+    from airflow_mlops.stream._phases import PHASES
 
     t = topics(broker, partitions=3)
     rows = {f"k{i}": {"a": i, "b": i / 4} for i in range(200)}  # 'a' arrives as a JSON integer
@@ -105,6 +106,7 @@ def test_exact_predictions_keys_and_model_version_header(engine, broker, store):
     assert summary["model_uri"] == "models:/linear/1" and summary["model_version"] == "1"
     assert summary["partitions"] == [f"{t.input}:{p}" for p in range(3)]
     assert summary["batches"] >= 4  # 200 records in batches of at most 50
+    assert list(summary["phases_s"]) == list(PHASES) and summary["phases_s"]["decode"] > 0  # where the time went
 
     out = read_all(broker, t.output)
     assert len(out) == 200
@@ -649,6 +651,43 @@ def test_batch_scorer_isolates_bad_rows_with_few_predict_calls():
     assert outputs[0] == (b"0", b'{"prediction":0,"id":0}')
     assert len(calls) <= 1 + 2 * 2 * 8  # 1 + ~2·k·log2(n), not n
     assert scorer.headers == [("model_version", b"runs:/abc/model")]
+
+
+def test_a_confluent_batch_is_scored_column_by_column_and_a_bad_record_still_found():
+    """The confluent engine's MessageBatch: values, keys and offsets read per batch; a batch with a
+    bad record falls back to decoding one by one, and that record alone is a dead letter."""
+    from confluent_kafka import Message
+
+    from airflow_mlops.spec.stream import StreamSpec
+    from airflow_mlops.stream._codecs import json_decoder
+    from airflow_mlops.stream._confluent import MessageBatch
+    from airflow_mlops.stream._model import ScoringModel
+    from airflow_mlops.stream._phases import PHASES
+    from airflow_mlops.stream._scoring import BatchScorer
+
+    class Double:
+        def predict(self, frame):
+            return frame["x"] * 2
+
+    model = ScoringModel(model=Double(), uri="runs:/r/m", version="7", features=["x"], required=["x"],
+                         float_features=["x"], feature_types={"x": "double"})
+    scorer = BatchScorer(StreamSpec(topics="t", output_topic="o"), model, json_decoder)
+
+    def batch(values):
+        return MessageBatch([Message(topic="t", partition=i % 2, offset=100 + i, key=f"k{i}".encode(), value=v)
+                             for i, v in enumerate(values)])
+
+    good = batch([json.dumps({"x": i, "pad": "y"}).encode() for i in range(6)])
+    assert good.next_offsets() == {("t", 0): 105, ("t", 1): 106}
+    outputs, dead = scorer.score(good)
+    assert not dead and outputs == [(f"k{i}".encode(), f'{{"prediction":{2.0 * i}}}'.encode()) for i in range(6)]
+
+    bad = batch([b'{"x": 1}', b'{"x": "one"}', None, b'{"x": 3}'])
+    outputs, dead = scorer.score(bad)
+    assert outputs == [(b"k0", b'{"prediction":2.0}'), (b"k3", b'{"prediction":6.0}')]
+    assert [(d.record.offset, d.record.partition, d.stage, type(d.error).__name__) for d in dead] == [
+        (101, 1, "decode", "SchemaMismatch"), (102, 0, "decode", "DecodeError")]
+    assert set(scorer.phases.seconds) == set(PHASES) and all(v >= 0 for v in scorer.phases.seconds.values())
 
 
 def test_batch_partitioning_matches_kafka_pythons_default_partitioner():

@@ -81,6 +81,12 @@ class JsonDecoder:
             except syntax_error as exc:
                 raise DecodeError(f"not valid JSON: {exc}") from None
 
+        def many(values: list[bytes | None]) -> list[Any]:
+            """Every value decoded, in one call; raises at the first that fails (a tombstone's
+            None included): the caller then decodes them one by one to find which."""
+            return list(map(decode, values))
+
+        typed_decode.many = many  # type: ignore[attr-defined]
         return typed_decode, attrs
 
 

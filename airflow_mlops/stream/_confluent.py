@@ -12,7 +12,7 @@ Every wait is bounded by ``spec.broker_timeout``: ``message.timeout.ms``, ``sock
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow_mlops.kafka.config import librdkafka_config, normalize, redact
 from airflow_mlops.stream._clients import BrokerUnreachable, Rebalanced
@@ -20,8 +20,64 @@ from airflow_mlops.stream.errors import DeliveryFailed, MissingTopic
 
 Record = namedtuple("Record", "topic partition offset key value headers")
 
-PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 0, "partitioner": "murmur2_random"}
-CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False}
+
+
+class MessageBatch(Sequence):
+    """The records of one ``consume()``, kept as librdkafka's messages. What the loop needs of
+    every record (values, keys, offsets) is read column by column (``value_list``, ``key_list``,
+    ``next_offsets``: one C-level pass each); a ``Record`` is made only for a record looked at
+    one by one (a dead letter, a batch with a bad record)."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: list[Any]) -> None:
+        self.messages = messages
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_record(m) for m in self.messages[i]]
+        return _record(self.messages[i])
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(_record, self.messages)
+
+    def value_list(self) -> list[bytes | None]:
+        from confluent_kafka import Message
+
+        return list(map(Message.value, self.messages))
+
+    def key_list(self) -> list[bytes | None]:
+        from confluent_kafka import Message
+
+        return list(map(Message.key, self.messages))
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) → the offset after its last record here (records of a partition
+        come in order: the last one wins)."""
+        from confluent_kafka import Message
+
+        ms = self.messages
+        last = dict(zip(zip(map(Message.topic, ms), map(Message.partition, ms)), map(Message.offset, ms)))
+        return {tp: offset + 1 for tp, offset in last.items()}
+
+
+def _record(m: Any) -> Record:
+    return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
+
+
+# linger.ms 5 (librdkafka's own default): with 0 each produce() of a batch wakes the sender and
+# the batch leaves as many small requests. Stream benchmark, 100k records, one run each:
+# raw pipe 94k → 210k msg/s, the operator 52k → 122k msg/s.
+PRODUCER_DEFAULTS: dict[str, Any] = {"acks": "all", "linger.ms": 5, "partitioner": "murmur2_random"}
+# librdkafka stops fetching a partition whose prefetch queue is over its thresholds and, by
+# default, waits a whole second (fetch.queue.backoff.ms 1000) before it looks again: a loop that
+# scores for a few milliseconds between polls then finds the queue empty and waits. Measured
+# with the raw pipe of the stream benchmark and a 3 ms pause per 1000 records: 76k msg/s with
+# the default, 149k with 10 ms (244k → 266k without the pause).
+CONSUMER_DEFAULTS: dict[str, Any] = {"allow.auto.create.topics": False, "fetch.queue.backoff.ms": 10}
 
 
 def build_configs(spec: Any, kafka_config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,10 +111,11 @@ class ConfluentClients:
     engine = "confluent"
 
     def __init__(self, spec: Any, kafka_config: Mapping[str, Any]) -> None:
-        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+        from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
         self.spec, self.timeout_s = spec, spec.broker_timeout
         self.KafkaError, self.KafkaException, self.TopicPartition = KafkaError, KafkaException, TopicPartition
+        self.Message = Message
         self.rebalance_codes = {getattr(KafkaError, n) for n in ("REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION",
                                                                  "UNKNOWN_MEMBER_ID", "_ASSIGNMENT_LOST", "_STATE",
                                                                  "FENCED_INSTANCE_ID") if hasattr(KafkaError, n)}
@@ -124,21 +181,23 @@ class ConfluentClients:
         self.consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked,
                                 on_lost=lambda consumer, partitions: assigned(consumer, partitions))
 
-    def poll(self, timeout_s: float, max_records: int) -> list[Any]:
+    def poll(self, timeout_s: float, max_records: int) -> Sequence[Any]:
         messages = self.consumer.consume(num_messages=max_records, timeout=timeout_s)
         if self.revoke_error is not None:
             error, self.revoke_error = self.revoke_error, None
             raise error
-        out = []
-        append, record = out.append, Record._make
-        for m in messages:
-            if m.error() is not None:
+        errors = list(map(self.Message.error, messages))
+        if errors.count(None) != len(errors):
+            kept = []
+            for m in messages:
                 err = m.error()
-                if err.fatal():
+                if err is None:
+                    kept.append(m)
+                elif err.fatal():
                     raise self.KafkaException(err)
-                continue  # informational (partition EOF and the like)
-            append(record((m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())))
-        return out
+                # else informational (partition EOF and the like)
+            messages = kept
+        return MessageBatch(messages) if messages else []
 
     def assignment(self) -> set[tuple[str, int]]:
         if self._assigned is None:

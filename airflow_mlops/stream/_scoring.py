@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream._codecs import encode_json, encode_numbers
 from airflow_mlops.stream._model import ScoringModel
+from airflow_mlops.stream._phases import Phases, clock
 from airflow_mlops.stream.errors import BatchFailed
 
 MAX_ERROR_CHARS = 2000
@@ -60,6 +61,15 @@ class DeadLetter:
         ]
 
 
+def _column(records: Sequence[Any], name: str) -> list[Any]:
+    """Every record's ``name`` (``key``, ``value``): read in one pass where the batch offers it
+    (``value_list()``: the confluent engine's messages), else record by record."""
+    read = getattr(records, f"{name}_list", None)
+    if read is not None:
+        return read()
+    return [getattr(r, name) for r in records]
+
+
 class _Failed:
     __slots__ = ("error",)
 
@@ -92,10 +102,12 @@ def predictions_as_list(out: Any, n: int) -> list[Any]:
 class BatchScorer:
     """Scores micro-batches for one spec and one loaded model."""
 
-    def __init__(self, spec: StreamSpec, model: ScoringModel, decoder: Callable[[bytes], Any]) -> None:
+    def __init__(self, spec: StreamSpec, model: ScoringModel, decoder: Callable[[bytes], Any],
+                 phases: Phases | None = None) -> None:
         import operator
 
         self.spec = spec
+        self.phases = phases or Phases()
         self.model = model
         self.decoder = decoder
         self.features = spec.features or model.features
@@ -113,6 +125,7 @@ class BatchScorer:
         # Typed decoding: with the decoder's help, records are checked against the model's input
         # types while parsed and come out as objects with one attribute per field.
         self.typed = False
+        self.decode_many: Callable[[list[bytes]], list[Any]] | None = None
         self.types = {f: (model.feature_types or {}).get(f) for f in self.features or ()}
         typed = getattr(decoder, "typed", None)
         if self.features and callable(typed):
@@ -123,6 +136,8 @@ class BatchScorer:
             if made:
                 self.decoder, attrs = made
                 self.typed = True
+                # values → rows for a whole batch, raising if any one fails (see decode)
+                self.decode_many = getattr(self.decoder, "many", None)
                 self.attrs = attrs
                 self.get_features = operator.attrgetter(*(attrs[f] for f in self.features))
         # A frame of float64 (double) / int64 (long) columns, built without per-column Python
@@ -131,6 +146,7 @@ class BatchScorer:
         self.dtypes = [numeric.get(self.types.get(f) or "") for f in self.features or ()]
         self.all_double = bool(self.features) and not self.optional and all(d == "float64" for d in self.dtypes)
         self.unchecked_predict = model.unchecked_predict if self.features == model.features else None
+        self.columns: Any = None  # the all-double frame's column index, made once (see frame)
         self._astuple: Any = None  # see row_values
 
     def field(self, row: Any, name: str) -> Any:
@@ -140,7 +156,15 @@ class BatchScorer:
 
     # -- decode ------------------------------------------------------------------------------
 
-    def decode(self, records: Sequence[Any]) -> tuple[list[Any], list[Any], list[DeadLetter]]:
+    def decode(self, records: Sequence[Any]) -> tuple[Sequence[Any], list[Any], list[DeadLetter]]:
+        many = self.decode_many
+        if many is not None:
+            # The whole batch in one call: no Python frame per record. A bad record anywhere
+            # makes it raise; then the loop below finds which, one record at a time.
+            try:
+                return records, many(_column(records, "value")), []
+            except Exception:
+                pass
         decoder = self.decoder
         required = None if self.typed else self.required  # typed decoders check fields themselves
         good: list[Any] = []
@@ -172,7 +196,9 @@ class BatchScorer:
             if self.all_double:  # one flat pass over the floats: no nested-sequence discovery
                 n = len(rows) * len(features)
                 flat = np.fromiter(chain.from_iterable(map(self.row_values(rows[0]), rows)), dtype=np.float64, count=n)
-                return pd.DataFrame(flat.reshape(len(rows), len(features)), columns=features, copy=False)
+                if self.columns is None:
+                    self.columns = pd.Index(features)
+                return pd.DataFrame(flat.reshape(len(rows), len(features)), columns=self.columns, copy=False)
             values = list(map(self.get_features, rows))
             if len(features) == 1:
                 values = [(v,) for v in values]
@@ -203,13 +229,20 @@ class BatchScorer:
         return get if len(self.features or ()) > 1 else lambda r: (get(r),)
 
     def predict(self, rows: list[Any]) -> list[Any]:
+        t = clock()
         frame = self.frame(rows)
-        unchecked = self.unchecked_predict
-        if unchecked is not None and [str(d) for d in frame.dtypes] == self.dtypes:
-            out = unchecked(frame)
-        else:
-            out = self.model.predict(frame)
-        return predictions_as_list(out, len(rows))
+        t = self.phases.lap("frame", t)
+        try:
+            unchecked = self.unchecked_predict
+            # an all-double typed frame is float64 by construction (see frame): no need to look
+            if unchecked is not None and (self.typed and self.all_double
+                                          or [str(d) for d in frame.dtypes] == self.dtypes):
+                out = unchecked(frame)
+            else:
+                out = self.model.predict(frame)
+            return predictions_as_list(out, len(rows))
+        finally:
+            self.phases.lap("predict", t)
 
     def predict_isolating(self, rows: list[Any]) -> list[Any]:
         """One predict for the whole batch; if it raises, split the batch in halves and retry each,
@@ -242,9 +275,19 @@ class BatchScorer:
 
     def score(self, records: Sequence[Any]) -> tuple[list[tuple[bytes | None, bytes]], list[DeadLetter]]:
         """→ (``(key, value)`` of each prediction in input order, dead letters)."""
+        t = clock()
         good, rows, dead = self.decode(records)
-        outputs: list[tuple[bytes | None, bytes]] = []
+        self.phases.lap("decode", t)
         predictions = self.predict_isolating(rows) if rows else []
+        t = clock()
+        try:
+            return self.encode_all(records, good, rows, predictions, dead)
+        finally:
+            self.phases.lap("encode", t)
+
+    def encode_all(self, records: Sequence[Any], good: Sequence[Any], rows: list[Any], predictions: list[Any],
+                   dead: list[DeadLetter]) -> tuple[list[tuple[bytes | None, bytes]], list[DeadLetter]]:
+        outputs: list[tuple[bytes | None, bytes]] = []
         pf = self.spec.prediction_field
         simple = self.key_mode == "input" and not self.spec.output_fields
         if simple and predictions and not dead:
@@ -252,7 +295,7 @@ class BatchScorer:
             # cut from it; the same bytes as encoding {pf: prediction} one record at a time.
             values = encode_numbers(pf, predictions)
             if values is not None:
-                return list(zip([r.key for r in good], values)), dead
+                return list(zip(_column(good, "key"), values)), dead
         for record, row, prediction in zip(good, rows, predictions):
             if prediction.__class__ is _Failed:
                 dead.append(DeadLetter(record, "predict", prediction.error))

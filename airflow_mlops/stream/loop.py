@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from airflow_mlops.spec.stream import StreamSpec
 from airflow_mlops.stream._clients import ENGINES, BrokerUnreachable, Rebalanced, StreamClients
+from airflow_mlops.stream._phases import clock
 from airflow_mlops.stream.errors import BrokerLost, RecordFailed, StreamError
 
 log = logging.getLogger("airflow_mlops.stream")
@@ -36,6 +37,7 @@ class _Run:
 
     def __init__(self, spec: StreamSpec, scorer: Any, model: Any, log_: logging.Logger, clients: StreamClients) -> None:
         self.spec, self.scorer, self.model, self.log, self.clients = spec, scorer, model, log_, clients
+        self.phases = scorer.phases  # seconds per phase of the loop (see _phases.py)
         self.rebalancing = False  # a commit failed on a rebalance: the group is re-forming
         self.pending: tuple[dict[tuple[str, int], int], int] | None = None  # offsets, records
         self.records_in = self.predictions_out = self.dead_letters = self.batches = self.commit_failures = 0
@@ -51,8 +53,10 @@ class _Run:
         if self.first_record_at is None:
             self.first_record_at = time.monotonic()
         self.records_in += len(records)
+        next_offsets = getattr(records, "next_offsets", None)  # a batch that reads them in one pass
         # records of a partition come in order: the last one's offset wins
-        offsets: dict[tuple[str, int], int] = {(r.topic, r.partition): r.offset + 1 for r in records}
+        offsets: dict[tuple[str, int], int] = next_offsets() if next_offsets is not None else \
+            {(r.topic, r.partition): r.offset + 1 for r in records}
 
         outputs, dead = self.scorer.score(records)
         dlq_topic = self.spec.dead_letter_topic
@@ -68,11 +72,13 @@ class _Run:
             self.clients.rewind(set(offsets), self.spec.auto_offset_reset)
             self.records_in -= len(records)  # dropped: consumed again after the rewind
             return
+        t = clock()
         self.clients.produce(self.spec.output_topic, outputs, self.scorer.headers)
         if dead:
             version, limit = self.model.version, getattr(self.clients, "max_message_bytes", 1_000_000)
             letters = [d.payload(version, limit) for d in dead]
             self.clients.produce(dlq_topic, [(k, v) for k, v, _ in letters], lambda i: letters[i][2])
+        self.phases.lap("produce", t)
         self.pending = (offsets, len(records))
         self.predictions_out += len(outputs)
         self.dead_letters += len(dead)
@@ -90,9 +96,12 @@ class _Run:
             return True
         offsets, count = self.pending
         self.pending = None  # settled once: a failed flush must never lead to its commit later
+        t = clock()
         self.clients.flush()  # DeliveryFailed / BrokerUnreachable: nothing of the batch is committed
+        t = self.phases.lap("flush", t)
         try:
             self.clients.commit(offsets)
+            self.phases.lap("commit", t)
         except Rebalanced as exc:
             # The partitions moved to another consumer first; it consumes them again from the
             # last commit (the at-least-once duplicates).
@@ -279,7 +288,10 @@ def _loop(spec: StreamSpec, run: _Run, clients: StreamClients, log_: logging.Log
             timeout_s = spec.poll_timeout_ms / 1000.0
             if spec.max_duration is not None:
                 timeout_s = max(0.001, min(timeout_s, spec.max_duration - (now - started)))
+            t = clock()
             records = clients.poll(timeout_s, want)
+            if run.first_record_at is not None:  # the wait for the first records is not timed
+                run.phases.lap("poll", t)
             current = clients.assignment()
             if current != assignment:
                 log_.info("Assigned partitions: %s", sorted(f"{t}:{p}" for t, p in current) or "none")
@@ -329,4 +341,5 @@ def _loop(spec: StreamSpec, run: _Run, clients: StreamClients, log_: logging.Log
         "stopped_by": stopped_by,
         "commit_failures": run.commit_failures,
         "partitions": sorted(run.partitions_seen),
+        "phases_s": run.phases.rounded(),
     }
