@@ -298,34 +298,30 @@ def test_a_worker_killed_under_its_stage_pod_leaves_the_pod_to_the_next_try(
 
 
 # -- pods that Kubernetes ended: OOMKilled, evicted -------------------------------------------------
-# The stand-in kubelet runs the pod's process but has no memory cgroup or eviction manager, so the
-# test reports those states as a kubelet does: it writes the pod's status through the real API
-# server (status subresource) while the pod trains, and the operator reads it back from there.
-
-OOM_KILLED = {"status": {"phase": "Failed", "containerStatuses": [{
-    "name": "base", "ready": False, "restartCount": 0, "image": "python:3.11", "imageID": "",
-    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}
-EVICTED = {"status": {"phase": "Failed", "reason": "Evicted",
-                      "message": "The node was low on resource: memory. Threshold quantity: 100Mi."}}
+# The stand-in kubelet has no memory cgroups and no node pressure: a test asks it, by an annotation
+# written through the API server, to end a running pod as a kubelet's OOM killer or eviction
+# manager would (SIGKILL, then that status; tests/kube/kubelet.py). The operator reads it all back
+# from the real API server.
 
 
-def end_the_first_pod_as(cluster, namespace: str, status: dict) -> threading.Thread:
-    """Once the first train pod runs, report ``status`` for it, as its kubelet would."""
+def end_the_first_pod_as(cluster, namespace: str, how: str, starts) -> threading.Thread:
+    """Once the first train pod trains (its trainer noted its start in ``starts``), have its kubelet
+    end it as ``how`` (OOMKilled, Evicted)."""
     from kubernetes import client
 
     core = client.CoreV1Api(cluster.api_client())
 
-    def report() -> None:
+    def end() -> None:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             pods = [p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]
-            if pods:
-                time.sleep(1)
-                core.patch_namespaced_pod_status(pods[0].metadata.name, namespace, status)
+            if pods and starts.exists() and starts.read_text().strip():
+                core.patch_namespaced_pod(pods[0].metadata.name, namespace,
+                                          {"metadata": {"annotations": {"stand-in.kubelet/end-as": how}}})
                 return
             time.sleep(0.2)
 
-    thread = threading.Thread(target=report, daemon=True)
+    thread = threading.Thread(target=end, daemon=True)
     thread.start()
     return thread
 
@@ -342,7 +338,7 @@ def test_a_pod_that_kubernetes_ended_says_why_first_and_retries_only_when_a_retr
     dag_id = namespace.replace("-", "_")
     write(dags_folder, "ended.yaml", slow_train_pipeline(dag_id, cluster, namespace, starts, seconds=15,
                                                          extra="dag: {retries: 1, retry_delay: 2s}\n"))
-    reporter = end_the_first_pod_as(cluster, namespace, OOM_KILLED if ending == "oom" else EVICTED)
+    reporter = end_the_first_pod_as(cluster, namespace, "OOMKilled" if ending == "oom" else "Evicted", starts)
     dag = next(d for d in DagBag(dag_folder=str(dags_folder)).dags.values() if d.dag_id != "invalid")
     dr = dag.test()
     reporter.join(10)
@@ -359,5 +355,5 @@ def test_a_pod_that_kubernetes_ended_says_why_first_and_retries_only_when_a_retr
         assert (train.state, train.try_number) == ("success", 2), f"see {tmp_path / 'task.log'}"
         assert f"stage 'train': pod {namespace}/" in log
         assert ("was evicted by Kubernetes (Evicted: The node was low on resource: memory. Threshold quantity: "
-                "100Mi.), not by the stage: Airflow's retries apply, each in a new pod") in log
+                "100Mi, available: 52Mi.), not by the stage: Airflow's retries apply, each in a new pod") in log
         assert len(starts.read_text().split()) == 2  # the evicted pod's start, and the retry's

@@ -466,9 +466,10 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
     from airflow.dag_processing.dagbag import DagBag
 
     from airflow_mlops._core.context import MlflowTarget, StageContext
-    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.outcome import EXIT_FAILED, exit_code
     from airflow_mlops.spec.stream import StreamServeSettings
     from airflow_mlops.stages.serve.stream import run_serve_stream
+    from airflow_mlops.stream.errors import MissingTopic
 
     t = topics(broker)
     typo = t.input[:-1]
@@ -498,8 +499,9 @@ def test_a_mistyped_topic_fails_the_operator_without_retries_and_the_serve_stage
     ctx = StageContext(pipeline_id="churn", stage_name="serve", run_key="r1", data_dir="/unused",
                        mlflow=MlflowTarget(tracking_uri=store.uri, experiment="e", registered_model="linear"),
                        upstream=[("validate", {"model_uri": "models:/linear/1", "model_version": "1"})])
-    with pytest.raises(StageFailed, match=rf"input topic '{typo}' does not exist on the brokers \(did you mean "):
+    with pytest.raises(MissingTopic, match=rf"input topic '{typo}' does not exist on the brokers \(did you mean ") as err:
         run_serve_stream(settings, ctx)
+    assert exit_code(err.value) == EXIT_FAILED  # in a pod too: refused, no retry (_core.outcome)
 
 
 def test_the_consumer_may_not_be_told_to_create_topics():

@@ -18,7 +18,12 @@ What it does, the way a kubelet does it (without containers):
   apiserver proxies ``pods/log`` requests: ``follow``, ``timestamps`` (RFC3339Nano, like the
   kubelet), ``tailLines``, ``sinceSeconds``, ``sinceTime`` and ``limitBytes``;
 * on a pod's deletionTimestamp, sends SIGTERM to its process group (SIGKILL after the grace
-  period, capped at 10 s), reports the exit and confirms the deletion with grace period 0.
+  period, capped at 10 s), reports the exit and confirms the deletion with grace period 0;
+* ends a running pod the way a kubelet's OOM killer or eviction manager does, when a test
+  annotates it ``stand-in.kubelet/end-as: OOMKilled`` or ``Evicted`` (there are no memory cgroups
+  or node pressure here): SIGKILL to its processes, then the status a kubelet reports (the
+  container terminated with reason OOMKilled and exit code 137; or the pod Failed with reason
+  Evicted and the node-pressure message).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Run:
     started: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     process: subprocess.Popen | None = None
+    end_as: str | None = None  # OOMKilled / Evicted, asked for by a test's annotation
 
 
 class Kubelet:
@@ -102,6 +108,11 @@ class Kubelet:
                     return
                 self.deleting.add(uid)
                 target = self.delete
+            elif (uid in self.runs and (end := (pod.metadata.annotations or {}).get(END_AS)) in ("OOMKilled", "Evicted")
+                  and self.runs[uid].end_as is None and self.runs[uid].process is not None):
+                self.runs[uid].end_as = end
+                _signal_group(self.runs[uid].process, signal.SIGKILL)
+                return
             elif uid not in self.runs and pod.status.phase in (None, "Pending"):
                 ns, name = pod.metadata.namespace, pod.metadata.name
                 pod_dir = self.workdir / f"{ns}_{name}_{uid[:8]}"
@@ -149,7 +160,10 @@ class Kubelet:
         code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as container runtimes report
         finished = {c: _terminated(0, "Completed", started=started) for c in run.containers}
         finished[container.name] = _terminated(code, "Completed" if code == 0 else "Error", started=started)
-        self.set_status(pod, "Succeeded" if code == 0 else "Failed", finished)
+        if run.end_as == "OOMKilled":
+            finished[container.name] = _terminated(137, "OOMKilled", started=started)
+        self.set_status(pod, "Succeeded" if code == 0 and not run.end_as else "Failed", finished,
+                        pod_reason=END_AS_STATES.get(run.end_as))
         run.done.set()
 
     def wait_for_env(self, pod, container, run: Run) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -219,7 +233,8 @@ class Kubelet:
                 env[var.name] = value
         return {**base, **env}, env
 
-    def set_status(self, pod, phase: str, states: dict[str, dict], start_time: str | None = None) -> None:
+    def set_status(self, pod, phase: str, states: dict[str, dict], start_time: str | None = None,
+                   pod_reason: tuple[str, str] | None = None) -> None:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -239,6 +254,8 @@ class Kubelet:
                   "conditions": conditions, "containerStatuses": statuses}
         if start_time:
             status["startTime"] = start_time
+        if pod_reason:  # the pod's own reason and message (Evicted: the eviction manager's words)
+            status["reason"], status["message"] = pod_reason
         deadline = time.monotonic() + 300
         while True:  # like a real kubelet, report the status again until the API server takes it
             try:
@@ -373,6 +390,14 @@ class LogHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002
         log.info("%s %s", self.address_string(), format % args)
+
+
+END_AS = "stand-in.kubelet/end-as"
+# What a test may ask the kubelet to end a running pod as → the pod's (reason, message), if any.
+END_AS_STATES: dict[str | None, tuple[str, str] | None] = {
+    "OOMKilled": None,
+    "Evicted": ("Evicted", "The node was low on resource: memory. Threshold quantity: 100Mi, available: 52Mi."),
+}
 
 
 def _terminated(code: int, reason: str, message: str | None = None, started: str | None = None) -> dict:
