@@ -48,9 +48,11 @@ from tests.helpers import checkpoint_tries, extra_links, write
     ({"entrypoint": "a.b:c", "mlflow": {"tracking_uri": "sqlite:///rel.db"}}, "relative SQLite path"),
     ({"entrypoint": "a.b:c", "pushgateway_url": "pushgw:9091"}, "pushgateway_url must be an http"),
     ({"entrypoint": "a.b:c", "distributed": {"nodes": 2}},
-     "distributed= runs a torchrun group of pods: it needs backend='kubernetes', got 'local'"),
+     "distributed: distributed= runs a torchrun group of pods: it needs backend='kubernetes', got 'batch'"),
     ({"entrypoint": "a.b:c", "backend": "kubernetes", "kubernetes": {"image": "x"}, "distributed": {"nodes": 0}},
-     "nodes\n  Input should be greater than or equal to 1"),
+     "distributed.nodes: Input should be greater than or equal to 1"),
+    ({"entrypoint": "a.b:c", "test_path": "/t.parquet", "target": "y"}, "test_path: test_path needs train_path"),
+    ({"entrypoint": "a.b:c", "env": {"N": 1}}, "env: env must map names to string values"),
 ])
 def test_operator_rejects_bad_arguments_when_the_dag_is_parsed(kwargs, message):
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
@@ -397,3 +399,47 @@ def test_sample_interval_has_one_name_and_the_old_one_still_works():
     with pytest.warns(MlopsDeprecationWarning, match="sample_interval_s is deprecated, use sample_interval"):
         op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", sample_interval_s=2)
     assert op.sample_interval == 2.0
+
+
+def test_backend_is_batch_and_local_is_its_deprecated_name():
+    """Issue 25, item 3: the worker is "batch" for GpuTrainOperator as for every stage; "local"
+    still works, with the package's deprecation warning naming the new value."""
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
+
+    assert GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest").backend == "batch"
+    with pytest.warns(MlopsDeprecationWarning, match="backend='local' is deprecated, use backend='batch'"):
+        op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", backend="local")
+    assert op.backend == "batch"
+
+
+def test_every_problem_is_reported_with_its_argument():
+    from airflow_mlops._core.errors import ArgumentsError
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.spec.gpu_train import GpuTrainSpec
+
+    with pytest.raises(ArgumentsError) as caught:
+        GpuTrainOperator(task_id="t", script="train.py", gpus=-1, sample_interval=0, mlflow={"experimnt": "x"})
+    assert caught.value.model is GpuTrainSpec
+    assert [e["loc"] for e in caught.value.errors] == [("gpus",), ("mlflow", "experimnt"), ("sample_interval",)]
+    assert "mlflow.experimnt: unknown key 'experimnt' (did you mean 'experiment'?)" in str(caught.value)
+
+
+def test_templates_are_validated_again_once_rendered():
+    """Validated at parse with templates standing in, and again when the task runs: a rendered
+    value that does not fit fails the task without a retry (a retry renders the same)."""
+    from airflow_mlops._core.compat import AirflowFailException
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+
+    op = GpuTrainOperator(task_id="t", entrypoint="{{ params.entrypoint }}", gpu_ids="{{ ti.xcom_pull('wait') }}",
+                          train_path="/data/{{ ds }}.parquet", target="y")
+    op.entrypoint, op.gpu_ids, op.train_path = "tests.gpu_entrypoints:train_forest", "[0, 2]", "/data/2026-01-01.parquet"
+    spec = op.rendered_spec()
+    assert (spec.entrypoint, spec.gpu_ids, spec.gpu_count()) == ("tests.gpu_entrypoints:train_forest", [0, 2], None)
+    op.gpu_ids = "the freest"
+    with pytest.raises(AirflowFailException, match=r"\(after rendering its templates\): invalid arguments:\n  "
+                                                   r"gpu_ids: gpu_ids must be GPU indices"):
+        op.rendered_spec()
+    op.gpu_ids, op.entrypoint = "0", "not an import path"
+    with pytest.raises(AirflowFailException, match="entrypoint must look like 'package.module:function'"):
+        op.rendered_spec()
