@@ -45,6 +45,13 @@ def parse_gpu_ids(value: Any, error: Any) -> list[int]:
     return ids
 
 
+def _or_also(*alternatives: dict[str, Any]) -> Any:
+    """A field's JSON Schema (for editors) also takes these spellings, which the validators read."""
+    def extend(schema: dict[str, Any]) -> None:
+        schema["anyOf"] = [*alternatives, *schema.get("anyOf", ())]
+    return extend
+
+
 def _refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("argument", "{message}", {"message": message})
 
@@ -64,11 +71,13 @@ class GpuTrainSpec(Strict):
     script: str | None = Field(None, description="A Python file run as `python script args...` (relative: to the "
                                "DAG file's folder).")
     module: str | None = Field(None, description="A module run as `python -m module args...`.")
-    args: list[str] = Field(default_factory=list, description="Command-line arguments of script/module.")
+    args: list[str] = Field(default_factory=list, description="Command-line arguments of script/module.",
+                            json_schema_extra={"items": {"type": ["string", "number"]}})
     gpus: int | None = Field(None, description="How many GPUs (whole, ≥ 0; default 1): those with the most free "
                              "memory; 0 hides all.")
     gpu_ids: Annotated[list[int] | None, *TEMPLATABLE_VALUE] = Field(
-        None, description="Exactly these NVML indices ([0, 1] or '0,1'), e.g. GpuAvailableSensor's XCom.")
+        None, description="Exactly these NVML indices ([0, 1] or '0,1'), e.g. GpuAvailableSensor's XCom.",
+        json_schema_extra=_or_also({"type": "string", "pattern": r"^[\s\[(]*\d+(\s*,\s*\d+)*[\s\])]*$"}))
     hyperparams: dict[str, Any] = Field(default_factory=dict, description="Logged as MLflow params, passed as "
                                         "`params`.")
     checkpoint_dir: str | None = Field(None, description="Where the entrypoint saves and resumes checkpoints "
@@ -83,7 +92,8 @@ class GpuTrainSpec(Strict):
     upstream_task: str | None = Field(None, description="Instead of the paths: the task id of a preprocess stage "
                                       "whose XCom holds train_path/test_path.")
     resources: Resources | None = Field(None, description="{cpu, memory, gpu} held, or a built-in profile name "
-                                        "('training', 'inference', 'small'): for the cost and the pod.")
+                                        "('training', 'inference', 'small'): for the cost and the pod.",
+                                        json_schema_extra=_or_also({"enum": sorted(BUILTIN_PROFILES)}))
     prices: PriceTable = Field(default_factory=PriceTable, description="Price per hour of a GPU, a CPU, a GiB.")
     sample_interval: float = Field(1.0, description="Seconds between NVML samples (> 0).")
     backend: Literal["batch", "kubernetes"] = Field(
