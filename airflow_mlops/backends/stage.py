@@ -144,7 +144,7 @@ class StageOperator(BaseOperator):
             upstream=upstream,
             backend=self.engine,
             spark=self.spark_session_settings(),
-            resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
+            resources=self.stage_resources.held() if self.stage_resources else None,
             prices=self.prices.model_dump(),
             gpu_metrics=self.gpu_metrics.model_dump(),
             data_conn_id=self.data_conn_id,

@@ -231,7 +231,7 @@ class GpuTrainOperator(BaseOperator):
         elif spec.train_path:
             data = TrainData(train_path=spec.train_path, test_path=spec.test_path, target=spec.target,
                              features=spec.features)
-        resources = spec.resources.model_dump(exclude_none=True, exclude={"profile"}) if spec.resources else None
+        resources = spec.resources.held() if spec.resources else None
         return GpuTrainJob(
             entrypoint=spec.entrypoint, script=spec.script, module=spec.module, args=spec.args,
             hyperparams=spec.hyperparams, gpus=spec.gpu_count(), gpu_ids=spec.gpu_ids,

@@ -56,6 +56,10 @@ class Resources(Strict):
     memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '16Gi'.")
     gpu: int | None = Field(None, ge=0, description="Whole number of GPUs (nvidia.com/gpu).")
 
+    def held(self) -> dict[str, Any]:
+        """``{cpu, memory, gpu}`` as set (its ``profile`` already applied): what a job bills and a pod requests."""
+        return self.model_dump(exclude_none=True, exclude={"profile"})
+
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, v: Any) -> Any:
@@ -100,7 +104,7 @@ def with_profile(resources: str | Resources | None, profiles: dict[str, Resource
         raise ValueError(f"unknown resource profile {name!r}{did_you_mean(name, profiles)}; known: {one_of(profiles)}")
     if isinstance(resources, str):
         return profiles[name]
-    return profiles[name].model_copy(update=resources.model_dump(exclude_none=True, exclude={"profile"}))
+    return profiles[name].model_copy(update=resources.held())
 
 
 # --- pipeline-level settings -------------------------------------------------------------------

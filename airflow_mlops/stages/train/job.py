@@ -143,7 +143,7 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
     settings = ctx.gpu_metrics or {}
     resources = ctx.resources
     if resources is not None and not isinstance(resources, dict):
-        resources = resources.model_dump(exclude_none=True, exclude={"profile"})
+        resources = resources.held()
     return GpuTrainJob(
         builtin=BuiltinTraining(estimator=spec.estimator, callable=spec.callable, metrics=list(spec.metrics),
                                 engine="spark" if ctx.backend == "spark" else "pandas", spark=ctx.spark),
