@@ -426,20 +426,22 @@ def test_every_problem_is_reported_with_its_argument():
 
 
 def test_templates_are_validated_again_once_rendered():
-    """Validated at parse with templates standing in, and again when the task runs: a rendered
-    value that does not fit fails the task without a retry (a retry renders the same)."""
+    """Validated at parse with templates standing in, and again once Airflow rendered them: a
+    rendered value that does not fit fails the task without a retry (a retry renders the same)."""
     from airflow_mlops._core.compat import AirflowFailException
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
 
-    op = GpuTrainOperator(task_id="t", entrypoint="{{ params.entrypoint }}", gpu_ids="{{ ti.xcom_pull('wait') }}",
-                          train_path="/data/{{ ds }}.parquet", target="y")
-    op.entrypoint, op.gpu_ids, op.train_path = "tests.gpu_entrypoints:train_forest", "[0, 2]", "/data/2026-01-01.parquet"
-    spec = op.rendered_spec()
+    def rendered(**params):
+        op = GpuTrainOperator(task_id="t", entrypoint="{{ params.entrypoint }}", gpu_ids="{{ params.ids }}",
+                              train_path="/data/{{ ds }}.parquet", target="y")
+        op.render_template_fields({"params": params, "ds": "2026-01-01"})
+        return op.rendered_spec()
+
+    spec = rendered(entrypoint="tests.gpu_entrypoints:train_forest", ids="[0, 2]")
     assert (spec.entrypoint, spec.gpu_ids, spec.gpu_count()) == ("tests.gpu_entrypoints:train_forest", [0, 2], None)
-    op.gpu_ids = "the freest"
+    assert spec.train_path == "/data/2026-01-01.parquet"
     with pytest.raises(AirflowFailException, match=r"\(after rendering its templates\): invalid arguments:\n  "
                                                    r"gpu_ids: gpu_ids must be GPU indices"):
-        op.rendered_spec()
-    op.gpu_ids, op.entrypoint = "0", "not an import path"
+        rendered(entrypoint="tests.gpu_entrypoints:train_forest", ids="the freest")
     with pytest.raises(AirflowFailException, match="entrypoint must look like 'package.module:function'"):
-        op.rendered_spec()
+        rendered(entrypoint="not an import path", ids="0")
