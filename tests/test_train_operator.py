@@ -35,6 +35,7 @@ from tests.helpers import checkpoint_tries, extra_links, write
     ({"entrypoint": "a.b:c", "gpus": 2, "gpu_ids": [0, 1]}, "not both"),
     ({"entrypoint": "a.b:c", "gpu_ids": [0, 0]}, "distinct GPU indices"),
     ({"entrypoint": "a.b:c", "gpu_ids": "zero"}, "gpu_ids must be GPU indices"),
+    ({"entrypoint": "a.b:c", "gpu_ids": 1.5}, "gpu_ids must be GPU indices"),
     ({"entrypoint": "a.b:c", "sample_interval": 0}, "sample_interval must be"),
     ({"entrypoint": "a.b:c", "sample_interval_s": 0}, "sample_interval must be"),
     ({"entrypoint": "a.b:c", "prices": {"gpu_hour": -2}}, "gpu_hour"),

@@ -39,6 +39,8 @@ def parse_gpu_ids(value: Any, error: Any) -> list[int]:
             raise error(f"gpu_ids must be GPU indices like [0, 1] or '0,1', got {value!r}") from None
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise error(f"gpu_ids must be GPU indices like [0, 1] or '0,1', got {value!r}")
     ids = list(value)
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) or len(set(ids)) != len(ids):
         raise error(f"gpu_ids must be distinct GPU indices ≥ 0, like [0, 1], got {value!r}")
