@@ -290,7 +290,7 @@ class GpuTrainOperator(BaseOperator):
 
 def _backend(name: str) -> Any:
     """The backend module that runs this operator's work: ``batch`` (the worker) or ``kubernetes``
-    (``spec.gpu_train`` already turned the deprecated ``local`` into ``batch``)."""
+    (``GpuTrainSpec`` already turned the deprecated ``local`` into ``batch``)."""
     import importlib
 
     return importlib.import_module(f"airflow_mlops.backends.{name}")

@@ -20,12 +20,11 @@ from pydantic_core import PydanticCustomError
 from airflow_mlops.spec.base import IMPORT_PATH, Strict
 from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, MlflowSettings, Resources, with_profile
 from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.spec.renamed import renamed_value
 from airflow_mlops.spec.templating import TEMPLATABLE_VALUE, allows_template
 from airflow_mlops.spec.training import Distributed
 
-BACKENDS = ("batch", "kubernetes")
-# An old value still read, with a deprecation warning (spec/renamed.py): the worker is "batch" everywhere.
-OLD_BACKENDS = {"local": "batch"}
+BACKENDS = ("batch", "kubernetes")  # "local", the old name of "batch", is read too (spec/renamed.py)
 
 
 def parse_gpu_ids(value: Any, error: Any) -> list[int]:
@@ -192,11 +191,7 @@ class GpuTrainSpec(Strict):
     @field_validator("backend", mode="before")
     @classmethod
     def _backend_name(cls, v: Any) -> Any:
-        if v in OLD_BACKENDS:
-            from airflow_mlops.spec.renamed import warn_deprecated
-
-            warn_deprecated(f"GpuTrainOperator: backend={v!r} is deprecated, use backend={OLD_BACKENDS[v]!r}")
-            return OLD_BACKENDS[v]
+        v = renamed_value("GpuTrainOperator", "backend", v)
         if v not in BACKENDS:
             raise _refuse(f"backend must be one of {BACKENDS}, got {v!r}")
         return v
