@@ -117,14 +117,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _add_operator_args(schema: dict) -> None:
     """A custom stage's ``args`` for the package's own operators and sensors, described in the
     schema too: by their spec (BackupOperator, RestoreOperator, RetentionCleanupOperator,
-    StreamInferenceOperator), so an editor flags ``keep_lst`` in a retention policy where it is
-    written, or by their ``__init__`` signature (GpuTrainOperator, SparkFeatureOperator and the
+    StreamInferenceOperator, GpuTrainOperator), so an editor flags ``keep_lst`` in a retention
+    policy where it is written, or by their ``__init__`` signature (SparkFeatureOperator and the
     sensors), for completion, hover docs and value types. Each is known by both paths users write
     (its module, and the package root). The top level of ``args`` stays open (Airflow's own
     arguments, ``retries``..., go there too), and a typed argument also takes a Jinja template."""
     from pydantic.json_schema import models_json_schema
 
     from airflow_mlops.lifecycle.specs import BackupSpec, RestoreSpec, RetentionSpec
+    from airflow_mlops.spec.gpu_train import GpuTrainSpec
     from airflow_mlops.spec.stream import StreamSpec
 
     by_spec = {
@@ -132,9 +133,9 @@ def _add_operator_args(schema: dict) -> None:
         "RestoreOperator": ("airflow_mlops.operators.backup", RestoreSpec),
         "RetentionCleanupOperator": ("airflow_mlops.operators.retention", RetentionSpec),
         "StreamInferenceOperator": ("airflow_mlops.operators.stream", StreamSpec),
+        "GpuTrainOperator": ("airflow_mlops.operators.gpu_train", GpuTrainSpec),
     }
     by_signature = {name: (module, _signature_model(module, name)) for name, module in (
-        ("GpuTrainOperator", "airflow_mlops.operators.gpu_train"),
         ("SparkFeatureOperator", "airflow_mlops.operators.spark"),
         ("GpuAvailableSensor", "airflow_mlops.sensors.gpu"),
         ("KafkaLagSensor", "airflow_mlops.sensors.kafka"),

@@ -73,10 +73,20 @@ def test_the_committed_schema_accepts_every_example_and_checks_the_package_opera
     assert any(path == ["stages", "retention", "args", "policies", 0] and "'keep_lst'" in message
                and "Additional properties are not allowed" in message for path, message in found), found
     # An operator without a spec is described by its signature: a wrong type flagged, a template taken.
+    wait = {"id": "g", "stages": {"wait": {"kind": "custom", "operator": "airflow_mlops:GpuAvailableSensor",
+                                           "args": {"count": "two", "retries": 2}}}}
+    assert any(list(e.absolute_path) == ["stages", "wait", "args", "count"]
+               for top in validator.iter_errors(wait) for e in leaves(top)), list(validator.iter_errors(wait))
+    wait["stages"]["wait"]["args"]["count"] = "{{ params.gpus }}"
+    assert list(validator.iter_errors(wait)) == []
+    # GpuTrainOperator by its spec: the spellings it reads (a profile name, '0,1', a template) taken.
     gpu = {"id": "g", "stages": {"fit": {"kind": "custom", "operator": "airflow_mlops:GpuTrainOperator",
                                          "args": {"entrypoint": "pkg.mod:fit", "gpus": "two", "retries": 2}}}}
     assert any(list(e.absolute_path) == ["stages", "fit", "args", "gpus"]
                for top in validator.iter_errors(gpu) for e in leaves(top)), list(validator.iter_errors(gpu))
-    gpu["stages"]["fit"]["args"]["gpus"] = "{{ params.gpus }}"
+    gpu["stages"]["fit"]["args"] = {"entrypoint": "pkg.mod:fit", "gpu_ids": "0,1", "resources": "training",
+                                    "args": [], "retries": 2}
+    assert list(validator.iter_errors(gpu)) == []
+    gpu["stages"]["fit"]["args"].update(gpu_ids="{{ ti.xcom_pull('wait') }}", resources={"profile": "small", "gpu": 1})
     assert list(validator.iter_errors(gpu)) == []
 

@@ -137,7 +137,7 @@ def test_old_argument_names_warn_at_the_line_of_the_dag_file_that_uses_them(tmp_
         "    StreamInferenceOperator(task_id='score', topics='events', output_topic='scored',\n"
         "                            model_uri='models:/m@champion', tracking_uri='http://mlflow:5000')\n"
         "    GpuTrainOperator(task_id='train', entrypoint='tests.gpu_entrypoints:train_forest', sample_interval_s=2,\n"
-        "                     prices={'memory_gb_hour': 0.1})\n")
+        "                     prices={'memory_gb_hour': 0.1}, backend='local')\n")
     import warnings
 
     from airflow_mlops.spec.renamed import MlopsDeprecationWarning
@@ -153,4 +153,6 @@ def test_old_argument_names_warn_at_the_line_of_the_dag_file_that_uses_them(tmp_
         f"{dag_file}:8: airflow_mlops.spec.renamed.MlopsDeprecationWarning: GpuTrainOperator: sample_interval_s is "
         "deprecated, use sample_interval",
         f"{dag_file}:8: airflow_mlops.spec.renamed.MlopsDeprecationWarning: prices.memory_gb_hour is deprecated, use "
-        "memory_gib_hour (memory is billed per GiB)")
+        "memory_gib_hour (memory is billed per GiB)",
+        f"{dag_file}:8: airflow_mlops.spec.renamed.MlopsDeprecationWarning: GpuTrainOperator: backend='local' is "
+        "deprecated, use backend='batch'")

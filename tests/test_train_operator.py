@@ -35,6 +35,7 @@ from tests.helpers import checkpoint_tries, extra_links, write
     ({"entrypoint": "a.b:c", "gpus": 2, "gpu_ids": [0, 1]}, "not both"),
     ({"entrypoint": "a.b:c", "gpu_ids": [0, 0]}, "distinct GPU indices"),
     ({"entrypoint": "a.b:c", "gpu_ids": "zero"}, "gpu_ids must be GPU indices"),
+    ({"entrypoint": "a.b:c", "gpu_ids": 1.5}, "gpu_ids must be GPU indices"),
     ({"entrypoint": "a.b:c", "sample_interval": 0}, "sample_interval must be"),
     ({"entrypoint": "a.b:c", "sample_interval_s": 0}, "sample_interval must be"),
     ({"entrypoint": "a.b:c", "prices": {"gpu_hour": -2}}, "gpu_hour"),
@@ -48,9 +49,11 @@ from tests.helpers import checkpoint_tries, extra_links, write
     ({"entrypoint": "a.b:c", "mlflow": {"tracking_uri": "sqlite:///rel.db"}}, "relative SQLite path"),
     ({"entrypoint": "a.b:c", "pushgateway_url": "pushgw:9091"}, "pushgateway_url must be an http"),
     ({"entrypoint": "a.b:c", "distributed": {"nodes": 2}},
-     "distributed= runs a torchrun group of pods: it needs backend='kubernetes', got 'local'"),
+     "distributed: distributed= runs a torchrun group of pods: it needs backend='kubernetes', got 'batch'"),
     ({"entrypoint": "a.b:c", "backend": "kubernetes", "kubernetes": {"image": "x"}, "distributed": {"nodes": 0}},
-     "nodes\n  Input should be greater than or equal to 1"),
+     "distributed.nodes: Input should be greater than or equal to 1"),
+    ({"entrypoint": "a.b:c", "test_path": "/t.parquet", "target": "y"}, "test_path: test_path needs train_path"),
+    ({"entrypoint": "a.b:c", "env": {"N": 1}}, "env: env must map names to string values"),
 ])
 def test_operator_rejects_bad_arguments_when_the_dag_is_parsed(kwargs, message):
     from airflow_mlops.operators.gpu_train import GpuTrainOperator
@@ -397,3 +400,49 @@ def test_sample_interval_has_one_name_and_the_old_one_still_works():
     with pytest.warns(MlopsDeprecationWarning, match="sample_interval_s is deprecated, use sample_interval"):
         op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", sample_interval_s=2)
     assert op.sample_interval == 2.0
+
+
+def test_backend_is_batch_and_local_is_its_deprecated_name():
+    """Issue 25, item 3: the worker is "batch" for GpuTrainOperator as for every stage; "local"
+    still works, with the package's deprecation warning naming the new value."""
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.spec.renamed import MlopsDeprecationWarning
+
+    assert GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest").backend == "batch"
+    with pytest.warns(MlopsDeprecationWarning, match="backend='local' is deprecated, use backend='batch'"):
+        op = GpuTrainOperator(task_id="t", entrypoint="tests.gpu_entrypoints:train_forest", backend="local")
+    assert op.backend == "batch"
+
+
+def test_every_problem_is_reported_with_its_argument():
+    from airflow_mlops._core.errors import ArgumentsError
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+    from airflow_mlops.spec.gpu_train import GpuTrainSpec
+
+    with pytest.raises(ArgumentsError) as caught:
+        GpuTrainOperator(task_id="t", script="train.py", gpus=-1, sample_interval=0, mlflow={"experimnt": "x"})
+    assert caught.value.model is GpuTrainSpec
+    assert [e["loc"] for e in caught.value.errors] == [("gpus",), ("mlflow", "experimnt"), ("sample_interval",)]
+    assert "mlflow.experimnt: unknown key 'experimnt' (did you mean 'experiment'?)" in str(caught.value)
+
+
+def test_templates_are_validated_again_once_rendered():
+    """Validated at parse with templates standing in, and again once Airflow rendered them: a
+    rendered value that does not fit fails the task without a retry (a retry renders the same)."""
+    from airflow_mlops._core.compat import AirflowFailException
+    from airflow_mlops.operators.gpu_train import GpuTrainOperator
+
+    def rendered(**params):
+        op = GpuTrainOperator(task_id="t", entrypoint="{{ params.entrypoint }}", gpu_ids="{{ params.ids }}",
+                              train_path="/data/{{ ds }}.parquet", target="y")
+        op.render_template_fields({"params": params, "ds": "2026-01-01"})
+        return op.rendered_spec()
+
+    spec = rendered(entrypoint="tests.gpu_entrypoints:train_forest", ids="[0, 2]")
+    assert (spec.entrypoint, spec.gpu_ids, spec.gpu_count()) == ("tests.gpu_entrypoints:train_forest", [0, 2], None)
+    assert spec.train_path == "/data/2026-01-01.parquet"
+    with pytest.raises(AirflowFailException, match=r"\(after rendering its templates\): invalid arguments:\n  "
+                                                   r"gpu_ids: gpu_ids must be GPU indices"):
+        rendered(entrypoint="tests.gpu_entrypoints:train_forest", ids="the freest")
+    with pytest.raises(AirflowFailException, match="entrypoint must look like 'package.module:function'"):
+        rendered(entrypoint="not an import path", ids="0")

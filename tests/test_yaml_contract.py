@@ -98,8 +98,10 @@ CASES = [
     pytest.param(
         "id: p\nstages:\n  train:\n    kind: custom\n    operator: airflow_mlops.operators.gpu_train:GpuTrainOperator\n"
         "    args:\n      script: train.py\n      gpus: -1\n      mlflow: {experimnt: x}\n",
-        ["8:13 stages.train.args.gpus: gpus must be a whole number ≥ 0, got -1"],
-        id="own-operator-plain-check",
+        ["8:13 stages.train.args.gpus: gpus must be a whole number ≥ 0, got -1",
+         "9:16 stages.train.args.mlflow.experimnt: unknown key 'experimnt' (did you mean 'experiment'?); expected one "
+         "of 'tracking_uri', 'conn_id', 'experiment', 'registered_model', 'artifact_location', 'ui_url'"],
+        id="own-operator-every-problem",
     ),
     pytest.param(
         "id: p\nstages:\n  lag:\n    kind: custom\n    operator: airflow_mlops.sensors.kafka:KafkaLagSensor\n"

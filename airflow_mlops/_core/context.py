@@ -13,6 +13,21 @@ from typing import Any
 
 from airflow_mlops._core.errors import StageFailed
 
+# The same for every try of a task instance (dag/run/task ids, no try number): a retry finds its earlier work.
+TASK_KEY_TAG = "airflow_mlops.task_key"
+
+
+def run_tags(ti: Any, run_id: str) -> dict[str, str]:
+    """The Airflow task instance an MLflow run belongs to, as its tags: the one set every stage and
+    GpuTrainOperator record (``telemetry.cost`` and Prometheus labels read them back)."""
+    return {
+        "airflow.dag_id": ti.dag_id,
+        "airflow.run_id": run_id,
+        "airflow.task_id": ti.task_id,
+        "airflow.try_number": str(ti.try_number),
+        TASK_KEY_TAG: f"{ti.dag_id}/{run_id}/{ti.task_id}",
+    }
+
 
 @dataclass
 class MlflowTarget:

@@ -127,7 +127,7 @@ class StageOperator(BaseOperator):
         return None
 
     def stage_context(self, context: Any) -> Any:
-        from airflow_mlops._core.context import StageContext
+        from airflow_mlops._core.context import StageContext, run_tags
         from airflow_mlops._core.names import safe_run_key
         from airflow_mlops.hooks.mlflow import resolve_target
 
@@ -144,18 +144,11 @@ class StageOperator(BaseOperator):
             upstream=upstream,
             backend=self.engine,
             spark=self.spark_session_settings(),
-            resources=self.stage_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.stage_resources else None,
+            resources=self.stage_resources.held() if self.stage_resources else None,
             prices=self.prices.model_dump(),
             gpu_metrics=self.gpu_metrics.model_dump(),
             data_conn_id=self.data_conn_id,
-            tags={
-                "airflow.dag_id": ti.dag_id,
-                "airflow.run_id": context["run_id"],
-                "airflow.task_id": ti.task_id,
-                "airflow.try_number": str(ti.try_number),
-                # The same for every try of this task instance: lets a retry find its earlier work.
-                "airflow_mlops.task_key": f"{ti.dag_id}/{context['run_id']}/{ti.task_id}",
-            },
+            tags=run_tags(ti, context["run_id"]),
         )
 
     def execute(self, context: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""GpuTrainOperator: run a training entrypoint on GPUs (a local subprocess, or a GPU pod), with NVML
+"""GpuTrainOperator: run a training entrypoint on GPUs (a subprocess of the worker, or a GPU pod), with NVML
 telemetry, MLflow tracking, a registered model version, checkpoints that survive retries, and cost.
 
 This is the train stage run from Python: it builds the same job as a YAML train stage
@@ -10,28 +10,20 @@ where the job runs. Nothing heavy is imported at module level: DAG files import 
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
-from pydantic import BaseModel, ValidationError
 
 from airflow_mlops._core.errors import ArgumentsError
 from airflow_mlops._core.extras import require
 from airflow_mlops._core.orphan import end_with_parent
 from airflow_mlops._core.paths import dags_folder
 from airflow_mlops.backends.links import RUN_URL_XCOM, MlflowRunLink
-from airflow_mlops.spec.base import IMPORT_PATH
-from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, MlflowSettings, Resources
+from airflow_mlops.spec.gpu_train import GpuTrainSpec
+from airflow_mlops.spec.models import KubernetesSettings, MlflowSettings, Resources
 from airflow_mlops.spec.prices import PriceTable
+from airflow_mlops.spec.templating import is_template
 from airflow_mlops.spec.training import Distributed
-from airflow_mlops.telemetry.devices import parse_gpu_ids
-
-BACKENDS = ("local", "kubernetes")
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
 
 
 class GpuTrainOperator(BaseOperator):
@@ -52,8 +44,10 @@ class GpuTrainOperator(BaseOperator):
 
     GPUs and settings:
 
-    :param gpus: how many GPUs (default 1): the ones with the most free memory; ``0`` hides all.
-    :param gpu_ids: or exactly these NVML indices (e.g. from ``GpuAvailableSensor``'s XCom).
+    :param gpus: how many GPUs, a whole number ≥ 0 (default 1): the ones with the most free memory;
+        ``0`` hides all.
+    :param gpu_ids: or exactly these NVML indices: ``[0, 1]``, ``"0,1"`` or a template such as
+        ``"{{ ti.xcom_pull('wait') }}"`` (``GpuAvailableSensor``'s XCom), rendered to one of those.
     :param hyperparams: hyperparameters, logged as MLflow params and passed as ``params``
         (named so because ``params`` is Airflow's own operator argument).
     :param checkpoint_dir: where the entrypoint saves and resumes checkpoints (also in
@@ -71,24 +65,35 @@ class GpuTrainOperator(BaseOperator):
     :param resources: ``{cpu, memory, gpu}`` (or a profile name) the task holds, for the cost and
         the pod; default: the GPUs given, 1 CPU, 1Gi.
     :param prices: ``PriceTable`` or dict: ``gpu_hour`` 2.5, ``cpu_hour`` 0.1, ``memory_gib_hour`` 0.05.
-    :param sample_interval: seconds between NVML samples (default 1; ``sample_interval_s`` is its
+    :param sample_interval: seconds (> 0) between NVML samples (default 1; ``sample_interval_s`` is its
         deprecated name), as ``gpu_metrics.sample_interval`` in a pipeline YAML.
-    :param backend: ``"local"`` (a subprocess of the worker) or ``"kubernetes"`` (a GPU pod that
-        runs the same job through ``python -m airflow_mlops.stages.train.runner job``).
+    :param backend: ``"batch"`` (default: a subprocess of the worker, as a pipeline's ``backend:
+        batch``) or ``"kubernetes"`` (a GPU pod that runs the same job through ``python -m
+        airflow_mlops.stages.train.runner job``). ``"local"``, the old name of ``"batch"``, still
+        works and warns (``MlopsDeprecationWarning``).
     :param kubernetes: pod settings for the kubernetes backend (``image`` required).
     :param distributed: with the kubernetes backend, multi-node torchrun: ``Distributed`` or a dict
         ``{nodes, nproc_per_node, launcher, rendezvous: {backend, port, timeout}}`` — ``nodes``
         pods each holding ``resources``, a headless Service, all or nothing (the YAML train
         stage's ``distributed:``; see ``backends/kubernetes/distributed.py``).
     :param env: extra environment variables for the training process.
-    :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training.
-    :param pushgateway_url: push them to a Prometheus Pushgateway (each flush and at the end).
+    :param prometheus_port: serve the GPU figures at ``:<port>/metrics`` while training (0-65535).
+    :param pushgateway_url: push them to a Prometheus Pushgateway, an http(s) URL (each flush and at
+        the end).
     :param mlflow_ui_url: base URL of the MLflow UI for the extra link (default:
         ``$AIRFLOW_MLOPS_MLFLOW_UI_URL``, else the tracking URI when it is http(s), else
         http://localhost:5000, where ``mlflow ui`` serves a local store).
 
     Returns (XCom): ``run_id``, ``mlflow_run_url``, ``model_name``, ``model_version``,
     ``model_uri``, ``metrics``, ``checkpoint_dir``, ``gpu`` (ids, summary), ``cost``.
+
+    The arguments are validated by one model, ``airflow_mlops.spec.gpu_train.GpuTrainSpec``, when
+    the DAG is parsed: every problem at once, each at its argument, as ``ArgumentsError`` (a
+    ``ValueError``; ``airflow-mlops validate`` reports each at its line of a pipeline's ``args:``).
+    Then the backend's needs (``kubernetes.image``), the extra the backend runs with
+    (``MissingExtra``) and where the training code is. The template fields are validated again once
+    rendered, in ``execute``: a value that does not fit fails the task without retrying
+    (``AirflowFailException``).
     """
 
     template_fields: Sequence[str] = (
@@ -100,7 +105,7 @@ class GpuTrainOperator(BaseOperator):
     ui_color = "#d9f2b4"
     accepted_kwargs = ("sample_interval_s",)  # the deprecated name of sample_interval
 
-    def __init__(  # noqa: C901
+    def __init__(
         self,
         *,
         entrypoint: str | None = None,
@@ -121,7 +126,7 @@ class GpuTrainOperator(BaseOperator):
         resources: Resources | dict[str, Any] | str | None = None,
         prices: PriceTable | dict[str, Any] | None = None,
         sample_interval: float = 1.0,
-        backend: str = "local",
+        backend: str = "batch",
         kubernetes: KubernetesSettings | dict[str, Any] | None = None,
         distributed: Distributed | dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
@@ -130,107 +135,48 @@ class GpuTrainOperator(BaseOperator):
         mlflow_ui_url: str | None = None,
         **kwargs: Any,
     ) -> None:
+        from airflow_mlops._core.validation import validated
         from airflow_mlops.spec.renamed import pop_renamed
 
         sample_interval = pop_renamed("GpuTrainOperator", kwargs).get("sample_interval", sample_interval)
         super().__init__(**kwargs)
         owner = f"GpuTrainOperator(task_id={self.task_id!r})"
-
-        def bad(message: str, argument: str | None = None) -> ValueError:
-            return ArgumentsError.one(owner, argument, message)
-
-        given = [name for name, value in (("entrypoint", entrypoint), ("script", script), ("module", module)) if value]
-        if len(given) != 1:
-            raise bad(f"give exactly one of entrypoint= ('pkg.module:function'), script= or module=; got {given or 'none'}")
-        if entrypoint and not _templated(entrypoint) and not re.match(IMPORT_PATH, entrypoint):
-            raise bad(f"entrypoint must look like 'package.module:function', got {entrypoint!r}", "entrypoint")
-        if isinstance(args, str) or not all(isinstance(a, (str, int, float)) for a in args):
-            raise bad(f"args must be a list of strings, got {args!r}", "args")
-        if args and entrypoint:
-            raise bad("args= are for script=/module=; a callable entrypoint takes hyperparams=", "args")
-        if gpus is not None and gpu_ids is not None:
-            raise bad("give gpus= (how many) or gpu_ids= (which), not both")
-        if gpus is not None and (isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0):
-            raise bad(f"gpus must be a whole number ≥ 0, got {gpus!r}", "gpus")
-        if gpu_ids is not None and not _templated(gpu_ids):
-            gpu_ids = parse_gpu_ids(gpu_ids, lambda message: bad(message, "gpu_ids"))
-        if hyperparams is not None and not isinstance(hyperparams, dict):
-            raise bad(f"hyperparams must be a dict, got {type(hyperparams).__name__}", "hyperparams")
-        if isinstance(sample_interval, bool) or not isinstance(sample_interval, (int, float)) or sample_interval <= 0:
-            raise bad(f"sample_interval must be a number of seconds > 0, got {sample_interval!r}",
-                      "sample_interval")
-        if backend not in BACKENDS:
-            raise bad(f"backend must be one of {BACKENDS}, got {backend!r}", "backend")
-        # NVML picks and measures the GPUs where the job runs: the worker here, else the pod's image.
-        require("gpu" if backend == "local" else "cncf-kubernetes", f"{owner} on the {backend} backend")
-        data_given = any(v is not None for v in (train_path, test_path, upstream_task))
-        if data_given and not entrypoint:
-            raise bad("train_path/test_path/upstream_task hand datasets to a callable entrypoint; scripts read their own")
-        if data_given and not target:
-            raise bad("target= (the label column) is required with datasets")
-        if train_path is None and test_path is not None:
-            raise bad("test_path needs train_path", "test_path")
-        if train_path is not None and upstream_task is not None:
-            raise bad("give train_path/test_path or upstream_task, not both")
-        if prometheus_port is not None and (isinstance(prometheus_port, bool) or not isinstance(prometheus_port, int)
-                                            or not 0 <= prometheus_port <= 65535):
-            raise bad(f"prometheus_port must be a port number, got {prometheus_port!r}", "prometheus_port")
-        if pushgateway_url is not None and not str(pushgateway_url).startswith(("http://", "https://")):
-            raise bad(f"pushgateway_url must be an http(s) URL, got {pushgateway_url!r}", "pushgateway_url")
-        if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise bad("env must map names to string values", "env")
-        settings = {
-            "mlflow": (MlflowSettings, lambda: MlflowSettings.model_validate(mlflow or {})),
-            "prices": (PriceTable, lambda: PriceTable.model_validate(
-                prices.model_dump() if isinstance(prices, PriceTable) else (prices or {}))),
-            "resources": (Resources, lambda: _resources(resources)),
-            "kubernetes": (KubernetesSettings, lambda: KubernetesSettings.model_validate(kubernetes)
-                           if kubernetes is not None else None),
-            "distributed": (Distributed, lambda: Distributed.model_validate(
-                distributed.model_dump() if isinstance(distributed, Distributed) else distributed)
-                if distributed is not None else None),
+        given = {
+            "entrypoint": entrypoint, "script": script, "module": module, "args": args, "gpus": gpus,
+            "gpu_ids": gpu_ids, "hyperparams": hyperparams, "checkpoint_dir": checkpoint_dir, "mlflow": mlflow,
+            "pipeline_id": pipeline_id, "train_path": train_path, "test_path": test_path, "target": target,
+            "features": features, "upstream_task": upstream_task, "resources": resources, "prices": prices,
+            "sample_interval": sample_interval, "backend": backend, "kubernetes": kubernetes,
+            "distributed": distributed, "env": env, "prometheus_port": prometheus_port,
+            "pushgateway_url": pushgateway_url, "mlflow_ui_url": mlflow_ui_url,
         }
-        made = {}
-        for argument, (model, make) in settings.items():
-            try:
-                made[argument] = make()
-            except ValidationError as exc:
-                errors = [{**e, "loc": (argument, *e["loc"])} for e in exc.errors(include_url=False)]
-                raise ArgumentsError(owner, errors, _ArgumentModels, f"{owner}: {exc}") from exc
-            except ValueError as exc:
-                raise bad(str(exc), argument) from exc
-        self.mlflow, self.prices, self.kubernetes = made["mlflow"], made["prices"], made["kubernetes"]
-        self.held_resources = made["resources"]  # not self.resources: BaseOperator's own
-        self.distributed = made["distributed"]
-        if self.distributed is not None and backend != "kubernetes":
-            raise bad(f"distributed= runs a torchrun group of pods: it needs backend='kubernetes', got {backend!r}",
-                      "distributed")
-        lacking = _backend(backend).problems(self.kubernetes)
+        spec = validated(GpuTrainSpec, {k: v for k, v in given.items() if v is not None}, owner)
+        # What the model cannot see: the backend's needs, the extra it runs with, the training code.
+        lacking = _backend(spec.backend).problems(spec.kubernetes)
         if lacking:
-            raise bad(lacking, "kubernetes")
-        script = self._locate(entrypoint, script, module, bad)
-
-        self.entrypoint = entrypoint
-        self.script = script
-        self.module = module
-        self.args = [str(a) for a in args]
-        self.gpus = gpus if gpus is not None or gpu_ids is not None else 1
-        self.gpu_ids = gpu_ids
-        self.hyperparams = dict(hyperparams or {})
-        self.checkpoint_dir = checkpoint_dir
-        self.pipeline_id = pipeline_id
-        self.train_path = train_path
-        self.test_path = test_path
-        self.target = target
-        self.features = list(features) if features is not None else None
-        self.upstream_task = upstream_task
-        self.sample_interval = float(sample_interval)
-        self.backend = backend
-        self.env = dict(env or {})
-        self.prometheus_port = prometheus_port
-        self.pushgateway_url = pushgateway_url
-        self.mlflow_ui_url = mlflow_ui_url
+            raise ArgumentsError.one(owner, "kubernetes", lacking)
+        # NVML picks and measures the GPUs where the job runs: the worker here, else the pod's image.
+        require("gpu" if spec.backend == "batch" else "cncf-kubernetes", f"{owner} on the {spec.backend} backend")
+        located = self._locate(spec.entrypoint, spec.script, spec.module,
+                               lambda message, argument: ArgumentsError.one(owner, argument, message))
+        for name in GpuTrainSpec.model_fields:  # the template fields among them are rendered in place
+            setattr(self, _ATTRIBUTE.get(name, name), getattr(spec, name))
+        self.script = located
         self._run: Any = None
+
+    def rendered_spec(self) -> GpuTrainSpec:
+        """The arguments once Airflow rendered the template fields, validated again (in ``execute``):
+        a rendered value that does not fit fails the task without retrying (a retry renders the same)."""
+        from airflow_mlops._core.outcome import failed
+        from airflow_mlops._core.validation import validated
+        from airflow_mlops.spec.templating import RENDERED
+
+        data = {name: getattr(self, _ATTRIBUTE.get(name, name)) for name in GpuTrainSpec.model_fields}
+        try:
+            return validated(GpuTrainSpec, data, f"GpuTrainOperator(task_id={self.task_id!r}) (after rendering "
+                             "its templates)", {RENDERED: True})
+        except ValueError as exc:
+            raise failed(str(exc)) from None
 
     def _locate(self, entrypoint: str | None, script: str | None, module: str | None, bad: Any) -> str | None:
         """Fail at parse when the training code cannot be found where the training process will
@@ -240,12 +186,12 @@ class GpuTrainOperator(BaseOperator):
 
         paths = code_paths(getattr(self.dag, "fileloc", None) if self.has_dag() else None, dags_folder())
         name = entrypoint.partition(":")[0] if entrypoint else module
-        if name and not _templated(name) and not module_findable(name, paths):
+        if name and not is_template(name) and not module_findable(name, paths):
             where = ", ".join(paths) or "the worker's sys.path"
             raise bad(f"cannot find module '{name}' of {'entrypoint' if entrypoint else 'module'}= "
                       f"{entrypoint or module!r}: searched {where} and the worker's sys.path",
                       "entrypoint" if entrypoint else "module")
-        if script and not _templated(script):
+        if script and not is_template(script):
             import os
 
             path = script if os.path.isabs(script) or not paths else os.path.join(paths[0], script)
@@ -256,59 +202,54 @@ class GpuTrainOperator(BaseOperator):
 
     # -- the job ------------------------------------------------------------------------------
 
-    def build_job(self, context: Any) -> Any:
-        """The plain-Python job for this try (what runs in the worker or the pod)."""
+    def build_job(self, context: Any, spec: GpuTrainSpec | None = None) -> Any:
+        """The plain-Python job for this try (what runs in the worker or the pod), from ``spec``
+        (default: the rendered arguments, validated again)."""
+        from airflow_mlops._core.context import run_tags
         from airflow_mlops._core.names import safe_run_key
         from airflow_mlops._core.paths import code_paths, mlops_home
         from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.stages.train.job import TASK_KEY_TAG, GpuTrainJob, TrainData
+        from airflow_mlops.stages.train.job import GpuTrainJob, TrainData
 
+        spec = spec or self.rendered_spec()
         ti = context["ti"]
         run_id = context["run_id"]
-        pipeline_id = self.pipeline_id or ti.dag_id
-        target = resolve_target(self.mlflow, pipeline_id)
-        checkpoint_dir = self.checkpoint_dir or str(
+        pipeline_id = spec.pipeline_id or ti.dag_id
+        target = resolve_target(spec.mlflow, pipeline_id)
+        checkpoint_dir = spec.checkpoint_dir or str(
             mlops_home() / "checkpoints" / ti.dag_id / safe_run_key(run_id) / ti.task_id)
         data = None
-        if self.upstream_task:
-            upstream = ti.xcom_pull(task_ids=self.upstream_task) or {}
+        if spec.upstream_task:
+            upstream = ti.xcom_pull(task_ids=spec.upstream_task) or {}
             if "train_path" not in upstream:
                 from airflow_mlops._core.outcome import failed
 
                 raise failed(
-                    f"upstream task '{self.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")
+                    f"upstream task '{spec.upstream_task}' gave no train_path (its XCom has: {sorted(upstream) or 'nothing'})")
             data = TrainData(train_path=upstream["train_path"], test_path=upstream.get("test_path"),
-                             target=self.target, features=self.features)
-        elif self.train_path:
-            data = TrainData(train_path=self.train_path, test_path=self.test_path, target=self.target,
-                             features=self.features)
-        gpu_ids = parse_gpu_ids(self.gpu_ids, ValueError) if self.gpu_ids is not None else None
-        resources = self.held_resources.model_dump(exclude_none=True, exclude={"profile"}) if self.held_resources else None
+                             target=spec.target, features=spec.features)
+        elif spec.train_path:
+            data = TrainData(train_path=spec.train_path, test_path=spec.test_path, target=spec.target,
+                             features=spec.features)
+        resources = spec.resources.held() if spec.resources else None
         return GpuTrainJob(
-            entrypoint=self.entrypoint, script=self.script, module=self.module, args=self.args,
-            hyperparams=self.hyperparams, gpus=None if gpu_ids is not None else self.gpus, gpu_ids=gpu_ids,
+            entrypoint=spec.entrypoint, script=spec.script, module=spec.module, args=spec.args,
+            hyperparams=spec.hyperparams, gpus=spec.gpu_count(), gpu_ids=spec.gpu_ids,
             checkpoint_dir=checkpoint_dir, tracking_uri=target.tracking_uri, experiment=target.experiment,
             registered_model=target.registered_model, artifact_location=target.artifact_location,
-            run_name=f"{pipeline_id}.{ti.task_id}",
-            tags={
-                "airflow.dag_id": ti.dag_id,
-                "airflow.run_id": run_id,
-                "airflow.task_id": ti.task_id,
-                "airflow.try_number": str(ti.try_number),
-                # The same for every try of this task instance: lets a retry find its earlier work.
-                TASK_KEY_TAG: f"{ti.dag_id}/{run_id}/{ti.task_id}",
-            },
-            resources=resources, prices=self.prices, sample_interval_s=self.sample_interval, data=data,
-            env=self.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
-            prometheus_port=self.prometheus_port, pushgateway_url=self.pushgateway_url, ui_url=self.mlflow_ui_url,
+            run_name=f"{pipeline_id}.{ti.task_id}", tags=run_tags(ti, run_id),
+            resources=resources, prices=spec.prices, sample_interval_s=spec.sample_interval, data=data,
+            env=spec.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
+            prometheus_port=spec.prometheus_port, pushgateway_url=spec.pushgateway_url, ui_url=spec.mlflow_ui_url,
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops._core.outcome import airflow_outcome
 
+        spec = self.rendered_spec()  # a rendered value that does not fit: failed, no retry
         with airflow_outcome():  # a relative tracking URI in a connection: no retry (_core.outcome)
-            job = self.build_job(context)
+            job = self.build_job(context, spec)
         self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
                       "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
                       f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,
@@ -348,34 +289,12 @@ class GpuTrainOperator(BaseOperator):
 
 
 def _backend(name: str) -> Any:
-    """The backend module that runs this operator's work: ``local`` is the batch backend (the
-    worker), ``kubernetes`` the kubernetes one."""
+    """The backend module that runs this operator's work: ``batch`` (the worker) or ``kubernetes``
+    (``GpuTrainSpec`` already turned the deprecated ``local`` into ``batch``)."""
     import importlib
 
-    return importlib.import_module(f"airflow_mlops.backends.{'batch' if name == 'local' else name}")
+    return importlib.import_module(f"airflow_mlops.backends.{name}")
 
 
-class _ArgumentModels(BaseModel):
-    """The arguments that are pydantic models, so that an error inside one names its valid keys."""
-
-    mlflow: MlflowSettings | None = None
-    prices: PriceTable | None = None
-    resources: Resources | str | None = None
-    kubernetes: KubernetesSettings | None = None
-    distributed: Distributed | None = None
-
-
-def _resources(value: Any) -> Resources | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value not in BUILTIN_PROFILES:
-            raise ValueError(f"unknown resource profile {value!r}; built in: {sorted(BUILTIN_PROFILES)}")
-        return BUILTIN_PROFILES[value]
-    resources = Resources.model_validate(value.model_dump() if isinstance(value, Resources) else value)
-    if resources.profile:
-        if resources.profile not in BUILTIN_PROFILES:
-            raise ValueError(f"unknown resource profile {resources.profile!r}; built in: {sorted(BUILTIN_PROFILES)}")
-        base = BUILTIN_PROFILES[resources.profile].model_dump(exclude_none=True)
-        resources = Resources(**{**base, **resources.model_dump(exclude_none=True, exclude={"profile"})})
-    return resources
+# Where a GpuTrainSpec field is kept on the operator, when not under its own name.
+_ATTRIBUTE = {"resources": "held_resources"}  # not self.resources: BaseOperator's own

@@ -57,7 +57,7 @@ class GpuAvailableSensor(BaseSensorOperator):
         except ValueError as exc:
             raise ArgumentsError.one(owner, "min_free_memory", f"min_free_memory: {exc}") from None
         if gpu_ids is not None and not (isinstance(gpu_ids, str) and "{{" in gpu_ids):
-            from airflow_mlops.telemetry.devices import parse_gpu_ids
+            from airflow_mlops.spec.gpu_train import parse_gpu_ids
 
             gpu_ids = parse_gpu_ids(gpu_ids, lambda m: ArgumentsError.one(owner, "gpu_ids", m))
         self.count = count
@@ -70,7 +70,7 @@ class GpuAvailableSensor(BaseSensorOperator):
     def _ids(self) -> list[int] | None:
         if self.gpu_ids is None:
             return None
-        from airflow_mlops.telemetry.devices import parse_gpu_ids
+        from airflow_mlops.spec.gpu_train import parse_gpu_ids
 
         return parse_gpu_ids(self.gpu_ids, ValueError)
 

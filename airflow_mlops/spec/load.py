@@ -27,7 +27,7 @@ from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.data import anchored_inputs
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
 from airflow_mlops.spec.files import DEFAULTS_FILE, PIPELINE_SUFFIXES, discover, folder_defaults_chain, read_defaults
-from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources
+from airflow_mlops.spec.models import BUILTIN_PROFILES, KubernetesSettings, Pipeline, Resources, with_profile
 
 __all__ = [
     "DEFAULTS_FILE", "PIPELINE_SUFFIXES", "LoadedPipeline", "check_pipeline", "discover", "effective_kubernetes",
@@ -54,15 +54,8 @@ class LoadedPipeline:
 
 
 def resolve_resources(pipeline: Pipeline, resources: str | Resources | None) -> Resources | None:
-    if resources is None:
-        return None
-    profiles = {**BUILTIN_PROFILES, **pipeline.resource_profiles}
-    if isinstance(resources, str):
-        return profiles[resources]
-    if resources.profile:
-        base = profiles[resources.profile]
-        return base.model_copy(update=resources.model_dump(exclude_none=True, exclude={"profile"}))
-    return resources
+    """A stage's ``resources`` with its profile applied (the built-in ones and the pipeline's own)."""
+    return with_profile(resources, {**BUILTIN_PROFILES, **pipeline.resource_profiles})
 
 
 def effective_kubernetes(pipeline: Pipeline, stage: Any) -> KubernetesSettings:

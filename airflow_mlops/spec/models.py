@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from airflow_mlops._core.errors import did_you_mean, one_of
 from airflow_mlops._core.units import Duration, cpu_problem, memory_problem
 from airflow_mlops.spec.backend_settings import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     KubernetesSettings,
@@ -54,6 +55,10 @@ class Resources(Strict):
     memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '16Gi'.")
     gpu: int | None = Field(None, ge=0, description="Whole number of GPUs (nvidia.com/gpu).")
 
+    def held(self) -> dict[str, Any]:
+        """``{cpu, memory, gpu}`` as set (its ``profile`` already applied): what a job bills and a pod requests."""
+        return self.model_dump(exclude_none=True, exclude={"profile"})
+
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, v: Any) -> Any:
@@ -83,6 +88,22 @@ BUILTIN_PROFILES: dict[str, Resources] = {
     "inference": Resources(cpu="4", memory="16Gi", gpu=1),
     "small": Resources(cpu="1", memory="2Gi", gpu=0),
 }
+
+
+def with_profile(resources: str | Resources | None, profiles: dict[str, Resources]) -> Resources | None:
+    """``resources`` as held: a profile name is that profile; inline fields override the profile
+    they name (``{profile: training, gpu: 8}``). The one place profiles are merged (a pipeline's
+    stages, GpuTrainOperator). Raises ValueError for a profile ``profiles`` lacks."""
+    if resources is None:
+        return None
+    name = resources if isinstance(resources, str) else resources.profile
+    if name is None:
+        return resources
+    if name not in profiles:
+        raise ValueError(f"unknown resource profile {name!r}{did_you_mean(name, profiles)}; known: {one_of(profiles)}")
+    if isinstance(resources, str):
+        return profiles[name]
+    return profiles[name].model_copy(update=resources.held())
 
 
 # --- pipeline-level settings -------------------------------------------------------------------

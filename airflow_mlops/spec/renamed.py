@@ -18,6 +18,11 @@ RENAMED: dict[str, dict[str, str]] = {
     "KafkaLagSensor": {"lag_timeout_s": "lag_timeout"},
 }
 
+# old value → new value, per owner and argument.
+RENAMED_VALUES: dict[str, dict[str, dict[str, str]]] = {
+    "GpuTrainOperator": {"backend": {"local": "batch"}},  # the worker is "batch" everywhere
+}
+
 
 class MlopsDeprecationWarning(FutureWarning):
     """An old name of this package's, still read. A ``FutureWarning`` (Python's category for
@@ -81,3 +86,13 @@ def pop_renamed(owner: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     and return them under their new names, warning for each."""
     old = {name: kwargs.pop(name) for name in RENAMED.get(owner, {}) if name in kwargs}
     return take_renamed(owner, old) if old else {}
+
+
+def renamed_value(owner: str, argument: str, value: Any) -> Any:
+    """``value``, or its new spelling when it is an old one (warning: ``GpuTrainOperator:
+    backend='local' is deprecated, use backend='batch'``)."""
+    new = RENAMED_VALUES.get(owner, {}).get(argument, {}).get(value) if isinstance(value, str) else None
+    if new is None:
+        return value
+    warn_deprecated(f"{owner}: {argument}={value!r} is deprecated, use {argument}={new!r}")
+    return new

@@ -1,5 +1,5 @@
 """Which GPUs exist here and which a task gets: NVML's device list with free memory now, the
-freest ``count`` of them, and GPU indices as users write them.
+freest ``count`` of them (GPU indices as users write them: ``spec.gpu_train.parse_gpu_ids``).
 
     devices = list_devices()              # raises NvmlUnavailable without a driver
     chosen = choose_devices(2, devices)   # raises NotEnoughGpus
@@ -8,7 +8,7 @@ freest ``count`` of them, and GPU indices as users write them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from airflow_mlops._core.units import gib
 from airflow_mlops.telemetry.nvml import NotEnoughGpus, as_text, load_nvml, shutdown_nvml
@@ -51,19 +51,3 @@ def choose_devices(count: int, devices: list[DeviceInfo], among: Sequence[int] |
         raise NotEnoughGpus(f"asked for {count} GPU(s) but only {len(pool)} can be used here ({seen})")
     pool.sort(key=lambda d: (-d.memory_free_bytes, d.index))
     return sorted(d.index for d in pool[:count])
-
-
-def parse_gpu_ids(value: Any, error: Any) -> list[int]:
-    """GPU indices as users give them: ``[0, 1]``, ``"0,1"`` or ``"[0, 1]"`` (a rendered XCom) → [0, 1]."""
-    if isinstance(value, str):
-        text = value.strip().strip("[]()")
-        try:
-            value = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise error(f"gpu_ids must be GPU indices like [0, 1] or '0,1', got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    ids = list(value)
-    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids) or len(set(ids)) != len(ids):
-        raise error(f"gpu_ids must be distinct GPU indices ≥ 0, like [0, 1], got {value!r}")
-    return ids

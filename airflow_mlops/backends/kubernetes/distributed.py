@@ -125,7 +125,7 @@ class DistributedTraining:
         return self.job.model_copy(update={
             "gpu_ids": None, "gpus": (held.gpu if held else None) or 0, "distributed": True,
             "pods": self.distributed.nodes,
-            "resources": held.model_dump(exclude_none=True, exclude={"profile"}) if held else None})
+            "resources": held.held() if held else None})
 
     def render(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         from airflow_mlops.stages.train.runner import encode_job

@@ -37,7 +37,7 @@ class PodTraining:
         job = self.job
         pod_resources = pod_resources_of(job, self.held_resources)
         job = job.model_copy(update={"gpu_ids": None, "gpus": pod_resources.gpu or 0,
-                                     "resources": pod_resources.model_dump(exclude_none=True, exclude={"profile"})})
+                                     "resources": pod_resources.held()})
         return stage_pod_operator(
             task_id=self.task_id, kubernetes=self.kubernetes, resources=pod_resources,
             pipeline_id=self.pipeline_id, stage_name=self.task_id,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from airflow_mlops._core.context import TASK_KEY_TAG  # noqa: F401 (the run tags below; measure.py reads it here)
 from airflow_mlops.spec.prices import PriceTable
 from airflow_mlops.stages.train.gpus import AskedBy
 from airflow_mlops.telemetry.sampler import FLUSH_INTERVAL_S
@@ -29,7 +30,6 @@ CHECKPOINT_ENV = "AIRFLOW_MLOPS_CHECKPOINT_DIR"
 PARAMS_ENV = "AIRFLOW_MLOPS_PARAMS"
 UI_URL_ENV = "AIRFLOW_MLOPS_MLFLOW_UI_URL"
 # The run tags both kinds of training record (tests and scripts/demo_summary.py read them).
-TASK_KEY_TAG = "airflow_mlops.task_key"  # dag/run/task ids, no try number: a retry finds its earlier work
 GPU_AVAILABLE_TAG = "airflow_mlops.gpu.available"
 GPU_IDS_TAG = "airflow_mlops.gpu.ids"
 GPU_NAMES_TAG = "airflow_mlops.gpu.names"
@@ -143,7 +143,7 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
     settings = ctx.gpu_metrics or {}
     resources = ctx.resources
     if resources is not None and not isinstance(resources, dict):
-        resources = resources.model_dump(exclude_none=True, exclude={"profile"})
+        resources = resources.held()
     return GpuTrainJob(
         builtin=BuiltinTraining(estimator=spec.estimator, callable=spec.callable, metrics=list(spec.metrics),
                                 engine="spark" if ctx.backend == "spark" else "pandas", spark=ctx.spark),
