@@ -1,4 +1,4 @@
-"""The serve stage in stream mode: what ``stages/serve.py`` calls for ``mode: stream``.
+"""The serve stage in stream mode: what ``stages/serve/__init__.py`` calls for ``mode: stream``.
 
     serve:
       mode: stream
