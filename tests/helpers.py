@@ -74,6 +74,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, process, what: str, timeout: float, interval: float = 0.5, detail=lambda: "") -> None:
+    """Until ``url`` answers (a server ``process`` started): RuntimeError ``<what> did not
+    start<detail()>`` after ``timeout`` seconds, or as soon as the process has died."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start{detail()}") from None
+            time.sleep(interval)
+
+
 def stop_process_groups(processes) -> None:
     """SIGTERM each process's group, wait up to 30 s in all, then SIGKILL what is left."""
     import os

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_http
 
 MOTO = REPO / ".venv-moto" / "bin" / "moto_server"
 
@@ -32,15 +31,9 @@ class S3Server:
         log = open(self.folder / "moto.log", "w")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)], stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"moto server did not start: {(self.folder / 'moto.log').read_text()[-2000:]}")
-                time.sleep(0.2)
+        wait_for_http(f"{self.endpoint}/moto-api/", self.process, "moto server", 60, interval=0.2,
+                      detail=lambda: f": {(self.folder / 'moto.log').read_text()[-2000:]}")
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_http
 
 
 class TrackingServer:
@@ -39,15 +39,8 @@ class TrackingServer:
              "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
+        wait_for_http(f"{self.uri}/health", self.process, "mlflow server", timeout)
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -34,7 +34,7 @@ EXIT_SKIPPED = 4  # the stage decided the rest of the run should not happen
 
 def retryable(exc: BaseException) -> bool:
     """Whether running again may succeed: an ``MlopsError`` says so; any other error is a crash."""
-    return bool(getattr(exc, "retryable", True)) if isinstance(exc, MlopsError) else True
+    return bool(exc.retryable) if isinstance(exc, MlopsError) else True
 
 
 def failed(message: str) -> Exception:
@@ -89,8 +89,8 @@ def exit_code(exc: BaseException) -> int:
 def report_exit(exc: BaseException, result_file: str | Path | None = None) -> int:
     """In a launched process: print ``exc`` to stderr the way its launcher reads it (after
     ``FAILED_PREFIX`` / ``SKIPPED_PREFIX`` for a refusal or a skip, ``error: `` for a fault a
-    rerun may fix), write a
-    refusal or a skip to the result file's companion when there is one, and return the exit code."""
+    rerun may fix), write a refusal or a skip to the result file's companion when there is one,
+    and return the exit code."""
     from airflow_mlops._core.result import FAILED_PREFIX, SKIPPED_PREFIX, outcome_files
 
     code = exit_code(exc)

@@ -248,16 +248,15 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops._core.outcome import airflow_outcome
 
         spec = self.rendered_spec()  # a rendered value that does not fit: failed, no retry
-        with airflow_outcome():  # a relative tracking URI in a connection: no retry (_core.outcome)
-            job = self.build_job(context, spec)
-        self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
-                      "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
-                      f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,
-                      job.checkpoint_dir, job.tracking_uri, job.experiment, job.registered_model)
-        self._run = self.training(job, context)
-        # StageFailed: no retry; DependencyFailed (the tracking server, logged first by the run): as
-        # it says (_core.outcome).
+        # A relative tracking URI in a connection, StageFailed: no retry; DependencyFailed (the tracking
+        # server, logged first by the run): as it says (_core.outcome).
         with airflow_outcome():
+            job = self.build_job(context, spec)
+            self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
+                          "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
+                          f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,
+                          job.checkpoint_dir, job.tracking_uri, job.experiment, job.registered_model)
+            self._run = self.training(job, context)
             result = self._run.run()
         self._push_url(context, result["mlflow_run_url"])
         return result

@@ -241,13 +241,13 @@ class DistributedTraining:
                 refused = [line[len(FAILED_PREFIX):] for line in self.lines.get(rank, []) if FAILED_PREFIX in line]
                 if refused:
                     raise StageFailed(f"training group {self.name}, rank {rank}: {refused[-1]}")
-                tail = "\n".join(self.lines.get(rank, [])[-TAIL_LINES:])
+                last = self.lines.get(rank, [])[-TAIL_LINES:]
                 ended = termination_of(pods[rank])  # OOMKilled: no retry; evicted, preempted...: retried
                 if ended is not None:
                     memory = quantities(self.resources).get("memory") if self.resources else None
                     raise termination_error(ended, stage_name=self.stage_name,
-                                            pod=f"{self.k.namespace}/{self.name}-{rank}", memory=memory,
-                                            log_tail=self.lines.get(rank, [])[-TAIL_LINES:])
+                                            pod=f"{self.k.namespace}/{self.name}-{rank}", memory=memory, log_tail=last)
+                tail = "\n".join(last)
                 raise RuntimeError(f"training group {self.name}: the pod of rank {rank} failed "
                                    f"({_exit(pods[rank])}); its last log lines:\n{tail}")
             if all(p.status.phase == "Succeeded" for p in pods.values()):

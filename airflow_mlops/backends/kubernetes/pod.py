@@ -214,17 +214,13 @@ class KubernetesStageOperator(KubernetesBackedOperator):
     def run_group(self, ctx: Any, secret_env: Mapping[str, SecretEnv]) -> dict[str, Any]:
         """The train stage's job as a torchrun group of pods (``distributed.DistributedTraining``)."""
         from airflow_mlops.backends.kubernetes.distributed import DistributedTraining
-        from airflow_mlops.stages import StageFailed
         from airflow_mlops.stages.train.job import job_for_stage
 
         group = self._pod_op = DistributedTraining(
             job_for_stage(self.stage, ctx), distributed=self.stage.distributed, kubernetes=self.kubernetes,
             resources=self.stage_resources, pipeline_id=ctx.pipeline_id, stage_name=self.stage_name, log=self.log,
             env=self.code_env(), secret_env=secret_env)
-        try:
-            return group.run()
-        except StageFailed as exc:
-            raise failed(str(exc)) from exc
+        return self.outcome(group.run)
 
     def on_kill(self) -> None:
         if self._pod_op is not None:
