@@ -78,7 +78,7 @@ def stage(uri: str, source: str, store: Path, n: int) -> int:
                           registered_model="bench")
     ctx = StageContext(pipeline_id="bench", stage_name="serve", run_key=f"r{n}", data_dir=str(store / "data"),
                        mlflow=target, upstream=[("validate", {"model_uri": uri}), ("prep", {"test_path": source})],
-                       backend="batch")
+                       engine="pandas")
     return run_stage(ServeStage(mode="batch"), ctx)["rows"]
 
 

@@ -66,7 +66,7 @@ def stage(paths: dict[str, str], out: Path, gates: dict | None = None) -> None:
     spec = PreprocessStage(inputs={n: DataInput(path=p) for n, p in paths.items()}, sql=SQL, split=None,
                            output=str(out), quality=gates)
     ctx = StageContext(pipeline_id="bench", stage_name="features", run_key="r", data_dir=str(out),
-                       mlflow=MlflowTarget("sqlite:////dev/null", "e", "m"), backend="spark",
+                       mlflow=MlflowTarget("sqlite:////dev/null", "e", "m"), engine="spark",
                        spark={"master": "local[*]", "conf": {}})
     run_stage(spec, ctx)
 

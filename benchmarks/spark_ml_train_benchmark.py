@@ -69,7 +69,7 @@ def stage(paths: dict[str, str], store: Path, master: str, n: int) -> dict[str, 
     target = MlflowTarget(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", experiment="bench",
                           registered_model="bench", artifact_location=str(store / "artifacts"))
     ctx = StageContext(pipeline_id="bench", stage_name="train", run_key=f"r{n}", data_dir=str(store / "data"),
-                       mlflow=target, upstream=[("prep", paths)], backend="spark", spark={"master": master, "conf": {}})
+                       mlflow=target, upstream=[("prep", paths)], engine="spark", spark={"master": master, "conf": {}})
     return run_stage(spec, ctx)["metrics"]
 
 

@@ -93,7 +93,7 @@ def stage(paths: dict[str, str], store: Path, n: int) -> dict[str, float]:
     target = MlflowTarget(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", experiment="bench-stage",
                           registered_model="bench_stage", artifact_location=str(store / "artifacts"))
     ctx = StageContext(pipeline_id="bench", stage_name="train", run_key=f"r{n}", data_dir=str(store / "data"),
-                       mlflow=target, upstream=[("prep", paths)], backend="batch")
+                       mlflow=target, upstream=[("prep", paths)], engine="pandas")
     return run_stage(spec, ctx)["metrics"]
 
 

@@ -64,7 +64,7 @@ def stage(store: Path, name: str, version: str, n: int) -> str:
                           registered_model=name)
     ctx = StageContext(pipeline_id="bench", stage_name="validate", run_key=f"r{n}", data_dir=str(store / "data"),
                        mlflow=target, upstream=[("train", {"model_name": name, "model_version": version})],
-                       backend="batch")
+                       engine="pandas")
     return run_stage(spec, ctx)["model_version"]
 
 

@@ -16,7 +16,7 @@ if [ "$(cat .venv/.airflow-mlops-installed 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[all,test]"
   echo "$stamp" > .venv/.airflow-mlops-installed
 fi
-# The UI tests render the Airflow pages in headless Chromium (tests/test_ui_plugin.py; under CI=true
+# The UI tests render the Airflow pages in headless Chromium (tests/ui/test_ui_plugin.py; under CI=true
 # they fail rather than skip without it). Installed only when missing and apt-get can be used
 # (root, e.g. CI on Debian); elsewhere install the distribution's chromium package yourself.
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
@@ -24,7 +24,7 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "==> installing chromium (apt-get) for the browser tests"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
-    echo "==> chromium is not installed: the browser tests (tests/test_ui_plugin.py) will be skipped" >&2
+    echo "==> chromium is not installed: the browser tests (tests/ui/test_ui_plugin.py) will be skipped" >&2
   fi
 fi
 # The S3-protocol server the object-storage and deployment tests run against: moto's standalone

@@ -8,7 +8,7 @@
 #   2. `pip install <the package>` with no constraints and no extras: the core only;
 #   3. the same with the constraints and pytest, so the tests run on the pinned libraries;
 # then tests/range (which checks that step 2 moved nothing the deployment had, Airflow above all)
-# and the import-cost check of tests/test_dags_folder.py, with the installed copy of the package
+# and the import-cost check of tests/factory/test_dags_folder.py, with the installed copy of the package
 # (pytest runs from outside the checkout). A virtualenv is reused until pyproject.toml or its
 # constraints file change; the package itself is reinstalled from the working tree every run.
 # pip's download cache is shared with .venv. Measured here on 2 cores shared with other jobs (load
@@ -53,7 +53,7 @@ for minor in ${AIRFLOW_RANGE:-3.1}; do
    AIRFLOW_MLOPS_RANGE_AIRFLOW="$release" AIRFLOW_MLOPS_RANGE_BEFORE="$venv/deployment.txt" \
    "$venv/bin/python" -m pytest --rootdir "$repo" -c "$repo/pyproject.toml" --import-mode=append \
      -p no:cacheprovider "$repo/tests/range" \
-     "$repo/tests/test_dags_folder.py::test_parsing_the_dags_folder_imports_nothing_heavy" "$@") || status=1
+     "$repo/tests/factory/test_dags_folder.py::test_parsing_the_dags_folder_imports_nothing_heavy" "$@") || status=1
   echo "==> $series: done in $((SECONDS - started)) s"
 done
 exit $status

@@ -7,7 +7,7 @@ test calls the same functions with the same arguments and gets objects shaped li
 (``.gpu``, ``.total``/``.free``/``.used``, milliwatts, millijoules, ``NVMLError`` subclasses with
 a ``value``). Install it with ``install(monkeypatch, FakeNvml(...))``, which puts it in
 ``sys.modules["pynvml"]`` for the test only. Where a machine with a GPU is lent, the real path
-runs there instead (see tests/test_gpu.py).
+runs there instead (see tests/telemetry/test_gpu.py).
 
 Each reading is scripted: a list of values is consumed one per call (the last one repeats), so
 tests know exactly what each sample sees.

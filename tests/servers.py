@@ -1,6 +1,7 @@
 """One harness per real server the tests start (each on 127.0.0.1, a free port, stopped by PID):
 
-- ``TrackingServer``: ``mlflow server`` on SQLite with served artifacts;
+- ``TrackingServer``: ``mlflow server`` (SQLite with served artifacts; the deployment's on Postgres and
+  an S3 bucket, and the restored one of its backup test);
 - ``SparkStandalone``: a Spark standalone Master and its Workers, from the pyspark install.
 
 The Kafka-protocol broker is ``airflow_mlops.kafka.broker.EmbeddedBroker`` (shared through
@@ -25,20 +26,37 @@ from tests.helpers import free_port, wait_for_http
 
 
 class TrackingServer:
-    """``mlflow server`` on a free port, in its own process group (uvicorn runs as a child).
-    ``folder`` holds its SQLite store and artifacts; ``uri`` is ``http://127.0.0.1:<port>``."""
+    """``mlflow server`` on a free port (or ``port``), in its own process group (uvicorn runs as a
+    child); ``uri`` is ``http://127.0.0.1:<port>``. By default ``folder`` holds its SQLite store and
+    artifacts; the deployment gives a Postgres ``backend_store_uri``, an ``s3://`` artifacts
+    destination, the S3 credentials in ``env`` (the process environment without MLflow's and AWS's
+    own variables, plus these) and a ``log`` file."""
 
-    def __init__(self, folder: Path):
-        self.folder, self.port = folder, free_port()
+    def __init__(self, folder: Path, *, backend_store_uri: str | None = None, artifacts_destination: str | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None, log: Path | None = None):
+        self.folder, self.port = folder, port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}"
+        self.artifacts_destination = artifacts_destination or str(folder / "artifacts")
+        self.env = None if env is None else {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}, **env}
+        self.log = log
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> "TrackingServer":
+        return self.launch().wait(timeout)
+
+    def launch(self) -> "TrackingServer":
+        """Start the process without waiting (``wait`` then waits for its health endpoint)."""
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - open for the server's life
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts"), "--host", "127.0.0.1",
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_store_uri,
+             "--artifacts-destination", self.artifacts_destination, "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            cwd=self.folder, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait(self, timeout: float = 180) -> "TrackingServer":
         wait_for_http(f"{self.uri}/health", self.process, "mlflow server", timeout)
         return self
 

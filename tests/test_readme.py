@@ -197,6 +197,12 @@ def test_yaml_blocks_validate_each_alone(tmp_path):
         pipeline_id = yaml.safe_load(b.body)["id"]
         assert f"{path}: ok ({pipeline_id}," in done.stdout, f"{block_id(b)}:\n{done.stdout}"
     assert done.stdout.strip().endswith(f"{len(paths)} pipeline file(s) valid")
+    # A pipeline with profiles is checked as Airflow builds it with each of them.
+    profiled = [str(p) for b, p in paths if "profiles" in yaml.safe_load(b.body)]
+    assert profiled
+    done = subprocess.run(["airflow-mlops", "validate", "--strict", "--all-profiles", *profiled], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_example_configs_validate_each_copied_alone(tmp_path):
@@ -292,12 +298,43 @@ VALIDATE_INPUTS = {
           serve:
             input: {path: /data/churn/today.parquet}
         """,
+    # writing-pipelines.md, "Profiles": the _defaults.yaml it shows, and a pipeline with two bad profiles.
+    "profiles/_defaults.yaml": """
+        # profiles/_defaults.yaml: the connections of each deployment, for every pipeline below
+        profiles:
+          dev:
+            mlflow: {conn_id: mlflow_dev}
+          staging:
+            mlflow: {conn_id: mlflow_staging}
+          prod:
+            mlflow: {conn_id: mlflow_prod}
+            dag: {owner: ml-platform, retries: 2}
+        """,
+    "profiles/churn.yaml": """
+        id: churn
+        stages:
+          preprocess:
+            input: {path: /data/churn.parquet}
+          train:
+            estimator: sklearn.ensemble.RandomForestClassifier
+            target: churned
+        profiles:
+          staging:
+            dag: {schedule: "@dialy"}
+          prod:
+            data_dir: s3://ml-prod/churn
+            stages:
+              train: {resources: {cpu: 4, memroy: 8Gi}}
+        """,
 }
 TRANSCRIPTS = [b for b in BLOCKS if b.lang == "text" and b.body.startswith("$ airflow-mlops validate ")]
 
 
 def test_there_are_validate_transcripts():
-    assert len(TRANSCRIPTS) >= 2
+    assert len(TRANSCRIPTS) >= 3
+    # The _defaults.yaml a page shows (a fragment: it is no pipeline) is the one its transcript read.
+    shown = [b.body for b in BLOCKS if b.lang == "yaml" and b.body.startswith("# profiles/_defaults.yaml:")]
+    assert shown == [textwrap.dedent(VALIDATE_INPUTS["profiles/_defaults.yaml"]).lstrip()]
 
 
 @pytest.mark.parametrize("block", TRANSCRIPTS, ids=block_id)
@@ -343,9 +380,22 @@ def schema_written(root: Path) -> None:
     assert schema["title"] == "airflow-mlops pipeline" and "stages" in schema["properties"]
 
 
+def rendered_same_dag(root: Path) -> None:
+    """`airflow-mlops render dags/tumour_classifier.yaml -o tumour_classifier.py` wrote a DAG file
+    that builds the DAG the YAML builds (tests/factory/test_render.py compares them)."""
+    import contextlib
+
+    from tests.factory.test_render import assert_same_dag, import_dag, yaml_dag
+
+    with contextlib.chdir(root):  # the paths as the command was given them (the DAG docs name the file)
+        expected = yaml_dag(Path("dags/tumour_classifier.yaml"))
+        assert_same_dag(expected, import_dag(root / "tumour_classifier.py", "readme_tumour_classifier"))
+
+
 # By command (its first two words): what the test makes before it, and checks after it.
-PREPARE_COMMAND = {"airflow-mlops rollback": two_champions}
-CHECK_COMMAND = {"airflow-mlops rollback": rolled_back, "airflow-mlops schema": schema_written}
+PREPARE_COMMAND = {"airflow-mlops rollback": two_champions, "airflow-mlops render": lambda root: write_companions(root, root)}
+CHECK_COMMAND = {"airflow-mlops rollback": rolled_back, "airflow-mlops schema": schema_written,
+                 "airflow-mlops render": rendered_same_dag}
 BASH = [b for b in BLOCKS if b.runs("bash")]
 
 

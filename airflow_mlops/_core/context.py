@@ -7,14 +7,25 @@ pod (the pod receives this context as JSON through ``python -m airflow_mlops.run
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from airflow_mlops._core.errors import StageFailed
 
+# A serve stage's Kafka client config (JSON) in a pod, from a Secret: never in the payload, which
+# shows in the pod spec and the process list.
+KAFKA_CONFIG_ENV = "AIRFLOW_MLOPS_KAFKA_CONFIG"
+
 # The same for every try of a task instance (dag/run/task ids, no try number): a retry finds its earlier work.
 TASK_KEY_TAG = "airflow_mlops.task_key"
+
+# ``StageContext.engine`` in the JSON a pod or spark-submit reads: the key and values earlier
+# releases wrote and read (``"backend": "batch" | "spark"``, where "batch" meant pandas), so a
+# worker and a pod image of different releases still understand each other.
+_WIRE_ENGINE = {"pandas": "batch", "spark": "spark"}
+_ENGINE_OF_WIRE = {wire: engine for engine, wire in _WIRE_ENGINE.items()}
 
 
 def run_tags(ti: Any, run_id: str) -> dict[str, str]:
@@ -36,6 +47,9 @@ class MlflowTarget:
     registered_model: str
     artifact_location: str | None = None
     ui_url: str | None = None  # for links to runs; see hooks.mlflow
+    # MLFLOW_TRACKING_USERNAME/PASSWORD of the connection the URI came from ({} for none). Never
+    # serialised (to_dict leaves them out: a pod gets them from a Secret) nor shown (repr).
+    credentials: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -48,7 +62,10 @@ class StageContext:
     # Results of the stages this one (transitively) depends on, nearest first.
     upstream: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)  # Airflow ids, recorded on MLflow runs
-    backend: str = "batch"
+    # Which of the kind's engines computes the stage: "pandas" (``stages/<kind>/__init__.py``) or
+    # "spark" (``stages/<kind>/spark.py``). The backend chooses it (``StageOperator.engine``); the
+    # stage's code never learns which backend runs it.
+    engine: str = "pandas"
     # Embedded Spark session settings ({"master", "conf"}); None under spark-submit, where the
     # cluster's own configuration applies.
     spark: dict[str, Any] | None = None
@@ -60,6 +77,9 @@ class StageContext:
     # The Airflow connection for object-storage URIs of data_dir, inputs and outputs (None: the
     # scheme's default connection; see _core.storage).
     data_conn_id: str | None = None
+    # The Kafka client config of a serve stage in stream mode, from its ``kafka_conn_id``, resolved
+    # by the operator (hooks.kafka): secrets included, so never serialised (to_dict) nor shown.
+    kafka: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def log(self) -> logging.Logger:
@@ -103,13 +123,31 @@ class StageContext:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The context as JSON types, for ``python -m airflow_mlops.runtime``: the fields by name,
+        except ``engine``, which travels as ``"backend": "batch" | "spark"`` (what pod images of
+        earlier releases read), and without the MLflow credentials and the Kafka config, which
+        travel by Secret reference or the environment, never in arguments."""
+        data = asdict(self)
+        data["backend"] = _WIRE_ENGINE[data.pop("engine")]
+        data["mlflow"].pop("credentials", None)
+        data.pop("kafka", None)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "StageContext":
+        """The context ``to_dict`` wrote. The engine is read from ``"engine"`` (``pandas`` /
+        ``spark``) or, as earlier releases and ``to_dict`` write it, ``"backend"`` (``batch`` /
+        ``spark``). Raises KeyError on an engine it does not know, TypeError on an unknown field."""
         data = dict(data)
+        wire = data.pop("backend", None)
+        if wire is not None and "engine" not in data:
+            data["engine"] = _ENGINE_OF_WIRE[wire]
         data["mlflow"] = MlflowTarget(**data["mlflow"])
         data["upstream"] = [tuple(item) for item in data.get("upstream", [])]
+        if data.get("kafka") is None and os.environ.get(KAFKA_CONFIG_ENV):  # a pod: from its Secret
+            import json
+
+            data["kafka"] = json.loads(os.environ[KAFKA_CONFIG_ENV])
         return cls(**data)
 
 

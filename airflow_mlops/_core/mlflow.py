@@ -11,11 +11,21 @@ from typing import Any
 from airflow_mlops._core.context import MlflowTarget
 from airflow_mlops._core.errors import StageFailed, did_you_mean
 from airflow_mlops._core.mlflow_faults import bound_http_requests, is_not_found
+from airflow_mlops._core.tracking_uri import with_basic_auth
 
 SERVING_ALIAS = "champion"
 # Registered-model tag naming the aliases pipelines serve through; retention never deletes the
 # versions behind them.
 SERVING_ALIASES_TAG = "airflow_mlops.serving_aliases"
+
+
+def use_credentials(target: MlflowTarget) -> None:
+    """Give this process the target's MLflow credentials (``MLFLOW_TRACKING_USERNAME`` /
+    ``PASSWORD``), where MLflow's fluent API and the processes a task starts (spark-submit, a
+    training script) read them. For a task's own process only, once its operator resolved the
+    target: a long-lived process serving many users (the api-server) passes them per client
+    (``read_only_client(uri, credentials)``) instead."""
+    os.environ.update(target.credentials)
 
 
 def use_store(target: MlflowTarget) -> None:
@@ -95,16 +105,17 @@ def local_store_path(tracking_uri: str) -> str | None:
     return None
 
 
-def read_only_client(tracking_uri: str) -> Any:
+def read_only_client(tracking_uri: str, credentials: dict[str, str] | None = None) -> Any:
     """An MlflowClient for reading a store that must already exist. MLflow creates a missing
     SQLite file (and its folder) on first use; reading commands (``rollback``, ``cost``, retention
-    plans) must not, so a missing local store raises StoreNotFound naming the path."""
+    plans) must not, so a missing local store raises StoreNotFound naming the path.
+    ``credentials``: as ``client_for``'s."""
 
     path = local_store_path(tracking_uri)
     if path is not None and not os.path.exists(path):
         raise StoreNotFound(f"no MLflow store at {path}: the file does not exist (check the tracking URI "
                             f"{tracking_uri}; reading never creates a store)")
-    return client_for(tracking_uri)
+    return client_for(tracking_uri, credentials)
 
 
 def registered_model(mlflow_client: Any, name: str, tracking_uri: str) -> Any:
@@ -137,16 +148,19 @@ def client(target: MlflowTarget) -> Any:
     return client_for(target.tracking_uri)
 
 
-def client_for(tracking_uri: str | None) -> Any:
+def client_for(tracking_uri: str | None, credentials: dict[str, str] | None = None) -> Any:
     """An MlflowClient whose tracking and registry are both ``tracking_uri`` (None: MLflow's own
     resolution, ``$MLFLOW_TRACKING_URI`` first). MLflow's process-wide URIs are left untouched.
-    Its HTTP requests end within ``$AIRFLOW_MLOPS_MLFLOW_TIMEOUT`` (``mlflow_faults.http_env``)."""
+    Its HTTP requests end within ``$AIRFLOW_MLOPS_MLFLOW_TIMEOUT`` (``mlflow_faults.http_env``).
+    ``credentials`` (``MlflowTarget.credentials``) go with this client's requests only, as basic
+    auth (``tracking_uri.with_basic_auth``): the process environment is left alone."""
     import mlflow
 
     bound_http_requests()
 
     if not tracking_uri:
         return mlflow.MlflowClient()
+    tracking_uri = with_basic_auth(tracking_uri, credentials or {})
     return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

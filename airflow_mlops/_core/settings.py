@@ -24,6 +24,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AIRFLOW_MLOPS_HOME", "$AIRFLOW_HOME/mlops, else ~/airflow/mlops", "workers, pods, the CLI, the api-server",
             "Where stages write when a pipeline names no data_dir, and the local MLflow store "
             "(mlflow.db) when no tracking URI is set."),
+    Setting("AIRFLOW_MLOPS_PROFILE", "unset", "the DAG processor and workers (parsing DAG files), the CLI",
+            "The pipeline profile pipelines are built with (profiles: in a pipeline or a _defaults.yaml); it wins "
+            "over the Airflow Variable mlops_profile. Unset, and no Variable: each pipeline as written. Give every "
+            "component that parses DAG files the same value."),
     Setting("[mlops] tracking_uri", "unset", "the api-server (UI plugin)",
             "The MLflow store the Models and Drift pages read (AIRFLOW__MLOPS__TRACKING_URI)."),
     Setting("[mlops] conn_id", "unset", "the api-server (UI plugin)",

@@ -81,9 +81,10 @@ class PromotionApprovalOperator(HITLOperator, StageOperator):
         return self.outcome(conclude, self.stage, ctx, judged, self._answer)
 
 
-def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> PromotionApprovalOperator:
-    """The approval task, after the stage's ``run`` task in its group (``run >> approval``)."""
+def call(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """The approval task's operator and arguments; it follows the stage's ``run`` task in its
+    group (``run >> approval``)."""
     from airflow_mlops.backends import stage_operator_args
 
-    args = {**stage_operator_args(stage, stage_name, plan), "task_id": APPROVAL_TASK}
-    return PromotionApprovalOperator(**args, **task_args)
+    return PromotionApprovalOperator, {**stage_operator_args(stage, stage_name, plan), "task_id": APPROVAL_TASK,
+                                       **task_args}

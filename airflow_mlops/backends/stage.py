@@ -43,9 +43,9 @@ class StageOperator(BaseOperator):
     template_fields: Sequence[str] = ("stage_overrides", "data_dir")
     template_fields_renderers = {"stage_overrides": "json"}
     ui_color = "#e8f4fd"
-    # The engine the stage's code runs with (StageContext.backend): "batch" (pandas) here and in a
-    # pod, "spark" for SparkStageOperator. Set once, where the context is built.
-    engine = "batch"
+    # The engine the stage's code runs with (StageContext.engine): "pandas" here and in a pod,
+    # "spark" for SparkStageOperator. Set once, where the context is built.
+    engine = "pandas"
     # Where the stage runs, as the Airflow UI's operator column shows it: "train (batch)".
     backend_label = "batch"
     operator_extra_links = (MlflowRunLink(),)  # train stages return their run's URL
@@ -128,6 +128,7 @@ class StageOperator(BaseOperator):
 
     def stage_context(self, context: Any) -> Any:
         from airflow_mlops._core.context import StageContext, run_tags
+        from airflow_mlops._core.mlflow import use_credentials
         from airflow_mlops._core.names import safe_run_key
         from airflow_mlops.hooks.mlflow import resolve_target
 
@@ -135,19 +136,29 @@ class StageOperator(BaseOperator):
         upstream = [(name, ti.xcom_pull(task_ids=task_id) or {}) for name, task_id in self.upstream_tasks]
         pipeline_id = self.pipeline_id or ti.dag_id
         data_dir, mlflow = self.expanded_settings(pipeline_id)
+        target = resolve_target(mlflow, pipeline_id)  # the one lookup of the MLflow connection
+        use_credentials(target)  # this task's process, and what it starts (spark-submit)
+        # serve mode stream: its Kafka connection, looked up here once (a pod gets it from a Secret)
+        kafka_conn_id = getattr(self.stage, "kafka_conn_id", None)
+        kafka = None
+        if kafka_conn_id:
+            from airflow_mlops.hooks.kafka import kafka_config_from_connection
+
+            kafka = kafka_config_from_connection(kafka_conn_id)
         return StageContext(
             pipeline_id=pipeline_id,
             stage_name=self.stage_name,
             run_key=safe_run_key(context["run_id"]),
             data_dir=data_dir,
-            mlflow=resolve_target(mlflow, pipeline_id),
+            mlflow=target,
             upstream=upstream,
-            backend=self.engine,
+            engine=self.engine,
             spark=self.spark_session_settings(),
             resources=self.stage_resources.held() if self.stage_resources else None,
             prices=self.prices.model_dump(),
             gpu_metrics=self.gpu_metrics.model_dump(),
             data_conn_id=self.data_conn_id,
+            kafka=kafka,
             tags=run_tags(ti, context["run_id"]),
         )
 

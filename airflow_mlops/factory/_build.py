@@ -13,7 +13,7 @@ from airflow.sdk import DAG, Asset, TaskGroup
 
 from airflow_mlops._core.locations import asset_name_part, asset_uri
 from airflow_mlops._core.paths import import_string, mlops_home, needs_expanding
-from airflow_mlops.backends import RESULT_TASK, build_stage_tasks
+from airflow_mlops.backends import RESULT_TASK, stage_task_call
 from airflow_mlops.spec.dag import TASK_CALLBACKS, DagSettings, resolve_callbacks
 from airflow_mlops.spec.files import scanned
 from airflow_mlops.spec.load import LoadedPipeline, stage_dependencies
@@ -112,8 +112,21 @@ def _docs(loaded: LoadedPipeline) -> str:
     deps = stage_dependencies(p)
     for name, stage in p.stages.items():
         lines.append(f"| {name} | {stage.kind} | {p.backend_of(stage)} | {', '.join(deps[name]) or '—'} |")
-    lines += ["", f"Defined in `{loaded.file}`:", "", "```yaml", loaded.text.rstrip(), "```"]
+    built = f", built with its profile `{loaded.pipeline_profile}`" if loaded.pipeline_profile else ""
+    lines += ["", f"Defined in `{loaded.file}`{built}:", "", "```yaml", loaded.text.rstrip(), "```", "",
+              _source_record(loaded)]
     return "\n".join(lines)
+
+
+def _source_record(loaded: LoadedPipeline) -> str:
+    """The files it was built from, for the UI's "Pipeline YAML" tab (``factory.source_record``)."""
+    from airflow_mlops.factory import source_record
+    from airflow_mlops.spec.files import defaults_chain, read_defaults
+
+    path = loaded.resolved or loaded.file.resolve()
+    defaults = [(d, read_defaults(d).text) for d in defaults_chain(path)]  # read when it loaded: cached
+    return source_record.record(path, loaded.text, defaults, profile=loaded.pipeline_profile,
+                                profile_origin=loaded.pipeline_profile_origin)
 
 
 def _outlets(plan: Plan, name: str, stage: Any) -> list[Asset]:
@@ -168,9 +181,11 @@ def _schedule(p: Pipeline) -> Any:
     return schedule
 
 
-def build_dag(loaded: LoadedPipeline) -> DAG:
+def dag_arguments(loaded: LoadedPipeline) -> dict[str, Any]:
+    """The keyword arguments of the pipeline's ``DAG(...)`` (callbacks resolved to callables,
+    ``start_date`` in the DAG's time zone, Params built): what ``build_dag`` passes, and what
+    ``airflow-mlops render`` writes out."""
     p = loaded.pipeline
-    plan = Plan(loaded)
     # dag.default_args never repeats a DagSettings field (spec.dag.lift_default_args moved them).
     default_args = {
         **p.dag.default_args,
@@ -182,7 +197,7 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
     }
     callbacks = {k: resolve_callbacks(v) for k in ("on_success_callback", "on_failure_callback")
                  if (v := getattr(p.dag, k)) is not None}
-    dag = DAG(
+    return dict(
         dag_id=p.id,
         description=p.description or p.dag.description,
         schedule=_schedule(p),
@@ -195,39 +210,70 @@ def build_dag(loaded: LoadedPipeline) -> DAG:
         doc_md=_docs(loaded),
         params={name: spec.to_param() for name, spec in p.params.items()},
         **callbacks,
-        # The loader hands DAGs to Airflow itself (load_pipelines(globals())): a DAG whose build
-        # fails half-way must never reach Airflow through auto-registration.
-        auto_register=False,
     )
+
+
+@dataclass
+class TaskCall:
+    """One task of a stage's task group: its operator class and keyword arguments, the ids of the
+    tasks of the same group it runs after, and (custom stages) the import path the YAML wrote."""
+
+    operator: type
+    arguments: dict[str, Any]
+    after: tuple[str, ...] = ()
+    path: str | None = None
+
+
+def group_tooltip(p: Pipeline, stage: Any) -> str:
+    return f"{stage.kind} on {p.backend_of(stage)}"
+
+
+def stage_calls(plan: Plan, name: str, stage: Any) -> list[TaskCall]:
+    """The tasks of stage ``name``'s group, in the order they are made. Raises what importing a
+    custom operator raises (ImportError, MissingExtra)."""
+    task_args = stage_task_args(stage)
+    if registry.runs_users_operator(stage):
+        clash = sorted({"task_id", *task_args} & set(stage.args))
+        if clash:  # what calling the operator with both would raise
+            raise TypeError(f"{stage.operator} got multiple values for keyword argument {clash[0]!r}")
+        return [TaskCall(import_string(stage.operator), {"task_id": RESULT_TASK, **stage.args, **task_args},
+                         path=stage.operator)]
+    # With approval, what the stage publishes (the promoted model) is published by the approval
+    # task, which moves the alias.
+    approval = getattr(stage, "approval", None)
+    outlets = _outlets(plan, name, stage)
+    operator, arguments = stage_task_call(plan.pipeline.backend_of(stage), stage=stage, stage_name=name, plan=plan,
+                                          task_args={**task_args, "outlets": [] if approval else outlets})
+    calls = [TaskCall(operator, arguments)]
+    if approval:
+        from airflow_mlops.backends import approval as human
+
+        gate, gate_arguments = human.call(stage=stage, stage_name=name, plan=plan,
+                                          task_args={**task_args, "outlets": outlets})
+        calls.append(TaskCall(gate, gate_arguments, after=(arguments["task_id"],)))
+    return calls
+
+
+def build_dag(loaded: LoadedPipeline) -> DAG:
+    p = loaded.pipeline
+    plan = Plan(loaded)
+    # The loader hands DAGs to Airflow itself (load_pipelines(globals())): a DAG whose build
+    # fails half-way must never reach Airflow through auto-registration.
+    dag = DAG(**dag_arguments(loaded), auto_register=False)
     # Where the pipeline's code lives (not this module): operators put its folder on the import
     # path of training processes and pods. Airflow sets the loader file here when it parses it.
     dag.fileloc = str(loaded.resolved or loaded.file.resolve())
     groups: dict[str, TaskGroup] = {}
     with dag:
         for name, stage in p.stages.items():
-            backend = p.backend_of(stage)
-            task_args = stage_task_args(stage)
             try:
-                with TaskGroup(group_id=name, tooltip=f"{stage.kind} on {backend}") as group:
-                    if stage.kind == "custom":
-                        import_string(stage.operator)(task_id=RESULT_TASK, **stage.args, **task_args)
-                    else:
-                        # With approval, what the stage publishes (the promoted model) is published
-                        # by the approval task, which moves the alias.
-                        approval = getattr(stage, "approval", None)
-                        outlets = _outlets(plan, name, stage)
-                        build_stage_tasks(
-                            backend, stage=stage, stage_name=name, plan=plan,
-                            task_args={**task_args, "outlets": [] if approval else outlets},
-                        )
-                        if approval:
-                            from airflow_mlops.backends import approval as human
-
-                            leaves = list(group.get_leaves())
-                            gate = human.build(stage=stage, stage_name=name, plan=plan,
-                                               task_args={**task_args, "outlets": outlets})
-                            for leaf in leaves:
-                                leaf >> gate
+                with TaskGroup(group_id=name, tooltip=group_tooltip(p, stage)) as group:
+                    made: dict[str, Any] = {}
+                    for call in stage_calls(plan, name, stage):
+                        task = call.operator(**call.arguments)
+                        for before in call.after:
+                            made[before] >> task
+                        made[task.task_id.rpartition(".")[2]] = task
             except Exception as exc:
                 raise StageBuildError(name, exc) from exc
             groups[name] = group

@@ -63,7 +63,8 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any, folder: Path 
         description=f"INVALID PIPELINE {path.name}: {error.issues[0]}"[:1000],
         schedule=None,
         tags=["airflow-mlops", INVALID_TAG],
-        doc_md=f"# Invalid pipeline `{path}`\n\nFix these and the DAG comes back on the next parse:\n\n{errors}\n",
+        doc_md=f"# Invalid pipeline `{path}`\n\nFix these and the DAG comes back on the next parse:\n\n{errors}\n\n"
+               f"{_source_record(path, error)}\n",
         is_paused_upon_creation=True,
     ) as dag:
         fail = PythonOperator(task_id="invalid_pipeline", python_callable=_fail, op_args=[str(error)],
@@ -81,6 +82,25 @@ def _invalid_dag(path: Path, error: PipelineSpecError, taken: Any, folder: Path 
 
 
 MAX_ERROR_TASKS = 20
+
+
+def _source_record(path: Path, error: PipelineSpecError) -> str:
+    """The broken file, the defaults files above it and the errors at their lines, for the UI's
+    "Pipeline YAML" tab (``factory.source_record``): whatever of it can be read."""
+    from airflow_mlops.factory import source_record
+    from airflow_mlops.spec.files import defaults_chain
+
+    def text(file: Path) -> str | None:
+        try:
+            return file.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    try:
+        chain = defaults_chain(path) if path.is_file() else []
+    except OSError:
+        chain = []
+    return source_record.record(path.resolve(), text(path), [(d, text(d)) for d in chain], errors=error.issues)
 
 
 def error_label(issue: Any, path: Path) -> str:

@@ -26,9 +26,10 @@ from airflow_mlops._core.extras import MissingExtra
 from airflow_mlops.factory._build import StageBuildError, build_dag
 from airflow_mlops.spec import load
 from airflow_mlops.spec.errors import Mark, PipelineSpecError, SpecIssue
-from airflow_mlops.spec.files import one_scan
+from airflow_mlops.spec.files import one_scan, scanned
 from airflow_mlops.spec.load import LoadedPipeline, discover
 from airflow_mlops.spec.operator_args import translate_arguments
+from airflow_mlops.spec.profiles import ActiveProfile, ProfileChoice
 from airflow_mlops.stages import registry
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,50 @@ STAGE_CHECKS = (registry.problems, backends.problems, registry.extra_problems)
 INPUT_CHECKS = (registry.input_problems,)
 
 
+# The active pipeline profile of a deployment (see ``spec.profiles``): the environment variable
+# first (free), else the Airflow Variable, read once per scan and only if a pipeline has profiles.
+PROFILE_ENV = "AIRFLOW_MLOPS_PROFILE"
+PROFILE_VARIABLE = "mlops_profile"
+
+
+def deployment_profile() -> ActiveProfile:
+    """The profile this deployment builds pipelines with: ``$AIRFLOW_MLOPS_PROFILE``, else the
+    Airflow Variable ``mlops_profile``, else none. The Variable costs a secrets-backend lookup
+    (the metadata database, unless it is set as ``AIRFLOW_VAR_MLOPS_PROFILE`` or Airflow's
+    ``[secrets] use_cache`` is on), so it is read once per scan of the dags folder, and only when
+    a pipeline there has profiles. A Variable that cannot be read is a problem, not "no profile":
+    a production deployment must not fall back to the pipeline as written."""
+    return scanned(("deployment_profile",), _deployment_profile)
+
+
+def _deployment_profile() -> ActiveProfile:
+    name = os.environ.get(PROFILE_ENV, "").strip()
+    if name:
+        return ActiveProfile(name, f"from the environment variable {PROFILE_ENV}")
+    try:
+        from airflow.sdk import Variable
+
+        value = Variable.get(PROFILE_VARIABLE, default=None)
+    except Exception as exc:  # noqa: BLE001 - any failure of the secrets backends or the API
+        return ActiveProfile(None, problem=f"the Airflow Variable {PROFILE_VARIABLE!r} could not be read "
+                                           f"({type(exc).__name__}: {exc}); set {PROFILE_ENV} instead")
+    value = str(value).strip() if value is not None else ""
+    return ActiveProfile(value or None, f"from the Airflow Variable {PROFILE_VARIABLE}")
+
+
 def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,
-                  construct_operators: bool = True) -> LoadedPipeline:
+                  construct_operators: bool = True, profile: ProfileChoice = deployment_profile) -> LoadedPipeline:
     """One pipeline file, loaded and checked as ``airflow-mlops validate`` checks it (without
     building its DAG: ``load_dags`` does that too). Raises PipelineSpecError with every problem
-    at its ``file:line:column``. ``construct_operators``: see ``spec.load.read_pipeline``."""
+    at its ``file:line:column``. ``construct_operators``: see ``spec.load.read_pipeline``.
+    ``profile``: the pipeline profile to build it with (a name, or None for the pipeline as
+    written); default the deployment's (``deployment_profile``), as Airflow builds it."""
     return load.read_pipeline(file, root, stage_checks=STAGE_CHECKS, input_checks=INPUT_CHECKS,
-                              construct_operators=construct_operators)
+                              construct_operators=construct_operators, profile=profile)
 
 
-def load_dags(targets: Iterable[str | os.PathLike], *, serialize: bool = False) -> Verdict:
+def load_dags(targets: Iterable[str | os.PathLike], *, serialize: bool = False,
+              profile: ProfileChoice = deployment_profile) -> Verdict:
     """Every pipeline file under ``targets`` (folders or files) → its DAG, or its errors. Never
     raises for a bad file: a file only loses itself. Pipeline ids must be unique across files, and
     no two pipelines may write one dataset Asset (``shared_assets``).
@@ -65,9 +100,11 @@ def load_dags(targets: Iterable[str | os.PathLike], *, serialize: bool = False) 
     ``serialize``: also serialize each DAG as the DAG processor does before storing it
     (``airflow-mlops validate`` does; the loader leaves it to the DAG processor, which serializes
     each DAG on its own and records a failure against that DAG only: doing it twice would cost
-    about half again the parse time)."""
+    about half again the parse time).
+
+    ``profile``: the pipeline profile every pipeline is built with (see ``read_pipeline``)."""
     with one_scan(), _collector_paused():
-        verdict = _load_dags(targets)
+        verdict = _load_dags(targets, profile)
     if serialize:
         _serialized(verdict)
     return verdict
@@ -89,7 +126,7 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:  # noqa: C901
+def _load_dags(targets: Iterable[str | os.PathLike], profile: ProfileChoice) -> Verdict:  # noqa: C901
     verdict = Verdict()
     seen_files: set[Path] = set()
     for target in targets:
@@ -108,9 +145,9 @@ def _load_dags(targets: Iterable[str | os.PathLike]) -> Verdict:  # noqa: C901
     for path in verdict.files:
         try:
             try:  # the DAG's build below constructs the custom operators: once, not twice
-                loaded = read_pipeline(path, construct_operators=False)
+                loaded = read_pipeline(path, construct_operators=False, profile=profile)
             except PipelineSpecError:  # a bad file: every problem at once, the operators' own too
-                loaded = read_pipeline(path)
+                loaded = read_pipeline(path, profile=profile)
             first = ids.get(loaded.pipeline.id)
             if first is not None:
                 used = f"pipeline id '{loaded.pipeline.id}' is already used by {first.file}"
@@ -214,7 +251,7 @@ def checked_dag(loaded: LoadedPipeline) -> DAG:
     except StageBuildError as exc:
         at = ("stages", exc.stage)
         if isinstance(exc.error, MissingExtra):  # an operator whose extra is not installed
-            custom = loaded.pipeline.stages[exc.stage].kind == "custom"
+            custom = registry.runs_users_operator(loaded.pipeline.stages[exc.stage])
             raise _error(loaded, at + (("operator",) if custom else ()), str(exc.error)) from None
         if isinstance(exc.error, ArgumentsError) and loaded.source is not None:
             raise PipelineSpecError(translate_arguments(exc.error, loaded.source, at + ("args",))) from None

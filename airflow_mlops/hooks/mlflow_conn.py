@@ -30,6 +30,19 @@ class MlflowConnectionHook(BaseHook):
         }
 
     def tracking_uri(self) -> str:
+        """The connection's tracking URI, without its credentials (``get_conn`` uses both)."""
         from airflow_mlops.hooks.mlflow import tracking_uri_from_connection
 
         return tracking_uri_from_connection(self.mlflow_conn_id)
+
+    def get_conn(self) -> Any:
+        """An ``mlflow.MlflowClient`` on the connection's store (tracking and registry), its login
+        and password sent as basic auth with this client's requests only: nothing is written to
+        the process environment. Raises ``TrackingUriError`` for a URI that breaks the absolute-path
+        rule, and what the connection lookup raises for a missing connection."""
+        from airflow_mlops._core.mlflow import client_for
+        from airflow_mlops._core.tracking_uri import checked_tracking_uri
+        from airflow_mlops.hooks.mlflow import connection_target
+
+        uri, credentials = connection_target(self.mlflow_conn_id)
+        return client_for(checked_tracking_uri(uri, f"Airflow connection '{self.mlflow_conn_id}'"), credentials)

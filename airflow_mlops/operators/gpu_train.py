@@ -155,8 +155,8 @@ class GpuTrainOperator(BaseOperator):
         lacking = _backend(spec.backend).problems(spec.kubernetes)
         if lacking:
             raise ArgumentsError.one(owner, "kubernetes", lacking)
-        # NVML picks and measures the GPUs where the job runs: the worker here, else the pod's image.
-        require("gpu" if spec.backend == "batch" else "cncf-kubernetes", f"{owner} on the {spec.backend} backend")
+        # The extra the backend runs the job with (NVML in the worker; the pod API for pods).
+        require(_backend(spec.backend).TRAINING_EXTRA, f"{owner} on the {spec.backend} backend")
         located = self._locate(spec.entrypoint, spec.script, spec.module,
                                lambda message, argument: ArgumentsError.one(owner, argument, message))
         for name in GpuTrainSpec.model_fields:  # the template fields among them are rendered in place
@@ -172,11 +172,16 @@ class GpuTrainOperator(BaseOperator):
         from airflow_mlops.spec.templating import RENDERED
 
         data = {name: getattr(self, _ATTRIBUTE.get(name, name)) for name in GpuTrainSpec.model_fields}
+        owner = f"GpuTrainOperator(task_id={self.task_id!r}) (after rendering its templates)"
         try:
-            return validated(GpuTrainSpec, data, f"GpuTrainOperator(task_id={self.task_id!r}) (after rendering "
-                             "its templates)", {RENDERED: True})
+            spec = validated(GpuTrainSpec, data, owner, {RENDERED: True})
         except ValueError as exc:
             raise failed(str(exc)) from None
+        # Training code given as a template was not looked for at parse: it is now, where the
+        # training process will look (a relative script becomes its path).
+        script = self._locate(spec.entrypoint, spec.script, spec.module,
+                              lambda message, argument: failed(f"{owner}: {argument}: {message}"))
+        return spec if script == spec.script else spec.model_copy(update={"script": script})
 
     def _locate(self, entrypoint: str | None, script: str | None, module: str | None, bad: Any) -> str | None:
         """Fail at parse when the training code cannot be found where the training process will
@@ -241,10 +246,12 @@ class GpuTrainOperator(BaseOperator):
             resources=resources, prices=spec.prices, sample_interval_s=spec.sample_interval, data=data,
             env=spec.env, python_path=code_paths(getattr(context.get("dag"), "fileloc", None), dags_folder()),
             prometheus_port=spec.prometheus_port, pushgateway_url=spec.pushgateway_url, ui_url=spec.mlflow_ui_url,
+            credentials=target.credentials,
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
+        from airflow_mlops._core.mlflow import use_credentials
         from airflow_mlops._core.outcome import airflow_outcome
 
         spec = self.rendered_spec()  # a rendered value that does not fit: failed, no retry
@@ -252,6 +259,7 @@ class GpuTrainOperator(BaseOperator):
         # server, logged first by the run): as it says (_core.outcome).
         with airflow_outcome():
             job = self.build_job(context, spec)
+            use_credentials(job.target())  # this task's process and what it starts (a training script)
             self.log.info("GPU training of %s, asking for %s on the %s backend, checkpoints in %s, MLflow %s "
                           "(experiment '%s', model '%s')", job.entrypoint or job.script or job.module,
                           f"{job.gpus} GPU(s)" if job.gpu_ids is None else f"GPU(s) {job.gpu_ids}", self.backend,

@@ -55,4 +55,17 @@ class RetentionCleanupOperator(SpecArgsOperator):
         # A DependencyFailed (logged first already): permanent ones end without retries; a policy
         # that cannot apply (StageFailed: its root missing): no retry fixes it (_core.outcome).
         with airflow_outcome():
-            return run_retention(spec, logger=self.log)
+            return run_retention(spec, tracking_uri=self.tracking_uri(spec), logger=self.log)
+
+    def tracking_uri(self, spec: Any) -> str | None:
+        """The store of the MLflow policies, its connection resolved here, once (its credentials go
+        to this task's process, where the MLflow client reads them); None when no policy reads
+        MLflow (files only: no store, no connection needed)."""
+        if all(policy.kind == "files" for policy in spec.policies):
+            return None
+        from airflow_mlops._core.mlflow import use_credentials
+        from airflow_mlops.hooks.mlflow import resolve_target
+
+        target = resolve_target(spec.mlflow, "retention")
+        use_credentials(target)
+        return target.tracking_uri

@@ -161,18 +161,23 @@ class StreamInferenceOperator(BaseOperator):
     ])
 
     def resolve_tracking_uri(self) -> str:
+        """The rendered ``mlflow`` settings' tracking URI (``hooks.mlflow.resolve_target``); a
+        connection's credentials go to this task's process, where MLflow loads the model."""
+        from airflow_mlops._core.mlflow import use_credentials
         from airflow_mlops.hooks.mlflow import resolve_target
         from airflow_mlops.spec.models import MlflowSettings
 
         # Not validated here: the rendered URI is checked by resolve_target, which names its source.
         settings = MlflowSettings.model_construct(**{**MlflowSettings().model_dump(), **self.mlflow})
-        return resolve_target(settings, self.dag_id).tracking_uri
+        target = resolve_target(settings, self.dag_id)
+        use_credentials(target)
+        return target.tracking_uri
 
     def execute(self, context: Any) -> dict[str, Any]:
         end_with_parent()  # a worker lost under this task must not leave its work running twice
         from airflow_mlops._core.outcome import airflow_outcome, failed
+        from airflow_mlops._core.tracking_uri import redacted
         from airflow_mlops.hooks.kafka import kafka_config_from_connection
-        from airflow_mlops.hooks.mlflow import redacted
         from airflow_mlops.stream import StreamError, run_stream
 
         # Templated arguments are rendered by now: validate them again.

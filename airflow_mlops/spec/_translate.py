@@ -11,6 +11,7 @@ from pydantic_core import core_schema
 
 from airflow_mlops._core.errors import did_you_mean, format_path, one_of
 from airflow_mlops.spec._source import Source
+from airflow_mlops.spec.dag import DagSettings
 from airflow_mlops.spec.errors import SpecIssue
 from airflow_mlops.spec.models import STAGE_KINDS, Pipeline
 
@@ -33,17 +34,21 @@ def translate(
         errors = errors.errors(include_url=False)
     data = _at(src.data, prefix)
     by_path: dict[tuple, list[dict]] = {}
+    unknown: list[tuple] = []  # where an unknown key was written: its mapping matched no other member
     issues = []
     for err in errors:
         loc = tuple(err.get("loc") or ())
         if err["type"] == "extra_forbidden" and loc:
             path = prefix + _data_path(loc, data)
+            unknown.append(path)
             allowed = _allowed_keys(loc, root)
             key = path[-1]
             expected = f"; expected one of {one_of(allowed)}" if allowed else ""
+            hint = did_you_mean(key, allowed)
+            if "dag" in allowed and key in DagSettings.model_fields:  # schedule: at the top, or a profile's
+                hint = f" (a DAG setting: write it under dag, as dag.{key})"
             issues.append(
-                SpecIssue(src.mark_of(path, key=True), format_path(path),
-                          f"unknown key '{key}'{did_you_mean(key, allowed)}{expected}")
+                SpecIssue(src.mark_of(path, key=True), format_path(path), f"unknown key '{key}'{hint}{expected}")
             )
         else:
             path = prefix + _data_path(loc, data, allow_missing=err["type"] == "missing")
@@ -53,7 +58,7 @@ def translate(
     for path, errs in by_path.items():
         type_errs = [e for e in errs if e["type"] in _TYPE_NAMES]
         other = [e for e in errs if e["type"] not in _TYPE_NAMES]
-        deeper = any(p[: len(path)] == path and len(p) > len(path) for p in by_path)
+        deeper = any(p[: len(path)] == path and len(p) > len(path) for p in [*by_path, *unknown])
         if type_errs and not other and not deeper:
             # A union (e.g. a profile name or an inline mapping) where no member matched.
             wanted = " or ".join(sorted({_TYPE_NAMES[e["type"]] for e in type_errs}))

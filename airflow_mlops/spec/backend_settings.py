@@ -132,3 +132,14 @@ class KubernetesSettings(Strict):
     schedule_timeout: Duration = Field(timedelta(minutes=5), description="How long a pod may wait to be scheduled.")
     api_timeout: Duration = Field(timedelta(seconds=60), description="How long the API server may fail before the task does.")
 
+
+
+def image_problem(kubernetes: KubernetesSettings | None, how: str) -> str | None:
+    """The one rule "a kubernetes stage needs an image": None when ``kubernetes`` (the settings a
+    pod is made with, a stage's own merged over the pipeline's) names an image; else ``"the
+    kubernetes backend needs an image with airflow-mlops installed: <how>"``, ``how`` saying where
+    the caller's user sets it. Read by the YAML checks (``backends.problems``), GpuTrainOperator
+    (``backends.kubernetes.problems``) and every Kubernetes operator's constructor."""
+    if kubernetes is not None and kubernetes.image:
+        return None
+    return f"the kubernetes backend needs an image with airflow-mlops installed: {how}"

@@ -25,10 +25,12 @@ class SpecIssue:
     mark: Mark | None
     field: str
     message: str
+    profile: str | None = None  # found in the pipeline as built with this profile (spec.profiles)
 
     def __str__(self) -> str:
         where = str(self.mark) if self.mark else "<unknown>"
-        return f"{where} {self.field}: {self.message}" if self.field else f"{where} {self.message}"
+        message = self.message if self.profile is None else f"{self.message} (with profile '{self.profile}')"
+        return f"{where} {self.field}: {message}" if self.field else f"{where} {message}"
 
 
 class PipelineSpecError(ValueError):

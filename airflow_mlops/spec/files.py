@@ -28,6 +28,7 @@ from airflow_mlops.spec._source import Source, load_source
 from airflow_mlops.spec.dag import lift_default_args
 from airflow_mlops.spec.errors import PipelineSpecError, SpecIssue
 from airflow_mlops.spec.models import PipelineDefaults
+from airflow_mlops.spec.profiles import lift_profiles
 
 DEFAULTS_FILE = "_defaults.yaml"
 PIPELINE_SUFFIXES = (".yaml", ".yml")
@@ -75,7 +76,7 @@ def read_defaults(path: Path) -> Source:
     hit = _defaults_cache.get(path)
     if hit and hit[0] == mtime:
         return hit[1]
-    src = lift_default_args(load_source(str(path), path.read_text()))
+    src = lift_profiles(lift_default_args(load_source(str(path), path.read_text())))
     if src.data is not None and not isinstance(src.data, dict):
         raise PipelineSpecError([SpecIssue(src.mark_of(()), "", "a defaults file must be a mapping")])
     for key in ("id", "stages"):
@@ -86,7 +87,7 @@ def read_defaults(path: Path) -> Source:
     try:
         PipelineDefaults.model_validate(src.data or {})
     except ValidationError as exc:
-        raise PipelineSpecError(translate(exc, src)) from None
+        raise PipelineSpecError(translate(exc, src, root=PipelineDefaults)) from None
     _defaults_cache[path] = (mtime, src)
     return src
 

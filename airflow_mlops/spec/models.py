@@ -9,8 +9,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from airflow_mlops._core.errors import did_you_mean, one_of
-from airflow_mlops._core.units import Duration, cpu_problem, memory_problem
+from airflow_mlops._core.units import Duration
 from airflow_mlops.spec.backend_settings import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     KubernetesSettings,
     SecretEnv,
@@ -18,7 +17,7 @@ from airflow_mlops.spec.backend_settings import (  # noqa: F401 (re-exported: sp
     Toleration,
     VolumeMount,
 )
-from airflow_mlops.spec.base import IMPORT_PATH, Strict, kind_from_name_schema
+from airflow_mlops.spec.base import IMPORT_PATH, Strict, kind_from_name_schema, overlay_model
 from airflow_mlops.spec.dag import DagSettings, ParamsField, param_specs
 from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is a documented import path)
     COLUMN_TYPES,
@@ -36,74 +35,21 @@ from airflow_mlops.spec.data import (  # noqa: F401 (re-exported: spec.models is
     canonical_type,
 )
 from airflow_mlops.spec.prices import GpuMetricsSettings, PriceTable
+from airflow_mlops.spec.resources import (  # noqa: F401 (re-exported: spec.models is a documented import path)
+    BUILTIN_PROFILES,
+    Resources,
+    with_profile,
+)
 from airflow_mlops.spec.stream import StreamServeSettings
 from airflow_mlops.spec.training import Distributed
 
 Backend = Literal["batch", "spark", "kubernetes"]
 AVAILABLE_BACKENDS: tuple[str, ...] = Backend.__args__  # what backends/ can build
+# Backends that run a server mode (serve's ``mode: online``) as a long-lived server of their own (a
+# Deployment: backends/kubernetes/serving.py); on the others the kind's engine starts the server in
+# the task and checks it with a sample of the stage's input.
+SERVER_BACKENDS: tuple[str, ...] = ("kubernetes",)
 STAGE_KINDS = ("preprocess", "train", "validate", "serve", "drift", "custom")
-
-
-# --- resources ---------------------------------------------------------------------------------
-
-class Resources(Strict):
-    """What a stage asks for: CPUs (``4`` or ``500m``), memory (``16Gi``) and whole GPUs."""
-
-    profile: str | None = Field(None, description="Named profile to start from; the other fields override it.")
-    cpu: str | None = Field(None, description="Kubernetes CPU quantity, e.g. '4' or '500m'.",
-                            json_schema_extra={"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]})
-    memory: str | None = Field(None, description="Kubernetes memory quantity, e.g. '16Gi'.")
-    gpu: int | None = Field(None, ge=0, description="Whole number of GPUs (nvidia.com/gpu).")
-
-    def held(self) -> dict[str, Any]:
-        """``{cpu, memory, gpu}`` as set (its ``profile`` already applied): what a job bills and a pod requests."""
-        return self.model_dump(exclude_none=True, exclude={"profile"})
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, v: Any) -> Any:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            v = str(v)
-        if cpu_problem(v):
-            raise PydanticCustomError("cpu", "{problem}", {"problem": cpu_problem(v)})
-        return v
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, v: Any) -> Any:
-        if memory_problem(v):  # a bare number would be bytes: refused with a did-you-mean
-            raise PydanticCustomError("memory", "{problem}", {"problem": memory_problem(v)})
-        return v
-
-    @field_validator("gpu", mode="before")
-    @classmethod
-    def _gpu(cls, v: Any) -> Any:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise PydanticCustomError("gpu", "expected a whole number of GPUs, got {v}", {"v": repr(v)})
-        return v
-
-
-BUILTIN_PROFILES: dict[str, Resources] = {
-    "training": Resources(cpu="16", memory="64Gi", gpu=4),
-    "inference": Resources(cpu="4", memory="16Gi", gpu=1),
-    "small": Resources(cpu="1", memory="2Gi", gpu=0),
-}
-
-
-def with_profile(resources: str | Resources | None, profiles: dict[str, Resources]) -> Resources | None:
-    """``resources`` as held: a profile name is that profile; inline fields override the profile
-    they name (``{profile: training, gpu: 8}``). The one place profiles are merged (a pipeline's
-    stages, GpuTrainOperator). Raises ValueError for a profile ``profiles`` lacks."""
-    if resources is None:
-        return None
-    name = resources if isinstance(resources, str) else resources.profile
-    if name is None:
-        return resources
-    if name not in profiles:
-        raise ValueError(f"unknown resource profile {name!r}{did_you_mean(name, profiles)}; known: {one_of(profiles)}")
-    if isinstance(resources, str):
-        return profiles[name]
-    return profiles[name].model_copy(update=resources.held())
 
 
 # --- pipeline-level settings -------------------------------------------------------------------
@@ -294,6 +240,12 @@ class ServeStage(StageBase):
                 "and 'stream' is only for mode: stream")
         return self
 
+    @property
+    def kafka_conn_id(self) -> str | None:
+        """The Airflow connection a stream-mode stage reads (None in other modes): looked up once
+        by the stage's operator, never by the stage (``StageContext.kafka``)."""
+        return self.stream.kafka_conn_id if self.stream is not None else None
+
 
 class DriftStage(StageBase):
     """Compare a new dataset with the training reference, per feature: PSI over binned numeric or
@@ -355,8 +307,22 @@ class PipelineDefaults(Strict):
     params: ParamsField = Field(
         default_factory=dict, description="The DAG's Params, by name: the Airflow trigger form shows them and "
         "templates read them as {{ params.<name> }}; 'name: value' is short for 'name: {default: value}'.")
+    profiles: dict[str, DefaultsProfile] = Field(default_factory=dict, description=(
+        "Pipeline profiles by name (dev, prod...), each merged deeply over the pipeline when active "
+        "(AIRFLOW_MLOPS_PROFILE, or the Airflow Variable mlops_profile); not resource_profiles (cpu/memory/gpu sets)."))
 
     _params = field_validator("params", mode="before")(classmethod(lambda cls, v: param_specs(v)))
+
+
+_PROFILE_DOC = "What this profile changes: merged deeply over the pipeline (lists replaced whole) when it is active."
+_params_short = {"_params": field_validator("params", mode="before")(classmethod(lambda cls, v: param_specs(v)))}
+DefaultsProfile = overlay_model("DefaultsProfile", PipelineDefaults, _PROFILE_DOC, ("profiles",), _params_short)
+PipelineProfile = overlay_model(
+    "PipelineProfile", PipelineDefaults, _PROFILE_DOC, ("profiles",), _params_short,
+    description=(str | None, Field(None, description="The DAG's description in the Airflow UI.")),
+    stages=(dict[str, dict[str, Any]] | None, Field(None, description="Fields to change in the pipeline's own "
+            "stages, by stage name, e.g. {train: {resources: {memory: 8Gi}}} (a profile adds no stage).")))
+PipelineDefaults.model_rebuild()
 
 
 class Pipeline(PipelineDefaults):
@@ -366,11 +332,19 @@ class Pipeline(PipelineDefaults):
     description: str | None = Field(None, description="The DAG's description in the Airflow UI.")
     stages: dict[str, Stage] = Field(..., min_length=1, description="The stages, by name, in order; a name that is "
                                      "a kind (train) sets the kind.", json_schema_extra=lambda s: kind_from_name_schema(s, STAGE_KINDS))
+    profiles: dict[str, PipelineProfile] = Field(  # type: ignore[assignment]
+        default_factory=dict, description=PipelineDefaults.model_fields["profiles"].description)
 
     def backend_of(self, stage: Any) -> str:
         """Where ``stage`` runs: its own ``backend``, else the pipeline's. The one place this is
         decided; a custom stage's operator runs wherever Airflow runs it, whatever this says."""
         return stage.backend or self.backend
+
+    def hosts_server(self, stage: Any) -> bool:
+        """Whether ``stage``'s backend runs a server mode as a server of its own (``SERVER_BACKENDS``)
+        rather than the kind's engine in the task; read by ``backends.stage_task_call`` and
+        ``stages.needs`` (only a server the task starts is sent a sample)."""
+        return self.backend_of(stage) in SERVER_BACKENDS
 
     @field_validator("stages", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Runs a stage kind's engine: ``stages/<kind>/spark.py`` on the spark backend, else the kind's
+"""Runs a stage kind's engine: ``stages/<kind>/spark.py`` for the spark engine, else the kind's
 pandas code in ``stages/<kind>/__init__.py``; MLflow's process-wide settings are put back after.
 An MLflow tracking server failing under it ends it with ``DependencyFailed``."""
 
@@ -16,12 +16,12 @@ from airflow_mlops.stages.registry import engine_module
 
 
 def run_stage_code(spec: Any, ctx: StageContext) -> dict[str, Any]:
-    """The stage's own code. The engine follows the backend: a kind's Spark engine is
-    ``stages/<kind>/spark.py``, its pandas engine ``stages/<kind>/__init__.py``. Whether Spark is embedded or a cluster is the
-    backend's business, not the stage's."""
+    """The stage's own code, on the engine the backend chose (``ctx.engine``): a kind's Spark engine
+    is ``stages/<kind>/spark.py``, its pandas engine ``stages/<kind>/__init__.py``. Whether Spark is
+    embedded or a cluster is the backend's business, not the stage's."""
     from airflow_mlops._core.mlflow_faults import tracking_server
 
-    module = importlib.import_module(engine_module(spec.kind, ctx.backend))
+    module = importlib.import_module(engine_module(spec.kind, ctx.engine))
     # A tracking server failing under the stage: one message, then DependencyFailed (retryable
     # when it is unreachable or erroring). Stages that know more of what was kept (train) say it.
     during = f"stage '{ctx.stage_name}' ({spec.kind}) of pipeline '{ctx.pipeline_id}'"

@@ -6,8 +6,8 @@ stage after one is not checked.
 - train reads the train/test split of an upstream preprocess stage;
 - validate checks the model version an upstream train stage registered;
 - serve serves the model version of an upstream train or validate stage, else its own ``model:``,
-  else the pipeline's ``mlflow.registered_model`` (its champion); batch (and online, in the
-  worker) mode scores its ``input:``, else an upstream preprocess stage's test split;
+  else the pipeline's ``mlflow.registered_model`` (its champion); batch mode (and online mode
+  where the task starts the server: ``Pipeline.hosts_server``) scores its ``input:``, else an upstream preprocess stage's test split;
 - drift compares ``current`` with its ``reference:``, else an upstream preprocess stage's train split.
 """
 
@@ -53,8 +53,8 @@ def serve(stage: Any, up: Upstream, pipeline: Any) -> Iterator[str]:
         yield ("serves a model, and no stage before it trains or validates one: add a train or validate stage "
                "before it, set 'model: models:/<name>@<alias>' on it, or set mlflow.registered_model to serve "
                "that model's 'champion'")
-    in_worker = pipeline.backend_of(stage) != "kubernetes"  # online on kubernetes: the server's own
-    reads = stage.mode == "batch" or (stage.mode == "online" and in_worker)
+    # Online, the task sends a sample to the server it starts; a backend's own server is sent none.
+    reads = stage.mode == "batch" or (stage.mode == "online" and not pipeline.hosts_server(stage))
     if reads and stage.input is None and not up.split:
         what = "scores" if stage.mode == "batch" else "sends a sample to the model server from"
         yield (f"{what} a dataset, and has none{up.unsplit}: set 'input' on it, or add a preprocess stage before "

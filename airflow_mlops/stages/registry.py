@@ -27,10 +27,14 @@ class Kind:
     :param produces: ``dataset`` (a folder of files), ``model`` (a registered model version),
         ``drift`` (a drift report), or None: what the factory publishes as the stage's Asset.
     :param server_modes: modes that run as a long-lived model server rather than a task that ends
-        (a backend builds its own operator for them).
+        (a backend in ``spec.models.SERVER_BACKENDS`` builds its own server for them; on the others
+        the kind's engine starts it in the task).
     :param rules: the kind's own checks for a backend (``(stage, backend) -> problems``).
     :param why_not: for a mode, why the backends it lacks cannot run it (the message's reason).
     :param needs: what a stage of the kind reads from the stages before it (``stages.needs``).
+    :param users_operator: the stage is the user's own operator (``operator:`` with ``args:``), built
+        from its import path wherever Airflow runs it: no backend builds it, and the checks of
+        backends, extras and upstream needs do not apply (``runs_users_operator``).
     """
 
     backends: tuple[str, ...]
@@ -41,6 +45,7 @@ class Kind:
     why_not: Mapping[str, str] = field(default_factory=dict)
     doing: str = ""  # the kind as an activity in messages ('online serving'); default: its name
     needs: Callable[[Any, needs.Upstream, Any], Iterator[str]] | None = None  # what it reads from upstream
+    users_operator: bool = False
 
 
 def _preprocess_rules(stage: Any, backend: str) -> Iterator[Problem]:
@@ -89,12 +94,9 @@ KINDS: dict[str, Kind] = {
     "train": Kind(backends=ALL, produces="model", rules=_train_rules, needs=needs.train),
     "validate": Kind(backends=("batch", "kubernetes"), needs=needs.validate),
     "serve": Kind(backends=ALL, produces="dataset", server_modes=("online",), doing="serving", needs=needs.serve,
-                  modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch",)},
-                  why_not={"stream": "it reads the Airflow Kafka connection, which a pod cannot look up; give this "
-                                     "stage 'backend: batch' (it runs in the worker, bounded by "
-                                     "max_records/max_duration)"}),
+                  modes={"batch": ALL, "online": ("batch", "kubernetes"), "stream": ("batch", "kubernetes")}),
     "drift": Kind(backends=("batch", "kubernetes"), produces="drift", needs=needs.drift),
-    "custom": Kind(backends=ALL),  # a user's operator: the backend is not ours to run
+    "custom": Kind(backends=ALL, users_operator=True),  # the backend is not ours to run
 }
 
 
@@ -107,7 +109,7 @@ def problems(stage: Any, backend: str, pipeline: Any = None) -> Iterator[Problem
     del pipeline
     kind = KINDS[stage.kind]
     if backend not in kind.backends:
-        runs = [name for name, k in KINDS.items() if backend in k.backends and name != "custom"]
+        runs = [name for name, k in KINDS.items() if backend in k.backends and not k.users_operator]
         others = [b for b in kind.backends if b != backend]
         yield None, (f"the {backend} backend runs {_listed(runs)} stages, not {stage.kind}; give this stage "
                      f"'backend: {others[0]}'" + (f" (or {_listed(others[1:])})" if others[1:] else ""))
@@ -136,7 +138,7 @@ def extra_problems(stage: Any, backend: str, pipeline: Any) -> Iterator[Problem]
     it (None: the backend; a tuple: a pipeline-wide setting, reported once). A custom stage's
     operator checks its own extra when constructed (``_core.extras.require``: MissingExtra, which
     ``spec.operator_args`` and the DAG build report at the stage's ``operator`` line)."""
-    if stage.kind == "custom":
+    if runs_users_operator(stage):
         return
     yield from _storage_extra_problems(stage, pipeline)
     extra = BACKEND_EXTRAS.get(backend)
@@ -185,7 +187,7 @@ def input_problems(pipeline: Any, upstream: dict[str, list[str]]) -> Iterator[tu
     ``upstream``: each stage's upstream stages, nearest first."""
     for name, stage in pipeline.stages.items():
         kind = KINDS[stage.kind]
-        if kind.needs is None or any(pipeline.stages[u].kind == "custom" for u in upstream[name]):
+        if kind.needs is None or any(runs_users_operator(pipeline.stages[u]) for u in upstream[name]):
             continue  # a custom stage upstream may return anything
         for message in kind.needs(stage, needs.upstream_of(pipeline, upstream[name]), pipeline):
             yield name, f"stage '{name}' {message}"
@@ -196,12 +198,22 @@ def produces(kind: str) -> str | None:
     return KINDS[kind].produces
 
 
+def runs_users_operator(stage: Any) -> bool:
+    """Whether the stage is the user's own operator (a custom stage; ``Kind.users_operator``)."""
+    return KINDS[stage.kind].users_operator
+
+
 def runs_as_server(stage: Any) -> bool:
     """Whether the stage is a long-lived model server (serve, mode online)."""
     return getattr(stage, "mode", None) in KINDS[stage.kind].server_modes
 
 
-def engine_module(kind: str, backend: str) -> str:
-    """The module whose ``run(spec, ctx)`` computes the stage: ``stages/<kind>/spark.py`` on the
-    spark backend, else the kind's pandas engine ``stages/<kind>/__init__.py``."""
-    return f"airflow_mlops.stages.{kind}" + (".spark" if backend == "spark" else "")
+# Where each engine's code lives in a kind's folder (``StageContext.engine``, which the backend sets).
+ENGINE_MODULES = {"pandas": "", "spark": ".spark"}
+
+
+def engine_module(kind: str, engine: str) -> str:
+    """The module whose ``run(spec, ctx)`` computes the stage on ``engine``: the kind's pandas
+    engine ``stages/<kind>/__init__.py``, or its Spark engine ``stages/<kind>/spark.py``. Raises
+    KeyError for an engine not in ``ENGINE_MODULES``."""
+    return f"airflow_mlops.stages.{kind}{ENGINE_MODULES[engine]}"

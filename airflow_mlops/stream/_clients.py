@@ -14,6 +14,8 @@ when the brokers did not answer within the run's ``broker_timeout`` (the loop tu
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Any, Callable, Protocol, Sequence
 
 ENGINES = ("confluent", "kafka-python")
@@ -25,6 +27,45 @@ class Rebalanced(Exception):
 
 class BrokerUnreachable(Exception):
     """The brokers did not answer within the bound (``StreamSpec.broker_timeout``)."""
+
+
+class BoundedCalls:
+    """Runs a client call that takes no timeout (librdkafka's synchronous ``commit``, ``close``)
+    on one daemon thread and waits for it at most ``timeout_s``: a broker that stops answering
+    mid-request can leave such a call waiting for good. A call past its bound raises
+    ``BrokerUnreachable``; the thread stays with it (a daemon: it never holds up the process's
+    exit) and every later call is refused at once (``stuck``), since it would queue behind."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.stuck: str | None = None  # what the call that overran its bound was
+
+    def _serve(self) -> None:
+        while True:
+            fn, box, done = self._jobs.get()
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # handed to the waiting caller
+                box.append((False, exc))
+            done.set()
+
+    def __call__(self, what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+        if self.stuck is not None:
+            raise BrokerUnreachable(f"{what}: not tried, {self.stuck} is still waiting for the broker")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="kafka-bounded-calls", daemon=True)
+            self._thread.start()
+        box: list[tuple[bool, Any]] = []
+        done = threading.Event()
+        self._jobs.put((fn, box, done))
+        if not done.wait(timeout_s):
+            self.stuck = what
+            raise BrokerUnreachable(f"{what}: no answer within {timeout_s:.0f} s")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
 
 
 class StreamClients(Protocol):
@@ -70,7 +111,7 @@ class StreamClients(Protocol):
         """Σ highwater − position over the assigned partitions (from fetch responses)."""
 
     def reachable(self) -> bool:
-        """Whether a broker answers now (cheap; may probe briefly when in doubt)."""
+        """Whether a broker answers now (waits about a second at most; called only while idle)."""
 
     def close(self) -> None: ...
 

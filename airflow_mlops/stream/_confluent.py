@@ -6,7 +6,10 @@ counted by a delivery callback that fires for failures only (``delivery.report.o
 Offsets are committed with ``commit(offsets=..., asynchronous=False)`` after ``flush()``, and a
 rebalance first settles the pending batch (``on_revoke`` runs in the loop's own thread here).
 Every wait is bounded by ``spec.broker_timeout``: ``message.timeout.ms``, ``socket.timeout.ms``,
-``flush(timeout)``; a lost broker is noticed through ``error_cb`` (``_ALL_BROKERS_DOWN``).
+``flush(timeout)``; the synchronous ``commit`` and ``close``, which take no timeout, run on a
+thread that the loop stops waiting for after ``broker_timeout`` (``BoundedCalls``). A loop that
+polls nothing asks the broker for metadata (``reachable``) rather than inferring its state from
+librdkafka's error callbacks.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections import namedtuple
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from airflow_mlops.kafka.config import librdkafka_config, normalize, redact
-from airflow_mlops.stream._clients import BrokerUnreachable, Rebalanced
+from airflow_mlops.stream._clients import BoundedCalls, BrokerUnreachable, Rebalanced
 from airflow_mlops.stream.errors import DeliveryFailed, MissingTopic
 
 Record = namedtuple("Record", "topic partition offset key value headers")
@@ -126,7 +129,6 @@ class ConfluentClients:
         self.consumer_cfg, self.producer_cfg = build_configs(spec, kafka_config)
         self.max_message_bytes = int(self.producer_cfg.get("message.max.bytes", 1_000_000))
         self.on_revoke: Callable[[], None] | None = None
-        self.down = False  # error_cb saw every broker go down; cleared by a successful probe
         self.failures: list[Any] = []  # delivery errors since the last flush
         self.sent = 0
         self.revoke_error: BaseException | None = None
@@ -134,12 +136,10 @@ class ConfluentClients:
         # thread); asking librdkafka for it after every poll costs ~0.5 ms, so it is cached.
         self._assigned: set[tuple[str, int]] | None = None
         self.session_timeout_s = float(self.consumer_cfg.get("session.timeout.ms", 45000)) / 1000.0
-        self.consumer = Consumer({**self.consumer_cfg, "error_cb": self._error})
-        self.producer = Producer({**self.producer_cfg, "error_cb": self._error, "on_delivery": self._delivered})
-
-    def _error(self, err: Any) -> None:
-        if err.code() in (self.KafkaError._ALL_BROKERS_DOWN, self.KafkaError._TRANSPORT):
-            self.down = True
+        self.bounded = BoundedCalls()
+        self._in_rebalance = False  # inside librdkafka's rebalance callback (see commit)
+        self.consumer = Consumer(self.consumer_cfg)
+        self.producer = Producer({**self.producer_cfg, "on_delivery": self._delivered})
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -172,10 +172,13 @@ class ConfluentClients:
         def revoked(consumer: Any, partitions: Any) -> None:
             self._assigned = None
             if self.on_revoke is not None:
+                self._in_rebalance = True
                 try:
                     self.on_revoke()  # flush and commit the pending batch while the partitions are ours
                 except BaseException as exc:  # raised from poll(), not inside librdkafka
                     self.revoke_error = exc
+                finally:
+                    self._in_rebalance = False
 
         # on_lost too (a lost assignment would otherwise call on_revoke): the cache must drop.
         self.consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked,
@@ -240,17 +243,38 @@ class ConfluentClients:
             f"({failures[0].str()}); the batch was not committed and will be consumed again")
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit ``offsets`` and wait for the coordinator's answer, at most ``broker_timeout``
+        (librdkafka's own wait has no bound: a commit sent to a broker that dies mid-request was
+        seen to wait for good). Inside the rebalance callback the commit is made in the
+        callback's own thread, unbounded: made from another thread while a revoke was under way
+        it was once seen to get no answer for 30 s from a running broker. A partition the answer
+        marks failed fails the commit."""
         TopicPartition = self.TopicPartition
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+        def call() -> Any:
+            return self.consumer.commit(offsets=tps, asynchronous=False)
+
         try:
-            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                                 asynchronous=False)
+            # in librdkafka's rebalance callback: committed in the callback's thread, as before
+            done = call() if self._in_rebalance else self.bounded("commit", call, self.timeout_s)
         except self.KafkaException as exc:
-            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
-            if code in self.rebalance_codes:
-                raise Rebalanced(str(exc)) from exc
-            if code in self.unreachable_codes:
-                raise BrokerUnreachable(f"commit: {exc}") from exc
+            self._commit_failed(exc.args[0] if exc.args else None, exc)
             raise
+        for tp in done or ():
+            if tp.error is not None:
+                self._commit_failed(tp.error, None)
+                raise self.KafkaException(tp.error)
+
+    def _commit_failed(self, error: Any, exc: BaseException | None) -> None:
+        """Raise what a commit failing with ``error`` (a ``KafkaError``) means to the loop, if it is
+        a rebalance or a lost broker; return for any other error (the caller raises it)."""
+        code = error.code() if hasattr(error, "code") else None
+        text = str(exc or error)
+        if code in self.rebalance_codes:
+            raise Rebalanced(text) from exc
+        if code in self.unreachable_codes:
+            raise BrokerUnreachable(f"commit: {text}") from exc
 
     def rewind(self, touched: set[tuple[str, int]], reset: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -290,20 +314,23 @@ class ConfluentClients:
         return total if known else None
 
     def reachable(self) -> bool:
-        if not self.down:
-            return True
+        """Whether a broker answers a metadata request for the first input topic within 1 s (at
+        most ``broker_timeout``). Called by the loop at most once a second, and only while it
+        polls nothing: records flowing prove the broker."""
         try:
-            self.consumer.list_topics(timeout=1.0)
+            self.consumer.list_topics(topic=self.spec.input_topics[0], timeout=min(1.0, self.timeout_s))
         except self.KafkaException:
             return False
-        self.down = False
         return True
 
     def close(self) -> None:
         # Settled batches left nothing behind; what is still queued belongs to a batch whose flush
         # failed (never committed, consumed again by the next run): drop it rather than wait again.
+        # Closing leaves the group (bounded by librdkafka at about session.timeout.ms, not
+        # trusted): waited for at most that plus broker_timeout, and skipped when a commit is
+        # still stuck (it would wait behind it).
         try:
             self.producer.purge()
             self.producer.flush(0)
         finally:
-            self.consumer.close()
+            self.bounded("close", self.consumer.close, self.session_timeout_s + self.timeout_s)

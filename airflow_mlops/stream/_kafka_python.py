@@ -1,9 +1,9 @@
 """The kafka-python engine of the streaming loop (see ``_clients.py`` for the interface).
 
 Every wait is bounded by ``spec.broker_timeout``: the producer's ``max_block_ms`` and
-``delivery_timeout_ms``, ``flush(timeout)``, ``commit(timeout_ms)``. kafka-python hashes keys in
-pure Python inside ``send()``; the batch's partitions are computed here with numpy instead (the
-same murmur2, ``_partition.py``).
+``delivery_timeout_ms``, ``flush(timeout)``, ``commit(timeout_ms)``, ``close(timeout_ms)``.
+kafka-python hashes keys in pure Python inside ``send()``; the batch's partitions are computed
+here with numpy instead (the same murmur2, ``_partition.py``).
 """
 
 from __future__ import annotations
@@ -251,4 +251,4 @@ class KafkaPythonClients:
                 self.producer.close(timeout=min(30, self.timeout_s))
         finally:
             if self.consumer is not None:
-                self.consumer.close(autocommit=False)
+                self.consumer.close(autocommit=False, timeout_ms=int((self.session_timeout_s + self.timeout_s) * 1000))

@@ -201,7 +201,7 @@ def run_stream(
     if model is None:
         if not spec.model_uri:
             raise StreamError("the stream needs a model URI (model_uri)")
-        from airflow_mlops.hooks.mlflow import resolve_tracking_uri
+        from airflow_mlops._core.tracking_uri import resolve_tracking_uri
 
         tracking_uri = resolve_tracking_uri(tracking_uri)  # a relative local store fails here
     try:

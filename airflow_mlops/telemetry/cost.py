@@ -8,7 +8,7 @@ Each task records its cost in MLflow (metrics ``cost/gpu_hours``, ``cost/cpu_hou
 ``cost/memory_gib_hours``, ``cost/gpu``, ``cost/cpu``, ``cost/memory``, ``cost/total``, tags
 ``airflow_mlops.cost.*``) and in its XCom result. :func:`report` adds up the tasks of one Airflow
 DAG run by stage, which ``airflow-mlops cost RUN_ID [--dag DAG_ID] [--tracking-uri URI]`` prints
-(``airflow_mlops.cli``).
+(``airflow-mlops cost``, ``airflow_mlops.cli.tracking``).
 """
 
 from __future__ import annotations
@@ -131,10 +131,9 @@ def report(run_id: str, *, tracking_uri: str | None = None, dag_id: str | None =
     """Cost by stage of one Airflow DAG run: every MLflow run tagged ``airflow.run_id`` = run_id
     (in any experiment) that recorded ``cost/total``. Every try of a task counts."""
     from airflow_mlops._core.mlflow import read_only_client
-    from airflow_mlops.hooks.mlflow import resolve_target
-    from airflow_mlops.spec.models import MlflowSettings
+    from airflow_mlops._core.tracking_uri import resolve_tracking_uri
 
-    uri = resolve_target(MlflowSettings(tracking_uri=tracking_uri), "cost-report").tracking_uri
+    uri = resolve_tracking_uri(tracking_uri)
     client = read_only_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     filters = [f"tags.`airflow.run_id` = '{_quote(run_id)}'"]

@@ -3,6 +3,7 @@
     GET /mlops/models                    HTML: every pipeline's registered models (nav entry "Models")
     GET /mlops/drift                     HTML: every drift monitor (nav entry "Drift")
     GET /mlops/dags/{dag_id}             HTML: the DAG's model and latest decision (the DAG's "MLOps" tab)
+    GET /mlops/dags/{dag_id}/source      HTML: the pipeline YAML it was built from (the DAG's "Pipeline YAML" tab)
     GET /mlops/static/mlops-view.js      the React view Airflow's UI loads for those places (react_apps)
 
 The HTML routes answer ``?fragment=1`` with the page's content only, for the React view to put
@@ -11,6 +12,7 @@ into Airflow's page.
     GET /mlops/api/models/{name}         JSON: ui.data.model(...); 404 for an unknown name
     GET /mlops/api/drift                 JSON: [ui.data.drift_monitors(...)]
     GET /mlops/api/dags/{dag_id}         JSON: ui.data.dag_summary(...)
+    GET /mlops/api/dags/{dag_id}/source  JSON: ui.source.describe(...); 404 for an unknown DAG
 
 Every route is behind Airflow's auth manager (``requires_access_dag("GET")``, as the core API's DAG
 routes): without a valid JWT (the ``_token`` cookie the UI holds, or a bearer token) a request gets
@@ -63,13 +65,13 @@ def _read(during: str, fn: Callable[[Any, str], Any], empty: Any) -> tuple[Any, 
     404 for an unknown model."""
     from airflow_mlops._core.mlflow import StoreNotFound
     from airflow_mlops._core.mlflow_faults import is_not_found
-    from airflow_mlops.hooks.mlflow import redacted
+    from airflow_mlops._core.tracking_uri import redacted
     from airflow_mlops.ui import data
 
     uri = "(not resolved)"
     try:
-        uri = data.tracking_uri()
-        client = data.reader(uri)
+        uri, credentials = data.store()
+        client = data.reader(uri, credentials)
     except StoreNotFound:
         return empty, f"{redacted(uri)} (not created yet: no pipeline has run)", mlflow_ui(uri)
     except Exception as exc:  # noqa: BLE001 - any failure of the store becomes the page's message
@@ -145,6 +147,25 @@ def create_app() -> FastAPI:  # noqa: C901
         summary, _store, ui = _read(f"reading DAG {dag_id}'s models", lambda c, ui: data.dag_summary(c, dag_id, ui),
                                     {"dag_id": dag_id, "models": [], "drift": []})
         return pages.dag_page(summary, _airflow_base(request), fragment, ui)
+
+    def _source(dag_id: str) -> dict:
+        from airflow_mlops.ui import source
+
+        known, doc_md = source.serialized_doc(dag_id)
+        if not known:
+            raise HTTPException(404, f"no DAG '{dag_id}' in the metadata database")
+        return source.describe(dag_id, doc_md)
+
+    @app.get("/api/dags/{dag_id}/source")
+    def api_dag_source(dag_id: str) -> dict:
+        return _source(dag_id)
+
+    @app.get("/dags/{dag_id}/source", response_class=HTMLResponse)
+    def dag_source_page(request: Request, dag_id: str, fragment: bool = False) -> str:
+        from airflow_mlops.ui import source
+
+        return pages.page(f"Pipeline YAML · {dag_id}", source.page_body(_source(dag_id)), _airflow_base(request),
+                          fragment)
 
     @app.get("/static/mlops-view.js")
     def view_script() -> Response:

@@ -27,6 +27,7 @@ STYLE = """
 color:var(--mlops-fg);font-size:14px;line-height:1.45}
 .mlops a{color:var(--mlops-link);text-decoration:none}.mlops a:hover{text-decoration:underline}.mlops td a{white-space:nowrap}
 .mlops h1{font-size:20px;font-weight:600;margin:0 0 12px}
+.mlops h3{font-size:15px;font-weight:600;margin:16px 0 4px}
 .mlops h2{font-size:17px;font-weight:600;margin:24px 0 8px;border-bottom:1px solid var(--mlops-border);padding-bottom:4px}
 .mlops table{border-collapse:collapse;margin:8px 0 16px}.mlops th,.mlops td{border:1px solid var(--mlops-border);
 padding:4px 8px;vertical-align:top;text-align:left}.mlops th{background:var(--mlops-head);font-weight:600}
@@ -214,6 +215,8 @@ def _decision(v: dict) -> str:
 
 
 def versions_table(model: dict, airflow: str) -> str:
+    if not model["versions"]:
+        return '<p class="muted no-versions">No version registered yet: every training so far failed (below).</p>'
     rows = []
     for v in model["versions"]:
         metrics = "<br>".join(f"{escape(k)} = {_num(x)}" for k, x in v["metrics"].items()) or "—"
@@ -231,6 +234,28 @@ def versions_table(model: dict, airflow: str) -> str:
             + "".join(rows) + "</table>")
 
 
+def failures_table(model: dict, airflow: str) -> str:
+    """The model's latest training tries that Kubernetes ended (``data.failed_trainings``): when,
+    the DAG run and try, Kubernetes' reason and the task's message; nothing when there are none."""
+    failures = model.get("failed_trainings") or []
+    if not failures:
+        return ""
+    rows = []
+    for f in failures:
+        run = _link(f"{airflow}{f['dag_run_url']}" if f["dag_run_url"] else None,
+                    f"{f['dag_id']} / {f['dag_run_id']}") if f["dag_id"] else "—"
+        rows.append(f'<tr class="failed-training"><td>{when(f["time"])}</td><td>{run}</td>'
+                    f'<td class="num">{escape(f["try_number"] or "—")}</td>'
+                    f'<td><span class="d-rejected">{escape(f["reason"] or "")}</span></td>'
+                    f'<td><div class="detail">{escape(f["message"])}</div></td>'
+                    f'<td>{_link(f["mlflow_run_url"], "MLflow run", external=True)}</td></tr>')
+    return (f'<h3>Failed trainings</h3><p class="muted">The latest {len(failures)} training tr'
+            f'{"y" if len(failures) == 1 else "ies"} that Kubernetes ended (out of memory, evicted, preempted, '
+            'node lost): none registered a version.</p>'
+            '<table class="failed-trainings"><tr><th>started</th><th>DAG run</th><th>try</th><th>reason</th>'
+            '<th>message</th><th>MLflow</th></tr>' + "".join(rows) + "</table>")
+
+
 def model_section(model: dict, airflow: str) -> str:
     champion = model["champion"]
     head = (f'<p>champion: <b class="champion-version">{"v" + escape(champion) if champion else "none yet"}</b>'
@@ -238,7 +263,7 @@ def model_section(model: dict, airflow: str) -> str:
             + (' · DAG: ' + ", ".join(_link(f"{airflow}/dags/{d}", d) for d in model["dag_ids"])
                if model["dag_ids"] else "") + "</p>")
     return (f'<section class="model" id="model-{escape(model["name"])}"><h2>{escape(model["name"])}</h2>{head}'
-            f'{model_charts(model)}{versions_table(model, airflow)}</section>')
+            f'{model_charts(model)}{versions_table(model, airflow)}{failures_table(model, airflow)}</section>')
 
 
 def models_page(models: list[dict], store: str, airflow: str = "", fragment: bool = False,

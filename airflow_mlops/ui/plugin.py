@@ -41,6 +41,8 @@ class MlopsUiPlugin(AirflowPlugin):
          "destination": "nav", "category": "browse", "url_route": "mlops-drift"},
         {"name": "MLOps", "bundle_url": f"{MOUNT.lstrip('/')}/static/mlops-view.js?view=dag",
          "destination": "dag", "url_route": "mlops"},
+        {"name": "Pipeline YAML", "bundle_url": f"{MOUNT.lstrip('/')}/static/mlops-view.js?view=source",
+         "destination": "dag", "url_route": "mlops-source"},
     ]
 
     @property

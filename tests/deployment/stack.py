@@ -31,6 +31,7 @@ from typing import Any
 
 from tests.helpers import free_port, stop_process_groups  # noqa: F401 (free_port: re-exported for the tests)
 from tests.s3_helpers import S3Server
+from tests.servers import TrackingServer
 
 BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -186,11 +187,11 @@ class Deployment:
                               "--appendonly", "no"], os.environ.copy(), self.home)
         self.s3.start()
         self.bucket = self.s3.bucket("deployment")
-        mlflow_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))},
-                      **self.s3.env, "MLFLOW_S3_ENDPOINT_URL": self.s3.endpoint}
-        self._spawn("mlflow", [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_db,
-                               "--artifacts-destination", f"s3://{self.bucket}/mlflow", "--host", "127.0.0.1",
-                               "--port", str(self.mlflow_port), "--workers", "1"], mlflow_env, self.home)
+        # Launched here, waited for below (it starts while the Airflow components do).
+        self.mlflow = TrackingServer(self.home, backend_store_uri=mlflow_db, port=self.mlflow_port,
+                                     artifacts_destination=f"s3://{self.bucket}/mlflow", log=self.home / "mlflow.out",
+                                     env={**self.s3.env, "MLFLOW_S3_ENDPOINT_URL": self.s3.endpoint}).launch()
+        self.processes["mlflow"] = self.mlflow.process  # stopped, and checked alive, with the others
         self.cli("db", "migrate", timeout=timeout)
         self.cli("connections", "add", "stage_data", "--conn-type", "aws", "--conn-login", "testing",
                  "--conn-password", "testing", "--conn-extra",
@@ -201,8 +202,7 @@ class Deployment:
             self._spawn(name, args, self.control_env(), self.home / "control")
         for name in WORKERS:
             self.start_worker(name)
-        _wait(lambda: urllib.request.urlopen(f"{self.mlflow_uri}/health", timeout=3).status == 200,
-              "mlflow server", timeout, self._check_alive)
+        self.mlflow.wait(timeout)
         self.wait_healthy(timeout)
         return self
 

@@ -346,9 +346,7 @@ def test_the_mlflow_store_on_postgres_and_its_bucket_are_backed_up_and_restored_
     artifact bucket into a snapshot in the bucket; a RestoreOperator on worker b restores it into
     an empty database and an empty bucket. A second tracking server on those serves the same
     experiments, runs, versions and aliases, and the same model artifacts."""
-    import subprocess
-    import sys
-    import urllib.request
+    from tests.servers import TrackingServer
 
     d = deployment
     restored_bucket = d.s3.bucket("restored")
@@ -363,15 +361,10 @@ def test_the_mlflow_store_on_postgres_and_its_bucket_are_backed_up_and_restored_
     states = d.wait_for_run("mlflow_backup", run_id)
     assert states == {"backup": "success", "restore": "success"}, d.output_tail()
     assert d.s3.keys(d.bucket, "backups/")
-    port = stack.free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", restored_db, "--artifacts-destination",
-         f"s3://{restored_bucket}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}, **d.s3.env},
-        stdout=open(tmp_path / "restored-mlflow.out", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    server = TrackingServer(tmp_path, backend_store_uri=restored_db, artifacts_destination=f"s3://{restored_bucket}/mlflow",
+                            env=d.s3.env, log=tmp_path / "restored-mlflow.out").start(300)
+    port = server.port
     try:
-        stack._wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3).status == 200,
-                    "restored mlflow server", 300)
         import mlflow
 
         restored = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{port}", registry_uri=f"http://127.0.0.1:{port}")
@@ -385,8 +378,7 @@ def test_the_mlflow_store_on_postgres_and_its_bucket_are_backed_up_and_restored_
                                                     dst_path=str(tmp_path / "model"))
         assert list(Path(files).rglob("MLmodel")), files
     finally:
-        os.killpg(server.pid, 9)
-        server.wait(30)
+        server.stop()
 
 
 RETENTION_DAG = """

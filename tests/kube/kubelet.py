@@ -19,11 +19,13 @@ What it does, the way a kubelet does it (without containers):
   kubelet), ``tailLines``, ``sinceSeconds``, ``sinceTime`` and ``limitBytes``;
 * on a pod's deletionTimestamp, sends SIGTERM to its process group (SIGKILL after the grace
   period, capped at 10 s), reports the exit and confirms the deletion with grace period 0;
-* ends a running pod the way a kubelet's OOM killer or eviction manager does, when a test
-  annotates it ``stand-in.kubelet/end-as: OOMKilled`` or ``Evicted`` (there are no memory cgroups
-  or node pressure here): SIGKILL to its processes, then the status a kubelet reports (the
-  container terminated with reason OOMKilled and exit code 137; or the pod Failed with reason
-  Evicted and the node-pressure message).
+* ends a running pod the way a kubelet's OOM killer or eviction manager, the scheduler's
+  preemption or a lost node does, when a test annotates it ``stand-in.kubelet/end-as:`` with
+  ``OOMKilled``, ``Evicted``, ``Preempted`` or ``NodeLost`` (there are no memory cgroups, node
+  pressure, priorities or other nodes here): SIGKILL to its processes, then the status Kubernetes
+  reports (the container terminated with reason OOMKilled and exit code 137; the pod Failed with
+  reason Evicted and the node-pressure message, or NodeLost; or with the DisruptionTarget
+  condition PreemptionByScheduler).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class Kubelet:
                     return
                 self.deleting.add(uid)
                 target = self.delete
-            elif (uid in self.runs and (end := (pod.metadata.annotations or {}).get(END_AS)) in ("OOMKilled", "Evicted")
+            elif (uid in self.runs and (end := (pod.metadata.annotations or {}).get(END_AS)) in END_AS_KINDS
                   and self.runs[uid].end_as is None and self.runs[uid].process is not None):
                 self.runs[uid].end_as = end
                 _signal_group(self.runs[uid].process, signal.SIGKILL)
@@ -163,7 +165,7 @@ class Kubelet:
         if run.end_as == "OOMKilled":
             finished[container.name] = _terminated(137, "OOMKilled", started=started)
         self.set_status(pod, "Succeeded" if code == 0 and not run.end_as else "Failed", finished,
-                        pod_reason=END_AS_STATES.get(run.end_as))
+                        pod_reason=END_AS_STATES.get(run.end_as), disruption=END_AS_DISRUPTIONS.get(run.end_as))
         run.done.set()
 
     def wait_for_env(self, pod, container, run: Run) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -234,7 +236,7 @@ class Kubelet:
         return {**base, **env}, env
 
     def set_status(self, pod, phase: str, states: dict[str, dict], start_time: str | None = None,
-                   pod_reason: tuple[str, str] | None = None) -> None:
+                   pod_reason: tuple[str, str] | None = None, disruption: tuple[str, str] | None = None) -> None:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -256,6 +258,9 @@ class Kubelet:
             status["startTime"] = start_time
         if pod_reason:  # the pod's own reason and message (Evicted: the eviction manager's words)
             status["reason"], status["message"] = pod_reason
+        if disruption:  # Kubernetes 1.26+: why the pod is being ended from outside
+            conditions.append({"type": "DisruptionTarget", "status": "True", "lastTransitionTime": now,
+                               "reason": disruption[0], "message": disruption[1]})
         deadline = time.monotonic() + 300
         while True:  # like a real kubelet, report the status again until the API server takes it
             try:
@@ -397,7 +402,13 @@ END_AS = "stand-in.kubelet/end-as"
 END_AS_STATES: dict[str | None, tuple[str, str] | None] = {
     "OOMKilled": None,
     "Evicted": ("Evicted", "The node was low on resource: memory. Threshold quantity: 100Mi, available: 52Mi."),
+    "NodeLost": ("NodeLost", "Node gpu-node-0 which was running the pod is unresponsive"),
 }
+# ... or → its DisruptionTarget condition's (reason, message).
+END_AS_DISRUPTIONS: dict[str | None, tuple[str, str]] = {
+    "Preempted": ("PreemptionByScheduler", "Kubernetes default scheduler: preempting to accommodate a higher priority pod"),
+}
+END_AS_KINDS = set(END_AS_STATES) | set(END_AS_DISRUPTIONS)
 
 
 def _terminated(code: int, reason: str, message: str | None = None, started: str | None = None) -> dict:

@@ -8,7 +8,7 @@ Where it runs:
 - ``scripts/test-airflow-range.sh`` runs it in a virtualenv per older release pinned under
   ``constraints/`` with **only the core** installed (non-editable, from a folder outside the
   checkout, so the installed copy is what runs), together with the import-cost check of
-  ``tests/test_dags_folder.py``. It sets ``AIRFLOW_MLOPS_RANGE_AIRFLOW`` (the release) and
+  ``tests/factory/test_dags_folder.py``. It sets ``AIRFLOW_MLOPS_RANGE_AIRFLOW`` (the release) and
   ``AIRFLOW_MLOPS_RANGE_BEFORE`` (``pip freeze`` of the Airflow deployment before
   ``pip install airflow-mlops``).
 """

@@ -10,25 +10,40 @@ from typing import Any
 
 from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.backends.kubernetes._podspec import build_pod
-from airflow_mlops.backends.kubernetes.pod import KubernetesStageOperator, run_pod_operator, stage_pod_operator
+from airflow_mlops.backends.kubernetes.pod import (
+    KWARG_IMAGE,
+    KubernetesStageOperator,
+    run_pod_operator,
+    stage_pod_operator,
+)
+from airflow_mlops.spec.backend_settings import image_problem
 from airflow_mlops.spec.load import effective_kubernetes
-from airflow_mlops.stages import registry
 
-__all__ = ["KubernetesStageOperator", "build", "build_pod", "problems", "run_pod_operator", "stage_pod_operator", "training"]
+__all__ = ["TRAINING_EXTRA", "KubernetesStageOperator", "build_pod", "call", "problems", "run_pod_operator",
+           "server_call", "stage_pod_operator", "training"]
 
 
-def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> KubernetesStageOperator:
-    if registry.runs_as_server(stage):
-        from airflow_mlops.backends.kubernetes.serving import KubernetesModelServerOperator
+def call(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """The stage in a pod running the package's runtime: its operator and arguments
+    (``backends.stage_task_call``)."""
+    return KubernetesStageOperator, _arguments(stage, stage_name, plan, task_args)
 
-        operator: Any = KubernetesModelServerOperator
-    else:
-        operator = KubernetesStageOperator
-    return operator(
-        **stage_operator_args(stage, stage_name, plan),
-        kubernetes=effective_kubernetes(plan.pipeline, stage),
-        **task_args,
-    )
+
+def server_call(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """A server mode (serve, online) as a model server Deployment of its own (``serving.py``):
+    this backend is in ``spec.models.SERVER_BACKENDS``."""
+    from airflow_mlops.backends.kubernetes.serving import KubernetesModelServerOperator
+
+    return KubernetesModelServerOperator, _arguments(stage, stage_name, plan, task_args)
+
+
+def _arguments(stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> dict[str, Any]:
+    return {**stage_operator_args(stage, stage_name, plan), "kubernetes": effective_kubernetes(plan.pipeline, stage),
+            **task_args}
+
+
+# The extra GpuTrainOperator's work needs here (NVML runs in the pod's image).
+TRAINING_EXTRA = "cncf-kubernetes"
 
 
 def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
@@ -44,7 +59,7 @@ def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
             job, distributed=distributed, kubernetes=k, resources=pod_resources_of(job, kwargs.get("held_resources")),
             pipeline_id=kwargs["pipeline_id"], stage_name=kwargs["task_id"], log=kwargs["log"],
             env={"PYTHONPATH": ":".join(job.python_path)} if job.python_path else None,
-            secret_env=mlflow_secret_env(k, kwargs["pipeline_id"], kwargs["mlflow"]))
+            secret_env=mlflow_secret_env(k, kwargs["pipeline_id"], kwargs["mlflow"], job.credentials))
     from airflow_mlops.backends.kubernetes.pod_training import PodTraining
 
     return PodTraining(job, **kwargs)
@@ -52,6 +67,4 @@ def training(job: Any, *, distributed: Any = None, **kwargs: Any) -> Any:
 
 def problems(kubernetes: Any) -> str | None:
     """What this backend lacks to run an operator's work (GpuTrainOperator's ``kubernetes=``)."""
-    if kubernetes is None or not kubernetes.image:
-        return "backend='kubernetes' needs kubernetes={'image': ...} (an image with airflow-mlops installed)"
-    return None
+    return image_problem(kubernetes, KWARG_IMAGE)

@@ -1,7 +1,7 @@
 """MLflow credentials for pods, by reference only.
 
-In the worker, the MLflow connection's login and password become ``MLFLOW_TRACKING_USERNAME`` /
-``MLFLOW_TRACKING_PASSWORD`` (``hooks.mlflow``). A pod cannot read Airflow's connections, and a
+The operator resolves the MLflow connection once (``hooks.mlflow.resolve_target``); its login and
+password are ``MlflowTarget.credentials`` (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``). A pod cannot read Airflow's connections, and a
 plain env value would show in the pod spec (``kubectl get pod -o yaml``, events, the scheduler's
 logs). So the worker writes them into a Secret in the pod's namespace, named
 ``<pipeline>-<connection>-credentials`` and labelled with the pipeline and the connection, and
@@ -63,19 +63,38 @@ def write_credentials_secret(api_client: Any, namespace: str, pipeline_id: str, 
     return {env: SecretEnv(secret=name, key=env) for env in values}
 
 
-def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSettings) -> dict[str, SecretEnv]:
-    """The MLflow connection's credentials, written to their Secret in ``k.namespace``, as
-    references for a pod's environment; ``{}`` (and no cluster call) when the tracking URI does
-    not come from a connection or the connection has no login. The API server failing raises
-    ``DependencyFailed`` (``api.api_failure``; AirflowFailException when it is not retryable)."""
+def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSettings,
+                      values: dict[str, str]) -> dict[str, SecretEnv]:
+    """The MLflow connection's credentials ``values`` (``MlflowTarget.credentials``, as the
+    operator resolved them: the connection is not read again), written to their Secret in
+    ``k.namespace``, as references for a pod's environment; ``{}`` (and no cluster call) when the
+    tracking URI does not come from a connection or the connection has no login. The API server
+    failing raises ``DependencyFailed`` (``api.api_failure``; AirflowFailException when it is not
+    retryable)."""
     conn_id = credentials_connection(mlflow)
-    if not conn_id:
+    if not conn_id or not values:
         return {}
-    from airflow_mlops.hooks.mlflow import connection_credentials
+    return connection_secret_env(k, pipeline_id, conn_id, values, "MLflow credentials")
 
-    values = connection_credentials(conn_id)
-    if not values:
-        return {}
+
+def kafka_secret_env(k: KubernetesSettings, pipeline_id: str, conn_id: str, config: dict[str, Any]) -> dict[str, SecretEnv]:
+    """A serve stage's Kafka client config (``StageContext.kafka``, secrets included), as JSON in
+    the Kafka connection's Secret under ``KAFKA_CONFIG_ENV``, referenced from the pod's
+    environment: the pod's ``StageContext.from_dict`` reads it back. Failures as
+    ``mlflow_secret_env``."""
+    import json
+
+    from airflow_mlops._core.context import KAFKA_CONFIG_ENV
+
+    return connection_secret_env(k, pipeline_id, conn_id, {KAFKA_CONFIG_ENV: json.dumps(config)},
+                                 "Kafka client config")
+
+
+def connection_secret_env(k: KubernetesSettings, pipeline_id: str, conn_id: str, values: dict[str, str],
+                          what: str) -> dict[str, SecretEnv]:
+    """``values`` written to the connection's Secret (``write_credentials_secret``), as references;
+    the API server failing raises ``DependencyFailed`` (AirflowFailException when not retryable),
+    naming ``what`` and the Secret."""
     import logging
 
     from airflow_mlops._core.outcome import for_airflow
@@ -89,7 +108,7 @@ def mlflow_secret_env(k: KubernetesSettings, pipeline_id: str, mlflow: MlflowSet
     except Exception as exc:
         failed = api_failure(
             exc, address=api_address(client), api_timeout=k.api_timeout.total_seconds(),
-            during=f"writing the MLflow credentials Secret {k.namespace}/{credentials_secret_name(pipeline_id, conn_id)}",
+            during=f"writing the {what} Secret {k.namespace}/{credentials_secret_name(pipeline_id, conn_id)}",
             kept="no pod was started; the Secret is written again (created or replaced) by the next try")
         if failed is None:
             raise

@@ -246,7 +246,8 @@ class DistributedTraining:
                 if ended is not None:
                     memory = quantities(self.resources).get("memory") if self.resources else None
                     raise termination_error(ended, stage_name=self.stage_name,
-                                            pod=f"{self.k.namespace}/{self.name}-{rank}", memory=memory, log_tail=last)
+                                            pod=f"{self.k.namespace}/{self.name}-{rank}", memory=memory,
+                                            log_tail=last, training=(self.job.target(), self.job.tags), log=self.log)
                 tail = "\n".join(last)
                 raise RuntimeError(f"training group {self.name}: the pod of rank {rank} failed "
                                    f"({_exit(pods[rank])}); its last log lines:\n{tail}")

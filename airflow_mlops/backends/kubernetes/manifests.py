@@ -37,13 +37,15 @@ def render(loaded: LoadedPipeline, launcher: tuple[str, str] = ("airflow", "airf
     by_namespace: dict[str, list] = defaultdict(list)
     serving: set[str] = set()  # namespaces with a model server: the worker applies its objects there
     for stage in p.stages.values():
-        if p.backend_of(stage) == "kubernetes" and stage.kind != "custom":
+        if p.backend_of(stage) == "kubernetes" and not registry.runs_users_operator(stage):
             settings = effective_kubernetes(p, stage)
             by_namespace[settings.namespace].append((settings, resolve_resources(p, stage.resources)))
             if registry.runs_as_server(stage):
                 serving.add(settings.namespace)
     extra_rules = []
-    if credentials_connection(p.mlflow):  # the worker writes the MLflow credentials Secret
+    # The worker writes the MLflow credentials Secret, and a stream stage's Kafka config Secret.
+    if credentials_connection(p.mlflow) or any(p.backend_of(stage) == "kubernetes" and getattr(stage, "kafka_conn_id", None)
+                                               for stage in p.stages.values()):
         extra_rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]})
     docs: list[dict[str, Any]] = []
     for namespace, stages in sorted(by_namespace.items()):

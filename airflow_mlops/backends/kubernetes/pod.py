@@ -16,11 +16,14 @@ from airflow_mlops._core.extras import require
 from airflow_mlops._core.outcome import failed, for_airflow, skipped
 from airflow_mlops._core.result import RESULT_MARKER
 from airflow_mlops.backends.kubernetes._podspec import build_pod, pod_name
-from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
+from airflow_mlops.backends.kubernetes.credentials import kafka_secret_env, mlflow_secret_env
 from airflow_mlops.backends.stage import StageOperator
+from airflow_mlops.spec.backend_settings import image_problem
 from airflow_mlops.spec.models import KubernetesSettings, Resources, SecretEnv
+from airflow_mlops.stages.registry import produces
 
 LOG_TAIL_LINES = 30
+KWARG_IMAGE = "give kubernetes={'image': ...}"  # where an operator's caller sets the image
 
 
 def stage_pod_operator(
@@ -73,9 +76,12 @@ def stage_pod_operator(
     )
 
 
-def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: KubernetesSettings) -> dict[str, Any]:
+def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: KubernetesSettings,
+                     training: tuple[Any, dict[str, str]] | None = None) -> dict[str, Any]:
     """Run ``pod_op`` (from ``stage_pod_operator``) and return the result the pod printed by the
-    result protocol (``_core/result.py``).
+    result protocol (``_core/result.py``). ``training``: the ``(MlflowTarget, run tags)`` of the
+    training the pod runs, where a pod that Kubernetes ended is recorded (the Models page's failed
+    trainings; ``termination.termination_error``).
 
     Raises AirflowFailException (the stage's own verdict: no retry), AirflowSkipException (the
     stage skipped the rest of the run), ``DependencyFailed`` when the Kubernetes API server was
@@ -87,15 +93,17 @@ def run_pod_operator(pod_op: Any, context: Any, *, stage_name: str, kubernetes: 
     try:
         pod_op.execute(context)
     except Exception as exc:
-        raise explain_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes) from exc
+        raise explain_failure(pod_op, exc, stage_name=stage_name, kubernetes=kubernetes, training=training) from exc
     if pod_op.stage_result is None:
         raise RuntimeError(f"the pod finished but printed no '{RESULT_MARKER.strip()}' line; see its log above")
     return pod_op.stage_result
 
 
-def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes: KubernetesSettings) -> Exception:
+def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes: KubernetesSettings,
+                    training: tuple[Any, dict[str, str]] | None = None) -> Exception:
     """A failure message people can act on: the stage's own verdict, the scheduler's reason
-    for a pod that never started, or the pod's exit code and last log lines."""
+    for a pod that never started, or the pod's exit code and last log lines. A training pod
+    (``training``, see ``run_pod_operator``) that Kubernetes ended is recorded in MLflow."""
     if pod_op.stage_failure:
         return failed(f"stage '{stage_name}' failed in pod {pod_op.name}: {pod_op.stage_failure}")
     if pod_op.stage_skipped:
@@ -106,7 +114,8 @@ def explain_failure(pod_op: Any, exc: Exception, *, stage_name: str, kubernetes:
         limits = pod_op.container_resources.limits if pod_op.container_resources else None
         return termination_error(pod_op.termination, stage_name=stage_name,
                                  pod=f"{kubernetes.namespace}/{pod_op.pod_name_seen or pod_op.name}",
-                                 memory=(limits or {}).get("memory"), log_tail=pod_op.log_tail)
+                                 memory=(limits or {}).get("memory"), log_tail=pod_op.log_tail,
+                                 training=training, log=pod_op.log)
     if pod_op.unschedulable:
         resources = pod_op.container_resources.requests if pod_op.container_resources else "none"
         return RuntimeError(
@@ -158,8 +167,9 @@ class KubernetesBackedOperator(StageOperator):
         super().__init__(**kwargs)
         require("cncf-kubernetes", f"{type(self).__name__}(task_id={self.task_id!r})")
         self.kubernetes = KubernetesSettings.model_validate(kubernetes)
-        if not self.kubernetes.image:
-            raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): kubernetes.image is required")
+        lacking = image_problem(self.kubernetes, KWARG_IMAGE)
+        if lacking:
+            raise ValueError(f"{type(self).__name__}(task_id={self.task_id!r}): {lacking}")
 
 
 class KubernetesStageOperator(KubernetesBackedOperator):
@@ -201,15 +211,20 @@ class KubernetesStageOperator(KubernetesBackedOperator):
     def run(self, ctx: Any, context: Any = None) -> dict[str, Any]:
         from airflow_mlops.backends import runtime
 
-        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
+        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow, ctx.mlflow.credentials)
+        if ctx.kafka is not None:  # serve mode stream: its Kafka connection, by Secret reference
+            secret_env = {**secret_env, **kafka_secret_env(self.kubernetes, ctx.pipeline_id,
+                                                           self.stage.kafka_conn_id, ctx.kafka)}
         if getattr(self.stage, "distributed", None) is not None:  # a train stage's torchrun group
             return self.run_group(ctx, secret_env)
         arguments = ["-m", "airflow_mlops.runtime", "--payload", runtime.encode_payload(self.stage, ctx)]
         pod_op = self._pod_op = self.pod_operator(arguments, ctx.pipeline_id, secret_env)
         self.log.info("Running stage '%s' in pod %s/%s (image %s, resources %s%s)", ctx.stage_name,
                       self.kubernetes.namespace, pod_op.name, self.kubernetes.image, self.stage_resources,
-                      f"; MLflow credentials from Secret {next(iter(secret_env.values())).secret}" if secret_env else "")
-        return run_pod_operator(pod_op, context, stage_name=self.stage_name, kubernetes=self.kubernetes)
+                      f"; connection credentials from Secret(s) {', '.join(sorted({r.secret for r in secret_env.values()}))}"
+                      if secret_env else "")
+        return run_pod_operator(pod_op, context, stage_name=self.stage_name, kubernetes=self.kubernetes,
+                                training=(ctx.mlflow, ctx.tags) if produces(self.stage.kind) == "model" else None)
 
     def run_group(self, ctx: Any, secret_env: Mapping[str, SecretEnv]) -> dict[str, Any]:
         """The train stage's job as a torchrun group of pods (``distributed.DistributedTraining``)."""

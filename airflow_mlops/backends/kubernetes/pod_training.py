@@ -48,10 +48,12 @@ class PodTraining:
         from airflow_mlops.backends.kubernetes.credentials import mlflow_secret_env
         from airflow_mlops.backends.kubernetes.pod import run_pod_operator
 
-        self.pod_op = self.pod_operator(mlflow_secret_env(self.kubernetes, self.pipeline_id, self.mlflow))
+        self.pod_op = self.pod_operator(mlflow_secret_env(self.kubernetes, self.pipeline_id, self.mlflow,
+                                                          self.job.credentials))
         self.log.info("Running the training in pod %s/%s (image %s)", self.kubernetes.namespace, self.pod_op.name,
                       self.kubernetes.image)
-        return run_pod_operator(self.pod_op, self.context, stage_name=self.task_id, kubernetes=self.kubernetes)
+        return run_pod_operator(self.pod_op, self.context, stage_name=self.task_id, kubernetes=self.kubernetes,
+                                training=(self.job.target(), self.job.tags))
 
     def kill(self) -> None:
         if self.pod_op is not None:

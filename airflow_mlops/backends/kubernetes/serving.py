@@ -26,7 +26,7 @@ class KubernetesModelServerOperator(KubernetesBackedOperator):
 
         served = serving_model(self.stage.model, ctx)
         model_uri = served["model_uri"]
-        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow)
+        secret_env = mlflow_secret_env(self.kubernetes, ctx.pipeline_id, self.mlflow, ctx.mlflow.credentials)
         docs = render_model_server(ctx.pipeline_id, self.stage_name, model_uri, self.stage, self.kubernetes,
                                    self.stage_resources, ctx.mlflow.tracking_uri, secret_env=secret_env)
         name = docs[0]["metadata"]["name"]

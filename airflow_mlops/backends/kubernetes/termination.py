@@ -6,6 +6,9 @@ task's first line and the right retry decision (``_core.outcome``):
   names the limit and what to raise.
 - evicted, preempted, node lost or shut down: not the stage's fault: retried, in a new pod.
 
+A training pod's end is also recorded in MLflow (``termination_error``'s ``training``), on the try's run or a
+small FAILED run: a try that registered no version still shows on the Models page.
+
 Where Kubernetes says it: the pod's ``status.reason`` (``Evicted``, ``Preempting``, ``NodeLost``,
 ``Shutdown``...), its ``DisruptionTarget`` condition (Kubernetes 1.26+:
 ``PreemptionByScheduler``, ``DeletionByTaintManager``, ``EvictionByEvictionAPI``,
@@ -59,17 +62,27 @@ def termination_of(pod: Any) -> Termination | None:
 
 
 def termination_error(ended: Termination, *, stage_name: str, pod: str, memory: str | None,
-                      log_tail: list[str]) -> Exception:
+                      log_tail: list[str], training: tuple[Any, dict[str, str]] | None = None,
+                      log: Any = None) -> Exception:
     """The task's error for ``ended``: a refusal (no retry) for OOMKilled, naming ``memory`` (the
-    container's limit, e.g. ``1Gi``) and what to raise; a RuntimeError (retried) otherwise."""
+    container's limit, e.g. ``1Gi``) and what to raise; a RuntimeError (retried) otherwise.
+    ``training``: the ``(MlflowTarget, Airflow run tags)`` of the training the pod ran, where the
+    end is recorded, with the message but not the log tail (``stages.train.failures``: best
+    effort, never raises)."""
     from airflow_mlops._core.outcome import failed
 
-    tail = ("; last log lines:\n" + "\n".join(log_tail)) if log_tail else ""
     detail = f": {ended.detail}" if ended.detail else ""
     if ended.out_of_memory:
         limit = f"its memory limit of {memory}" if memory else "its memory limit"
-        return failed(f"stage '{stage_name}' ran out of memory: Kubernetes killed pod {pod} (OOMKilled{detail}) at "
-                      f"{limit}. A retry with the same limit would be killed again: raise the stage's "
-                      f"resources.memory, or give it a resource profile with more{tail}")
-    return RuntimeError(f"stage '{stage_name}': pod {pod} was {ended.what} by Kubernetes ({ended.reason}{detail}), "
-                        f"not by the stage: Airflow's retries apply, each in a new pod{tail}")
+        message = (f"stage '{stage_name}' ran out of memory: Kubernetes killed pod {pod} (OOMKilled{detail}) at "
+                   f"{limit}. A retry with the same limit would be killed again: raise the stage's "
+                   "resources.memory, or give it a resource profile with more")
+    else:
+        message = (f"stage '{stage_name}': pod {pod} was {ended.what} by Kubernetes ({ended.reason}{detail}), "
+                   "not by the stage: Airflow's retries apply, each in a new pod")
+    if training is not None:
+        from airflow_mlops.stages.train.failures import record_failure
+
+        record_failure(training[0], training[1], reason=ended.reason, message=message, log=log)
+    tail = ("; last log lines:\n" + "\n".join(log_tail)) if log_tail else ""
+    return (failed if ended.out_of_memory else RuntimeError)(message + tail)

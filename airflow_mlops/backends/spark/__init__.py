@@ -10,9 +10,7 @@ from airflow_mlops.backends import stage_operator_args
 from airflow_mlops.backends.spark.operator import SparkStageOperator
 
 
-def build(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> SparkStageOperator:
-    return SparkStageOperator(
-        **stage_operator_args(stage, stage_name, plan),
-        spark=stage.spark or plan.pipeline.spark,
-        **task_args,
-    )
+def call(*, stage: Any, stage_name: str, plan: Any, task_args: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """SparkStageOperator and its arguments (``backends.stage_task_call``)."""
+    return SparkStageOperator, {**stage_operator_args(stage, stage_name, plan),
+                                "spark": stage.spark or plan.pipeline.spark, **task_args}

@@ -155,12 +155,10 @@ def collect_mlflow(source: MlflowStoreSource, staging: str, out: Collected) -> N
     uri = source.tracking_uri
     artifacts = source.artifacts
     if uri is None:
-        from airflow_mlops.hooks.mlflow import resolve_target
-        from airflow_mlops.spec.models import MlflowSettings
+        from airflow_mlops._core.tracking_uri import default_tracking_uri, local_artifact_location
 
-        resolved = resolve_target(MlflowSettings(), "backup")
-        uri = resolved.tracking_uri
-        artifacts = artifacts or resolved.artifact_location
+        uri = default_tracking_uri()
+        artifacts = artifacts or local_artifact_location(uri)
     described: dict[str, Any] = {"kind": "mlflow", "tracking_uri": uri}
     store = None
     if uri.startswith("sqlite:///"):

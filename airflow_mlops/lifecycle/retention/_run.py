@@ -100,8 +100,15 @@ def _deleted_so_far(p: Plan) -> str:
 
 
 def _tracking_uri(spec: RetentionSpec, given: str | None) -> str:
-    from airflow_mlops.hooks.mlflow import checked_tracking_uri, resolve_target
+    """``given`` (what RetentionCleanupOperator resolved from ``mlflow``, connection included, or
+    the caller's argument), else ``mlflow.tracking_uri``, else the default store. A
+    ``mlflow.conn_id`` is not looked up here: connections are resolved by the operator."""
+    from airflow_mlops._core.errors import StageFailed
+    from airflow_mlops._core.tracking_uri import resolve_tracking_uri
 
     if given:
-        return checked_tracking_uri(given, "the tracking_uri argument")
-    return resolve_target(spec.mlflow, "retention").tracking_uri
+        return resolve_tracking_uri(given, "the tracking_uri argument")
+    if spec.mlflow.conn_id and not spec.mlflow.tracking_uri:
+        raise StageFailed(f"mlflow.conn_id '{spec.mlflow.conn_id}' is an Airflow connection: run this retention "
+                          "through RetentionCleanupOperator, which resolves it, or pass tracking_uri=")
+    return resolve_tracking_uri(spec.mlflow.tracking_uri, "the tracking_uri setting")

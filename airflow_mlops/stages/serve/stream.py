@@ -11,7 +11,8 @@
 
 The model is the version the upstream stages produced (``model_uri`` in their results, e.g.
 ``models:/churn/3``) unless ``stream.model_uri`` names one; the consumer group defaults to
-``airflow-mlops.<pipeline id>.<stage name>``; MLflow is the pipeline's store.
+``airflow-mlops.<pipeline id>.<stage name>``; MLflow is the pipeline's store. The Kafka connection
+is resolved by the task's operator (``StageContext.kafka``): in a pod it comes from a Secret.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model: str | None = None) -> dict[str, Any]:
     """Score ``settings.topics`` with ``settings.model_uri``, else the serve stage's ``model``
     (resolved like batch serving: ``stages.tracking.serving_model``)."""
-    from airflow_mlops.hooks.kafka import kafka_config_from_connection
+    from airflow_mlops._core.errors import StageFailed
     from airflow_mlops.spec.stream import StreamSpec
     from airflow_mlops.stream.errors import StreamError
     from airflow_mlops.stream.loop import run_stream
@@ -37,9 +38,11 @@ def run_serve_stream(settings: "StreamServeSettings", ctx: "StageContext", model
     data["model_uri"] = settings.model_uri or serving_model(model, ctx)["model_uri"]
     data["group_id"] = settings.group_id or f"airflow-mlops.{ctx.pipeline_id}.{ctx.stage_name}"
     spec = StreamSpec.model_validate(data)
-    kafka_config = kafka_config_from_connection(settings.kafka_conn_id)
+    if ctx.kafka is None:  # the operator resolves stream.kafka_conn_id into the context
+        raise StageFailed(f"stage '{ctx.stage_name}': no Kafka client config reached the stage (the connection "
+                          f"'{settings.kafka_conn_id}' is resolved by the task's operator)")
     try:
-        return run_stream(spec, kafka_config, tracking_uri=ctx.mlflow.tracking_uri, logger=ctx.log)
+        return run_stream(spec, ctx.kafka, tracking_uri=ctx.mlflow.tracking_uri, logger=ctx.log)
     except StreamError as exc:  # retried or not as its ``retryable`` says (_core.outcome)
         ctx.log.error("%s", exc)  # the one message to act on, first (a lost broker: what was committed)
         raise

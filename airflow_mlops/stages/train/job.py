@@ -101,6 +101,9 @@ class GpuTrainJob(BaseModel):
     prometheus_port: int | None = None
     pushgateway_url: str | None = None
     ui_url: str | None = None
+    # The MLflow connection's MLFLOW_TRACKING_USERNAME/PASSWORD, as the operator resolved them:
+    # never in the payload (exclude) nor shown (repr); a pod gets them from a Secret.
+    credentials: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
     # A rank of a torchrun group (backends/kubernetes/distributed.py): global rank 0 (torchrun's
     # RANK) records the run; the others only train (runner.follow). The cost is billed for
     # ``pods`` times ``resources``: every pod of the group holds them.
@@ -124,7 +127,7 @@ class GpuTrainJob(BaseModel):
 
         return MlflowTarget(tracking_uri=self.tracking_uri, experiment=self.experiment,
                             registered_model=self.registered_model, artifact_location=self.artifact_location,
-                            ui_url=self.ui_url)
+                            ui_url=self.ui_url, credentials=self.credentials)
 
     def trains(self) -> str:
         """What this job trains, in words (the ``airflow_mlops.entrypoint`` tag, log lines)."""
@@ -146,7 +149,7 @@ def job_for_stage(spec: "TrainStage", ctx: "StageContext") -> GpuTrainJob:
         resources = resources.held()
     return GpuTrainJob(
         builtin=BuiltinTraining(estimator=spec.estimator, callable=spec.callable, metrics=list(spec.metrics),
-                                engine="spark" if ctx.backend == "spark" else "pandas", spark=ctx.spark),
+                                engine=ctx.engine, spark=ctx.spark),
         hyperparams=dict(spec.params),
         gpus=None if resources is None else resources_from(resources, gpus_held=0).gpu,
         gpus_asked_by="resources.gpu",

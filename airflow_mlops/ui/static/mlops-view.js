@@ -1,5 +1,5 @@
 // airflow-mlops: the MLOps places inside Airflow's UI (the plugin's react_apps: the "Models" and
-// "Drift" entries of the Browse menu, the "MLOps" tab of a DAG).
+// "Drift" entries of the Browse menu, the "MLOps" and "Pipeline YAML" tabs of a DAG).
 //
 // A plain ES module, nothing to build: React and React Router are the ones Airflow's page already
 // runs (it sets globalThis.React and globalThis.ReactRouterDOM for plugins). The view fetches the
@@ -11,7 +11,7 @@
 //     and the font is Airflow's;
 //   - times are shown in the time zone chosen in Airflow's user menu (the same "timezone" entry of
 //     the browser's localStorage that Airflow reads), else the browser's.
-// Which page: the "view" parameter of this module's own URL (models, drift or dag).
+// Which page: the "view" parameter of this module's own URL (models, drift, dag or source).
 
 const React = globalThis.React;
 const { createElement: h, useEffect, useRef, useState } = React;
@@ -20,7 +20,8 @@ const view = here.searchParams.get("view") || "models";
 const mount = new URL("..", here); // .../mlops/
 
 function pageUrl(props) {
-  const path = view === "dag" ? `dags/${encodeURIComponent(props.dagId || "")}` : view;
+  const dag = `dags/${encodeURIComponent(props.dagId || "")}`;
+  const path = view === "dag" ? dag : view === "source" ? `${dag}/source` : view;
   const url = new URL(path, mount);
   url.searchParams.set("fragment", "1");
   return url;
@@ -62,7 +63,7 @@ function MlopsView(props) {
   const navigate = globalThis.ReactRouterDOM?.useNavigate?.();
   const ref = useRef(null);
   const [page, setPage] = useState({ html: null, failed: null });
-  const key = view === "dag" ? props.dagId : view;
+  const key = view === "dag" || view === "source" ? props.dagId : view;
 
   useEffect(() => {
     let live = true;
