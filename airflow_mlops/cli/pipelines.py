@@ -8,7 +8,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -150,7 +150,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     path = Path(args.pipeline)
     if not path.is_file():
-        print(f"{path}: no such file (render takes one pipeline YAML file)", file=sys.stderr)
+        what = "a folder" if path.is_dir() else "no such file"
+        print(f"{path}: {what} (render takes one pipeline YAML file)", file=sys.stderr)
         return 1
     if path.name.startswith("_") or path.suffix not in PIPELINE_SUFFIXES:
         print(f"{path}: not a pipeline file (pipelines are {' or '.join(PIPELINE_SUFFIXES)} files whose name does not "
@@ -177,7 +178,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         except (Unrenderable, SyntaxError) as exc:
             print(f"{path}: cannot render it as Python: {exc}", file=sys.stderr)
             return 1
-    return _emit(text, args.output, f"{args.output}: DAG '{loaded.pipeline.id}' from {path}")
+    return _emit(text, args.output, f"{args.output}: DAG '{loaded.pipeline.id}' from {path}", inputs=[path])
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -275,16 +276,27 @@ def cmd_manifests(args: argparse.Namespace) -> int:
     if not docs:
         print(f"{args.pipeline}: no stage runs on the kubernetes backend; nothing to render", file=sys.stderr)
         return 1
-    return _emit(yaml.safe_dump_all(docs, sort_keys=False), args.output, f"{len(docs)} manifests to {args.output}")
+    return _emit(yaml.safe_dump_all(docs, sort_keys=False), args.output, f"{len(docs)} manifests to {args.output}",
+                 inputs=[Path(args.pipeline)])
 
 
-def _emit(text: str, output: str | None, what: str | None) -> int:
-    """Write ``text`` to the ``-o`` file (saying so), else to standard output."""
-    if output:
-        Path(output).write_text(text)
-        print(f"wrote {what}")
-    else:
+def _emit(text: str, output: str | None, what: str | None, inputs: Iterable[Path] = ()) -> int:
+    """Write ``text`` to the ``-o`` file (saying so), else to standard output. An output that is
+    one of the command's ``inputs``, a folder, or a file that cannot be written is one line on
+    standard error and exit 1; nothing is written."""
+    if not output:
         sys.stdout.write(text)
+        return 0
+    target = Path(output)
+    if any(target.resolve() == Path(i).resolve() for i in inputs):
+        print(f"{output}: is the file this command reads; give another -o", file=sys.stderr)
+        return 1
+    try:
+        target.write_text(text)
+    except OSError as exc:  # a folder, a missing folder, no permission
+        print(f"{output}: cannot write it ({exc.strerror or exc}); nothing written", file=sys.stderr)
+        return 1
+    print(f"wrote {what}")
     return 0
 
 

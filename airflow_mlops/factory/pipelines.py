@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,14 +71,35 @@ def _deployment_profile() -> ActiveProfile:
     if name:
         return ActiveProfile(name, f"from the environment variable {PROFILE_ENV}")
     try:
-        from airflow.sdk import Variable
-
-        value = Variable.get(PROFILE_VARIABLE, default=None)
+        value = _profile_variable()
     except Exception as exc:  # noqa: BLE001 - any failure of the secrets backends or the API
         return ActiveProfile(None, problem=f"the Airflow Variable {PROFILE_VARIABLE!r} could not be read "
                                            f"({type(exc).__name__}: {exc}); set {PROFILE_ENV} instead")
     value = str(value).strip() if value is not None else ""
     return ActiveProfile(value or None, f"from the Airflow Variable {PROFILE_VARIABLE}")
+
+
+def _profile_variable() -> Any:
+    """The Variable through the Task SDK: the API server in Airflow's own parse and task processes,
+    else environment variables and external secrets backends only. A process outside them (this
+    package's ``validate`` and ``render``, ``airflow dags reserialize``) reads the metadata
+    database as well, as ``airflow variables get`` does: none there if it was never migrated; a
+    database it cannot reach raises."""
+    from airflow.sdk import Variable
+
+    value = Variable.get(PROFILE_VARIABLE, default=None)
+    # Airflow's own test for "inside a task, parse or triggerer process" (airflow.models.Variable.get)
+    if value is None and getattr(sys.modules.get("airflow.sdk.execution_time.task_runner"),
+                                 "SUPERVISOR_COMMS", None) is None:
+        from airflow import settings
+        from airflow.secrets.metastore import MetastoreBackend
+        from sqlalchemy import inspect
+
+        # A database never migrated (a laptop's validate) holds no Variables; one that cannot be
+        # reached raises.
+        if settings.engine is not None and inspect(settings.engine).has_table("variable"):
+            value = MetastoreBackend().get_variable(PROFILE_VARIABLE)
+    return value
 
 
 def read_pipeline(file: str | os.PathLike, root: str | os.PathLike | None = None, *,

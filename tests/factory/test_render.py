@@ -377,6 +377,30 @@ def test_a_bad_pipeline_gets_validates_errors_and_nothing_is_written(dags_folder
     assert "not a pipeline file" in capsys.readouterr().err
 
 
+def test_an_output_it_cannot_write_is_one_line_and_never_the_pipeline_itself(dags_folder, tmp_path, capsys):
+    """-o naming the pipeline file it reads, a folder, or a file in a missing folder: exit 1, one
+    line on stderr (no traceback), and the pipeline YAML left as it was."""
+    from airflow_mlops.cli import main
+
+    pipeline = write(dags_folder, "small.yaml", """
+        id: small
+        stages:
+          preprocess: {input: {sklearn_dataset: iris}}
+        """)
+    text = pipeline.read_text()
+    (tmp_path / "out").mkdir()
+    for output, says in ((pipeline, "is the file this command reads"),
+                         (tmp_path / "out", "cannot write it (Is a directory)"),
+                         (tmp_path / "missing" / "small.py", "cannot write it (No such file or directory)")):
+        assert main(["render", str(pipeline), "-o", str(output)]) == 1
+        err = capsys.readouterr().err
+        assert err == f"{output}: {says}" + ("; give another -o\n" if output == pipeline else "; nothing written\n")
+    assert pipeline.read_text() == text
+    assert not (tmp_path / "missing").exists()
+    assert main(["render", str(dags_folder)]) == 1
+    assert capsys.readouterr().err == f"{dags_folder}: a folder (render takes one pipeline YAML file)\n"
+
+
 def test_a_rendered_dag_runs_as_the_yaml_one_does(airflow_db, mlops_home, dags_folder, tmp_path):
     """The same small batch pipeline from YAML and from its rendered file, each run with
     dag.test(): both register a model version that passes the gate, with the same metrics."""

@@ -99,15 +99,26 @@ def test_the_airflow_variable_picks_it_when_the_environment_variable_is_unset(da
     assert source_record.read(dag.doc_md)["profile_origin"] == f"from the environment variable {PROFILE_ENV}"
 
 
-def test_a_variable_in_the_metadata_database_picks_it_too(dags, airflow_db, monkeypatch):
+@pytest.mark.parametrize("process", ["server", "cli"])
+def test_a_variable_in_the_metadata_database_picks_it_too(dags, airflow_db, monkeypatch, capsys, process):
+    """Airflow's server processes read Variables from the metadata database (the DAG processor asks
+    its supervisor, which reads the same table). A command-line process (``airflow-mlops validate``,
+    ``airflow dags reserialize``) is neither: the Task SDK's Variable reads only environment
+    variables and external secrets backends there, so the package reads the table itself (before:
+    such a process silently built the pipeline as written)."""
     from airflow.models.variable import Variable as StoredVariable
 
-    # Where Airflow's server processes read Variables (the DAG processor asks its supervisor, which
-    # reads the same table); a variable-less test run would find none.
-    monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
+    from airflow_mlops.cli import main
+
+    if process == "server":
+        monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "server")
+    else:
+        monkeypatch.delenv("_AIRFLOW_PROCESS_CONTEXT", raising=False)
     StoredVariable.set("mlops_profile", "dev")
     try:
         assert settings(churn_dag(dags))["conn"] == "mlflow_dev"
+        assert main(["validate", str(dags)]) == 0
+        assert "valid (with profile 'dev')" in capsys.readouterr().out
     finally:
         StoredVariable.delete("mlops_profile")
 
